@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Bootstrap: make `.venv`, install vidmesh into it when its dependencies changed, run a command.
+
+    python3 run.py up      # start the whole system (nats-server, services, gateway)
+    python3 run.py test    # lint, type-check and run the test suite
+
+Anything after the first word is passed on (`python3 run.py up --port 8080`,
+`python3 run.py test -k download`). Only the standard library is used here, so this works on a
+machine that has nothing but Python 3.11+ and pip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("VIDMESH_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / "python"
+STAMP = VENV / ".vidmesh-installed"
+
+
+def _wanted_stamp() -> str:
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
+    digest.update(sys.version.encode())
+    return digest.hexdigest()
+
+
+def _make_venv() -> None:
+    print(f"run.py: creating {VENV}", flush=True)
+    try:
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    except (subprocess.CalledProcessError, OSError):
+        # Some distributions ship Python without ensurepip: use the interpreter's own pip.
+        venv.EnvBuilder(with_pip=False, clear=True).create(VENV)
+
+
+def _pip(*args: str) -> None:
+    if (BIN / "pip").exists():
+        cmd = [str(PYTHON), "-m", "pip", *args]
+    else:
+        cmd = [sys.executable, "-m", "pip", "--python", str(PYTHON), *args]
+    subprocess.run(cmd, check=True)
+
+
+def ensure_installed() -> None:
+    if not PYTHON.exists():
+        _make_venv()
+    wanted = _wanted_stamp()
+    if STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    print("run.py: installing vidmesh and its dependencies into .venv", flush=True)
+    _pip("install", "--quiet", "--disable-pip-version-check", "--editable", f"{ROOT}[test]")
+    STAMP.write_text(wanted)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(__doc__)
+        return 0
+    ensure_installed()
+    command, rest = argv[0], argv[1:]
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if command == "test":
+        cmd = [str(BIN / "just"), "--justfile", str(ROOT / "justfile"), "test", *rest]
+    else:
+        cmd = [str(BIN / "vidmesh"), command, *rest]
+    os.chdir(ROOT if command == "test" else os.getcwd())
+    os.execve(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
