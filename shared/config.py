@@ -1,0 +1,92 @@
+"""Typed settings, read once by an entry point from the environment.
+
+Every field `foo_bar` of a settings Struct is read from `VIDMESH_FOO_BAR`. Some fields also accept
+the environment names of the Streamyfin optimize-server (`MAX_CONCURRENT_JOBS`, `JELLYFIN_URL`,
+...), so its users can switch without renaming anything; the `VIDMESH_` name wins when both are set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+
+PREFIX = "VIDMESH_"
+
+# field name -> the Streamyfin optimize-server's own variable name
+ALIASES: dict[str, str] = {
+    "max_concurrent_jobs": "MAX_CONCURRENT_JOBS",
+    "max_cached_per_user": "MAX_CACHED_PER_USER",
+    "time_to_keep_files": "TIME_TO_KEEP_FILES",
+    "remove_file_after_right_download": "REMOVE_FILE_AFTER_RIGHT_DOWNLOAD",
+    "jellyfin_url": "JELLYFIN_URL",
+    "port": "PORT",
+}
+
+SECRET_MARKERS = ("password", "secret", "token", "key")
+
+
+class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Settings every process shares."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    # Prefix of every subject, stream and bucket; lets several deployments share one NATS.
+    namespace: str = "vidmesh"
+    log_level: str = "info"
+    # "auto": JSON when stderr is not a terminal, console otherwise.
+    log_format: str = "auto"
+    # JetStream replicas for streams and buckets (3 on a clustered NATS).
+    replicas: int = 1
+    # Where local blobs (finished outputs) live when the blob store is a local directory.
+    data_dir: str = ".vidmesh"
+
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def env_subset(cls: type[msgspec.Struct], environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment values that belong to fields of `cls`, keyed by field name."""
+    picked: dict[str, str] = {}
+    for field in msgspec.structs.fields(cls):
+        alias = ALIASES.get(field.name)
+        if alias and alias in environ:
+            picked[field.name] = environ[alias]
+        name = PREFIX + field.name.upper()
+        if name in environ:
+            picked[field.name] = environ[name]
+    return picked
+
+
+def load(cls: type[S], environ: Mapping[str, str] | None = None, **overrides: Any) -> S:
+    """Build `cls` from the environment (and explicit overrides), validating every value."""
+    values: dict[str, Any] = env_subset(cls, os.environ if environ is None else environ)
+    values.update(overrides)
+    try:
+        return msgspec.convert(values, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SystemExit(f"invalid configuration for {cls.__name__}: {exc}") from None
+
+
+def unknown_variables(classes: list[type[msgspec.Struct]], environ: Mapping[str, str]) -> list[str]:
+    """`VIDMESH_*` variables no settings class knows: almost always a typo."""
+    known = {PREFIX + f.name.upper() for cls in classes for f in msgspec.structs.fields(cls)}
+    known |= {PREFIX + "VENV"}
+    return sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
+
+
+def masked(settings: msgspec.Struct) -> dict[str, Any]:
+    """The settings as a dict for logging, with secrets replaced by '***'."""
+    out: dict[str, Any] = msgspec.to_builtins(settings)
+    for name, value in out.items():
+        if value and any(marker in name for marker in SECRET_MARKERS):
+            out[name] = "***"
+    return out
+
+
+def parse_bool(value: str | bool) -> bool:
+    """Read a boolean the way people write them in environment files."""
+    if isinstance(value, bool):
+        return value
+    return value.strip().lower() in {"1", "true", "yes", "on"}

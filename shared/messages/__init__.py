@@ -1,0 +1,1 @@
+"""Message types: KV records, commands, work items and events."""

@@ -1,0 +1,61 @@
+"""Commands: a client's intent, published by the gateway, consumed by the service that owns it."""
+
+from __future__ import annotations
+
+import msgspec
+
+from shared.messages.records import Timestamp
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Common fields of every command."""
+
+    command_id: str
+    by: str = ""
+    at: Timestamp
+
+
+class CancelJob(Command, frozen=True, kw_only=True, tag="job.cancel"):
+    """Stop a job that has not finished. A finished job is left as it is."""
+
+    job_id: str
+
+
+class ReleaseJob(Command, frozen=True, kw_only=True, tag="job.release"):
+    """The client is done with a job: stop it if active, otherwise let its output go."""
+
+    job_id: str
+
+
+class StartJob(Command, frozen=True, kw_only=True, tag="job.start"):
+    """Start a queued job now, ahead of the queue and beyond the concurrency limit."""
+
+    job_id: str
+
+
+class ClearCache(Command, frozen=True, kw_only=True, tag="cache.clear"):
+    """Remove every finished output; no job is left pointing at a removed file."""
+
+
+class DeleteBlobs(Command, frozen=True, kw_only=True, tag="blobs.delete"):
+    """Delete these blobs from the store (sent by the scheduler to the storage service)."""
+
+    blobs: list[str]
+    reason: str = ""
+    # The ClearCache command this deletion completes, if any.
+    request_id: str = ""
+
+
+SchedulerCommand = CancelJob | ReleaseJob | StartJob | ClearCache
+StorageCommand = DeleteBlobs
+
+SCHEDULER_DECODER = msgspec.json.Decoder(SchedulerCommand)
+STORAGE_DECODER = msgspec.json.Decoder(StorageCommand)
+ENCODER = msgspec.json.Encoder()
+
+
+def kind(command: Command) -> str:
+    """The last subject token for a command: its tag with dots turned into underscores."""
+    tag = msgspec.inspect.type_info(type(command))
+    assert isinstance(tag, msgspec.inspect.StructType)
+    return str(tag.tag).replace(".", "_")

@@ -1,0 +1,299 @@
+"""Events: the public contract for subscribers, on `<ns>.evt.>` (see schemas/events.json).
+
+Each event is published after the change it reports is stored, once per change: its `event_id`
+(also its `Nats-Msg-Id`) derives from the record's key and revision. Subjects:
+
+- `<ns>.evt.job.<job_id>.<kind>`: accepted, held, queued, started, completed, failed, cancelled,
+  removed, purged
+- `<ns>.evt.rendition.<key>.<kind>`: dispatched, started, retrying, succeeded, failed, cancelled,
+  released
+- `<ns>.evt.storage.<kind>`: blobs_deleted
+
+New fields get defaults; a field's type and an event's tag never change (schema_version counts
+compatible additions).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TypedDict
+
+import msgspec
+
+from shared.messages.records import (
+    JobError,
+    JobRecord,
+    JobStatus,
+    Output,
+    Rendition,
+    RenditionState,
+)
+
+SCHEMA_VERSION = 1
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Fields every event carries."""
+
+    event_id: str
+    schema_version: int = SCHEMA_VERSION
+    time: datetime
+
+
+class JobEvent(Event, frozen=True, kw_only=True):
+    """A change of a job record."""
+
+    job_id: str
+    owner: str
+    device_id: str = ""
+    item_id: str = ""
+    revision: int
+    status: JobStatus
+
+
+class JobAccepted(JobEvent, frozen=True, kw_only=True, tag="job.accepted"):
+    """A job was accepted and stored."""
+
+    profile: str
+    container: str
+    client: str = ""
+
+
+class JobHeld(JobEvent, frozen=True, kw_only=True, tag="job.held"):
+    """The job waits until its device has downloaded some of its finished jobs."""
+
+
+class JobQueued(JobEvent, frozen=True, kw_only=True, tag="job.queued"):
+    """The job is back in the queue (its device is under its limit again, or it will run again)."""
+
+
+class JobStarted(JobEvent, frozen=True, kw_only=True, tag="job.started"):
+    """A transcoder began working on the job's rendition."""
+
+    shared: bool = False
+
+
+class JobCompleted(JobEvent, frozen=True, kw_only=True, tag="job.completed"):
+    """The job's output is stored and can be downloaded."""
+
+    output: Output
+    shared: bool = False
+
+
+class JobFailed(JobEvent, frozen=True, kw_only=True, tag="job.failed"):
+    """The job failed; `error.reason` says why in words a user can act on."""
+
+    error: JobError
+
+
+class JobCancelled(JobEvent, frozen=True, kw_only=True, tag="job.cancelled"):
+    """The job was cancelled before it finished."""
+
+
+class JobRemoved(JobEvent, frozen=True, kw_only=True, tag="job.removed"):
+    """The client is done with the job, or its output expired or was cleared."""
+
+    reason: str = ""
+
+
+class JobPurged(JobEvent, frozen=True, kw_only=True, tag="job.purged"):
+    """The job's record was deleted after its retention."""
+
+
+class RenditionEvent(Event, frozen=True, kw_only=True):
+    """A change of a rendition (one transcode shared by one or more jobs)."""
+
+    key: str
+    generation: int
+    revision: int
+    state: RenditionState
+
+
+class RenditionDispatched(RenditionEvent, frozen=True, kw_only=True, tag="rendition.dispatched"):
+    """The rendition got a concurrency slot and was published as work."""
+
+    pool: str
+    dispatch_seq: int
+
+
+class RenditionStarted(RenditionEvent, frozen=True, kw_only=True, tag="rendition.started"):
+    """A transcoder claimed the rendition."""
+
+    worker: str
+    attempt: int
+
+
+class RenditionRetrying(RenditionEvent, frozen=True, kw_only=True, tag="rendition.retrying"):
+    """An attempt failed in a way that may pass; the rendition will run again."""
+
+    attempt: int
+    error: JobError
+
+
+class RenditionSucceeded(RenditionEvent, frozen=True, kw_only=True, tag="rendition.succeeded"):
+    """The output is stored."""
+
+    output: Output
+    attempt: int
+    wall_seconds: float
+
+
+class RenditionFailed(RenditionEvent, frozen=True, kw_only=True, tag="rendition.failed"):
+    """The rendition failed for good."""
+
+    error: JobError
+    attempt: int
+
+
+class RenditionCancelled(RenditionEvent, frozen=True, kw_only=True, tag="rendition.cancelled"):
+    """No job wanted the rendition any more; its transcode was stopped."""
+
+
+class RenditionReleased(RenditionEvent, frozen=True, kw_only=True, tag="rendition.released"):
+    """The output is no longer needed and its blob is being deleted."""
+
+    blob: str = ""
+
+
+class BlobsDeleted(Event, frozen=True, kw_only=True, tag="storage.blobs_deleted"):
+    """The storage service deleted blobs (for a cache clear when `request_id` is set)."""
+
+    request_id: str = ""
+    blobs: int
+    bytes: int
+
+
+AnyEvent = (
+    JobAccepted
+    | JobHeld
+    | JobQueued
+    | JobStarted
+    | JobCompleted
+    | JobFailed
+    | JobCancelled
+    | JobRemoved
+    | JobPurged
+    | RenditionDispatched
+    | RenditionStarted
+    | RenditionRetrying
+    | RenditionSucceeded
+    | RenditionFailed
+    | RenditionCancelled
+    | RenditionReleased
+    | BlobsDeleted
+)
+
+DECODER = msgspec.json.Decoder(AnyEvent)
+ENCODER = msgspec.json.Encoder()
+
+
+def tag_of(event: Event) -> str:
+    """The event's stable tag, e.g. `job.completed`."""
+    info = msgspec.inspect.type_info(type(event))
+    assert isinstance(info, msgspec.inspect.StructType)
+    return str(info.tag)
+
+
+def kind_of(event: Event) -> str:
+    """The last subject token: the part of the tag after the family (`completed`)."""
+    return tag_of(event).split(".", 1)[1]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _JobFields(TypedDict):
+    event_id: str
+    time: datetime
+    job_id: str
+    owner: str
+    device_id: str
+    item_id: str
+    revision: int
+    status: JobStatus
+
+
+class _RenditionFields(TypedDict):
+    event_id: str
+    time: datetime
+    key: str
+    generation: int
+    revision: int
+    state: RenditionState
+
+
+def _job_common(job: JobRecord, revision: int) -> _JobFields:
+    return {
+        "event_id": f"job:{job.id}:{revision}",
+        "time": now(),
+        "job_id": job.id,
+        "owner": job.owner,
+        "device_id": job.device_id,
+        "item_id": job.item_id,
+        "revision": revision,
+        "status": job.status,
+    }
+
+
+def job_event(job: JobRecord, revision: int, *, created: bool = False) -> JobEvent:
+    """The event that reports `job` as stored at `revision`."""
+    common = _job_common(job, revision)
+    if created:
+        return JobAccepted(
+            **common, profile=job.profile, container=job.container, client=job.client
+        )
+    status = job.status
+    if status is JobStatus.HELD:
+        return JobHeld(**common)
+    if status is JobStatus.QUEUED:
+        return JobQueued(**common)
+    if status is JobStatus.RUNNING:
+        return JobStarted(**common, shared=job.shared)
+    if status is JobStatus.COMPLETED:
+        assert job.output is not None
+        return JobCompleted(**common, output=job.output, shared=job.shared)
+    if status is JobStatus.FAILED:
+        assert job.error is not None
+        return JobFailed(**common, error=job.error)
+    if status is JobStatus.CANCELLED:
+        return JobCancelled(**common)
+    return JobRemoved(**common, reason=job.removal_reason or "")
+
+
+def job_purged(job: JobRecord, revision: int) -> JobPurged:
+    """The event that reports the deletion of `job`'s record."""
+    common = _job_common(job, revision)
+    common["event_id"] = f"job:{job.id}:{revision}:purged"
+    return JobPurged(**common)
+
+
+def rendition_event(r: Rendition, revision: int, *, wall_seconds: float = 0.0) -> RenditionEvent:
+    """The event that reports rendition `r` as stored at `revision`."""
+    common: _RenditionFields = {
+        "event_id": f"rendition:{r.key}:{revision}",
+        "time": now(),
+        "key": r.key,
+        "generation": r.generation,
+        "revision": revision,
+        "state": r.state,
+    }
+    state = r.state
+    if state is RenditionState.DISPATCHED and r.last_error is not None and r.attempt > 0:
+        return RenditionRetrying(**common, attempt=r.attempt, error=r.last_error)
+    if state is RenditionState.DISPATCHED or state is RenditionState.PENDING:
+        return RenditionDispatched(**common, pool=r.pool, dispatch_seq=r.dispatch_seq)
+    if state is RenditionState.RUNNING:
+        return RenditionStarted(**common, worker=r.worker or "", attempt=r.attempt)
+    if state is RenditionState.DONE:
+        assert r.output is not None
+        return RenditionSucceeded(
+            **common, output=r.output, attempt=r.attempt, wall_seconds=wall_seconds
+        )
+    if state is RenditionState.FAILED:
+        assert r.last_error is not None
+        return RenditionFailed(**common, error=r.last_error, attempt=r.attempt)
+    if state is RenditionState.CANCELLED:
+        return RenditionCancelled(**common)
+    blob = r.output.blob if r.output else ""
+    return RenditionReleased(**common, blob=blob)

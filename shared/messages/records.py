@@ -1,0 +1,193 @@
+"""What JetStream KV holds: job records, renditions, live progress, leases, workers, totals.
+
+A *job* is one client's request. A *rendition* is one transcode of one source with one profile into
+one container: several jobs asking for the same thing share a rendition and its output. The
+scheduler owns both state machines (see `shared.jobstate`); a transcoder only claims a rendition,
+reports its outcome on it, and writes live progress.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any
+
+import msgspec
+
+Timestamp = Annotated[float, msgspec.Meta(description="Seconds since the Unix epoch (UTC)")]
+Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$", description="SHA-256, hex")]
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is. Faces map these onto their own words."""
+
+    QUEUED = "queued"
+    HELD = "held"  # waiting until the device has downloaded enough of its finished jobs
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REMOVED = "removed"  # the client is done with it, or its output expired or was cleared
+
+
+class RenditionState(enum.StrEnum):
+    """Where one transcode is."""
+
+    PENDING = "pending"  # wants a transcoder; no lease yet
+    DISPATCHED = "dispatched"  # leased and published as work; waiting for a transcoder
+    RUNNING = "running"  # claimed by a transcoder
+    DONE = "done"  # output stored
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # no job wanted it any more
+    RELEASED = "released"  # output no longer needed; its blob is deleted
+
+
+class JobError(msgspec.Struct, frozen=True, kw_only=True):
+    """Why something failed: a stable code, words a user can act on, and the technical detail."""
+
+    code: str
+    reason: str
+    detail: str = ""
+    retryable: bool = False
+
+
+class Output(msgspec.Struct, frozen=True, kw_only=True):
+    """A finished, stored output."""
+
+    blob: str
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    sha256: Sha256
+    container: str
+    mime: str
+    mode: str = "transcode"  # "transcode" | "copy" (streams copied, not re-encoded)
+    duration: float | None = None
+    video: str = ""
+    audio: str = ""
+
+
+class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One client's request for a rendition, and everything that happened to it."""
+
+    id: str
+    owner: str
+    owner_name: str = ""
+    client: str = "streamyfin"
+    device_id: str = ""
+    item_id: str = ""
+    item: dict[str, Any] | None = None
+    source: str
+    profile: str = "optimized"
+    container: str = "mp4"
+    status: JobStatus = JobStatus.QUEUED
+    created_at: Timestamp
+    updated_at: Timestamp
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    removed_at: Timestamp | None = None
+    keep_until: Timestamp | None = None
+    removal_reason: str | None = None
+    rendition: str | None = None
+    generation: int = 0
+    manual_start: bool = False
+    shared: bool = False
+    attempts: int = 0
+    duration_hint: float | None = None
+    output: Output | None = None
+    error: JobError | None = None
+
+
+class Rendition(msgspec.Struct, frozen=True, kw_only=True):
+    """One transcode: a source, a profile and a container, shared by every job that asks for it."""
+
+    key: str
+    generation: int = 1
+    source: str
+    profile: str
+    container: str
+    pool: str = "default"
+    state: RenditionState = RenditionState.PENDING
+    created_at: Timestamp
+    updated_at: Timestamp
+    dispatched_at: Timestamp | None = None
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    manual: bool = False
+    first_device: str = ""
+    dispatch_seq: int = 0
+    attempt: int = 0
+    worker: str | None = None
+    duration_hint: float | None = None
+    last_error: JobError | None = None
+    output: Output | None = None
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    """Live progress of a running rendition, written by its transcoder about once a second."""
+
+    key: str
+    generation: int
+    attempt: int
+    stage: str  # "starting" | "probing" | "encoding" | "storing"
+    percent: float = 0.0
+    speed: float | None = None
+    fps: float | None = None
+    out_time: float = 0.0
+    total: float | None = None
+    estimated: bool = False
+    bytes_written: int = 0
+    eta: float | None = None
+    updated_at: Timestamp
+
+
+class Lease(msgspec.Struct, frozen=True, kw_only=True):
+    """A rendition's claim on one of a pool's concurrency slots."""
+
+    generation: int
+    since: Timestamp
+    manual: bool = False
+    device: str = ""
+
+
+class LeaseSet(msgspec.Struct, frozen=True, kw_only=True):
+    """Every lease of one pool; changed only by compare-and-set."""
+
+    pool: str
+    holders: dict[str, Lease] = {}
+
+
+class Totals(msgspec.Struct, frozen=True, kw_only=True):
+    """History folded from the event stream by the statistics service."""
+
+    last_seq: int = 0
+    jobs_accepted: int = 0
+    jobs_completed: int = 0
+    jobs_failed: int = 0
+    jobs_cancelled: int = 0
+    renditions_succeeded: int = 0
+    renditions_failed: int = 0
+    shared_hits: int = 0
+    media_seconds: float = 0.0
+    bytes_produced: int = 0
+    devices: list[str] = []
+
+
+class StorageSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """What the blob store holds, as last measured by the storage service."""
+
+    store: str
+    files: int
+    bytes: int
+    updated_at: Timestamp
+
+
+class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A live transcoder instance; its key expires when heartbeats stop."""
+
+    id: str
+    host: str
+    pool: str
+    slots: int
+    busy: int
+    renditions: list[str] = []
+    ffmpeg: str = ""
+    started_at: Timestamp
+    updated_at: Timestamp

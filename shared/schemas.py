@@ -1,0 +1,78 @@
+"""JSON Schema for every message type, generated from the msgspec Structs into `schemas/`.
+
+`vidmesh schemas --write` regenerates the files; a test fails when they drift from the code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from shared.messages import commands, events, records, work
+
+DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
+    "events.json": (
+        "vidmesh events, published on <namespace>.evt.> (see shared/messages/events.py)",
+        [events.AnyEvent],
+    ),
+    "commands.json": (
+        "vidmesh commands, published on <namespace>.cmd.>",
+        [commands.SchedulerCommand, commands.StorageCommand],
+    ),
+    "work.json": (
+        "vidmesh work items, published on <namespace>.work.<pool>",
+        [work.TranscodeWork],
+    ),
+    "records.json": (
+        "vidmesh KV records (job records, renditions, progress, leases, totals, workers)",
+        [
+            records.JobRecord,
+            records.Rendition,
+            records.Progress,
+            records.LeaseSet,
+            records.Totals,
+            records.StorageSummary,
+            records.WorkerInfo,
+        ],
+    ),
+}
+
+
+def render(title: str, types: list[Any]) -> str:
+    (roots, components) = msgspec.json.schema_components(types, ref_template="#/$defs/{name}")
+    document: dict[str, Any] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": title,
+        "anyOf": roots,
+        "$defs": components,
+    }
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def generate() -> dict[str, str]:
+    """File name -> contents, for every schema document."""
+    return {name: render(title, types) for name, (title, types) in DOCUMENTS.items()}
+
+
+def write(folder: Path) -> list[str]:
+    """Write every document; returns the names that changed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    changed = []
+    for name, text in generate().items():
+        path = folder / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            changed.append(name)
+    return changed
+
+
+def drift(folder: Path) -> list[str]:
+    """Names of documents whose file differs from what the code generates."""
+    return [
+        name
+        for name, text in generate().items()
+        if not (folder / name).exists() or (folder / name).read_text() != text
+    ]

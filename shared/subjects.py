@@ -1,0 +1,142 @@
+"""Every subject, stream, consumer and bucket name, derived from one namespace.
+
+Nothing else spells a subject: handlers ask a `Names` for it. A namespace lets several deployments
+(or every test) share one NATS server without seeing each other.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_NAMESPACE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+DEFAULT_POOL = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Names for one namespace (`vidmesh` unless configured otherwise)."""
+
+    namespace: str = "vidmesh"
+
+    def __post_init__(self) -> None:
+        if not _NAMESPACE.match(self.namespace):
+            raise ValueError(
+                f"namespace {self.namespace!r} must be 1-32 of a-z, 0-9, '_' or '-', "
+                "starting with a letter"
+            )
+
+    # ---- streams -------------------------------------------------------------------------
+    @property
+    def _upper(self) -> str:
+        return self.namespace.upper().replace("-", "_")
+
+    @property
+    def commands_stream(self) -> str:
+        return f"{self._upper}_CMD"
+
+    @property
+    def work_stream(self) -> str:
+        return f"{self._upper}_WORK"
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self._upper}_EVENTS"
+
+    # ---- subjects ------------------------------------------------------------------------
+    @property
+    def commands_all(self) -> str:
+        return f"{self.namespace}.cmd.>"
+
+    @property
+    def scheduler_commands(self) -> str:
+        """Filter of the commands the scheduler consumes."""
+        return f"{self.namespace}.cmd.scheduler.>"
+
+    def scheduler_command(self, kind: str) -> str:
+        return f"{self.namespace}.cmd.scheduler.{kind}"
+
+    @property
+    def storage_commands(self) -> str:
+        """Filter of the commands the storage service consumes."""
+        return f"{self.namespace}.cmd.storage.>"
+
+    def storage_command(self, kind: str) -> str:
+        return f"{self.namespace}.cmd.storage.{kind}"
+
+    @property
+    def work_all(self) -> str:
+        return f"{self.namespace}.work.>"
+
+    def work(self, pool: str = DEFAULT_POOL) -> str:
+        """Work items for one transcoder pool."""
+        return f"{self.namespace}.work.{pool}"
+
+    @property
+    def events_all(self) -> str:
+        return f"{self.namespace}.evt.>"
+
+    def job_event(self, job_id: str, kind: str) -> str:
+        """`<ns>.evt.job.<job_id>.<kind>`, e.g. `vidmesh.evt.job.<id>.completed`."""
+        return f"{self.namespace}.evt.job.{job_id}.{kind}"
+
+    def rendition_event(self, key: str, kind: str) -> str:
+        """`<ns>.evt.rendition.<key>.<kind>`."""
+        return f"{self.namespace}.evt.rendition.{key}.{kind}"
+
+    def storage_event(self, kind: str) -> str:
+        """`<ns>.evt.storage.<kind>`."""
+        return f"{self.namespace}.evt.storage.{kind}"
+
+    # ---- consumers -----------------------------------------------------------------------
+    @property
+    def scheduler_consumer(self) -> str:
+        return "scheduler"
+
+    @property
+    def storage_consumer(self) -> str:
+        return "storage"
+
+    @property
+    def storage_events_consumer(self) -> str:
+        return "storage-events"
+
+    @property
+    def statistics_consumer(self) -> str:
+        return "statistics"
+
+    def transcode_consumer(self, pool: str = DEFAULT_POOL) -> str:
+        return f"transcode-{pool}"
+
+    # ---- KV buckets ----------------------------------------------------------------------
+    def bucket(self, name: str) -> str:
+        return f"{self.namespace}-{name}"
+
+    @property
+    def jobs_bucket(self) -> str:
+        return self.bucket("jobs")
+
+    @property
+    def renditions_bucket(self) -> str:
+        return self.bucket("renditions")
+
+    @property
+    def progress_bucket(self) -> str:
+        return self.bucket("progress")
+
+    @property
+    def leases_bucket(self) -> str:
+        return self.bucket("leases")
+
+    @property
+    def stats_bucket(self) -> str:
+        return self.bucket("stats")
+
+    @property
+    def workers_bucket(self) -> str:
+        return self.bucket("workers")
+
+    @property
+    def storage_bucket(self) -> str:
+        return self.bucket("storage")
