@@ -1,0 +1,31 @@
+"""Gateway settings (`VIDMESH_*`, or the Streamyfin optimize-server's own names)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from shared.config import CommonSettings
+
+
+class GatewaySettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
+    """How the HTTP gateway listens, authenticates and serves."""
+
+    host: str = "0.0.0.0"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 3000
+    # The Jellyfin server that vouches for Streamyfin clients' tokens (`/Users/Me`).
+    jellyfin_url: str = ""
+    # Point Jellyfin media URLs that clients send at `jellyfin_url` (the server may reach
+    # Jellyfin on another address than the client does).
+    rebase_jellyfin_urls: bool = True
+    # Seconds a token Jellyfin accepted is trusted before asking again.
+    auth_cache_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    # Local blob store folder; default <data_dir>/blobs.
+    blob_dir: str = ""
+    # Seconds a request that changes a job waits to see the change before answering.
+    command_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # Largest request body accepted, in bytes.
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1 << 20
+    # Only Jellyfin administrators may call `DELETE /delete-cache`.
+    delete_cache_admin_only: bool = False

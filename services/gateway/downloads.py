@@ -1,0 +1,57 @@
+"""Serving a finished output: Range, If-Range, ETag and 416 as aiohttp's FileResponse does them
+(zero-copy sendfile from a local blob), plus the checksum headers resumable clients rely on.
+
+`X-File-Checksum` is the SHA-256 computed once when the output was stored; nothing is hashed per
+request. HEAD answers the same headers and changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+
+from aiohttp import web
+
+from services.gateway.state import Gateway
+from shared import jobstate
+from shared.errors import Conflict, NotFound
+from shared.messages.records import JobRecord, JobStatus
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def download_name(job: JobRecord) -> str:
+    """The file name a client is offered: the item id (what Streamyfin saves), else the job id."""
+    assert job.output is not None
+    base = _SAFE.sub("_", job.item_id or job.id).strip("._") or job.id
+    return f"{base}.{job.container}"
+
+
+async def serve_output(gw: Gateway, request: web.Request, job: JobRecord) -> web.StreamResponse:
+    """The job's output as a file response, or a clear error when there is none (yet)."""
+    if job.output is None or not jobstate.holds_output(job, time.time()):
+        if job.status in (JobStatus.QUEUED, JobStatus.HELD, JobStatus.RUNNING):
+            raise Conflict(f"Job {job.id} has no output yet: it is still {_word(job)}.")
+        raise NotFound(f"Job {job.id} has no output to download (it is {_word(job)}).")
+    output = job.output
+    path = gw.blobs.local_path(output.blob)
+    if path is None or not path.is_file():
+        raise NotFound(f"The output of job {job.id} is no longer stored.")
+    response = web.FileResponse(path, chunk_size=1 << 20)
+    response.content_type = output.mime
+    response.headers["Accept-Ranges"] = "bytes"
+    response.headers["X-File-Checksum"] = output.sha256
+    response.headers["X-File-Size"] = str(output.size)
+    response.headers["Digest"] = f"sha-256={_b64(output.sha256)}"
+    response.headers["Content-Disposition"] = f'attachment; filename="{download_name(job)}"'
+    response.headers["Cache-Control"] = "private, no-transform"
+    return response
+
+
+def _word(job: JobRecord) -> str:
+    return job.status.value
+
+
+def _b64(hex_digest: str) -> str:
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()

@@ -1,0 +1,95 @@
+"""One place that turns errors into the JSON error envelope, whatever raised them.
+
+{"error": {"code": "not_found", "message": "...", "status": 404, "details": ...}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from shared.errors import BadRequest, PayloadTooLarge, VidmeshError
+
+log = structlog.get_logger("vidmesh.gateway")
+
+_ENCODER = msgspec.json.Encoder()
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=_ENCODER.encode(body),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
+    error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if details is not None:
+        error["details"] = details
+    headers = {"WWW-Authenticate": 'MediaBrowser realm="vidmesh"'} if status == 401 else None
+    return json_response({"error": error}, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except VidmeshError as exc:
+        if exc.http_status >= 500:
+            log.warning("request.unavailable", path=request.path, code=exc.code, error=exc.message)
+        return error_response(exc.http_status, exc.code, exc.message, exc.details)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = (
+            exc.reason if exc.status != 404 else f"No route for {request.method} {request.path}"
+        )
+        return error_response(exc.status, code, message)
+    except Exception:
+        log.exception("request.failed", method=request.method, path=request.path)
+        return error_response(500, "internal_error", "Something went wrong on our side.")
+
+
+async def read_json(request: web.Request, type_: type[Any], *, max_bytes: int) -> Any:
+    """Decode and validate a JSON body; any problem is a 400 (or 413) with the reason."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"The request body is larger than {max_bytes} bytes.")
+    body = await request.content.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(f"The request body is larger than {max_bytes} bytes.")
+    if not body.strip():
+        raise BadRequest("A JSON request body is required.")
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"Invalid request body: {exc}", details=_path_of(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}") from None
+
+
+def _path_of(exc: msgspec.ValidationError) -> dict[str, str] | None:
+    text = str(exc)
+    marker = " - at `"
+    if marker in text:
+        return {"path": text.split(marker, 1)[1].rstrip("`")}
+    return None

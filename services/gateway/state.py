@@ -1,0 +1,128 @@
+"""What every face of the gateway shares: projections to read, a way to publish commands and see
+their effect, the blob store to serve from, and who the caller is."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from services.gateway.config import GatewaySettings
+from services.gateway.jellyfin import JellyfinAuth
+from shared.blobstore import BlobStore
+from shared.errors import Unavailable
+from shared.kv import TypedKV
+from shared.messages import commands as cmd
+from shared.messages import events
+from shared.messages.records import (
+    JobRecord,
+    JobStatus,
+    Progress,
+    StorageSummary,
+    Totals,
+)
+from shared.natsio import publish_command
+from shared.projection import Projection
+from shared.recordstore import RecordStore
+from shared.subjects import Names
+
+
+@dataclass(slots=True)
+class Gateway:
+    """The gateway's shared pieces (one per application)."""
+
+    settings: GatewaySettings
+    names: Names
+    nc: NATS
+    js: JetStreamContext
+    store: RecordStore
+    jobs: Projection[JobRecord]
+    progress: Projection[Progress]
+    totals: TypedKV[Totals]
+    storage: TypedKV[StorageSummary]
+    blobs: BlobStore
+    auth: JellyfinAuth
+    started_at: float = field(default_factory=time.time)
+
+    async def job(self, job_id: str) -> JobRecord | None:
+        """A job by id: from memory, or from KV when this replica has not seen it yet."""
+        found = self.jobs.get(job_id)
+        if found is not None:
+            return found
+        versioned = await self.store.jobs.get(job_id) if _plausible_id(job_id) else None
+        if versioned is None:
+            return None
+        self.jobs.apply(job_id, versioned.value, versioned.revision)
+        return versioned.value
+
+    def progress_of(self, job: JobRecord) -> Progress | None:
+        """Live progress of a running job's rendition (this generation only)."""
+        if job.status is not JobStatus.RUNNING or job.rendition is None:
+            return None
+        live = self.progress.get(job.rendition)
+        if live is None or live.generation != job.generation:
+            return None
+        return live
+
+    async def command(
+        self,
+        subject: str,
+        command: cmd.Command,
+        *,
+        job_id: str | None = None,
+        until: Callable[[JobRecord | None], bool] | None = None,
+    ) -> bool:
+        """Publish a command; with `until`, wait (bounded) to see its effect on the job.
+
+        Returns whether the effect was seen in time; the command stands either way.
+        """
+        try:
+            await publish_command(self.js, subject, command)
+        except Exception as exc:
+            raise Unavailable("The job queue (NATS) is not reachable right now.") from exc
+        if job_id is None or until is None:
+            return True
+        return await self.jobs.wait_for(job_id, until, self.settings.command_timeout)
+
+    async def clear_cache(self, by: str) -> events.BlobsDeleted | None:
+        """Ask for every finished output to go; wait (bounded) for the storage service's report."""
+        request_id = uuid.uuid4().hex
+        subject = self.names.storage_event("blobs_deleted")
+        done: asyncio.Future[events.BlobsDeleted] = asyncio.get_running_loop().create_future()
+
+        async def on_event(msg: object) -> None:
+            try:
+                event = events.DECODER.decode(msg.data)  # type: ignore[attr-defined]
+            except msgspec.DecodeError:
+                return
+            matches = isinstance(event, events.BlobsDeleted) and event.request_id == request_id
+            if matches and not done.done():
+                done.set_result(event)
+
+        sub = await self.nc.subscribe(subject, cb=on_event)
+        try:
+            command = cmd.ClearCache(command_id=request_id, by=by, at=time.time())
+            await self.command(self.names.scheduler_command("cache_clear"), command)
+            return await asyncio.wait_for(done, self.settings.command_timeout * 2)
+        except TimeoutError:
+            return None
+        finally:
+            await sub.unsubscribe()
+
+
+def _plausible_id(job_id: str) -> bool:
+    return 0 < len(job_id) <= 64 and all(c.isalnum() or c in "-_" for c in job_id)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def gateway(request: web.Request) -> Gateway:
+    return request.app[GATEWAY]

@@ -1,0 +1,161 @@
+"""The scheduler: owns the job state machine, enforces limits, dispatches work, retires outputs.
+
+It consumes commands, and reconciles every record that changes (and, every `sweep_interval`, all
+of them) until jobs follow their renditions, limits hold, and expired outputs are released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from services.scheduler.commands import CommandHandler
+from services.scheduler.config import SchedulerSettings
+from services.scheduler.dispatch import Dispatcher
+from services.scheduler.reconcile import Reconciler
+from services.scheduler.view import View
+from shared.consumer import Consumer, SlotLoops
+from shared.kv import TypedKV
+from shared.messages.records import JobRecord, LeaseSet, Rendition
+from shared.natsio import describe, ensure_topology
+from shared.projection import Projection
+from shared.recordstore import RecordStore
+from shared.runtime import Service
+from shared.subjects import Names
+
+log = structlog.get_logger("vidmesh.scheduler")
+
+
+class Scheduler(Service):
+    name = "scheduler"
+
+    def __init__(self, nc: NATS, settings: SchedulerSettings) -> None:
+        super().__init__()
+        self.nc = nc
+        self.settings = settings
+        self.names = Names(settings.namespace)
+        self._dirty_jobs: set[str] = set()
+        self._dirty_renditions: set[str] = set()
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._loops: SlotLoops | None = None
+        self.passes = 0
+
+    async def start(self) -> None:
+        js = self.nc.jetstream()
+        buckets = await ensure_topology(js, self.names, replicas=self.settings.replicas)
+        self.store = RecordStore(js, self.names, buckets)
+        self.jobs = Projection(self.store.jobs, "scheduler.jobs", nc=self.nc)
+        self.renditions = Projection(self.store.renditions, "scheduler.renditions", nc=self.nc)
+        self.store.job_view, self.store.rendition_view = self.jobs, self.renditions
+        self.view = View(self.jobs, self.renditions)
+        self.jobs.listen(self._job_changed)
+        self.renditions.listen(self._rendition_changed)
+        await self.jobs.start()
+        await self.renditions.start()
+        self.reconciler = Reconciler(self.store, self.view, self.settings)
+        self.dispatcher = Dispatcher(
+            self.store, self.view, TypedKV(buckets.leases, LeaseSet), self.settings
+        )
+        consumer = Consumer(
+            self.names.commands_stream,
+            ConsumerConfig(
+                durable_name=self.names.scheduler_consumer,
+                filter_subject=self.names.scheduler_commands,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=30.0,
+                max_deliver=-1,
+                max_ack_pending=self.settings.command_slots * 4,
+            ),
+        )
+        await consumer.declare(js)
+        handler = CommandHandler(
+            self.store, self.view, self.reconciler, self.settings, self._wake.set
+        )
+        self._loops = SlotLoops(
+            "scheduler.commands",
+            await consumer.subscribe(js),
+            handler,
+            slots=self.settings.command_slots,
+        )
+        self._loops.start()
+        self._loop_task = asyncio.create_task(self._reconcile_forever(), name="scheduler.reconcile")
+        log.info(
+            "scheduler.started",
+            jobs=len(self.jobs),
+            renditions=len(self.renditions),
+            max_concurrent_jobs=self.settings.max_concurrent_jobs,
+        )
+
+    def _job_changed(self, key: str, old: JobRecord | None, new: JobRecord | None) -> None:
+        self._dirty_jobs.add(key)
+        for record in (old, new):
+            if record is not None and record.rendition:
+                self._dirty_renditions.add(record.rendition)
+            # A change of one job can free (or fill) its device's share: look at its held jobs.
+            if record is not None:
+                self._dirty_jobs.update(j.id for j in self.view.held_in_order(record.device_id))
+        self._wake.set()
+
+    def _rendition_changed(self, key: str, old: Rendition | None, new: Rendition | None) -> None:
+        self._dirty_renditions.add(key)
+        self._dirty_jobs.update(job.id for job in self.view.jobs_of_rendition(key))
+        self._wake.set()
+
+    async def _reconcile_forever(self) -> None:
+        next_sweep = 0.0
+        while True:
+            timeout = max(0.0, next_sweep - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            if time.monotonic() >= next_sweep:
+                self._dirty_jobs.update(key for key, _ in self.jobs.items())
+                self._dirty_renditions.update(key for key, _ in self.renditions.items())
+                next_sweep = time.monotonic() + self.settings.sweep_interval
+            try:
+                await self.reconcile_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("scheduler.pass_failed", **describe(exc))
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    async def reconcile_pass(self) -> None:
+        """One pass over everything that changed since the last, then dispatch."""
+        renditions, self._dirty_renditions = self._dirty_renditions, set()
+        jobs, self._dirty_jobs = self._dirty_jobs, set()
+        try:
+            for key in sorted(renditions):
+                await self.reconciler.rendition(key)
+            for job_id in sorted(jobs, key=self._created_at):
+                await self.reconciler.job(job_id)
+            if not await self.dispatcher.run_once():
+                self._wake.set()
+        except BaseException:
+            self._dirty_renditions |= renditions
+            self._dirty_jobs |= jobs
+            raise
+        self.passes += 1
+
+    def _created_at(self, job_id: str) -> float:
+        job = self.jobs.get(job_id)
+        return job.created_at if job else 0.0
+
+    async def stop(self) -> None:
+        if self._loops is not None:
+            await self._loops.close(grace=5.0)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for projection in (self.jobs, self.renditions):
+            await projection.stop()
+        log.info("scheduler.stopped", passes=self.passes)

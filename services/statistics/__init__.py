@@ -1,0 +1,6 @@
+"""The statistics service: totals folded from the event stream."""
+
+from services.statistics.config import StatisticsSettings
+from services.statistics.service import Statistics
+
+__all__ = ["Statistics", "StatisticsSettings"]

@@ -1,0 +1,109 @@
+"""The statistics service: folds the event stream into totals that survive restarts.
+
+It reads every event once, in order, through one durable consumer; the totals record remembers
+the last stream sequence it folded, so a redelivered event is never counted twice.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from services.statistics.config import StatisticsSettings
+from shared.consumer import Consumer, Outcome, SlotLoops
+from shared.kv import TypedKV
+from shared.messages import events as ev
+from shared.messages.records import Totals
+from shared.natsio import ensure_topology
+from shared.runtime import Service
+from shared.subjects import Names
+
+log = structlog.get_logger("vidmesh.statistics")
+
+TOTALS_KEY = "totals"
+MAX_DEVICES = 100_000
+
+
+def fold(totals: Totals, event: ev.Event, seq: int) -> Totals:
+    """Totals after one more event (pure)."""
+    changes: dict[str, object] = {"last_seq": seq}
+    match event:
+        case ev.JobAccepted(device_id=device):
+            changes["jobs_accepted"] = totals.jobs_accepted + 1
+            if device and device not in totals.devices and len(totals.devices) < MAX_DEVICES:
+                changes["devices"] = [*totals.devices, device]
+        case ev.JobCompleted(shared=shared):
+            changes["jobs_completed"] = totals.jobs_completed + 1
+            if shared:
+                changes["shared_hits"] = totals.shared_hits + 1
+        case ev.JobFailed():
+            changes["jobs_failed"] = totals.jobs_failed + 1
+        case ev.JobCancelled():
+            changes["jobs_cancelled"] = totals.jobs_cancelled + 1
+        case ev.RenditionSucceeded(output=output):
+            changes["renditions_succeeded"] = totals.renditions_succeeded + 1
+            changes["bytes_produced"] = totals.bytes_produced + output.size
+            changes["media_seconds"] = totals.media_seconds + (output.duration or 0.0)
+        case ev.RenditionFailed():
+            changes["renditions_failed"] = totals.renditions_failed + 1
+        case _:
+            pass
+    return msgspec.structs.replace(totals, **changes)
+
+
+class Statistics(Service):
+    name = "statistics"
+
+    def __init__(self, nc: NATS, settings: StatisticsSettings) -> None:
+        super().__init__()
+        self.nc = nc
+        self.settings = settings
+        self.names = Names(settings.namespace)
+        self._loops: SlotLoops | None = None
+
+    async def start(self) -> None:
+        js = self.nc.jetstream()
+        buckets = await ensure_topology(js, self.names, replicas=self.settings.replicas)
+        self.totals = TypedKV(buckets.stats, Totals)
+        consumer = Consumer(
+            self.names.events_stream,
+            ConsumerConfig(
+                durable_name=self.names.statistics_consumer,
+                filter_subject=self.names.events_all,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=30.0,
+                max_deliver=-1,
+                # One at a time, in stream order: totals fold events sequentially.
+                max_ack_pending=1,
+            ),
+        )
+        await consumer.declare(js)
+        self._loops = SlotLoops(
+            "statistics.events", await consumer.subscribe(js), self._handle, slots=1
+        )
+        self._loops.start()
+
+    async def _handle(self, msg: Msg) -> Outcome:
+        seq = msg.metadata.sequence.stream
+        try:
+            event = ev.DECODER.decode(msg.data)
+        except msgspec.DecodeError:
+            # An event type this version does not know: newer producers may add some.
+            return Outcome.ACK
+
+        def apply(current: Totals | None) -> Totals | None:
+            totals = current or Totals()
+            if seq <= totals.last_seq:
+                return None
+            return fold(totals, event, seq)
+
+        await self.totals.change(TOTALS_KEY, apply)
+        return Outcome.ACK
+
+    async def stop(self) -> None:
+        if self._loops is not None:
+            await self._loops.close(grace=5.0)

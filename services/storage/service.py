@@ -1,0 +1,175 @@
+"""The storage service: deletes blobs it is told to, sweeps files no rendition records, and keeps
+the store's summary (files, bytes) current in KV."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from services.storage.config import StorageSettings
+from shared.blobstore import BlobStore, LocalBlobStore
+from shared.consumer import Consumer, Outcome, SlotLoops
+from shared.kv import TypedKV
+from shared.messages import commands as cmd
+from shared.messages import events
+from shared.messages.records import Rendition, RenditionState, StorageSummary
+from shared.natsio import describe, ensure_topology, publish_event
+from shared.projection import Projection
+from shared.runtime import Service
+from shared.subjects import Names
+
+log = structlog.get_logger("vidmesh.storage")
+
+SUMMARY_KEY = "summary"
+
+
+class Storage(Service):
+    name = "storage"
+
+    def __init__(
+        self, nc: NATS, settings: StorageSettings, *, blobs: BlobStore | None = None
+    ) -> None:
+        super().__init__()
+        self.nc = nc
+        self.settings = settings
+        self.names = Names(settings.namespace)
+        self.blobs = blobs or LocalBlobStore(settings.blob_dir or Path(settings.data_dir) / "blobs")
+        self._loops: list[SlotLoops] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self._measure = asyncio.Event()
+
+    async def start(self) -> None:
+        self.js = self.nc.jetstream()
+        buckets = await ensure_topology(self.js, self.names, replicas=self.settings.replicas)
+        self.summary = TypedKV(buckets.storage, StorageSummary)
+        self.renditions = Projection(
+            TypedKV(buckets.renditions, Rendition), "storage.renditions", nc=self.nc
+        )
+        await self.renditions.start()
+        self.renditions.listen(self._rendition_changed)
+        commands_consumer = Consumer(
+            self.names.commands_stream,
+            ConsumerConfig(
+                durable_name=self.names.storage_consumer,
+                filter_subject=self.names.storage_commands,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=60.0,
+                max_deliver=-1,
+            ),
+        )
+        await commands_consumer.declare(self.js)
+        loops = SlotLoops(
+            "storage.commands", await commands_consumer.subscribe(self.js), self._handle, slots=1
+        )
+        loops.start()
+        self._loops.append(loops)
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="storage.sweep")
+        log.info("storage.started", store=self.blobs.name)
+
+    def _rendition_changed(self, key: str, old: Rendition | None, new: Rendition | None) -> None:
+        if new is not None and new.state is RenditionState.DONE:
+            self._measure.set()
+
+    async def _handle(self, msg: Msg) -> Outcome:
+        try:
+            command = cmd.STORAGE_DECODER.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.error("command.poison", subject=msg.subject, error=str(exc))
+            return Outcome.TERM
+        match command:
+            case cmd.DeleteBlobs():
+                await self.delete_blobs(command)
+        return Outcome.ACK
+
+    async def delete_blobs(self, command: cmd.DeleteBlobs) -> None:
+        freed, count = 0, 0
+        for key in command.blobs:
+            if self._recorded(key):
+                # A rendition records this blob again (renewed before we got here): keep it.
+                continue
+            size = await self.blobs.delete(key)
+            freed += size
+            count += 1 if size else 0
+        if command.request_id:
+            extra_count, extra_bytes = await self.sweep_orphans(grace=0.0)
+            freed, count = freed + extra_bytes, count + extra_count
+        await self.measure()
+        log.info("blobs.deleted", files=count, bytes=freed, reason=command.reason)
+        event = events.BlobsDeleted(
+            event_id=f"blobs:{command.command_id}",
+            time=events.now(),
+            request_id=command.request_id,
+            blobs=count,
+            bytes=freed,
+        )
+        await publish_event(self.js, self.names, event)
+
+    def _recorded(self, key: str) -> bool:
+        for r in self.renditions.values():
+            if r.state is RenditionState.DONE and r.output is not None and r.output.blob == key:
+                return True
+        return False
+
+    async def sweep_orphans(self, *, grace: float) -> tuple[int, int]:
+        """Delete stored files that no done rendition records and that are older than `grace`."""
+        recorded = {
+            r.output.blob
+            for r in self.renditions.values()
+            if r.state is RenditionState.DONE and r.output is not None
+        }
+        now = time.time()
+        count = freed = 0
+        for blob in await self.blobs.list_blobs("outputs/"):
+            if blob.key in recorded or now - blob.modified < grace:
+                continue
+            freed += await self.blobs.delete(blob.key)
+            count += 1
+        if count:
+            log.info("blobs.orphans_deleted", files=count, bytes=freed)
+        return count, freed
+
+    async def measure(self) -> StorageSummary:
+        listing = await self.blobs.list_blobs()
+        summary = StorageSummary(
+            store=self.blobs.name,
+            files=len(listing),
+            bytes=sum(b.size for b in listing),
+            updated_at=time.time(),
+        )
+        await self.summary.put(SUMMARY_KEY, summary)
+        return summary
+
+    async def _sweep_forever(self) -> None:
+        next_sweep = 0.0
+        while True:
+            timeout = max(0.0, next_sweep - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._measure.wait(), timeout)
+            self._measure.clear()
+            try:
+                if time.monotonic() >= next_sweep:
+                    await self.sweep_orphans(grace=self.settings.orphan_grace)
+                    next_sweep = time.monotonic() + self.settings.sweep_interval
+                await self.measure()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("storage.sweep_failed", **describe(exc))
+
+    async def stop(self) -> None:
+        for loops in self._loops:
+            await loops.close(grace=10.0)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.renditions.stop()

@@ -1,0 +1,32 @@
+"""Transcoder settings."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from shared.config import CommonSettings
+
+
+class TranscoderSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
+    """How one transcoder instance pulls and runs work."""
+
+    pool: str = "default"
+    # Transcodes this instance runs at once.
+    slots: Annotated[int, msgspec.Meta(ge=1)] = 1
+    # Seconds without a heartbeat after which JetStream hands the work to another transcoder.
+    ack_wait: Annotated[float, msgspec.Meta(ge=1)] = 30.0
+    # Attempts (crashes included) before a rendition fails for good.
+    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
+    # Where ffmpeg writes before the output is stored; default <data_dir>/scratch.
+    scratch_dir: str = ""
+    # Where outputs are stored (local blob store); default <data_dir>/blobs.
+    blob_dir: str = ""
+    # ffmpeg executable; default: the one from the imageio-ffmpeg wheel.
+    ffmpeg: str = ""
+    probe_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    # Seconds between progress writes.
+    progress_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.5
+    # On SIGTERM: seconds to let running transcodes finish before handing them back.
+    drain_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0

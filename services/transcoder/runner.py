@@ -1,0 +1,337 @@
+"""One work item, start to finish: claim the rendition, transcode, store, record the outcome.
+
+Beside ffmpeg run three helpers: a heartbeat that keeps JetStream from handing the work to
+another transcoder, a watch on the rendition record that stops ffmpeg when the rendition is
+cancelled or taken over, and the progress writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+from nats.js.kv import KV_DEL, KV_PURGE
+from structlog.contextvars import bound_contextvars
+
+from services.transcoder.config import TranscoderSettings
+from services.transcoder.progress import ProgressReporter
+from shared import jobstate
+from shared.blobstore import BlobStore, output_key
+from shared.consumer import Outcome
+from shared.errors import SourceError, StoreError
+from shared.media import (
+    build_args,
+    classify_failure,
+    get_container,
+    get_profile,
+    make_plan,
+    probe_async,
+    run_ffmpeg,
+)
+from shared.media.probe import ProbeResult
+from shared.messages.records import JobError, Output, Rendition, RenditionState
+from shared.messages.work import WORK_DECODER, TranscodeWork
+from shared.natsio import describe
+from shared.recordstore import RecordStore
+
+log = structlog.get_logger("vidmesh.transcoder")
+
+R = RenditionState
+
+STOPPED = JobError(
+    code="worker_stopped",
+    reason="The transcoder running this job stopped; the job will run again.",
+    retryable=True,
+)
+
+
+class TranscodeFailed(Exception):
+    """ffmpeg (or storing its output) failed; carries the classified error."""
+
+    def __init__(self, error: JobError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
+class Lost(Exception):
+    """The rendition was cancelled or taken over while we ran it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class WorkRunner:
+    """The transcoder's message handler."""
+
+    def __init__(
+        self,
+        store: RecordStore,
+        blobs: BlobStore,
+        settings: TranscoderSettings,
+        *,
+        worker_id: str,
+        ffmpeg: str,
+        scratch: Path,
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.settings = settings
+        self.worker_id = worker_id
+        self.ffmpeg = ffmpeg
+        self.scratch = scratch
+        self.running: dict[str, Rendition] = {}
+
+    async def __call__(self, msg: Msg) -> Outcome:
+        try:
+            work = WORK_DECODER.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.error("work.poison", subject=msg.subject, error=str(exc))
+            return Outcome.TERM
+        delivered = msg.metadata.num_delivered or 1
+        with bound_contextvars(rendition=work.key, generation=work.generation, delivery=delivered):
+            rendition = await self._claim(work, redelivered=delivered > 1)
+            if rendition is None:
+                return Outcome.ACK
+            self.running[work.key] = rendition
+            try:
+                return await self._run(msg, work, rendition)
+            finally:
+                self.running.pop(work.key, None)
+
+    async def _claim(self, work: TranscodeWork, *, redelivered: bool) -> Rendition | None:
+        """Take the rendition; None when there is nothing (left) for us to do."""
+        now = time.time()
+
+        def take(current: Rendition | None) -> Rendition | None:
+            if current is None or current.generation != work.generation:
+                return None
+            if current.state in (R.PENDING, R.DISPATCHED):
+                return jobstate.claim(current, self.worker_id, now)
+            # A redelivery means the previous holder stopped heartbeating: take over.
+            if current.state is R.RUNNING and redelivered and current.worker != self.worker_id:
+                return jobstate.claim(current, self.worker_id, now)
+            return None
+
+        r, changed = await self.store.change_rendition(work.key, take)
+        if not changed or r is None:
+            log.info("work.skipped", state=r.state if r else None)
+            return None
+        log.info("work.claimed", attempt=r.attempt, takeover=redelivered)
+        return r
+
+    async def _run(self, msg: Msg, work: TranscodeWork, r: Rendition) -> Outcome:
+        started = time.monotonic()
+        reporter = ProgressReporter(
+            self.store.progress,
+            key=r.key,
+            generation=r.generation,
+            attempt=r.attempt,
+            interval=self.settings.progress_interval,
+        )
+        lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        helpers = [
+            asyncio.create_task(self._heartbeat(msg, lost)),
+            asyncio.create_task(self._watch_ownership(r, lost)),
+            asyncio.create_task(reporter.run()),
+        ]
+        transcode = asyncio.create_task(self._transcode(work, r, reporter))
+        try:
+            await asyncio.wait({transcode, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if not transcode.done():
+                raise Lost(lost.result())
+            output = transcode.result()
+        except Lost as exc:
+            log.info("work.stopped", reason=exc.reason)
+            return Outcome.ACK if exc.reason == "cancelled" else Outcome.ABANDON
+        except TranscodeFailed as exc:
+            return await self._failed(r, exc.error)
+        except asyncio.CancelledError:
+            transcode.cancel()
+            await asyncio.gather(transcode, return_exceptions=True)
+            await asyncio.shield(self._hand_back(r))
+            raise
+        except Exception as exc:
+            log.exception("work.crashed", **describe(exc))
+            error = JobError(
+                code="internal_error",
+                reason="The transcoder hit an unexpected error.",
+                detail=f"{type(exc).__name__}: {exc}",
+                retryable=True,
+            )
+            return await self._failed(r, error)
+        finally:
+            for task in [transcode, *helpers]:
+                task.cancel()
+            await asyncio.gather(transcode, *helpers, return_exceptions=True)
+        return await self._succeeded(r, output, time.monotonic() - started, reporter)
+
+    async def _transcode(
+        self, work: TranscodeWork, r: Rendition, reporter: ProgressReporter
+    ) -> Output:
+        profile = get_profile(work.profile)
+        container = get_container(work.container)
+        reporter.stage("probing")
+        probe: ProbeResult | None = None
+        try:
+            probe = await probe_async(work.source, timeout=self.settings.probe_timeout)
+        except SourceError as exc:
+            # ffmpeg has the last word on whether the source is readable.
+            log.warning("probe.failed", error=exc.message)
+        total, estimated = _duration(probe, work.duration_hint)
+        reporter.set_total(total, estimated=estimated)
+        plan = make_plan(probe, profile, container)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        out = self.scratch / f"{r.key}-{r.generation}-{r.attempt}.{container.extension}"
+        argv = build_args(self.ffmpeg, work.source, str(out), plan, profile, container)
+        log.info("ffmpeg.start", mode=plan.mode, reasons=plan.reasons, total=total)
+        reporter.stage("encoding")
+        try:
+            result = await run_ffmpeg(argv, on_progress=reporter.on_ffmpeg)
+            if result.returncode != 0:
+                raise TranscodeFailed(classify_failure(result.stderr_tail, result.returncode))
+            reporter.stage("storing")
+            key = output_key(r.key, r.generation, r.attempt, container.extension)
+            try:
+                stored = await self.blobs.put_file(key, out)
+            except StoreError as exc:
+                raise TranscodeFailed(
+                    JobError(code="store_failed", reason=exc.message, retryable=True)
+                ) from exc
+        finally:
+            out.unlink(missing_ok=True)
+        log.info("ffmpeg.done", seconds=round(result.wall_seconds, 2), size=stored.size)
+        video = probe.video() if probe else None
+        audio = probe.audio() if probe else None
+        return Output(
+            blob=stored.key,
+            size=stored.size,
+            sha256=stored.sha256,
+            container=container.name,
+            mime=container.mime,
+            mode=plan.mode,
+            duration=total if not estimated else reporter.latest.out_time or None,
+            video=plan.video if video is None else f"{plan.video} {video.codec or '?'}",
+            audio=plan.audio if audio is None else f"{plan.audio} {audio.codec or '?'}",
+        )
+
+    async def _succeeded(
+        self, r: Rendition, output: Output, wall: float, reporter: ProgressReporter
+    ) -> Outcome:
+        now = time.time()
+
+        def done(current: Rendition | None) -> Rendition | None:
+            if current is None or not jobstate.owned_by(
+                current, self.worker_id, r.generation, r.attempt
+            ):
+                return None
+            return jobstate.succeed(current, output, now)
+
+        record, changed = await self.store.change_rendition(r.key, done, wall_seconds=wall)
+        if not changed:
+            # Someone else owns it now: this output is not the one recorded, so it goes.
+            await self.blobs.delete(output.blob)
+            log.info("work.discarded", state=record.state if record else None)
+            return Outcome.ABANDON
+        await reporter.clear()
+        log.info("work.succeeded", blob=output.blob, size=output.size, wall_s=round(wall, 2))
+        return Outcome.ACK
+
+    async def _failed(self, r: Rendition, error: JobError) -> Outcome:
+        now = time.time()
+        again = error.retryable and r.attempt < self.settings.max_attempts
+
+        def record(current: Rendition | None) -> Rendition | None:
+            if current is None or not jobstate.owned_by(
+                current, self.worker_id, r.generation, r.attempt
+            ):
+                return None
+            if again:
+                return jobstate.retry(current, error, now)
+            return jobstate.fail_rendition(current, error, now)
+
+        _, changed = await self.store.change_rendition(r.key, record)
+        log.warning(
+            "work.failed",
+            code=error.code,
+            reason=error.reason,
+            retry=again and changed,
+            attempt=r.attempt,
+            detail=error.detail[-500:],
+        )
+        if not changed:
+            return Outcome.ABANDON
+        return Outcome.RETRY if again else Outcome.ACK
+
+    async def _hand_back(self, r: Rendition) -> None:
+        """Shutting down mid-transcode: put the rendition back so another transcoder takes it."""
+        now = time.time()
+
+        def back(current: Rendition | None) -> Rendition | None:
+            if current is None or not jobstate.owned_by(
+                current, self.worker_id, r.generation, r.attempt
+            ):
+                return None
+            return jobstate.retry(current, STOPPED, now)
+
+        with contextlib.suppress(Exception):
+            await self.store.change_rendition(r.key, back)
+            log.info("work.handed_back")
+
+    async def _heartbeat(self, msg: Msg, lost: asyncio.Future[str]) -> None:
+        """Tell JetStream we are alive; give up ownership once we could not for a whole ack_wait."""
+        interval = self.settings.ack_wait / 3
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await msg.in_progress()
+                last_ok = time.monotonic()
+            except Exception as exc:
+                log.warning("work.heartbeat_failed", **describe(exc))
+                if time.monotonic() - last_ok > self.settings.ack_wait and not lost.done():
+                    lost.set_result("heartbeat lost")
+                    return
+
+    async def _watch_ownership(self, r: Rendition, lost: asyncio.Future[str]) -> None:
+        """Stop when the rendition is cancelled, or claimed by another transcoder."""
+        while not lost.done():
+            try:
+                watcher = await self.store.renditions.kv.watch(r.key)
+            except Exception as exc:
+                log.debug("work.watch_failed", **describe(exc))
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                async for entry in watcher:
+                    if entry is None:
+                        continue
+                    if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                        lost.set_result("cancelled")
+                        return
+                    current = self.store.renditions.decode(entry.value)
+                    if jobstate.owned_by(current, self.worker_id, r.generation, r.attempt):
+                        continue
+                    reason = "cancelled" if current.state is R.CANCELLED else "taken over"
+                    if not lost.done():
+                        lost.set_result(reason)
+                    return
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+
+
+def _duration(probe: ProbeResult | None, hint: float | None) -> tuple[float | None, bool]:
+    """The duration to measure progress against, and whether it is an estimate."""
+    if probe is not None and probe.duration:
+        return probe.duration, False
+    if hint:
+        return hint, False
+    if probe is not None and probe.size and probe.bit_rate:
+        return probe.size * 8 / probe.bit_rate, True
+    return None, True

@@ -1,0 +1,158 @@
+"""The transcoder: pulls work for its pool, one message per free slot, and runs ffmpeg on it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from services.transcoder.config import TranscoderSettings
+from services.transcoder.runner import WorkRunner
+from shared.blobstore import BlobStore, LocalBlobStore
+from shared.consumer import Consumer, SlotLoops
+from shared.kv import TypedKV
+from shared.media import default_ffmpeg, ffmpeg_version
+from shared.messages.records import WorkerInfo
+from shared.natsio import describe, ensure_topology
+from shared.recordstore import RecordStore
+from shared.runtime import Service
+from shared.subjects import Names
+
+log = structlog.get_logger("vidmesh.transcoder")
+
+HEARTBEAT_SECONDS = 5.0
+# Scratch folders untouched this long belong to transcoders that died.
+STALE_SCRATCH_SECONDS = 86_400.0
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Transcoder(Service):
+    name = "transcoder"
+
+    def __init__(
+        self,
+        nc: NATS,
+        settings: TranscoderSettings,
+        *,
+        blobs: BlobStore | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.nc = nc
+        self.settings = settings
+        self.names = Names(settings.namespace)
+        self.worker_id = worker_id or new_worker_id()
+        data = Path(settings.data_dir)
+        self.blobs = blobs or LocalBlobStore(settings.blob_dir or data / "blobs")
+        scratch_root = Path(settings.scratch_dir or data / "scratch")
+        self.scratch_root = scratch_root
+        self.scratch = scratch_root / self.worker_id
+        self.ffmpeg = settings.ffmpeg or default_ffmpeg()
+        self._loops: SlotLoops | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        js = self.nc.jetstream()
+        buckets = await ensure_topology(js, self.names, replicas=self.settings.replicas)
+        self.store = RecordStore(js, self.names, buckets)
+        self.workers = TypedKV(buckets.workers, WorkerInfo)
+        self.version = await asyncio.to_thread(ffmpeg_version, self.ffmpeg)
+        await asyncio.to_thread(self._tidy_scratch)
+        self.runner = WorkRunner(
+            self.store,
+            self.blobs,
+            self.settings,
+            worker_id=self.worker_id,
+            ffmpeg=self.ffmpeg,
+            scratch=self.scratch,
+        )
+        pool = self.settings.pool
+        consumer = Consumer(
+            self.names.work_stream,
+            ConsumerConfig(
+                durable_name=self.names.transcode_consumer(pool),
+                filter_subject=self.names.work(pool),
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self.settings.ack_wait,
+                # Attempts are counted on the rendition record; JetStream never gives up on its own.
+                max_deliver=-1,
+                # Slots bound what runs; this only bounds un-acked messages across all transcoders.
+                max_ack_pending=1000,
+            ),
+        )
+        await consumer.declare(js)
+        self._loops = SlotLoops(
+            f"transcoder.{pool}",
+            await consumer.subscribe(js),
+            self.runner,
+            slots=self.settings.slots,
+        )
+        self._loops.start()
+        self._heartbeat = asyncio.create_task(self._beat(), name="transcoder.heartbeat")
+        log.info(
+            "transcoder.started",
+            worker=self.worker_id,
+            pool=pool,
+            slots=self.settings.slots,
+            ffmpeg=self.version,
+        )
+
+    def _tidy_scratch(self) -> None:
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        for folder in self.scratch_root.iterdir():
+            with contextlib.suppress(OSError):
+                if folder != self.scratch and now - folder.stat().st_mtime > STALE_SCRATCH_SECONDS:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+    def info(self) -> WorkerInfo:
+        busy = self._loops.busy if self._loops else 0
+        return WorkerInfo(
+            id=self.worker_id,
+            host=socket.gethostname(),
+            pool=self.settings.pool,
+            slots=self.settings.slots,
+            busy=busy,
+            renditions=sorted(self.runner.running),
+            ffmpeg=self.version,
+            started_at=self.started_at,
+            updated_at=time.time(),
+        )
+
+    async def _beat(self) -> None:
+        while True:
+            try:
+                await self.workers.put(self.worker_id, self.info())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("transcoder.heartbeat_failed", **describe(exc))
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def stop(self) -> None:
+        """Stop taking work; let running transcodes finish for `drain_seconds`, then hand back."""
+        if self._loops is not None:
+            self._loops.stop_fetching()
+            finished = await self._loops.wait_idle(self.settings.drain_seconds)
+            await self._loops.close(grace=0)
+            log.info("transcoder.drained", finished_in_time=finished)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        with contextlib.suppress(Exception):
+            await self.workers.delete(self.worker_id)
+        await asyncio.to_thread(shutil.rmtree, self.scratch, True)

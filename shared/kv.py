@@ -1,0 +1,90 @@
+"""Typed access to a KV bucket, with compare-and-set as the only way to change a record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+Stale = KeyWrongLastSequenceError
+
+_MAX_CAS_ROUNDS = 64
+
+
+class Versioned(msgspec.Struct, Generic[T], frozen=True):
+    """A record and the revision it was read at."""
+
+    value: T
+    revision: int
+
+
+class TypedKV(Generic[T]):
+    """A KV bucket whose values are msgspec Structs of one type."""
+
+    def __init__(self, kv: KeyValue, type_: type[T]) -> None:
+        self.kv = kv
+        self.type = type_
+        self._decoder = msgspec.json.Decoder(type_)
+        self._encoder = msgspec.json.Encoder()
+
+    def decode(self, data: bytes) -> T:
+        return self._decoder.decode(data)
+
+    def encode(self, value: T) -> bytes:
+        return self._encoder.encode(value)
+
+    async def get(self, key: str) -> Versioned[T] | None:
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        return Versioned(self.decode(entry.value), entry.revision or 0)
+
+    async def create(self, key: str, value: T) -> int:
+        """Store a new record; raises `Stale` if the key exists."""
+        return await self.kv.create(key, self.encode(value))
+
+    async def update(self, key: str, value: T, revision: int) -> int:
+        """Compare-and-set: store `value` only if the record is still at `revision`."""
+        return await self.kv.update(key, self.encode(value), last=revision)
+
+    async def put(self, key: str, value: T) -> int:
+        """Last writer wins; only for values one writer owns (progress, heartbeats)."""
+        return await self.kv.put(key, self.encode(value))
+
+    async def delete(self, key: str, revision: int | None = None) -> None:
+        await self.kv.delete(key, last=revision)
+
+    async def change(
+        self, key: str, fn: Callable[[T | None], T | None]
+    ) -> tuple[T | None, int | None, bool]:
+        """Apply `fn` to the current record with compare-and-set, re-reading on conflict.
+
+        `fn` returns the new record, or None to leave it as it is (it may raise to refuse).
+        Returns (record, revision, changed).
+        """
+        for _ in range(_MAX_CAS_ROUNDS):
+            current = await self.get(key)
+            new = fn(current.value if current else None)
+            if new is None or (current is not None and new == current.value):
+                return (
+                    current.value if current else None,
+                    current.revision if current else None,
+                    False,
+                )
+            try:
+                if current is None:
+                    revision = await self.create(key, new)
+                else:
+                    revision = await self.update(key, new, current.revision)
+            except Stale:
+                continue
+            return new, revision, True
+        raise RuntimeError(f"too much contention on {self.kv._name}/{key}")

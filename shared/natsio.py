@@ -1,0 +1,215 @@
+"""NATS wiring: connecting, declaring the streams and buckets, publishing commands and events.
+
+Streams and buckets are declared idempotently by every service at start-up from the one table
+below; an existing stream is left as it is (its configuration is the operator's). Each consumer
+is declared by the one service that reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from shared.messages import commands, events
+from shared.subjects import Names
+
+log = structlog.get_logger("vidmesh.nats")
+
+DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long JetStream keeps what it keeps."""
+
+    events_max_age: float = 7 * DAY
+    events_max_bytes: int = 1 << 30
+    commands_max_age: float = 7 * DAY
+    progress_ttl: float = 3600.0
+    workers_ttl: float = 30.0
+
+
+async def connect(url: str, name: str) -> NATS:
+    """Connect with unlimited reconnects; connection changes are logged, never fatal."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats.error", error=str(exc) or type(exc).__name__)
+
+    async def on_disconnect() -> None:
+        log.warning("nats.disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats.reconnected")
+
+    return await nats.connect(
+        servers=[u.strip() for u in url.split(",") if u.strip()],
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=3,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+
+
+def _streams(names: Names, replicas: int, retention: Retention) -> list[StreamConfig]:
+    return [
+        StreamConfig(
+            name=names.commands_stream,
+            description="vidmesh commands (work queue)",
+            subjects=[names.commands_all],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            max_age=retention.commands_max_age,
+            duplicate_window=120.0,
+            num_replicas=replicas,
+        ),
+        StreamConfig(
+            name=names.work_stream,
+            description="vidmesh transcode work items, one subject per pool (work queue)",
+            subjects=[names.work_all],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=120.0,
+            num_replicas=replicas,
+        ),
+        StreamConfig(
+            name=names.events_stream,
+            description="vidmesh events: the public contract for subscribers",
+            subjects=[names.events_all],
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            storage=StorageType.FILE,
+            max_age=retention.events_max_age,
+            max_bytes=retention.events_max_bytes,
+            duplicate_window=120.0,
+            num_replicas=replicas,
+        ),
+    ]
+
+
+def _buckets(names: Names, replicas: int, retention: Retention) -> list[KeyValueConfig]:
+    def kv(bucket: str, description: str, ttl: float | None = None) -> KeyValueConfig:
+        return KeyValueConfig(
+            bucket=bucket,
+            description=description,
+            history=1,
+            ttl=ttl,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        )
+
+    return [
+        kv(names.jobs_bucket, "job records"),
+        kv(names.renditions_bucket, "renditions (one transcode shared by jobs)"),
+        kv(names.progress_bucket, "live progress of running renditions", retention.progress_ttl),
+        kv(names.leases_bucket, "concurrency leases per pool"),
+        kv(names.stats_bucket, "totals folded from the event stream"),
+        kv(names.workers_bucket, "live transcoder instances", retention.workers_ttl),
+        kv(names.storage_bucket, "blob store summary"),
+    ]
+
+
+@dataclass(slots=True)
+class Buckets:
+    """Opened KV buckets of one namespace."""
+
+    jobs: KeyValue
+    renditions: KeyValue
+    progress: KeyValue
+    leases: KeyValue
+    stats: KeyValue
+    workers: KeyValue
+    storage: KeyValue
+
+
+async def ensure_topology(
+    js: JetStreamContext,
+    names: Names,
+    *,
+    replicas: int = 1,
+    retention: Retention | None = None,
+) -> Buckets:
+    """Create the streams and buckets that do not exist yet, then open the buckets."""
+    retention = retention or Retention()
+    for config in _streams(names, replicas, retention):
+        assert config.name is not None
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+            except BadRequestError as exc:  # another service created it just now
+                log.debug("nats.stream_exists", stream=config.name, error=str(exc))
+    opened: dict[str, KeyValue] = {}
+    for kvc in _buckets(names, replicas, retention):
+        try:
+            opened[kvc.bucket] = await js.key_value(kvc.bucket)
+        except NotFoundError:
+            opened[kvc.bucket] = await js.create_key_value(kvc)
+    return Buckets(
+        jobs=opened[names.jobs_bucket],
+        renditions=opened[names.renditions_bucket],
+        progress=opened[names.progress_bucket],
+        leases=opened[names.leases_bucket],
+        stats=opened[names.stats_bucket],
+        workers=opened[names.workers_bucket],
+        storage=opened[names.storage_bucket],
+    )
+
+
+async def publish_event(js: JetStreamContext, names: Names, event: events.Event) -> None:
+    """Publish an event on its documented subject, de-duplicated by its event id."""
+    subject = _event_subject(names, event)
+    await js.publish(
+        subject,
+        events.ENCODER.encode(event),
+        headers={"Nats-Msg-Id": event.event_id},
+    )
+
+
+def _event_subject(names: Names, event: events.Event) -> str:
+    kind = events.kind_of(event)
+    if isinstance(event, events.JobEvent):
+        return names.job_event(event.job_id, kind)
+    if isinstance(event, events.RenditionEvent):
+        return names.rendition_event(event.key, kind)
+    return names.storage_event(kind)
+
+
+async def publish_command(
+    js: JetStreamContext, subject: str, command: commands.Command, *, msg_id: str | None = None
+) -> bool:
+    """Publish a command durably; returns False when JetStream saw it already (same msg id)."""
+    ack = await js.publish(
+        subject,
+        commands.ENCODER.encode(command),
+        headers={"Nats-Msg-Id": msg_id or command.command_id},
+    )
+    return not ack.duplicate
+
+
+def encode(value: msgspec.Struct) -> bytes:
+    return msgspec.json.encode(value)
+
+
+def describe(exc: BaseException) -> dict[str, Any]:
+    """A log-friendly summary of an exception."""
+    return {"error": str(exc) or type(exc).__name__, "error_type": type(exc).__name__}

@@ -1,0 +1,116 @@
+"""Source URLs: validation, Jellyfin rebasing, the key that makes equal requests share a transcode,
+and redaction for display."""
+
+from __future__ import annotations
+
+import hashlib
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from shared.errors import BadRequest
+
+MAX_URL_LENGTH = 8192
+
+# Query parameters that identify a session or carry credentials, not what is streamed.
+_SESSION_PARAMS = frozenset(
+    {
+        "api_key",
+        "apikey",
+        "x-emby-token",
+        "token",
+        "deviceid",
+        "playsessionid",
+    }
+)
+_SECRET_PARAMS = frozenset({"api_key", "apikey", "x-emby-token", "token", "signature"})
+_JELLYFIN_SEGMENTS = ("videos", "audio", "items")
+
+
+def validate_http_url(url: object) -> str:
+    """A usable http(s) URL, or a `BadRequest` that says what is wrong with it."""
+    if url is None or url == "":
+        raise BadRequest("`url` is required: the http(s) URL of the source video")
+    if not isinstance(url, str):
+        raise BadRequest("`url` must be a string")
+    url = url.strip()
+    if len(url) > MAX_URL_LENGTH:
+        raise BadRequest(f"`url` is longer than {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError as exc:
+        raise BadRequest(f"`url` is not a valid URL: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise BadRequest(
+            f"`url` must be an http or https URL, not {parts.scheme or 'a bare path'!r}"
+        )
+    if not parts.hostname:
+        raise BadRequest("`url` has no host")
+    return url
+
+
+def rebase_on_jellyfin(url: str, jellyfin_url: str) -> str:
+    """Point a Jellyfin media URL at the configured Jellyfin server.
+
+    Clients send the address they use (often a public one); the server may reach Jellyfin on
+    another. URLs whose path does not look like Jellyfin media are left as they are.
+    """
+    parts = urlsplit(url)
+    segments = parts.path.split("/")
+    for index, segment in enumerate(segments):
+        if segment.lower() in _JELLYFIN_SEGMENTS:
+            base = urlsplit(jellyfin_url.rstrip("/"))
+            path = base.path.rstrip("/") + "/" + "/".join(segments[index:])
+            return urlunsplit((base.scheme, base.netloc, path, parts.query, ""))
+    return url
+
+
+def rendition_key(source: str, profile: str, container: str) -> str:
+    """Equal for requests that would produce the same output: same media, profile and container.
+
+    Credentials and session parameters are ignored; the other query parameters are sorted.
+    """
+    parts = urlsplit(source)
+    params = sorted(
+        (k.lower(), v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if k.lower() not in _SESSION_PARAMS
+    )
+    normal = urlunsplit(
+        (
+            parts.scheme.lower(),
+            (parts.hostname or "").lower() + _port(parts.port),
+            parts.path,
+            urlencode(params),
+            "",
+        )
+    )
+    digest = hashlib.sha256(f"{normal}\n{profile}\n{container}".encode())
+    return digest.hexdigest()[:40]
+
+
+def _port(port: int | None) -> str:
+    return f":{port}" if port else ""
+
+
+def redact(url: str) -> str:
+    """The URL with credentials replaced by '***', safe to show and log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    params = [
+        (k, "***" if k.lower() in _SECRET_PARAMS else v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(params, safe="*"), ""))
+
+
+def duration_from_ticks(ticks: object) -> float | None:
+    """Seconds from a Jellyfin `RunTimeTicks` value (100 ns ticks), if it is a sane number."""
+    if isinstance(ticks, bool) or not isinstance(ticks, int | float):
+        return None
+    seconds = float(ticks) / 10_000_000
+    return seconds if 0 < seconds < 10 * 86_400 else None

@@ -1,0 +1,100 @@
+"""Real parts, owned by the test session: a nats-server on a free port, small clips made by the
+real ffmpeg, and a Jellyfin stand-in. Each test gets its own namespace on the shared server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from shared.natsserver import NatsServer
+from tests.helpers import Client, System, fast_env, new_namespace, start_system, stop_system
+from tests.jellyfin_standin import JellyfinStandIn
+from tests.media_clips import make_clip
+
+ALICE = "token-alice"
+BOB = "token-bob"
+ADMIN = "token-admin"
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
+    root = tmp_path_factory.mktemp("nats")
+    server = NatsServer(root / "store", log_file=root / "nats.log")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small real clips: one that fits the default profile, and ones that must be re-encoded."""
+    root = tmp_path_factory.mktemp("clips")
+    return {
+        # H.264/AAC stereo 320x240: already fits, so it is stream-copied.
+        "fits": make_clip(root / "fits.mp4", seconds=2.0),
+        # HEVC with 5.1 audio: video and audio are both re-encoded.
+        "hevc": make_clip(
+            root / "hevc.mkv",
+            seconds=2.0,
+            vcodec="libx265",
+            acodec="ac3",
+            channels=6,
+            container="mkv",
+        ),
+        # MPEG-TS, long enough to be served slowly while a test looks at the running job.
+        "long_ts": make_clip(
+            root / "long.ts", seconds=20.0, width=160, height=120, fps=10, container="mpegts"
+        ),
+        "not_video": _text_file(root / "notes.mp4"),
+    }
+
+
+def _text_file(path: Path) -> Path:
+    path.write_text("this is not a video\n" * 100)
+    return path
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def jellyfin(clips: dict[str, Path]) -> AsyncIterator[JellyfinStandIn]:
+    standin = JellyfinStandIn()
+    standin.add_user(ALICE, "user-alice", "Alice")
+    standin.add_user(BOB, "user-bob", "Bob")
+    standin.add_user(ADMIN, "user-admin", "Admin", admin=True)
+    for item_id, path in clips.items():
+        standin.add_media(item_id, path)
+    await standin.start()
+    yield standin
+    await standin.stop()
+
+
+@pytest.fixture
+def env(nats_server: NatsServer, jellyfin: JellyfinStandIn, tmp_path: Path) -> dict[str, str]:
+    """Settings for one isolated vidmesh (own namespace and data folder)."""
+    return fast_env(new_namespace(), tmp_path / "data", nats_server.url, jellyfin.url)
+
+
+@pytest_asyncio.fixture
+async def system(env: dict[str, str]) -> AsyncIterator[System]:
+    running = await start_system(env)
+    yield running
+    await stop_system(running)
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def alice(http: aiohttp.ClientSession, system: System) -> Client:
+    return Client(http, system.url, ALICE)
+
+
+@pytest.fixture
+def bob(http: aiohttp.ClientSession, system: System) -> Client:
+    return Client(http, system.url, BOB)

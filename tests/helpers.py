@@ -1,0 +1,281 @@
+"""Test helpers: waiting on conditions with a deadline, and a whole vidmesh in one namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from nats.aio.client import Client as NATS
+
+from services.gateway import GatewayService, GatewaySettings
+from services.scheduler import Scheduler, SchedulerSettings
+from services.statistics import Statistics, StatisticsSettings
+from services.storage import Storage, StorageSettings
+from services.transcoder import Transcoder, TranscoderSettings
+from shared import config
+from shared.blobstore import LocalBlobStore
+from shared.natsio import connect
+from shared.runtime import Service
+from shared.subjects import Names
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        last = result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(interval)
+
+
+def new_namespace() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+def fast_env(
+    namespace: str, data_dir: Path, nats_url: str, jellyfin_url: str, **extra: Any
+) -> dict[str, str]:
+    """Settings for tests: short sweeps, short ack_wait, quick progress."""
+    env = {
+        "VIDMESH_NATS_URL": nats_url,
+        "VIDMESH_NAMESPACE": namespace,
+        "VIDMESH_DATA_DIR": str(data_dir),
+        "VIDMESH_LOG_LEVEL": "info",
+        "VIDMESH_LOG_FORMAT": "json",
+        "VIDMESH_SWEEP_INTERVAL": "0.5",
+        "VIDMESH_ACK_WAIT": "3",
+        "VIDMESH_PROGRESS_INTERVAL": "0.25",
+        "VIDMESH_COMMAND_TIMEOUT": "5",
+        "VIDMESH_AUTH_CACHE_SECONDS": "30",
+        "VIDMESH_HOST": "127.0.0.1",
+        "VIDMESH_PORT": "0",
+        "VIDMESH_DRAIN_SECONDS": "0",
+        "VIDMESH_ORPHAN_GRACE": "30",
+        "JELLYFIN_URL": jellyfin_url,
+    }
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@dataclass
+class System:
+    """Every vidmesh service running in this process, in one namespace."""
+
+    env: dict[str, str]
+    nc: NATS
+    services: dict[str, Service] = field(default_factory=dict)
+    url: str = ""
+
+    @property
+    def names(self) -> Names:
+        return Names(self.env["VIDMESH_NAMESPACE"])
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.env["VIDMESH_DATA_DIR"])
+
+    @property
+    def blobs(self) -> LocalBlobStore:
+        return LocalBlobStore(self.data_dir / "blobs")
+
+    @property
+    def gateway(self) -> GatewayService:
+        service = self.services["gateway"]
+        assert isinstance(service, GatewayService)
+        return service
+
+    @property
+    def scheduler(self) -> Scheduler:
+        service = self.services["scheduler"]
+        assert isinstance(service, Scheduler)
+        return service
+
+    async def start(self, *only: str) -> System:
+        names = only or ("scheduler", "storage", "statistics", "transcoder", "gateway")
+        for name in names:
+            service = build_service(name, self.nc, self.env)
+            await service.start()
+            self.services[name] = service
+        if "gateway" in self.services:
+            self.url = self.gateway.url
+        return self
+
+    async def stop(self, *only: str) -> None:
+        for name in only or list(reversed(list(self.services))):
+            service = self.services.pop(name, None)
+            if service is not None:
+                await service.shutdown()
+
+    def output_files(self) -> list[Path]:
+        root = self.data_dir / "blobs" / "outputs"
+        return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def build_service(name: str, nc: NATS, env: dict[str, str]) -> Service:
+    if name == "gateway":
+        return GatewayService(nc, config.load(GatewaySettings, env))
+    if name == "scheduler":
+        return Scheduler(nc, config.load(SchedulerSettings, env))
+    if name == "transcoder":
+        return Transcoder(nc, config.load(TranscoderSettings, env))
+    if name == "storage":
+        return Storage(nc, config.load(StorageSettings, env))
+    return Statistics(nc, config.load(StatisticsSettings, env))
+
+
+async def start_system(env: dict[str, str], *only: str) -> System:
+    nc = await connect(env["VIDMESH_NATS_URL"], "vidmesh-test")
+    return await System(env=env, nc=nc).start(*only)
+
+
+async def stop_system(system: System) -> None:
+    await system.stop()
+    await system.nc.close()
+
+
+@dataclass
+class ServiceProcess:
+    """One service as its own process (`python -m services.<name>`), for fault tests."""
+
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def ffmpeg_pids(marker: str) -> list[int]:
+    """Running ffmpeg processes whose command line mentions `marker` (a rendition key)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if ") Z" in stat:  # zombies have stopped already
+            continue
+        is_ffmpeg = bool(cmdline) and "ffmpeg" in Path(cmdline[0].decode(errors="replace")).name
+        if is_ffmpeg and any(marker.encode() in part for part in cmdline):
+            found.append(int(entry.name))
+    return found
+
+
+class Client:
+    """An HTTP client that talks to the gateway as the Streamyfin app does."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, token: str) -> None:
+        self.session = session
+        self.base = base.rstrip("/")
+        self.token = token
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {"Authorization": self.token, **extra}
+
+    async def request(
+        self, method: str, path: str, **kwargs: Any
+    ) -> tuple[int, Any, aiohttp.ClientResponse]:
+        headers = {**self.headers(), **kwargs.pop("headers", {})}
+        async with self.session.request(
+            method, self.base + path, headers=headers, **kwargs
+        ) as resp:
+            body = await resp.read()
+            data: Any = body
+            if resp.content_type == "application/json":
+                import json
+
+                data = json.loads(body)
+            return resp.status, data, resp
+
+    async def submit(
+        self,
+        url: str,
+        *,
+        device: str = "dev-1",
+        ext: str | None = None,
+        item: dict[str, Any] | None = None,
+    ) -> str:
+        payload: dict[str, Any] = {
+            "url": url,
+            "deviceId": device,
+            "itemId": (item or {}).get("Id", "item-1"),
+        }
+        if ext is not None:
+            payload["fileExtension"] = ext
+        payload["item"] = item or {"Id": payload["itemId"], "Name": "Test clip", "Type": "Movie"}
+        status, body, _ = await self.request("POST", "/optimize-version", json=payload)
+        assert status == 201, (status, body)
+        return str(body["id"])
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        status, body, _ = await self.request("GET", f"/job-status/{job_id}")
+        assert status == 200, (status, body)
+        return body  # type: ignore[no-any-return]
+
+    async def wait_status(
+        self, job_id: str, *statuses: str, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        async def check() -> dict[str, Any] | None:
+            job = await self.job(job_id)
+            return job if job["status"] in statuses else None
+
+        return await eventually(check, timeout=timeout, what=f"job {job_id} to be {statuses}")

@@ -1,0 +1,108 @@
+"""A small stand-in for a Jellyfin server: `/Users/Me` for tokens, and media served the ways a
+real Jellyfin serves it (Range requests; a chunked stream with no length; a slow stream)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+_TOKEN = re.compile(r'Token="?([^",]+)"?', re.IGNORECASE)
+
+
+@dataclass
+class JellyfinStandIn:
+    """Tokens it accepts, media it serves, and how often each path was asked for."""
+
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    media: dict[str, Path] = field(default_factory=dict)
+    hits: Counter[str] = field(default_factory=Counter)
+    down: bool = False
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    def add_user(self, token: str, user_id: str, name: str = "", admin: bool = False) -> None:
+        self.users[token] = {
+            "Id": user_id,
+            "Name": name or user_id,
+            "Policy": {"IsAdministrator": admin},
+        }
+
+    def add_media(self, item_id: str, path: Path) -> None:
+        self.media[item_id] = path
+
+    def stream_url(self, item_id: str, token: str, *, kind: str = "stream", **params: str) -> str:
+        query = "&".join(
+            f"{k}={v}" for k, v in {"Static": "true", **params, "api_key": token}.items()
+        )
+        return f"{self.url}/Videos/{item_id}/{kind}?{query}"
+
+    def _token(self, request: web.Request) -> str | None:
+        for header in ("Authorization", "X-Emby-Authorization"):
+            value = request.headers.get(header, "")
+            match = _TOKEN.search(value)
+            if match:
+                return match.group(1)
+        return request.headers.get("X-Emby-Token") or request.query.get("api_key")
+
+    async def users_me(self, request: web.Request) -> web.Response:
+        self.hits["/Users/Me"] += 1
+        if self.down:
+            return web.Response(status=503)
+        user = self.users.get(self._token(request) or "")
+        if user is None:
+            return web.Response(status=401, text="Unauthorized")
+        return web.json_response(user)
+
+    def _item(self, request: web.Request) -> Path:
+        if self._token(request) not in self.users:
+            raise web.HTTPUnauthorized()
+        path = self.media.get(request.match_info["item"])
+        if path is None:
+            raise web.HTTPNotFound()
+        return path
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """Static file with Range support, like `/Videos/{id}/stream?Static=true`."""
+        self.hits[f"stream:{request.match_info['item']}"] += 1
+        return web.FileResponse(self._item(request))
+
+    async def live(self, request: web.Request) -> web.StreamResponse:
+        """Chunked, no Content-Length, no Range: the duration cannot be known up front."""
+        self.hits[f"live:{request.match_info['item']}"] += 1
+        path = self._item(request)
+        rate = int(request.query.get("rate", "0"))  # bytes per second; 0 = as fast as possible
+        response = web.StreamResponse()
+        response.content_type = "video/mp2t"
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        with path.open("rb") as handle:
+            while chunk := handle.read(16 * 1024):
+                await response.write(chunk)
+                if rate:
+                    await asyncio.sleep(len(chunk) / rate)
+        await response.write_eof()
+        return response
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/Users/Me", self.users_me)
+        app.router.add_get("/Videos/{item}/stream", self.stream)
+        app.router.add_get("/Videos/{item}/stream.{ext}", self.stream)
+        app.router.add_get("/Videos/{item}/live", self.live)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -1,0 +1,1 @@
+"""vidmesh command line: `vidmesh up`, each service on its own, schema generation."""
