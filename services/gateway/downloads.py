@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import re
 import time
+from pathlib import Path
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 
 from services.gateway.state import Gateway
 from shared import jobstate
@@ -38,7 +40,7 @@ async def serve_output(gw: Gateway, request: web.Request, job: JobRecord) -> web
     path = gw.blobs.local_path(output.blob)
     if path is None or not path.is_file():
         raise NotFound(f"The output of job {job.id} is no longer stored.")
-    response = web.FileResponse(path, chunk_size=1 << 20)
+    response = _OutputResponse(path, chunk_size=1 << 20)
     response.content_type = output.mime
     response.headers["Accept-Ranges"] = "bytes"
     response.headers["X-File-Checksum"] = output.sha256
@@ -47,6 +49,30 @@ async def serve_output(gw: Gateway, request: web.Request, job: JobRecord) -> web
     response.headers["Content-Disposition"] = f'attachment; filename="{download_name(job)}"'
     response.headers["Cache-Control"] = "private, no-transform"
     return response
+
+
+class _OutputResponse(web.FileResponse):
+    """FileResponse with RFC 9110 If-Range for entity tags too (aiohttp only compares dates)."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        return await super().prepare(_without_stale_range(request, self._path))
+
+
+def _without_stale_range(request: web.BaseRequest, path: Path) -> web.BaseRequest:
+    """Drop Range when If-Range names an entity tag that is not the file's current one."""
+    validator = request.headers.get(hdrs.IF_RANGE, "").strip()
+    if not validator or hdrs.RANGE not in request.headers:
+        return request
+    if not (validator.startswith('"') or validator.startswith("W/")):
+        return request  # an HTTP-date: aiohttp handles it
+    st = path.stat()
+    current = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'  # the ETag FileResponse sends
+    if validator == current:  # strong comparison: a weak tag never matches
+        return request
+    headers = request.headers.copy()
+    del headers[hdrs.RANGE]
+    del headers[hdrs.IF_RANGE]
+    return request.clone(headers=headers)
 
 
 def _word(job: JobRecord) -> str:

@@ -139,7 +139,7 @@ async def optimize_version(request: web.Request) -> web.Response:
         item=item,
         source=url,
         profile=PROFILE,
-        container=container.extension,
+        container=container.name,
         duration_hint=duration_from_ticks(item.get("RunTimeTicks")) if item else None,
         now=time.time(),
     )

@@ -101,19 +101,23 @@ class CommandHandler:
         self._wake_up()
 
     async def clear_cache(self, request_id: str) -> None:
-        """Let go of every finished output, then have the storage service delete the files."""
+        """Let go of every finished output, then have the storage service delete the files.
+
+        Renditions go first, so the files are counted in this clear and not released one by one
+        as their jobs change; the files are deleted only after no job holds them.
+        """
         now = time.time()
-        for job in list(self.view.jobs.values()):
-            if jobstate.holds_output(job, now):
-                await self.store.change_job(
-                    job.id, lambda j: jobstate.clear_output(j, now) if j else None
-                )
         blobs: list[str] = []
         for r in list(self.view.renditions.values()):
             if r.state is RenditionState.DONE:
                 blob = await self.reconciler.release_if_unneeded(r.key, request_id=request_id)
                 if blob:
                     blobs.append(blob)
+        for job in list(self.view.jobs.values()):
+            if jobstate.holds_output(job, now):
+                await self.store.change_job(
+                    job.id, lambda j: jobstate.clear_output(j, now) if j else None
+                )
         await self.reconciler.delete_blobs(
             blobs, reason="cache cleared", msg_id=f"clear:{request_id}", request_id=request_id
         )

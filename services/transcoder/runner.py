@@ -187,7 +187,7 @@ class WorkRunner:
         reporter.set_total(total, estimated=estimated)
         plan = make_plan(probe, profile, container)
         self.scratch.mkdir(parents=True, exist_ok=True)
-        out = self.scratch / f"{r.key}-{r.generation}-{r.attempt}.{container.extension}"
+        out = self.scratch / f"{r.key}-{r.generation}-{r.attempt}.{container.name}"
         argv = build_args(self.ffmpeg, work.source, str(out), plan, profile, container)
         log.info("ffmpeg.start", mode=plan.mode, reasons=plan.reasons, total=total)
         reporter.stage("encoding")
@@ -196,7 +196,7 @@ class WorkRunner:
             if result.returncode != 0:
                 raise TranscodeFailed(classify_failure(result.stderr_tail, result.returncode))
             reporter.stage("storing")
-            key = output_key(r.key, r.generation, r.attempt, container.extension)
+            key = output_key(r.key, r.generation, r.attempt, container.name)
             try:
                 stored = await self.blobs.put_file(key, out)
             except StoreError as exc:

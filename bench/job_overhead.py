@@ -1,0 +1,480 @@
+"""Job overhead: the wall time of one job through vidmesh over the wall time of ffmpeg run directly.
+
+Same clip (a 1080p MPEG-4 Part 2 + AAC mp4 that the "optimized" profile must re-encode), same
+ffmpeg argv (built by the code the transcoder uses), same HTTP source (a Jellyfin stand-in in this
+process). vidmesh runs as users run it, `vidmesh up`; its time is submit -> downloadable, i.e. the
+moment `HEAD /download/{id}` answers 200. Goal: ratio <= 1.05. The ratio is a measurement, so the
+exit code is 0 whatever it is; only errors exit non-zero.
+
+    python bench/job_overhead.py [--seconds 60] [--runs 1] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import imageio_ffmpeg
+
+REPO = Path(__file__).resolve().parent.parent
+# tests/ is not installed; the benchmark reuses its Jellyfin stand-in and clip maker
+sys.path.insert(0, str(REPO))
+
+from shared.media import (  # noqa: E402
+    Plan,
+    build_args,
+    get_container,
+    get_profile,
+    make_plan,
+    probe_async,
+)
+from tests.jellyfin_standin import JellyfinStandIn  # noqa: E402
+from tests.media_clips import make_clip  # noqa: E402
+
+WORK = REPO / "bench" / ".work"
+RESULT_JSON = WORK / "job_overhead.json"
+UP_LOG = WORK / "vidmesh-up.log"
+GOAL = 1.05
+PROFILE = "optimized"  # what `POST /optimize-version` always uses
+CONTAINER = "mp4"
+WIDTH, HEIGHT, FPS = 1920, 1080, 30
+POLL_INTERVAL = 0.02
+READY_TIMEOUT = 120.0
+STOP_TIMEOUT = 90.0  # `vidmesh up` gives the transcoder drain + 10 s and the others 10 s each
+# Stage boundaries the transcoder logs, in order; used only for the breakdown, never for timing.
+STAGE_EVENTS = ("work.claimed", "ffmpeg.start", "ffmpeg.done", "work.succeeded")
+
+
+class BenchError(Exception):
+    """The benchmark could not measure (as opposed to measuring a bad ratio)."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """The cached source clip."""
+
+    path: Path
+    seconds: float
+
+    def describe(self) -> str:
+        size_mb = self.path.stat().st_size / 1e6
+        return (
+            f"{self.seconds:g} s {WIDTH}x{HEIGHT} {FPS} fps MPEG-4 Part 2 (q 3) + AAC stereo, "
+            f"mp4, {size_mb:.1f} MB"
+        )
+
+
+@dataclass
+class VidmeshRun:
+    """One job through vidmesh: wall time and what the gateway and the transcoder log showed."""
+
+    wall_s: float
+    output_bytes: int
+    status_seen_at_s: dict[str, float] = field(default_factory=dict)
+    stages_at_s: dict[str, float] = field(default_factory=dict)
+    ffmpeg_in_vidmesh_s: float | None = None
+
+
+@dataclass
+class DirectRun:
+    """One direct ffmpeg run."""
+
+    wall_s: float
+    output_bytes: int
+
+
+# --- the clip ---------------------------------------------------------------------------------
+
+
+def ensure_clip(seconds: float) -> Clip:
+    """The clip for `seconds`, generated once under bench/.work/ and reused afterwards."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / f"clip-{seconds:g}s-{WIDTH}x{HEIGHT}-{FPS}fps-mpeg4-aac.mp4"
+    if not path.exists():
+        print(f"generating {path.name} (once) ...", flush=True)
+        partial = path.with_name(path.name + ".part")
+        # mpeg4 is fast to encode and is not h264, so the optimized profile must re-encode it;
+        # the later -q:v 3 overrides make_clip's -q:v 5 for a source of realistic quality
+        make_clip(
+            partial,
+            seconds=seconds,
+            width=WIDTH,
+            height=HEIGHT,
+            fps=FPS,
+            vcodec="mpeg4",
+            acodec="aac",
+            channels=2,
+            container="mp4",
+            extra_args=("-q:v", "3"),
+        )
+        partial.rename(path)  # only a complete clip is ever cached
+    return Clip(path, seconds)
+
+
+# --- the reference: ffmpeg run directly -------------------------------------------------------
+
+
+async def plan_for(url: str) -> Plan:
+    """The transcoder's plan for `url`; a threaded probe, since the stand-in shares our loop."""
+    probe = await probe_async(url)
+    plan = make_plan(probe, get_profile(PROFILE), get_container(CONTAINER))
+    if plan.video != "encode":
+        raise BenchError(f"the clip would not be re-encoded ({'; '.join(plan.reasons)})")
+    return plan
+
+
+def direct_argv(url: str, output: Path, plan: Plan) -> list[str]:
+    """The exact argv the transcoder builds for this source (progress pipe included)."""
+    return build_args(
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        url,
+        str(output),
+        plan,
+        get_profile(PROFILE),
+        get_container(CONTAINER),
+    )
+
+
+async def warm_up(argv: list[str], output: Path) -> None:
+    """An untimed 2 s encode, so the first timed run does not pay for paging ffmpeg in."""
+    short = [*argv[:-1], "-t", "2", str(output)]
+    await run_direct(short, output)
+    await asyncio.to_thread(output.unlink)
+
+
+async def run_direct(argv: list[str], output: Path) -> DirectRun:
+    """Run ffmpeg once and time it; asyncio, so the stand-in keeps serving the source."""
+    started = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,  # the -progress lines; vidmesh parses them, we need not
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await process.communicate()
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise BenchError(f"direct ffmpeg failed ({process.returncode}): {stderr.decode()[-2000:]}")
+    stat = await asyncio.to_thread(output.stat)
+    return DirectRun(wall_s=wall, output_bytes=stat.st_size)
+
+
+# --- the system under test: `vidmesh up` ------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def up_env(data_dir: Path, jellyfin_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        VIDMESH_DATA_DIR=str(data_dir),
+        VIDMESH_HOST="127.0.0.1",  # a benchmark has no reason to listen on every interface
+        VIDMESH_PORT=str(free_port()),
+        VIDMESH_NATS_PORT=str(free_port()),
+        JELLYFIN_URL=jellyfin_url,
+        VIDMESH_LOG_FORMAT="json",
+    )
+    return env
+
+
+@contextlib.asynccontextmanager
+async def vidmesh_up(env: dict[str, str], log_path: Path) -> AsyncIterator[str]:
+    """`vidmesh up` as a child process, ready; yields the gateway URL. Ctrl-C'd on the way out."""
+    url = f"http://127.0.0.1:{env['VIDMESH_PORT']}"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "vidmesh.cli",
+            "up",
+            cwd=REPO,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    try:
+        await wait_ready(process, url, log_path)
+        yield url
+    finally:
+        await stop_up(process)
+
+
+async def wait_ready(process: asyncio.subprocess.Process, url: str, log_path: Path) -> None:
+    """Poll /readyz until 200; fail early if `vidmesh up` exits, or at READY_TIMEOUT."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if process.returncode is not None:
+                raise BenchError(f"vidmesh up exited ({process.returncode}):\n{log_tail(log_path)}")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(
+                    f"{url}/readyz", timeout=aiohttp.ClientTimeout(total=2)
+                ) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise BenchError(f"vidmesh was not ready after {READY_TIMEOUT:g} s:\n{log_tail(log_path)}")
+
+
+async def stop_up(process: asyncio.subprocess.Process) -> None:
+    """Ctrl-C, as a user stops it; kill only if the orderly stop overruns STOP_TIMEOUT."""
+    if process.returncode is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+    except TimeoutError:
+        print(f"vidmesh up did not stop within {STOP_TIMEOUT:g} s; killing it", file=sys.stderr)
+        process.kill()
+        await process.wait()
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --- one job through the Streamyfin API --------------------------------------------------------
+
+
+async def run_through_vidmesh(
+    session: aiohttp.ClientSession, base: str, url: str, seconds: float, deadline_s: float
+) -> VidmeshRun:
+    """Submit, poll every POLL_INTERVAL until downloadable, and time it."""
+    # the app polls /all-jobs every 2 s, so its token is always known; warm the auth cache alike
+    async with session.get(f"{base}/all-jobs", params={"deviceId": "bench"}) as response:
+        await expect(response, 200, "GET /all-jobs")
+    log_offset = (await asyncio.to_thread(UP_LOG.stat)).st_size
+    body = {
+        "url": url,
+        "fileExtension": CONTAINER,
+        "deviceId": "bench",
+        "itemId": "bench",
+        "item": {"Id": "bench", "Name": "bench", "RunTimeTicks": int(seconds * 10_000_000)},
+    }
+    submitted_wall = time.time()
+    started = time.perf_counter()
+    async with session.post(f"{base}/optimize-version", json=body) as response:
+        job_id = str((await expect(response, 201, "POST /optimize-version"))["id"])
+    seen, size = await wait_downloadable(session, base, job_id, started, deadline_s)
+    wall = time.perf_counter() - started
+    stages, ffmpeg_s = read_stages(UP_LOG, log_offset, submitted_wall)
+    return VidmeshRun(
+        wall_s=wall,
+        output_bytes=size,
+        status_seen_at_s=seen,
+        stages_at_s=stages,
+        ffmpeg_in_vidmesh_s=ffmpeg_s,
+    )
+
+
+async def wait_downloadable(
+    session: aiohttp.ClientSession, base: str, job_id: str, started: float, deadline_s: float
+) -> tuple[dict[str, float], int]:
+    """When each status was first seen, and the output size, once HEAD /download answers 200."""
+    seen: dict[str, float] = {}
+    while time.perf_counter() - started < deadline_s:
+        async with session.get(f"{base}/job-status/{job_id}") as response:
+            job = await expect(response, 200, "GET /job-status")
+        status = str(job["status"])
+        seen.setdefault(status, round(time.perf_counter() - started, 3))
+        if status in ("failed", "cancelled", "ready-for-removal"):
+            raise BenchError(f"job {job_id} ended {status}: {job.get('error')}\n{log_tail(UP_LOG)}")
+        if status == "completed":
+            async with session.head(f"{base}/download/{job_id}") as response:
+                if response.status == 200:
+                    seen["downloadable"] = round(time.perf_counter() - started, 3)
+                    return seen, int(job["size"])
+        await asyncio.sleep(POLL_INTERVAL)
+    raise BenchError(f"job {job_id} not downloadable after {deadline_s:.0f} s (seen: {seen})")
+
+
+async def expect(response: aiohttp.ClientResponse, status: int, what: str) -> Any:
+    """The JSON body, or a BenchError naming the call when the status is not `status`."""
+    if response.status != status:
+        raise BenchError(f"{what} answered {response.status}: {await response.text()}")
+    return await response.json()
+
+
+def read_stages(
+    log_path: Path, offset: int, submitted: float
+) -> tuple[dict[str, float], float | None]:
+    """Seconds after submit at which the transcoder logged each stage, and ffmpeg's own time."""
+    stages: dict[str, float] = {}
+    ffmpeg_s: float | None = None
+    with log_path.open("rb") as log:
+        log.seek(offset)
+        for raw in log:
+            with contextlib.suppress(ValueError):
+                entry = json.loads(raw)
+                event = entry.get("event") if isinstance(entry, dict) else None
+                if event in STAGE_EVENTS and event not in stages and "timestamp" in entry:
+                    stamp = datetime.fromisoformat(entry["timestamp"]).timestamp()
+                    stages[event] = round(stamp - submitted, 3)
+                    if event == "ffmpeg.done":
+                        ffmpeg_s = entry.get("seconds")
+    return stages, ffmpeg_s
+
+
+# --- orchestration ------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def jellyfin_serving(clip: Clip, runs: int) -> AsyncIterator[JellyfinStandIn]:
+    """The stand-in, serving the clip as items bench-1..N to users with tokens bench-1..N."""
+    standin = JellyfinStandIn()
+    for run in range(1, runs + 1):
+        # a fresh item per run: same bytes, another rendition, so no run hits an earlier output;
+        # a fresh user per run, so no per-user cached-output limit ever holds a job back
+        standin.add_media(f"bench-{run}", clip.path)
+        standin.add_user(f"bench-{run}", f"bench-user-{run}")
+    await standin.start()
+    try:
+        yield standin
+    finally:
+        await standin.stop()
+
+
+@dataclass
+class Measurements:
+    """Everything `measure` found: the plan ffmpeg carried out and every run's figures."""
+
+    plan: Plan | None = None
+    argv: list[str] = field(default_factory=list)
+    directs: list[DirectRun] = field(default_factory=list)
+    jobs: list[VidmeshRun] = field(default_factory=list)
+
+
+async def measure(clip: Clip, runs: int, run_dir: Path) -> Measurements:
+    """Interleave direct and vidmesh runs, direct first, against one `vidmesh up`."""
+    found = Measurements()
+    directs, jobs = found.directs, found.jobs
+    async with jellyfin_serving(clip, runs) as standin:
+        env = up_env(run_dir / "data", standin.url)
+        async with vidmesh_up(env, UP_LOG) as base:
+            for run in range(1, runs + 1):
+                token = f"bench-{run}"
+                url = standin.stream_url(f"bench-{run}", token)
+                output = run_dir / f"direct-{run}.mp4"
+                found.plan = await plan_for(url)
+                found.argv = argv = direct_argv(url, output, found.plan)
+                if run == 1:
+                    await warm_up(argv, output)
+                directs.append(await run_direct(argv, output))
+                print(f"run {run}: direct ffmpeg {directs[-1].wall_s:.3f} s", flush=True)
+                # generous: the job may be slower than ffmpeg, but not ten times slower
+                deadline = 10 * directs[-1].wall_s + 120
+                headers = {"Authorization": token}
+                async with aiohttp.ClientSession(headers=headers) as session:
+                    jobs.append(
+                        await run_through_vidmesh(session, base, url, clip.seconds, deadline)
+                    )
+                print(f"run {run}: vidmesh job   {jobs[-1].wall_s:.3f} s", flush=True)
+    return found
+
+
+def summarize(clip: Clip, found: Measurements) -> dict[str, Any]:
+    """The figures the report prints and the JSON file holds."""
+    directs, jobs, plan = found.directs, found.jobs, found.plan
+    assert plan is not None  # measure() plans before its first run
+    direct = statistics.median(d.wall_s for d in directs)
+    vidmesh = statistics.median(j.wall_s for j in jobs)
+    ratio = vidmesh / direct
+    return {
+        "clip": clip.describe(),
+        "plan": f"video {plan.video}, audio {plan.audio} ({'; '.join(plan.reasons)})",
+        "runs": len(jobs),
+        "direct_ffmpeg_s": round(direct, 3),
+        "vidmesh_job_s": round(vidmesh, 3),
+        "overhead_s": round(vidmesh - direct, 3),
+        "ratio": round(ratio, 3),
+        "goal": GOAL,
+        "pass": ratio <= GOAL,
+        "cpus": os.cpu_count(),
+        "ffmpeg_argv": found.argv,
+        "direct_runs": [asdict(d) for d in directs],
+        "vidmesh_runs": [asdict(j) for j in jobs],
+    }
+
+
+def print_report(result: dict[str, Any]) -> None:
+    verdict = "PASS" if result["pass"] else "FAIL"
+    print()
+    print("vidmesh job overhead (submit -> downloadable) vs ffmpeg run directly")
+    print(f"  clip            {result['clip']}")
+    print(f"  ffmpeg plan     {result['plan']}")
+    runs, cpus = result["runs"], result["cpus"]
+    print(f"  runs            {runs} of each, interleaved, medians reported ({cpus} CPUs)")
+    print(f"  direct ffmpeg   {result['direct_ffmpeg_s']:.3f} s")
+    print(f"  vidmesh job     {result['vidmesh_job_s']:.3f} s")
+    print(f"  overhead        {result['overhead_s']:+.3f} s")
+    print(f"  ratio           {result['ratio']:.3f}   goal <= {GOAL}   {verdict}")
+    for run, (d, j) in enumerate(
+        zip(result["direct_runs"], result["vidmesh_runs"], strict=True), 1
+    ):
+        print(
+            f"  run {run}: direct {d['wall_s']:.3f} s ({d['output_bytes']} B), "
+            f"vidmesh {j['wall_s']:.3f} s ({j['output_bytes']} B), "
+            f"ffmpeg inside vidmesh {j['ffmpeg_in_vidmesh_s']} s"
+        )
+        print(f"         statuses first seen at {j['status_seen_at_s']}")
+        print(f"         transcoder stages at   {j['stages_at_s']}")
+    print(f"  JSON            {RESULT_JSON.relative_to(REPO)}")
+
+
+async def bench(seconds: float, runs: int, keep: bool) -> dict[str, Any]:
+    clip = await asyncio.to_thread(ensure_clip, seconds)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=WORK))
+    try:
+        found = await measure(clip, runs, run_dir)
+    finally:
+        if keep:
+            print(f"kept {run_dir} and {UP_LOG}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return summarize(clip, found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="clip length (default 60)")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each, interleaved")
+    parser.add_argument("--keep", action="store_true", help="keep the data dir and outputs")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.seconds <= 0:
+        parser.error("--runs must be >= 1 and --seconds > 0")
+    try:
+        result = asyncio.run(bench(args.seconds, args.runs, args.keep))
+    except BenchError as exc:
+        print(f"job_overhead: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    RESULT_JSON.write_text(json.dumps(result, indent=2) + "\n")
+    print_report(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Contracts other programs rely on: generated schemas match the code, event subjects and ids are
+what the documentation says, sources that are the same media share one key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared import schemas
+from shared.messages import events
+from shared.messages.records import JobStatus
+from shared.natsio import _event_subject
+from shared.sources import rebase_on_jellyfin, redact, rendition_key
+from shared.subjects import Names
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+
+
+def test_generated_schemas_match_the_committed_files() -> None:
+    stale = schemas.drift(SCHEMAS)
+    assert not stale, f"schemas/ is stale ({stale}); run `vidmesh schemas --write`"
+
+
+def test_drift_is_detected_when_a_file_differs(tmp_path: Path) -> None:
+    schemas.write(tmp_path)
+    (tmp_path / "events.json").write_text("{}\n")
+    assert schemas.drift(tmp_path) == ["events.json"]
+
+
+def test_every_event_type_is_in_the_published_schema() -> None:
+    text = (SCHEMAS / "events.json").read_text()
+    for tag in ("job.accepted", "job.completed", "job.failed", "rendition.succeeded"):
+        assert f'"{tag}"' in text
+
+
+def test_job_events_go_to_documented_subjects_with_revision_based_ids() -> None:
+    from shared import jobstate
+
+    job = jobstate.new_job(job_id="abc", owner="u", source="http://h/x", now=1.0)
+    event = events.job_event(job, 7, created=True)
+    assert _event_subject(Names("vidmesh"), event) == "vidmesh.evt.job.abc.accepted"
+    assert event.event_id == "job:abc:7"
+    assert event.status is JobStatus.QUEUED
+    decoded = events.DECODER.decode(events.ENCODER.encode(event))
+    assert decoded == event
+
+
+def test_same_jellyfin_media_from_two_devices_shares_one_rendition_key() -> None:
+    a = "http://jf:8096/Videos/42/stream?Static=true&api_key=AAA&DeviceId=phone&PlaySessionId=1"
+    b = "http://JF:8096/Videos/42/stream?PlaySessionId=9&DeviceId=tablet&api_key=BBB&Static=true"
+    assert rendition_key(a, "optimized", "mp4") == rendition_key(b, "optimized", "mp4")
+    assert rendition_key(a, "optimized", "mp4") != rendition_key(a, "optimized", "mkv")
+    other = "http://jf:8096/Videos/43/stream?Static=true&api_key=AAA"
+    assert rendition_key(a, "optimized", "mp4") != rendition_key(other, "optimized", "mp4")
+
+
+def test_credentials_never_show_in_redacted_urls() -> None:
+    shown = redact("http://user:pw@jf/Videos/1/stream?api_key=SECRET&Static=true")
+    assert "SECRET" not in shown and "pw" not in shown and "Static=true" in shown
+
+
+def test_jellyfin_media_urls_are_rebased_on_the_configured_server() -> None:
+    url = "https://public.example/jellyfin/Videos/42/stream?api_key=T"
+    assert rebase_on_jellyfin(url, "http://10.0.0.5:8096/") == (
+        "http://10.0.0.5:8096/Videos/42/stream?api_key=T"
+    )
+    assert rebase_on_jellyfin("https://cdn.example/file.mp4", "http://jf") == (
+        "https://cdn.example/file.mp4"
+    )

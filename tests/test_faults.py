@@ -1,0 +1,507 @@
+"""Nothing accepted is lost: a job answered with 201 completes or fails visibly, whatever else
+happens to the processes around it.
+
+Every service runs as its own OS process (`python -m services.<name>`), as in production; the
+faults are real signals to real processes. A job is kept running long enough to be interrupted by
+serving its source slowly from the Jellyfin stand-in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest_asyncio
+
+from shared.natsio import connect
+from shared.natsserver import NatsServer
+from shared.subjects import Names
+from tests.conftest import ALICE
+from tests.helpers import (
+    Client,
+    ServiceProcess,
+    eventually,
+    fast_env,
+    ffmpeg_pids,
+    new_namespace,
+)
+from tests.jellyfin_standin import JellyfinStandIn
+
+# The `long_ts` clip is ~0.95 MB for 20 s of media: at this rate one pass over it takes ~6 s,
+# long enough to interrupt it, short enough to run it twice.
+SLOW_RATE = 160_000
+ALL_SERVICES = ("scheduler", "storage", "statistics", "gateway")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def parent_pid(pid: int) -> int | None:
+    """Field 4 of /proc/<pid>/stat (after the parenthesised command name, which may hold spaces)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def slow_source(jellyfin: JellyfinStandIn, rate: int = SLOW_RATE) -> str:
+    """A chunked stream of the 20 s clip, served at `rate` bytes per second."""
+    return jellyfin.stream_url("long_ts", ALICE, kind="live", rate=str(rate))
+
+
+def quick_source(jellyfin: JellyfinStandIn) -> str:
+    return jellyfin.stream_url("fits", ALICE)
+
+
+async def exited(process: ServiceProcess, timeout: float) -> int:
+    """Wait (without blocking the event loop) until the process has exited; its exit code."""
+    assert process.process is not None
+    popen = process.process
+    await eventually(lambda: popen.poll() is not None, timeout=timeout, what=f"{process.name} exit")
+    assert popen.returncode is not None
+    return popen.returncode
+
+
+@dataclass
+class Deployment:
+    """Every vidmesh service as its own process, in one namespace, against one nats-server."""
+
+    env: dict[str, str]
+    root: Path
+    processes: list[ServiceProcess] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.env['VIDMESH_PORT']}"
+
+    @property
+    def names(self) -> Names:
+        return Names(self.env["VIDMESH_NAMESPACE"])
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.env["VIDMESH_DATA_DIR"])
+
+    @property
+    def marker(self) -> str:
+        """On the command line of every ffmpeg this deployment runs (its scratch path)."""
+        return str(self.data_dir)
+
+    def launch(self, name: str, **overrides: str) -> ServiceProcess:
+        log = self.root / f"{name}-{len(self.processes)}.log"
+        process = ServiceProcess(name, {**self.env, **overrides}, log).start()
+        self.processes.append(process)
+        return process
+
+    async def start(self, *names: str, **overrides: str) -> list[ServiceProcess]:
+        """Launch the services together, then wait until each says it is ready."""
+        started = [self.launch(name, **overrides) for name in names]
+        for process in started:
+            await self.ready(process)
+        return started
+
+    async def ready(self, process: ServiceProcess, timeout: float = 30.0) -> None:
+        def check() -> bool:
+            if not process.alive:
+                raise AssertionError(f"{process.name} exited while starting:\n{process.log()}")
+            return '"service.ready"' in process.log()
+
+        await eventually(check, timeout=timeout, what=f"{process.name} to be ready")
+        if process.name == "gateway":
+            await self.gateway_ready(timeout)
+
+    async def gateway_ready(self, timeout: float = 30.0) -> None:
+        async with aiohttp.ClientSession() as session:
+
+            async def check() -> bool:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(
+                        self.url + "/readyz", timeout=aiohttp.ClientTimeout(total=2)
+                    ) as resp:
+                        return resp.status == 200
+                return False
+
+            await eventually(check, timeout=timeout, what="GET /readyz == 200")
+
+    def alive(self, name: str) -> list[ServiceProcess]:
+        return [p for p in self.processes if p.name == name and p.alive]
+
+    async def transcoder_running_ffmpeg(self, timeout: float = 20.0) -> tuple[ServiceProcess, int]:
+        """The transcoder process whose ffmpeg is encoding for this deployment, and that ffmpeg."""
+        pids = await eventually(
+            lambda: ffmpeg_pids(self.marker), timeout=timeout, what="an ffmpeg to run"
+        )
+        assert len(pids) == 1, f"one transcode should run, found ffmpeg pids {pids}"
+        parent = parent_pid(pids[0])
+        owners = [p for p in self.alive("transcoder") if p.process and p.process.pid == parent]
+        assert owners, f"ffmpeg {pids[0]} (parent {parent}) belongs to none of our transcoders"
+        return owners[0], pids[0]
+
+    def output_files(self) -> list[Path]:
+        root = self.data_dir / "blobs" / "outputs"
+        return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+    def report(self, lines: int = 40) -> str:
+        """The last lines of every service log, for failure messages."""
+        parts = []
+        for process in self.processes:
+            tail = process.log().splitlines()[-lines:]
+            parts.append(f"--- {process.log_path.name} ---\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    async def close(self) -> None:
+        """SIGTERM every service still running, SIGKILL what does not stop, reap stray ffmpegs."""
+        running = [p for p in self.processes if p.alive]
+        for process in running:
+            assert process.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                process.process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(AssertionError):
+            await eventually(lambda: not any(p.alive for p in running), timeout=15.0)
+        for process in running:
+            if process.alive:
+                process.kill()
+        for pid in ffmpeg_pids(self.marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest_asyncio.fixture
+async def deploy(
+    tmp_path: Path, jellyfin: JellyfinStandIn
+) -> AsyncIterator[Callable[..., Deployment]]:
+    """Make deployments (against a given nats-server URL); they are stopped after the test."""
+    made: list[Deployment] = []
+
+    def make(nats_url: str, **overrides: str) -> Deployment:
+        root = tmp_path / f"deployment{len(made)}"
+        root.mkdir()
+        env = fast_env(
+            new_namespace(),
+            root / "data",
+            nats_url,
+            jellyfin.url,
+            VIDMESH_PORT=free_port(),
+            **overrides,
+        )
+        deployment = Deployment(env=env, root=root)
+        made.append(deployment)
+        return deployment
+
+    yield make
+    for deployment in made:
+        await deployment.close()
+        print(deployment.report(lines=200))  # shown by pytest only when the test failed
+
+
+async def status_of(client: Client, job_id: str) -> str:
+    return str((await client.job(job_id))["status"])
+
+
+async def wait_running(client: Client, job_id: str, deployment: Deployment) -> None:
+    """The job reads "optimizing" and its ffmpeg is encoding."""
+    await client.wait_status(job_id, "optimizing", timeout=20)
+    await eventually(lambda: ffmpeg_pids(deployment.marker), timeout=20, what="ffmpeg to start")
+
+
+async def assert_downloads(client: Client, job_id: str) -> bytes:
+    status, body, resp = await client.request("GET", f"/download/{job_id}")
+    assert status == 200, (status, body)
+    assert hashlib.sha256(body).hexdigest() == resp.headers["X-File-Checksum"]
+    return bytes(body)
+
+
+class StatusRecorder:
+    """Polls a job's status in the background and remembers every status it saw."""
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.seen: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _poll(self) -> None:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, AssertionError):
+                status = await status_of(self.client, self.job_id)
+                if not self.seen or self.seen[-1] != status:
+                    self.seen.append(status)
+            await asyncio.sleep(0.1)
+
+    def __enter__(self) -> StatusRecorder:
+        self._task = asyncio.create_task(self._poll())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+# ---- a transcoder dies ----------------------------------------------------------------------
+
+
+async def test_transcoder_killed_mid_encode_job_completes_elsewhere_with_one_output(
+    deploy: Callable[..., Deployment],
+    nats_server: NatsServer,
+    jellyfin: JellyfinStandIn,
+    http: aiohttp.ClientSession,
+) -> None:
+    # Given two transcoders, and a job whose ffmpeg is encoding on one of them
+    d = deploy(nats_server.url, VIDMESH_ORPHAN_GRACE="3")
+    await d.start(*ALL_SERVICES, "transcoder", "transcoder")
+    alice = Client(http, d.url, ALICE)
+    job_id = await alice.submit(slow_source(jellyfin))
+    await wait_running(alice, job_id, d)
+    victim, _ffmpeg = await d.transcoder_running_ffmpeg()
+    (survivor,) = [p for p in d.alive("transcoder") if p is not victim]
+
+    # When that transcoder is killed with SIGKILL
+    victim.kill()
+
+    # Then the job runs again on the other transcoder and completes
+    job = await alice.wait_status(job_id, "completed", "failed", timeout=45)
+    assert job["status"] == "completed", (job, d.report())
+    assert '"work.succeeded"' in survivor.log(), d.report()
+    body = await assert_downloads(alice, job_id)
+    # ... with exactly one output: the one recorded, and no other file once the store is swept
+    await eventually(
+        lambda: len(d.output_files()) == 1, timeout=15, what="exactly one stored output"
+    )
+    (stored,) = d.output_files()
+    assert stored.relative_to(d.data_dir / "blobs").as_posix() == job["outputPath"]
+    assert stored.read_bytes() == body
+
+
+async def test_sigterm_transcoder_hands_back_job(
+    deploy: Callable[..., Deployment],
+    nats_server: NatsServer,
+    jellyfin: JellyfinStandIn,
+    http: aiohttp.ClientSession,
+) -> None:
+    # Given two transcoders that give up running work at once on SIGTERM, and a running job
+    d = deploy(nats_server.url, VIDMESH_DRAIN_SECONDS="0", VIDMESH_ORPHAN_GRACE="3")
+    await d.start(*ALL_SERVICES, "transcoder", "transcoder")
+    alice = Client(http, d.url, ALICE)
+    job_id = await alice.submit(slow_source(jellyfin))
+    with StatusRecorder(alice, job_id) as recorder:
+        await wait_running(alice, job_id, d)
+        leaving, ffmpeg = await d.transcoder_running_ffmpeg()
+        (staying,) = [p for p in d.alive("transcoder") if p is not leaving]
+
+        # When the transcoder running it gets SIGTERM
+        assert leaving.process is not None
+        leaving.process.send_signal(signal.SIGTERM)
+
+        # Then it stops its ffmpeg, hands the job back and exits within a few seconds
+        code = await exited(leaving, timeout=10)
+        assert code == 0, leaving.log()
+        assert ffmpeg not in ffmpeg_pids(d.marker)
+        assert '"work.handed_back"' in leaving.log()
+        # ... and the other transcoder completes the job, which never reads "failed"
+        job = await alice.wait_status(job_id, "completed", "failed", timeout=30)
+    assert job["status"] == "completed", (job, d.report())
+    assert "failed" not in recorder.seen, recorder.seen
+    assert job["error"] is None
+    assert '"work.succeeded"' in staying.log(), d.report()
+    await assert_downloads(alice, job_id)
+    await eventually(
+        lambda: len(d.output_files()) == 1, timeout=15, what="exactly one stored output"
+    )
+
+    # ... and no failure is counted anywhere
+    async def counted() -> dict[str, Any] | None:
+        status, stats, _ = await alice.request("GET", "/statistics")
+        assert status == 200, stats
+        return stats if stats["completedJobs"] >= 1 else None
+
+    stats = await eventually(counted, timeout=10, what="statistics to count the job")
+    assert stats["failedJobs"] == 0, stats
+
+
+# ---- the scheduler, the gateway, nats-server restart ------------------------------------------
+
+
+async def test_scheduler_restart_mid_job_loses_nothing(
+    deploy: Callable[..., Deployment],
+    nats_server: NatsServer,
+    jellyfin: JellyfinStandIn,
+    http: aiohttp.ClientSession,
+) -> None:
+    # Given a running job
+    d = deploy(nats_server.url)
+    await d.start(*ALL_SERVICES, "transcoder")
+    alice = Client(http, d.url, ALICE)
+    first = await alice.submit(slow_source(jellyfin), device="dev-1")
+    await wait_running(alice, first, d)
+
+    # When the scheduler is killed, a job is accepted while it is down, and it comes back
+    (scheduler,) = d.alive("scheduler")
+    scheduler.kill()
+    second = await alice.submit(quick_source(jellyfin), device="dev-2")
+    assert await status_of(alice, second) == "queued"
+    await d.start("scheduler")
+
+    # Then both jobs complete and download
+    for job_id in (first, second):
+        job = await alice.wait_status(job_id, "completed", "failed", timeout=40)
+        assert job["status"] == "completed", (job, d.report())
+        await assert_downloads(alice, job_id)
+
+
+async def test_gateway_restart_keeps_jobs(
+    deploy: Callable[..., Deployment],
+    nats_server: NatsServer,
+    jellyfin: JellyfinStandIn,
+    http: aiohttp.ClientSession,
+) -> None:
+    # Given an accepted, running job
+    d = deploy(nats_server.url)
+    await d.start(*ALL_SERVICES, "transcoder")
+    alice = Client(http, d.url, ALICE)
+    job_id = await alice.submit(slow_source(jellyfin))
+    await wait_running(alice, job_id, d)
+
+    # When the gateway is killed and a new one starts on the same port
+    (gateway,) = d.alive("gateway")
+    gateway.kill()
+    await d.start("gateway")
+
+    # Then the job is still known, completes, and downloads
+    assert await status_of(alice, job_id) in ("optimizing", "completed")
+    status, listed, _ = await alice.request("GET", "/all-jobs")
+    assert status == 200 and [j["id"] for j in listed] == [job_id], listed
+    job = await alice.wait_status(job_id, "completed", "failed", timeout=30)
+    assert job["status"] == "completed", (job, d.report())
+    await assert_downloads(alice, job_id)
+
+
+async def test_nats_server_restart_mid_job(
+    deploy: Callable[..., Deployment],
+    jellyfin: JellyfinStandIn,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    # Given a nats-server of our own, every service on it, and a running job
+    store = tmp_path / "nats-store"
+    servers = [NatsServer(store, log_file=tmp_path / "nats-1.log")]
+    await servers[0].start()
+    d = deploy(servers[0].url)
+    try:
+        await d.start(*ALL_SERVICES, "transcoder")
+        alice = Client(http, d.url, ALICE)
+        job_id = await alice.submit(slow_source(jellyfin))
+        await wait_running(alice, job_id, d)
+
+        # When nats-server is killed and started again on the same port and store
+        port = servers[0].port
+        await servers[0].stop(kill=True)
+        servers.append(NatsServer(store, port=port, log_file=tmp_path / "nats-2.log"))
+        await servers[1].start()
+
+        # Then the services reconnect by themselves and the job completes
+        job = await alice.wait_status(job_id, "completed", "failed", timeout=45)
+        assert job["status"] == "completed", (job, d.report())
+        await assert_downloads(alice, job_id)
+        assert all(p.alive for p in d.processes), d.report()
+    finally:
+        await d.close()  # while NATS is still there, so the services can drain and stop
+        for server in servers:
+            await server.stop()
+
+
+# ---- cancelling ------------------------------------------------------------------------------
+
+
+async def test_cancel_stops_ffmpeg_within_two_seconds(
+    deploy: Callable[..., Deployment],
+    nats_server: NatsServer,
+    jellyfin: JellyfinStandIn,
+    http: aiohttp.ClientSession,
+) -> None:
+    # Given a job whose ffmpeg is encoding
+    d = deploy(nats_server.url)
+    await d.start(*ALL_SERVICES, "transcoder")
+    alice = Client(http, d.url, ALICE)
+    job_id = await alice.submit(slow_source(jellyfin))
+    await wait_running(alice, job_id, d)
+
+    # When the client cancels it
+    sent = time.monotonic()
+    cancel = asyncio.create_task(alice.request("DELETE", f"/cancel-job/{job_id}"))
+
+    # Then no ffmpeg of it is left 2 s after the request was sent
+    def stopped_after() -> float | None:
+        return None if ffmpeg_pids(d.marker) else time.monotonic() - sent
+
+    try:
+        took = await eventually(
+            stopped_after,
+            timeout=2.0 - (time.monotonic() - sent),
+            interval=0.02,
+            what="ffmpeg to stop within 2 s of the cancel",
+        )
+    finally:
+        status, body, _ = await cancel
+    assert took <= 2.0, f"ffmpeg stopped {took:.2f}s after the cancel"
+    assert status == 200, body
+    # ... and the job reads "cancelled"
+    assert await status_of(alice, job_id) == "cancelled"
+    # ... and stays so: nothing starts it again
+    (transcoder,) = d.alive("transcoder")
+    assert transcoder.alive and not ffmpeg_pids(d.marker)
+
+
+# ---- poisoned input --------------------------------------------------------------------------
+
+
+async def test_poison_command_is_dropped(
+    deploy: Callable[..., Deployment],
+    nats_server: NatsServer,
+    jellyfin: JellyfinStandIn,
+    http: aiohttp.ClientSession,
+) -> None:
+    # Given a running system
+    d = deploy(nats_server.url)
+    await d.start(*ALL_SERVICES, "transcoder")
+    alice = Client(http, d.url, ALICE)
+
+    # When garbage arrives on the scheduler's command subject
+    nc = await connect(nats_server.url, "test-poison")
+    try:
+        js = nc.jetstream()
+        await js.publish(d.names.scheduler_command("job_cancel"), b"\x00\xffnot a command{")
+        (scheduler,) = d.alive("scheduler")
+        await eventually(
+            lambda: '"command.poison"' in scheduler.log(), timeout=10, what="poison logged"
+        )
+
+        # Then it is dropped for good: nothing pending, nothing waiting for an ack
+        async def drained() -> bool:
+            info = await js.consumer_info(d.names.commands_stream, d.names.scheduler_consumer)
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await eventually(drained, timeout=10, what="the poison to leave the consumer")
+    finally:
+        await nc.close()
+    assert scheduler.log().count('"command.poison"') == 1
+    # ... and the scheduler keeps working: a job submitted afterwards completes
+    assert scheduler.alive
+    job_id = await alice.submit(quick_source(jellyfin))
+    job = await alice.wait_status(job_id, "completed", "failed", timeout=30)
+    assert job["status"] == "completed", (job, d.report())
+    await assert_downloads(alice, job_id)

@@ -1,0 +1,279 @@
+"""The Streamyfin optimize-server API, used the way the Streamyfin app uses it: optimize, poll
+`/all-jobs`, download, confirm with `cancel-job`; plus the promises of the original's
+documentation that the original itself broke."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+
+from tests.conftest import ALICE, BOB
+from tests.helpers import Client, System, eventually, start_system, stop_system
+from tests.jellyfin_standin import JellyfinStandIn
+from tests.media_clips import make_clip, mp4_top_level_boxes
+
+STREAMYFIN_FIELDS = {"id", "status", "progress", "outputPath", "inputUrl", "deviceId", "itemId",
+                     "item", "timestamp", "size", "speed", "checksum"}
+
+
+async def download(client: Client, job_id: str) -> tuple[bytes, dict[str, str]]:
+    status, body, resp = await client.request("GET", f"/download/{job_id}")
+    assert status == 200, (status, body)
+    return body, dict(resp.headers)
+
+
+def probe_file(data: bytes, tmp_path: Path, name: str) -> av.container.InputContainer:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return av.open(str(path))
+
+
+async def test_streamyfin_app_flow_optimize_poll_download_confirm(
+    system: System, alice: Client, jellyfin: JellyfinStandIn
+) -> None:
+    # Given the app asks for an optimized version of an item
+    item = {"Id": "fits", "Name": "Big Buck", "Type": "Movie", "RunTimeTicks": 20_000_000}
+    job_id = await alice.submit(jellyfin.stream_url("fits", ALICE), device="phone", item=item)
+
+    # When it polls /all-jobs for its device, as it does every 2 s
+    async def listed_complete() -> dict[str, Any] | None:
+        status, jobs, _ = await alice.request("GET", "/all-jobs?deviceId=phone")
+        assert status == 200 and [j["id"] for j in jobs] == [job_id]
+        return jobs[0] if jobs[0]["status"] == "completed" else None
+
+    job = await eventually(listed_complete, timeout=30, what="job to complete")
+
+    # Then the job carries what the app reads, with the original's field names
+    assert STREAMYFIN_FIELDS <= set(job)
+    assert job["item"]["Name"] == "Big Buck" and job["item"]["Type"] == "Movie"
+    assert job["progress"] == 100 and job["size"] > 0 and job["deviceId"] == "phone"
+    assert ALICE not in job["inputUrl"]  # the token in the source URL is not shown
+    assert job["timestamp"].endswith("Z")
+
+    # And the download is the file, with its size and checksum
+    body, headers = await download(alice, job_id)
+    assert int(headers["Content-Length"]) == len(body) == job["size"]
+    assert hashlib.sha256(body).hexdigest() == headers["X-File-Checksum"] == job["checksum"]
+    assert headers["X-File-Size"] == str(len(body))
+    assert headers["Content-Type"] == "video/mp4"
+    assert 'filename="fits.mp4"' in headers["Content-Disposition"]
+
+    # When the app confirms its download with DELETE /cancel-job
+    status, body, _ = await alice.request("DELETE", f"/cancel-job/{job_id}")
+    assert status == 200 and body["message"]
+
+    # Then the job leaves the device's list, reads ready-for-removal, and its file is gone
+    status, jobs, _ = await alice.request("GET", "/all-jobs?deviceId=phone")
+    assert jobs == []
+    assert (await alice.job(job_id))["status"] == "ready-for-removal"
+    await eventually(lambda: not system.output_files(), what="output file to be deleted")
+    status, body, _ = await alice.request("GET", f"/download/{job_id}")
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "payload,fragment",
+    [
+        ({"deviceId": "d"}, "url"),
+        ({"url": "", "deviceId": "d"}, "url"),
+        ({"url": 42}, "url"),
+        ({"url": "ftp://example.com/a.mkv"}, "http"),
+        ({"url": "/media/movie.mkv"}, "http"),
+        ({"url": "http:///nohost"}, "host"),
+        ({"url": "http://example.com/a.mkv", "fileExtension": "avi"}, "mp4"),
+        ({"url": "http://example.com/a.mkv", "item": "not an object"}, "item"),
+    ],
+)
+async def test_bad_optimize_requests_are_a_400_with_a_clear_json_error(
+    system: System, alice: Client, payload: dict[str, Any], fragment: str
+) -> None:
+    status, body, _ = await alice.request("POST", "/optimize-version", json=payload)
+    assert status == 400, body
+    assert body["error"]["code"] == "bad_request"
+    assert fragment in body["error"]["message"]
+
+
+@pytest.mark.parametrize("raw", [b"", b"{not json", b"[1, 2]"])
+async def test_a_body_that_is_not_a_json_object_is_a_400(system: System, alice: Client, raw: bytes) -> None:
+    headers = {"Content-Type": "application/json"}
+    status, body, _ = await alice.request("POST", "/optimize-version", data=raw, headers=headers)
+    assert status == 400 and body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "method,path",
+    [("GET", "/job-status/"), ("DELETE", "/cancel-job/"), ("POST", "/start-job/"), ("GET", "/download/")],
+)
+async def test_unknown_job_ids_are_a_404(system: System, alice: Client, method: str, path: str) -> None:
+    for job_id in ("00000000-0000-0000-0000-000000000000", "no-such-job", "x" * 300):
+        status, body, _ = await alice.request(method, path + job_id)
+        assert status == 404, (method, path, status)
+        assert body["error"]["code"] == "not_found"
+
+
+async def test_starting_a_job_that_is_not_queued_is_a_409(
+    system: System, alice: Client, jellyfin: JellyfinStandIn
+) -> None:
+    job_id = await alice.submit(jellyfin.stream_url("fits", ALICE))
+    await alice.wait_status(job_id, "completed")
+    status, body, _ = await alice.request("POST", f"/start-job/{job_id}")
+    assert status == 409 and body["error"]["code"] == "conflict"
+
+
+async def test_source_that_already_fits_is_stream_copied(
+    system: System, alice: Client, jellyfin: JellyfinStandIn, tmp_path: Path
+) -> None:
+    job_id = await alice.submit(jellyfin.stream_url("fits", ALICE))
+    await alice.wait_status(job_id, "completed")
+    record = system.scheduler.jobs.get(job_id)
+    assert record is not None and record.output is not None
+    assert record.output.mode == "copy"
+    body, _ = await download(alice, job_id)
+    with probe_file(body, tmp_path, "out.mp4") as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.name, video.width, video.height) == ("h264", 320, 240)
+
+
+async def test_hevc_surround_source_becomes_h264_aac_stereo_faststart_mp4(
+    system: System, alice: Client, jellyfin: JellyfinStandIn, tmp_path: Path
+) -> None:
+    job_id = await alice.submit(jellyfin.stream_url("hevc", ALICE))
+    await alice.wait_status(job_id, "completed", timeout=60)
+    body, _ = await download(alice, job_id)
+    path = tmp_path / "out.mp4"
+    path.write_bytes(body)
+    boxes = mp4_top_level_boxes(path)
+    assert boxes.index("moov") < boxes.index("mdat"), boxes  # faststart: playable while loading
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+        audio = container.streams.audio[0]
+        assert audio.codec_context.name == "aac" and audio.codec_context.channels == 2
+
+
+async def test_file_extension_mkv_is_honoured(
+    system: System, alice: Client, jellyfin: JellyfinStandIn, tmp_path: Path
+) -> None:
+    job_id = await alice.submit(jellyfin.stream_url("fits", ALICE), ext="mkv")
+    job = await alice.wait_status(job_id, "completed")
+    body, headers = await download(alice, job_id)
+    assert headers["Content-Type"] == "video/x-matroska"
+    assert job["outputPath"].endswith(".mkv")
+    assert body[:4] == b"\x1a\x45\xdf\xa3"  # EBML magic: a Matroska file
+    with probe_file(body, tmp_path, "out.mkv") as container:
+        assert "matroska" in container.format.name
+
+
+async def test_source_larger_than_1080p_is_scaled_down(
+    system: System, alice: Client, jellyfin: JellyfinStandIn, tmp_path: Path
+) -> None:
+    jellyfin.add_media("wide", make_clip(tmp_path / "wide.mp4", seconds=0.6, width=2400, height=1350, fps=5))
+    job_id = await alice.submit(jellyfin.stream_url("wide", ALICE))
+    await alice.wait_status(job_id, "completed", timeout=60)
+    body, _ = await download(alice, job_id)
+    with probe_file(body, tmp_path, "out.mp4") as container:
+        video = container.streams.video[0]
+        assert (video.width, video.height) == (1920, 1080)
+
+
+async def test_progress_and_speed_move_every_second_when_duration_is_unknown(
+    system: System, alice: Client, jellyfin: JellyfinStandIn
+) -> None:
+    # A chunked MPEG-TS stream with no length, and an item without RunTimeTicks
+    url = jellyfin.stream_url("long_ts", ALICE, kind="live", rate="120000")
+    job_id = await alice.submit(url, item={"Id": "long_ts", "Name": "Live", "Type": "Movie"})
+    await alice.wait_status(job_id, "optimizing")
+    await eventually(lambda: _has_progress(alice, job_id), what="first progress")
+    samples: list[tuple[float, float | None]] = []
+    for _ in range(4):
+        before = await alice.job(job_id)
+        await eventually(lambda: _moved(alice, job_id, before["progress"]), timeout=1.2,
+                         interval=0.1, what="progress to move within a second")
+        after = await alice.job(job_id)
+        samples.append((after["progress"], after["speed"]))
+    progresses = [p for p, _ in samples]
+    assert progresses == sorted(progresses) and 0 < progresses[-1] < 100
+    assert all(speed is not None and speed > 0 for _, speed in samples)
+    await alice.request("DELETE", f"/cancel-job/{job_id}")
+
+
+async def _has_progress(client: Client, job_id: str) -> bool:
+    job = await client.job(job_id)
+    return bool(job["progress"] > 0 and job["speed"])
+
+
+async def _moved(client: Client, job_id: str, before: float) -> bool:
+    return bool((await client.job(job_id))["progress"] > before)
+
+
+async def test_same_source_from_two_devices_is_transcoded_once(
+    system: System, alice: Client, bob: Client, jellyfin: JellyfinStandIn
+) -> None:
+    # Two users, two devices, two tokens in the URL: the same media with the same profile
+    first = await alice.submit(jellyfin.stream_url("hevc", ALICE), device="alice-phone")
+    second = await bob.submit(jellyfin.stream_url("hevc", BOB), device="bob-tablet")
+    a = await alice.wait_status(first, "completed", timeout=60)
+    b = await bob.wait_status(second, "completed", timeout=60)
+    assert a["checksum"] == b["checksum"] and a["outputPath"] == b["outputPath"]
+    assert len(system.scheduler.renditions) == 1
+    assert len(system.output_files()) == 1
+    body_a, _ = await download(alice, first)
+    body_b, _ = await download(bob, second)
+    assert body_a == body_b
+    # Confirming one download keeps the file for the other device
+    await alice.request("DELETE", f"/cancel-job/{first}")
+    body_b_again, _ = await download(bob, second)
+    assert body_b_again == body_b
+
+
+async def test_a_missing_source_fails_visibly_with_a_reason(
+    system: System, alice: Client, jellyfin: JellyfinStandIn
+) -> None:
+    job_id = await alice.submit(jellyfin.stream_url("no-such-item", ALICE))
+    job = await alice.wait_status(job_id, "failed", "completed", timeout=30)
+    assert job["status"] == "failed"
+    assert "404" in job["error"]
+
+
+async def test_a_source_that_is_not_video_fails_with_a_reason(
+    system: System, alice: Client, jellyfin: JellyfinStandIn
+) -> None:
+    job_id = await alice.submit(jellyfin.stream_url("not_video", ALICE))
+    job = await alice.wait_status(job_id, "failed", "completed", timeout=30)
+    assert job["status"] == "failed" and job["error"]
+    record = system.scheduler.jobs.get(job_id)
+    assert record is not None and record.attempts == 1  # a bad source is not retried
+
+
+async def test_statistics_count_history_and_survive_a_restart(
+    env: dict[str, str], system: System, alice: Client, jellyfin: JellyfinStandIn
+) -> None:
+    job_id = await alice.submit(jellyfin.stream_url("fits", ALICE), device="phone-1")
+    await alice.wait_status(job_id, "completed")
+
+    async def counted() -> dict[str, Any] | None:
+        status, stats, _ = await alice.request("GET", "/statistics")
+        assert status == 200
+        return stats if stats["completedJobs"] == 1 and stats["cacheBytes"] > 0 else None
+
+    stats = await eventually(counted, what="statistics to count the job")
+    assert stats["totalTranscodes"] == 1 and stats["uniqueDevices"] == 1
+    assert stats["activeJobs"] == 0
+    assert re.fullmatch(r"\d+\.\d{2} (B|KB|MB)", stats["cacheSize"])
+
+    # When every service restarts
+    await system.stop()
+    again = await start_system(env)
+    try:
+        restarted = Client(alice.session, again.url, ALICE)
+        status, stats_after, _ = await restarted.request("GET", "/statistics")
+        assert status == 200
+        for key in ("totalTranscodes", "completedJobs", "uniqueDevices", "cacheSize"):
+            assert stats_after[key] == stats[key], key
+        assert (await restarted.job(job_id))["status"] == "completed"
+    finally:
+        await stop_system(again)
