@@ -86,6 +86,7 @@ class VidmeshRun:
 
     wall_s: float
     output_bytes: int
+    load_1m_before: float
     status_seen_at_s: dict[str, float] = field(default_factory=dict)
     stages_at_s: dict[str, float] = field(default_factory=dict)
     ffmpeg_in_vidmesh_s: float | None = None
@@ -97,6 +98,7 @@ class DirectRun:
 
     wall_s: float
     output_bytes: int
+    load_1m_before: float
 
 
 # --- the clip ---------------------------------------------------------------------------------
@@ -160,6 +162,7 @@ async def warm_up(argv: list[str], output: Path) -> None:
 
 async def run_direct(argv: list[str], output: Path) -> DirectRun:
     """Run ffmpeg once and time it; asyncio, so the stand-in keeps serving the source."""
+    load = os.getloadavg()[0]  # the machine is shared: a busy start explains a slow run
     started = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
         *argv,
@@ -172,7 +175,7 @@ async def run_direct(argv: list[str], output: Path) -> DirectRun:
     if process.returncode != 0:
         raise BenchError(f"direct ffmpeg failed ({process.returncode}): {stderr.decode()[-2000:]}")
     stat = await asyncio.to_thread(output.stat)
-    return DirectRun(wall_s=wall, output_bytes=stat.st_size)
+    return DirectRun(wall_s=wall, output_bytes=stat.st_size, load_1m_before=load)
 
 
 # --- the system under test: `vidmesh up` ------------------------------------------------------
@@ -273,6 +276,7 @@ async def run_through_vidmesh(
         "itemId": "bench",
         "item": {"Id": "bench", "Name": "bench", "RunTimeTicks": int(seconds * 10_000_000)},
     }
+    load = os.getloadavg()[0]
     submitted_wall = time.time()
     started = time.perf_counter()
     async with session.post(f"{base}/optimize-version", json=body) as response:
@@ -283,6 +287,7 @@ async def run_through_vidmesh(
     return VidmeshRun(
         wall_s=wall,
         output_bytes=size,
+        load_1m_before=load,
         status_seen_at_s=seen,
         stages_at_s=stages,
         ffmpeg_in_vidmesh_s=ffmpeg_s,
@@ -434,8 +439,9 @@ def print_report(result: dict[str, Any]) -> None:
         zip(result["direct_runs"], result["vidmesh_runs"], strict=True), 1
     ):
         print(
-            f"  run {run}: direct {d['wall_s']:.3f} s ({d['output_bytes']} B), "
-            f"vidmesh {j['wall_s']:.3f} s ({j['output_bytes']} B), "
+            f"  run {run}: direct {d['wall_s']:.3f} s ({d['output_bytes']} B, "
+            f"load {d['load_1m_before']:.2f}), vidmesh {j['wall_s']:.3f} s "
+            f"({j['output_bytes']} B, load {j['load_1m_before']:.2f}), "
             f"ffmpeg inside vidmesh {j['ffmpeg_in_vidmesh_s']} s"
         )
         print(f"         statuses first seen at {j['status_seen_at_s']}")

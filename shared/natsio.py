@@ -38,7 +38,8 @@ class Retention:
     """How long JetStream keeps what it keeps."""
 
     events_max_age: float = 7 * DAY
-    events_max_bytes: int = 1 << 30
+    # -1: bounded by age only (a byte limit is reserved up front from the JetStream quota).
+    events_max_bytes: int = -1
     commands_max_age: float = 7 * DAY
     progress_ttl: float = 3600.0
     workers_ttl: float = 30.0

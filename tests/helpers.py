@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -157,7 +158,19 @@ async def start_system(env: dict[str, str], *only: str) -> System:
 
 async def stop_system(system: System) -> None:
     await system.stop()
+    await drop_namespace(system.nc, system.names)
     await system.nc.close()
+
+
+async def drop_namespace(nc: NATS, names: Names) -> None:
+    """Delete a test's streams and buckets, so the shared server stays small."""
+    js = nc.jetstream()
+    buckets = [names.jobs_bucket, names.renditions_bucket, names.progress_bucket,
+               names.leases_bucket, names.stats_bucket, names.workers_bucket, names.storage_bucket]
+    streams = [names.commands_stream, names.work_stream, names.events_stream]
+    for stream in streams + [f"KV_{bucket}" for bucket in buckets]:
+        with contextlib.suppress(Exception):
+            await js.delete_stream(stream)
 
 
 @dataclass

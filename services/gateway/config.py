@@ -25,7 +25,7 @@ class GatewaySettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     blob_dir: str = ""
     # Seconds a request that changes a job waits to see the change before answering.
     command_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    # Largest request body accepted, in bytes.
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1 << 20
+    # Largest request body accepted, in bytes (a job record must fit in one NATS message).
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 19)] = 1 << 18
     # Only Jellyfin administrators may call `DELETE /delete-cache`.
     delete_cache_admin_only: bool = False
