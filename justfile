@@ -5,7 +5,7 @@ set positional-arguments
 # lint, type-check shared/, check generated schemas, run the suite
 test *args:
     ruff check .
-    mypy shared
+    mypy shared services vidmesh
     pytest "$@"
 
 lint:
@@ -13,7 +13,7 @@ lint:
     ruff format --check .
 
 typecheck:
-    mypy shared
+    mypy shared services vidmesh
 
 # regenerate schemas/ from the msgspec types
 schemas:

@@ -146,13 +146,16 @@ def start(job: JobRecord, rendition: Rendition, now: float) -> JobRecord:
     )
 
 
-def complete(job: JobRecord, output: Output, keep_seconds: float, now: float) -> JobRecord:
+def complete(
+    job: JobRecord, output: Output, keep_seconds: float, now: float, attempts: int = 0
+) -> JobRecord:
     """The job's output is stored; it is kept `keep_seconds` unless the client lets it go."""
     return _move_job(
         job,
         J.COMPLETED,
         now,
         output=output,
+        attempts=attempts or job.attempts,
         finished_at=now,
         keep_until=now + keep_seconds,
         started_at=job.started_at or now,

@@ -4,6 +4,7 @@ and redaction for display."""
 from __future__ import annotations
 
 import hashlib
+import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shared.errors import BadRequest
@@ -106,6 +107,16 @@ def redact(url: str) -> str:
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
     ]
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(params, safe="*"), ""))
+
+
+_SECRET_IN_TEXT = re.compile(
+    r"(?i)([?&](?:api_key|apikey|x-emby-token|token|signature)=)[^&\s'\"]+"
+)
+
+
+def scrub(text: str) -> str:
+    """Mask credentials in URLs inside free text (ffmpeg's messages quote the source URL)."""
+    return _SECRET_IN_TEXT.sub(r"\1***", text)
 
 
 def duration_from_ticks(ticks: object) -> float | None:

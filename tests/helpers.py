@@ -165,8 +165,15 @@ async def stop_system(system: System) -> None:
 async def drop_namespace(nc: NATS, names: Names) -> None:
     """Delete a test's streams and buckets, so the shared server stays small."""
     js = nc.jetstream()
-    buckets = [names.jobs_bucket, names.renditions_bucket, names.progress_bucket,
-               names.leases_bucket, names.stats_bucket, names.workers_bucket, names.storage_bucket]
+    buckets = [
+        names.jobs_bucket,
+        names.renditions_bucket,
+        names.progress_bucket,
+        names.leases_bucket,
+        names.stats_bucket,
+        names.workers_bucket,
+        names.storage_bucket,
+    ]
     streams = [names.commands_stream, names.work_stream, names.events_stream]
     for stream in streams + [f"KV_{bucket}" for bucket in buckets]:
         with contextlib.suppress(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,18 @@ class JellyfinStandIn:
         return path
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
-        """Static file with Range support, like `/Videos/{id}/stream?Static=true`."""
-        self.hits[f"stream:{request.match_info['item']}"] += 1
+        """Static file with Range support, like `/Videos/{id}/stream?Static=true`.
+
+        Test knobs: `fail_until=<epoch>` answers 503 until then; `slow_first=<s>` holds the
+        first request for that URL that long before answering.
+        """
+        key = f"stream:{request.match_info['item']}"
+        self.hits[key] += 1
+        self.hits[str(request.rel_url)] += 1
+        if float(request.query.get("fail_until", "0")) > time.time():
+            return web.Response(status=503, text="busy")
+        if self.hits[str(request.rel_url)] == 1 and "slow_first" in request.query:
+            await asyncio.sleep(float(request.query["slow_first"]))
         return web.FileResponse(self._item(request))
 
     async def live(self, request: web.Request) -> web.StreamResponse:

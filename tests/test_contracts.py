@@ -66,3 +66,10 @@ def test_jellyfin_media_urls_are_rebased_on_the_configured_server() -> None:
     assert rebase_on_jellyfin("https://cdn.example/file.mp4", "http://jf") == (
         "https://cdn.example/file.mp4"
     )
+
+
+def test_credentials_are_scrubbed_from_ffmpeg_messages() -> None:
+    from shared.sources import scrub
+
+    text = "Error opening input file http://jf/Videos/1/stream?Static=true&api_key=SECRET.\n"
+    assert "SECRET" not in scrub(text) and "Static=true" in scrub(text)

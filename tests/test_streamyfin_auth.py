@@ -33,7 +33,15 @@ ROUTES = [
         {"X-Emby-Token": ALICE},
         {"X-MediaBrowser-Token": ALICE},
     ],
-    ids=["raw", "mediabrowser-quoted", "mediabrowser-bare", "emby", "x-emby-auth", "x-emby", "x-mb"],
+    ids=[
+        "raw",
+        "mediabrowser-quoted",
+        "mediabrowser-bare",
+        "emby",
+        "x-emby-auth",
+        "x-emby",
+        "x-mb",
+    ],
 )
 async def test_jellyfin_token_is_accepted_however_the_client_sends_it(
     system: System, http: aiohttp.ClientSession, headers: dict[str, str]
@@ -92,7 +100,9 @@ async def test_without_jellyfin_the_face_refuses_everything_and_says_why(
     running = await start_system(env, "gateway")
     try:
         for method, path in ROUTES:
-            async with http.request(method, running.url + path, headers={"Authorization": ALICE}) as r:
+            async with http.request(
+                method, running.url + path, headers={"Authorization": ALICE}
+            ) as r:
                 assert r.status == 503
                 body = await r.json()
                 assert body["error"]["code"] == "not_configured"
@@ -109,6 +119,10 @@ async def test_other_users_jobs_are_invisible(
     assert status == 404
     status, body, _ = await bob.request("GET", "/all-jobs")
     assert status == 200 and body == []
-    for method, path in [("DELETE", "/cancel-job/"), ("POST", "/start-job/"), ("GET", "/download/")]:
+    for method, path in [
+        ("DELETE", "/cancel-job/"),
+        ("POST", "/start-job/"),
+        ("GET", "/download/"),
+    ]:
         status, _, _ = await bob.request(method, path + job_id)
         assert status == 404

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import msgspec
+
 SERVICES = ("gateway", "scheduler", "transcoder", "storage", "statistics")
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -60,7 +62,7 @@ def _up(args: argparse.Namespace) -> None:
         os.environ["VIDMESH_DATA_DIR"] = args.data_dir
     if args.jellyfin_url:
         os.environ["JELLYFIN_URL"] = args.jellyfin_url
-    classes = [
+    classes: list[type[msgspec.Struct]] = [
         UpSettings,
         GatewaySettings,
         SchedulerSettings,

@@ -222,7 +222,7 @@ class Supervisor:
         assert self.nats is not None
         backoff: dict[str, float] = {}
         while not self.stop_requested.is_set():
-            waits = {
+            waits: dict[asyncio.Task[object], Child] = {
                 asyncio.create_task(child.exited.wait()): child for child in self.children.values()
             }
             nats_task = asyncio.create_task(self.nats.wait())

@@ -13,6 +13,7 @@ import hashlib
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import aiohttp
 import msgspec
@@ -50,19 +51,15 @@ class _UserDto(msgspec.Struct, kw_only=True):
 _USER = msgspec.json.Decoder(_UserDto)
 
 
-def token_from_headers(headers: aiohttp.typedefs.LooseHeaders | web.BaseRequest) -> str | None:
+def token_from_headers(headers: Mapping[str, str]) -> str | None:
     """The Jellyfin token a request carries, if any."""
-    h = headers.headers if isinstance(headers, web.BaseRequest) else headers
-    get = h.get  # type: ignore[union-attr]
     for name in ("X-Emby-Token", "X-MediaBrowser-Token"):
-        value = get(name)
-        if value and value.strip():
-            return str(value).strip()
+        value = headers.get(name, "").strip()
+        if value:
+            return value
     for name in ("Authorization", "X-Emby-Authorization"):
-        value = get(name)
-        if not value or not value.strip():
-            continue
-        token = parse_authorization(str(value))
+        value = headers.get(name, "").strip()
+        token = parse_authorization(value) if value else None
         if token:
             return token
     return None
@@ -113,7 +110,7 @@ class JellyfinAuth:
                 "This server has no Jellyfin configured (set JELLYFIN_URL), so it cannot check "
                 "Jellyfin tokens and refuses every request to the Streamyfin API."
             )
-        token = token_from_headers(request)
+        token = token_from_headers(request.headers)
         if not token:
             raise Unauthorized(
                 "A Jellyfin token is required: send it in the Authorization header "

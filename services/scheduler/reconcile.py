@@ -108,9 +108,12 @@ class Reconciler:
             )
         elif r.state is R.DONE:
             assert r.output is not None
-            output, keep = r.output, self.settings.keep_seconds
+            output, keep, attempts = r.output, self.settings.keep_seconds, r.attempt
             await self.store.change_job(
-                job.id, _attached_to(job, lambda j, t: jobstate.complete(j, output, keep, t), now)
+                job.id,
+                _attached_to(
+                    job, lambda j, t: jobstate.complete(j, output, keep, t, attempts), now
+                ),
             )
         elif r.state is R.RUNNING and job.status is J.QUEUED:
             await self.store.change_job(

@@ -38,6 +38,7 @@ from shared.messages.records import JobError, Output, Rendition, RenditionState
 from shared.messages.work import WORK_DECODER, TranscodeWork
 from shared.natsio import describe
 from shared.recordstore import RecordStore
+from shared.sources import scrub
 
 log = structlog.get_logger("vidmesh.transcoder")
 
@@ -122,7 +123,7 @@ class WorkRunner:
         if not changed or r is None:
             log.info("work.skipped", state=r.state if r else None)
             return None
-        log.info("work.claimed", attempt=r.attempt, takeover=redelivered)
+        log.info("work.claimed", attempt=r.attempt, redelivered=redelivered)
         return r
 
     async def _run(self, msg: Msg, work: TranscodeWork, r: Rendition) -> Outcome:
@@ -142,7 +143,8 @@ class WorkRunner:
         ]
         transcode = asyncio.create_task(self._transcode(work, r, reporter))
         try:
-            await asyncio.wait({transcode, lost}, return_when=asyncio.FIRST_COMPLETED)
+            racers: set[asyncio.Future[object]] = {transcode, lost}  # type: ignore[arg-type]
+            await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
             if not transcode.done():
                 raise Lost(lost.result())
             output = transcode.result()
@@ -194,7 +196,8 @@ class WorkRunner:
         try:
             result = await run_ffmpeg(argv, on_progress=reporter.on_ffmpeg)
             if result.returncode != 0:
-                raise TranscodeFailed(classify_failure(result.stderr_tail, result.returncode))
+                error = classify_failure(result.stderr_tail, result.returncode)
+                raise TranscodeFailed(msgspec.structs.replace(error, detail=scrub(error.detail)))
             reporter.stage("storing")
             key = output_key(r.key, r.generation, r.attempt, container.name)
             try:
@@ -323,7 +326,7 @@ class WorkRunner:
                     return
             finally:
                 with contextlib.suppress(Exception):
-                    await watcher.stop()
+                    await watcher.stop()  # type: ignore[no-untyped-call]
 
 
 def _duration(probe: ProbeResult | None, hint: float | None) -> tuple[float | None, bool]:
