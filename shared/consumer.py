@@ -122,6 +122,10 @@ class SlotLoops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        # Every message is settled; a late "request expired" reply left in the subscription's
+        # queue would otherwise keep nc.drain() waiting forever (nats-py 2.16).
+        with contextlib.suppress(Exception):
+            await self.sub.unsubscribe()
 
     async def _slot(self, index: int) -> None:
         delay = 0.2
