@@ -87,6 +87,7 @@ class VidmeshRun:
     wall_s: float
     output_bytes: int
     load_1m_before: float
+    submitted_at: float  # epoch seconds, to line the run up with the log's timestamps
     status_seen_at_s: dict[str, float] = field(default_factory=dict)
     stages_at_s: dict[str, float] = field(default_factory=dict)
     ffmpeg_in_vidmesh_s: float | None = None
@@ -268,7 +269,6 @@ async def run_through_vidmesh(
     # the app polls /all-jobs every 2 s, so its token is always known; warm the auth cache alike
     async with session.get(f"{base}/all-jobs", params={"deviceId": "bench"}) as response:
         await expect(response, 200, "GET /all-jobs")
-    log_offset = (await asyncio.to_thread(UP_LOG.stat)).st_size
     body = {
         "url": url,
         "fileExtension": CONTAINER,
@@ -283,14 +283,12 @@ async def run_through_vidmesh(
         job_id = str((await expect(response, 201, "POST /optimize-version"))["id"])
     seen, size = await wait_downloadable(session, base, job_id, started, deadline_s)
     wall = time.perf_counter() - started
-    stages, ffmpeg_s = read_stages(UP_LOG, log_offset, submitted_wall)
     return VidmeshRun(
         wall_s=wall,
         output_bytes=size,
         load_1m_before=load,
+        submitted_at=submitted_wall,
         status_seen_at_s=seen,
-        stages_at_s=stages,
-        ffmpeg_in_vidmesh_s=ffmpeg_s,
     )
 
 
@@ -322,24 +320,23 @@ async def expect(response: aiohttp.ClientResponse, status: int, what: str) -> An
     return await response.json()
 
 
-def read_stages(
-    log_path: Path, offset: int, submitted: float
-) -> tuple[dict[str, float], float | None]:
-    """Seconds after submit at which the transcoder logged each stage, and ffmpeg's own time."""
-    stages: dict[str, float] = {}
-    ffmpeg_s: float | None = None
+def read_stages(log_path: Path, start: int, end: int, job: VidmeshRun) -> None:
+    """Fill in when the transcoder logged each stage of `job` (seconds after submit) and
+    ffmpeg's own time, from the log bytes written between `start` and `end`."""
     with log_path.open("rb") as log:
-        log.seek(offset)
-        for raw in log:
-            with contextlib.suppress(ValueError):
-                entry = json.loads(raw)
-                event = entry.get("event") if isinstance(entry, dict) else None
-                if event in STAGE_EVENTS and event not in stages and "timestamp" in entry:
-                    stamp = datetime.fromisoformat(entry["timestamp"]).timestamp()
-                    stages[event] = round(stamp - submitted, 3)
-                    if event == "ffmpeg.done":
-                        ffmpeg_s = entry.get("seconds")
-    return stages, ffmpeg_s
+        log.seek(start)
+        lines = log.read(end - start).splitlines()
+    stages: dict[str, float] = {}
+    for raw in lines:
+        with contextlib.suppress(ValueError):  # the banner and stray stderr are not JSON
+            entry = json.loads(raw)
+            event = entry.get("event") if isinstance(entry, dict) else None
+            if event in STAGE_EVENTS and event not in stages and "timestamp" in entry:
+                stamp = datetime.fromisoformat(entry["timestamp"]).timestamp()
+                stages[event] = round(stamp - job.submitted_at, 3)
+                if event == "ffmpeg.done":
+                    job.ffmpeg_in_vidmesh_s = entry.get("seconds")
+    job.stages_at_s = stages
 
 
 # --- orchestration ------------------------------------------------------------------------------
@@ -375,6 +372,7 @@ async def measure(clip: Clip, runs: int, run_dir: Path) -> Measurements:
     """Interleave direct and vidmesh runs, direct first, against one `vidmesh up`."""
     found = Measurements()
     directs, jobs = found.directs, found.jobs
+    log_marks: list[int] = []  # where each job's log lines begin
     async with jellyfin_serving(clip, runs) as standin:
         env = up_env(run_dir / "data", standin.url)
         async with vidmesh_up(env, UP_LOG) as base:
@@ -391,11 +389,17 @@ async def measure(clip: Clip, runs: int, run_dir: Path) -> Measurements:
                 # generous: the job may be slower than ffmpeg, but not ten times slower
                 deadline = 10 * directs[-1].wall_s + 120
                 headers = {"Authorization": token}
+                log_marks.append((await asyncio.to_thread(UP_LOG.stat)).st_size)
                 async with aiohttp.ClientSession(headers=headers) as session:
                     jobs.append(
                         await run_through_vidmesh(session, base, url, clip.seconds, deadline)
                     )
                 print(f"run {run}: vidmesh job   {jobs[-1].wall_s:.3f} s", flush=True)
+    # read only now: the transcoder may log a stage just after the job became downloadable,
+    # and once `vidmesh up` has stopped every line is written
+    log_marks.append((await asyncio.to_thread(UP_LOG.stat)).st_size)
+    for job, start, end in zip(jobs, log_marks, log_marks[1:], strict=False):
+        read_stages(UP_LOG, start, end, job)
     return found
 
 

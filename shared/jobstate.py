@@ -297,9 +297,17 @@ def undispatch(r: Rendition, now: float) -> Rendition:
     return _move_rendition(r, R.PENDING, now)
 
 
-def claim(r: Rendition, worker: str, now: float) -> Rendition:
+def claim(r: Rendition, worker: str, now: float, ack_subject: str = "") -> Rendition:
     """A transcoder takes the rendition; a running one is taken over (its worker stopped)."""
-    return _move_rendition(r, R.RUNNING, now, worker=worker, attempt=r.attempt + 1, started_at=now)
+    return _move_rendition(
+        r,
+        R.RUNNING,
+        now,
+        worker=worker,
+        attempt=r.attempt + 1,
+        started_at=now,
+        ack_subject=ack_subject,
+    )
 
 
 def retry(r: Rendition, error: JobError, now: float) -> Rendition:

@@ -293,6 +293,33 @@ async def test_transcoder_killed_mid_encode_job_completes_elsewhere_with_one_out
     assert stored.read_bytes() == body
 
 
+async def test_restarted_transcoder_takes_over_its_dead_predecessors_work_at_once(
+    deploy: Callable[..., Deployment],
+    nats_server: NatsServer,
+    jellyfin: JellyfinStandIn,
+    http: aiohttp.ClientSession,
+) -> None:
+    # Given one transcoder on this host, a long ack_wait, and a job it is encoding
+    d = deploy(nats_server.url, VIDMESH_ACK_WAIT="120")
+    await d.start(*OTHER_SERVICES, "transcoder")
+    alice = Client(http, d.url, ALICE)
+    job_id = await alice.submit(slow_source(jellyfin))
+    await wait_running(alice, job_id, d)
+    victim, _ffmpeg = await d.transcoder_running_ffmpeg()
+
+    # When it is killed and a transcoder starts again on the same host (as `vidmesh up` does)
+    victim.kill()
+    killed = time.monotonic()
+    (restarted,) = await d.start("transcoder")
+
+    # Then the new one hands the dead one's work back at once instead of after ack_wait
+    job = await alice.wait_status(job_id, "completed", "failed", timeout=60)
+    assert job["status"] == "completed", (job, d.report())
+    assert time.monotonic() - killed < 60, "the job waited for ack_wait"
+    assert '"transcoder.orphan_handed_back"' in restarted.log(), d.report()
+    await assert_downloads(alice, job_id)
+
+
 async def test_sigterm_transcoder_hands_back_job(
     deploy: Callable[..., Deployment],
     nats_server: NatsServer,

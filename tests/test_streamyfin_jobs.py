@@ -345,3 +345,14 @@ async def test_an_oversized_request_body_is_a_413(system: System, alice: Client)
     payload = {"url": "http://example.com/a.mp4", "item": item}
     status, body, _ = await alice.request("POST", "/optimize-version", json=payload)
     assert status == 413 and body["error"]["code"] == "payload_too_large"
+
+
+async def test_a_shared_output_is_not_given_to_a_token_that_may_not_read_the_source(
+    system: System, alice: Client, bob: Client, jellyfin: JellyfinStandIn
+) -> None:
+    first = await alice.submit(jellyfin.stream_url("fits", ALICE), device="alice-phone")
+    await alice.wait_status(first, "completed")
+    # Bob's app sends the same media with a token the media server refuses
+    refused = await bob.submit(jellyfin.stream_url("fits", "revoked-token"), device="bob-phone")
+    job = await bob.wait_status(refused, "failed", "completed")
+    assert job["status"] == "failed" and "refused" in job["error"]

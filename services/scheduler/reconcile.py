@@ -11,11 +11,12 @@ from collections.abc import Callable
 
 import structlog
 
+from services.scheduler.access import AccessCheck
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.view import View
 from shared import jobstate
 from shared.messages import commands
-from shared.messages.records import JobRecord, JobStatus, Rendition, RenditionState
+from shared.messages.records import JobError, JobRecord, JobStatus, Rendition, RenditionState
 from shared.natsio import publish_command
 from shared.recordstore import JobFn, RecordStore, RenditionFn
 from shared.sources import rendition_key
@@ -32,10 +33,17 @@ ORPHAN_GRACE = 2.0
 class Reconciler:
     """Brings job and rendition records to where they should be."""
 
-    def __init__(self, store: RecordStore, view: View, settings: SchedulerSettings) -> None:
+    def __init__(
+        self,
+        store: RecordStore,
+        view: View,
+        settings: SchedulerSettings,
+        access: AccessCheck | None = None,
+    ) -> None:
         self.store = store
         self.view = view
         self.settings = settings
+        self.access = access
 
     # ---- jobs ------------------------------------------------------------------------------
     async def job(self, job_id: str) -> None:
@@ -85,12 +93,28 @@ class Reconciler:
         rendition, _ = await self.store.change_rendition(key, want)
         assert rendition is not None
         shared = not created
+        if shared and rendition.source != job.source and await self._refused(job, now):
+            return
         attached = await self.store.change_job(
             job.id, _unattached(lambda j: jobstate.attach(j, rendition, now, shared=shared))
         )
         if attached is not None and attached.rendition == key:
             log.info("job.attached", job_id=job.id, rendition=key, shared=shared)
             await self._follow(attached, now)
+
+    async def _refused(self, job: JobRecord, now: float) -> bool:
+        """Fail a job whose own URL may not read the media another job's output was made from."""
+        status = await self.access.refused_status(job.source) if self.access else None
+        if status is None:
+            return False
+        error = JobError(
+            code="source_refused",
+            reason=f"The source refused this job's credentials (HTTP {status}).",
+            retryable=False,
+        )
+        await self.store.change_job(job.id, _unattached(lambda j: jobstate.fail(j, error, now)))
+        log.warning("job.refused", job_id=job.id, status=status)
+        return True
 
     async def _follow(self, job: JobRecord, now: float) -> None:
         """An attached job takes on its rendition's state."""

@@ -14,6 +14,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from services.scheduler.access import AccessCheck
 from services.scheduler.commands import CommandHandler
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.dispatch import Dispatcher
@@ -58,7 +59,8 @@ class Scheduler(Service):
         self.renditions.listen(self._rendition_changed)
         await self.jobs.start()
         await self.renditions.start()
-        self.reconciler = Reconciler(self.store, self.view, self.settings)
+        self.access = AccessCheck()
+        self.reconciler = Reconciler(self.store, self.view, self.settings, self.access)
         self.dispatcher = Dispatcher(
             self.store, self.view, TypedKV(buckets.leases, LeaseSet), self.settings
         )
@@ -158,4 +160,5 @@ class Scheduler(Service):
                 await self._loop_task
         for projection in (self.jobs, self.renditions):
             await projection.stop()
+        await self.access.close()
         log.info("scheduler.stopped", passes=self.passes)

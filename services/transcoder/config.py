@@ -16,7 +16,7 @@ class TranscoderSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     # Transcodes this instance runs at once.
     slots: Annotated[int, msgspec.Meta(ge=1)] = 1
     # Seconds without a heartbeat after which JetStream hands the work to another transcoder.
-    ack_wait: Annotated[float, msgspec.Meta(ge=1)] = 30.0
+    ack_wait: Annotated[float, msgspec.Meta(ge=1)] = 15.0
     # Attempts (crashes included) before a rendition fails for good.
     max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
     # Where ffmpeg writes before the output is stored; default <data_dir>/scratch.

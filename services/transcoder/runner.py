@@ -96,7 +96,7 @@ class WorkRunner:
             return Outcome.TERM
         delivered = msg.metadata.num_delivered or 1
         with bound_contextvars(rendition=work.key, generation=work.generation, delivery=delivered):
-            rendition = await self._claim(work, redelivered=delivered > 1)
+            rendition = await self._claim(work, redelivered=delivered > 1, ack_subject=msg.reply)
             if rendition is None:
                 return Outcome.ACK
             self.running[work.key] = rendition
@@ -105,7 +105,9 @@ class WorkRunner:
             finally:
                 self.running.pop(work.key, None)
 
-    async def _claim(self, work: TranscodeWork, *, redelivered: bool) -> Rendition | None:
+    async def _claim(
+        self, work: TranscodeWork, *, redelivered: bool, ack_subject: str
+    ) -> Rendition | None:
         """Take the rendition; None when there is nothing (left) for us to do."""
         now = time.time()
 
@@ -113,10 +115,10 @@ class WorkRunner:
             if current is None or current.generation != work.generation:
                 return None
             if current.state in (R.PENDING, R.DISPATCHED):
-                return jobstate.claim(current, self.worker_id, now)
+                return jobstate.claim(current, self.worker_id, now, ack_subject)
             # A redelivery means the previous holder stopped heartbeating: take over.
             if current.state is R.RUNNING and redelivered and current.worker != self.worker_id:
-                return jobstate.claim(current, self.worker_id, now)
+                return jobstate.claim(current, self.worker_id, now, ack_subject)
             return None
 
         r, changed = await self.store.change_rendition(work.key, take)

@@ -14,6 +14,7 @@ from pathlib import Path
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NoKeysError
 
 from services.transcoder.config import TranscoderSettings
 from services.transcoder.runner import WorkRunner
@@ -21,7 +22,7 @@ from shared.blobstore import BlobStore, LocalBlobStore
 from shared.consumer import Consumer, SlotLoops
 from shared.kv import TypedKV
 from shared.media import default_ffmpeg, ffmpeg_version
-from shared.messages.records import WorkerInfo
+from shared.messages.records import RenditionState, WorkerInfo
 from shared.natsio import describe, ensure_topology
 from shared.recordstore import RecordStore
 from shared.runtime import Service
@@ -36,6 +37,20 @@ STALE_SCRATCH_SECONDS = 86_400.0
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def is_dead_local_worker(worker: str | None) -> bool:
+    """Whether `worker` ran on this host as a process that no longer exists."""
+    parts = (worker or "").rsplit("-", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class Transcoder(Service):
@@ -94,6 +109,7 @@ class Transcoder(Service):
             ),
         )
         await consumer.declare(js)
+        await self._hand_back_orphans()
         self._loops = SlotLoops(
             f"transcoder.{pool}",
             await consumer.subscribe(js),
@@ -109,6 +125,25 @@ class Transcoder(Service):
             slots=self.settings.slots,
             ffmpeg=self.version,
         )
+
+    async def _hand_back_orphans(self) -> None:
+        """Work a dead transcoder of this host was running goes back to JetStream now.
+
+        Without this it would wait for ack_wait; a transcoder restarted by `vidmesh up` after a
+        crash finds its predecessor's work this way.
+        """
+        try:
+            keys = await self.store.renditions.kv.keys()
+        except NoKeysError:
+            return
+        for key in keys:
+            found = await self.store.renditions.get(key)
+            r = found.value if found else None
+            if r is None or r.state is not RenditionState.RUNNING or not r.ack_subject:
+                continue
+            if is_dead_local_worker(r.worker):
+                await self.nc.publish(r.ack_subject, b"-NAK")
+                log.info("transcoder.orphan_handed_back", rendition=key, worker=r.worker)
 
     def _tidy_scratch(self) -> None:
         self.scratch.mkdir(parents=True, exist_ok=True)

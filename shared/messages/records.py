@@ -115,6 +115,9 @@ class Rendition(msgspec.Struct, frozen=True, kw_only=True):
     dispatch_seq: int = 0
     attempt: int = 0
     worker: str | None = None
+    # The claimed work item's acknowledgement subject: lets a peer hand a dead worker's work
+    # back to JetStream at once instead of waiting for ack_wait.
+    ack_subject: str = ""
     duration_hint: float | None = None
     last_error: JobError | None = None
     output: Output | None = None
