@@ -17,15 +17,12 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +30,18 @@ import aiohttp
 import imageio_ffmpeg
 
 REPO = Path(__file__).resolve().parent.parent
-# tests/ is not installed; the benchmark reuses its Jellyfin stand-in and clip maker
+# bench/ and tests/ are not installed; this reuses the tests' Jellyfin stand-in and clip maker
 sys.path.insert(0, str(REPO))
 
+from bench._system import (  # noqa: E402
+    BenchError,
+    cpu_spent,
+    log_tail,
+    process_cpu_seconds,
+    read_stages,
+    up_env,
+    vidmesh_up,
+)
 from shared.media import (  # noqa: E402
     Plan,
     build_args,
@@ -54,15 +60,10 @@ GOAL = 1.05
 PROFILE = "optimized"  # what `POST /optimize-version` always uses
 CONTAINER = "mp4"
 WIDTH, HEIGHT, FPS = 1920, 1080, 30
-POLL_INTERVAL = 0.02
-READY_TIMEOUT = 120.0
-STOP_TIMEOUT = 90.0  # `vidmesh up` gives the transcoder drain + 10 s and the others 10 s each
-# Stage boundaries the transcoder logs, in order; used only for the breakdown, never for timing.
-STAGE_EVENTS = ("work.claimed", "ffmpeg.start", "ffmpeg.done", "work.succeeded")
-
-
-class BenchError(Exception):
-    """The benchmark could not measure (as opposed to measuring a bad ratio)."""
+POLL_INTERVAL = 0.02  # the precision of "downloadable"
+# Polling at 50/s all along cost ~2 CPU-s per 30 s job (gateway + this process), taken from the
+# ffmpeg being timed on a 2-core machine; while ffmpeg reports a long way to go we poll slower.
+POLL_MAX = 0.25
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,10 @@ class VidmeshRun:
     status_seen_at_s: dict[str, float] = field(default_factory=dict)
     stages_at_s: dict[str, float] = field(default_factory=dict)
     ffmpeg_in_vidmesh_s: float | None = None
+    # CPU seconds each vidmesh process (ffmpeg excluded) and this process spent during the job:
+    # on a small machine they are taken from ffmpeg, whatever the clock says
+    service_cpu_s: dict[str, float] = field(default_factory=dict)
+    bench_cpu_s: float = 0.0
 
 
 @dataclass
@@ -179,93 +184,13 @@ async def run_direct(argv: list[str], output: Path) -> DirectRun:
     return DirectRun(wall_s=wall, output_bytes=stat.st_size, load_1m_before=load)
 
 
-# --- the system under test: `vidmesh up` ------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def up_env(data_dir: Path, jellyfin_url: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        VIDMESH_DATA_DIR=str(data_dir),
-        VIDMESH_HOST="127.0.0.1",  # a benchmark has no reason to listen on every interface
-        VIDMESH_PORT=str(free_port()),
-        VIDMESH_NATS_PORT=str(free_port()),
-        JELLYFIN_URL=jellyfin_url,
-        VIDMESH_LOG_FORMAT="json",
-    )
-    return env
-
-
-@contextlib.asynccontextmanager
-async def vidmesh_up(env: dict[str, str], log_path: Path) -> AsyncIterator[str]:
-    """`vidmesh up` as a child process, ready; yields the gateway URL. Ctrl-C'd on the way out."""
-    url = f"http://127.0.0.1:{env['VIDMESH_PORT']}"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "vidmesh.cli",
-            "up",
-            cwd=REPO,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    try:
-        await wait_ready(process, url, log_path)
-        yield url
-    finally:
-        await stop_up(process)
-
-
-async def wait_ready(process: asyncio.subprocess.Process, url: str, log_path: Path) -> None:
-    """Poll /readyz until 200; fail early if `vidmesh up` exits, or at READY_TIMEOUT."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if process.returncode is not None:
-                raise BenchError(f"vidmesh up exited ({process.returncode}):\n{log_tail(log_path)}")
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with session.get(
-                    f"{url}/readyz", timeout=aiohttp.ClientTimeout(total=2)
-                ) as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-    raise BenchError(f"vidmesh was not ready after {READY_TIMEOUT:g} s:\n{log_tail(log_path)}")
-
-
-async def stop_up(process: asyncio.subprocess.Process) -> None:
-    """Ctrl-C, as a user stops it; kill only if the orderly stop overruns STOP_TIMEOUT."""
-    if process.returncode is not None:
-        return
-    process.send_signal(signal.SIGINT)
-    try:
-        await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-    except TimeoutError:
-        print(f"vidmesh up did not stop within {STOP_TIMEOUT:g} s; killing it", file=sys.stderr)
-        process.kill()
-        await process.wait()
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 # --- one job through the Streamyfin API --------------------------------------------------------
 
 
 async def run_through_vidmesh(
     session: aiohttp.ClientSession, base: str, url: str, seconds: float, deadline_s: float
 ) -> VidmeshRun:
-    """Submit, poll every POLL_INTERVAL until downloadable, and time it."""
+    """Submit, poll until downloadable (see `poll_delay`), and time it."""
     # the app polls /all-jobs every 2 s, so its token is always known; warm the auth cache alike
     async with session.get(f"{base}/all-jobs", params={"deviceId": "bench"}) as response:
         await expect(response, 200, "GET /all-jobs")
@@ -309,8 +234,17 @@ async def wait_downloadable(
                 if response.status == 200:
                     seen["downloadable"] = round(time.perf_counter() - started, 3)
                     return seen, int(job["size"])
-        await asyncio.sleep(POLL_INTERVAL)
+        await asyncio.sleep(poll_delay(job))
     raise BenchError(f"job {job_id} not downloadable after {deadline_s:.0f} s (seen: {seen})")
+
+
+def poll_delay(job: dict[str, Any]) -> float:
+    """POLL_INTERVAL near the end, up to POLL_MAX while the job's ETA is long."""
+    eta = job.get("eta")
+    if not isinstance(eta, int | float):
+        return POLL_INTERVAL  # queued, probing, or storing: the end may be near
+    # a twentieth of the ETA; an ETA that is too long delays the measured end by POLL_MAX at most
+    return min(POLL_MAX, max(POLL_INTERVAL, eta / 20))
 
 
 async def expect(response: aiohttp.ClientResponse, status: int, what: str) -> Any:
@@ -318,25 +252,6 @@ async def expect(response: aiohttp.ClientResponse, status: int, what: str) -> An
     if response.status != status:
         raise BenchError(f"{what} answered {response.status}: {await response.text()}")
     return await response.json()
-
-
-def read_stages(log_path: Path, start: int, end: int, job: VidmeshRun) -> None:
-    """Fill in when the transcoder logged each stage of `job` (seconds after submit) and
-    ffmpeg's own time, from the log bytes written between `start` and `end`."""
-    with log_path.open("rb") as log:
-        log.seek(start)
-        lines = log.read(end - start).splitlines()
-    stages: dict[str, float] = {}
-    for raw in lines:
-        with contextlib.suppress(ValueError):  # the banner and stray stderr are not JSON
-            entry = json.loads(raw)
-            event = entry.get("event") if isinstance(entry, dict) else None
-            if event in STAGE_EVENTS and event not in stages and "timestamp" in entry:
-                stamp = datetime.fromisoformat(entry["timestamp"]).timestamp()
-                stages[event] = round(stamp - job.submitted_at, 3)
-                if event == "ffmpeg.done":
-                    job.ffmpeg_in_vidmesh_s = entry.get("seconds")
-    job.stages_at_s = stages
 
 
 # --- orchestration ------------------------------------------------------------------------------
@@ -375,7 +290,7 @@ async def measure(clip: Clip, runs: int, run_dir: Path) -> Measurements:
     log_marks: list[int] = []  # where each job's log lines begin
     async with jellyfin_serving(clip, runs) as standin:
         env = up_env(run_dir / "data", standin.url)
-        async with vidmesh_up(env, UP_LOG) as base:
+        async with vidmesh_up(env, UP_LOG) as up:
             for run in range(1, runs + 1):
                 token = f"bench-{run}"
                 url = standin.stream_url(f"bench-{run}", token)
@@ -390,16 +305,21 @@ async def measure(clip: Clip, runs: int, run_dir: Path) -> Measurements:
                 deadline = 10 * directs[-1].wall_s + 120
                 headers = {"Authorization": token}
                 log_marks.append((await asyncio.to_thread(UP_LOG.stat)).st_size)
+                cpu_before = await asyncio.to_thread(process_cpu_seconds, up.pid)
+                bench_before = time.process_time()
                 async with aiohttp.ClientSession(headers=headers) as session:
                     jobs.append(
-                        await run_through_vidmesh(session, base, url, clip.seconds, deadline)
+                        await run_through_vidmesh(session, up.url, url, clip.seconds, deadline)
                     )
+                jobs[-1].bench_cpu_s = round(time.process_time() - bench_before, 2)
+                cpu_after = await asyncio.to_thread(process_cpu_seconds, up.pid)
+                jobs[-1].service_cpu_s = cpu_spent(cpu_before, cpu_after)
                 print(f"run {run}: vidmesh job   {jobs[-1].wall_s:.3f} s", flush=True)
     # read only now: the transcoder may log a stage just after the job became downloadable,
     # and once `vidmesh up` has stopped every line is written
     log_marks.append((await asyncio.to_thread(UP_LOG.stat)).st_size)
     for job, start, end in zip(jobs, log_marks, log_marks[1:], strict=False):
-        read_stages(UP_LOG, start, end, job)
+        job.stages_at_s, job.ffmpeg_in_vidmesh_s = read_stages(UP_LOG, start, end, job.submitted_at)
     return found
 
 
@@ -450,6 +370,9 @@ def print_report(result: dict[str, Any]) -> None:
         )
         print(f"         statuses first seen at {j['status_seen_at_s']}")
         print(f"         transcoder stages at   {j['stages_at_s']}")
+        print(
+            f"         CPU s beside ffmpeg    {j['service_cpu_s']}, this process {j['bench_cpu_s']}"
+        )
     print(f"  JSON            {RESULT_JSON.relative_to(REPO)}")
 
 

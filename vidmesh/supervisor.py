@@ -57,6 +57,7 @@ def port_free(host: str, port: int) -> bool:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -65,6 +66,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 def choose_port(host: str, wanted: int, *, explicit: bool, what: str) -> int:
     """`wanted` if free; a free one instead when `wanted` was only the default."""
     bind_host = "0.0.0.0" if host in ("", "::") else host
+    if wanted == 0:  # "any": choose now, so the banner and every child agree on it
+        return free_port(bind_host)
     if port_free(bind_host, wanted):
         return wanted
     if explicit:
@@ -239,9 +242,7 @@ class Supervisor:
                     "up.nats_exited",
                     code=self.nats.process.returncode if self.nats.process else None,
                 )
-                await asyncio.sleep(1.0)
-                await self.nats.start()
-                log.info("up.nats_restarted", url=self.nats.url)
+                await self._restart_nats()
             for task in done:
                 child = waits.get(task)
                 if child is None or self.stop_requested.is_set():
@@ -257,6 +258,24 @@ class Supervisor:
                     child.restarts += 1
                     await child.start()
                     log.info("up.service_restarted", service=child.name, restarts=child.restarts)
+
+    async def _restart_nats(self) -> None:
+        """Start nats-server again on the same port and store, retrying until it comes up."""
+        assert self.nats is not None
+        delay = 1.0
+        while not self.stop_requested.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_requested.wait(), delay)
+            if self.stop_requested.is_set():
+                return
+            try:
+                await self.nats.start()
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                log.error("up.nats_restart_failed", error=str(exc), retry_in_s=delay * 2)
+                delay = min(delay * 2, 30.0)
+                continue
+            log.info("up.nats_restarted", url=self.nats.url)
+            return
 
     async def _stop_all(self) -> None:
         log.info("up.stopping")
