@@ -17,7 +17,7 @@ import nats.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared.natsio import describe
 
@@ -62,6 +62,40 @@ class Consumer:
 
     stream: str
     config: ConsumerConfig
+
+    @classmethod
+    def durable(
+        cls,
+        stream: str,
+        name: str,
+        subjects: str,
+        *,
+        ack_wait: float,
+        max_ack_pending: int = 1000,
+    ) -> Consumer:
+        """Explicit acks, from the start of the stream, and never given up on by JetStream:
+        attempts are counted by the handlers, which settle every message themselves."""
+        return cls(
+            stream,
+            ConsumerConfig(
+                durable_name=name,
+                filter_subject=subjects,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=ack_wait,
+                max_deliver=-1,
+                max_ack_pending=max_ack_pending,
+            ),
+        )
+
+    async def open(
+        self, js: JetStreamContext, name: str, handler: Handler, *, slots: int = 1
+    ) -> SlotLoops:
+        """Declare the consumer, bind to it, and start `slots` loops handling its messages."""
+        await self.declare(js)
+        loops = SlotLoops(name, await self.subscribe(js), handler, slots=slots)
+        loops.start()
+        return loops
 
     async def declare(self, js: JetStreamContext) -> None:
         await js.add_consumer(self.stream, config=self.config)

@@ -47,17 +47,22 @@ class Retention:
 
 async def connect(url: str, name: str) -> NATS:
     """Connect with unlimited reconnects; connection changes are logged, never fatal."""
+    client: list[NATS] = []
+
+    def closing() -> bool:
+        return bool(client) and (client[0].is_closed or client[0].is_draining)
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats.error", error=str(exc) or type(exc).__name__)
 
     async def on_disconnect() -> None:
-        log.warning("nats.disconnected")
+        if not closing():
+            log.warning("nats.disconnected")
 
     async def on_reconnect() -> None:
         log.info("nats.reconnected")
 
-    return await nats.connect(
+    nc = await nats.connect(
         servers=[u.strip() for u in url.split(",") if u.strip()],
         name=name,
         max_reconnect_attempts=-1,
@@ -68,6 +73,8 @@ async def connect(url: str, name: str) -> NATS:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
     )
+    client.append(nc)
+    return nc
 
 
 def _streams(names: Names, replicas: int, retention: Retention) -> list[StreamConfig]:

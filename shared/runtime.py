@@ -13,16 +13,19 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 import structlog
 from nats.aio.client import Client as NATS
 
+from shared import config
 from shared import logging as vlog
 from shared.config import CommonSettings, masked
 from shared.natsio import connect
 
 log = structlog.get_logger("vidmesh.runtime")
+
+S = TypeVar("S", bound=CommonSettings)
 
 
 class Service:
@@ -100,3 +103,13 @@ def main(settings: CommonSettings, name: str, build: Callable[[NATS], Awaitable[
     vlog.configure(settings.log_level, settings.log_format, service=name)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings, name, build))
+
+
+def run_service(name: str, settings_type: type[S], make: Callable[[NATS, S], Service]) -> None:
+    """A service's `__main__`: settings from the environment, then `main()`."""
+    settings = config.load(settings_type)
+
+    async def build(nc: NATS) -> Service:
+        return make(nc, settings)
+
+    main(settings, name, build)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -54,6 +55,29 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
         await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def wait_ready(url: str, timeout: float = 30.0) -> None:
+    """Wait until the gateway at `url` answers `GET /readyz` with 200."""
+    async with aiohttp.ClientSession() as session:
+
+        async def ready() -> bool:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(
+                    url + "/readyz", timeout=aiohttp.ClientTimeout(total=2)
+                ) as resp:
+                    return resp.status == 200
+            return False
+
+        await eventually(ready, timeout=timeout, what=f"GET {url}/readyz == 200")
 
 
 def new_namespace() -> str:

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import os
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,9 @@ from tests.helpers import (
     eventually,
     fast_env,
     ffmpeg_pids,
+    free_port,
     new_namespace,
+    wait_ready,
 )
 from tests.jellyfin_standin import JellyfinStandIn
 
@@ -42,13 +43,6 @@ from tests.jellyfin_standin import JellyfinStandIn
 SLOW_RATE = 240_000
 # Every service but the transcoder: each test chooses how many transcoders it runs.
 OTHER_SERVICES = ("scheduler", "storage", "statistics", "gateway")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def parent_pid(pid: int) -> int | None:
@@ -136,17 +130,7 @@ class Deployment:
             await self.gateway_ready(timeout)
 
     async def gateway_ready(self, timeout: float = 30.0) -> None:
-        async with aiohttp.ClientSession() as session:
-
-            async def check() -> bool:
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(
-                        self.url + "/readyz", timeout=aiohttp.ClientTimeout(total=2)
-                    ) as resp:
-                        return resp.status == 200
-                return False
-
-            await eventually(check, timeout=timeout, what="GET /readyz == 200")
+        await wait_ready(self.url, timeout)
 
     def alive(self, name: str) -> list[ServiceProcess]:
         return [p for p in self.processes if p.name == name and p.alive]

@@ -8,7 +8,6 @@ import hashlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,8 @@ import pytest_asyncio
 
 from shared.config import ALIASES
 from tests.conftest import ALICE
-from tests.helpers import Client, eventually
+from tests.helpers import Client, eventually, free_port, wait_ready
 from tests.jellyfin_standin import JellyfinStandIn
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def vidmesh_command() -> list[str]:
@@ -153,17 +145,7 @@ class Up:
             return bool(banner.search(self.log()))
 
         await eventually(announced, timeout=timeout, what=f"the banner with {self.url}")
-        async with aiohttp.ClientSession() as session:
-
-            async def ready() -> bool:
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(
-                        self.url + "/readyz", timeout=aiohttp.ClientTimeout(total=2)
-                    ) as resp:
-                        return resp.status == 200
-                return False
-
-            await eventually(ready, timeout=timeout, what="GET /readyz == 200")
+        await wait_ready(self.url, timeout)
 
     def children(self) -> dict[str, int]:
         """Service name -> pid of each running service process `vidmesh up` started."""

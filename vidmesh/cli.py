@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import os
+import runpy
 import sys
 from pathlib import Path
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "up":
         _up(args)
     elif args.command in SERVICES:
-        importlib.import_module(f"services.{args.command}.__main__").main()
+        runpy.run_module(f"services.{args.command}", run_name="__main__", alter_sys=True)
     elif args.command == "schemas":
         _schemas(args)
 

@@ -1,21 +1,7 @@
 """`python -m services.scheduler` (or `vidmesh scheduler`)."""
 
-from __future__ import annotations
-
-from nats.aio.client import Client as NATS
-
 from services.scheduler import Scheduler, SchedulerSettings
-from shared import config, runtime
-
-
-def main() -> None:
-    settings = config.load(SchedulerSettings)
-
-    async def build(nc: NATS) -> runtime.Service:
-        return Scheduler(nc, settings)
-
-    runtime.main(settings, "scheduler", build)
-
+from shared.runtime import run_service
 
 if __name__ == "__main__":
-    main()
+    run_service("scheduler", SchedulerSettings, Scheduler)

@@ -12,7 +12,6 @@ import time
 
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.scheduler.access import AccessCheck
 from services.scheduler.commands import CommandHandler
@@ -64,29 +63,19 @@ class Scheduler(Service):
         self.dispatcher = Dispatcher(
             self.store, self.view, TypedKV(buckets.leases, LeaseSet), self.settings
         )
-        consumer = Consumer(
+        consumer = Consumer.durable(
             self.names.commands_stream,
-            ConsumerConfig(
-                durable_name=self.names.scheduler_consumer,
-                filter_subject=self.names.scheduler_commands,
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=30.0,
-                max_deliver=-1,
-                max_ack_pending=self.settings.command_slots * 4,
-            ),
+            self.names.scheduler_consumer,
+            self.names.scheduler_commands,
+            ack_wait=30.0,
+            max_ack_pending=self.settings.command_slots * 4,
         )
-        await consumer.declare(js)
         handler = CommandHandler(
             self.store, self.view, self.reconciler, self.settings, self._wake.set
         )
-        self._loops = SlotLoops(
-            "scheduler.commands",
-            await consumer.subscribe(js),
-            handler,
-            slots=self.settings.command_slots,
+        self._loops = await consumer.open(
+            js, "scheduler.commands", handler, slots=self.settings.command_slots
         )
-        self._loops.start()
         self._loop_task = asyncio.create_task(self._reconcile_forever(), name="scheduler.reconcile")
         log.info(
             "scheduler.started",

@@ -10,7 +10,6 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.statistics.config import StatisticsSettings
 from shared.consumer import Consumer, Outcome, SlotLoops
@@ -68,24 +67,15 @@ class Statistics(Service):
         js = self.nc.jetstream()
         buckets = await ensure_topology(js, self.names, replicas=self.settings.replicas)
         self.totals = TypedKV(buckets.stats, Totals)
-        consumer = Consumer(
+        consumer = Consumer.durable(
             self.names.events_stream,
-            ConsumerConfig(
-                durable_name=self.names.statistics_consumer,
-                filter_subject=self.names.events_all,
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=30.0,
-                max_deliver=-1,
-                # One at a time, in stream order: totals fold events sequentially.
-                max_ack_pending=1,
-            ),
+            self.names.statistics_consumer,
+            self.names.events_all,
+            ack_wait=30.0,
+            # One at a time, in stream order: totals fold events sequentially.
+            max_ack_pending=1,
         )
-        await consumer.declare(js)
-        self._loops = SlotLoops(
-            "statistics.events", await consumer.subscribe(js), self._handle, slots=1
-        )
-        self._loops.start()
+        self._loops = await consumer.open(js, "statistics.events", self._handle)
 
     async def _handle(self, msg: Msg) -> Outcome:
         seq = msg.metadata.sequence.stream

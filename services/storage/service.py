@@ -12,7 +12,6 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.storage.config import StorageSettings
 from shared.blobstore import BlobStore, LocalBlobStore
@@ -55,23 +54,13 @@ class Storage(Service):
         )
         await self.renditions.start()
         self.renditions.listen(self._rendition_changed)
-        commands_consumer = Consumer(
+        consumer = Consumer.durable(
             self.names.commands_stream,
-            ConsumerConfig(
-                durable_name=self.names.storage_consumer,
-                filter_subject=self.names.storage_commands,
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=60.0,
-                max_deliver=-1,
-            ),
+            self.names.storage_consumer,
+            self.names.storage_commands,
+            ack_wait=60.0,
         )
-        await commands_consumer.declare(self.js)
-        loops = SlotLoops(
-            "storage.commands", await commands_consumer.subscribe(self.js), self._handle, slots=1
-        )
-        loops.start()
-        self._loops.append(loops)
+        self._loops.append(await consumer.open(self.js, "storage.commands", self._handle))
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="storage.sweep")
         log.info("storage.started", store=self.blobs.name)
 

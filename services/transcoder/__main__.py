@@ -1,21 +1,7 @@
 """`python -m services.transcoder` (or `vidmesh transcoder`)."""
 
-from __future__ import annotations
-
-from nats.aio.client import Client as NATS
-
 from services.transcoder import Transcoder, TranscoderSettings
-from shared import config, runtime
-
-
-def main() -> None:
-    settings = config.load(TranscoderSettings)
-
-    async def build(nc: NATS) -> runtime.Service:
-        return Transcoder(nc, settings)
-
-    runtime.main(settings, "transcoder", build)
-
+from shared.runtime import run_service
 
 if __name__ == "__main__":
-    main()
+    run_service("transcoder", TranscoderSettings, Transcoder)

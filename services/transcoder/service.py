@@ -13,7 +13,6 @@ from pathlib import Path
 
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoKeysError
 
 from services.transcoder.config import TranscoderSettings
@@ -94,29 +93,18 @@ class Transcoder(Service):
             scratch=self.scratch,
         )
         pool = self.settings.pool
-        consumer = Consumer(
+        # Slots bound what runs; max_ack_pending only bounds un-acked items of all transcoders.
+        consumer = Consumer.durable(
             self.names.work_stream,
-            ConsumerConfig(
-                durable_name=self.names.transcode_consumer(pool),
-                filter_subject=self.names.work(pool),
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self.settings.ack_wait,
-                # Attempts are counted on the rendition record; JetStream never gives up on its own.
-                max_deliver=-1,
-                # Slots bound what runs; this only bounds un-acked messages across all transcoders.
-                max_ack_pending=1000,
-            ),
+            self.names.transcode_consumer(pool),
+            self.names.work(pool),
+            ack_wait=self.settings.ack_wait,
         )
         await consumer.declare(js)
         await self._hand_back_orphans()
-        self._loops = SlotLoops(
-            f"transcoder.{pool}",
-            await consumer.subscribe(js),
-            self.runner,
-            slots=self.settings.slots,
+        self._loops = await consumer.open(
+            js, f"transcoder.{pool}", self.runner, slots=self.settings.slots
         )
-        self._loops.start()
         self._heartbeat = asyncio.create_task(self._beat(), name="transcoder.heartbeat")
         log.info(
             "transcoder.started",
