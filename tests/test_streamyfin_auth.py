@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.conftest import ALICE
+from tests.conftest import ADMIN, ALICE
 from tests.helpers import Client, System, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 
@@ -126,3 +126,37 @@ async def test_other_users_jobs_are_invisible(
     ]:
         status, _, _ = await bob.request(method, path + job_id)
         assert status == 404
+
+
+async def test_an_administrator_sees_every_job_but_not_other_users_credentials(
+    system: System, alice: Client, http: aiohttp.ClientSession, jellyfin: JellyfinStandIn
+) -> None:
+    job_id = await alice.submit(jellyfin.stream_url("fits", ALICE), device="alice-phone")
+    admin = Client(http, system.url, ADMIN)
+    status, jobs, _ = await admin.request("GET", "/all-jobs")
+    assert status == 200 and [j["id"] for j in jobs] == [job_id]
+    assert ALICE not in jobs[0]["inputUrl"] and "api_key=***" in jobs[0]["inputUrl"]
+
+
+async def test_a_jellyfin_that_answers_200_without_a_user_body_still_authenticates(
+    env: dict[str, str], http: aiohttp.ClientSession
+) -> None:
+    from aiohttp import web
+
+    async def users_me(request: web.Request) -> web.Response:
+        return web.Response(text="OK")
+
+    app = web.Application()
+    app.router.add_get("/Users/Me", users_me)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    running = await start_system({**env, "JELLYFIN_URL": f"http://127.0.0.1:{port}"}, "gateway")
+    try:
+        async with http.get(f"{running.url}/all-jobs", headers={"Authorization": "tok"}) as resp:
+            assert resp.status == 200
+    finally:
+        await stop_system(running)
+        await runner.cleanup()

@@ -64,7 +64,7 @@ async def test_streamyfin_app_flow_optimize_poll_download_confirm(
     assert set(job) >= STREAMYFIN_FIELDS
     assert job["item"]["Name"] == "Big Buck" and job["item"]["Type"] == "Movie"
     assert job["progress"] == 100 and job["size"] > 0 and job["deviceId"] == "phone"
-    assert ALICE not in job["inputUrl"]  # the token in the source URL is not shown
+    assert job["inputUrl"] == jellyfin.stream_url("fits", ALICE)
     assert job["timestamp"].endswith("Z")
 
     # And the download is the file, with its size and checksum

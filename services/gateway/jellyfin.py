@@ -43,7 +43,7 @@ class _Policy(msgspec.Struct, kw_only=True):
 
 
 class _UserDto(msgspec.Struct, kw_only=True):
-    Id: str
+    Id: str = ""
     Name: str = ""
     Policy: _Policy | None = None
 
@@ -177,7 +177,9 @@ class JellyfinAuth:
             ) from exc
         try:
             dto = _USER.decode(body)
-        except msgspec.DecodeError as exc:
-            raise Unavailable("Jellyfin's /Users/Me answer was not a user.") from exc
+        except msgspec.DecodeError:
+            # Jellyfin said yes (200) but not who: the token itself identifies the caller.
+            dto = _UserDto()
         is_admin = bool(dto.Policy and dto.Policy.IsAdministrator)
-        return JellyfinUser(id=dto.Id, name=dto.Name, is_admin=is_admin)
+        user_id = dto.Id or dto.Name or "token-" + hashlib.sha256(token.encode()).hexdigest()[:16]
+        return JellyfinUser(id=user_id, name=dto.Name, is_admin=is_admin)

@@ -73,7 +73,8 @@ class StreamyfinJob(msgspec.Struct, kw_only=True):
     shared: bool = False
 
 
-def to_streamyfin(gw: Gateway, job: JobRecord) -> StreamyfinJob:
+def to_streamyfin(gw: Gateway, job: JobRecord, viewer: JellyfinUser) -> StreamyfinJob:
+    """The job in the original's shape; a URL's credentials show only to the job's owner."""
     progress, speed, eta = 0.0, None, None
     live = gw.progress_of(job)
     if live is not None:
@@ -87,7 +88,7 @@ def to_streamyfin(gw: Gateway, job: JobRecord) -> StreamyfinJob:
         progress=progress,
         speed=speed,
         outputPath=output.blob if output else "",
-        inputUrl=redact(job.source),
+        inputUrl=job.source if viewer.id == job.owner else redact(job.source),
         deviceId=job.device_id,
         itemId=job.item_id,
         item=job.item or {},
@@ -154,7 +155,7 @@ async def optimize_version(request: web.Request) -> web.Response:
 async def job_status(request: web.Request) -> web.Response:
     gw, user = await _caller(request)
     job = await _own_job(gw, user, request.match_info["id"])
-    return json_response(to_streamyfin(gw, job))
+    return json_response(to_streamyfin(gw, job, user))
 
 
 @routes.get("/all-jobs")
@@ -168,7 +169,7 @@ async def all_jobs(request: web.Request) -> web.Response:
         and (device is None or (job.device_id == device and job.status not in HIDDEN_FROM_DEVICE))
     ]
     jobs.sort(key=lambda job: job.created_at)
-    return json_response([to_streamyfin(gw, job) for job in jobs])
+    return json_response([to_streamyfin(gw, job, user) for job in jobs])
 
 
 @routes.delete("/cancel-job/{id}")
