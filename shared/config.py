@@ -25,7 +25,7 @@ ALIASES: dict[str, str] = {
     "port": "PORT",
 }
 
-SECRET_MARKERS = ("password", "secret", "token", "key")
+SECRET_MARKERS = ("password", "secret", "token", "key", "invite")
 
 
 class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -41,6 +41,12 @@ class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     replicas: int = 1
     # Where local blobs (finished outputs) live when the blob store is a local directory.
     data_dir: str = ".vidmesh"
+    # Folders whose files may be sources, separated by commas (none: only URLs).
+    media_roots: str = ""
+
+    @property
+    def media_root_list(self) -> list[str]:
+        return [root.strip() for root in self.media_roots.split(",") if root.strip()]
 
 
 S = TypeVar("S", bound=msgspec.Struct)

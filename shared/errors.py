@@ -53,6 +53,14 @@ class Conflict(VidmeshError):
     code = "conflict"
 
 
+class Unprocessable(VidmeshError):
+    """The request is well formed, but what it names cannot be used (a source that is no
+    media)."""
+
+    http_status = 422
+    code = "unprocessable"
+
+
 class PayloadTooLarge(VidmeshError):
     """The request body is larger than allowed."""
 

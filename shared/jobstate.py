@@ -6,11 +6,14 @@ raises `InvalidTransition`; the allowed moves are the tables below, and a test w
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgspec
 
 from shared.errors import Conflict
+from shared.media.presets import PresetSpec, builtin, spec_fingerprint
+from shared.media.probe import ProbeResult
 from shared.messages.records import (
     JobError,
     JobRecord,
@@ -19,18 +22,20 @@ from shared.messages.records import (
     Rendition,
     RenditionState,
 )
+from shared.sources import rendition_key
 
 J = JobStatus
 R = RenditionState
 
 JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     J.QUEUED: frozenset({J.QUEUED, J.HELD, J.RUNNING, J.COMPLETED, J.FAILED, J.CANCELLED}),
+    J.PAUSED: frozenset({J.PAUSED, J.QUEUED, J.CANCELLED}),
     J.HELD: frozenset({J.QUEUED, J.CANCELLED}),
     J.RUNNING: frozenset({J.QUEUED, J.COMPLETED, J.FAILED, J.CANCELLED}),
-    J.COMPLETED: frozenset({J.REMOVED}),
-    J.FAILED: frozenset({J.REMOVED}),
-    J.CANCELLED: frozenset({J.REMOVED}),
-    J.REMOVED: frozenset({J.REMOVED}),
+    J.COMPLETED: frozenset({J.COMPLETED, J.REMOVED, J.QUEUED}),
+    J.FAILED: frozenset({J.REMOVED, J.QUEUED}),
+    J.CANCELLED: frozenset({J.REMOVED, J.QUEUED}),
+    J.REMOVED: frozenset({J.REMOVED, J.QUEUED}),
 }
 
 RENDITION_TRANSITIONS: dict[RenditionState, frozenset[RenditionState]] = {
@@ -43,7 +48,7 @@ RENDITION_TRANSITIONS: dict[RenditionState, frozenset[RenditionState]] = {
     R.RELEASED: frozenset({R.PENDING}),
 }
 
-ACTIVE = frozenset({J.QUEUED, J.HELD, J.RUNNING})
+ACTIVE = frozenset({J.QUEUED, J.PAUSED, J.HELD, J.RUNNING})
 FINISHED = frozenset({J.COMPLETED, J.FAILED, J.CANCELLED})
 RENDITION_LIVE = frozenset({R.PENDING, R.DISPATCHED, R.RUNNING})
 RENDITION_ENDED = frozenset({R.FAILED, R.CANCELLED, R.RELEASED})
@@ -53,6 +58,8 @@ DOWNLOADED = "downloaded"
 DISMISSED = "dismissed"
 EXPIRED = "expired"
 CACHE_CLEARED = "cache_cleared"
+DELETED = "deleted"
+CLEANED_UP = "cleaned_up"
 
 
 class InvalidTransition(Conflict):
@@ -88,10 +95,15 @@ def new_job(
     item_id: str = "",
     item: dict[str, Any] | None = None,
     profile: str = "optimized",
+    spec: PresetSpec | None = None,
     container: str = "mp4",
     duration_hint: float | None = None,
+    priority: int = 0,
+    output_name: str = "",
+    batch: str = "",
+    paused: bool = False,
 ) -> JobRecord:
-    """A job as accepted: queued, not yet attached to a rendition."""
+    """A job as accepted: queued (or paused, in a batch), not yet attached to a rendition."""
     return JobRecord(
         id=job_id,
         owner=owner,
@@ -102,8 +114,12 @@ def new_job(
         item=item,
         source=source,
         profile=profile,
+        spec=spec,
         container=container,
-        status=J.QUEUED,
+        priority=priority,
+        output_name=output_name,
+        batch=batch,
+        status=J.PAUSED if paused else J.QUEUED,
         created_at=now,
         updated_at=now,
         duration_hint=duration_hint,
@@ -142,12 +158,22 @@ def detach(job: JobRecord, now: float) -> JobRecord:
 def start(job: JobRecord, rendition: Rendition, now: float) -> JobRecord:
     """The job's rendition is being transcoded."""
     return _move_job(
-        job, J.RUNNING, now, started_at=job.started_at or now, attempts=rendition.attempt
+        job,
+        J.RUNNING,
+        now,
+        started_at=job.started_at or now,
+        attempts=rendition.attempt,
+        probe=rendition.probe or job.probe,
     )
 
 
 def complete(
-    job: JobRecord, output: Output, keep_seconds: float, now: float, attempts: int = 0
+    job: JobRecord,
+    output: Output,
+    keep_seconds: float,
+    now: float,
+    attempts: int = 0,
+    probe: ProbeResult | None = None,
 ) -> JobRecord:
     """The job's output is stored; it is kept `keep_seconds` unless the client lets it go."""
     return _move_job(
@@ -155,6 +181,7 @@ def complete(
         J.COMPLETED,
         now,
         output=output,
+        probe=probe or job.probe,
         attempts=attempts or job.attempts,
         finished_at=now,
         keep_until=now + keep_seconds,
@@ -208,6 +235,84 @@ def clear_output(job: JobRecord, now: float) -> JobRecord:
     return job
 
 
+def unpause(job: JobRecord, now: float) -> JobRecord:
+    """A paused batch job joins the queue."""
+    return _move_job(job, J.QUEUED, now)
+
+
+def rename(job: JobRecord, output_name: str, now: float) -> JobRecord:
+    """Change the download name of a paused job."""
+    if job.status is not J.PAUSED:
+        raise InvalidTransition(f"job {job.id} is {job.status}; only a paused job is renamed")
+    return msgspec.structs.replace(job, output_name=output_name, updated_at=now)
+
+
+def retry_job(job: JobRecord, now: float) -> JobRecord:
+    """Run a failed or cancelled job again (an output of the same request may be reused)."""
+    if job.status not in (J.FAILED, J.CANCELLED):
+        raise InvalidTransition(
+            f"job {job.id} is {job.status}; only a failed or cancelled job is retried"
+        )
+    return _requeue(job, now, nonce=job.nonce)
+
+
+def restart_job(job: JobRecord, now: float, nonce: str) -> JobRecord:
+    """Run a finished job again from scratch: a transcode of its own, whatever exists."""
+    if job.status not in (J.COMPLETED, J.FAILED, J.CANCELLED, J.REMOVED):
+        raise InvalidTransition(f"job {job.id} is {job.status}; only a finished job is restarted")
+    return _requeue(job, now, nonce=nonce)
+
+
+def _requeue(job: JobRecord, now: float, *, nonce: str) -> JobRecord:
+    return _move_job(
+        job,
+        J.QUEUED,
+        now,
+        nonce=nonce,
+        rendition=None,
+        generation=0,
+        manual_start=False,
+        shared=False,
+        attempts=0,
+        started_at=None,
+        finished_at=None,
+        removed_at=None,
+        keep_until=None,
+        removal_reason=None,
+        downloaded_at=None,
+        output=None,
+        error=None,
+    )
+
+
+def confirm_download(job: JobRecord, keep_seconds: float, now: float) -> JobRecord:
+    """The client has its copy: the output stays `keep_seconds` from now (retention extends)."""
+    if job.status is not J.COMPLETED:
+        raise InvalidTransition(f"job {job.id} is {job.status}; only a completed job is confirmed")
+    keep_until = max(job.keep_until or now, now + keep_seconds)
+    return _move_job(job, J.COMPLETED, now, downloaded_at=now, keep_until=keep_until)
+
+
+def delete_output(job: JobRecord, now: float) -> JobRecord:
+    """The client asks for the output to go now."""
+    if job.status is J.COMPLETED:
+        return _move_job(
+            job, J.REMOVED, now, removed_at=now, keep_until=now, removal_reason=DELETED
+        )
+    if job.status is J.REMOVED and job.keep_until is not None and job.keep_until > now:
+        return msgspec.structs.replace(job, keep_until=now, updated_at=now)
+    raise InvalidTransition(f"job {job.id} is {job.status}; it has no output to delete")
+
+
+def clean_up(job: JobRecord, now: float) -> JobRecord:
+    """An operator's cleanup: a completed job lets its output go; others are left for purging."""
+    if job.status is J.COMPLETED:
+        return _move_job(
+            job, J.REMOVED, now, removed_at=now, keep_until=now, removal_reason=CLEANED_UP
+        )
+    return job
+
+
 def request_start(job: JobRecord, now: float) -> JobRecord:
     """Mark a queued job to start now, ahead of the queue."""
     if job.status is not J.QUEUED:
@@ -256,6 +361,16 @@ def purge_due(job: JobRecord, keep_seconds: float, now: float) -> bool:
 # ---- renditions ---------------------------------------------------------------------------
 
 
+def rendition_key_of(job: JobRecord) -> str:
+    """The rendition a job asks for: its media (credentials aside), preset spec and container;
+    a restarted job's nonce makes the rendition its own."""
+    spec = job.spec or builtin(job.profile)
+    key = rendition_key(job.source, spec_fingerprint(spec), job.container)
+    if job.nonce:
+        key = hashlib.sha256(f"{key}:{job.nonce}".encode()).hexdigest()[:40]
+    return key
+
+
 def new_rendition(
     key: str, job: JobRecord, now: float, *, generation: int = 1, pool: str = "default"
 ) -> Rendition:
@@ -265,8 +380,10 @@ def new_rendition(
         generation=generation,
         source=job.source,
         profile=job.profile,
+        spec=job.spec,
         container=job.container,
         pool=pool,
+        priority=job.priority,
         created_at=now,
         updated_at=now,
         manual=job.manual_start,
@@ -281,6 +398,10 @@ def renew(r: Rendition, job: JobRecord, now: float) -> Rendition:
         raise InvalidTransition(f"rendition {r.key} is {r.state}; only an ended one is renewed")
     fresh = new_rendition(r.key, job, now, generation=r.generation + 1, pool=r.pool)
     return msgspec.structs.replace(fresh, dispatch_seq=r.dispatch_seq)
+
+
+def raise_priority(r: Rendition, priority: int, now: float) -> Rendition:
+    return msgspec.structs.replace(r, priority=max(r.priority, priority), updated_at=now)
 
 
 def mark_manual(r: Rendition, now: float) -> Rendition:

@@ -43,6 +43,8 @@ class Retention:
     commands_max_age: float = 7 * DAY
     progress_ttl: float = 3600.0
     workers_ttl: float = 30.0
+    # How long an Idempotency-Key returns the job it created.
+    idempotency_ttl: float = DAY
 
 
 async def connect(url: str, name: str) -> NATS:
@@ -132,6 +134,12 @@ def _buckets(names: Names, replicas: int, retention: Retention) -> list[KeyValue
         kv(names.stats_bucket, "totals folded from the event stream"),
         kv(names.workers_bucket, "live transcoder instances", retention.workers_ttl),
         kv(names.storage_bucket, "blob store summary"),
+        kv(names.users_bucket, "native API accounts"),
+        kv(names.usernames_bucket, "username reservations"),
+        kv(names.apikeys_bucket, "API keys (hashed)"),
+        kv(names.presets_bucket, "user presets"),
+        kv(names.batches_bucket, "batches of jobs"),
+        kv(names.idempotency_bucket, "Idempotency-Key -> job", retention.idempotency_ttl),
     ]
 
 
@@ -146,6 +154,12 @@ class Buckets:
     stats: KeyValue
     workers: KeyValue
     storage: KeyValue
+    users: KeyValue
+    usernames: KeyValue
+    apikeys: KeyValue
+    presets: KeyValue
+    batches: KeyValue
+    idempotency: KeyValue
 
 
 async def ensure_topology(
@@ -180,6 +194,12 @@ async def ensure_topology(
         stats=opened[names.stats_bucket],
         workers=opened[names.workers_bucket],
         storage=opened[names.storage_bucket],
+        users=opened[names.users_bucket],
+        usernames=opened[names.usernames_bucket],
+        apikeys=opened[names.apikeys_bucket],
+        presets=opened[names.presets_bucket],
+        batches=opened[names.batches_bucket],
+        idempotency=opened[names.idempotency_bucket],
     )
 
 

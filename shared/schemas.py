@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from shared.messages import commands, events, records, work
+from shared.messages import accounts, commands, events, records, rpc, work
 
 DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
     "events.json": (
@@ -26,6 +27,10 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
         "vidmesh work items, published on <namespace>.work.<pool>",
         [work.TranscodeWork],
     ),
+    "rpc.json": (
+        "vidmesh request/reply messages (core NATS): <namespace>.rpc.probe",
+        [rpc.ProbeRequest, rpc.ProbeReply],
+    ),
     "records.json": (
         "vidmesh KV records (job records, renditions, progress, leases, totals, workers)",
         [
@@ -36,6 +41,12 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
             records.Totals,
             records.StorageSummary,
             records.WorkerInfo,
+            accounts.User,
+            accounts.UsernameClaim,
+            accounts.ApiKey,
+            accounts.PresetRecord,
+            accounts.Batch,
+            accounts.IdempotencyRecord,
         ],
     ),
 }
@@ -52,9 +63,15 @@ def render(title: str, types: list[Any]) -> str:
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
+# Documents generated elsewhere (the gateway's OpenAPI), registered by the caller.
+EXTRA: dict[str, Callable[[], str]] = {}
+
+
 def generate() -> dict[str, str]:
     """File name -> contents, for every schema document."""
-    return {name: render(title, types) for name, (title, types) in DOCUMENTS.items()}
+    documents = {name: render(title, types) for name, (title, types) in DOCUMENTS.items()}
+    documents.update({name: make() for name, make in EXTRA.items()})
+    return documents
 
 
 def write(folder: Path) -> list[str]:

@@ -4,6 +4,7 @@ and redaction for display."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -47,6 +48,24 @@ def validate_http_url(url: object) -> str:
     if not parts.hostname:
         raise BadRequest("`url` has no host")
     return url
+
+
+def check_local_source(source: str, roots: list[str], *, resolve: bool = False) -> str:
+    """A local path (or file:// URL) that lies under one of the media roots, normalised.
+
+    `resolve` also follows symbolic links (where the files are), so a link cannot lead out.
+    """
+    path = source[len("file://") :] if source.startswith("file://") else source
+    if "\x00" in path or not os.path.isabs(path):
+        raise BadRequest("A local source must be an absolute path under a media root.")
+    if not roots:
+        raise BadRequest("Local sources are not enabled on this server (no media roots).")
+    normal = os.path.realpath(path) if resolve else os.path.normpath(path)
+    for root in roots:
+        base = os.path.realpath(root) if resolve else os.path.normpath(root)
+        if os.path.commonpath([base, normal]) == base:
+            return normal
+    raise BadRequest("The source path is not under any of this server's media roots.")
 
 
 def rebase_on_jellyfin(url: str, jellyfin_url: str) -> str:

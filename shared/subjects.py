@@ -140,3 +140,50 @@ class Names:
     @property
     def storage_bucket(self) -> str:
         return self.bucket("storage")
+
+    @property
+    def users_bucket(self) -> str:
+        return self.bucket("users")
+
+    @property
+    def usernames_bucket(self) -> str:
+        return self.bucket("usernames")
+
+    @property
+    def apikeys_bucket(self) -> str:
+        return self.bucket("apikeys")
+
+    @property
+    def presets_bucket(self) -> str:
+        return self.bucket("presets")
+
+    @property
+    def batches_bucket(self) -> str:
+        return self.bucket("batches")
+
+    @property
+    def idempotency_bucket(self) -> str:
+        return self.bucket("idempotency")
+
+    # ---- request/reply -------------------------------------------------------------------
+    @property
+    def probe_rpc(self) -> str:
+        """Transcoders answer probe requests here (queue group `transcoders`)."""
+        return f"{self.namespace}.rpc.probe"
+
+    def all_buckets(self) -> list[str]:
+        return [
+            self.jobs_bucket,
+            self.renditions_bucket,
+            self.progress_bucket,
+            self.leases_bucket,
+            self.stats_bucket,
+            self.workers_bucket,
+            self.storage_bucket,
+            self.users_bucket,
+            self.usernames_bucket,
+            self.apikeys_bucket,
+            self.presets_bucket,
+            self.batches_bucket,
+            self.idempotency_bucket,
+        ]

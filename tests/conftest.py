@@ -11,7 +11,16 @@ import pytest
 import pytest_asyncio
 
 from shared.natsserver import NatsServer
-from tests.helpers import Client, System, fast_env, new_namespace, start_system, stop_system
+from tests.helpers import (
+    ADMIN_PASSWORD,
+    Api,
+    Client,
+    System,
+    fast_env,
+    new_namespace,
+    start_system,
+    stop_system,
+)
 from tests.jellyfin_standin import JellyfinStandIn
 from tests.media_clips import make_clip
 
@@ -98,3 +107,21 @@ def alice(http: aiohttp.ClientSession, system: System) -> Client:
 @pytest.fixture
 def bob(http: aiohttp.ClientSession, system: System) -> Client:
     return Client(http, system.url, BOB)
+
+
+@pytest_asyncio.fixture
+async def admin_api(http: aiohttp.ClientSession, system: System) -> Api:
+    """The native API, signed in as the configured first administrator."""
+    return await Api(http, system.url).as_user("admin", ADMIN_PASSWORD, register=False)
+
+
+@pytest_asyncio.fixture
+async def ann(http: aiohttp.ClientSession, system: System) -> Api:
+    """A native API user."""
+    return await Api(http, system.url).as_user("ann")
+
+
+@pytest_asyncio.fixture
+async def ben(http: aiohttp.ClientSession, system: System) -> Api:
+    """Another native API user."""
+    return await Api(http, system.url).as_user("ben")

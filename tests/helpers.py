@@ -33,6 +33,7 @@ from shared.subjects import Names
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
+ADMIN_PASSWORD = "admin-password-1"
 
 
 async def eventually(
@@ -104,6 +105,10 @@ def fast_env(
         "VIDMESH_DRAIN_SECONDS": "0",
         "VIDMESH_ORPHAN_GRACE": "30",
         "JELLYFIN_URL": jellyfin_url,
+        "VIDMESH_JWT_SECRET": f"test-secret-{namespace}-0123456789abcdef0123456789",
+        "VIDMESH_ADMIN_USERNAME": "admin",
+        "VIDMESH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "VIDMESH_REGISTRATION": "open",
     }
     env.update({k: str(v) for k, v in extra.items()})
     return env
@@ -181,23 +186,28 @@ async def start_system(env: dict[str, str], *only: str) -> System:
 
 
 async def stop_system(system: System) -> None:
-    await system.stop()
-    await drop_namespace(system.nc, system.names)
-    await system.nc.close()
+    for step, action in (
+        ("stop services", system.stop),
+        ("drop namespace", lambda: drop_namespace(system.nc, system.names)),
+        ("close NATS", system.nc.close),
+    ):
+        try:
+            await asyncio.wait_for(action(), 30)
+        except TimeoutError:
+            import io
+
+            out = io.StringIO()
+            for task in asyncio.all_tasks():
+                task.print_stack(file=out)
+            raise AssertionError(
+                f"stop_system stuck at {step}:\n{out.getvalue()[-20000:]}"
+            ) from None
 
 
 async def drop_namespace(nc: NATS, names: Names) -> None:
     """Delete a test's streams and buckets, so the shared server stays small."""
     js = nc.jetstream()
-    buckets = [
-        names.jobs_bucket,
-        names.renditions_bucket,
-        names.progress_bucket,
-        names.leases_bucket,
-        names.stats_bucket,
-        names.workers_bucket,
-        names.storage_bucket,
-    ]
+    buckets = names.all_buckets()
     streams = [names.commands_stream, names.work_stream, names.events_stream]
     for stream in streams + [f"KV_{bucket}" for bucket in buckets]:
         with contextlib.suppress(Exception):
@@ -320,6 +330,64 @@ class Client:
     ) -> dict[str, Any]:
         async def check() -> dict[str, Any] | None:
             job = await self.job(job_id)
+            return job if job["status"] in statuses else None
+
+        return await eventually(check, timeout=timeout, what=f"job {job_id} to be {statuses}")
+
+
+class Api:
+    """A client of the native API, signed in with a token or an API key (or anonymous)."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, base: str, *, token: str = "", api_key: str = ""
+    ) -> None:
+        self.session = session
+        self.base = base.rstrip("/")
+        self.token = token
+        self.api_key = api_key
+
+    def headers(self) -> dict[str, str]:
+        if self.api_key:
+            return {"x-api-key": self.api_key}
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def call(
+        self, method: str, path: str, **kwargs: Any
+    ) -> tuple[int, Any, aiohttp.ClientResponse]:
+        headers = {**self.headers(), **kwargs.pop("headers", {})}
+        async with self.session.request(
+            method, self.base + path, headers=headers, **kwargs
+        ) as resp:
+            body = await resp.read()
+            data: Any = body
+            if resp.content_type == "application/json":
+                import json
+
+                data = json.loads(body)
+            return resp.status, data, resp
+
+    async def ok(self, method: str, path: str, expect: int = 200, **kwargs: Any) -> Any:
+        status, body, _ = await self.call(method, path, **kwargs)
+        assert status == expect, (method, path, status, body)
+        return body
+
+    async def as_user(
+        self, username: str, password: str = "password-123", *, register: bool = True
+    ) -> Api:
+        """A client signed in as `username` (registered first when asked)."""
+        anonymous = Api(self.session, self.base)
+        if register:
+            await anonymous.ok(
+                "POST", "/api/auth/register", 201, json={"username": username, "password": password}
+            )
+        tokens = await anonymous.ok(
+            "POST", "/api/auth/login", json={"username": username, "password": password}
+        )
+        return Api(self.session, self.base, token=tokens["access_token"])
+
+    async def wait_job(self, job_id: str, *statuses: str, timeout: float = 30.0) -> dict[str, Any]:
+        async def check() -> dict[str, Any] | None:
+            job = await self.ok("GET", f"/api/jobs/{job_id}")
             return job if job["status"] in statuses else None
 
         return await eventually(check, timeout=timeout, what=f"job {job_id} to be {statuses}")

@@ -19,6 +19,7 @@ SUBTITLE_CODECS = {"mp4": "mov_text", "mkv": "srt"}
 _VIDEO_ARGS: dict[str, list[str]] = {
     "libx264": ["-preset", "ultrafast"],
     "libx265": ["-preset", "ultrafast", "-x265-params", "log-level=error"],
+    "libsvtav1": ["-preset", "11"],
     "mpeg4": ["-q:v", "5"],
 }
 _SRT = "1\n00:00:00,000 --> 00:00:01,000\nHello\n\n2\n00:00:01,000 --> 00:00:02,000\nWorld\n"
@@ -42,20 +43,24 @@ def make_clip(
     channels: int = 2,
     container: str = "mp4",
     subtitles: bool = False,
+    interlaced: bool = False,
     language: str | None = None,
     extra_args: Sequence[str] = (),
 ) -> Path:
     """Encode a test clip at `path` and return the path. Blocks (well under a second).
 
-    vcodec: "libx264" (h264), "libx265" (hevc), "mpeg4", or None for no video.
+    vcodec: "libx264" (h264), "libx265" (hevc), "libsvtav1" (av1), "mpeg4", or None for no video.
     acodec: "aac", "ac3", "mp2", "libopus" (mkv only), or None for no audio.
     channels: 1, 2, or 6 for 5.1 (mp2 allows at most 2).
     container: "mp4" (moov at the end, as a plain muxer writes it), "mkv" or "mpegts".
     subtitles: add a two-cue text track (mov_text in mp4, SubRip in mkv).
+    interlaced: encode interlaced (field) pictures; libx264 only.
     """
     out = Path(path)
     if vcodec is None and acodec is None:
         raise ValueError("a clip needs video, audio or both")
+    if interlaced and vcodec != "libx264":
+        raise ValueError("interlaced clips are made with libx264")
     argv = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-loglevel", "error"]
     maps: list[str] = []
     inputs = 0
@@ -79,6 +84,8 @@ def make_clip(
         argv += ["-c:v", vcodec, *_VIDEO_ARGS.get(vcodec, []), "-pix_fmt", pix_fmt, "-g", str(fps)]
         if vcodec == "libx265" and container == "mp4":
             argv += ["-tag:v", "hvc1"]
+        if interlaced:
+            argv += ["-flags", "+ildct+ilme"]
     if acodec is not None:
         argv += ["-c:a", acodec, "-ac", str(channels)]
         if language:

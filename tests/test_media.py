@@ -312,6 +312,15 @@ async def test_output_mp4_is_faststart(clips: dict[str, Path], tmp_path: Path) -
         assert boxes.index("moov") < boxes.index("mdat"), boxes
 
 
+def test_probe_tells_interlaced_video_from_progressive(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    # a deinterlacing preset may copy only what is known to be progressive
+    interlaced = make_clip(tmp_path / "fields.mp4", seconds=0.5, interlaced=True)
+    assert video_of(probe(str(interlaced))).interlaced is True
+    assert video_of(probe(str(clips["h264_aac"]))).interlaced is False
+
+
 def test_badly_encoded_tags_do_not_make_a_file_unreadable(tmp_path: Path) -> None:
     # Given a file whose title tag is Latin-1, not UTF-8 (the surrogate becomes the raw byte 0xE9)
     latin1_title = ["-metadata", "title=caf\udce9"]

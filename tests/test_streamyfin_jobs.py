@@ -98,6 +98,7 @@ async def test_streamyfin_app_flow_optimize_poll_download_confirm(
         ({"url": "/media/movie.mkv"}, "http"),
         ({"url": "http:///nohost"}, "host"),
         ({"url": "http://example.com/a.mkv", "fileExtension": "avi"}, "mp4"),
+        ({"url": "http://example.com/a.mkv", "fileExtension": "webm"}, "webm"),
         ({"url": "http://example.com/a.mkv", "item": "not an object"}, "item"),
     ],
 )

@@ -85,8 +85,10 @@ def _up(args: argparse.Namespace) -> None:
 
 
 def _schemas(args: argparse.Namespace) -> None:
+    from services.gateway import app, openapi  # noqa: F401  (app registers every route)
     from shared import schemas
 
+    schemas.EXTRA["openapi.json"] = openapi.render
     if args.check:
         stale = schemas.drift(args.dir)
         if stale:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
 import socket
 import sys
@@ -134,6 +135,8 @@ class Supervisor:
         self.children: dict[str, Child] = {}
         self.nats: NatsServer | None = None
         self.gateway_url = ""
+        self.admin = ("admin", "")
+        self.generated: list[Path] = []
 
     def _explicit(self, *names: str) -> bool:
         return any(name in self.environ for name in names)
@@ -187,7 +190,21 @@ class Supervisor:
         )
         # One slot beyond the limit, so `POST /start-job` can start a job at once.
         env.setdefault("VIDMESH_SLOTS", str(self.settings.max_concurrent_jobs + 1))
+        if not env.get("VIDMESH_JWT_SECRET"):
+            env["VIDMESH_JWT_SECRET"] = self._kept_secret("jwt-secret", 48)
+        if not env.get("VIDMESH_ADMIN_PASSWORD"):
+            env["VIDMESH_ADMIN_PASSWORD"] = self._kept_secret("admin-password", 18)
+        self.admin = (env.get("VIDMESH_ADMIN_USERNAME") or "admin", env["VIDMESH_ADMIN_PASSWORD"])
         return env
+
+    def _kept_secret(self, name: str, size: int) -> str:
+        """A secret generated once and kept in the data folder (readable by its owner only)."""
+        path = self.data / name
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(size) + "\n")
+            path.chmod(0o600)
+            self.generated.append(path)
+        return path.read_text().strip()
 
     async def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -215,6 +232,13 @@ class Supervisor:
             f"  Jellyfin         {jellyfin}",
             f"  NATS             {self.nats.url}   (scale out: VIDMESH_NATS_URL={self.nats.url} "
             "vidmesh transcoder)",
+            f"  Native API       {self.gateway_url}/api/  (OpenAPI: /api/openapi.json)",
+            f"    sign in        POST /api/auth/login  username {self.admin[0]!r}  password "
+            + (
+                f"{self.admin[1]!r} (generated, kept in {self.data / 'admin-password'})"
+                if "VIDMESH_ADMIN_PASSWORD" not in self.environ
+                else "from VIDMESH_ADMIN_PASSWORD"
+            ),
             f"  Data             {self.data}",
             "Press Ctrl-C to stop.",
             "",

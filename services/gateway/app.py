@@ -4,19 +4,40 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from services.gateway import health, streamyfin
+from services.gateway import (
+    accounts_api,
+    admin_api,
+    batch_api,
+    files_api,
+    health,
+    jobs_api,
+    openapi,
+    presets_api,
+    streamyfin,
+)
+from services.gateway.api import API
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import error_middleware
+from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
 from services.gateway.state import GATEWAY, Gateway
 from shared.blobstore import BlobStore, LocalBlobStore
 from shared.kv import TypedKV
+from shared.messages.accounts import (
+    ApiKey,
+    Batch,
+    IdempotencyRecord,
+    PresetRecord,
+    User,
+    UsernameClaim,
+)
 from shared.messages.records import StorageSummary, Totals
 from shared.natsio import ensure_topology
 from shared.projection import Projection
@@ -25,14 +46,20 @@ from shared.subjects import Names
 
 log = structlog.get_logger("vidmesh.gateway")
 
+# The face modules register their routes on API when imported.
+FACES = (accounts_api, admin_api, batch_api, files_api, jobs_api, openapi, presets_api)
+
 
 def create_app(
     settings: GatewaySettings, nc: NATS, *, blobs: BlobStore | None = None
 ) -> web.Application:
     """An application whose start-up wires NATS, projections and Jellyfin auth."""
+    if settings.jwt_secret and len(settings.jwt_secret) < 32:
+        raise SystemExit("VIDMESH_JWT_SECRET must have at least 32 characters (HS256 key).")
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app.add_routes(health.routes)
     app.add_routes(streamyfin.routes)
+    API.install(app)
     store = blobs or LocalBlobStore(settings.blob_dir or Path(settings.data_dir) / "blobs")
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -43,8 +70,17 @@ def create_app(
         jobs = Projection(records.jobs, "gateway.jobs", nc=nc)
         progress = Projection(records.progress, "gateway.progress", nc=nc)
         records.job_view = jobs
-        await jobs.start()
-        await progress.start()
+        users = Projection(TypedKV(buckets.users, User), "gateway.users", nc=nc)
+        keys = Projection(TypedKV(buckets.apikeys, ApiKey), "gateway.apikeys", nc=nc)
+        presets = Projection(TypedKV(buckets.presets, PresetRecord), "gateway.presets", nc=nc)
+        batches = Projection(TypedKV(buckets.batches, Batch), "gateway.batches", nc=nc)
+        projections: list[Projection[Any]] = [jobs, progress, users, keys, presets, batches]
+        for projection in projections:
+            await projection.start()
+        identity = Identity(
+            settings, users, TypedKV(buckets.usernames, UsernameClaim), keys, settings.jwt_secret
+        )
+        await _first_admin(settings, identity)
         session = aiohttp.ClientSession()
         auth = JellyfinAuth(
             settings.jellyfin_url, session, cache_seconds=settings.auth_cache_seconds
@@ -67,17 +103,34 @@ def create_app(
             storage=TypedKV(buckets.storage, StorageSummary),
             blobs=store,
             auth=auth,
+            identity=identity,
+            presets=presets,
+            batches=batches,
+            idempotency=TypedKV(buckets.idempotency, IdempotencyRecord),
         )
         log.info("gateway.ready", jobs=len(jobs), jellyfin=settings.jellyfin_url or None)
         try:
             yield
         finally:
-            await jobs.stop()
-            await progress.stop()
+            for projection in projections:
+                await projection.stop()
             await session.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+async def _first_admin(settings: GatewaySettings, identity: Identity) -> None:
+    if not settings.jwt_secret:
+        log.warning(
+            "gateway.no_jwt_secret",
+            message="VIDMESH_JWT_SECRET is not set: the native API refuses sign-ins until it is.",
+        )
+    if not settings.admin_password:
+        log.info("gateway.no_first_admin", message="VIDMESH_ADMIN_PASSWORD is not set.")
+        return
+    admin = await identity.ensure_admin(settings.admin_username, settings.admin_password)
+    log.info("gateway.admin", username=admin.username)
 
 
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:

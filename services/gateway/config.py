@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -29,3 +29,24 @@ class GatewaySettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 19)] = 1 << 18
     # Only Jellyfin administrators may call `DELETE /delete-cache`.
     delete_cache_admin_only: bool = False
+
+    # ---- native API (/api/) ------------------------------------------------------------
+    # Signs access, refresh and download tokens (HS256); without it /api/ refuses sign-ins.
+    jwt_secret: str = ""
+    access_token_minutes: Annotated[float, msgspec.Meta(gt=0, le=1440)] = 15.0
+    refresh_token_days: Annotated[float, msgspec.Meta(gt=0, le=365)] = 7.0
+    # "closed" (only administrators create accounts), "open", or "invite" (an invite code).
+    registration: Literal["closed", "open", "invite"] = "closed"
+    # Invite codes accepted when registration is "invite", separated by commas.
+    invite_codes: str = ""
+    # The first administrator, created at start-up when it does not exist yet.
+    admin_username: str = "admin"
+    admin_password: str = ""
+    # Lifetime of a signed download URL, in seconds.
+    signed_url_seconds: Annotated[int, msgspec.Meta(ge=10, le=7 * 86_400)] = 900
+    # Seconds `POST /api/metadata` waits for a transcoder to probe the source.
+    metadata_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+    @property
+    def invite_code_list(self) -> list[str]:
+        return [code.strip() for code in self.invite_codes.split(",") if code.strip()]

@@ -11,6 +11,7 @@ import base64
 import re
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
@@ -24,10 +25,21 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def download_name(job: JobRecord) -> str:
-    """The file name a client is offered: the item id (what Streamyfin saves), else the job id."""
-    assert job.output is not None
+    """The name a client is offered: the job's chosen name, else `<item id or job id>.<ext>`
+    (the item id is what Streamyfin saves the file as)."""
+    if job.output_name:
+        return job.output_name
     base = _SAFE.sub("_", job.item_id or job.id).strip("._") or job.id
     return f"{base}.{job.container}"
+
+
+def content_disposition(name: str) -> str:
+    """An attachment header any client parses: an ASCII fallback, and the UTF-8 name."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
+    header = f'attachment; filename="{fallback}"'
+    if fallback != name:
+        header += f"; filename*=UTF-8''{quote(name, safe='')}"
+    return header
 
 
 async def serve_output(gw: Gateway, request: web.Request, job: JobRecord) -> web.StreamResponse:
@@ -46,7 +58,7 @@ async def serve_output(gw: Gateway, request: web.Request, job: JobRecord) -> web
     response.headers["X-File-Checksum"] = output.sha256
     response.headers["X-File-Size"] = str(output.size)
     response.headers["Digest"] = f"sha-256={_b64(output.sha256)}"
-    response.headers["Content-Disposition"] = f'attachment; filename="{download_name(job)}"'
+    response.headers["Content-Disposition"] = content_disposition(download_name(job))
     response.headers["Cache-Control"] = "private, no-transform"
     return response
 

@@ -11,6 +11,7 @@ import msgspec
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from nats.js.errors import KeyWrongLastSequenceError
 
 from shared.errors import BadRequest, PayloadTooLarge, VidmeshError
 
@@ -42,9 +43,7 @@ def json_response(
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
-    error: dict[str, Any] = {"code": code, "message": message, "status": status}
-    if details is not None:
-        error["details"] = details
+    error: dict[str, Any] = {"code": code, "message": message, "status": status, "details": details}
     headers = {"WWW-Authenticate": 'MediaBrowser realm="vidmesh"'} if status == 401 else None
     return json_response({"error": error}, status=status, headers=headers)
 
@@ -53,6 +52,10 @@ def error_response(status: int, code: str, message: str, details: Any = None) ->
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except KeyWrongLastSequenceError:
+        return error_response(
+            409, "conflict", "The object changed while this request ran; try again."
+        )
     except VidmeshError as exc:
         if exc.http_status >= 500:
             log.warning("request.unavailable", path=request.path, code=exc.code, error=exc.message)

@@ -4,6 +4,7 @@ their effect, the blob store to serve from, and who the caller is."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -15,12 +16,14 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from services.gateway.config import GatewaySettings
+from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
 from shared.blobstore import BlobStore
 from shared.errors import Unavailable
 from shared.kv import TypedKV
 from shared.messages import commands as cmd
 from shared.messages import events
+from shared.messages.accounts import Batch, IdempotencyRecord, PresetRecord
 from shared.messages.records import (
     JobRecord,
     JobStatus,
@@ -49,6 +52,10 @@ class Gateway:
     storage: TypedKV[StorageSummary]
     blobs: BlobStore
     auth: JellyfinAuth
+    identity: Identity
+    presets: Projection[PresetRecord]
+    batches: Projection[Batch]
+    idempotency: TypedKV[IdempotencyRecord]
     started_at: float = field(default_factory=time.time)
 
     async def job(self, job_id: str) -> JobRecord | None:
@@ -117,8 +124,12 @@ class Gateway:
             await sub.unsubscribe()
 
 
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
 def _plausible_id(job_id: str) -> bool:
-    return 0 < len(job_id) <= 64 and all(c.isalnum() or c in "-_" for c in job_id)
+    """Whether `job_id` could be a KV key at all (others are simply not found)."""
+    return bool(_ID.match(job_id))
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -21,7 +21,7 @@ from services.gateway.jellyfin import JellyfinUser
 from services.gateway.state import Gateway, gateway
 from shared import jobstate
 from shared.errors import Conflict, Forbidden, NotFound, Unavailable
-from shared.media import get_container
+from shared.media import builtin, get_container, validate_preset
 from shared.messages import commands as cmd
 from shared.messages.records import JobRecord, JobStatus, Totals
 from shared.sources import duration_from_ticks, rebase_on_jellyfin, redact, validate_http_url
@@ -30,6 +30,7 @@ routes = web.RouteTableDef()
 
 STATUS_WORDS: dict[JobStatus, str] = {
     JobStatus.QUEUED: "queued",
+    JobStatus.PAUSED: "queued",  # native API batches; the original had no such state
     JobStatus.HELD: "pending downloads limit",
     JobStatus.RUNNING: "optimizing",
     JobStatus.COMPLETED: "completed",
@@ -128,6 +129,14 @@ async def optimize_version(request: web.Request) -> web.Response:
     if gw.settings.jellyfin_url and gw.settings.rebase_jellyfin_urls:
         url = rebase_on_jellyfin(url, gw.settings.jellyfin_url)
     container = get_container(body.fileExtension or "mp4")
+    spec = builtin(PROFILE)
+    if container.name != spec.container:
+        # The same rendition in another container (mkv keeps the source's subtitles).
+        spec = validate_preset(
+            msgspec.structs.replace(
+                spec, container=container.name, subtitles=container.keeps_subtitles
+            )
+        )
     item = body.item
     item_id = body.itemId or (str(item.get("Id")) if item and item.get("Id") else "")
     job = jobstate.new_job(
@@ -140,6 +149,7 @@ async def optimize_version(request: web.Request) -> web.Response:
         item=item,
         source=url,
         profile=PROFILE,
+        spec=spec,
         container=container.name,
         duration_hint=duration_from_ticks(item.get("RunTimeTicks")) if item else None,
         now=time.time(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 import msgspec
 import structlog
@@ -54,6 +55,25 @@ class CommandHandler:
                     await self.cancel(job_id, release=True)
                 case cmd.StartJob(job_id=job_id):
                     await self.start(job_id)
+                case cmd.RetryJob(job_id=job_id):
+                    await self.change(job_id, jobstate.retry_job)
+                case cmd.RestartJob(job_id=job_id, nonce=nonce):
+                    await self.change(job_id, partial(_restart, nonce=nonce))
+                case cmd.ConfirmDownload(job_id=job_id):
+                    keep = self.settings.keep_seconds
+                    await self.change(
+                        job_id, lambda j, now: jobstate.confirm_download(j, keep, now)
+                    )
+                case cmd.DeleteOutput(job_id=job_id):
+                    await self.change(job_id, jobstate.delete_output)
+                case cmd.StartBatch(job_ids=job_ids):
+                    for job_id in job_ids:
+                        await self.change(job_id, jobstate.unpause, only=JobStatus.PAUSED)
+                case cmd.RenameOutputs(names=names):
+                    for job_id, name in names.items():
+                        await self.change(job_id, partial(_rename, name=name))
+                case cmd.CleanupJobs(before=before, statuses=statuses):
+                    await self.clean_up(before, statuses)
                 case cmd.ClearCache():
                     await self.clear_cache(command.command_id)
             log.info(
@@ -83,6 +103,55 @@ class CommandHandler:
             await self.reconciler.cancel_if_unwanted(before.rendition)
         elif job.status is JobStatus.REMOVED:
             await self.reconciler.release_if_unneeded(before.rendition)
+        self._wake_up()
+
+    async def change(
+        self,
+        job_id: str,
+        transition: Callable[[JobRecord, float], JobRecord],
+        *,
+        only: JobStatus | None = None,
+    ) -> None:
+        """Apply one state-machine transition; one the job's state does not allow is logged."""
+        now = time.time()
+        before = self.view.jobs.get(job_id)
+
+        def apply(job: JobRecord | None) -> JobRecord | None:
+            if job is None or (only is not None and job.status is not only):
+                return None
+            return transition(job, now)
+
+        try:
+            job = await self.store.change_job(job_id, apply)
+        except jobstate.InvalidTransition as exc:
+            log.info("command.refused", job_id=job_id, reason=exc.message)
+            return
+        if before is not None and before.rendition and job is not None:
+            await self.reconciler.release_if_unneeded(before.rendition)
+        self._wake_up()
+
+    async def clean_up(self, before: float, statuses: list[str]) -> None:
+        """Finished jobs older than `before`: completed ones let their outputs go, the others
+        (and those) have their records purged."""
+        known = {s for s in statuses if s in JobStatus.__members__.values()}
+        wanted = {JobStatus(s) for s in known} or jobstate.FINISHED | {JobStatus.REMOVED}
+        now = time.time()
+        matched = 0
+        for job in list(self.view.jobs.values()):
+            ended = job.removed_at or job.finished_at
+            if job.status not in wanted or ended is None or ended >= before:
+                continue
+            matched += 1
+            cleared = await self.store.change_job(
+                job.id,
+                lambda j: jobstate.clear_output(jobstate.clean_up(j, now), now) if j else None,
+            )
+            versioned = self.view.jobs.versioned(job.id)
+            if cleared is not None and versioned is not None:
+                await self.store.delete_job(cleared, versioned.revision)
+            if job.rendition:
+                await self.reconciler.release_if_unneeded(job.rendition)
+        log.info("jobs.cleaned_up", jobs=matched)
         self._wake_up()
 
     async def start(self, job_id: str) -> None:
@@ -126,3 +195,11 @@ class CommandHandler:
 
     def _wake_up(self) -> None:
         self._wake()
+
+
+def _restart(job: JobRecord, now: float, *, nonce: str) -> JobRecord:
+    return jobstate.restart_job(job, now, nonce)
+
+
+def _rename(job: JobRecord, now: float, *, name: str) -> JobRecord:
+    return jobstate.rename(job, name, now)

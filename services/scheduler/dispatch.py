@@ -88,7 +88,8 @@ class Dispatcher:
             if r.state is R.PENDING and r.pool == self.pool and self.view.followers(r)
         ]
         return sorted(
-            pending, key=lambda r: (not r.manual, busy.get(r.first_device, 0), r.created_at)
+            pending,
+            key=lambda r: (not r.manual, -r.priority, busy.get(r.first_device, 0), r.created_at),
         )
 
     async def _publish(self, r: Rendition, now: float) -> None:
@@ -99,6 +100,7 @@ class Dispatcher:
             dispatch_seq=seq,
             source=r.source,
             profile=r.profile,
+            spec=r.spec,
             container=r.container,
             duration_hint=r.duration_hint,
             jobs=[job.id for job in self.view.followers(r)],

@@ -19,7 +19,6 @@ from shared.messages import commands
 from shared.messages.records import JobError, JobRecord, JobStatus, Rendition, RenditionState
 from shared.natsio import publish_command
 from shared.recordstore import JobFn, RecordStore, RenditionFn
-from shared.sources import rendition_key
 
 log = structlog.get_logger("vidmesh.scheduler")
 
@@ -75,7 +74,7 @@ class Reconciler:
             await self.store.change_job(job.id, _unattached(lambda j: jobstate.hold(j, now)))
             log.info("job.held", job_id=job.id, device=job.device_id, limit=limit)
             return
-        key = rendition_key(job.source, job.profile, job.container)
+        key = jobstate.rendition_key_of(job)
         created: list[bool] = []
 
         def want(current: Rendition | None) -> Rendition | None:
@@ -86,9 +85,13 @@ class Reconciler:
             if current.state in jobstate.RENDITION_ENDED:
                 created.append(True)
                 return jobstate.renew(current, job, now)
-            if job.manual_start and current.state in jobstate.RENDITION_LIVE and not current.manual:
-                return jobstate.mark_manual(current, now)
-            return None
+            if current.state not in jobstate.RENDITION_LIVE:
+                return None
+            if job.manual_start and not current.manual:
+                current = jobstate.mark_manual(current, now)
+            if job.priority > current.priority:
+                current = jobstate.raise_priority(current, job.priority, now)
+            return current
 
         rendition, _ = await self.store.change_rendition(key, want)
         assert rendition is not None
@@ -132,11 +135,11 @@ class Reconciler:
             )
         elif r.state is R.DONE:
             assert r.output is not None
-            output, keep, attempts = r.output, self.settings.keep_seconds, r.attempt
+            output, keep, attempts, probe = r.output, self.settings.keep_seconds, r.attempt, r.probe
             await self.store.change_job(
                 job.id,
                 _attached_to(
-                    job, lambda j, t: jobstate.complete(j, output, keep, t, attempts), now
+                    job, lambda j, t: jobstate.complete(j, output, keep, t, attempts, probe), now
                 ),
             )
         elif r.state is R.RUNNING and job.status is J.QUEUED:

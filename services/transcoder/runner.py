@@ -23,13 +23,15 @@ from services.transcoder.progress import ProgressReporter
 from shared import jobstate
 from shared.blobstore import BlobStore, output_key
 from shared.consumer import Outcome
-from shared.errors import SourceError, StoreError
+from shared.errors import BadRequest, SourceError, StoreError
 from shared.media import (
     build_args,
+    builtin,
     classify_failure,
     get_container,
-    get_profile,
+    is_http,
     make_plan,
+    preset_profile,
     probe_async,
     run_ffmpeg,
 )
@@ -38,7 +40,7 @@ from shared.messages.records import JobError, Output, Rendition, RenditionState
 from shared.messages.work import WORK_DECODER, TranscodeWork
 from shared.natsio import describe
 from shared.recordstore import RecordStore
-from shared.sources import scrub
+from shared.sources import check_local_source, scrub
 
 log = structlog.get_logger("vidmesh.transcoder")
 
@@ -178,21 +180,29 @@ class WorkRunner:
     async def _transcode(
         self, work: TranscodeWork, r: Rendition, reporter: ProgressReporter
     ) -> Output:
-        profile = get_profile(work.profile)
+        profile = preset_profile(work.profile, work.spec or builtin(work.profile))
         container = get_container(work.container)
+        source = self._readable(work.source)
         reporter.stage("probing")
         probe: ProbeResult | None = None
         try:
-            probe = await probe_async(work.source, timeout=self.settings.probe_timeout)
+            probe = await probe_async(source, timeout=self.settings.probe_timeout)
         except SourceError as exc:
             # ffmpeg has the last word on whether the source is readable.
             log.warning("probe.failed", error=exc.message)
+        else:
+            await self._record_probe(r, probe)
         total, estimated = _duration(probe, work.duration_hint)
         reporter.set_total(total, estimated=estimated)
-        plan = make_plan(probe, profile, container)
+        try:
+            plan = make_plan(probe, profile, container)
+        except SourceError as exc:
+            raise TranscodeFailed(
+                JobError(code="source_unsuitable", reason=exc.message, retryable=False)
+            ) from exc
         self.scratch.mkdir(parents=True, exist_ok=True)
         out = self.scratch / f"{r.key}-{r.generation}-{r.attempt}.{container.name}"
-        argv = build_args(self.ffmpeg, work.source, str(out), plan, profile, container)
+        argv = build_args(self.ffmpeg, source, str(out), plan, profile, container)
         log.info("ffmpeg.start", mode=plan.mode, reasons=plan.reasons, total=total)
         reporter.stage("encoding")
         try:
@@ -224,6 +234,32 @@ class WorkRunner:
             video=plan.video if video is None else f"{plan.video} {video.codec or '?'}",
             audio=plan.audio if audio is None else f"{plan.audio} {audio.codec or '?'}",
         )
+
+    def _readable(self, source: str) -> str:
+        """The source as ffmpeg reads it; a local path must lie under a configured media root."""
+        if is_http(source):
+            return source
+        try:
+            return check_local_source(source, self.settings.media_root_list, resolve=True)
+        except BadRequest as exc:
+            raise TranscodeFailed(
+                JobError(code="source_refused", reason=exc.message, retryable=False)
+            ) from exc
+
+    async def _record_probe(self, r: Rendition, probe: ProbeResult) -> None:
+        """Keep what the source is on the rendition, so jobs can show it."""
+
+        def keep(current: Rendition | None) -> Rendition | None:
+            if current is None or not jobstate.owned_by(
+                current, self.worker_id, r.generation, r.attempt
+            ):
+                return None
+            return msgspec.structs.replace(current, probe=probe)
+
+        try:
+            await self.store.change_rendition(r.key, keep)
+        except Exception as exc:
+            log.debug("probe.record_failed", **describe(exc))
 
     async def _succeeded(
         self, r: Rendition, output: Output, wall: float, reporter: ProgressReporter

@@ -11,20 +11,26 @@ import time
 import uuid
 from pathlib import Path
 
+import msgspec
 import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.errors import NoKeysError
 
 from services.transcoder.config import TranscoderSettings
 from services.transcoder.runner import WorkRunner
 from shared.blobstore import BlobStore, LocalBlobStore
 from shared.consumer import Consumer, SlotLoops
+from shared.errors import BadRequest, SourceError
 from shared.kv import TypedKV
-from shared.media import default_ffmpeg, ffmpeg_version
+from shared.media import default_ffmpeg, ffmpeg_version, is_http, probe_async
+from shared.messages import rpc
 from shared.messages.records import RenditionState, WorkerInfo
 from shared.natsio import describe, ensure_topology
 from shared.recordstore import RecordStore
 from shared.runtime import Service
+from shared.sources import check_local_source
 from shared.subjects import Names
 
 log = structlog.get_logger("vidmesh.transcoder")
@@ -76,6 +82,7 @@ class Transcoder(Service):
         self.ffmpeg = settings.ffmpeg or default_ffmpeg()
         self._loops: SlotLoops | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._probes: Subscription | None = None
 
     async def start(self) -> None:
         js = self.nc.jetstream()
@@ -106,6 +113,9 @@ class Transcoder(Service):
             js, f"transcoder.{pool}", self.runner, slots=self.settings.slots
         )
         self._heartbeat = asyncio.create_task(self._beat(), name="transcoder.heartbeat")
+        self._probes = await self.nc.subscribe(
+            self.names.probe_rpc, queue="transcoders", cb=self._answer_probe
+        )
         log.info(
             "transcoder.started",
             worker=self.worker_id,
@@ -132,6 +142,25 @@ class Transcoder(Service):
             if is_dead_local_worker(r.worker):
                 await self.nc.publish(r.ack_subject, b"-NAK")
                 log.info("transcoder.orphan_handed_back", rendition=key, worker=r.worker)
+
+    async def _answer_probe(self, msg: Msg) -> None:
+        """`POST /api/metadata`: probe a source for the gateway, without transcoding it."""
+        try:
+            request = rpc.PROBE_REQUEST.decode(msg.data)
+            source = request.source
+            if not is_http(source):
+                source = check_local_source(source, self.settings.media_root_list, resolve=True)
+            reply = rpc.ProbeReply(
+                probe=await probe_async(source, timeout=self.settings.probe_timeout)
+            )
+        except (SourceError, BadRequest) as exc:
+            reply = rpc.ProbeReply(
+                error=exc.message, retryable=getattr(exc, "retryable_now", exc.retryable)
+            )
+        except msgspec.DecodeError:
+            reply = rpc.ProbeReply(error="The probe request was not understood.")
+        if msg.reply:
+            await msg.respond(rpc.ENCODER.encode(reply))
 
     def _tidy_scratch(self) -> None:
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -172,6 +201,9 @@ class Transcoder(Service):
             finished = await self._loops.wait_idle(self.settings.drain_seconds)
             await self._loops.close(grace=0)
             log.info("transcoder.drained", finished_in_time=finished)
+        if self._probes is not None:
+            with contextlib.suppress(Exception):
+                await self._probes.unsubscribe()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

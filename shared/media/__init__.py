@@ -1,5 +1,6 @@
-"""The media layer: probe sources, choose copy or encode, build and run ffmpeg."""
+"""The media layer: presets, probe sources, choose copy or encode, build and run ffmpeg."""
 
+from shared.media.args import build_args
 from shared.media.ffmpeg import (
     STDERR_TAIL_CHARS,
     FfmpegProgress,
@@ -11,32 +12,57 @@ from shared.media.ffmpeg import (
     parse_progress,
     run_ffmpeg,
 )
-from shared.media.plan import Plan, build_args, fit_size, make_plan
+from shared.media.plan import Plan, fit_size, make_plan
+from shared.media.presets import (
+    BUILTIN_PRESETS,
+    DEFAULT_PRESET,
+    DEFAULT_PROFILE,
+    PROFILES,
+    AudioSpec,
+    AudioSpecInput,
+    PresetSpec,
+    PresetSpecInput,
+    VideoSpec,
+    VideoSpecInput,
+    builtin,
+    get_profile,
+    preset_profile,
+    spec_fingerprint,
+    validate_preset,
+)
 from shared.media.probe import ProbeResult, StreamInfo, is_http, probe, probe_async
 from shared.media.profiles import (
     CONTAINERS,
-    DEFAULT_PROFILE,
-    PROFILES,
     ContainerSpec,
     Profile,
+    check_container,
     get_container,
-    get_profile,
 )
 
 __all__ = [
+    "BUILTIN_PRESETS",
     "CONTAINERS",
+    "DEFAULT_PRESET",
     "DEFAULT_PROFILE",
     "PROFILES",
     "STDERR_TAIL_CHARS",
+    "AudioSpec",
+    "AudioSpecInput",
     "ContainerSpec",
     "FfmpegProgress",
     "FfmpegResult",
     "FfmpegRun",
     "Plan",
+    "PresetSpec",
+    "PresetSpecInput",
     "ProbeResult",
     "Profile",
     "StreamInfo",
+    "VideoSpec",
+    "VideoSpecInput",
     "build_args",
+    "builtin",
+    "check_container",
     "classify_failure",
     "default_ffmpeg",
     "ffmpeg_version",
@@ -46,7 +72,10 @@ __all__ = [
     "is_http",
     "make_plan",
     "parse_progress",
+    "preset_profile",
     "probe",
     "probe_async",
     "run_ffmpeg",
+    "spec_fingerprint",
+    "validate_preset",
 ]

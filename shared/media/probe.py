@@ -25,6 +25,8 @@ from shared.errors import SourceError
 _TRC_SMPTE2084 = 16
 _TRC_ARIB_STD_B67 = 18
 _KINDS = frozenset({"video", "audio", "subtitle", "data", "attachment"})
+# AVFieldOrder: 0 unknown, 1 progressive, 2..5 the interlaced field orders
+_FIELD_ORDER_PROGRESSIVE = 1
 
 
 class StreamInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,6 +45,7 @@ class StreamInfo(msgspec.Struct, frozen=True, kw_only=True):
     sample_rate: int | None = None
     language: str | None = None
     hdr: bool = False
+    interlaced: bool | None = None  # None: the demuxer does not say
     default: bool = False
     attached_pic: bool = False  # cover art: a video stream that is not the programme
 
@@ -146,6 +149,7 @@ def _stream_info(stream: Stream) -> StreamInfo:
             pix_fmt=cc.pix_fmt,
             frame_rate=_rate(stream.average_rate) or _rate(stream.guessed_rate),
             hdr=cc.color_trc in (_TRC_SMPTE2084, _TRC_ARIB_STD_B67),
+            interlaced=_interlaced(cc.field_order),
         )
     elif isinstance(cc, AudioCodecContext):
         info = msgspec.structs.replace(
@@ -164,6 +168,12 @@ def _codec_name(cc: CodecContext | None) -> str | None:
 def _language(stream: Stream) -> str | None:
     language = stream.language or stream.metadata.get("language")
     return None if not language or language == "und" else language
+
+
+def _interlaced(field_order: int) -> bool | None:
+    if field_order <= 0:
+        return None
+    return field_order != _FIELD_ORDER_PROGRESSIVE
 
 
 def _rate(rate: Fraction | None) -> float | None:

@@ -1,4 +1,8 @@
-"""Rendition profiles (what a transcode produces) and output containers (how it is packaged)."""
+"""Rendition profiles (what a transcode produces) and output containers (how it is packaged).
+
+A Profile is internal: the gateway never builds one from request text. User-facing presets
+(`shared.media.presets`) are validated and turned into Profiles there.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +10,38 @@ import msgspec
 
 from shared.errors import BadRequest
 
+# Pixel formats a source may have and still be stream-copied into a rendition of that codec:
+# 8-bit 4:2:0 for H.264 (what every player decodes), 8/10-bit 4:2:0 for HEVC Main/Main 10 and AV1.
+COPYABLE_PIX_FMTS: dict[str, frozenset[str]] = {
+    "h264": frozenset({"yuv420p", "yuvj420p"}),
+    "hevc": frozenset({"yuv420p", "yuvj420p", "yuv420p10le"}),
+    "av1": frozenset({"yuv420p", "yuvj420p", "yuv420p10le"}),
+}
+
 
 class Profile(msgspec.Struct, frozen=True, kw_only=True):
     """How a rendition is encoded, and the limits under which a source is copied instead."""
 
     name: str
-    video_codec: str = "h264"  # codec of the rendition; a source in it may be copied
+    video_codec: str | None = "h264"  # codec of the rendition (a source in it may be copied)
     encoder: str = "libx264"
     preset: str = "veryfast"
     crf: int = 23
-    max_video_bitrate: int = 8_000_000  # bits/s: -maxrate, and the most a copied source may use
-    bufsize: int = 16_000_000
+    max_video_bitrate: int | None = 8_000_000  # bits/s: -maxrate, and the most a copy may use
+    bufsize: int | None = 16_000_000
     max_width: int = 1920
     max_height: int = 1080
+    max_fps: float | None = None  # -fpsmax, and the most a copied source may have
+    deinterlace: bool = False
     pix_fmt: str = "yuv420p"
     h264_profile: str = "high"
     h264_level: str = "4.1"
-    audio_codec: str = "aac"
+    audio_codec: str | None = "aac"  # None: the rendition has no audio
     audio_encoder: str = "aac"
     audio_bitrate: int = 160_000
     audio_channels: int = 2
     allow_copy: bool = True
+    keep_subtitles: bool = True  # keep subtitle streams when the container can carry them
 
 
 class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,20 +53,9 @@ class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
     extension: str
     faststart: bool = False  # moov atom first, so players start before the download ends
     keeps_subtitles: bool = False
+    video_codecs: frozenset[str] = frozenset()  # rendition codecs the muxer accepts
+    audio_codecs: frozenset[str] = frozenset()
 
-
-DEFAULT_PROFILE = Profile(name="optimized")
-
-PROFILES: dict[str, Profile] = {
-    DEFAULT_PROFILE.name: DEFAULT_PROFILE,
-    "optimized-720p": Profile(
-        name="optimized-720p",
-        max_width=1280,
-        max_height=720,
-        max_video_bitrate=4_000_000,
-        bufsize=8_000_000,
-    ),
-}
 
 CONTAINERS: dict[str, ContainerSpec] = {
     "mp4": ContainerSpec(
@@ -61,6 +65,8 @@ CONTAINERS: dict[str, ContainerSpec] = {
         extension=".mp4",
         faststart=True,
         keeps_subtitles=False,
+        video_codecs=frozenset({"h264", "hevc", "av1"}),
+        audio_codecs=frozenset({"aac", "opus"}),
     ),
     "mkv": ContainerSpec(
         name="mkv",
@@ -69,20 +75,30 @@ CONTAINERS: dict[str, ContainerSpec] = {
         extension=".mkv",
         faststart=False,
         keeps_subtitles=True,
+        video_codecs=frozenset({"h264", "hevc", "av1"}),
+        audio_codecs=frozenset({"aac", "opus"}),
+    ),
+    "webm": ContainerSpec(
+        name="webm",
+        muxer="webm",
+        mime="video/webm",
+        extension=".webm",
+        faststart=False,
+        keeps_subtitles=False,
+        video_codecs=frozenset({"av1"}),
+        audio_codecs=frozenset({"opus"}),
+    ),
+    "m4a": ContainerSpec(
+        name="m4a",
+        muxer="ipod",  # ffmpeg's muxer for .m4a: MP4 with the M4A brand
+        mime="audio/mp4",
+        extension=".m4a",
+        faststart=True,
+        keeps_subtitles=False,
+        video_codecs=frozenset(),
+        audio_codecs=frozenset({"aac"}),
     ),
 }
-
-
-def get_profile(name: str) -> Profile:
-    """The profile called `name`; BadRequest naming the known ones when there is none."""
-    try:
-        return PROFILES[name]
-    except KeyError:
-        known = ", ".join(sorted(PROFILES))
-        raise BadRequest(
-            f"Unknown profile {name!r}; use one of: {known}.",
-            details={"profile": name, "allowed": sorted(PROFILES)},
-        ) from None
 
 
 def get_container(ext: str) -> ContainerSpec:
@@ -96,3 +112,21 @@ def get_container(ext: str) -> ContainerSpec:
             f"Unsupported container {ext!r}; use one of: {known}.",
             details={"container": ext, "allowed": sorted(CONTAINERS)},
         ) from None
+
+
+def check_container(profile: Profile, container: ContainerSpec) -> None:
+    """BadRequest when `container` cannot carry what `profile` makes (H.264 in WebM, video in m4a).
+
+    For faces that choose the container apart from the profile (Streamyfin's fileExtension).
+    """
+    wrong: list[str] = []
+    if profile.video_codec is not None and profile.video_codec not in container.video_codecs:
+        wrong.append(f"{profile.video_codec} video")
+    if profile.audio_codec is not None and profile.audio_codec not in container.audio_codecs:
+        wrong.append(f"{profile.audio_codec} audio")
+    if wrong:
+        raise BadRequest(
+            f"Container {container.name} cannot carry {' and '.join(wrong)} "
+            f"(profile {profile.name}); choose another container.",
+            details={"container": container.name, "profile": profile.name},
+        )

@@ -33,6 +33,52 @@ class StartJob(Command, frozen=True, kw_only=True, tag="job.start"):
     job_id: str
 
 
+class RetryJob(Command, frozen=True, kw_only=True, tag="job.retry"):
+    """Run a failed or cancelled job again."""
+
+    job_id: str
+
+
+class RestartJob(Command, frozen=True, kw_only=True, tag="job.restart"):
+    """Run a finished job again from scratch (`nonce` makes its transcode its own)."""
+
+    job_id: str
+    nonce: str
+
+
+class ConfirmDownload(Command, frozen=True, kw_only=True, tag="job.confirm"):
+    """The client has its copy of the output; retention extends from now."""
+
+    job_id: str
+
+
+class DeleteOutput(Command, frozen=True, kw_only=True, tag="job.delete_output"):
+    """Let a finished job's output go now."""
+
+    job_id: str
+
+
+class StartBatch(Command, frozen=True, kw_only=True, tag="batch.start"):
+    """Move a batch's paused jobs into the queue."""
+
+    batch_id: str
+    job_ids: list[str]
+
+
+class RenameOutputs(Command, frozen=True, kw_only=True, tag="batch.rename"):
+    """New download names for paused jobs (job id -> name)."""
+
+    names: dict[str, str]
+
+
+class CleanupJobs(Command, frozen=True, kw_only=True, tag="jobs.cleanup"):
+    """An operator's cleanup: jobs that finished before `before` let their outputs go, and
+    their records are purged."""
+
+    before: Timestamp
+    statuses: list[str] = []
+
+
 class ClearCache(Command, frozen=True, kw_only=True, tag="cache.clear"):
     """Remove every finished output; no job is left pointing at a removed file."""
 
@@ -46,7 +92,19 @@ class DeleteBlobs(Command, frozen=True, kw_only=True, tag="blobs.delete"):
     request_id: str = ""
 
 
-SchedulerCommand = CancelJob | ReleaseJob | StartJob | ClearCache
+SchedulerCommand = (
+    CancelJob
+    | ReleaseJob
+    | StartJob
+    | RetryJob
+    | RestartJob
+    | ConfirmDownload
+    | DeleteOutput
+    | StartBatch
+    | RenameOutputs
+    | CleanupJobs
+    | ClearCache
+)
 StorageCommand = DeleteBlobs
 
 SCHEDULER_DECODER = msgspec.json.Decoder(SchedulerCommand)

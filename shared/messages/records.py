@@ -21,6 +21,7 @@ class JobStatus(enum.StrEnum):
     """Where a job is. Faces map these onto their own words."""
 
     QUEUED = "queued"
+    PAUSED = "paused"  # in a batch that has not been started
     HELD = "held"  # waiting until the device has downloaded enough of its finished jobs
     RUNNING = "running"
     COMPLETED = "completed"
@@ -75,8 +76,16 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     item_id: str = ""
     item: dict[str, Any] | None = None
     source: str
+    # The preset's name, and the spec it resolved to when the job was accepted.
     profile: str = "optimized"
+    spec: PresetSpec | None = None
     container: str = "mp4"
+    priority: int = 0
+    # The file name the output is downloaded under (default: <item id or job id>.<container>).
+    output_name: str = ""
+    # Set by a restart: makes the job's rendition its own, so it is transcoded anew.
+    nonce: str = ""
+    batch: str = ""
     status: JobStatus = JobStatus.QUEUED
     created_at: Timestamp
     updated_at: Timestamp
@@ -91,6 +100,8 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     shared: bool = False
     attempts: int = 0
     duration_hint: float | None = None
+    downloaded_at: Timestamp | None = None
+    probe: ProbeResult | None = None
     output: Output | None = None
     error: JobError | None = None
 
@@ -102,8 +113,10 @@ class Rendition(msgspec.Struct, frozen=True, kw_only=True):
     generation: int = 1
     source: str
     profile: str
+    spec: PresetSpec | None = None
     container: str
     pool: str = "default"
+    priority: int = 0
     state: RenditionState = RenditionState.PENDING
     created_at: Timestamp
     updated_at: Timestamp
@@ -119,6 +132,7 @@ class Rendition(msgspec.Struct, frozen=True, kw_only=True):
     # back to JetStream at once instead of waiting for ack_wait.
     ack_subject: str = ""
     duration_hint: float | None = None
+    probe: ProbeResult | None = None
     last_error: JobError | None = None
     output: Output | None = None
 
@@ -194,3 +208,8 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     ffmpeg: str = ""
     started_at: Timestamp
     updated_at: Timestamp
+
+
+# Imported last: the media layer imports JobError from this module.
+from shared.media.presets import PresetSpec  # noqa: E402
+from shared.media.probe import ProbeResult  # noqa: E402

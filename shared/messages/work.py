@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from shared.media.presets import PresetSpec
 from shared.messages.records import Timestamp
 
 
@@ -15,6 +16,7 @@ class TranscodeWork(msgspec.Struct, frozen=True, kw_only=True, tag_field="type",
     dispatch_seq: int
     source: str
     profile: str
+    spec: PresetSpec | None = None
     container: str
     duration_hint: float | None = None
     jobs: list[str] = []

@@ -1,0 +1,294 @@
+"""Who is calling the native API: accounts with argon2 passwords, JWTs (HS256) and API keys.
+
+Access tokens are short-lived; a refresh token mints new ones. Changing a password raises the
+account's token version, so every token minted before stops working. API keys look like
+`vmk_<id>_<secret>`; only the SHA-256 of the secret is stored (the secret is random, so a fast
+hash is enough), and the key is shown once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+import msgspec
+import structlog
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from nats.js.errors import KeyWrongLastSequenceError
+
+from services.gateway.config import GatewaySettings
+from shared.errors import BadRequest, Conflict, Forbidden, NotConfigured, Unauthorized
+from shared.kv import TypedKV
+from shared.messages.accounts import RANK, ApiKey, Role, User, UsernameClaim
+from shared.projection import Projection
+
+log = structlog.get_logger("vidmesh.gateway.identity")
+
+_ALGORITHM = "HS256"
+_ISSUER = "vidmesh"
+KEY_PREFIX = "vmk_"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller of the native API."""
+
+    user_id: str
+    username: str
+    role: Role
+    via: str  # "token" | "api_key"
+
+    def at_least(self, role: Role) -> bool:
+        return RANK[self.role] >= RANK[role]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+def username_key(username: str) -> str:
+    """KV key of a username claim: case-insensitive, KV-safe."""
+    return hashlib.sha256(username.strip().lower().encode()).hexdigest()[:40]
+
+
+class Identity:
+    """Accounts, tokens and keys, backed by KV and read from projections."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        users: Projection[User],
+        usernames: TypedKV[UsernameClaim],
+        keys: Projection[ApiKey],
+        secret: str,
+    ) -> None:
+        self.settings = settings
+        self.users = users
+        self.usernames = usernames
+        self.keys = keys
+        self.secret = secret
+        self.hasher = PasswordHasher()
+
+    # ---- passwords ---------------------------------------------------------------------
+    async def hash_password(self, password: str) -> str:
+        return await asyncio.to_thread(self.hasher.hash, password)
+
+    async def password_matches(self, user: User, password: str) -> bool:
+        try:
+            return await asyncio.to_thread(self.hasher.verify, user.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    # ---- accounts ----------------------------------------------------------------------
+    def find_by_username(self, username: str) -> User | None:
+        wanted = username.strip().lower()
+        for user in self.users.values():
+            if user.username.lower() == wanted:
+                return user
+        return None
+
+    async def create_user(
+        self, username: str, password: str, *, role: Role = Role.USER, email: str = ""
+    ) -> User:
+        """A new account; 409 when the username is taken."""
+        check_password(password)
+        user_id = str(uuid.uuid4())
+        try:
+            await self.usernames.create(username_key(username), UsernameClaim(user_id=user_id))
+        except KeyWrongLastSequenceError:
+            raise Conflict(f"The username {username!r} is taken.") from None
+        now = time.time()
+        user = User(
+            id=user_id,
+            username=username.strip(),
+            email=email,
+            role=role,
+            password_hash=await self.hash_password(password),
+            created_at=now,
+            updated_at=now,
+        )
+        revision = await self.users.store.create(user.id, user)
+        self.users.apply(user.id, user, revision)
+        log.info("account.created", user_id=user.id, role=role.value)
+        return user
+
+    async def ensure_admin(self, username: str, password: str) -> User:
+        """The configured first administrator exists (created once, never overwritten)."""
+        existing = self.find_by_username(username)
+        if existing is not None:
+            return existing
+        try:
+            return await self.create_user(username, password, role=Role.ADMIN)
+        except Conflict:
+            claim = await self.usernames.get(username_key(username))
+            found = await self.users.store.get(claim.value.user_id) if claim else None
+            if found is None:
+                raise
+            return found.value
+
+    async def login(self, username: str, password: str) -> User:
+        user = self.find_by_username(username)
+        if user is None:
+            # Spend the same time as a real check, so usernames cannot be probed by timing.
+            await asyncio.to_thread(self.hasher.hash, password)
+            raise Unauthorized("Wrong username or password.")
+        if not await self.password_matches(user, password) or user.disabled:
+            raise Unauthorized("Wrong username or password.")
+        return user
+
+    async def change_password(self, user: User, current: str, new: str) -> User:
+        if not await self.password_matches(user, current):
+            raise Forbidden("The current password is wrong.")
+        check_password(new)
+        new_hash = await self.hash_password(new)
+
+        def change(found: User | None) -> User | None:
+            if found is None:
+                return None
+            return msgspec.structs.replace(
+                found,
+                password_hash=new_hash,
+                token_version=found.token_version + 1,
+                updated_at=time.time(),
+            )
+
+        updated, revision, _ = await self.users.store.change(user.id, change)
+        if updated is None or revision is None:
+            raise Unauthorized("This account no longer exists.")
+        self.users.apply(user.id, updated, revision)
+        return updated
+
+    # ---- tokens ------------------------------------------------------------------------
+    def require_secret(self) -> None:
+        if not self.secret:
+            raise NotConfigured(
+                "The native API is not configured on this server (set VIDMESH_JWT_SECRET)."
+            )
+
+    def issue(self, user: User) -> TokenPair:
+        self.require_secret()
+        now = int(time.time())
+        access_seconds = int(self.settings.access_token_minutes * 60)
+        access = self._sign(
+            {"sub": user.id, "typ": "access", "role": user.role.value, "ver": user.token_version},
+            now,
+            access_seconds,
+        )
+        refresh = self._sign(
+            {"sub": user.id, "typ": "refresh", "ver": user.token_version},
+            now,
+            int(self.settings.refresh_token_days * 86_400),
+        )
+        return TokenPair(access_token=access, refresh_token=refresh, expires_in=access_seconds)
+
+    def sign_file_token(self, job_id: str, owner: str, seconds: int) -> tuple[str, int]:
+        """A token naming one job and its owner, for a download without headers."""
+        now = int(time.time())
+        token = self._sign({"sub": owner, "typ": "file", "job": job_id}, now, seconds)
+        return token, now + seconds
+
+    def _sign(self, claims: dict[str, object], now: int, seconds: int) -> str:
+        body = {**claims, "iss": _ISSUER, "iat": now, "exp": now + seconds, "jti": uuid.uuid4().hex}
+        return jwt.encode(body, self.secret, algorithm=_ALGORITHM)
+
+    def decode(self, token: str, typ: str) -> dict[str, object]:
+        """Claims of a valid, unexpired token of type `typ`; 401 otherwise."""
+        self.require_secret()
+        try:
+            claims: dict[str, object] = jwt.decode(
+                token,
+                self.secret,
+                algorithms=[_ALGORITHM],
+                issuer=_ISSUER,
+                options={"require": ["exp", "iat", "sub", "typ"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The token has expired.") from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("The token is not valid.") from None
+        if claims.get("typ") != typ:
+            raise Unauthorized(f"This is not an {typ} token.")
+        return claims
+
+    def user_of(self, claims: dict[str, object]) -> User:
+        user = self.users.get(str(claims["sub"]))
+        if user is None or user.disabled or claims.get("ver") != user.token_version:
+            raise Unauthorized("The token no longer grants access (account changed).")
+        return user
+
+    def refresh(self, refresh_token: str) -> tuple[User, TokenPair]:
+        user = self.user_of(self.decode(refresh_token, "refresh"))
+        return user, self.issue(user)
+
+    # ---- API keys ----------------------------------------------------------------------
+    async def create_key(self, user: User, name: str) -> tuple[ApiKey, str]:
+        """A new key; the plaintext is returned here and never again."""
+        key_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        plaintext = f"{KEY_PREFIX}{key_id}_{secret}"
+        record = ApiKey(
+            id=key_id,
+            user_id=user.id,
+            name=name,
+            prefix=f"{KEY_PREFIX}{key_id}",
+            secret_sha256=hashlib.sha256(secret.encode()).hexdigest(),
+            created_at=time.time(),
+        )
+        revision = await self.keys.store.create(key_id, record)
+        self.keys.apply(key_id, record, revision)
+        return record, plaintext
+
+    def keys_of(self, user_id: str) -> list[ApiKey]:
+        found = [key for key in self.keys.values() if key.user_id == user_id]
+        return sorted(found, key=lambda key: key.created_at)
+
+    async def delete_key(self, key: ApiKey) -> None:
+        await self.keys.store.delete(key.id)
+        known = self.keys.versioned(key.id)
+        self.keys.apply(key.id, None, (known.revision if known else 0) + 1)
+
+    def user_of_key(self, plaintext: str) -> User:
+        if not plaintext.startswith(KEY_PREFIX) or plaintext.count("_") < 2:
+            raise Unauthorized("The API key is not valid.")
+        key_id, _, secret = plaintext[len(KEY_PREFIX) :].partition("_")
+        key = self.keys.get(key_id)
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        if key is None or not hmac.compare_digest(key.secret_sha256, digest):
+            raise Unauthorized("The API key is not valid.")
+        user = self.users.get(key.user_id)
+        if user is None or user.disabled:
+            raise Unauthorized("The API key's account no longer exists.")
+        return user
+
+    # ---- requests ----------------------------------------------------------------------
+    def authenticate(self, authorization: str, api_key: str) -> Principal | None:
+        """The caller named by `Authorization: Bearer <JWT or key>` or `x-api-key`, if any."""
+        if api_key:
+            user = self.user_of_key(api_key.strip())
+            return Principal(user.id, user.username, user.role, "api_key")
+        scheme, _, value = authorization.strip().partition(" ")
+        if not value or scheme.lower() != "bearer":
+            return None
+        value = value.strip()
+        if value.startswith(KEY_PREFIX):
+            user = self.user_of_key(value)
+            return Principal(user.id, user.username, user.role, "api_key")
+        user = self.user_of(self.decode(value, "access"))
+        return Principal(user.id, user.username, user.role, "token")
+
+
+def check_password(password: str) -> None:
+    if len(password) < 8:
+        raise BadRequest("The password must have at least 8 characters.")
+    if len(password) > 256:
+        raise BadRequest("The password must have at most 256 characters.")

@@ -1,0 +1,197 @@
+"""What the native job faces share: finding a job the caller may see, accepting a new one,
+and sending a command whose effect the answer shows."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, TypedDict
+
+import msgspec
+from aiohttp import web
+
+from services.gateway.api import caller
+from services.gateway.identity import Principal
+from services.gateway.presets import resolve
+from services.gateway.state import Gateway, gateway
+from services.gateway.views import JobPage, job_view
+from shared import jobstate
+from shared.errors import BadRequest, NotFound
+from shared.media import get_container, is_http
+from shared.messages import commands as cmd
+from shared.messages.accounts import Role
+from shared.messages.records import JobRecord, JobStatus
+from shared.sources import check_local_source, validate_http_url
+
+_FILENAME = re.compile(r"^[^/\\\x00-\x1f]{1,200}$")
+
+
+class Destination(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where the output goes: today, the name it is downloaded under."""
+
+    filename: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+
+
+class JobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A transcode to run."""
+
+    source: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            max_length=8192,
+            description="http(s) URL, or an absolute path (or file:// URL) under a media root",
+        ),
+    ]
+    preset: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "optimized"
+    destination: Destination | None = None
+    priority: Annotated[int, msgspec.Meta(ge=-10, le=10)] = 0
+
+
+def check_source(gw: Gateway, source: str) -> str:
+    """A source this server may read: http(s), or a file under a configured media root."""
+    if (
+        source.startswith("s3://")
+        or "://" in source
+        and not source.startswith(("http://", "https://", "file://"))
+    ):
+        scheme = source.split("://", 1)[0]
+        raise BadRequest(
+            f"{scheme}:// sources are not supported by this server: use an http(s) URL or a "
+            "path under a media root."
+        )
+    if is_http(source) or source.startswith(("http://", "https://")):
+        return validate_http_url(source)
+    return check_local_source(source, gw.settings.media_root_list)
+
+
+def check_filename(name: str) -> str:
+    if not _FILENAME.match(name) or name in (".", ".."):
+        raise BadRequest("`destination.filename` must be a file name, without folders.")
+    return name
+
+
+async def accept_job(
+    gw: Gateway,
+    who: Principal,
+    request: JobRequest,
+    *,
+    paused: bool = False,
+    batch: str = "",
+    job_id: str | None = None,
+) -> JobRecord:
+    """Validate a job request and store the job (queued, or paused in a batch)."""
+    source = check_source(gw, request.source)
+    name, spec = resolve(gw, who, request.preset)
+    container = get_container(spec.container)
+    filename = request.destination.filename if request.destination else None
+    job = jobstate.new_job(
+        job_id=job_id or str(uuid.uuid4()),
+        owner=who.user_id,
+        owner_name=who.username,
+        client="api",
+        source=source,
+        profile=name,
+        spec=spec,
+        container=container.name,
+        priority=request.priority,
+        output_name=check_filename(filename) if filename else "",
+        batch=batch,
+        paused=paused,
+        now=time.time(),
+    )
+    await gw.store.create_job(job)
+    return job
+
+
+async def visible_job(request: web.Request, job_id: str) -> JobRecord:
+    """A job the caller owns (or any job, for moderators and administrators); else 404."""
+    gw = gateway(request)
+    who = caller(request)
+    job = await gw.job(job_id)
+    if job is None or not (job.owner == who.user_id or who.at_least(Role.MODERATOR)):
+        raise NotFound(f"No job with id {job_id!r}.")
+    return job
+
+
+async def send(
+    gw: Gateway,
+    subject_kind: str,
+    command: cmd.Command,
+    job_id: str,
+    until: Callable[[JobRecord | None], bool],
+) -> JobRecord:
+    """Publish a command for the scheduler and wait (bounded) to see its effect on the job."""
+    await gw.command(gw.names.scheduler_command(subject_kind), command, job_id=job_id, until=until)
+    return gw.jobs.get(job_id) or await _gone(gw, job_id)
+
+
+async def _gone(gw: Gateway, job_id: str) -> JobRecord:
+    job = await gw.job(job_id)
+    if job is None:
+        raise NotFound(f"Job {job_id!r} no longer exists.")
+    return job
+
+
+class CommandFields(TypedDict):
+    command_id: str
+    by: str
+    at: float
+
+
+def command_fields(request: web.Request) -> CommandFields:
+    """The fields every command carries, for this request's caller."""
+    return {"command_id": uuid.uuid4().hex, "by": caller(request).user_id, "at": time.time()}
+
+
+class JobQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Filters and paging for job lists."""
+
+    status: JobStatus | None = None
+    preset: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    cursor: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+
+
+def page(gw: Gateway, jobs: list[JobRecord], query: JobQuery, viewer: str) -> JobPage:
+    """Filter, order newest first, and cut one page after the cursor."""
+    after = query.created_after.timestamp() if query.created_after else None
+    before = query.created_before.timestamp() if query.created_before else None
+    chosen = [
+        job
+        for job in jobs
+        if (query.status is None or job.status is query.status)
+        and (query.preset is None or job.profile == query.preset)
+        and (after is None or job.created_at >= after)
+        and (before is None or job.created_at < before)
+    ]
+    chosen.sort(key=lambda job: (job.created_at, job.id), reverse=True)
+    if query.cursor:
+        mark = _decode_cursor(query.cursor)
+        chosen = [job for job in chosen if (job.created_at, job.id) < mark]
+    items = chosen[: query.limit]
+    more = len(chosen) > query.limit
+    next_cursor = _encode_cursor(items[-1]) if more and items else None
+    return JobPage(
+        count=len(items),
+        items=[job_view(gw, job, viewer) for job in items],
+        next_cursor=next_cursor,
+    )
+
+
+def _encode_cursor(job: JobRecord) -> str:
+    return base64.urlsafe_b64encode(f"{job.created_at!r}|{job.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created, _, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return float(created), job_id
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("`cursor` is not one this API gave out.") from None

@@ -1,0 +1,153 @@
+"""The OpenAPI 3.1 document of the native API, generated from the route table and the msgspec
+types (schemas/openapi.json holds a copy; a test fails when they drift), served at
+`/api/openapi.json`."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from services.gateway.api import API, Access, Operation
+from services.gateway.views import ErrorEnvelope
+
+TITLE = "vidmesh native API"
+VERSION = "1.0.0"
+_PATH_PARAM = re.compile(r"\{(\w+)\}")
+_ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 503)
+_ERROR_WORDS = {
+    400: "Invalid input",
+    401: "Not signed in, or the token or key is not valid",
+    403: "Signed in, but not allowed",
+    404: "No such object (or not the caller's)",
+    409: "The object's state does not allow this",
+    413: "The request body is too large",
+    416: "The range cannot be satisfied",
+    422: "The source is not media that can be read",
+    503: "A dependency is unavailable, or the feature is not configured",
+}
+_FILE_TYPES = ("video/mp4", "video/x-matroska", "video/webm", "audio/mp4")
+
+
+def document(operations: list[Operation] | None = None) -> dict[str, Any]:
+    """The OpenAPI document for these operations (default: every native API route)."""
+    ops = sorted(operations or API.operations, key=lambda op: (op.path, op.method))
+    types: list[Any] = [ErrorEnvelope]
+    for op in ops:
+        types += [t for t in (op.body, op.response, op.query) if t is not None]
+    unique = list(dict.fromkeys(types))
+    roots, components = msgspec.json.schema_components(
+        unique, ref_template="#/components/schemas/{name}"
+    )
+    schema_of = dict(zip(unique, roots, strict=True))
+    paths: dict[str, dict[str, Any]] = {}
+    for op in ops:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, schema_of, components)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": TITLE,
+            "version": VERSION,
+            "description": "Accounts, API keys, jobs, presets, batches, metadata and signed "
+            'downloads. Every error is {"error": {"code", "message", "details"}}.',
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "JWT or API key"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
+            "responses": {
+                "Error": {
+                    "description": "An error",
+                    "content": {"application/json": {"schema": schema_of[ErrorEnvelope]}},
+                }
+            },
+        },
+    }
+
+
+def _operation(
+    op: Operation, schema_of: dict[Any, Any], components: dict[str, Any]
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "tags": [op.tag],
+        "x-access": op.access.value,
+        "parameters": _parameters(op, schema_of, components),
+        "responses": _responses(op, schema_of),
+    }
+    if op.access in (Access.PUBLIC, Access.SIGNED):
+        operation["security"] = []
+    else:
+        operation["security"] = [{"bearer": []}, {"apiKey": []}]
+    if op.body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schema_of[op.body]}},
+        }
+    return operation
+
+
+def _parameters(
+    op: Operation, schema_of: dict[Any, Any], components: dict[str, Any]
+) -> list[dict[str, Any]]:
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PATH_PARAM.findall(op.path)
+    ]
+    if op.query is not None:
+        ref = schema_of[op.query]["$ref"].rsplit("/", 1)[1]
+        struct = components[ref]
+        required = set(struct.get("required", []))
+        for name, schema in struct.get("properties", {}).items():
+            params.append(
+                {"name": name, "in": "query", "required": name in required, "schema": schema}
+            )
+    if op.operation_id == "create_job":
+        params.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "maxLength": 255},
+            }
+        )
+    return params
+
+
+def _responses(op: Operation, schema_of: dict[Any, Any]) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    if op.binary:
+        content = {kind: {"schema": {"type": "string", "format": "binary"}} for kind in _FILE_TYPES}
+        responses[str(op.status)] = {"description": "The file", "content": content}
+        if 206 in op.statuses:
+            responses["206"] = {"description": "The requested range", "content": content}
+    elif op.response is not None:
+        responses[str(op.status)] = {
+            "description": op.summary,
+            "content": {"application/json": {"schema": schema_of[op.response]}},
+        }
+    else:
+        responses[str(op.status)] = {"description": op.summary, "content": {"application/json": {}}}
+    for status in sorted({*_ERROR_STATUSES, *op.statuses} - {200, 201, 202, 206}):
+        responses[str(status)] = {
+            "description": _ERROR_WORDS.get(status, "An error"),
+            "content": {"application/json": {"schema": schema_of[ErrorEnvelope]}},
+        }
+    return responses
+
+
+def render() -> str:
+    """The document as committed to schemas/openapi.json."""
+    return json.dumps(document(), indent=2, sort_keys=True) + "\n"
+
+
+@API.route("GET", "/api/openapi.json", access=Access.PUBLIC, tag="meta", summary="This document")
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(document())

@@ -1,0 +1,26 @@
+"""Request/reply messages (core NATS, not JetStream): answers a caller waits for."""
+
+from __future__ import annotations
+
+import msgspec
+
+from shared.media.probe import ProbeResult
+
+
+class ProbeRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Probe a source without transcoding it (answered by any transcoder)."""
+
+    source: str
+
+
+class ProbeReply(msgspec.Struct, frozen=True, kw_only=True):
+    """What the source is, or why it could not be read."""
+
+    probe: ProbeResult | None = None
+    error: str = ""
+    retryable: bool = False
+
+
+PROBE_REQUEST = msgspec.json.Decoder(ProbeRequest)
+PROBE_REPLY = msgspec.json.Decoder(ProbeReply)
+ENCODER = msgspec.json.Encoder()
