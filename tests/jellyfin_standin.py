@@ -22,6 +22,7 @@ class JellyfinStandIn:
 
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     media: dict[str, Path] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)
     hits: Counter[str] = field(default_factory=Counter)
     down: bool = False
     url: str = ""
@@ -100,8 +101,16 @@ class JellyfinStandIn:
         await response.write_eof()
         return response
 
+    async def text(self, request: web.Request) -> web.Response:
+        """Any text file, e.g. an HLS playlist a test writes."""
+        body = self.texts.get(request.match_info["name"])
+        if body is None:
+            raise web.HTTPNotFound()
+        return web.Response(text=body, content_type="application/vnd.apple.mpegurl")
+
     async def start(self) -> str:
         app = web.Application()
+        app.router.add_get("/Files/{name}", self.text)
         app.router.add_get("/Users/Me", self.users_me)
         app.router.add_get("/Videos/{item}/stream", self.stream)
         app.router.add_get("/Videos/{item}/stream.{ext}", self.stream)

@@ -238,3 +238,37 @@ async def test_usage_counts_the_callers_jobs_minutes_and_bytes(
     assert usage["jobs"] == 1 and usage["jobs_by_status"] == {"completed": 1}
     assert usage["bytes_stored"] == done["output"]["size"] and usage["minutes_transcoded"] > 0
     assert (await ben.ok("GET", "/api/usage"))["jobs"] == 0
+
+
+async def test_a_remote_playlist_cannot_make_the_server_read_its_own_files(
+    system: System, ann: Api, jellyfin: JellyfinStandIn, clips: dict[str, Path]
+) -> None:
+    # A playlist on someone's server whose segment is a file on ours
+    jellyfin.texts["evil.m3u8"] = (
+        "#EXTM3U\n#EXT-X-TARGETDURATION:20\n#EXTINF:20.0,\n"
+        f"file://{clips['long_ts']}\n#EXT-X-ENDLIST\n"
+    )
+    job = await ann.ok("POST", "/api/jobs", 201, json={"source": f"{jellyfin.url}/Files/evil.m3u8"})
+    done = await ann.wait_job(job["id"], "failed", "completed")
+    assert done["status"] == "failed" and done["output"] is None
+
+
+async def test_a_higher_priority_job_starts_first(
+    env: dict[str, str], http: aiohttp.ClientSession, jellyfin: JellyfinStandIn
+) -> None:
+    system = await start_system({**env, "MAX_CONCURRENT_JOBS": "1"})
+    try:
+        ann = await Api(http, system.url).as_user("ann")
+        slow = url_of(jellyfin, "long_ts", rate="100000").replace("/stream?", "/live?")
+        running = await ann.ok("POST", "/api/jobs", 201, json={"source": slow})
+        await ann.wait_job(running["id"], "running")
+        low = await ann.ok("POST", "/api/jobs", 201, json={"source": url_of(jellyfin, "fits")})
+        high = await ann.ok(
+            "POST", "/api/jobs", 201, json={"source": url_of(jellyfin, "hevc"), "priority": 5}
+        )
+        await ann.ok("POST", f"/api/jobs/{running['id']}/cancel")
+        done_high = await ann.wait_job(high["id"], "completed", timeout=60)
+        done_low = await ann.wait_job(low["id"], "completed", timeout=60)
+        assert done_high["started_at"] < done_low["started_at"]
+    finally:
+        await stop_system(system)
