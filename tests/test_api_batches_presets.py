@@ -167,3 +167,21 @@ async def test_operators_see_everyone_summarise_and_clean_up(
         return page["count"] == 0 and not system.output_files()
 
     await eventually(cleared, what="finished jobs and their files to be cleaned up")
+
+
+async def test_moderators_read_everyones_jobs_but_change_only_their_own(
+    system: System, ann: Api, admin_api: Api, http: Any, jellyfin: JellyfinStandIn
+) -> None:
+    await admin_api.ok(
+        "POST",
+        "/api/admin/users",
+        201,
+        json={"username": "mod", "password": "password-123", "role": "moderator"},
+    )
+    mo = await Api(http, system.url).as_user("mod", register=False)
+    job = await ann.ok("POST", "/api/jobs", 201, json={"source": url_of(jellyfin, "fits")})
+    await ann.wait_job(job["id"], "completed")
+    assert (await mo.ok("GET", f"/api/jobs/{job['id']}"))["id"] == job["id"]
+    assert (await mo.call("DELETE", f"/api/jobs/{job['id']}"))[0] == 404
+    assert (await mo.call("POST", "/api/admin/jobs/cleanup", json={}))[0] == 403
+    assert (await admin_api.ok("DELETE", f"/api/jobs/{job['id']}"))["status"] == "removed"

@@ -149,7 +149,7 @@ async def _answer(request: web.Request, job: JobRecord) -> web.Response:
     statuses=(409,),
 )
 async def cancel_job(request: web.Request) -> web.Response:
-    job = await visible_job(request, request.match_info["job_id"])
+    job = await visible_job(request, request.match_info["job_id"], change=True)
     if job.status not in jobstate.ACTIVE:
         raise Conflict(f"Job {job.id} has already finished ({job.status}).")
     command = cmd.CancelJob(**command_fields(request), job_id=job.id)
@@ -167,7 +167,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 )
 async def delete_job(request: web.Request) -> web.Response:
     gw = gateway(request)
-    job = await visible_job(request, request.match_info["job_id"])
+    job = await visible_job(request, request.match_info["job_id"], change=True)
     if job.status in jobstate.ACTIVE:
         command: cmd.Command = cmd.CancelJob(**command_fields(request), job_id=job.id)
         job = await send(gw, "job_cancel", command, job.id, _moved_from(job))
@@ -187,7 +187,7 @@ async def delete_job(request: web.Request) -> web.Response:
     statuses=(409,),
 )
 async def delete_file(request: web.Request) -> web.Response:
-    job = await visible_job(request, request.match_info["job_id"])
+    job = await visible_job(request, request.match_info["job_id"], change=True)
     if not jobstate.holds_output(job, time.time()):
         raise Conflict(f"Job {job.id} has no stored output ({job.status}).")
     command = cmd.DeleteOutput(**command_fields(request), job_id=job.id)
@@ -205,7 +205,7 @@ async def delete_file(request: web.Request) -> web.Response:
     statuses=(409,),
 )
 async def restart_job(request: web.Request) -> web.Response:
-    job = await visible_job(request, request.match_info["job_id"])
+    job = await visible_job(request, request.match_info["job_id"], change=True)
     if job.status not in (
         JobStatus.COMPLETED,
         JobStatus.FAILED,
@@ -228,7 +228,7 @@ async def restart_job(request: web.Request) -> web.Response:
     statuses=(409,),
 )
 async def retry_job(request: web.Request) -> web.Response:
-    job = await visible_job(request, request.match_info["job_id"])
+    job = await visible_job(request, request.match_info["job_id"], change=True)
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise Conflict(f"Job {job.id} is {job.status}; only failed or cancelled jobs are retried.")
     command = cmd.RetryJob(**command_fields(request), job_id=job.id)
@@ -246,7 +246,7 @@ async def retry_job(request: web.Request) -> web.Response:
     statuses=(409,),
 )
 async def complete_job(request: web.Request) -> web.Response:
-    job = await visible_job(request, request.match_info["job_id"])
+    job = await visible_job(request, request.match_info["job_id"], change=True)
     if job.status is not JobStatus.COMPLETED:
         raise Conflict(f"Job {job.id} is {job.status}; only a completed job is confirmed.")
     command = cmd.ConfirmDownload(**command_fields(request), job_id=job.id)

@@ -108,12 +108,14 @@ async def accept_job(
     return job
 
 
-async def visible_job(request: web.Request, job_id: str) -> JobRecord:
-    """A job the caller owns (or any job, for moderators and administrators); else 404."""
+async def visible_job(request: web.Request, job_id: str, *, change: bool = False) -> JobRecord:
+    """A job the caller may see (its owner; moderators read any) or, with `change`, may act on
+    (its owner; administrators act on any); else 404."""
     gw = gateway(request)
     who = caller(request)
     job = await gw.job(job_id)
-    if job is None or not (job.owner == who.user_id or who.at_least(Role.MODERATOR)):
+    others = Role.ADMIN if change else Role.MODERATOR
+    if job is None or not (job.owner == who.user_id or who.at_least(others)):
         raise NotFound(f"No job with id {job_id!r}.")
     return job
 
