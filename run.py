@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -23,6 +24,7 @@ VENV = Path(os.environ.get("VIDMESH_VENV", ROOT / ".venv"))
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".vidmesh-installed"
+NPM_STAMP = ROOT / "node_modules" / ".vidmesh-installed"
 
 
 def _wanted_stamp() -> str:
@@ -59,6 +61,46 @@ def ensure_installed() -> None:
     STAMP.write_text(wanted)
 
 
+def _npm_wanted_stamp() -> str:
+    digest = hashlib.sha256()
+    for name in ("package.json", "package-lock.json"):
+        path = ROOT / name
+        if path.exists():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_node_packages() -> None:
+    """Install the npm test servers (Azurite) when package.json or its lock file changed.
+
+    Without npm, or when npm fails, warn and go on: the tests that need them are skipped.
+    """
+    if not (ROOT / "package.json").exists():
+        return
+    wanted = _npm_wanted_stamp()
+    if NPM_STAMP.exists() and NPM_STAMP.read_text() == wanted:
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        print(
+            "run.py: warning: npm not found; the Azure Blob (Azurite) tests will be skipped",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    print("run.py: installing the npm test servers (Azurite) into node_modules", flush=True)
+    command = "ci" if (ROOT / "package-lock.json").exists() else "install"
+    done = subprocess.run([npm, command, "--no-audit", "--no-fund", "--loglevel=error"], cwd=ROOT)
+    if done.returncode != 0:
+        print(
+            f"run.py: warning: `npm {command}` failed; the Azurite tests will be skipped",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    NPM_STAMP.write_text(wanted)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(__doc__)
@@ -67,6 +109,7 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if command == "test":
+        ensure_node_packages()
         cmd = [str(BIN / "just"), "--justfile", str(ROOT / "justfile"), "test", *rest]
     else:
         cmd = [str(BIN / "vidmesh"), command, *rest]

@@ -43,6 +43,22 @@ class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str = ".vidmesh"
     # Folders whose files may be sources, separated by commas (none: only URLs).
     media_roots: str = ""
+    # Where finished outputs are stored: "" (a folder, <blob_dir> or <data_dir>/blobs),
+    # file:///path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix.
+    store: str = ""
+    blob_dir: str = ""
+    store_endpoint: str = ""
+    store_region: str = ""
+    store_access_key_id: str = ""
+    store_secret_access_key: str = ""
+    store_session_token: str = ""
+    store_virtual_hosted_style: bool = False
+    store_service_account_key: str = ""
+    store_account_name: str = ""
+    store_account_key: str = ""
+    store_sas_token: str = ""
+    # Encrypts users' storage credentials at rest (32 bytes, base64); `vidmesh up` makes one.
+    storage_key: str = ""
 
     @property
     def media_root_list(self) -> list[str]:

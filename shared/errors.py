@@ -94,8 +94,13 @@ class SourceError(VidmeshError):
 
 
 class StoreError(VidmeshError):
-    """The blob store refused or failed an operation."""
+    """The blob store refused or failed an operation; `retryable_now` says whether trying again may
+    help (a store that is unreachable or failing: yes; refused credentials, no such bucket: no)."""
 
     http_status = 503
     code = "store_error"
     retryable = True
+
+    def __init__(self, message: str, *, retryable: bool = True, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retryable_now = retryable

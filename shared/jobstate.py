@@ -15,6 +15,7 @@ from shared.errors import Conflict
 from shared.media.presets import PresetSpec, builtin, spec_fingerprint
 from shared.media.probe import ProbeResult
 from shared.messages.records import (
+    Destination,
     JobError,
     JobRecord,
     JobStatus,
@@ -22,7 +23,7 @@ from shared.messages.records import (
     Rendition,
     RenditionState,
 )
-from shared.sources import rendition_key
+from shared.sources import is_object_uri, rendition_key
 
 J = JobStatus
 R = RenditionState
@@ -102,6 +103,7 @@ def new_job(
     output_name: str = "",
     batch: str = "",
     paused: bool = False,
+    destination: Destination | None = None,
 ) -> JobRecord:
     """A job as accepted: queued (or paused, in a batch), not yet attached to a rendition."""
     return JobRecord(
@@ -119,6 +121,7 @@ def new_job(
         priority=priority,
         output_name=output_name,
         batch=batch,
+        destination=destination,
         status=J.PAUSED if paused else J.QUEUED,
         created_at=now,
         updated_at=now,
@@ -366,8 +369,15 @@ def rendition_key_of(job: JobRecord) -> str:
     a restarted job's nonce makes the rendition its own."""
     spec = job.spec or builtin(job.profile)
     key = rendition_key(job.source, spec_fingerprint(spec), job.container)
+    extra = []
     if job.nonce:
-        key = hashlib.sha256(f"{key}:{job.nonce}".encode()).hexdigest()[:40]
+        extra.append(f"nonce={job.nonce}")
+    if job.destination is not None:
+        extra.append(f"to={job.destination.store}/{job.destination.prefix}/{job.output_name}")
+    if is_object_uri(job.source):
+        extra.append(f"owner={job.owner}")  # read with the owner's own credentials
+    if extra:
+        key = hashlib.sha256("\n".join([key, *extra]).encode()).hexdigest()[:40]
     return key
 
 
@@ -384,6 +394,9 @@ def new_rendition(
         container=job.container,
         pool=pool,
         priority=job.priority,
+        owner=job.owner,
+        destination=job.destination,
+        output_name=job.output_name,
         created_at=now,
         updated_at=now,
         manual=job.manual_start,

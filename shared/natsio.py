@@ -140,6 +140,7 @@ def _buckets(names: Names, replicas: int, retention: Retention) -> list[KeyValue
         kv(names.presets_bucket, "user presets"),
         kv(names.batches_bucket, "batches of jobs"),
         kv(names.idempotency_bucket, "Idempotency-Key -> job", retention.idempotency_ttl),
+        kv(names.userstores_bucket, "users' storage configurations (credentials sealed)"),
     ]
 
 
@@ -160,6 +161,7 @@ class Buckets:
     presets: KeyValue
     batches: KeyValue
     idempotency: KeyValue
+    userstores: KeyValue
 
 
 async def ensure_topology(
@@ -200,6 +202,7 @@ async def ensure_topology(
         presets=opened[names.presets_bucket],
         batches=opened[names.batches_bucket],
         idempotency=opened[names.idempotency_bucket],
+        userstores=opened[names.userstores_bucket],
     )
 
 

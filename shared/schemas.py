@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from shared import stores
 from shared.messages import accounts, commands, events, records, rpc, work
 
 DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
@@ -47,6 +48,7 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
             accounts.PresetRecord,
             accounts.Batch,
             accounts.IdempotencyRecord,
+            stores.UserStore,
         ],
     ),
 }

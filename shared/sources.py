@@ -50,6 +50,14 @@ def validate_http_url(url: object) -> str:
     return url
 
 
+OBJECT_SCHEMES = ("s3://", "oss://", "gs://", "az://")
+
+
+def is_object_uri(source: str) -> bool:
+    """Whether a source names an object in a bucket (read through a signed URL)."""
+    return source.startswith(OBJECT_SCHEMES)
+
+
 def check_local_source(source: str, roots: list[str], *, resolve: bool = False) -> str:
     """A local path (or file:// URL) that lies under one of the media roots, normalised.
 

@@ -165,6 +165,10 @@ class Names:
     def idempotency_bucket(self) -> str:
         return self.bucket("idempotency")
 
+    @property
+    def userstores_bucket(self) -> str:
+        return self.bucket("userstores")
+
     # ---- request/reply -------------------------------------------------------------------
     @property
     def probe_rpc(self) -> str:
@@ -186,4 +190,5 @@ class Names:
             self.presets_bucket,
             self.batches_bucket,
             self.idempotency_bucket,
+            self.userstores_bucket,
         ]

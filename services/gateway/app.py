@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +19,7 @@ from services.gateway import (
     jobs_api,
     openapi,
     presets_api,
+    storage_api,
     streamyfin,
 )
 from services.gateway.api import API
@@ -28,7 +28,6 @@ from services.gateway.errors import error_middleware
 from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
 from services.gateway.state import GATEWAY, Gateway
-from shared.blobstore import BlobStore, LocalBlobStore
 from shared.kv import TypedKV
 from shared.messages.accounts import (
     ApiKey,
@@ -42,17 +41,16 @@ from shared.messages.records import StorageSummary, Totals
 from shared.natsio import ensure_topology
 from shared.projection import Projection
 from shared.recordstore import RecordStore
+from shared.stores import Sealer, Stores, UserStore
 from shared.subjects import Names
 
 log = structlog.get_logger("vidmesh.gateway")
 
 # The face modules register their routes on API when imported.
-FACES = (accounts_api, admin_api, batch_api, files_api, jobs_api, openapi, presets_api)
+FACES = (accounts_api, admin_api, batch_api, files_api, jobs_api, openapi, presets_api, storage_api)
 
 
-def create_app(
-    settings: GatewaySettings, nc: NATS, *, blobs: BlobStore | None = None
-) -> web.Application:
+def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
     """An application whose start-up wires NATS, projections and Jellyfin auth."""
     if settings.jwt_secret and len(settings.jwt_secret) < 32:
         raise SystemExit("VIDMESH_JWT_SECRET must have at least 32 characters (HS256 key).")
@@ -60,7 +58,7 @@ def create_app(
     app.add_routes(health.routes)
     app.add_routes(streamyfin.routes)
     API.install(app)
-    store = blobs or LocalBlobStore(settings.blob_dir or Path(settings.data_dir) / "blobs")
+    sealer = Sealer(settings.storage_key)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         names = Names(settings.namespace)
@@ -77,6 +75,7 @@ def create_app(
         projections: list[Projection[Any]] = [jobs, progress, users, keys, presets, batches]
         for projection in projections:
             await projection.start()
+        userstores = TypedKV(buckets.userstores, UserStore)
         identity = Identity(
             settings, users, TypedKV(buckets.usernames, UsernameClaim), keys, settings.jwt_secret
         )
@@ -101,7 +100,8 @@ def create_app(
             progress=progress,
             totals=TypedKV(buckets.stats, Totals),
             storage=TypedKV(buckets.storage, StorageSummary),
-            blobs=store,
+            stores=Stores(settings, userstores, sealer),
+            userstores=userstores,
             auth=auth,
             identity=identity,
             presets=presets,

@@ -259,8 +259,9 @@ async def start_batch(request: web.Request) -> web.Response:
 )
 async def metadata(request: web.Request, body: MetadataRequest) -> web.Response:
     gw = gateway(request)
-    source = check_source(gw, body.source)
-    payload = rpc.ENCODER.encode(rpc.ProbeRequest(source=source))
+    who = caller(request)
+    source = await check_source(gw, who, body.source)
+    payload = rpc.ENCODER.encode(rpc.ProbeRequest(source=source, owner=who.user_id))
     try:
         reply = await gw.nc.request(
             gw.names.probe_rpc, payload, timeout=gw.settings.metadata_timeout

@@ -21,8 +21,6 @@ class GatewaySettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     rebase_jellyfin_urls: bool = True
     # Seconds a token Jellyfin accepted is trusted before asking again.
     auth_cache_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
-    # Local blob store folder; default <data_dir>/blobs.
-    blob_dir: str = ""
     # Seconds a request that changes a job waits to see the change before answering.
     command_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     # Largest request body accepted, in bytes (a job record must fit in one NATS message).

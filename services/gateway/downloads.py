@@ -1,8 +1,11 @@
-"""Serving a finished output: Range, If-Range, ETag and 416 as aiohttp's FileResponse does them
-(zero-copy sendfile from a local blob), plus the checksum headers resumable clients rely on.
+"""Serving a finished output from whichever store holds it, with the same promises everywhere:
+Range (`a-b`, `a-`, `-n`), 206 with Content-Range, 416 with `bytes */size`, ETag and If-Range to
+resume, HEAD that changes nothing, and `X-File-Checksum` (the SHA-256 computed once when the output
+was stored; nothing is hashed per request).
 
-`X-File-Checksum` is the SHA-256 computed once when the output was stored; nothing is hashed per
-request. HEAD answers the same headers and changes nothing.
+A local blob goes out through aiohttp's FileResponse (zero-copy sendfile); a blob in an object
+store is streamed range by range, or, when asked with `?redirect=true`, answered with a redirect
+to a short-lived signed URL of the store itself.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from aiohttp.abc import AbstractStreamWriter
 
 from services.gateway.state import Gateway
 from shared import jobstate
+from shared.blobstore import BlobStore
 from shared.errors import Conflict, NotFound
-from shared.messages.records import JobRecord, JobStatus
+from shared.messages.records import JobRecord, JobStatus, Output
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_REDIRECT_SECONDS = 300
 
 
 def download_name(job: JobRecord) -> str:
@@ -42,25 +47,99 @@ def content_disposition(name: str) -> str:
     return header
 
 
-async def serve_output(gw: Gateway, request: web.Request, job: JobRecord) -> web.StreamResponse:
-    """The job's output as a file response, or a clear error when there is none (yet)."""
+def stored_output(job: JobRecord) -> Output:
+    """The job's output, or a clear error when there is none (yet)."""
     if job.output is None or not jobstate.holds_output(job, time.time()):
-        if job.status in (JobStatus.QUEUED, JobStatus.HELD, JobStatus.RUNNING):
-            raise Conflict(f"Job {job.id} has no output yet: it is still {_word(job)}.")
-        raise NotFound(f"Job {job.id} has no output to download (it is {_word(job)}).")
-    output = job.output
-    path = gw.blobs.local_path(output.blob)
-    if path is None or not path.is_file():
-        raise NotFound(f"The output of job {job.id} is no longer stored.")
-    response = _OutputResponse(path, chunk_size=1 << 20)
+        if job.status in (JobStatus.QUEUED, JobStatus.PAUSED, JobStatus.HELD, JobStatus.RUNNING):
+            raise Conflict(f"Job {job.id} has no output yet: it is still {job.status.value}.")
+        raise NotFound(f"Job {job.id} has no output to download (it is {job.status.value}).")
+    return job.output
+
+
+async def serve_output(
+    gw: Gateway, request: web.Request, job: JobRecord, *, allow_redirect: bool = False
+) -> web.StreamResponse:
+    """The job's output as a (ranged) file response."""
+    output = stored_output(job)
+    store = await gw.stores.get(output.store)
+    headers = _headers(job, output)
+    path = store.local_path(output.blob)
+    if path is not None:
+        if not path.is_file():
+            raise NotFound(f"The output of job {job.id} is no longer stored.")
+        response = _OutputResponse(path, chunk_size=1 << 20, headers=headers)
+        response.content_type = output.mime
+        return response
+    if allow_redirect:
+        url = await store.presign(output.blob, _REDIRECT_SECONDS)
+        if url:
+            raise web.HTTPFound(url, headers={"X-File-Checksum": output.sha256})
+    return await _stream_remote(request, store, output, headers)
+
+
+def _headers(job: JobRecord, output: Output) -> dict[str, str]:
+    return {
+        "Accept-Ranges": "bytes",
+        "X-File-Checksum": output.sha256,
+        "X-File-Size": str(output.size),
+        "Digest": f"sha-256={base64.b64encode(bytes.fromhex(output.sha256)).decode()}",
+        "Content-Disposition": content_disposition(download_name(job)),
+        "Cache-Control": "private, no-transform",
+    }
+
+
+async def _stream_remote(
+    request: web.Request, store: BlobStore, output: Output, headers: dict[str, str]
+) -> web.StreamResponse:
+    size = output.size
+    etag = f'"{output.sha256}"'
+    try:
+        wanted = _range(request, size, etag)
+    except _Unsatisfiable:
+        return web.Response(
+            status=416, headers={**headers, "Content-Range": f"bytes */{size}", "ETag": etag}
+        )
+    start, end = wanted if wanted is not None else (0, size)
+    response = web.StreamResponse(status=206 if wanted is not None else 200, headers=headers)
     response.content_type = output.mime
-    response.headers["Accept-Ranges"] = "bytes"
-    response.headers["X-File-Checksum"] = output.sha256
-    response.headers["X-File-Size"] = str(output.size)
-    response.headers["Digest"] = f"sha-256={_b64(output.sha256)}"
-    response.headers["Content-Disposition"] = content_disposition(download_name(job))
-    response.headers["Cache-Control"] = "private, no-transform"
+    response.etag = output.sha256
+    response.content_length = end - start
+    if wanted is not None:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    await response.prepare(request)
+    if request.method != "HEAD" and end > start:
+        async for chunk in store.read_range(output.blob, start, end):
+            await response.write(chunk)
+    await response.write_eof()
     return response
+
+
+class _Unsatisfiable(Exception):
+    """The range lies outside the file."""
+
+
+def _range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
+    """The byte range [start, end) asked for; None for the whole file."""
+    if hdrs.RANGE not in request.headers:
+        return None
+    validator = request.headers.get(hdrs.IF_RANGE, "").strip()
+    if validator and validator != etag:
+        return None  # resuming a different file: send the current one whole
+    try:
+        wanted = request.http_range
+    except ValueError:
+        return None  # a Range we do not understand is ignored (RFC 9110)
+    start, stop = wanted.start, wanted.stop
+    if start is None:
+        return None
+    if start < 0:  # suffix: the last -start bytes
+        start = max(0, size + start)
+        stop = size
+    if stop is None or stop > size:
+        stop = size
+    if start >= size or start >= stop:
+        raise _Unsatisfiable
+    return start, stop
 
 
 class _OutputResponse(web.FileResponse):
@@ -85,11 +164,3 @@ def _without_stale_range(request: web.BaseRequest, path: Path) -> web.BaseReques
     del headers[hdrs.RANGE]
     del headers[hdrs.IF_RANGE]
     return request.clone(headers=headers)
-
-
-def _word(job: JobRecord) -> str:
-    return job.status.value
-
-
-def _b64(hex_digest: str) -> str:
-    return base64.b64encode(bytes.fromhex(hex_digest)).decode()

@@ -21,14 +21,23 @@ TAG = "files"
 
 
 class SignedUrl(msgspec.Struct, kw_only=True):
-    """A URL that downloads one job's output without headers, until it expires."""
+    """A URL that downloads one job's output without headers, until it expires; when the
+    output is in an object store, also the store's own signed URL (no proxying, but no
+    checksum headers either)."""
 
     url: str
     expires_at: datetime
+    direct_url: str | None = None
 
 
-class FileQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The signed token."""
+class DownloadQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Download options."""
+
+    redirect: bool = False
+
+
+class FileQuery(DownloadQuery, kw_only=True, forbid_unknown_fields=True):
+    """The signed token, and download options."""
 
     token: str
 
@@ -39,12 +48,14 @@ class FileQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     access=Access.USER,
     tag=TAG,
     binary=True,
-    summary="Download a job's output (Range, If-Range, X-File-Checksum)",
-    statuses=(206, 409, 416),
+    query=DownloadQuery,
+    summary="Download a job's output (Range, If-Range, X-File-Checksum; ?redirect=true "
+    "answers a redirect to the object store's signed URL when it has one)",
+    statuses=(206, 302, 409, 416),
 )
-async def job_file(request: web.Request) -> web.StreamResponse:
+async def job_file(request: web.Request, query: DownloadQuery) -> web.StreamResponse:
     job = await visible_job(request, request.match_info["job_id"])
-    return await serve_output(gateway(request), request, job)
+    return await serve_output(gateway(request), request, job, allow_redirect=query.redirect)
 
 
 @API.route(
@@ -61,9 +72,14 @@ async def job_url(request: web.Request) -> web.Response:
     job = await visible_job(request, request.match_info["job_id"])
     if not jobstate.holds_output(job, time.time()):
         raise Conflict(f"Job {job.id} has no output to download ({job.status}).")
-    token, expires = gw.identity.sign_file_token(job.id, job.owner, gw.settings.signed_url_seconds)
+    seconds = gw.settings.signed_url_seconds
+    token, expires = gw.identity.sign_file_token(job.id, job.owner, seconds)
     url = str(request.url.with_path("/api/files").with_query({"token": token}))
-    return json_response(SignedUrl(url=url, expires_at=datetime.fromtimestamp(expires, UTC)))
+    assert job.output is not None
+    store = await gw.stores.get(job.output.store)
+    direct = await store.presign(job.output.blob, seconds)
+    signed = SignedUrl(url=url, expires_at=datetime.fromtimestamp(expires, UTC), direct_url=direct)
+    return json_response(signed)
 
 
 @API.route(
@@ -84,4 +100,4 @@ async def signed_file(request: web.Request, query: FileQuery) -> web.StreamRespo
         raise NotFound("The job of this link no longer exists.")
     if job.owner != claims.get("sub"):
         raise Unauthorized("This link does not belong to the job's owner.")
-    return await serve_output(gw, request, job)
+    return await serve_output(gw, request, job, allow_redirect=query.redirect)

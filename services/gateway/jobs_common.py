@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, TypedDict
+from typing import Annotated, Literal, TypedDict
 
 import msgspec
 from aiohttp import web
@@ -24,16 +24,21 @@ from shared.errors import BadRequest, NotFound
 from shared.media import get_container, is_http
 from shared.messages import commands as cmd
 from shared.messages.accounts import Role
+from shared.messages.records import Destination as RecordDestination
 from shared.messages.records import JobRecord, JobStatus
-from shared.sources import check_local_source, validate_http_url
+from shared.sources import check_local_source, is_object_uri, validate_http_url
+from shared.stores import SOURCE_SCHEMES, UserStore, record_key, user_ref
 
 _FILENAME = re.compile(r"^[^/\\\x00-\x1f]{1,200}$")
 
 
 class Destination(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Where the output goes: today, the name it is downloaded under."""
+    """Where the output goes: the name it is downloaded under, and optionally one of the
+    caller's own storages (configured with POST /user/<store>) and a prefix in it."""
 
     filename: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    store: Literal["s3", "gcs", "blob", "oss"] | None = None
+    prefix: Annotated[str, msgspec.Meta(max_length=512)] = ""
 
 
 class JobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -44,29 +49,78 @@ class JobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         msgspec.Meta(
             min_length=1,
             max_length=8192,
-            description="http(s) URL, or an absolute path (or file:// URL) under a media root",
+            description="http(s) URL; s3://, oss://, gs:// or az:// object (read with the "
+            "caller's own storage credentials); or an absolute path (or file:// URL) under a "
+            "media root",
         ),
     ]
     preset: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "optimized"
     destination: Destination | None = None
+    dest: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=1024,
+                description="OpenEncoder's destination, e.g. s3:///out/movie/ (your bucket)",
+            ),
+        ]
+        | None
+    ) = None
     priority: Annotated[int, msgspec.Meta(ge=-10, le=10)] = 0
 
 
-def check_source(gw: Gateway, source: str) -> str:
-    """A source this server may read: http(s), or a file under a configured media root."""
-    if (
-        source.startswith("s3://")
-        or "://" in source
-        and not source.startswith(("http://", "https://", "file://"))
-    ):
+async def check_source(gw: Gateway, who: Principal, source: str) -> str:
+    """A source this server may read: http(s), an object in one of the caller's storages, or a
+    file under a configured media root."""
+    if is_object_uri(source):
+        scheme, _, rest = source.partition("://")
+        bucket, _, key = rest.partition("/")
+        if not bucket or not key:
+            raise BadRequest(f"`source` must look like {scheme}://bucket/key.")
+        slot = SOURCE_SCHEMES[scheme]
+        await _configured(gw, who, slot, for_what=f"read {scheme}:// sources")
+        return source
+    if "://" in source and not source.startswith(("http://", "https://", "file://")):
         scheme = source.split("://", 1)[0]
         raise BadRequest(
-            f"{scheme}:// sources are not supported by this server: use an http(s) URL or a "
-            "path under a media root."
+            f"{scheme}:// sources are not supported: use an http(s) URL, an s3://, oss://, "
+            "gs:// or az:// object, or a path under a media root."
         )
     if is_http(source) or source.startswith(("http://", "https://")):
         return validate_http_url(source)
     return check_local_source(source, gw.settings.media_root_list)
+
+
+async def _configured(gw: Gateway, who: Principal, slot: str, *, for_what: str) -> UserStore:
+    found = await gw.userstores.get(record_key(who.user_id, slot))
+    if found is None:
+        raise BadRequest(f"Configure your {slot} storage (POST /user/{slot}) to {for_what}.")
+    return found.value
+
+
+async def destination_of(
+    gw: Gateway, who: Principal, request: JobRequest
+) -> RecordDestination | None:
+    """The user storage a job's output goes to, if any (`destination.store` or `dest`)."""
+    wanted = request.destination
+    if request.dest:
+        scheme, _, rest = request.dest.partition("://")
+        if scheme not in ("s3", "oss", "gs", "az"):
+            raise BadRequest("`dest` must look like s3:///prefix/ (your configured bucket).")
+        bucket, _, prefix = rest.partition("/")
+        slot = SOURCE_SCHEMES[scheme]
+        record = await _configured(gw, who, slot, for_what="write to it")
+        if bucket and bucket != record.bucket:
+            raise BadRequest(f"`dest` names bucket {bucket!r}; yours is {record.bucket!r}.")
+        return RecordDestination(store=user_ref(who.user_id, slot), prefix=prefix.strip("/"))
+    if wanted is None or wanted.store is None:
+        return None
+    await _configured(gw, who, wanted.store, for_what="write to it")
+    if "\x00" in wanted.prefix or ".." in wanted.prefix.split("/"):
+        raise BadRequest("`destination.prefix` must not contain '..'.")
+    return RecordDestination(
+        store=user_ref(who.user_id, wanted.store), prefix=wanted.prefix.strip("/")
+    )
 
 
 def check_filename(name: str) -> str:
@@ -85,7 +139,8 @@ async def accept_job(
     job_id: str | None = None,
 ) -> JobRecord:
     """Validate a job request and store the job (queued, or paused in a batch)."""
-    source = check_source(gw, request.source)
+    source = await check_source(gw, who, request.source)
+    destination = await destination_of(gw, who, request)
     name, spec = resolve(gw, who, request.preset)
     container = get_container(spec.container)
     filename = request.destination.filename if request.destination else None
@@ -102,6 +157,7 @@ async def accept_job(
         output_name=check_filename(filename) if filename else "",
         batch=batch,
         paused=paused,
+        destination=destination,
         now=time.time(),
     )
     await gw.store.create_job(job)

@@ -8,7 +8,6 @@ from nats.aio.client import Client as NATS
 
 from services.gateway.app import create_app, start_site
 from services.gateway.config import GatewaySettings
-from shared.blobstore import BlobStore
 from shared.runtime import Service
 
 log = structlog.get_logger("vidmesh.gateway")
@@ -17,12 +16,10 @@ log = structlog.get_logger("vidmesh.gateway")
 class GatewayService(Service):
     name = "gateway"
 
-    def __init__(
-        self, nc: NATS, settings: GatewaySettings, *, blobs: BlobStore | None = None
-    ) -> None:
+    def __init__(self, nc: NATS, settings: GatewaySettings) -> None:
         super().__init__()
         self.settings = settings
-        self.app = create_app(settings, nc, blobs=blobs)
+        self.app = create_app(settings, nc)
         self.runner: web.AppRunner | None = None
         self.port = settings.port
 

@@ -18,7 +18,6 @@ from nats.js import JetStreamContext
 from services.gateway.config import GatewaySettings
 from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
-from shared.blobstore import BlobStore
 from shared.errors import Unavailable
 from shared.kv import TypedKV
 from shared.messages import commands as cmd
@@ -34,6 +33,7 @@ from shared.messages.records import (
 from shared.natsio import publish_command
 from shared.projection import Projection
 from shared.recordstore import RecordStore
+from shared.stores import Stores, UserStore
 from shared.subjects import Names
 
 
@@ -50,7 +50,8 @@ class Gateway:
     progress: Projection[Progress]
     totals: TypedKV[Totals]
     storage: TypedKV[StorageSummary]
-    blobs: BlobStore
+    stores: Stores
+    userstores: TypedKV[UserStore]
     auth: JellyfinAuth
     identity: Identity
     presets: Projection[PresetRecord]

@@ -178,12 +178,13 @@ class CommandHandler:
         now = time.time()
         blobs: list[str] = []
         for r in list(self.view.renditions.values()):
-            if r.state is RenditionState.DONE:
+            # Outputs in users' own storage are not the service's cache.
+            if r.state is RenditionState.DONE and r.output is not None and not r.output.store:
                 blob = await self.reconciler.release_if_unneeded(r.key, request_id=request_id)
                 if blob:
                     blobs.append(blob)
         for job in list(self.view.jobs.values()):
-            if jobstate.holds_output(job, now):
+            if jobstate.holds_output(job, now) and job.output and not job.output.store:
                 await self.store.change_job(
                     job.id, lambda j: jobstate.clear_output(j, now) if j else None
                 )

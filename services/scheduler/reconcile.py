@@ -208,6 +208,8 @@ class Reconciler:
         if not changed or r is None or r.output is None:
             return None
         log.info("rendition.released", rendition=key, blob=r.output.blob)
+        if r.output.store:
+            return None  # in the user's own storage: theirs to keep
         if not request_id:
             await self.delete_blobs(
                 [r.output.blob], reason="released", msg_id=f"release:{key}:{r.generation}"

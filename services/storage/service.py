@@ -12,9 +12,10 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from shared.storeconfig import open_store
 
 from services.storage.config import StorageSettings
-from shared.blobstore import BlobStore, LocalBlobStore
+from shared.blobstore import BlobStore
 from shared.consumer import Consumer, Outcome, SlotLoops
 from shared.kv import TypedKV
 from shared.messages import commands as cmd
@@ -23,6 +24,7 @@ from shared.messages.records import Rendition, RenditionState, StorageSummary
 from shared.natsio import describe, ensure_topology, publish_event
 from shared.projection import Projection
 from shared.runtime import Service
+from shared.stores import service_config
 from shared.subjects import Names
 
 log = structlog.get_logger("vidmesh.storage")
@@ -33,14 +35,14 @@ SUMMARY_KEY = "summary"
 class Storage(Service):
     name = "storage"
 
-    def __init__(
-        self, nc: NATS, settings: StorageSettings, *, blobs: BlobStore | None = None
-    ) -> None:
+    def __init__(self, nc: NATS, settings: StorageSettings) -> None:
         super().__init__()
         self.nc = nc
         self.settings = settings
         self.names = Names(settings.namespace)
-        self.blobs = blobs or LocalBlobStore(settings.blob_dir or Path(settings.data_dir) / "blobs")
+        self.blobs: BlobStore = open_store(service_config(settings))
+        # The transcoders' work files on this machine (vidmesh up), when it can see them.
+        self.scratch = Path(settings.data_dir) / "scratch"
         self._loops: list[SlotLoops] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._measure = asyncio.Event()
@@ -128,10 +130,13 @@ class Storage(Service):
 
     async def measure(self) -> StorageSummary:
         listing = await self.blobs.list_blobs()
+        cache_files, cache_bytes = await asyncio.to_thread(_folder_size, self.scratch)
         summary = StorageSummary(
             store=self.blobs.name,
             files=len(listing),
             bytes=sum(b.size for b in listing),
+            cache_files=cache_files,
+            cache_bytes=cache_bytes,
             updated_at=time.time(),
         )
         await self.summary.put(SUMMARY_KEY, summary)
@@ -162,3 +167,14 @@ class Storage(Service):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.renditions.stop()
+
+
+def _folder_size(folder: Path) -> tuple[int, int]:
+    """Files and bytes under a folder (0, 0 when it does not exist)."""
+    files = size = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                files += 1
+                size += path.stat().st_size
+    return files, size

@@ -21,8 +21,6 @@ class TranscoderSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
     # Where ffmpeg writes before the output is stored; default <data_dir>/scratch.
     scratch_dir: str = ""
-    # Where outputs are stored (local blob store); default <data_dir>/blobs.
-    blob_dir: str = ""
     # ffmpeg executable; default: the one from the imageio-ffmpeg wheel.
     ffmpeg: str = ""
     probe_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0

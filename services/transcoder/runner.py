@@ -40,11 +40,15 @@ from shared.messages.records import JobError, Output, Rendition, RenditionState
 from shared.messages.work import WORK_DECODER, TranscodeWork
 from shared.natsio import describe
 from shared.recordstore import RecordStore
-from shared.sources import check_local_source, scrub
+from shared.sources import check_local_source, is_object_uri, scrub
+from shared.stores import Stores
 
 log = structlog.get_logger("vidmesh.transcoder")
 
 R = RenditionState
+
+# A signed source URL outlives any transcode (S3 allows at most 7 days).
+SIGNED_SOURCE_SECONDS = 24 * 3600
 
 STOPPED = JobError(
     code="worker_stopped",
@@ -75,7 +79,7 @@ class WorkRunner:
     def __init__(
         self,
         store: RecordStore,
-        blobs: BlobStore,
+        stores: Stores,
         settings: TranscoderSettings,
         *,
         worker_id: str,
@@ -83,7 +87,7 @@ class WorkRunner:
         scratch: Path,
     ) -> None:
         self.store = store
-        self.blobs = blobs
+        self.stores = stores
         self.settings = settings
         self.worker_id = worker_id
         self.ffmpeg = ffmpeg
@@ -182,7 +186,7 @@ class WorkRunner:
     ) -> Output:
         profile = preset_profile(work.profile, work.spec or builtin(work.profile))
         container = get_container(work.container)
-        source = self._readable(work.source)
+        source = await self._readable(work)
         reporter.stage("probing")
         probe: ProbeResult | None = None
         try:
@@ -211,12 +215,16 @@ class WorkRunner:
                 error = classify_failure(result.stderr_tail, result.returncode)
                 raise TranscodeFailed(msgspec.structs.replace(error, detail=scrub(error.detail)))
             reporter.stage("storing")
-            key = output_key(r.key, r.generation, r.attempt, container.name)
+            ref, store, key = await self._target(work, r, container.name)
             try:
-                stored = await self.blobs.put_file(key, out)
+                stored = await store.put_file(key, out)
             except StoreError as exc:
                 raise TranscodeFailed(
-                    JobError(code="store_failed", reason=exc.message, retryable=True)
+                    JobError(
+                        code="store_failed",
+                        reason=f"The output could not be stored: {exc.message}",
+                        retryable=exc.retryable_now,
+                    )
                 ) from exc
         finally:
             out.unlink(missing_ok=True)
@@ -224,6 +232,7 @@ class WorkRunner:
         video = probe.video() if probe else None
         audio = probe.audio() if probe else None
         return Output(
+            store=ref,
             blob=stored.key,
             size=stored.size,
             sha256=stored.sha256,
@@ -235,16 +244,41 @@ class WorkRunner:
             audio=plan.audio if audio is None else f"{plan.audio} {audio.codec or '?'}",
         )
 
-    def _readable(self, source: str) -> str:
-        """The source as ffmpeg reads it; a local path must lie under a configured media root."""
+    async def _readable(self, work: TranscodeWork) -> str:
+        """The source as ffmpeg reads it: a URL as given, an object through a signed URL (never
+        downloaded whole first), a local path only under a configured media root."""
+        source = work.source
         if is_http(source):
             return source
         try:
+            if is_object_uri(source):
+                return await self.stores.object_source(work.owner, source, SIGNED_SOURCE_SECONDS)
             return check_local_source(source, self.settings.media_root_list, resolve=True)
         except BadRequest as exc:
             raise TranscodeFailed(
                 JobError(code="source_refused", reason=exc.message, retryable=False)
             ) from exc
+        except StoreError as exc:
+            raise TranscodeFailed(
+                JobError(code="source_unreachable", reason=exc.message, retryable=exc.retryable_now)
+            ) from exc
+
+    async def _target(
+        self, work: TranscodeWork, r: Rendition, extension: str
+    ) -> tuple[str, BlobStore, str]:
+        """Where this attempt's output goes: the user's destination, or the service store."""
+        if work.destination is None:
+            key = output_key(r.key, r.generation, r.attempt, extension)
+            return "", self.stores.service, key
+        try:
+            store = await self.stores.get(work.destination.store)
+        except StoreError as exc:
+            raise TranscodeFailed(
+                JobError(code="store_failed", reason=exc.message, retryable=False)
+            ) from exc
+        name = work.output_name or f"{r.key[:16]}.{extension}"
+        prefix = work.destination.prefix.strip("/")
+        return work.destination.store, store, f"{prefix}/{name}" if prefix else name
 
     async def _record_probe(self, r: Rendition, probe: ProbeResult) -> None:
         """Keep what the source is on the rendition, so jobs can show it."""
@@ -275,8 +309,10 @@ class WorkRunner:
 
         record, changed = await self.store.change_rendition(r.key, done, wall_seconds=wall)
         if not changed:
-            # Someone else owns it now: this output is not the one recorded, so it goes.
-            await self.blobs.delete(output.blob)
+            # Someone else owns it now: this output is not the one recorded, so it goes
+            # (a user's destination keeps its name: the current owner writes it again).
+            if not output.store:
+                await self.stores.service.delete(output.blob)
             log.info("work.discarded", state=record.state if record else None)
             return Outcome.ABANDON
         await reporter.clear()

@@ -20,9 +20,8 @@ from nats.js.errors import NoKeysError
 
 from services.transcoder.config import TranscoderSettings
 from services.transcoder.runner import WorkRunner
-from shared.blobstore import BlobStore, LocalBlobStore
 from shared.consumer import Consumer, SlotLoops
-from shared.errors import BadRequest, SourceError
+from shared.errors import BadRequest, SourceError, StoreError
 from shared.kv import TypedKV
 from shared.media import default_ffmpeg, ffmpeg_version, is_http, probe_async
 from shared.messages import rpc
@@ -30,7 +29,8 @@ from shared.messages.records import RenditionState, WorkerInfo
 from shared.natsio import describe, ensure_topology
 from shared.recordstore import RecordStore
 from shared.runtime import Service
-from shared.sources import check_local_source
+from shared.sources import check_local_source, is_object_uri
+from shared.stores import Sealer, Stores, UserStore
 from shared.subjects import Names
 
 log = structlog.get_logger("vidmesh.transcoder")
@@ -66,7 +66,6 @@ class Transcoder(Service):
         nc: NATS,
         settings: TranscoderSettings,
         *,
-        blobs: BlobStore | None = None,
         worker_id: str | None = None,
     ) -> None:
         super().__init__()
@@ -75,7 +74,6 @@ class Transcoder(Service):
         self.names = Names(settings.namespace)
         self.worker_id = worker_id or new_worker_id()
         data = Path(settings.data_dir)
-        self.blobs = blobs or LocalBlobStore(settings.blob_dir or data / "blobs")
         scratch_root = Path(settings.scratch_dir or data / "scratch")
         self.scratch_root = scratch_root
         self.scratch = scratch_root / self.worker_id
@@ -89,11 +87,16 @@ class Transcoder(Service):
         buckets = await ensure_topology(js, self.names, replicas=self.settings.replicas)
         self.store = RecordStore(js, self.names, buckets)
         self.workers = TypedKV(buckets.workers, WorkerInfo)
+        self.stores = Stores(
+            self.settings,
+            TypedKV(buckets.userstores, UserStore),
+            Sealer(self.settings.storage_key),
+        )
         self.version = await asyncio.to_thread(ffmpeg_version, self.ffmpeg)
         await asyncio.to_thread(self._tidy_scratch)
         self.runner = WorkRunner(
             self.store,
-            self.blobs,
+            self.stores,
             self.settings,
             worker_id=self.worker_id,
             ffmpeg=self.ffmpeg,
@@ -148,12 +151,14 @@ class Transcoder(Service):
         try:
             request = rpc.PROBE_REQUEST.decode(msg.data)
             source = request.source
-            if not is_http(source):
+            if is_object_uri(source):
+                source = await self.stores.object_source(request.owner, source, 600)
+            elif not is_http(source):
                 source = check_local_source(source, self.settings.media_root_list, resolve=True)
             reply = rpc.ProbeReply(
                 probe=await probe_async(source, timeout=self.settings.probe_timeout)
             )
-        except (SourceError, BadRequest) as exc:
+        except (SourceError, BadRequest, StoreError) as exc:
             reply = rpc.ProbeReply(
                 error=exc.message, retryable=getattr(exc, "retryable_now", exc.retryable)
             )

@@ -51,9 +51,17 @@ class JobError(msgspec.Struct, frozen=True, kw_only=True):
     retryable: bool = False
 
 
-class Output(msgspec.Struct, frozen=True, kw_only=True):
-    """A finished, stored output."""
+class Destination(msgspec.Struct, frozen=True, kw_only=True):
+    """Where an output goes instead of the service's store: a user's storage and a prefix."""
 
+    store: str
+    prefix: str = ""
+
+
+class Output(msgspec.Struct, frozen=True, kw_only=True):
+    """A finished, stored output (`store` "" is the service's store)."""
+
+    store: str = ""
     blob: str
     size: Annotated[int, msgspec.Meta(ge=0)]
     sha256: Sha256
@@ -86,6 +94,7 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     # Set by a restart: makes the job's rendition its own, so it is transcoded anew.
     nonce: str = ""
     batch: str = ""
+    destination: Destination | None = None
     status: JobStatus = JobStatus.QUEUED
     created_at: Timestamp
     updated_at: Timestamp
@@ -117,6 +126,10 @@ class Rendition(msgspec.Struct, frozen=True, kw_only=True):
     container: str
     pool: str = "default"
     priority: int = 0
+    # Whose credentials read an object source (s3://, gs://, az://).
+    owner: str = ""
+    destination: Destination | None = None
+    output_name: str = ""
     state: RenditionState = RenditionState.PENDING
     created_at: Timestamp
     updated_at: Timestamp
@@ -188,11 +201,13 @@ class Totals(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StorageSummary(msgspec.Struct, frozen=True, kw_only=True):
-    """What the blob store holds, as last measured by the storage service."""
+    """What the blob store holds, and the transcode cache (work files), as last measured."""
 
     store: str
     files: int
     bytes: int
+    cache_files: int = 0
+    cache_bytes: int = 0
     updated_at: Timestamp
 
 

@@ -11,6 +11,8 @@ class ProbeRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Probe a source without transcoding it (answered by any transcoder)."""
 
     source: str
+    # Whose storage credentials read an object source (s3://, gs://, az://).
+    owner: str = ""
 
 
 class ProbeReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from shared.media.presets import PresetSpec
-from shared.messages.records import Timestamp
+from shared.messages.records import Destination, Timestamp
 
 
 class TranscodeWork(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="transcode"):
@@ -18,6 +18,9 @@ class TranscodeWork(msgspec.Struct, frozen=True, kw_only=True, tag_field="type",
     profile: str
     spec: PresetSpec | None = None
     container: str
+    owner: str = ""
+    destination: Destination | None = None
+    output_name: str = ""
     duration_hint: float | None = None
     jobs: list[str] = []
     dispatched_at: Timestamp
