@@ -8,6 +8,7 @@ environment. Secrets never appear in `store_name`, `redacted` or the config's `r
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -146,6 +147,27 @@ def parse_store_url(url: str) -> StoreConfig:
     return config
 
 
+# What may go into a URL's host or path segment, a region, or a credential header: printable
+# ASCII only. obstore's signer panics on anything else instead of refusing it.
+BUCKET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+REGION_PATTERN = r"^[A-Za-z0-9_-]*$"
+ENDPOINT_PATTERN = r"^(https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[!-~]*)?)?$"
+TOKEN_PATTERN = r"^[!-~]*$"
+_ASCII_FIELDS = {
+    "bucket": BUCKET_PATTERN,
+    "region": REGION_PATTERN,
+    "endpoint": ENDPOINT_PATTERN,
+    "account_name": REGION_PATTERN,
+    "access_key_id": TOKEN_PATTERN,
+    "secret_access_key": TOKEN_PATTERN,
+    "session_token": TOKEN_PATTERN,
+    "account_key": TOKEN_PATTERN,
+    "sas_token": TOKEN_PATTERN,
+}
+
+_SHOWN = ("bucket", "region", "endpoint", "account_name")
+
+
 def check_config(config: StoreConfig, *, need_credentials: bool = True) -> None:
     """Raise BadRequest, naming the field, when the configuration cannot work."""
     if config.kind == "local":
@@ -156,6 +178,26 @@ def check_config(config: StoreConfig, *, need_credentials: bool = True) -> None:
         raise BadRequest(f"A {config.kind} store needs a bucket (container for Azure).")
     if "/" in config.bucket:
         raise BadRequest(f"A bucket name has no slash: {config.bucket!r}.")
+    for name, pattern in _ASCII_FIELDS.items():
+        value = getattr(config, name)
+        if value and not re.fullmatch(pattern, value):
+            shown = f" {value!r}" if name in _SHOWN else ""
+            raise BadRequest(
+                f"The store's {name}{shown} has characters it cannot have "
+                f"(it must match {pattern}).",
+                details={"field": name},
+            )
+    if config.endpoint:
+        try:
+            parts = urlsplit(config.endpoint)
+            parts.port  # noqa: B018 (raises on a port out of range)
+        except ValueError:
+            raise BadRequest(
+                f"The store endpoint {config.endpoint!r} is not a valid URL.",
+                details={"field": "endpoint"},
+            ) from None
+    if any(ord(c) < 0x20 or c == "\x7f" for c in config.prefix):
+        raise BadRequest("The store prefix has control characters.", details={"field": "prefix"})
     if config.prefix:
         segments = config.prefix.split("/")
         if config.prefix.startswith("/") or any(s in ("", ".", "..") for s in segments):

@@ -52,7 +52,7 @@ def test_every_api_route_is_declared_with_its_access(system: System) -> None:
         (route.method, route.resource.canonical)
         for route in app.router.routes()
         if route.resource is not None
-        and route.resource.canonical.startswith("/api/")
+        and route.resource.canonical.startswith(("/api/", "/user/"))
         and route.method != "HEAD"
     }
     declared = {(op.method, op.path) for op in API.operations}

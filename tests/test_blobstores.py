@@ -342,6 +342,34 @@ def test_store_urls_that_cannot_work_are_refused(url: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("bucket", "o*\u00a9h"),
+        ("region", "us-east-1\u00e5"),
+        ("endpoint", "https://70\u00aaPz"),
+        ("endpoint", "https://host name/"),
+        ("endpoint", "https://OD[CJ"),
+        ("endpoint", "http://host:99999/"),
+        ("access_key_id", "key\u00e9"),
+        ("secret_access_key", "secret with space"),
+        ("session_token", "tok\n"),
+        ("prefix", "out\x01"),
+    ],
+)
+async def test_names_and_credentials_that_cannot_go_into_a_request_are_refused(
+    field: str, value: str
+) -> None:
+    """Non-ASCII hosts and header values are a clear 400, never a crash in the signer."""
+    good = {"bucket": "bucket", "access_key_id": "key", "secret_access_key": "secret"}
+    config = StoreConfig(kind="s3", allow_http=True, **{**good, field: value})
+    with pytest.raises(BadRequest) as refused:
+        await open_store(config).check_writable()
+    assert field.split("_")[0] in refused.value.message
+    if field in ("access_key_id", "secret_access_key", "session_token"):
+        assert value not in refused.value.message
+
+
+@pytest.mark.parametrize(
     ("text", "retryable", "words"),
     [
         ("Server returned non-2xx status code: 507 Insufficient Storage", True, "is full (507)"),

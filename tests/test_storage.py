@@ -185,6 +185,38 @@ async def test_a_job_reads_an_s3_source_and_writes_to_the_users_bucket(
     assert [b.key for b in await mine.list_blobs(f"{prefix}/oe/")]
 
 
+async def test_fragmented_mp4_and_mpeg_ts_outputs_upload_while_ffmpeg_writes(
+    system: System, ann: Api, seaweed: SeaweedS3, jellyfin: JellyfinStandIn
+) -> None:
+    prefix = f"ann-{uuid.uuid4().hex[:8]}"
+    await ann.ok("POST", "/user/s3", 201, json=s3_body(seaweed, prefix))
+    mine = open_store(seaweed.config(BUCKET))
+    spec = (await ann.ok("GET", "/api/presets/h264-480p"))["spec"]
+    for container, name, marker in (("fmp4", "clip.mp4", b"moof"), ("ts", "clip.ts", b"G")):
+        preset = await ann.ok(
+            "POST",
+            "/api/presets",
+            201,
+            json={"name": container, "spec": {**spec, "container": container}},
+        )
+        job = await ann.ok(
+            "POST",
+            "/api/jobs",
+            201,
+            json={
+                "source": jellyfin.stream_url("fits", ALICE),
+                "preset": preset["id"],
+                "destination": {"store": "s3", "filename": name},
+            },
+        )
+        done = await ann.wait_job(job["id"], "completed", "failed", timeout=60)
+        assert done["status"] == "completed", done
+        body = await ann.ok("GET", f"/api/jobs/{job['id']}/file")
+        assert hashlib.sha256(body).hexdigest() == done["output"]["sha256"]
+        assert len(body) == done["output"]["size"] == (await mine.stat(f"{prefix}/{name}")).size
+        assert marker in body[:4096]  # fragments after an empty moov; TS sync bytes
+
+
 async def test_sources_and_destinations_need_the_callers_own_storage(
     system: System, ben: Api
 ) -> None:

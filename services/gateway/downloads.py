@@ -23,6 +23,7 @@ from services.gateway.state import Gateway
 from shared import jobstate
 from shared.blobstore import BlobStore
 from shared.errors import Conflict, NotFound
+from shared.media import get_container
 from shared.messages.records import JobRecord, JobStatus, Output
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -35,7 +36,7 @@ def download_name(job: JobRecord) -> str:
     if job.output_name:
         return job.output_name
     base = _SAFE.sub("_", job.item_id or job.id).strip("._") or job.id
-    return f"{base}.{job.container}"
+    return f"{base}{get_container(job.container).extension}"
 
 
 def content_disposition(name: str) -> str:

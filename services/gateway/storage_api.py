@@ -13,7 +13,6 @@ from typing import Annotated
 
 import msgspec
 from aiohttp import web
-from shared.storeconfig import StoreConfig, open_store
 
 from services.gateway.api import API, Access, caller
 from services.gateway.errors import json_response
@@ -22,13 +21,24 @@ from services.gateway.views import Message
 from shared import jobstate
 from shared.errors import BadRequest, NotFound, StoreError
 from shared.messages.records import StorageSummary
+from shared.storeconfig import (
+    BUCKET_PATTERN,
+    ENDPOINT_PATTERN,
+    REGION_PATTERN,
+    TOKEN_PATTERN,
+    StoreConfig,
+    open_store,
+)
 from shared.stores import Slot, UserStore, kind_of, record_key
 
 TAG = "storage"
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
-Prefix = Annotated[str, msgspec.Meta(max_length=512, pattern=r"^[^\x00]*$")]
-Endpoint = Annotated[str, msgspec.Meta(max_length=512, pattern=r"^(https?://[^\s/]+.*)?$")]
+# Names, regions, endpoints and credentials go into URLs and signed headers: ASCII only.
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=BUCKET_PATTERN)]
+Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern=TOKEN_PATTERN)]
+Token = Annotated[str, msgspec.Meta(max_length=4096, pattern=TOKEN_PATTERN)]
+Region = Annotated[str, msgspec.Meta(max_length=64, pattern=REGION_PATTERN)]
+Prefix = Annotated[str, msgspec.Meta(max_length=512, pattern=r"^[^\x00-\x1f\x7f]*$")]
+Endpoint = Annotated[str, msgspec.Meta(max_length=512, pattern=ENDPOINT_PATTERN)]
 
 
 class S3Storage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -37,8 +47,8 @@ class S3Storage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bucket: Name
     access_key_id: Secret
     secret_access_key: Secret
-    session_token: Annotated[str, msgspec.Meta(max_length=4096)] = ""
-    region: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    session_token: Token = ""
+    region: Region = ""
     endpoint: Endpoint = ""
     prefix: Prefix = ""
     virtual_hosted_style: bool = False
@@ -48,10 +58,10 @@ class OssStorage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """An Alibaba Cloud OSS bucket, through its S3-compatible endpoint."""
 
     bucket: Name
-    endpoint: Annotated[str, msgspec.Meta(min_length=8, max_length=512, pattern=r"^https?://")]
+    endpoint: Annotated[str, msgspec.Meta(min_length=8, max_length=512, pattern=ENDPOINT_PATTERN)]
     access_key_id: Secret
     secret_access_key: Secret
-    region: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    region: Region = ""
     prefix: Prefix = ""
 
 
@@ -66,10 +76,10 @@ class GcsStorage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class AzureStorage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """An Azure Blob Storage container, with an account key or a SAS token."""
 
-    account_name: Annotated[str, msgspec.Meta(min_length=3, max_length=64)]
-    container: Annotated[str, msgspec.Meta(min_length=3, max_length=63)]
-    account_key: Annotated[str, msgspec.Meta(max_length=4096)] = ""
-    sas_token: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+    account_name: Annotated[str, msgspec.Meta(min_length=3, max_length=64, pattern=REGION_PATTERN)]
+    container: Annotated[str, msgspec.Meta(min_length=3, max_length=63, pattern=BUCKET_PATTERN)]
+    account_key: Token = ""
+    sas_token: Token = ""
     endpoint: Endpoint = ""
     prefix: Prefix = ""
 

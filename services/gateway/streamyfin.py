@@ -96,7 +96,7 @@ def to_streamyfin(gw: Gateway, job: JobRecord, viewer: JellyfinUser) -> Streamyf
         timestamp=_iso(job.created_at),
         size=output.size if output else 0,
         checksum=output.sha256 if output else None,
-        fileExtension=job.container,
+        fileExtension=get_container(job.container).extension.lstrip("."),
         eta=eta,
         error=job.error.reason if job.error else None,
         shared=job.shared,

@@ -20,11 +20,13 @@ from structlog.contextvars import bound_contextvars
 
 from services.transcoder.config import TranscoderSettings
 from services.transcoder.progress import ProgressReporter
+from services.transcoder.upload import PipeUpload
 from shared import jobstate
-from shared.blobstore import BlobStore, output_key
+from shared.blobstore import BlobStore, StoredBlob, output_key
 from shared.consumer import Outcome
 from shared.errors import BadRequest, SourceError, StoreError
 from shared.media import (
+    FfmpegResult,
     build_args,
     builtin,
     classify_failure,
@@ -205,27 +207,18 @@ class WorkRunner:
                 JobError(code="source_unsuitable", reason=exc.message, retryable=False)
             ) from exc
         self.scratch.mkdir(parents=True, exist_ok=True)
-        out = self.scratch / f"{r.key}-{r.generation}-{r.attempt}.{container.name}"
+        out = self.scratch / f"{r.key}-{r.generation}-{r.attempt}{container.extension}"
         argv = build_args(self.ffmpeg, source, str(out), plan, profile, container)
+        extension = container.extension.lstrip(".")
         log.info("ffmpeg.start", mode=plan.mode, reasons=plan.reasons, total=total)
         reporter.stage("encoding")
+        ref, store, key = await self._target(work, r, extension)
         try:
-            result = await run_ffmpeg(argv, on_progress=reporter.on_ffmpeg)
-            if result.returncode != 0:
-                error = classify_failure(result.stderr_tail, result.returncode)
-                raise TranscodeFailed(msgspec.structs.replace(error, detail=scrub(error.detail)))
-            reporter.stage("storing")
-            ref, store, key = await self._target(work, r, container.name)
-            try:
-                stored = await store.put_file(key, out)
-            except StoreError as exc:
-                raise TranscodeFailed(
-                    JobError(
-                        code="store_failed",
-                        reason=f"The output could not be stored: {exc.message}",
-                        retryable=exc.retryable_now,
-                    )
-                ) from exc
+            if container.sequential and store.local_path(key) is None:
+                result, stored = await self._encode_streaming(argv, out, store, key, reporter)
+            else:
+                result = await self._encode(argv, reporter)
+                stored = await _store(store, key, out)
         finally:
             out.unlink(missing_ok=True)
         log.info("ffmpeg.done", seconds=round(result.wall_seconds, 2), size=stored.size)
@@ -243,6 +236,42 @@ class WorkRunner:
             video=plan.video if video is None else f"{plan.video} {video.codec or '?'}",
             audio=plan.audio if audio is None else f"{plan.audio} {audio.codec or '?'}",
         )
+
+    async def _encode(self, argv: list[str], reporter: ProgressReporter) -> FfmpegResult:
+        result = await run_ffmpeg(argv, on_progress=reporter.on_ffmpeg)
+        if result.returncode != 0:
+            error = classify_failure(result.stderr_tail, result.returncode)
+            raise TranscodeFailed(msgspec.structs.replace(error, detail=scrub(error.detail)))
+        reporter.stage("storing")
+        return result
+
+    async def _encode_streaming(
+        self, argv: list[str], out: Path, store: BlobStore, key: str, reporter: ProgressReporter
+    ) -> tuple[FfmpegResult, StoredBlob]:
+        """Run ffmpeg into a pipe whose bytes go to the store as they are written (multipart,
+        hashed on the way); a store that fails stops ffmpeg, and a failed ffmpeg aborts the
+        upload, so nothing half-written is left as the output."""
+        try:
+            upload = PipeUpload(out, await store.writer(key))
+        except StoreError as exc:
+            raise _store_failed(exc) from exc
+        await upload.start()
+        assert upload.pumping is not None
+        encode = asyncio.create_task(self._encode(argv, reporter))
+        try:
+            racers: set[asyncio.Future[object]] = {encode, upload.pumping}  # type: ignore[arg-type]
+            await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+            if not encode.done():
+                # the pump stops only on a store error while ffmpeg still writes
+                upload.pumping.result()
+            result = encode.result()
+            return result, await upload.finish()
+        except StoreError as exc:
+            raise _store_failed(exc) from exc
+        finally:
+            encode.cancel()
+            await asyncio.gather(encode, return_exceptions=True)
+            await asyncio.shield(upload.abort())  # nothing to undo once finished
 
     async def _readable(self, work: TranscodeWork) -> str:
         """The source as ffmpeg reads it: a URL as given, an object through a signed URL (never
@@ -401,6 +430,23 @@ class WorkRunner:
             finally:
                 with contextlib.suppress(Exception):
                     await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+async def _store(store: BlobStore, key: str, path: Path) -> StoredBlob:
+    try:
+        return await store.put_file(key, path)
+    except StoreError as exc:
+        raise _store_failed(exc) from exc
+
+
+def _store_failed(exc: StoreError) -> TranscodeFailed:
+    return TranscodeFailed(
+        JobError(
+            code="store_failed",
+            reason=f"The output could not be stored: {exc.message}",
+            retryable=exc.retryable_now,
+        )
+    )
 
 
 def _duration(probe: ProbeResult | None, hint: float | None) -> tuple[float | None, bool]:

@@ -23,6 +23,8 @@ HTTP_RW_TIMEOUT_US = 30_000_000
 DEINTERLACE_FILTER = "bwdif=mode=send_frame:parity=auto:deint=interlaced"
 # x265 logs every encode's settings at "info"; errors are what a failed job needs
 X265_PARAMS = "log-level=error"
+# a fragment per keyframe after an empty moov: playable from the first fragment, no seeking back
+FRAGMENTED_MOVFLAGS = "+frag_keyframe+empty_moov+default_base_moof"
 OPUS_MAX_BITRATE_PER_CHANNEL = 256_000
 
 
@@ -64,7 +66,9 @@ def build_args(
         kwargs["c:s"] = plan.subtitle_codec
     else:
         kwargs["sn"] = None
-    if container.faststart:
+    if container.fragmented:
+        kwargs["movflags"] = FRAGMENTED_MOVFLAGS
+    elif container.faststart:
         kwargs["movflags"] = "+faststart"
     # ffmpeg-python sorts the output options by name, so argv order does not depend on this code
     node = ffmpeg_python.output(*streams, output, **kwargs)

@@ -98,10 +98,11 @@ class PresetSpec(msgspec.Struct, frozen=True, kw_only=True):
     """A rendition preset: container, video, audio, subtitles and when to copy instead of encode."""
 
     container: Annotated[
-        Literal["mp4", "mkv", "webm", "m4a"],
+        Literal["mp4", "fmp4", "mkv", "webm", "ts", "m4a"],
         Meta(
-            description="mp4 and mkv: h264/hevc/av1 with aac/opus; webm: av1 with opus; "
-            "m4a: aac audio only"
+            description="mp4 (faststart), fmp4 (fragmented MP4, uploaded while it is written) "
+            "and mkv: h264/hevc/av1 with aac/opus; webm: av1 with opus; ts (MPEG-TS, uploaded "
+            "while it is written): h264/hevc with aac; m4a: aac audio only"
         ),
     ] = "mp4"
     video: Annotated[VideoSpec | None, Meta(description="null: an audio-only rendition")] = (

@@ -52,9 +52,17 @@ class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
     mime: str
     extension: str
     faststart: bool = False  # moov atom first, so players start before the download ends
+    # MP4 in fragments (moof+mdat) after an empty moov: written front to back, never patched
+    fragmented: bool = False
     keeps_subtitles: bool = False
     video_codecs: frozenset[str] = frozenset()  # rendition codecs the muxer accepts
     audio_codecs: frozenset[str] = frozenset()
+
+    @property
+    def sequential(self) -> bool:
+        """The muxer writes the file front to back and never goes back to patch it, so its
+        bytes can be uploaded while ffmpeg writes them."""
+        return self.fragmented or self.muxer == "mpegts"
 
 
 CONTAINERS: dict[str, ContainerSpec] = {
@@ -87,6 +95,25 @@ CONTAINERS: dict[str, ContainerSpec] = {
         keeps_subtitles=False,
         video_codecs=frozenset({"av1"}),
         audio_codecs=frozenset({"opus"}),
+    ),
+    "fmp4": ContainerSpec(
+        name="fmp4",
+        muxer="mp4",
+        mime="video/mp4",
+        extension=".mp4",
+        fragmented=True,
+        keeps_subtitles=False,
+        video_codecs=frozenset({"h264", "hevc", "av1"}),
+        audio_codecs=frozenset({"aac", "opus"}),
+    ),
+    "ts": ContainerSpec(
+        name="ts",
+        muxer="mpegts",
+        mime="video/mp2t",
+        extension=".ts",
+        keeps_subtitles=False,
+        video_codecs=frozenset({"h264", "hevc"}),
+        audio_codecs=frozenset({"aac"}),
     ),
     "m4a": ContainerSpec(
         name="m4a",
