@@ -31,6 +31,33 @@ BOB = "token-bob"
 ADMIN = "token-admin"
 
 
+def _nvidia_driver() -> str | None:
+    """None when NVML finds an NVIDIA driver and GPU here, else why not."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return f"no NVIDIA driver ({exc})"
+    try:
+        return None if pynvml.nvmlDeviceGetCount() > 0 else "the NVIDIA driver sees no GPU"
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests need an NVIDIA GPU: without one they are skipped, saying why
+    (`just gpu-check` runs them on a machine that has one)."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    missing = _nvidia_driver()
+    if missing is None:
+        return
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.skip(reason=f"gpu test: {missing}"))
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
     root = tmp_path_factory.mktemp("nats")

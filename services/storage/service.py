@@ -12,7 +12,6 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from shared.storeconfig import open_store
 
 from services.storage.config import StorageSettings
 from shared.blobstore import BlobStore
@@ -24,6 +23,7 @@ from shared.messages.records import Rendition, RenditionState, StorageSummary
 from shared.natsio import describe, ensure_topology, publish_event
 from shared.projection import Projection
 from shared.runtime import Service
+from shared.storeconfig import open_store
 from shared.stores import service_config
 from shared.subjects import Names
 
