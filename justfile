@@ -26,3 +26,12 @@ up *args:
 # job overhead benchmark: vidmesh wall time / direct ffmpeg wall time
 bench-overhead *args:
     python bench/job_overhead.py "$@"
+
+# download benchmark: GET /download/:id with Range / plain aiohttp FileResponse (and S3)
+bench-download *args:
+    python bench/download_throughput.py "$@"
+
+# on a machine with an NVIDIA GPU: the gpu tests, then GPU-assisted vs CPU-only fps
+gpu-check *args:
+    pytest -m gpu -rs -p no:cacheprovider
+    python bench/gpu_pipeline.py "$@"

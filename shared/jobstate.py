@@ -104,6 +104,7 @@ def new_job(
     batch: str = "",
     paused: bool = False,
     destination: Destination | None = None,
+    pool: str = "",
 ) -> JobRecord:
     """A job as accepted: queued (or paused, in a batch), not yet attached to a rendition."""
     return JobRecord(
@@ -122,6 +123,7 @@ def new_job(
         output_name=output_name,
         batch=batch,
         destination=destination,
+        pool=pool,
         status=J.PAUSED if paused else J.QUEUED,
         created_at=now,
         updated_at=now,

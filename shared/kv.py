@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -14,6 +15,14 @@ T = TypeVar("T", bound=msgspec.Struct)
 Stale = KeyWrongLastSequenceError
 
 _MAX_CAS_ROUNDS = 64
+
+
+_KEY = re.compile(r"^[A-Za-z0-9_=.-]{1,255}$")
+
+
+def valid_key(key: str) -> bool:
+    """Whether `key` can name a KV entry (NATS refuses others): check ids from URLs with it."""
+    return bool(_KEY.match(key)) and not key.startswith(".") and not key.endswith(".")
 
 
 class Versioned(msgspec.Struct, Generic[T], frozen=True):

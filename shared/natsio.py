@@ -45,6 +45,8 @@ class Retention:
     workers_ttl: float = 30.0
     # How long an Idempotency-Key returns the job it created.
     idempotency_ttl: float = DAY
+    # Transcode sessions (argv, stderr tail, throughput) stay this long for bug reports.
+    sessions_ttl: float = 7 * DAY
 
 
 async def connect(url: str, name: str) -> NATS:
@@ -141,6 +143,10 @@ def _buckets(names: Names, replicas: int, retention: Retention) -> list[KeyValue
         kv(names.batches_bucket, "batches of jobs"),
         kv(names.idempotency_bucket, "Idempotency-Key -> job", retention.idempotency_ttl),
         kv(names.userstores_bucket, "users' storage configurations (credentials sealed)"),
+        kv(names.pools_bucket, "transcoder pools"),
+        kv(names.settings_bucket, "fleet-wide transcoding settings"),
+        kv(names.sessions_bucket, "transcode sessions (one per attempt)", retention.sessions_ttl),
+        kv(names.capabilities_bucket, "capability probe per transcoder host"),
     ]
 
 
@@ -162,6 +168,10 @@ class Buckets:
     batches: KeyValue
     idempotency: KeyValue
     userstores: KeyValue
+    pools: KeyValue
+    settings: KeyValue
+    sessions: KeyValue
+    capabilities: KeyValue
 
 
 async def ensure_topology(
@@ -203,6 +213,10 @@ async def ensure_topology(
         batches=opened[names.batches_bucket],
         idempotency=opened[names.idempotency_bucket],
         userstores=opened[names.userstores_bucket],
+        pools=opened[names.pools_bucket],
+        settings=opened[names.settings_bucket],
+        sessions=opened[names.sessions_bucket],
+        capabilities=opened[names.capabilities_bucket],
     )
 
 

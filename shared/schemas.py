@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from shared import stores
-from shared.messages import accounts, commands, events, records, rpc, work
+from shared.messages import accounts, commands, events, fleet, records, rpc, work
 
 DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
     "events.json": (
@@ -33,7 +33,7 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
         [rpc.ProbeRequest, rpc.ProbeReply],
     ),
     "records.json": (
-        "vidmesh KV records (job records, renditions, progress, leases, totals, workers)",
+        "vidmesh KV records (jobs, renditions, progress, leases, totals, accounts, fleet)",
         [
             records.JobRecord,
             records.Rendition,
@@ -41,7 +41,11 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
             records.LeaseSet,
             records.Totals,
             records.StorageSummary,
-            records.WorkerInfo,
+            fleet.Pool,
+            fleet.TranscodingSettings,
+            fleet.WorkerInfo,
+            fleet.TranscodeSession,
+            fleet.Capability,
             accounts.User,
             accounts.UsernameClaim,
             accounts.ApiKey,

@@ -169,11 +169,35 @@ class Names:
     def userstores_bucket(self) -> str:
         return self.bucket("userstores")
 
+    @property
+    def pools_bucket(self) -> str:
+        return self.bucket("pools")
+
+    @property
+    def settings_bucket(self) -> str:
+        return self.bucket("settings")
+
+    @property
+    def sessions_bucket(self) -> str:
+        return self.bucket("sessions")
+
+    @property
+    def capabilities_bucket(self) -> str:
+        return self.bucket("capabilities")
+
     # ---- request/reply -------------------------------------------------------------------
     @property
     def probe_rpc(self) -> str:
         """Transcoders answer probe requests here (queue group `transcoders`)."""
         return f"{self.namespace}.rpc.probe"
+
+    def capabilities_rpc(self, pool: str) -> str:
+        """Every transcoder of `pool` re-runs its capability probe and answers (no queue group)."""
+        return f"{self.namespace}.rpc.capabilities.{pool}"
+
+    def session_cancel(self, session_id: str) -> str:
+        """The transcoder running a session stops it (core NATS, no reply needed)."""
+        return f"{self.namespace}.rpc.session-cancel.{session_id}"
 
     def all_buckets(self) -> list[str]:
         return [
@@ -191,4 +215,8 @@ class Names:
             self.batches_bucket,
             self.idempotency_bucket,
             self.userstores_bucket,
+            self.pools_bucket,
+            self.settings_bucket,
+            self.sessions_bucket,
+            self.capabilities_bucket,
         ]

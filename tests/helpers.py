@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -82,6 +83,10 @@ async def wait_ready(url: str, timeout: float = 30.0) -> None:
         await eventually(ready, timeout=timeout, what=f"GET {url}/readyz == 200")
 
 
+# One capability probe per test session: every transcoder the tests start shares its result.
+CAPABILITIES_FILE = Path(tempfile.mkdtemp(prefix="vidmesh-capabilities-")) / "capabilities.json"
+
+
 def new_namespace() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
@@ -94,6 +99,7 @@ def fast_env(
         "VIDMESH_NATS_URL": nats_url,
         "VIDMESH_NAMESPACE": namespace,
         "VIDMESH_DATA_DIR": str(data_dir),
+        "VIDMESH_CAPABILITIES_FILE": str(CAPABILITIES_FILE),
         "VIDMESH_LOG_LEVEL": "info",
         "VIDMESH_LOG_FORMAT": "json",
         "VIDMESH_SWEEP_INTERVAL": "0.5",

@@ -15,10 +15,12 @@ from services.gateway import (
     admin_api,
     batch_api,
     files_api,
+    fleet_api,
     health,
     jobs_api,
     openapi,
     presets_api,
+    sessions_api,
     storage_api,
     streamyfin,
 )
@@ -27,7 +29,9 @@ from services.gateway.config import GatewaySettings
 from services.gateway.errors import error_middleware
 from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
+from services.gateway.kube import Cluster
 from services.gateway.state import GATEWAY, Gateway
+from shared.fleet import Fleet
 from shared.kv import TypedKV
 from shared.messages.accounts import (
     ApiKey,
@@ -47,7 +51,18 @@ from shared.subjects import Names
 log = structlog.get_logger("vidmesh.gateway")
 
 # The face modules register their routes on API when imported.
-FACES = (accounts_api, admin_api, batch_api, files_api, jobs_api, openapi, presets_api, storage_api)
+FACES = (
+    accounts_api,
+    admin_api,
+    batch_api,
+    files_api,
+    fleet_api,
+    jobs_api,
+    openapi,
+    presets_api,
+    sessions_api,
+    storage_api,
+)
 
 
 def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
@@ -107,6 +122,8 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             presets=presets,
             batches=batches,
             idempotency=TypedKV(buckets.idempotency, IdempotencyRecord),
+            fleet=Fleet(buckets),
+            cluster=Cluster.from_settings(settings),
         )
         log.info("gateway.ready", jobs=len(jobs), jellyfin=settings.jellyfin_url or None)
         try:

@@ -45,6 +45,19 @@ class GatewaySettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     # Seconds `POST /api/metadata` waits for a transcoder to probe the source.
     metadata_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
+    # ---- machines (transcoder Deployments on Kubernetes) ---------------------------------
+    # The Kubernetes API; default: the in-cluster one (KUBERNETES_SERVICE_HOST/PORT). Unset and
+    # not in a cluster: /api/machines can list but not scale (501).
+    kubernetes_api: str = ""
+    # The service account's token, CA and namespace (the in-cluster files by default).
+    kubernetes_token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    kubernetes_ca_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    kubernetes_namespace: str = ""
+    # The transcoder Deployment of a pool; "{pool}" is replaced by the pool's id.
+    transcoder_deployment: str = "vidmesh-transcoder-{pool}"
+    # The most transcoders one pool may be scaled to through /api/machines.
+    max_transcoders_per_pool: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 20
+
     @property
     def invite_code_list(self) -> list[str]:
         return [code.strip() for code in self.invite_codes.split(",") if code.strip()]

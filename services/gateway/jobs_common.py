@@ -24,6 +24,7 @@ from shared.errors import BadRequest, NotFound
 from shared.media import get_container, is_http
 from shared.messages import commands as cmd
 from shared.messages.accounts import Role
+from shared.messages.fleet import DEFAULT_POOL, POOL_ID_PATTERN
 from shared.messages.records import Destination as RecordDestination
 from shared.messages.records import JobRecord, JobStatus
 from shared.sources import check_local_source, is_object_uri, validate_http_url
@@ -67,6 +68,26 @@ class JobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         | None
     ) = None
     priority: Annotated[int, msgspec.Meta(ge=-10, le=10)] = 0
+    pool: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                pattern=POOL_ID_PATTERN,
+                description="the transcoder pool to run it (default: the default pool)",
+            ),
+        ]
+        | None
+    ) = None
+
+
+async def check_pool(gw: Gateway, pool: str | None) -> str:
+    """ "" for the default pool; else a pool that exists (it may be disabled: the job waits)."""
+    if pool is None or pool == DEFAULT_POOL:
+        return ""
+    if await gw.fleet.pools.get(pool) is None:
+        known = ", ".join(p.id for p in await gw.fleet.all_pools())
+        raise BadRequest(f"There is no pool {pool!r}; pools: {known}.", details={"field": "pool"})
+    return pool
 
 
 async def check_source(gw: Gateway, who: Principal, source: str) -> str:
@@ -142,6 +163,7 @@ async def accept_job(
     source = await check_source(gw, who, request.source)
     destination = await destination_of(gw, who, request)
     name, spec = resolve(gw, who, request.preset)
+    spec = await gw.fleet.within_ceilings(spec)
     container = get_container(spec.container)
     filename = request.destination.filename if request.destination else None
     job = jobstate.new_job(
@@ -158,6 +180,7 @@ async def accept_job(
         batch=batch,
         paused=paused,
         destination=destination,
+        pool=await check_pool(gw, request.pool),
         now=time.time(),
     )
     await gw.store.create_job(job)

@@ -18,7 +18,9 @@ from nats.js import JetStreamContext
 from services.gateway.config import GatewaySettings
 from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
+from services.gateway.kube import Cluster
 from shared.errors import Unavailable
+from shared.fleet import Fleet
 from shared.kv import TypedKV
 from shared.messages import commands as cmd
 from shared.messages import events
@@ -57,6 +59,8 @@ class Gateway:
     presets: Projection[PresetRecord]
     batches: Projection[Batch]
     idempotency: TypedKV[IdempotencyRecord]
+    fleet: Fleet
+    cluster: Cluster | None = None  # the Kubernetes API, when running in a cluster
     started_at: float = field(default_factory=time.time)
 
     async def job(self, job_id: str) -> JobRecord | None:

@@ -137,6 +137,7 @@ async def optimize_version(request: web.Request) -> web.Response:
                 spec, container=container.name, subtitles=container.keeps_subtitles
             )
         )
+    spec = await gw.fleet.within_ceilings(spec)
     item = body.item
     item_id = body.itemId or (str(item.get("Id")) if item and item.get("Id") else "")
     job = jobstate.new_job(

@@ -16,9 +16,12 @@ import structlog
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.view import View
 from shared import jobstate
+from shared.fleet import SETTINGS_KEY
 from shared.kv import Stale, TypedKV
+from shared.messages.fleet import Pool, TranscodingSettings
 from shared.messages.records import Lease, LeaseSet, Rendition, RenditionState
 from shared.messages.work import ENCODER, TranscodeWork
+from shared.projection import Projection
 from shared.recordstore import RecordStore
 
 log = structlog.get_logger("vidmesh.scheduler")
@@ -30,28 +33,73 @@ STALE_LEASE_SECONDS = 15.0
 
 
 class Dispatcher:
-    """Leases slots of one pool and publishes work for pending renditions."""
+    """Leases slots of every pool and publishes work for pending renditions.
+
+    Each pool has its own leases record and limit (its `concurrency`, or MAX_CONCURRENT_JOBS
+    when unset); a disabled pool is given nothing. The fleet's `global_concurrency` bounds the
+    leases of all pools together (a soft bound: two scheduler replicas leasing in different
+    pools at the same instant may pass it by one each; each pool's own limit is exact).
+    """
 
     def __init__(
-        self, store: RecordStore, view: View, leases: TypedKV[LeaseSet], settings: SchedulerSettings
+        self,
+        store: RecordStore,
+        view: View,
+        leases: TypedKV[LeaseSet],
+        settings: SchedulerSettings,
+        pools: Projection[Pool] | None = None,
+        fleet_settings: Projection[TranscodingSettings] | None = None,
     ) -> None:
         self.store = store
         self.view = view
         self.leases = leases
         self.settings = settings
+        self.pools = pools
+        self.fleet_settings = fleet_settings
         self.pool = settings.pool
 
     async def run_once(self) -> bool:
-        """Dispatch what can be dispatched; returns False when a concurrent change got in first."""
+        """Dispatch in every pool with pending work; False when a concurrent change got in first."""
+        wanted = {self.pool} | {
+            r.pool for r in self.view.renditions.values() if r.state is R.PENDING
+        }
+        fleet = self.fleet_settings.get(SETTINGS_KEY) if self.fleet_settings else None
+        room: int | None = None
+        if fleet is not None and fleet.global_concurrency is not None:
+            held = 0
+            for pool_id in wanted | set(self._configured()):
+                current = await self.leases.get(pool_id)
+                held += len(current.value.holders) if current else 0
+            room = fleet.global_concurrency - held
+        ok = True
+        for pool_id in sorted(wanted):
+            pool = self.pools.get(pool_id) if self.pools else None
+            if pool is not None and not pool.enabled:
+                continue
+            limit = (
+                pool.concurrency if pool and pool.concurrency else self.settings.max_concurrent_jobs
+            )
+            added, fine = await self._run_pool(pool_id, limit, room)
+            ok = ok and fine
+            if room is not None:
+                room -= added
+        return ok
+
+    def _configured(self) -> list[str]:
+        return [key for key, _ in self.pools.items()] if self.pools else []
+
+    async def _run_pool(self, pool_id: str, limit: int, room: int | None) -> tuple[int, bool]:
         now = time.time()
-        current = await self.leases.get(self.pool)
-        lease_set = current.value if current else LeaseSet(pool=self.pool)
+        current = await self.leases.get(pool_id)
+        lease_set = current.value if current else LeaseSet(pool=pool_id)
         holders = {k: v for k, v in lease_set.holders.items() if self._still_held(k, v, now)}
         chosen: list[Rendition] = []
-        for r in self._pending_in_order(holders):
+        added = 0
+        for r in self._pending_in_order(pool_id, holders):
             if r.key in holders:
                 chosen.append(r)  # leased earlier but never dispatched: publish again
-            elif r.manual or len(holders) < self.settings.max_concurrent_jobs:
+            elif r.manual or (len(holders) < limit and (room is None or added < room)):
+                added += 0 if r.manual else 1
                 holders[r.key] = Lease(
                     generation=r.generation, since=now, manual=r.manual, device=r.first_device
                 )
@@ -60,14 +108,14 @@ class Dispatcher:
             new = msgspec.structs.replace(lease_set, holders=holders)
             try:
                 if current is None:
-                    await self.leases.create(self.pool, new)
+                    await self.leases.create(pool_id, new)
                 else:
-                    await self.leases.update(self.pool, new, current.revision)
+                    await self.leases.update(pool_id, new, current.revision)
             except Stale:
-                return False
+                return 0, False
         for r in chosen:
             await self._publish(r, now)
-        return True
+        return added, True
 
     def _still_held(self, key: str, lease: Lease, now: float) -> bool:
         r = self.view.renditions.get(key)
@@ -77,7 +125,7 @@ class Dispatcher:
             return True
         return r.state is R.PENDING and now - lease.since < STALE_LEASE_SECONDS
 
-    def _pending_in_order(self, holders: dict[str, Lease]) -> list[Rendition]:
+    def _pending_in_order(self, pool_id: str, holders: dict[str, Lease]) -> list[Rendition]:
         """Pending renditions someone waits for: manual starts first, then the least busy device."""
         busy: dict[str, int] = {}
         for lease in holders.values():
@@ -85,7 +133,7 @@ class Dispatcher:
         pending = [
             r
             for r in self.view.renditions.values()
-            if r.state is R.PENDING and r.pool == self.pool and self.view.followers(r)
+            if r.state is R.PENDING and r.pool == pool_id and self.view.followers(r)
         ]
         return sorted(
             pending,

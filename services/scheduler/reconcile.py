@@ -81,7 +81,7 @@ class Reconciler:
             created.clear()
             if current is None:
                 created.append(True)
-                return jobstate.new_rendition(key, job, now, pool=self.settings.pool)
+                return jobstate.new_rendition(key, job, now, pool=job.pool or self.settings.pool)
             if current.state in jobstate.RENDITION_ENDED:
                 created.append(True)
                 return jobstate.renew(current, job, now)

@@ -21,6 +21,7 @@ from services.scheduler.reconcile import Reconciler
 from services.scheduler.view import View
 from shared.consumer import Consumer, SlotLoops
 from shared.kv import TypedKV
+from shared.messages.fleet import Pool, TranscodingSettings
 from shared.messages.records import JobRecord, LeaseSet, Rendition
 from shared.natsio import describe, ensure_topology
 from shared.projection import Projection
@@ -60,8 +61,20 @@ class Scheduler(Service):
         await self.renditions.start()
         self.access = AccessCheck()
         self.reconciler = Reconciler(self.store, self.view, self.settings, self.access)
+        self.pools = Projection(TypedKV(buckets.pools, Pool), "scheduler.pools", nc=self.nc)
+        self.fleet_settings = Projection(
+            TypedKV(buckets.settings, TranscodingSettings), "scheduler.settings", nc=self.nc
+        )
+        for fleet in (self.pools, self.fleet_settings):
+            fleet.listen(lambda *_: self._wake.set())  # a raised limit may let work out now
+            await fleet.start()
         self.dispatcher = Dispatcher(
-            self.store, self.view, TypedKV(buckets.leases, LeaseSet), self.settings
+            self.store,
+            self.view,
+            TypedKV(buckets.leases, LeaseSet),
+            self.settings,
+            self.pools,
+            self.fleet_settings,
         )
         consumer = Consumer.durable(
             self.names.commands_stream,
@@ -147,7 +160,7 @@ class Scheduler(Service):
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        for projection in (self.jobs, self.renditions):
+        for projection in (self.jobs, self.renditions, self.pools, self.fleet_settings):
             await projection.stop()
         await self.access.close()
         log.info("scheduler.stopped", passes=self.passes)

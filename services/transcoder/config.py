@@ -28,3 +28,5 @@ class TranscoderSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     progress_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.5
     # On SIGTERM: seconds to let running transcodes finish before handing them back.
     drain_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    # The node's cached capability probe; default <data_dir>/capabilities.json.
+    capabilities_file: str = ""

@@ -19,12 +19,15 @@ from nats.js.kv import KV_DEL, KV_PURGE
 from structlog.contextvars import bound_contextvars
 
 from services.transcoder.config import TranscoderSettings
+from services.transcoder.node import NodeState
 from services.transcoder.progress import ProgressReporter
+from services.transcoder.sessions import SessionRecorder, session_id
 from services.transcoder.upload import PipeUpload
 from shared import jobstate
 from shared.blobstore import BlobStore, StoredBlob, output_key
 from shared.consumer import Outcome
 from shared.errors import BadRequest, SourceError, StoreError
+from shared.fleet import Fleet
 from shared.media import (
     FfmpegResult,
     build_args,
@@ -37,7 +40,11 @@ from shared.media import (
     probe_async,
     run_ffmpeg,
 )
+from shared.media.pipelines import PipelineChoice, choose_pipeline, is_hardware_failure
+from shared.media.plan import Plan
 from shared.media.probe import ProbeResult
+from shared.media.profiles import Profile
+from shared.messages.fleet import DEVICE_PIPELINES, SessionState, TranscodeSession
 from shared.messages.records import JobError, Output, Rendition, RenditionState
 from shared.messages.work import WORK_DECODER, TranscodeWork
 from shared.natsio import describe
@@ -87,7 +94,11 @@ class WorkRunner:
         worker_id: str,
         ffmpeg: str,
         scratch: Path,
+        node: NodeState,
+        fleet: Fleet,
     ) -> None:
+        self.node = node
+        self.fleet = fleet
         self.store = store
         self.stores = stores
         self.settings = settings
@@ -95,6 +106,7 @@ class WorkRunner:
         self.ffmpeg = ffmpeg
         self.scratch = scratch
         self.running: dict[str, Rendition] = {}
+        self.running_jobs: dict[str, list[str]] = {}  # rendition key -> the jobs it serves
 
     async def __call__(self, msg: Msg) -> Outcome:
         try:
@@ -108,10 +120,12 @@ class WorkRunner:
             if rendition is None:
                 return Outcome.ACK
             self.running[work.key] = rendition
+            self.running_jobs[work.key] = list(work.jobs)
             try:
                 return await self._run(msg, work, rendition)
             finally:
                 self.running.pop(work.key, None)
+                self.running_jobs.pop(work.key, None)
 
     async def _claim(
         self, work: TranscodeWork, *, redelivered: bool, ack_subject: str
@@ -145,13 +159,15 @@ class WorkRunner:
             attempt=r.attempt,
             interval=self.settings.progress_interval,
         )
+        session = self._session(work, r, reporter)
         lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         helpers = [
             asyncio.create_task(self._heartbeat(msg, lost)),
             asyncio.create_task(self._watch_ownership(r, lost)),
             asyncio.create_task(reporter.run()),
+            asyncio.create_task(session.run()),
         ]
-        transcode = asyncio.create_task(self._transcode(work, r, reporter))
+        transcode = asyncio.create_task(self._transcode(work, r, reporter, session))
         try:
             racers: set[asyncio.Future[object]] = {transcode, lost}  # type: ignore[arg-type]
             await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
@@ -160,12 +176,16 @@ class WorkRunner:
             output = transcode.result()
         except Lost as exc:
             log.info("work.stopped", reason=exc.reason)
+            state: SessionState = "cancelled" if exc.reason == "cancelled" else "stopped"
+            await session.finish(state, error=exc.reason)
             return Outcome.ACK if exc.reason == "cancelled" else Outcome.ABANDON
         except TranscodeFailed as exc:
+            await session.finish("failed", error=exc.error.reason)
             return await self._failed(r, exc.error)
         except asyncio.CancelledError:
             transcode.cancel()
             await asyncio.gather(transcode, return_exceptions=True)
+            await asyncio.shield(session.finish("stopped", error="the transcoder stopped"))
             await asyncio.shield(self._hand_back(r))
             raise
         except Exception as exc:
@@ -176,15 +196,41 @@ class WorkRunner:
                 detail=f"{type(exc).__name__}: {exc}",
                 retryable=True,
             )
+            await session.finish("failed", error=error.reason)
             return await self._failed(r, error)
         finally:
             for task in [transcode, *helpers]:
                 task.cancel()
             await asyncio.gather(transcode, *helpers, return_exceptions=True)
+        await session.finish("succeeded", output=msgspec.to_builtins(output))
         return await self._succeeded(r, output, time.monotonic() - started, reporter)
 
-    async def _transcode(
+    def _session(
         self, work: TranscodeWork, r: Rendition, reporter: ProgressReporter
+    ) -> SessionRecorder:
+        now = time.time()
+        record = TranscodeSession(
+            id=session_id(r.key, r.generation, r.attempt),
+            rendition=r.key,
+            generation=r.generation,
+            attempt=r.attempt,
+            jobs=list(work.jobs),
+            owner=work.owner,
+            worker=self.worker_id,
+            host=self.node.host,
+            pool=self.settings.pool,
+            source=scrub(work.source),
+            started_at=now,
+            updated_at=now,
+        )
+        return SessionRecorder(self.fleet.sessions, record, reporter)
+
+    async def _transcode(
+        self,
+        work: TranscodeWork,
+        r: Rendition,
+        reporter: ProgressReporter,
+        session: SessionRecorder,
     ) -> Output:
         profile = preset_profile(work.profile, work.spec or builtin(work.profile))
         container = get_container(work.container)
@@ -198,6 +244,7 @@ class WorkRunner:
             log.warning("probe.failed", error=exc.message)
         else:
             await self._record_probe(r, probe)
+            session.update(probe=msgspec.to_builtins(probe))
         total, estimated = _duration(probe, work.duration_hint)
         reporter.set_total(total, estimated=estimated)
         try:
@@ -208,19 +255,42 @@ class WorkRunner:
             ) from exc
         self.scratch.mkdir(parents=True, exist_ok=True)
         out = self.scratch / f"{r.key}-{r.generation}-{r.attempt}{container.extension}"
-        argv = build_args(self.ffmpeg, source, str(out), plan, profile, container)
         extension = container.extension.lstrip(".")
-        log.info("ffmpeg.start", mode=plan.mode, reasons=plan.reasons, total=total)
-        reporter.stage("encoding")
+        choice = await self._pipeline(profile, plan, probe)
         ref, store, key = await self._target(work, r, extension)
-        try:
-            if container.sequential and store.local_path(key) is None:
-                result, stored = await self._encode_streaming(argv, out, store, key, reporter)
-            else:
-                result = await self._encode(argv, reporter)
-                stored = await _store(store, key, out)
-        finally:
-            out.unlink(missing_ok=True)
+        while True:
+            argv = build_args(
+                self.ffmpeg, source, str(out), plan, profile, container, pipeline=choice
+            )
+            session.update(
+                pipeline=choice.name, pipeline_reason=choice.reason, argv=scrub_argv(argv)
+            )
+            log.info(
+                "ffmpeg.start",
+                mode=plan.mode,
+                reasons=plan.reasons,
+                total=total,
+                pipeline=choice.name,
+            )
+            reporter.stage("encoding")
+            try:
+                if container.sequential and store.local_path(key) is None:
+                    result, stored = await self._encode_streaming(argv, out, store, key, reporter)
+                else:
+                    result = await self._encode(argv, reporter)
+                    stored = await _store(store, key, out)
+                break
+            except HardwareFailed as exc:
+                # The job goes on without the GPU. The node offers that pipeline no more until
+                # re-probed, unless NVENC only ran out of sessions (the node is full, not broken).
+                if not exc.sessions_exhausted:
+                    self.node.disable(choice.name, exc.reason)
+                log.warning("pipeline.fell_back", pipeline=choice.name, reason=exc.reason)
+                session.update(fell_back_from=choice.name, stderr_tail=scrub(exc.stderr_tail))
+                choice = _cpu_choice(profile, plan, probe, f"{choice.name} failed: {exc.reason}")
+            finally:
+                out.unlink(missing_ok=True)
+        session.update(stderr_tail=scrub(result.stderr_tail))
         log.info("ffmpeg.done", seconds=round(result.wall_seconds, 2), size=stored.size)
         video = probe.video() if probe else None
         audio = probe.audio() if probe else None
@@ -237,9 +307,32 @@ class WorkRunner:
             audio=plan.audio if audio is None else f"{plan.audio} {audio.codec or '?'}",
         )
 
+    async def _pipeline(
+        self, profile: Profile, plan: Plan, probe: ProbeResult | None
+    ) -> PipelineChoice:
+        """From what this node found working, its GPU health, the pool's device and the fleet's
+        hardware preference."""
+        try:
+            pool = await self.fleet.pool(self.settings.pool)
+            preference = (await self.fleet.transcoding_settings()).hardware_preference
+        except Exception as exc:  # the fleet records are advice; the CPU always works
+            log.warning("pipeline.settings_unreadable", **describe(exc))
+            return _cpu_choice(profile, plan, probe, "fleet settings could not be read")
+        video = probe.video() if probe else None
+        return choose_pipeline(
+            self.node.working(),
+            video_codec=profile.video_codec,
+            source_codec=video.codec if video else None,
+            plan_video=plan.video,
+            preference=preference,
+            allowed=DEVICE_PIPELINES[pool.device if pool else "any"],
+        )
+
     async def _encode(self, argv: list[str], reporter: ProgressReporter) -> FfmpegResult:
         result = await run_ffmpeg(argv, on_progress=reporter.on_ffmpeg)
         if result.returncode != 0:
+            if _uses_hardware(argv) and is_hardware_failure(result.stderr_tail):
+                raise HardwareFailed(result.stderr_tail)
             error = classify_failure(result.stderr_tail, result.returncode)
             raise TranscodeFailed(msgspec.structs.replace(error, detail=scrub(error.detail)))
         reporter.stage("storing")
@@ -430,6 +523,44 @@ class WorkRunner:
             finally:
                 with contextlib.suppress(Exception):
                     await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+class HardwareFailed(Exception):
+    """ffmpeg failed in a hardware step (GPU decode, scale or encode), not because of the job."""
+
+    def __init__(self, stderr_tail: str) -> None:
+        lines = [line for line in stderr_tail.splitlines() if line.strip()]
+        self.reason = scrub(lines[-1] if lines else "hardware step failed")[:300]
+        super().__init__(self.reason)
+        self.stderr_tail = stderr_tail
+        self.sessions_exhausted = "openencodesessionex failed: out of memory" in (
+            stderr_tail.lower()
+        )
+
+
+def _uses_hardware(argv: list[str]) -> bool:
+    return any(arg in ("-hwaccel", "-vaapi_device", "-init_hw_device") for arg in argv) or any(
+        arg.endswith(("_nvenc", "_vaapi", "_qsv")) for arg in argv
+    )
+
+
+def _cpu_choice(
+    profile: Profile, plan: Plan, probe: ProbeResult | None, why: str
+) -> PipelineChoice:
+    video = probe.video() if probe else None
+    choice = choose_pipeline(
+        frozenset(),
+        video_codec=profile.video_codec,
+        source_codec=video.codec if video else None,
+        plan_video=plan.video,
+        preference="cpu",
+    )
+    return msgspec.structs.replace(choice, reason=why)
+
+
+def scrub_argv(argv: list[str]) -> list[str]:
+    """The argv with credentials taken out of URLs (a signed source URL among them)."""
+    return [scrub(arg) for arg in argv]
 
 
 async def _store(store: BlobStore, key: str, path: Path) -> StoredBlob:

@@ -19,13 +19,17 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import NoKeysError
 
 from services.transcoder.config import TranscoderSettings
+from services.transcoder.node import NodeState
 from services.transcoder.runner import WorkRunner
 from shared.consumer import Consumer, SlotLoops
 from shared.errors import BadRequest, SourceError, StoreError
+from shared.fleet import Fleet
 from shared.kv import TypedKV
 from shared.media import default_ffmpeg, ffmpeg_version, is_http, probe_async
+from shared.media.capabilities import CapabilityCache
 from shared.messages import rpc
-from shared.messages.records import RenditionState, WorkerInfo
+from shared.messages.fleet import WorkerInfo
+from shared.messages.records import RenditionState
 from shared.natsio import describe, ensure_topology
 from shared.recordstore import RecordStore
 from shared.runtime import Service
@@ -81,6 +85,7 @@ class Transcoder(Service):
         self._loops: SlotLoops | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._probes: Subscription | None = None
+        self._draining = False
 
     async def start(self) -> None:
         js = self.nc.jetstream()
@@ -93,6 +98,14 @@ class Transcoder(Service):
             Sealer(self.settings.storage_key),
         )
         self.version = await asyncio.to_thread(ffmpeg_version, self.ffmpeg)
+        data = Path(self.settings.data_dir)
+        cache_file = Path(self.settings.capabilities_file or data / "capabilities.json")
+        self.node = NodeState(
+            CapabilityCache(cache_file, self.ffmpeg),
+            pool=self.settings.pool,
+            worker_id=self.worker_id,
+        )
+        await self.node.start(self.nc, self.names.capabilities_rpc(self.settings.pool))
         await asyncio.to_thread(self._tidy_scratch)
         self.runner = WorkRunner(
             self.store,
@@ -101,6 +114,8 @@ class Transcoder(Service):
             worker_id=self.worker_id,
             ffmpeg=self.ffmpeg,
             scratch=self.scratch,
+            node=self.node,
+            fleet=Fleet(buckets),
         )
         pool = self.settings.pool
         # Slots bound what runs; max_ack_pending only bounds un-acked items of all transcoders.
@@ -177,6 +192,7 @@ class Transcoder(Service):
 
     def info(self) -> WorkerInfo:
         busy = self._loops.busy if self._loops else 0
+        gpu_state, gpu_reason = self.node.gpu_state()
         return WorkerInfo(
             id=self.worker_id,
             host=socket.gethostname(),
@@ -184,14 +200,23 @@ class Transcoder(Service):
             slots=self.settings.slots,
             busy=busy,
             renditions=sorted(self.runner.running),
+            jobs=sorted(j for jobs in self.runner.running_jobs.values() for j in jobs),
             ffmpeg=self.version,
             started_at=self.started_at,
             updated_at=time.time(),
+            draining=self._draining,
+            gpu_state=gpu_state,
+            gpu_reason=gpu_reason,
+            gpu=self.node.gpu,
+            pipelines=self.node.pipelines(),
+            capabilities_probed_at=self.node.probed_at,
+            capabilities_ready=self.node.ready,
         )
 
     async def _beat(self) -> None:
         while True:
             try:
+                await self.node.read_gpu()
                 await self.workers.put(self.worker_id, self.info())
             except asyncio.CancelledError:
                 raise
@@ -201,6 +226,7 @@ class Transcoder(Service):
 
     async def stop(self) -> None:
         """Stop taking work; let running transcodes finish for `drain_seconds`, then hand back."""
+        self._draining = True
         if self._loops is not None:
             self._loops.stop_fetching()
             finished = await self._loops.wait_idle(self.settings.drain_seconds)
@@ -215,4 +241,5 @@ class Transcoder(Service):
                 await self._heartbeat
         with contextlib.suppress(Exception):
             await self.workers.delete(self.worker_id)
+        await self.node.stop()
         await asyncio.to_thread(shutil.rmtree, self.scratch, True)

@@ -12,6 +12,14 @@ from shared.media.ffmpeg import (
     parse_progress,
     run_ffmpeg,
 )
+from shared.media.pipelines import (
+    PIPELINES,
+    HardwarePreference,
+    PipelineChoice,
+    choose_pipeline,
+    hardware_encoder,
+    is_hardware_failure,
+)
 from shared.media.plan import Plan, fit_size, make_plan
 from shared.media.presets import (
     BUILTIN_PRESETS,
@@ -44,6 +52,7 @@ __all__ = [
     "CONTAINERS",
     "DEFAULT_PRESET",
     "DEFAULT_PROFILE",
+    "PIPELINES",
     "PROFILES",
     "STDERR_TAIL_CHARS",
     "AudioSpec",
@@ -52,6 +61,8 @@ __all__ = [
     "FfmpegProgress",
     "FfmpegResult",
     "FfmpegRun",
+    "HardwarePreference",
+    "PipelineChoice",
     "Plan",
     "PresetSpec",
     "PresetSpecInput",
@@ -63,12 +74,15 @@ __all__ = [
     "build_args",
     "builtin",
     "check_container",
+    "choose_pipeline",
     "classify_failure",
     "default_ffmpeg",
     "ffmpeg_version",
     "fit_size",
     "get_container",
     "get_profile",
+    "hardware_encoder",
+    "is_hardware_failure",
     "is_http",
     "make_plan",
     "parse_progress",

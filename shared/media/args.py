@@ -12,7 +12,14 @@ from typing import Any
 
 import ffmpeg as ffmpeg_python
 
+from shared.media.pipelines import (
+    HARDWARE_CODECS,
+    PIPELINES,
+    PipelineChoice,
+    hardware_encoder,
+)
 from shared.media.plan import Plan
+from shared.media.presets import SVT_AV1_PRESETS
 from shared.media.probe import is_http
 from shared.media.profiles import ContainerSpec, Profile
 
@@ -27,6 +34,45 @@ X265_PARAMS = "log-level=error"
 FRAGMENTED_MOVFLAGS = "+frag_keyframe+empty_moov+default_base_moof"
 OPUS_MAX_BITRATE_PER_CHANNEL = 256_000
 
+# Hardware pipelines (shared.media.pipelines). Values still come from the Profile, mapped here.
+# decode on the GPU and keep the frames there for the scale_cuda/bwdif_cuda filters
+CUDA_DECODE_ARGS = {"hwaccel": "cuda", "hwaccel_output_format": "cuda"}
+# bwdif on CUDA frames, same settings as DEINTERLACE_FILTER (present in the wheel's ffmpeg 9.0.2)
+CUDA_DEINTERLACE_FILTER = "bwdif_cuda=mode=send_frame:parity=auto:deint=interlaced"
+VAAPI_DEVICE = "/dev/dri/renderD128"
+QSV_DEVICE_ARGS = ["-init_hw_device", "qsv=hw", "-filter_hw_device", "hw"]
+# QSV encoders keep frames in flight beyond the upload's own pool
+QSV_EXTRA_HW_FRAMES = 64
+# GPU frames carry a software layout: NV12 for 8-bit 4:2:0, P010 for 10-bit
+HW_FRAME_FORMATS = {"yuv420p": "nv12", "yuvj420p": "nv12", "yuv420p10le": "p010le"}
+# NVENC takes yuv420p as it is, but 10-bit only as P010
+NVENC_PIX_FMTS = {"yuv420p10le": "p010le"}
+# x264 speed names onto NVENC's p1 (fastest) .. p7 (best) and QSV's veryfast .. veryslow
+NVENC_PRESETS = {
+    "ultrafast": "p1",
+    "superfast": "p2",
+    "veryfast": "p3",
+    "faster": "p4",
+    "fast": "p4",
+    "medium": "p5",
+    "slow": "p6",
+    "slower": "p7",
+    "veryslow": "p7",
+}
+QSV_PRESETS = {
+    "ultrafast": "veryfast",
+    "superfast": "veryfast",
+    "veryfast": "veryfast",
+    "faster": "faster",
+    "fast": "fast",
+    "medium": "medium",
+    "slow": "slow",
+    "slower": "slower",
+    "veryslow": "veryslow",
+}
+# an AV1 profile carries SVT-AV1's preset number; read it back as the speed name it came from
+_SPEED_OF_SVT_PRESET = {str(number): speed for speed, number in SVT_AV1_PRESETS.items()}
+
 
 def build_args(
     ffmpeg: str,
@@ -38,14 +84,25 @@ def build_args(
     *,
     progress: bool = True,
     http_source: bool | None = None,
+    pipeline: PipelineChoice | None = None,
 ) -> list[str]:
-    """The full ffmpeg argv (binary first, output path last) that carries out `plan`."""
+    """The full ffmpeg argv (binary first, output path last) that carries out `plan`.
+
+    `pipeline` (from `choose_pipeline`) moves decoding, scaling and encoding onto a GPU; None or
+    "cpu", or a plan that encodes no video, gives the software argv. ValueError when the choice
+    does not fit the profile (its encoder is for another codec).
+    """
+    hardware = _hardware_pipeline(plan, profile, pipeline)
     global_args = ["-hide_banner", "-nostdin", "-y", "-loglevel", "error"]
     if progress:
         global_args += ["-progress", "pipe:1", "-nostats", "-stats_period", "0.5"]
     input_kwargs: dict[str, Any] = {}
     if is_http(source) if http_source is None else http_source:
         input_kwargs.update(RECONNECT_ARGS, rw_timeout=HTTP_RW_TIMEOUT_US)
+    if hardware is not None:
+        global_args += _device_args(hardware)
+        if _gpu_frames(hardware):
+            input_kwargs.update(CUDA_DECODE_ARGS)
     source_node = ffmpeg_python.input(source, **input_kwargs)
 
     streams: list[Any] = []
@@ -60,7 +117,7 @@ def build_args(
         raise ValueError("the plan maps no stream: the source has neither video nor audio")
 
     kwargs: dict[str, Any] = {"format": container.muxer}
-    kwargs.update(_video_kwargs(plan, profile, container))
+    kwargs.update(_video_kwargs(plan, profile, container, hardware))
     kwargs.update(_audio_kwargs(plan, profile))
     if plan.subtitles:
         kwargs["c:s"] = plan.subtitle_codec
@@ -82,7 +139,9 @@ def rate_text(fps: float) -> str:
     return str(rate.numerator) if rate.denominator == 1 else f"{rate.numerator}/{rate.denominator}"
 
 
-def _video_kwargs(plan: Plan, profile: Profile, container: ContainerSpec) -> dict[str, Any]:
+def _video_kwargs(
+    plan: Plan, profile: Profile, container: ContainerSpec, hardware: PipelineChoice | None = None
+) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if profile.video_codec is None:
         # an audio-only rendition: no video, not even cover art
@@ -94,37 +153,157 @@ def _video_kwargs(plan: Plan, profile: Profile, container: ContainerSpec) -> dic
         kwargs["tag:v"] = "hvc1"
     if plan.video == "copy":
         return {**kwargs, "c:v": "copy"}
-    kwargs.update(
-        {
-            "c:v": profile.encoder,
-            "preset": profile.preset,
-            "crf": profile.crf,
-            "pix_fmt": profile.pix_fmt,
-        }
-    )
+    # ffmpeg-python sorts options by name, so each pipeline only swaps the entries it changes
+    name = "cpu" if hardware is None else hardware.name
+    if hardware is None or name == "nvdec":
+        kwargs.update(
+            {
+                "c:v": profile.encoder,
+                "preset": profile.preset,
+                "crf": profile.crf,
+                "pix_fmt": profile.pix_fmt,
+            }
+        )
+    else:
+        kwargs.update(_hardware_encoder_kwargs(hardware, profile))
     if profile.max_video_bitrate is not None:
         kwargs["maxrate"] = profile.max_video_bitrate
         kwargs["bufsize"] = profile.bufsize or 2 * profile.max_video_bitrate
     if profile.video_codec == "h264":
         kwargs["profile:v"] = profile.h264_profile
-        kwargs["level:v"] = profile.h264_level
-    if profile.encoder == "libx265":
+        # h264_qsv has no level names: it takes level_idc (4.1 -> 41)
+        kwargs["level:v"] = _level_idc(profile) if name == "qsv" else profile.h264_level
+    if profile.encoder == "libx265" and name in ("cpu", "nvdec"):
         kwargs["x265-params"] = X265_PARAMS
     if profile.max_fps is not None:
         # a cap: a source below it keeps its own rate
         kwargs["fpsmax"] = rate_text(profile.max_fps)
-    filters = [DEINTERLACE_FILTER] if plan.deinterlace else []
-    if plan.scale is not None:
-        filters.append(f"scale={plan.scale[0]}:{plan.scale[1]}")
-    elif plan.cap_size:
-        # quotes keep the commas inside min() from splitting the filtergraph
-        filters.append(
-            f"scale='min(iw,{profile.max_width})':'min(ih,{profile.max_height})'"
-            ":force_original_aspect_ratio=decrease:force_divisible_by=2"
-        )
+    filters = (
+        _cpu_filters(plan, profile) if hardware is None else _gpu_filters(plan, profile, hardware)
+    )
     if filters:
         kwargs["vf"] = ",".join(filters)
     return kwargs
+
+
+def _cpu_filters(plan: Plan, profile: Profile) -> list[str]:
+    filters = [DEINTERLACE_FILTER] if plan.deinterlace else []
+    size = _scale_args(plan, profile)
+    if size is not None:
+        filters.append(f"scale={size}")
+    return filters
+
+
+def _scale_args(plan: Plan, profile: Profile) -> str | None:
+    """The scale filters' w:h arguments (scale, scale_cuda and scale_vaapi read them alike)."""
+    if plan.scale is not None:
+        return f"{plan.scale[0]}:{plan.scale[1]}"
+    if plan.cap_size:
+        # quotes keep the commas inside min() from splitting the filtergraph
+        return (
+            f"'min(iw,{profile.max_width})':'min(ih,{profile.max_height})'"
+            ":force_original_aspect_ratio=decrease:force_divisible_by=2"
+        )
+    return None
+
+
+def _hardware_pipeline(
+    plan: Plan, profile: Profile, pipeline: PipelineChoice | None
+) -> PipelineChoice | None:
+    """The hardware pipeline to build for, or None for the software argv."""
+    if pipeline is None or pipeline.name == "cpu":
+        return None
+    if pipeline.name not in PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline.name!r}; known: {', '.join(PIPELINES)}")
+    if plan.video != "encode" or profile.video_codec is None:
+        return None  # nothing to decode, scale or encode: the software argv is the same work
+    codec = profile.video_codec
+    if pipeline.name in HARDWARE_CODECS and codec not in HARDWARE_CODECS[pipeline.name]:
+        raise ValueError(f"pipeline {pipeline.name} does not encode {codec}")
+    if pipeline.name == "nvdec":
+        expected = profile.encoder
+    else:
+        expected = hardware_encoder(pipeline.name, codec)
+    if pipeline.encoder != expected:
+        raise ValueError(
+            f"pipeline {pipeline.name} was chosen with encoder {pipeline.encoder}, "
+            f"but profile {profile.name} needs {expected}"
+        )
+    if profile.pix_fmt not in HW_FRAME_FORMATS:
+        raise ValueError(f"no GPU frame format for pixel format {profile.pix_fmt}")
+    return pipeline
+
+
+def _gpu_frames(hardware: PipelineChoice) -> bool:
+    """Frames are decoded into GPU memory (NVDEC) rather than decoded on the CPU."""
+    return hardware.name == "nvdec" or (hardware.name == "nvenc" and hardware.hw_decode)
+
+
+def _device_args(hardware: PipelineChoice) -> list[str]:
+    if hardware.name == "vaapi":
+        return ["-vaapi_device", VAAPI_DEVICE]
+    if hardware.name == "qsv":
+        return list(QSV_DEVICE_ARGS)
+    return []  # CUDA: -hwaccel creates the device; NVENC opens its own
+
+
+def _gpu_filters(plan: Plan, profile: Profile, hardware: PipelineChoice) -> list[str]:
+    frame_format = HW_FRAME_FORMATS[profile.pix_fmt]
+    size = _scale_args(plan, profile)
+    if _gpu_frames(hardware):
+        filters = [CUDA_DEINTERLACE_FILTER] if plan.deinterlace else []
+        # scale_cuda also converts to the encoder's layout (a 10-bit source to NV12), even
+        # when the size stays: hwdownload can only hand over the frames' own layout
+        scale = f"{size}:format={frame_format}" if size else f"format={frame_format}"
+        filters.append(f"scale_cuda={scale}")
+        if hardware.name == "nvdec":
+            filters += ["hwdownload", f"format={frame_format}"]
+        return filters
+    if hardware.name == "nvenc":
+        return _cpu_filters(plan, profile)  # NVENC takes software frames as they are
+    filters = [DEINTERLACE_FILTER] if plan.deinterlace else []
+    if hardware.name == "vaapi":
+        filters += [f"format={frame_format}", "hwupload"]
+        if size is not None:
+            filters.append(f"scale_vaapi={size}")
+        return filters
+    # scale_qsv has no force_original_aspect_ratio: a capped (unprobed) size scales on the CPU
+    if plan.cap_size and plan.scale is None:
+        filters.append(f"scale={size}")
+    filters += [f"format={frame_format}", f"hwupload=extra_hw_frames={QSV_EXTRA_HW_FRAMES}"]
+    if plan.scale is not None:
+        filters.append(f"scale_qsv={size}")
+    return filters
+
+
+def _hardware_encoder_kwargs(hardware: PipelineChoice, profile: Profile) -> dict[str, Any]:
+    """The GPU encoder and its rate control: the profile's CRF as a constant-quality target,
+    kept under the profile's maxrate/bufsize (added by the caller) when it has one."""
+    speed = _SPEED_OF_SVT_PRESET.get(profile.preset, profile.preset)
+    capped = profile.max_video_bitrate
+    kwargs: dict[str, Any] = {"c:v": hardware.encoder}
+    if hardware.name == "nvenc":
+        # VBR with a quality target; -b:v 0 lifts NVENC's 2 Mb/s default average
+        kwargs.update(preset=NVENC_PRESETS.get(speed, "p4"), rc="vbr", cq=profile.crf)
+        kwargs["b:v"] = 0
+        if not _gpu_frames(hardware):
+            kwargs["pix_fmt"] = NVENC_PIX_FMTS.get(profile.pix_fmt, profile.pix_fmt)
+    elif hardware.name == "vaapi":
+        # QVBR: the quality target under the cap (at 100% of it); CQP when uncapped
+        kwargs.update(rc_mode="QVBR" if capped else "CQP", qp=profile.crf)
+        if capped:
+            kwargs["b:v"] = capped
+    else:
+        # ICQ when uncapped; with maxrate QSV picks QVBR if the average is below the peak
+        # (equal would make it CBR), so the average is half the peak
+        kwargs.update(preset=QSV_PRESETS.get(speed, "medium"), global_quality=profile.crf)
+        if capped:
+            kwargs["b:v"] = capped // 2
+    return kwargs
+
+
+def _level_idc(profile: Profile) -> str:
+    return str(round(float(profile.h264_level) * 10))
 
 
 def _audio_kwargs(plan: Plan, profile: Profile) -> dict[str, Any]:

@@ -319,3 +319,23 @@ def get_profile(name: str) -> Profile:
             f"Unknown profile {name!r}; use one of: {known}.",
             details={"profile": name, "allowed": sorted(PROFILES)},
         ) from None
+
+
+def within_ceilings(
+    spec: PresetSpec, *, max_height: int | None, max_video_bitrate_kbps: int | None
+) -> PresetSpec:
+    """The spec lowered to the fleet's quality ceilings (never raised); a spec already within
+    them comes back as it is, so its fingerprint (and shared renditions) stay the same."""
+    video = spec.video
+    if video is None:
+        return spec
+    changes: dict[str, int] = {}
+    if max_height is not None and video.max_height > max_height:
+        changes["max_height"] = max_height
+    if max_video_bitrate_kbps is not None and (
+        video.max_bitrate_kbps is None or video.max_bitrate_kbps > max_video_bitrate_kbps
+    ):
+        changes["max_bitrate_kbps"] = min(max_video_bitrate_kbps, MAX_KBPS[video.codec])
+    if not changes:
+        return spec
+    return msgspec.structs.replace(spec, video=msgspec.structs.replace(video, **changes))

@@ -95,6 +95,8 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     nonce: str = ""
     batch: str = ""
     destination: Destination | None = None
+    # The transcoder pool that runs it ("" = the scheduler's default pool).
+    pool: str = ""
     status: JobStatus = JobStatus.QUEUED
     created_at: Timestamp
     updated_at: Timestamp
@@ -208,20 +210,6 @@ class StorageSummary(msgspec.Struct, frozen=True, kw_only=True):
     bytes: int
     cache_files: int = 0
     cache_bytes: int = 0
-    updated_at: Timestamp
-
-
-class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """A live transcoder instance; its key expires when heartbeats stop."""
-
-    id: str
-    host: str
-    pool: str
-    slots: int
-    busy: int
-    renditions: list[str] = []
-    ffmpeg: str = ""
-    started_at: Timestamp
     updated_at: Timestamp
 
 

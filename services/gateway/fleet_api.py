@@ -1,0 +1,423 @@
+"""Operators' view and control of the transcoder fleet: pools, fleet-wide transcoding settings,
+the GPUs the fleet sees, capability probes, and the system's status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Annotated
+
+import msgspec
+from aiohttp import web
+
+from services.gateway.api import API, Access
+from services.gateway.errors import json_response
+from services.gateway.state import gateway
+from services.gateway.views import Message
+from shared.errors import Conflict, NotFound
+from shared.fleet import SETTINGS_KEY
+from shared.gpu import GpuHealth
+from shared.kv import Stale
+from shared.messages.fleet import (
+    DEFAULT_POOL,
+    POOL_ID_PATTERN,
+    Capability,
+    Device,
+    GpuState,
+    HardwarePreference,
+    Pool,
+    TranscodingSettings,
+    WorkerInfo,
+    valid_pool_id,
+)
+
+TAG = "transcoding"
+PROBE_WAIT_SECONDS = 30.0
+
+Concurrency = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+Description = Annotated[str, msgspec.Meta(max_length=500)]
+
+
+class PoolCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A new transcoder pool; its transcoders run with VIDMESH_POOL=<id>."""
+
+    id: Annotated[str, msgspec.Meta(pattern=POOL_ID_PATTERN)]
+    device: Device = "any"
+    concurrency: Concurrency = 1
+    enabled: bool = True
+    description: Description = ""
+
+
+class PoolUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Changes to a pool; fields left out keep their value."""
+
+    device: Device | None = None
+    concurrency: Concurrency | None = None
+    enabled: bool | None = None
+    description: Description | None = None
+
+
+class PoolView(msgspec.Struct, kw_only=True):
+    """A pool, its live transcoders and what it runs now."""
+
+    id: str
+    device: str
+    concurrency: int | None  # null: the scheduler's MAX_CONCURRENT_JOBS
+    enabled: bool
+    description: str
+    work_subject: str
+    transcoders: int
+    slots: int
+    running: int  # renditions holding the pool's leases
+    created_at: float
+    updated_at: float
+
+
+class SettingsUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Fleet-wide settings; fields left out keep their value, null clears a limit."""
+
+    global_concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
+    hardware_preference: HardwarePreference | msgspec.UnsetType = msgspec.UNSET
+    max_height: Annotated[int, msgspec.Meta(ge=144, le=4320)] | None | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
+    max_video_bitrate_kbps: (
+        Annotated[int, msgspec.Meta(ge=100, le=200_000)] | None | msgspec.UnsetType
+    ) = msgspec.UNSET
+
+
+class GpuView(msgspec.Struct, kw_only=True):
+    """One GPU as a transcoder reports it."""
+
+    worker: str
+    host: str
+    pool: str
+    driver_version: str
+    gpu: GpuHealth
+
+
+class NodeGpuState(msgspec.Struct, kw_only=True):
+    worker: str
+    host: str
+    pool: str
+    gpu_state: GpuState
+    gpu_reason: str
+
+
+class FleetGpus(msgspec.Struct, kw_only=True):
+    """Every GPU the live transcoders see, and the transcoders that see none (and why)."""
+
+    gpus: list[GpuView]
+    nodes: list[NodeGpuState]
+
+
+class ProbeResults(msgspec.Struct, kw_only=True):
+    """What each transcoder of the pool found when it re-ran its capability probe."""
+
+    pool: str
+    answered: int
+    expected: int
+    results: list[Capability]
+
+
+class SystemStatus(msgspec.Struct, kw_only=True):
+    """ffmpeg, capability probes and transcoders, for a health page."""
+
+    status: str  # ok | degraded | no_transcoders
+    transcoders: int
+    ffmpeg_versions: list[str]
+    capabilities_ready: int
+    pipelines: dict[str, int]  # pipeline -> transcoders offering it
+    problems: list[str]
+    gateway_uptime_s: float
+
+
+def _view(pool: Pool, workers: list[WorkerInfo], running: int, subject: str) -> PoolView:
+    mine = [w for w in workers if w.pool == pool.id]
+    return PoolView(
+        id=pool.id,
+        device=pool.device,
+        concurrency=pool.concurrency or None,
+        enabled=pool.enabled,
+        description=pool.description,
+        work_subject=subject,
+        transcoders=len(mine),
+        slots=sum(w.slots for w in mine),
+        running=running,
+        created_at=pool.created_at,
+        updated_at=pool.updated_at,
+    )
+
+
+async def _pool_view(request: web.Request, pool: Pool) -> PoolView:
+    gw = gateway(request)
+    leases = await gw.fleet.leases_of(pool.id)
+    workers = await gw.fleet.live_workers()
+    return _view(pool, workers, len(leases.holders), gw.names.work(pool.id))
+
+
+@API.route(
+    "GET",
+    "/api/admin/transcoding/pools",
+    access=Access.ADMIN,
+    tag=TAG,
+    summary="Transcoder pools with their live transcoders",
+    response=list[PoolView],
+)
+async def list_pools(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    workers = await gw.fleet.live_workers()
+    views = []
+    for pool in await gw.fleet.all_pools():
+        leases = await gw.fleet.leases_of(pool.id)
+        views.append(_view(pool, workers, len(leases.holders), gw.names.work(pool.id)))
+    return json_response(views)
+
+
+@API.route(
+    "POST",
+    "/api/admin/transcoding/pools",
+    access=Access.ADMIN,
+    tag=TAG,
+    status=201,
+    summary="Create a transcoder pool (work goes on its own subject)",
+    body=PoolCreate,
+    response=PoolView,
+)
+async def create_pool(request: web.Request, body: PoolCreate) -> web.Response:
+    gw = gateway(request)
+    if await gw.fleet.pool(body.id) is not None:
+        raise Conflict(f"The pool {body.id!r} exists already.")
+    now = time.time()
+    pool = Pool(
+        id=body.id,
+        device=body.device,
+        concurrency=body.concurrency,
+        enabled=body.enabled,
+        description=body.description,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        await gw.fleet.pools.create(pool.id, pool)
+    except Stale:
+        raise Conflict(f"The pool {body.id!r} exists already.") from None
+    return json_response(await _pool_view(request, pool), 201)
+
+
+async def _pool(request: web.Request) -> Pool:
+    pool_id = request.match_info["pool_id"]
+    pool = await gateway(request).fleet.pool(pool_id) if valid_pool_id(pool_id) else None
+    if pool is None:
+        raise NotFound(f"There is no pool {pool_id!r}.")
+    return pool
+
+
+@API.route(
+    "GET",
+    "/api/admin/transcoding/pools/{pool_id}",
+    access=Access.ADMIN,
+    tag=TAG,
+    summary="One transcoder pool",
+    response=PoolView,
+)
+async def get_pool(request: web.Request) -> web.Response:
+    return json_response(await _pool_view(request, await _pool(request)))
+
+
+@API.route(
+    "PUT",
+    "/api/admin/transcoding/pools/{pool_id}",
+    access=Access.ADMIN,
+    tag=TAG,
+    summary="Change a pool's device, concurrency limit or whether it is given work",
+    body=PoolUpdate,
+    response=PoolView,
+)
+async def update_pool(request: web.Request, body: PoolUpdate) -> web.Response:
+    gw = gateway(request)
+    pool_id = (await _pool(request)).id
+    now = time.time()
+
+    def change(current: Pool | None) -> Pool:
+        base = current or Pool(id=pool_id, created_at=now)
+        return msgspec.structs.replace(
+            base,
+            device=body.device or base.device,
+            concurrency=body.concurrency or base.concurrency,
+            enabled=base.enabled if body.enabled is None else body.enabled,
+            description=base.description if body.description is None else body.description,
+            updated_at=now,
+        )
+
+    pool, _, _ = await gw.fleet.pools.change(pool_id, change)
+    assert pool is not None
+    return json_response(await _pool_view(request, pool))
+
+
+@API.route(
+    "DELETE",
+    "/api/admin/transcoding/pools/{pool_id}",
+    access=Access.ADMIN,
+    tag=TAG,
+    summary="Delete a pool (409 while it has live leases; the default pool stays)",
+    response=Message,
+)
+async def delete_pool(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    pool = await _pool(request)
+    if pool.id == DEFAULT_POOL:
+        raise Conflict("The default pool cannot be deleted; disable it instead.")
+    leases = await gw.fleet.leases_of(pool.id)
+    if leases.holders:
+        raise Conflict(
+            f"The pool {pool.id!r} has {len(leases.holders)} live lease(s); "
+            "disable it and wait for them to end.",
+            details={"leases": sorted(leases.holders)},
+        )
+    await gw.fleet.pools.delete(pool.id)
+    return json_response(Message(message=f"pool {pool.id} deleted"))
+
+
+@API.route(
+    "POST",
+    "/api/admin/transcoding/pools/{pool_id}/probe",
+    access=Access.ADMIN,
+    tag=TAG,
+    summary="Re-run the capability probe on every live transcoder of the pool",
+    response=ProbeResults,
+)
+async def probe_pool(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    pool = await _pool(request)
+    expected = [w for w in await gw.fleet.live_workers() if w.pool == pool.id]
+    if not expected:
+        raise Conflict(f"No transcoder of pool {pool.id!r} is running: there is nothing to probe.")
+    inbox = gw.nc.new_inbox()
+    results: list[Capability] = []
+    done = asyncio.Event()
+
+    async def on_reply(msg: object) -> None:
+        try:
+            results.append(msgspec.json.decode(msg.data, type=Capability))  # type: ignore[attr-defined]
+        except msgspec.DecodeError:
+            return
+        if len(results) >= len(expected):
+            done.set()
+
+    sub = await gw.nc.subscribe(inbox, cb=on_reply)
+    try:
+        await gw.nc.publish(gw.names.capabilities_rpc(pool.id), b"{}", reply=inbox)
+        # those that have not answered in time are counted out, not waited for
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), PROBE_WAIT_SECONDS)
+    finally:
+        await sub.unsubscribe()
+    return json_response(
+        ProbeResults(pool=pool.id, answered=len(results), expected=len(expected), results=results)
+    )
+
+
+@API.route(
+    "GET",
+    "/api/admin/transcoding/settings",
+    access=Access.ADMIN,
+    tag=TAG,
+    summary="Fleet-wide transcoding settings",
+    response=TranscodingSettings,
+)
+async def get_settings(request: web.Request) -> web.Response:
+    return json_response(await gateway(request).fleet.transcoding_settings())
+
+
+@API.route(
+    "PUT",
+    "/api/admin/transcoding/settings",
+    access=Access.ADMIN,
+    tag=TAG,
+    summary="Change fleet-wide settings (global concurrency, hardware preference, ceilings)",
+    body=SettingsUpdate,
+    response=TranscodingSettings,
+)
+async def update_settings(request: web.Request, body: SettingsUpdate) -> web.Response:
+    gw = gateway(request)
+    changes = {
+        field: getattr(body, field)
+        for field in body.__struct_fields__
+        if getattr(body, field) is not msgspec.UNSET
+    }
+
+    def change(current: TranscodingSettings | None) -> TranscodingSettings:
+        return msgspec.structs.replace(
+            current or TranscodingSettings(), **changes, updated_at=time.time()
+        )
+
+    settings, _, _ = await gw.fleet.settings.change(SETTINGS_KEY, change)
+    return json_response(settings)
+
+
+@API.route(
+    "GET",
+    "/api/admin/transcoding/gpus",
+    access=Access.ADMIN,
+    tag=TAG,
+    summary="The GPUs the fleet sees, with their health",
+    response=FleetGpus,
+)
+async def list_gpus(request: web.Request) -> web.Response:
+    workers = await gateway(request).fleet.live_workers()
+    gpus = [
+        GpuView(worker=w.id, host=w.host, pool=w.pool, driver_version=w.gpu.driver_version, gpu=g)
+        for w in workers
+        if w.gpu is not None
+        for g in w.gpu.gpus
+    ]
+    nodes = [
+        NodeGpuState(
+            worker=w.id, host=w.host, pool=w.pool, gpu_state=w.gpu_state, gpu_reason=w.gpu_reason
+        )
+        for w in workers
+    ]
+    return json_response(FleetGpus(gpus=gpus, nodes=nodes))
+
+
+@API.route(
+    "GET",
+    "/api/admin/system/status",
+    access=Access.ADMIN,
+    tag=TAG,
+    summary="ffmpeg, capability probe and transcoder status",
+    response=SystemStatus,
+)
+async def system_status(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    workers = await gw.fleet.live_workers()
+    pipelines: dict[str, int] = {}
+    problems: list[str] = []
+    for w in workers:
+        for p in w.pipelines:
+            if p.offered:
+                pipelines[p.name] = pipelines.get(p.name, 0) + 1
+        if w.gpu_state == "bad":
+            problems.append(f"{w.id} ({w.host}) takes no GPU work: {w.gpu_reason}")
+        if not w.capabilities_ready:
+            problems.append(f"{w.id} ({w.host}) has not finished its capability probe")
+    if not workers:
+        status = "no_transcoders"
+        problems.append("No transcoder is running: jobs wait in the queue.")
+    else:
+        status = "degraded" if problems else "ok"
+    return json_response(
+        SystemStatus(
+            status=status,
+            transcoders=len(workers),
+            ffmpeg_versions=sorted({w.ffmpeg for w in workers if w.ffmpeg}),
+            capabilities_ready=sum(1 for w in workers if w.capabilities_ready),
+            pipelines=pipelines,
+            problems=problems,
+            gateway_uptime_s=round(time.time() - gw.started_at, 1),
+        )
+    )

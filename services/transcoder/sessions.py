@@ -1,0 +1,70 @@
+"""Transcode sessions: one KV record per attempt, kept for operators and bug reports (the source
+probe, the exact ffmpeg argv, the stderr tail, the output and the throughput over time)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+import structlog
+
+from services.transcoder.progress import ProgressReporter
+from shared.kv import TypedKV
+from shared.messages.fleet import SessionState, ThroughputSample, TranscodeSession
+from shared.natsio import describe
+
+log = structlog.get_logger("vidmesh.transcoder")
+
+SAMPLE_SECONDS = 2.0
+MAX_SAMPLES = 600  # beyond this the history is thinned to every other sample
+
+
+def session_id(key: str, generation: int, attempt: int) -> str:
+    return f"{key}-{generation}-{attempt}"
+
+
+class SessionRecorder:
+    """Keeps one session record current while its attempt runs; never fails the attempt."""
+
+    def __init__(
+        self, kv: TypedKV[TranscodeSession], session: TranscodeSession, reporter: ProgressReporter
+    ) -> None:
+        self.kv = kv
+        self.session = session
+        self.reporter = reporter
+        self._started = time.monotonic()
+
+    def update(self, **changes: Any) -> None:
+        self.session = msgspec.structs.replace(self.session, **changes, updated_at=time.time())
+
+    async def run(self) -> None:
+        """Write the record now, then add a throughput sample every SAMPLE_SECONDS."""
+        await self._write()
+        while True:
+            await asyncio.sleep(SAMPLE_SECONDS)
+            latest = self.reporter.latest
+            if latest.stage == "encoding" and (latest.fps or latest.speed):
+                samples = [
+                    *self.session.throughput,
+                    ThroughputSample(
+                        t=round(time.monotonic() - self._started, 1),
+                        fps=latest.fps,
+                        speed=latest.speed,
+                    ),
+                ]
+                if len(samples) > MAX_SAMPLES:
+                    samples = samples[::2]
+                self.update(throughput=samples)
+            await self._write()
+
+    async def finish(self, state: SessionState, **changes: Any) -> None:
+        self.update(state=state, ended_at=time.time(), **changes)
+        await self._write()
+
+    async def _write(self) -> None:
+        try:
+            await self.kv.put(self.session.id, self.session)
+        except Exception as exc:
+            log.debug("session.write_failed", **describe(exc))

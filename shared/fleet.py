@@ -1,0 +1,86 @@
+"""Reading and changing the fleet's KV records: pools, settings, live transcoders, sessions and
+capability probes. One place for the gateway, the scheduler and the transcoders."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+from nats.js.errors import NoKeysError
+
+from shared.kv import TypedKV
+from shared.media.presets import PresetSpec, within_ceilings
+from shared.messages.fleet import (
+    DEFAULT_POOL,
+    Capability,
+    Pool,
+    TranscodeSession,
+    TranscodingSettings,
+    WorkerInfo,
+)
+from shared.messages.records import LeaseSet
+from shared.natsio import Buckets
+
+SETTINGS_KEY = "transcoding"
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+class Fleet:
+    """Typed access to the fleet's buckets."""
+
+    def __init__(self, buckets: Buckets) -> None:
+        self.pools = TypedKV(buckets.pools, Pool)
+        self.settings = TypedKV(buckets.settings, TranscodingSettings)
+        self.workers = TypedKV(buckets.workers, WorkerInfo)
+        self.sessions = TypedKV(buckets.sessions, TranscodeSession)
+        self.capabilities = TypedKV(buckets.capabilities, Capability)
+        self.leases = TypedKV(buckets.leases, LeaseSet)
+
+    async def pool(self, pool_id: str) -> Pool | None:
+        """A pool by id; the default pool exists even before anyone configured it."""
+        found = await self.pools.get(pool_id)
+        if found is not None:
+            return found.value
+        return Pool(id=DEFAULT_POOL, concurrency=0) if pool_id == DEFAULT_POOL else None
+
+    async def all_pools(self) -> list[Pool]:
+        """Every pool, the default one first."""
+        pools = {p.id: p for p in await _values(self.pools)}
+        pools.setdefault(DEFAULT_POOL, Pool(id=DEFAULT_POOL, concurrency=0))
+        return sorted(pools.values(), key=lambda p: (p.id != DEFAULT_POOL, p.id))
+
+    async def transcoding_settings(self) -> TranscodingSettings:
+        found = await self.settings.get(SETTINGS_KEY)
+        return found.value if found else TranscodingSettings()
+
+    async def within_ceilings(self, spec: PresetSpec) -> PresetSpec:
+        """A new job's spec, capped to the fleet's quality ceilings."""
+        settings = await self.transcoding_settings()
+        return within_ceilings(
+            spec,
+            max_height=settings.max_height,
+            max_video_bitrate_kbps=settings.max_video_bitrate_kbps,
+        )
+
+    async def live_workers(self) -> list[WorkerInfo]:
+        return sorted(await _values(self.workers), key=lambda w: (w.pool, w.host, w.id))
+
+    async def all_sessions(self) -> list[TranscodeSession]:
+        return sorted(await _values(self.sessions), key=lambda s: -s.started_at)
+
+    async def leases_of(self, pool_id: str) -> LeaseSet:
+        found = await self.leases.get(pool_id)
+        return found.value if found else LeaseSet(pool=pool_id)
+
+
+async def _values(kv: TypedKV[T]) -> list[T]:
+    try:
+        keys = await kv.kv.keys()
+    except NoKeysError:
+        return []
+    found = []
+    for key in keys:
+        entry = await kv.get(key)
+        if entry is not None:
+            found.append(entry.value)
+    return found
