@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import TypeVar
 
 import msgspec
-from nats.js.errors import NoKeysError
 
 from shared.kv import TypedKV
 from shared.media.presets import PresetSpec, within_ceilings
@@ -74,12 +73,8 @@ class Fleet:
 
 
 async def _values(kv: TypedKV[T]) -> list[T]:
-    try:
-        keys = await kv.kv.keys()
-    except NoKeysError:
-        return []
     found = []
-    for key in keys:
+    for key in await kv.keys():
         entry = await kv.get(key)
         if entry is not None:
             found.append(entry.value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -46,6 +46,16 @@ class TypedKV(Generic[T]):
 
     def encode(self, value: T) -> bytes:
         return self._encoder.encode(value)
+
+    async def keys(self) -> list[str]:
+        """Every key with a value or a tombstone (get() tells them apart), read from the stream's
+        subject index in one request. nats-py's `keys()` builds a watcher and may report an
+        empty bucket while a key is being rewritten; this cannot."""
+        kv: Any = self.kv
+        prefix: str = kv._pre
+        info = await kv._js.stream_info(kv._stream, subjects_filter=f"{prefix}>")
+        subjects = info.state.subjects or {}
+        return sorted(subject[len(prefix) :] for subject in subjects)
 
     async def get(self, key: str) -> Versioned[T] | None:
         try:

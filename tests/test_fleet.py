@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from services.transcoder.node import NodeState
 from shared.media import default_ffmpeg
 from shared.media.capabilities import CapabilityCache, CapabilityCheck
 from tests.conftest import ADMIN_PASSWORD, ALICE
@@ -320,3 +321,24 @@ async def test_quality_ceilings_cap_new_jobs_at_once(
     ]
     assert argv[argv.index("-maxrate") + 1] == "500000"
     assert "144" in argv[argv.index("-vf") + 1]
+
+
+async def test_nvenc_out_of_sessions_pauses_gpu_encoding_without_a_reprobe(tmp_path: Path) -> None:
+    cache = CapabilityCache(tmp_path / "c.json", default_ffmpeg(), checks=[("libx264", "encoder")])
+    probed = await cache.get()
+    nvenc = CapabilityCheck(name="h264_nvenc", kind="encoder", ok=True)
+    (tmp_path / "c.json").write_bytes(
+        msgspec.json.encode(msgspec.structs.replace(probed, checks=[*probed.checks, nvenc]))
+    )
+    node = NodeState(
+        CapabilityCache(tmp_path / "c.json", default_ffmpeg()), pool="p", worker_id="w"
+    )
+    node.capabilities = await node.cache.get()
+    assert "h264_nvenc" in node.working()
+    node.full_for_now("nvenc", "NVENC has no free session", seconds=30)
+    assert "h264_nvenc" not in node.working() and "libx264" in node.working()
+    states = {p.name: p for p in node.pipelines()}
+    assert states["nvenc"].offered is False and "no free session" in states["nvenc"].reason
+    assert states["cpu"].offered is True
+    node.full_for_now("nvenc", "NVENC has no free session", seconds=0)
+    assert "h264_nvenc" in node.working()  # offered again, no re-probe needed

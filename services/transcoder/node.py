@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import msgspec
 import structlog
@@ -20,6 +21,8 @@ from shared.natsio import describe
 log = structlog.get_logger("vidmesh.transcoder")
 
 GPU_PIPELINES = ("nvenc", "nvdec")
+# how long a pipeline that ran out of room (NVENC sessions) is not offered
+FULL_SECONDS = 60.0
 # the checks whose failure explains why a pipeline is not there
 PIPELINE_NEEDS = {
     "nvenc": ("h264_nvenc", "cuda"),
@@ -41,6 +44,8 @@ class NodeState:
         self.gpu: GpuReport | None = None
         self.capabilities: Capabilities | None = None
         self._probing: asyncio.Task[None] | None = None
+        # pipeline -> (until, why): full for now (NVENC out of sessions), not broken
+        self._full: dict[str, tuple[float, str]] = {}
         self._rpc: Subscription | None = None
 
     async def start(self, nc: NATS, subject: str) -> None:
@@ -103,10 +108,13 @@ class NodeState:
             return [PipelineState(name="cpu", offered=True, reason="capability probe running")]
         state, reason = self.gpu_state()
         found = self.capabilities.pipelines()
+        full = self._full_now()
         offered = []
         for name in found:
             if name in GPU_PIPELINES and state == "bad":
                 offered.append(PipelineState(name=name, offered=False, reason=reason))
+            elif name in full:
+                offered.append(PipelineState(name=name, offered=False, reason=full[name]))
             else:
                 offered.append(PipelineState(name=name, offered=True))
         failed = self.capabilities.failed()
@@ -123,7 +131,20 @@ class NodeState:
         working = self.capabilities.working()
         if self.gpu_state()[0] == "bad":
             working = frozenset(n for n in working if "nvenc" not in n and "cuda" not in n)
+        if "nvenc" in self._full_now():
+            working = frozenset(n for n in working if not n.endswith("_nvenc"))
         return working
+
+    def full_for_now(self, name: str, reason: str, seconds: float = FULL_SECONDS) -> None:
+        """The pipeline has no room right now (NVENC out of sessions): not offered for a while,
+        then offered again without a re-probe."""
+        self._full[name] = (time.monotonic() + seconds, reason)
+        log.warning("pipeline.full", name=name, reason=reason, seconds=seconds)
+
+    def _full_now(self) -> dict[str, str]:
+        now = time.monotonic()
+        self._full = {k: v for k, v in self._full.items() if v[0] > now}
+        return {k: why for k, (_, why) in self._full.items()}
 
     def disable(self, name: str, reason: str) -> None:
         """A pipeline step failed mid-job: stop offering it until the next probe."""

@@ -283,7 +283,9 @@ class WorkRunner:
             except HardwareFailed as exc:
                 # The job goes on without the GPU. The node offers that pipeline no more until
                 # re-probed, unless NVENC only ran out of sessions (the node is full, not broken).
-                if not exc.sessions_exhausted:
+                if exc.sessions_exhausted:
+                    self.node.full_for_now(choice.name, "NVENC has no free session")
+                else:
                     self.node.disable(choice.name, exc.reason)
                 log.warning("pipeline.fell_back", pipeline=choice.name, reason=exc.reason)
                 session.update(fell_back_from=choice.name, stderr_tail=scrub(exc.stderr_tail))

@@ -16,7 +16,6 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import NoKeysError
 
 from services.transcoder.config import TranscoderSettings
 from services.transcoder.node import NodeState
@@ -148,11 +147,7 @@ class Transcoder(Service):
         Without this it would wait for ack_wait; a transcoder restarted by `vidmesh up` after a
         crash finds its predecessor's work this way.
         """
-        try:
-            keys = await self.store.renditions.kv.keys()
-        except NoKeysError:
-            return
-        for key in keys:
+        for key in await self.store.renditions.keys():
             found = await self.store.renditions.get(key)
             r = found.value if found else None
             if r is None or r.state is not RenditionState.RUNNING or not r.ack_subject:
