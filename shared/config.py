@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -39,6 +39,8 @@ class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_format: str = "auto"
     # JetStream replicas for streams and buckets (3 on a clustered NATS).
     replicas: int = 1
+    # How long the events stream keeps events (replay, SSE Last-Event-ID, webhooks catch-up).
+    events_retention_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 7.0
     # Where local blobs (finished outputs) live when the blob store is a local directory.
     data_dir: str = ".vidmesh"
     # Folders whose files may be sources, separated by commas (none: only URLs).

@@ -25,6 +25,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
+from shared.config import CommonSettings
 from shared.messages import commands, events
 from shared.subjects import Names
 
@@ -174,6 +175,11 @@ class Buckets:
     capabilities: KeyValue
 
 
+def retention_of(settings: CommonSettings) -> Retention:
+    """What the deployment's settings say JetStream keeps."""
+    return Retention(events_max_age=settings.events_retention_days * DAY)
+
+
 async def ensure_topology(
     js: JetStreamContext,
     names: Names,
@@ -186,7 +192,11 @@ async def ensure_topology(
     for config in _streams(names, replicas, retention):
         assert config.name is not None
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
+            if config.name == names.events_stream and info.config.max_age != config.max_age:
+                # retention is configuration: an operator's change applies to the stream
+                await js.update_stream(info.config.evolve(max_age=config.max_age))
+                log.info("nats.events_retention", days=round((config.max_age or 0) / DAY, 2))
         except NotFoundError:
             try:
                 await js.add_stream(config)

@@ -6,6 +6,7 @@ with an id derived from the record's key and new revision, so a retried publish 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import structlog
@@ -17,6 +18,8 @@ from shared.messages.records import JobRecord, Progress, Rendition
 from shared.natsio import Buckets, describe, publish_event
 from shared.projection import Projection
 from shared.subjects import Names
+
+_EMIT_RETRY_DELAYS = (0.1, 0.5, 2.0)
 
 log = structlog.get_logger("vidmesh.records")
 
@@ -37,11 +40,17 @@ class RecordStore:
         self.rendition_view: Projection[Rendition] | None = None
 
     async def emit(self, event: events.Event) -> None:
-        """Publish an event; a failure is logged, never raised (the change is already stored)."""
-        try:
-            await publish_event(self.js, self.names, event)
-        except Exception as exc:
-            log.error("event.publish_failed", event_id=event.event_id, **describe(exc))
+        """Publish an event, retrying briefly; a failure is logged, never raised (the change is
+        already stored, and the scheduler re-publishes a job event that never made it)."""
+        for delay in (*_EMIT_RETRY_DELAYS, None):
+            try:
+                await publish_event(self.js, self.names, event)
+                return
+            except Exception as exc:
+                if delay is None:
+                    log.error("event.publish_failed", event_id=event.event_id, **describe(exc))
+                    return
+                await asyncio.sleep(delay)
 
     async def create_job(self, job: JobRecord) -> int:
         """Store a new job (its id must be new) and announce it."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from shared import stores
+from shared import asyncapi, stores
 from shared.messages import accounts, commands, events, fleet, records, rpc, work
 
 DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
@@ -76,6 +76,7 @@ EXTRA: dict[str, Callable[[], str]] = {}
 def generate() -> dict[str, str]:
     """File name -> contents, for every schema document."""
     documents = {name: render(title, types) for name, (title, types) in DOCUMENTS.items()}
+    documents["asyncapi.json"] = asyncapi.render()
     documents.update({name: make() for name, make in EXTRA.items()})
     return documents
 

@@ -3,14 +3,21 @@ what the documentation says, sources that are the same media share one key."""
 
 from __future__ import annotations
 
+import json
+import typing
 from pathlib import Path
 
-from shared import schemas
+import jsonschema_rs
+import msgspec
+
+from shared import asyncapi, schemas
 from shared.messages import events
 from shared.messages.records import JobStatus
 from shared.natsio import _event_subject
 from shared.sources import rebase_on_jellyfin, redact, rendition_key
 from shared.subjects import Names
+
+REPO = Path(__file__).resolve().parent.parent
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -27,6 +34,26 @@ def test_drift_is_detected_when_a_file_differs(tmp_path: Path) -> None:
     schemas.write(tmp_path)
     (tmp_path / "events.json").write_text("{}\n")
     assert schemas.drift(tmp_path) == ["events.json"]
+
+
+def test_the_asyncapi_document_is_valid_asyncapi_3_and_lists_every_event() -> None:
+    """Checked against the official AsyncAPI 3.0.0 JSON Schema (npm @asyncapi/specs)."""
+    spec = REPO / "node_modules" / "@asyncapi" / "specs" / "schemas" / "3.0.0-without-$id.json"
+    assert spec.is_file(), "run `npm ci` (python3 run.py test does) for @asyncapi/specs"
+    validator = jsonschema_rs.validator_for(json.loads(spec.read_text()))
+    document = asyncapi.document()
+    assert [str(e) for e in validator.iter_errors(document)] == []
+    broken = {**document, "channels": {"x": {"address": 5}}}
+    assert not validator.is_valid(broken)  # the check can fail
+    tags = {m["name"] for m in document["components"]["messages"].values()}
+    assert tags == {_tag(cls) for cls in typing.get_args(events.AnyEvent)}
+    assert document["channels"]["jobEvents"]["address"] == "{namespace}.evt.job.{jobId}.{kind}"
+
+
+def _tag(cls: type) -> str:
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return str(info.tag)
 
 
 def test_every_event_type_is_in_the_published_schema() -> None:

@@ -42,7 +42,7 @@ from shared.messages.accounts import (
     UsernameClaim,
 )
 from shared.messages.records import StorageSummary, Totals
-from shared.natsio import ensure_topology
+from shared.natsio import ensure_topology, retention_of
 from shared.projection import Projection
 from shared.recordstore import RecordStore
 from shared.stores import Sealer, Stores, UserStore
@@ -78,7 +78,12 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         names = Names(settings.namespace)
         js = nc.jetstream()
-        buckets = await ensure_topology(js, names, replicas=settings.replicas)
+        buckets = await ensure_topology(
+            js,
+            names,
+            replicas=settings.replicas,
+            retention=retention_of(settings),
+        )
         records = RecordStore(js, names, buckets)
         jobs = Projection(records.jobs, "gateway.jobs", nc=nc)
         progress = Projection(records.progress, "gateway.progress", nc=nc)

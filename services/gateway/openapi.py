@@ -13,6 +13,7 @@ from aiohttp import web
 
 from services.gateway.api import API, Access, Operation
 from services.gateway.views import ErrorEnvelope
+from shared import asyncapi
 
 TITLE = "vidmesh native API"
 VERSION = "1.0.0"
@@ -151,3 +152,14 @@ def render() -> str:
 @API.route("GET", "/api/openapi.json", access=Access.PUBLIC, tag="meta", summary="This document")
 async def openapi_json(request: web.Request) -> web.Response:
     return web.json_response(document())
+
+
+@API.route(
+    "GET",
+    "/api/asyncapi.json",
+    access=Access.PUBLIC,
+    tag="meta",
+    summary="The AsyncAPI 3.0 document of the NATS event contract",
+)
+async def asyncapi_json(request: web.Request) -> web.Response:
+    return web.json_response(asyncapi.document())

@@ -17,13 +17,14 @@ from services.scheduler.access import AccessCheck
 from services.scheduler.commands import CommandHandler
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.dispatch import Dispatcher
+from services.scheduler.events_repair import EventRepair
 from services.scheduler.reconcile import Reconciler
 from services.scheduler.view import View
 from shared.consumer import Consumer, SlotLoops
 from shared.kv import TypedKV
 from shared.messages.fleet import Pool, TranscodingSettings
 from shared.messages.records import JobRecord, LeaseSet, Rendition
-from shared.natsio import describe, ensure_topology
+from shared.natsio import describe, ensure_topology, retention_of
 from shared.projection import Projection
 from shared.recordstore import RecordStore
 from shared.runtime import Service
@@ -49,7 +50,12 @@ class Scheduler(Service):
 
     async def start(self) -> None:
         js = self.nc.jetstream()
-        buckets = await ensure_topology(js, self.names, replicas=self.settings.replicas)
+        buckets = await ensure_topology(
+            js,
+            self.names,
+            replicas=self.settings.replicas,
+            retention=retention_of(self.settings),
+        )
         self.store = RecordStore(js, self.names, buckets)
         self.jobs = Projection(self.store.jobs, "scheduler.jobs", nc=self.nc)
         self.renditions = Projection(self.store.renditions, "scheduler.renditions", nc=self.nc)
@@ -59,6 +65,7 @@ class Scheduler(Service):
         self.renditions.listen(self._rendition_changed)
         await self.jobs.start()
         await self.renditions.start()
+        self.event_repair = EventRepair(js, self.names, self.jobs)
         self.access = AccessCheck()
         self.reconciler = Reconciler(self.store, self.view, self.settings, self.access)
         self.pools = Projection(TypedKV(buckets.pools, Pool), "scheduler.pools", nc=self.nc)
@@ -123,6 +130,7 @@ class Scheduler(Service):
                 self._dirty_jobs.update(key for key, _ in self.jobs.items())
                 self._dirty_renditions.update(key for key, _ in self.renditions.items())
                 next_sweep = time.monotonic() + self.settings.sweep_interval
+                await self.event_repair.run_once()
             try:
                 await self.reconcile_pass()
             except asyncio.CancelledError:

@@ -16,7 +16,7 @@ from shared.consumer import Consumer, Outcome, SlotLoops
 from shared.kv import TypedKV
 from shared.messages import events as ev
 from shared.messages.records import Totals
-from shared.natsio import ensure_topology
+from shared.natsio import ensure_topology, retention_of
 from shared.runtime import Service
 from shared.subjects import Names
 
@@ -65,7 +65,12 @@ class Statistics(Service):
 
     async def start(self) -> None:
         js = self.nc.jetstream()
-        buckets = await ensure_topology(js, self.names, replicas=self.settings.replicas)
+        buckets = await ensure_topology(
+            js,
+            self.names,
+            replicas=self.settings.replicas,
+            retention=retention_of(self.settings),
+        )
         self.totals = TypedKV(buckets.stats, Totals)
         consumer = Consumer.durable(
             self.names.events_stream,

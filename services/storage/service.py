@@ -20,7 +20,7 @@ from shared.kv import TypedKV
 from shared.messages import commands as cmd
 from shared.messages import events
 from shared.messages.records import Rendition, RenditionState, StorageSummary
-from shared.natsio import describe, ensure_topology, publish_event
+from shared.natsio import describe, ensure_topology, publish_event, retention_of
 from shared.projection import Projection
 from shared.runtime import Service
 from shared.storeconfig import open_store
@@ -49,7 +49,12 @@ class Storage(Service):
 
     async def start(self) -> None:
         self.js = self.nc.jetstream()
-        buckets = await ensure_topology(self.js, self.names, replicas=self.settings.replicas)
+        buckets = await ensure_topology(
+            self.js,
+            self.names,
+            replicas=self.settings.replicas,
+            retention=retention_of(self.settings),
+        )
         self.summary = TypedKV(buckets.storage, StorageSummary)
         self.renditions = Projection(
             TypedKV(buckets.renditions, Rendition), "storage.renditions", nc=self.nc

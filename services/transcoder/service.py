@@ -29,7 +29,7 @@ from shared.media.capabilities import CapabilityCache
 from shared.messages import rpc
 from shared.messages.fleet import WorkerInfo
 from shared.messages.records import RenditionState
-from shared.natsio import describe, ensure_topology
+from shared.natsio import describe, ensure_topology, retention_of
 from shared.recordstore import RecordStore
 from shared.runtime import Service
 from shared.sources import check_local_source, is_object_uri
@@ -88,7 +88,12 @@ class Transcoder(Service):
 
     async def start(self) -> None:
         js = self.nc.jetstream()
-        buckets = await ensure_topology(js, self.names, replicas=self.settings.replicas)
+        buckets = await ensure_topology(
+            js,
+            self.names,
+            replicas=self.settings.replicas,
+            retention=retention_of(self.settings),
+        )
         self.store = RecordStore(js, self.names, buckets)
         self.workers = TypedKV(buckets.workers, WorkerInfo)
         self.stores = Stores(

@@ -1,0 +1,83 @@
+"""No lost job events: a process that stores a job change and dies before publishing its event
+leaves the change without its event. The scheduler sees every change through its job projection;
+once a job has stayed at a revision for a little while, it checks that the event for that revision
+is in the stream and publishes it if not (de-duplicated by its `Nats-Msg-Id` if it raced the
+writer). Waiting until the job is still at that revision keeps events in order per job: no later
+event of the job can exist yet.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from shared.messages import events
+from shared.messages.records import JobRecord, JobStatus
+from shared.natsio import describe, publish_event
+from shared.projection import Projection
+from shared.subjects import Names
+
+log = structlog.get_logger("vidmesh.scheduler")
+
+# A revision this old (seconds) that has no event yet lost it.
+SETTLE_SECONDS = 3.0
+# Changes older than this were checked already, or predate this scheduler.
+WINDOW_SECONDS = 600.0
+
+
+class EventRepair:
+    """Publishes the event of a job revision whose writer died before publishing it."""
+
+    def __init__(self, js: JetStreamContext, names: Names, jobs: Projection[JobRecord]) -> None:
+        self.js = js
+        self.names = names
+        self.jobs = jobs
+        self._checked: dict[str, int] = {}  # job id -> revision whose event is known to exist
+
+    async def run_once(self) -> int:
+        """Check every settled, unchecked revision; returns how many events were re-published."""
+        now = time.time()
+        repaired = 0
+        live = set()
+        for job_id, job in self.jobs.items():
+            live.add(job_id)
+            versioned = self.jobs.versioned(job_id)
+            if versioned is None or self._checked.get(job_id) == versioned.revision:
+                continue
+            age = now - job.updated_at
+            if age < SETTLE_SECONDS or age > WINDOW_SECONDS:
+                continue
+            try:
+                if await self._missing(job, versioned.revision):
+                    await publish_event(self.js, self.names, _event(job, versioned.revision))
+                    repaired += 1
+                    log.warning("event.repaired", job_id=job_id, revision=versioned.revision)
+            except Exception as exc:
+                log.debug("event.repair_failed", job_id=job_id, **describe(exc))
+                continue
+            self._checked[job_id] = versioned.revision
+        for gone in set(self._checked) - live:
+            del self._checked[gone]
+        return repaired
+
+    async def _missing(self, job: JobRecord, revision: int) -> bool:
+        event = _event(job, revision)
+        subject = self.names.job_event(job.id, events.kind_of(event))
+        try:
+            last = await self.js.get_last_msg(self.names.events_stream, subject)
+        except NotFoundError:
+            return True
+        found = events.DECODER.decode(last.data or b"{}")
+        return not isinstance(found, events.JobEvent) or found.revision < revision
+
+
+def _event(job: JobRecord, revision: int) -> events.JobEvent:
+    # a job never changed since it was stored reads as accepted
+    created = job.updated_at == job.created_at and job.status in (
+        JobStatus.QUEUED,
+        JobStatus.PAUSED,
+    )
+    return events.job_event(job, revision, created=created)

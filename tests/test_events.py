@@ -1,0 +1,79 @@
+"""The event contract as subscribers see it: the AsyncAPI document served by the gateway, and the
+events stream's retention taken from configuration."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+from nats.js.errors import NotFoundError
+
+from shared.natsio import DAY
+from tests.conftest import ALICE
+from tests.helpers import Client, System, eventually, start_system, stop_system
+from tests.jellyfin_standin import JellyfinStandIn
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def test_the_gateway_serves_the_committed_asyncapi_document(
+    system: System, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{system.url}/api/asyncapi.json") as response:
+        assert response.status == 200
+        served = await response.json()
+    assert served == json.loads((REPO / "schemas" / "asyncapi.json").read_text())
+    assert served["asyncapi"] == "3.0.0"
+
+
+async def test_event_retention_comes_from_configuration_and_follows_a_change(
+    env: dict[str, str],
+) -> None:
+    system = await start_system({**env, "VIDMESH_EVENTS_RETENTION_DAYS": "2"}, "scheduler")
+    try:
+        js = system.nc.jetstream()
+        info = await js.stream_info(system.names.events_stream)
+        assert info.config.max_age == 2 * DAY
+        # an operator raises it: the next service to start applies it to the stream
+        await system.stop()
+        changed = await start_system({**env, "VIDMESH_EVENTS_RETENTION_DAYS": "30"}, "statistics")
+        try:
+            info = await js.stream_info(system.names.events_stream)
+            assert info.config.max_age == 30 * DAY
+        finally:
+            await changed.stop()
+            await changed.nc.close()
+    finally:
+        await stop_system(system)
+
+
+async def test_a_job_change_whose_writer_died_before_publishing_still_gets_its_event(
+    system: System, alice: Client, jellyfin: JellyfinStandIn
+) -> None:
+    job_id = await alice.submit(jellyfin.stream_url("fits", ALICE))
+    assert (await alice.wait_status(job_id, "completed"))["status"] == "completed"
+    # A writer stores a change and dies before it publishes the event
+    jobs = system.scheduler.store.jobs
+    found = await jobs.get(job_id)
+    assert found is not None
+    changed = msgspec.structs.replace(
+        found.value, downloaded_at=time.time(), updated_at=time.time() - 5
+    )
+    revision = await jobs.update(job_id, changed, found.revision)
+    js = system.nc.jetstream()
+    subject = system.names.job_event(job_id, "completed")
+
+    async def published() -> dict[str, Any] | None:
+        try:
+            last = await js.get_last_msg(system.names.events_stream, subject)
+        except NotFoundError:
+            return None
+        event: dict[str, Any] = json.loads(last.data or b"{}")
+        return event if event["revision"] == revision else None
+
+    event = await eventually(published, timeout=20)
+    assert event["event_id"] == f"job:{job_id}:{revision}" and event["owner"]
