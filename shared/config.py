@@ -39,6 +39,9 @@ class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_format: str = "auto"
     # JetStream replicas for streams and buckets (3 on a clustered NATS).
     replicas: int = 1
+    # Port of this process's /metrics (Prometheus), /livez and /readyz; 0: none (`vidmesh up`
+    # gives every service its own and prints them).
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     # How long the events stream keeps events (replay, SSE Last-Event-ID, webhooks catch-up).
     events_retention_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 7.0
     # Where local blobs (finished outputs) live when the blob store is a local directory.

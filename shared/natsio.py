@@ -27,6 +27,7 @@ from nats.js.kv import KeyValue
 
 from shared.config import CommonSettings
 from shared.messages import commands, events
+from shared.metrics import NATS_RECONNECTS
 from shared.subjects import Names
 
 log = structlog.get_logger("vidmesh.nats")
@@ -65,6 +66,7 @@ async def connect(url: str, name: str) -> NATS:
             log.warning("nats.disconnected")
 
     async def on_reconnect() -> None:
+        NATS_RECONNECTS.labels(name).inc()
         log.info("nats.reconnected")
 
     nc = await nats.connect(

@@ -21,6 +21,7 @@ from nats.aio.client import Client as NATS
 from shared import config
 from shared import logging as vlog
 from shared.config import CommonSettings, masked
+from shared.metrics import MetricsServer
 from shared.natsio import connect
 
 log = structlog.get_logger("vidmesh.runtime")
@@ -43,6 +44,10 @@ class Service:
 
     async def stop(self) -> None:
         """Stop intake, finish or hand back in-flight work (override)."""
+
+    def ready(self) -> bool:
+        """Whether the service does its job now (override for more than "started")."""
+        return True
 
     async def shutdown(self) -> None:
         """Idempotent; every caller returns once the service has stopped."""
@@ -84,15 +89,24 @@ async def serve(
     stop = asyncio.Event()
     install_stop_signals(stop)
     log.info("service.starting", service=name, settings=masked(settings))
+    metrics = MetricsServer(settings.metrics_port) if settings.metrics_port else None
+    if metrics is not None:
+        await metrics.start()  # alive from here; ready once the service is
     nc = await connect(settings.nats_url, f"vidmesh-{name}")
     started = time.monotonic()
     try:
         service = await build(nc)
         async with service:
+            if metrics is not None:
+                metrics.ready = lambda: nc.is_connected and service.ready()
             log.info("service.ready", service=name)
             await stop.wait()
             log.info("service.stopping", service=name)
+            if metrics is not None:
+                metrics.ready = lambda: False
     finally:
+        if metrics is not None:
+            await metrics.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.drain(), 10)
         log.info("service.stopped", service=name, uptime_s=round(time.monotonic() - started, 1))

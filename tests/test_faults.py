@@ -539,3 +539,60 @@ async def test_poison_command_is_dropped(
     job = await alice.wait_status(job_id, "completed", "failed", timeout=30)
     assert job["status"] == "completed", (job, d.report())
     await assert_downloads(alice, job_id)
+
+
+async def test_every_service_exposes_prometheus_metrics_and_health_on_its_own_port(
+    deploy: Callable[..., Deployment],
+    nats_server: NatsServer,
+    jellyfin: JellyfinStandIn,
+    http: aiohttp.ClientSession,
+) -> None:
+    d = deploy(nats_server.url)
+    ports = {name: free_port() for name in ("transcoder", *OTHER_SERVICES)}
+    for name, port in ports.items():
+        d.launch(name, VIDMESH_METRICS_PORT=str(port))
+    for process in d.processes:
+        await d.ready(process)
+
+    async def scrape(name: str) -> str:
+        async with http.get(f"http://127.0.0.1:{ports[name]}/metrics") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain")
+            return await response.text()
+
+    for name, port in ports.items():
+        async with http.get(f"http://127.0.0.1:{port}/livez") as response:
+            assert response.status == 200, name
+
+        async def ready(port: int = port) -> bool:
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                return response.status == 200
+
+        await eventually(ready, timeout=20, what=f"{name} /readyz")
+
+    alice = Client(http, d.url, ALICE)
+    job_id = await alice.submit(jellyfin.stream_url("fits", ALICE))
+    assert (await alice.wait_status(job_id, "completed"))["status"] == "completed"
+    body = await assert_downloads(alice, job_id)
+
+    def sample(text: str, line_start: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(line_start):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    async def scheduler_counted() -> str | None:
+        text = await scrape("scheduler")
+        done = sample(text, 'vidmesh_job_duration_seconds_count{outcome="completed"}') == 1
+        return text if done and sample(text, 'vidmesh_jobs{status="completed"}') == 1 else None
+
+    text = await eventually(scheduler_counted, timeout=20, what="the scheduler's job metrics")
+    assert sample(text, "vidmesh_job_queue_wait_seconds_count") == 1
+    assert 'vidmesh_queue_depth{pool="default"} 0.0' in text
+    assert "vidmesh_work_consumer_pending" in text
+    transcoder = await scrape("transcoder")
+    assert sample(transcoder, 'vidmesh_transcodes_total{outcome="succeeded",pool="default"}') == 1
+    assert "vidmesh_transcoder_slots_busy" in transcoder
+    gateway = await scrape("gateway")
+    assert sample(gateway, 'vidmesh_download_bytes_total{store="local"}') >= len(body)
+    assert "vidmesh_nats_reconnects_total" in gateway

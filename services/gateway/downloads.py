@@ -21,6 +21,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from services.gateway.state import Gateway
 from shared import jobstate
+from shared import metrics as m
 from shared.blobstore import BlobStore
 from shared.errors import Conflict, NotFound
 from shared.media import get_container
@@ -108,9 +109,11 @@ async def _stream_remote(
     if wanted is not None:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     await response.prepare(request)
+    _count(response.status, 0, "object")
     if request.method != "HEAD" and end > start:
         async for chunk in store.read_range(output.blob, start, end):
             await response.write(chunk)
+            m.BYTES_SERVED.labels("object").inc(len(chunk))
     await response.write_eof()
     return response
 
@@ -147,7 +150,15 @@ class _OutputResponse(web.FileResponse):
     """FileResponse with RFC 9110 If-Range for entity tags too (aiohttp only compares dates)."""
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        return await super().prepare(_without_stale_range(request, self._path))
+        writer = await super().prepare(_without_stale_range(request, self._path))
+        _count(self.status, 0 if request.method == "HEAD" else self.content_length, "local")
+        return writer
+
+
+def _count(status: int, sent: int | None, store: str) -> None:
+    m.DOWNLOADS.labels(str(status)).inc()
+    if status in (200, 206) and sent:
+        m.BYTES_SERVED.labels(store).inc(sent)
 
 
 def _without_stale_range(request: web.BaseRequest, path: Path) -> web.BaseRequest:

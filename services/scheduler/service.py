@@ -18,6 +18,7 @@ from services.scheduler.commands import CommandHandler
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.events_repair import EventRepair
+from services.scheduler.metrics import observe_job, sample_forever
 from services.scheduler.reconcile import Reconciler
 from services.scheduler.view import View
 from shared.consumer import Consumer, SlotLoops
@@ -45,6 +46,7 @@ class Scheduler(Service):
         self._dirty_renditions: set[str] = set()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
         self._loops: SlotLoops | None = None
         self.passes = 0
 
@@ -97,6 +99,9 @@ class Scheduler(Service):
             js, "scheduler.commands", handler, slots=self.settings.command_slots
         )
         self._loop_task = asyncio.create_task(self._reconcile_forever(), name="scheduler.reconcile")
+        self._metrics_task = asyncio.create_task(
+            sample_forever(js, self.names, self.view), name="scheduler.metrics"
+        )
         log.info(
             "scheduler.started",
             jobs=len(self.jobs),
@@ -105,6 +110,7 @@ class Scheduler(Service):
         )
 
     def _job_changed(self, key: str, old: JobRecord | None, new: JobRecord | None) -> None:
+        observe_job(old, new)
         self._dirty_jobs.add(key)
         for record in (old, new):
             if record is not None and record.rendition:
@@ -164,6 +170,10 @@ class Scheduler(Service):
     async def stop(self) -> None:
         if self._loops is not None:
             await self._loops.close(grace=5.0)
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._metrics_task
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -13,9 +13,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from shared import metrics as m
 from shared.gpu import GpuMonitor, GpuReport
 from shared.media.capabilities import Capabilities, CapabilityCache
-from shared.messages.fleet import Capability, GpuState, PipelineState
+from shared.messages.fleet import Capability, GpuState, PipelineState, WorkerInfo
 from shared.natsio import describe
 
 log = structlog.get_logger("vidmesh.transcoder")
@@ -160,3 +161,21 @@ class NodeState:
     @property
     def ready(self) -> bool:
         return self.capabilities is not None
+
+
+def export_worker(info: WorkerInfo) -> None:
+    """Prometheus gauges from a heartbeat: slots in use and each GPU's health."""
+    m.SLOTS_BUSY.labels(info.id, info.pool).set(info.busy)
+    for gpu in info.gpu.gpus if info.gpu else []:
+        labels = (info.id, str(gpu.index))
+        for gauge, value, scale in (
+            (m.GPU_UTILIZATION, gpu.utilization_pct, 0.01),
+            (m.GPU_ENCODER_UTILIZATION, gpu.encoder_utilization_pct, 0.01),
+            (m.GPU_DECODER_UTILIZATION, gpu.decoder_utilization_pct, 0.01),
+            (m.GPU_MEMORY_USED, gpu.memory_used_bytes, 1),
+            (m.GPU_TEMPERATURE, gpu.temperature_c, 1),
+            (m.GPU_POWER, gpu.power_w, 1),
+        ):
+            if value is not None:
+                gauge.labels(*labels).set(value * scale)
+        m.GPU_HEALTHY.labels(*labels).set(1 if gpu.healthy else 0)

@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.transcoder.config import TranscoderSettings
-from services.transcoder.node import NodeState
+from services.transcoder.node import NodeState, export_worker
 from services.transcoder.runner import WorkRunner
 from shared.consumer import Consumer, SlotLoops
 from shared.errors import BadRequest, SourceError, StoreError
@@ -190,6 +190,10 @@ class Transcoder(Service):
                 if folder != self.scratch and now - folder.stat().st_mtime > STALE_SCRATCH_SECONDS:
                     shutil.rmtree(folder, ignore_errors=True)
 
+    def ready(self) -> bool:
+        """Ready to take work the best way it can: its capability probe is done."""
+        return self.node.ready
+
     def info(self) -> WorkerInfo:
         busy = self._loops.busy if self._loops else 0
         gpu_state, gpu_reason = self.node.gpu_state()
@@ -217,7 +221,9 @@ class Transcoder(Service):
         while True:
             try:
                 await self.node.read_gpu()
-                await self.workers.put(self.worker_id, self.info())
+                info = self.info()
+                await self.workers.put(self.worker_id, info)
+                export_worker(info)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

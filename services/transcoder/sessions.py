@@ -11,6 +11,7 @@ import msgspec
 import structlog
 
 from services.transcoder.progress import ProgressReporter
+from shared import metrics as m
 from shared.kv import TypedKV
 from shared.messages.fleet import SessionState, ThroughputSample, TranscodeSession
 from shared.natsio import describe
@@ -45,6 +46,8 @@ class SessionRecorder:
         while True:
             await asyncio.sleep(SAMPLE_SECONDS)
             latest = self.reporter.latest
+            m.FFMPEG_FPS.labels(self.session.worker).set(latest.fps or 0)
+            m.FFMPEG_SPEED.labels(self.session.worker).set(latest.speed or 0)
             if latest.stage == "encoding" and (latest.fps or latest.speed):
                 samples = [
                     *self.session.throughput,
@@ -61,6 +64,9 @@ class SessionRecorder:
 
     async def finish(self, state: SessionState, **changes: Any) -> None:
         self.update(state=state, ended_at=time.time(), **changes)
+        m.TRANSCODES.labels(self.session.pool, state).inc()
+        m.FFMPEG_FPS.labels(self.session.worker).set(0)
+        m.FFMPEG_SPEED.labels(self.session.worker).set(0)
         await self._write()
 
     async def _write(self) -> None:
