@@ -27,6 +27,19 @@ _FAMILIES: dict[str, tuple[str, str, str, str]] = {
         "Every change of a rendition (one transcode shared by jobs): dispatched, started, "
         "retried, output stored (succeeded), failed, cancelled, released.",
     ),
+    "worker": (
+        "workerEvents",
+        "{namespace}.evt.worker.{workerId}.{kind}",
+        "workerId",
+        "Transcoder instances: online, offline, and changes of their GPU health or offered "
+        "pipelines.",
+    ),
+    "pool": (
+        "poolEvents",
+        "{namespace}.evt.pool.{poolId}.{kind}",
+        "poolId",
+        "Transcoder pools created, changed and deleted.",
+    ),
     "storage": (
         "storageEvents",
         "{namespace}.evt.storage.{kind}",
@@ -37,6 +50,8 @@ _FAMILIES: dict[str, tuple[str, str, str, str]] = {
 _ID_DESCRIPTIONS = {
     "jobId": "The job's id (a UUID).",
     "renditionKey": "The rendition's key (40 hex digits).",
+    "workerId": "The transcoder instance's id (unique per process start).",
+    "poolId": "The pool's id.",
 }
 
 

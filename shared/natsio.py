@@ -248,6 +248,10 @@ def _event_subject(names: Names, event: events.Event) -> str:
         return names.job_event(event.job_id, kind)
     if isinstance(event, events.RenditionEvent):
         return names.rendition_event(event.key, kind)
+    if isinstance(event, events.WorkerEvent):
+        return names.worker_event(event.worker_id, kind)
+    if isinstance(event, events.PoolEvent):
+        return names.pool_event(event.pool_id, kind)
     return names.storage_event(kind)
 
 

@@ -85,6 +85,12 @@ class Names:
         """`<ns>.evt.rendition.<key>.<kind>`."""
         return f"{self.namespace}.evt.rendition.{key}.{kind}"
 
+    def worker_event(self, worker_id: str, kind: str) -> str:
+        return f"{self.namespace}.evt.worker.{worker_id}.{kind}"
+
+    def pool_event(self, pool_id: str, kind: str) -> str:
+        return f"{self.namespace}.evt.pool.{pool_id}.{kind}"
+
     def storage_event(self, kind: str) -> str:
         """`<ns>.evt.storage.<kind>`."""
         return f"{self.namespace}.evt.storage.{kind}"

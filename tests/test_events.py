@@ -14,7 +14,7 @@ from nats.js.errors import NotFoundError
 
 from shared.natsio import DAY
 from tests.conftest import ALICE
-from tests.helpers import Client, System, eventually, start_system, stop_system
+from tests.helpers import Api, Client, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,3 +77,25 @@ async def test_a_job_change_whose_writer_died_before_publishing_still_gets_its_e
 
     event = await eventually(published, timeout=20)
     assert event["event_id"] == f"job:{job_id}:{revision}" and event["owner"]
+
+
+async def test_pool_and_worker_changes_are_events_on_documented_subjects(
+    system: System, admin_api: Api
+) -> None:
+    js = system.nc.jetstream()
+    (worker,) = await admin_api.ok("GET", "/api/machines")
+    online = await js.get_last_msg(
+        system.names.events_stream, system.names.worker_event(worker["id"], "online")
+    )
+    assert json.loads(online.data or b"{}")["type"] == "worker.online"
+    await admin_api.ok("POST", "/api/admin/transcoding/pools", 201, json={"id": "gpu"})
+    await admin_api.ok("PUT", "/api/admin/transcoding/pools/gpu", json={"concurrency": 3})
+    await admin_api.ok("DELETE", "/api/admin/transcoding/pools/gpu")
+    sub = await js.subscribe(system.names.pool_event("gpu", "*"), ordered_consumer=True)
+    seen = []
+    for _ in range(3):
+        msg = await sub.next_msg(timeout=5)
+        event = json.loads(msg.data)
+        seen.append((event["type"], event.get("concurrency")))
+    await sub.unsubscribe()
+    assert seen == [("pool.created", 1), ("pool.updated", 3), ("pool.deleted", None)]

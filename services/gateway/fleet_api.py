@@ -19,6 +19,7 @@ from shared.errors import Conflict, NotFound
 from shared.fleet import SETTINGS_KEY
 from shared.gpu import GpuHealth
 from shared.kv import Stale
+from shared.messages import events as ev
 from shared.messages.fleet import (
     DEFAULT_POOL,
     POOL_ID_PATTERN,
@@ -202,10 +203,30 @@ async def create_pool(request: web.Request, body: PoolCreate) -> web.Response:
         updated_at=now,
     )
     try:
-        await gw.fleet.pools.create(pool.id, pool)
+        revision = await gw.fleet.pools.create(pool.id, pool)
     except Stale:
         raise Conflict(f"The pool {body.id!r} exists already.") from None
+    await _announce(request, ev.PoolCreated, pool, revision)
     return json_response(await _pool_view(request, pool), 201)
+
+
+async def _announce(
+    request: web.Request,
+    kind: type[ev.PoolCreated] | type[ev.PoolUpdated],
+    pool: Pool,
+    revision: int,
+) -> None:
+    gw = gateway(request)
+    event = kind(
+        event_id=f"pool:{pool.id}:{revision}",
+        time=ev.now(),
+        pool_id=pool.id,
+        revision=revision,
+        device=pool.device,
+        concurrency=pool.concurrency,
+        enabled=pool.enabled,
+    )
+    await gw.store.emit(event)
 
 
 async def _pool(request: web.Request) -> Pool:
@@ -253,8 +274,10 @@ async def update_pool(request: web.Request, body: PoolUpdate) -> web.Response:
             updated_at=now,
         )
 
-    pool, _, _ = await gw.fleet.pools.change(pool_id, change)
-    assert pool is not None
+    pool, revision, changed = await gw.fleet.pools.change(pool_id, change)
+    assert pool is not None and revision is not None
+    if changed:
+        await _announce(request, ev.PoolUpdated, pool, revision)
     return json_response(await _pool_view(request, pool))
 
 
@@ -278,7 +301,16 @@ async def delete_pool(request: web.Request) -> web.Response:
             "disable it and wait for them to end.",
             details={"leases": sorted(leases.holders)},
         )
+    found = await gw.fleet.pools.get(pool.id)
     await gw.fleet.pools.delete(pool.id)
+    revision = found.revision if found else 0
+    deleted = ev.PoolDeleted(
+        event_id=f"pool:{pool.id}:{revision}:deleted",
+        time=ev.now(),
+        pool_id=pool.id,
+        revision=revision,
+    )
+    await gw.store.emit(deleted)
     return json_response(Message(message=f"pool {pool.id} deleted"))
 
 

@@ -10,6 +10,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import structlog
@@ -26,10 +27,11 @@ from shared.fleet import Fleet
 from shared.kv import TypedKV
 from shared.media import default_ffmpeg, ffmpeg_version, is_http, probe_async
 from shared.media.capabilities import CapabilityCache
+from shared.messages import events as ev
 from shared.messages import rpc
 from shared.messages.fleet import WorkerInfo
 from shared.messages.records import RenditionState
-from shared.natsio import describe, ensure_topology, retention_of
+from shared.natsio import describe, ensure_topology, publish_event, retention_of
 from shared.recordstore import RecordStore
 from shared.runtime import Service
 from shared.sources import check_local_source, is_object_uri
@@ -85,6 +87,8 @@ class Transcoder(Service):
         self._heartbeat: asyncio.Task[None] | None = None
         self._probes: Subscription | None = None
         self._draining = False
+        self._event_seq = 0
+        self._last_health: tuple[str, str, tuple[str, ...]] | None = None
 
     async def start(self) -> None:
         js = self.nc.jetstream()
@@ -133,6 +137,9 @@ class Transcoder(Service):
         await self._hand_back_orphans()
         self._loops = await consumer.open(
             js, f"transcoder.{pool}", self.runner, slots=self.settings.slots
+        )
+        await self._announce(
+            ev.WorkerOnline(**self._worker_fields(), slots=self.settings.slots, ffmpeg=self.version)
         )
         self._heartbeat = asyncio.create_task(self._beat(), name="transcoder.heartbeat")
         self._probes = await self.nc.subscribe(
@@ -224,11 +231,46 @@ class Transcoder(Service):
                 info = self.info()
                 await self.workers.put(self.worker_id, info)
                 export_worker(info)
+                await self._announce_health(info)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.debug("transcoder.heartbeat_failed", **describe(exc))
             await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _announce(self, event: ev.WorkerEvent) -> None:
+        try:
+            await publish_event(self.nc.jetstream(), self.names, event)
+        except Exception as exc:
+            log.debug("transcoder.event_failed", **describe(exc))
+
+    def _worker_fields(self) -> dict[str, Any]:
+        self._event_seq += 1
+        return {
+            "event_id": f"worker:{self.worker_id}:{self._event_seq}",
+            "time": ev.now(),
+            "worker_id": self.worker_id,
+            "host": self.node.host,
+            "pool": self.settings.pool,
+        }
+
+    async def _announce_health(self, info: WorkerInfo) -> None:
+        """A worker.health_changed event when the GPU state or the offered pipelines change."""
+        offered = [p.name for p in info.pipelines if p.offered]
+        health = (info.gpu_state, info.gpu_reason, tuple(offered))
+        if health == self._last_health:
+            return
+        first = self._last_health is None
+        self._last_health = health
+        if first:
+            return  # worker.online said how it started
+        event = ev.WorkerHealthChanged(
+            **self._worker_fields(),
+            gpu_state=info.gpu_state,
+            gpu_reason=info.gpu_reason,
+            pipelines=offered,
+        )
+        await self._announce(event)
 
     async def stop(self) -> None:
         """Stop taking work; let running transcodes finish for `drain_seconds`, then hand back."""
@@ -247,5 +289,6 @@ class Transcoder(Service):
                 await self._heartbeat
         with contextlib.suppress(Exception):
             await self.workers.delete(self.worker_id)
+        await self._announce(ev.WorkerOffline(**self._worker_fields()))
         await self.node.stop()
         await asyncio.to_thread(shutil.rmtree, self.scratch, True)

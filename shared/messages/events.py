@@ -8,6 +8,8 @@ Each event is published after the change it reports is stored, once per change: 
 - `<ns>.evt.rendition.<key>.<kind>`: dispatched, started, retrying, succeeded, failed, cancelled,
   released
 - `<ns>.evt.storage.<kind>`: blobs_deleted
+- `<ns>.evt.worker.<worker_id>.<kind>`: online, offline, health_changed
+- `<ns>.evt.pool.<pool_id>.<kind>`: created, updated, deleted
 
 New fields get defaults; a field's type and an event's tag never change (schema_version counts
 compatible additions).
@@ -163,6 +165,60 @@ class BlobsDeleted(Event, frozen=True, kw_only=True, tag="storage.blobs_deleted"
     bytes: int
 
 
+class WorkerEvent(Event, frozen=True, kw_only=True):
+    """A change of a transcoder instance (`worker_id` is unique per process start)."""
+
+    worker_id: str
+    host: str
+    pool: str
+
+
+class WorkerOnline(WorkerEvent, frozen=True, kw_only=True, tag="worker.online"):
+    """A transcoder started taking work."""
+
+    slots: int
+    ffmpeg: str = ""
+
+
+class WorkerOffline(WorkerEvent, frozen=True, kw_only=True, tag="worker.offline"):
+    """A transcoder stopped (cleanly; a crashed one just stops heartbeating)."""
+
+
+class WorkerHealthChanged(WorkerEvent, frozen=True, kw_only=True, tag="worker.health_changed"):
+    """A transcoder's GPU state or the pipelines it offers changed."""
+
+    gpu_state: str
+    gpu_reason: str = ""
+    pipelines: list[str] = []  # offered now
+
+
+class PoolEvent(Event, frozen=True, kw_only=True):
+    """A change of a transcoder pool's record."""
+
+    pool_id: str
+    revision: int
+
+
+class PoolCreated(PoolEvent, frozen=True, kw_only=True, tag="pool.created"):
+    """A pool was created."""
+
+    device: str
+    concurrency: int
+    enabled: bool
+
+
+class PoolUpdated(PoolEvent, frozen=True, kw_only=True, tag="pool.updated"):
+    """A pool's device, concurrency or enabled flag changed."""
+
+    device: str
+    concurrency: int
+    enabled: bool
+
+
+class PoolDeleted(PoolEvent, frozen=True, kw_only=True, tag="pool.deleted"):
+    """A pool was deleted."""
+
+
 AnyEvent = (
     JobAccepted
     | JobHeld
@@ -181,6 +237,12 @@ AnyEvent = (
     | RenditionCancelled
     | RenditionReleased
     | BlobsDeleted
+    | WorkerOnline
+    | WorkerOffline
+    | WorkerHealthChanged
+    | PoolCreated
+    | PoolUpdated
+    | PoolDeleted
 )
 
 DECODER = msgspec.json.Decoder(AnyEvent)
