@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import structlog
@@ -199,9 +200,7 @@ class WorkRunner:
             await session.finish("failed", error=error.reason)
             return await self._failed(r, error)
         finally:
-            for task in [transcode, *helpers]:
-                task.cancel()
-            await asyncio.gather(transcode, *helpers, return_exceptions=True)
+            await stop_tasks([transcode, *helpers])
         await session.finish("succeeded", output=msgspec.to_builtins(output))
         return await self._succeeded(r, output, time.monotonic() - started, reporter)
 
@@ -525,6 +524,19 @@ class WorkRunner:
             finally:
                 with contextlib.suppress(Exception):
                     await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+async def stop_tasks(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks and wait for them, cancelling again any that ignored it: on Python 3.11
+    a cancellation that lands as an inner `wait_for` (nats-py requests) completes is lost."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+        if pending:
+            log.warning("tasks.cancel_ignored", tasks=[t.get_name() for t in pending])
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class HardwareFailed(Exception):
