@@ -40,6 +40,12 @@ _FAMILIES: dict[str, tuple[str, str, str, str]] = {
         "poolId",
         "Transcoder pools created, changed and deleted.",
     ),
+    "webhook": (
+        "webhookEvents",
+        "{namespace}.evt.webhook.{subscriptionId}.{kind}",
+        "subscriptionId",
+        "Webhook subscriptions created, changed, disabled by the notifier, and deleted.",
+    ),
     "storage": (
         "storageEvents",
         "{namespace}.evt.storage.{kind}",
@@ -52,6 +58,7 @@ _ID_DESCRIPTIONS = {
     "renditionKey": "The rendition's key (40 hex digits).",
     "workerId": "The transcoder instance's id (unique per process start).",
     "poolId": "The pool's id.",
+    "subscriptionId": "The webhook subscription's id.",
 }
 
 

@@ -7,6 +7,7 @@ the environment names of the Streamyfin optimize-server (`MAX_CONCURRENT_JOBS`, 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
@@ -44,6 +45,11 @@ class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     # How long the events stream keeps events (replay, SSE Last-Event-ID, webhooks catch-up).
     events_retention_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 7.0
+    # How long webhook delivery records (with their attempts) are kept after their last change.
+    delivery_retention_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 7.0
+    # Networks outbound requests (webhooks, notify_url, http(s) sources) may reach although they
+    # are not public (loopback, private, link-local...): comma-separated CIDRs.
+    outbound_allow: str = ""
     # Where local blobs (finished outputs) live when the blob store is a local directory.
     data_dir: str = ".vidmesh"
     # Folders whose files may be sources, separated by commas (none: only URLs).
@@ -64,6 +70,15 @@ class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     store_sas_token: str = ""
     # Encrypts users' storage credentials at rest (32 bytes, base64); `vidmesh up` makes one.
     storage_key: str = ""
+
+    def __post_init__(self) -> None:
+        for part in filter(None, (p.strip() for p in self.outbound_allow.split(","))):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"outbound_allow: {part!r} is not a network (CIDR such as 10.0.0.0/8)"
+                ) from None
 
     @property
     def media_root_list(self) -> list[str]:

@@ -105,6 +105,7 @@ def new_job(
     paused: bool = False,
     destination: Destination | None = None,
     pool: str = "",
+    notify_url: str = "",
 ) -> JobRecord:
     """A job as accepted: queued (or paused, in a batch), not yet attached to a rendition."""
     return JobRecord(
@@ -124,6 +125,7 @@ def new_job(
         batch=batch,
         destination=destination,
         pool=pool,
+        notify_url=notify_url,
         status=J.PAUSED if paused else J.QUEUED,
         created_at=now,
         updated_at=now,

@@ -49,6 +49,10 @@ class Retention:
     idempotency_ttl: float = DAY
     # Transcode sessions (argv, stderr tail, throughput) stay this long for bug reports.
     sessions_ttl: float = 7 * DAY
+    # Telemetry samples at first; then the statistics service follows `retention_hours`.
+    telemetry_max_age: float = DAY
+    # Webhook delivery records (and the attempts still owed) stay this long after their last change.
+    deliveries_ttl: float = 7 * DAY
 
 
 async def connect(url: str, name: str) -> NATS:
@@ -117,6 +121,27 @@ def _streams(names: Names, replicas: int, retention: Retention) -> list[StreamCo
             duplicate_window=120.0,
             num_replicas=replicas,
         ),
+        StreamConfig(
+            name=names.telemetry_stream,
+            description="vidmesh telemetry samples (raw, and minute and hour averages)",
+            subjects=[names.telemetry_all],
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            storage=StorageType.FILE,
+            max_age=retention.telemetry_max_age,
+            duplicate_window=120.0,
+            num_replicas=replicas,
+        ),
+        StreamConfig(
+            name=names.webhooks_stream,
+            description="vidmesh webhook delivery attempts owed by the notifier (work queue)",
+            subjects=[names.webhooks_all],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            max_age=retention.deliveries_ttl,
+            duplicate_window=120.0,
+            num_replicas=replicas,
+        ),
     ]
 
 
@@ -150,6 +175,8 @@ def _buckets(names: Names, replicas: int, retention: Retention) -> list[KeyValue
         kv(names.settings_bucket, "fleet-wide transcoding settings"),
         kv(names.sessions_bucket, "transcode sessions (one per attempt)", retention.sessions_ttl),
         kv(names.capabilities_bucket, "capability probe per transcoder host"),
+        kv(names.webhooks_bucket, "webhook subscriptions (signing secrets sealed)"),
+        kv(names.deliveries_bucket, "webhook deliveries (with attempts)", retention.deliveries_ttl),
     ]
 
 
@@ -175,11 +202,16 @@ class Buckets:
     settings: KeyValue
     sessions: KeyValue
     capabilities: KeyValue
+    webhooks: KeyValue
+    deliveries: KeyValue
 
 
 def retention_of(settings: CommonSettings) -> Retention:
     """What the deployment's settings say JetStream keeps."""
-    return Retention(events_max_age=settings.events_retention_days * DAY)
+    return Retention(
+        events_max_age=settings.events_retention_days * DAY,
+        deliveries_ttl=settings.delivery_retention_days * DAY,
+    )
 
 
 async def ensure_topology(
@@ -229,6 +261,8 @@ async def ensure_topology(
         settings=opened[names.settings_bucket],
         sessions=opened[names.sessions_bucket],
         capabilities=opened[names.capabilities_bucket],
+        webhooks=opened[names.webhooks_bucket],
+        deliveries=opened[names.deliveries_bucket],
     )
 
 
@@ -252,6 +286,8 @@ def _event_subject(names: Names, event: events.Event) -> str:
         return names.worker_event(event.worker_id, kind)
     if isinstance(event, events.PoolEvent):
         return names.pool_event(event.pool_id, kind)
+    if isinstance(event, events.WebhookEvent):
+        return names.webhook_event(event.subscription_id, kind)
     return names.storage_event(kind)
 
 

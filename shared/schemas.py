@@ -13,7 +13,17 @@ from typing import Any
 import msgspec
 
 from shared import asyncapi, stores
-from shared.messages import accounts, commands, events, fleet, records, rpc, work
+from shared.messages import (
+    accounts,
+    commands,
+    events,
+    fleet,
+    records,
+    rpc,
+    telemetry,
+    webhooks,
+    work,
+)
 
 DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
     "events.json": (
@@ -25,15 +35,28 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
         [commands.SchedulerCommand, commands.StorageCommand],
     ),
     "work.json": (
-        "vidmesh work items, published on <namespace>.work.<pool>",
-        [work.TranscodeWork],
+        "vidmesh work items, published on <namespace>.work.<pool> (transcodes) and "
+        "<namespace>.webhook.deliver (webhook delivery attempts)",
+        [work.TranscodeWork, webhooks.WebhookWork],
     ),
     "rpc.json": (
-        "vidmesh request/reply messages (core NATS): <namespace>.rpc.probe",
-        [rpc.ProbeRequest, rpc.ProbeReply],
+        "vidmesh request/reply messages (core NATS): <namespace>.rpc.probe, "
+        "<namespace>.rpc.statistics.pools and <namespace>.rpc.statistics.estimate",
+        [
+            rpc.ProbeRequest,
+            rpc.ProbeReply,
+            telemetry.PoolMetricsReply,
+            telemetry.EstimateRequest,
+            telemetry.EstimateReply,
+        ],
+    ),
+    "telemetry.json": (
+        "vidmesh telemetry samples, published on <namespace>.telemetry.<raw|1m|1h>",
+        [telemetry.TelemetrySample],
     ),
     "records.json": (
-        "vidmesh KV records (jobs, renditions, progress, leases, totals, accounts, fleet)",
+        "vidmesh KV records (jobs, renditions, progress, leases, totals, accounts, fleet, "
+        "webhooks)",
         [
             records.JobRecord,
             records.Rendition,
@@ -46,6 +69,7 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
             fleet.WorkerInfo,
             fleet.TranscodeSession,
             fleet.Capability,
+            telemetry.TelemetrySettings,
             accounts.User,
             accounts.UsernameClaim,
             accounts.ApiKey,
@@ -53,6 +77,8 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
             accounts.Batch,
             accounts.IdempotencyRecord,
             stores.UserStore,
+            webhooks.WebhookSubscription,
+            webhooks.Delivery,
         ],
     ),
 }

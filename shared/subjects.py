@@ -41,8 +41,17 @@ class Names:
         return f"{self._upper}_WORK"
 
     @property
+    def telemetry_stream(self) -> str:
+        """Telemetry samples, kept `retention_hours` (the statistics service sets max_age)."""
+        return f"{self._upper}_TELEMETRY"
+
+    @property
     def events_stream(self) -> str:
         return f"{self._upper}_EVENTS"
+
+    @property
+    def webhooks_stream(self) -> str:
+        return f"{self._upper}_WEBHOOKS"
 
     # ---- subjects ------------------------------------------------------------------------
     @property
@@ -77,6 +86,15 @@ class Names:
     def events_all(self) -> str:
         return f"{self.namespace}.evt.>"
 
+    @property
+    def webhooks_all(self) -> str:
+        return f"{self.namespace}.webhook.>"
+
+    @property
+    def webhook_deliver(self) -> str:
+        """Delivery attempts the notifier owes (work queue; retries wait as delayed naks)."""
+        return f"{self.namespace}.webhook.deliver"
+
     def job_event(self, job_id: str, kind: str) -> str:
         """`<ns>.evt.job.<job_id>.<kind>`, e.g. `vidmesh.evt.job.<id>.completed`."""
         return f"{self.namespace}.evt.job.{job_id}.{kind}"
@@ -88,12 +106,23 @@ class Names:
     def worker_event(self, worker_id: str, kind: str) -> str:
         return f"{self.namespace}.evt.worker.{worker_id}.{kind}"
 
+    def webhook_event(self, subscription_id: str, kind: str) -> str:
+        return f"{self.namespace}.evt.webhook.{subscription_id}.{kind}"
+
     def pool_event(self, pool_id: str, kind: str) -> str:
         return f"{self.namespace}.evt.pool.{pool_id}.{kind}"
 
     def storage_event(self, kind: str) -> str:
         """`<ns>.evt.storage.<kind>`."""
         return f"{self.namespace}.evt.storage.{kind}"
+
+    @property
+    def telemetry_all(self) -> str:
+        return f"{self.namespace}.telemetry.>"
+
+    def telemetry(self, level: str) -> str:
+        """`<ns>.telemetry.<level>`: `raw` samples, or `1m` / `1h` averages."""
+        return f"{self.namespace}.telemetry.{level}"
 
     # ---- consumers -----------------------------------------------------------------------
     @property
@@ -111,6 +140,16 @@ class Names:
     @property
     def statistics_consumer(self) -> str:
         return "statistics"
+
+    @property
+    def notifier_consumer(self) -> str:
+        """The notifier's consumer of the events stream (fans events out to subscriptions)."""
+        return "notifier"
+
+    @property
+    def webhook_delivery_consumer(self) -> str:
+        """The notifier's consumer of delivery attempts."""
+        return "notifier-deliveries"
 
     def transcode_consumer(self, pool: str = DEFAULT_POOL) -> str:
         return f"transcode-{pool}"
@@ -191,6 +230,14 @@ class Names:
     def capabilities_bucket(self) -> str:
         return self.bucket("capabilities")
 
+    @property
+    def webhooks_bucket(self) -> str:
+        return self.bucket("webhooks")
+
+    @property
+    def deliveries_bucket(self) -> str:
+        return self.bucket("deliveries")
+
     # ---- request/reply -------------------------------------------------------------------
     @property
     def probe_rpc(self) -> str:
@@ -204,6 +251,10 @@ class Names:
     def session_cancel(self, session_id: str) -> str:
         """The transcoder running a session stops it (core NATS, no reply needed)."""
         return f"{self.namespace}.rpc.session-cancel.{session_id}"
+
+    def statistics_rpc(self, kind: str) -> str:
+        """The statistics service answers here (queue group `statistics`): `pools`, `estimate`."""
+        return f"{self.namespace}.rpc.statistics.{kind}"
 
     def all_buckets(self) -> list[str]:
         return [
@@ -225,4 +276,6 @@ class Names:
             self.settings_bucket,
             self.sessions_bucket,
             self.capabilities_bucket,
+            self.webhooks_bucket,
+            self.deliveries_bucket,
         ]

@@ -21,6 +21,7 @@ import aiohttp
 from nats.aio.client import Client as NATS
 
 from services.gateway import GatewayService, GatewaySettings
+from services.notifier import Notifier, NotifierSettings
 from services.scheduler import Scheduler, SchedulerSettings
 from services.statistics import Statistics, StatisticsSettings
 from services.storage import Storage, StorageSettings
@@ -156,7 +157,7 @@ class System:
         return service
 
     async def start(self, *only: str) -> System:
-        names = only or ("scheduler", "storage", "statistics", "transcoder", "gateway")
+        names = only or ("scheduler", "storage", "statistics", "notifier", "transcoder", "gateway")
         for name in names:
             service = build_service(name, self.nc, self.env)
             await service.start()
@@ -172,8 +173,13 @@ class System:
                 await service.shutdown()
 
     def output_files(self) -> list[Path]:
-        root = self.data_dir / "blobs" / "outputs"
-        return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+        return files_under(self.data_dir / "blobs" / "outputs")
+
+
+def files_under(root: Path) -> list[Path]:
+    """Every file below `root`, while the storage service may be deleting some (os.walk skips a
+    folder that disappears under it; Path.rglob raises)."""
+    return sorted(Path(top) / name for top, _, names in os.walk(root) for name in names)
 
 
 def build_service(name: str, nc: NATS, env: dict[str, str]) -> Service:
@@ -185,6 +191,8 @@ def build_service(name: str, nc: NATS, env: dict[str, str]) -> Service:
         return Transcoder(nc, config.load(TranscoderSettings, env))
     if name == "storage":
         return Storage(nc, config.load(StorageSettings, env))
+    if name == "notifier":
+        return Notifier(nc, config.load(NotifierSettings, env))
     return Statistics(nc, config.load(StatisticsSettings, env))
 
 
@@ -216,7 +224,13 @@ async def drop_namespace(nc: NATS, names: Names) -> None:
     """Delete a test's streams and buckets, so the shared server stays small."""
     js = nc.jetstream()
     buckets = names.all_buckets()
-    streams = [names.commands_stream, names.work_stream, names.events_stream]
+    streams = [
+        names.commands_stream,
+        names.work_stream,
+        names.events_stream,
+        names.telemetry_stream,
+        names.webhooks_stream,
+    ]
     for stream in streams + [f"KV_{bucket}" for bucket in buckets]:
         with contextlib.suppress(Exception):
             await js.delete_stream(stream)

@@ -42,6 +42,7 @@ def sample_bodies(source: str, job_id: str) -> dict[str, Any]:
         "change_password": {"current_password": "password-123", "new_password": "password-456"},
         "create_user": {"username": "walker", "password": "password-123"},
         "cleanup": {},
+        "update_webhook": {"url": "https://example.com/hook"},
     }
 
 
@@ -167,7 +168,7 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         "--phases",
         "examples,coverage,fuzzing",
         "--workers",
-        "1",
+        "2",
         "--request-timeout",
         "20",
         "--seed",

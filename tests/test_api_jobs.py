@@ -272,3 +272,21 @@ async def test_a_higher_priority_job_starts_first(
         assert done_high["started_at"] < done_low["started_at"]
     finally:
         await stop_system(system)
+
+
+async def test_http_sources_to_private_or_metadata_addresses_are_refused(
+    system: System, ann: Api, jellyfin: JellyfinStandIn
+) -> None:
+    for source in (
+        "http://127.0.0.1:9/a.mp4",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.1.2.3/a.mp4",
+        "http://[::1]/a.mp4",
+        "http://localhost:8096/a.mp4",
+        "http://2130706433/a.mp4",
+    ):
+        status, error, _ = await ann.call("POST", "/api/jobs", json={"source": source})
+        assert status == 400 and error["error"]["code"] == "outbound_refused", (source, error)
+    # the configured Jellyfin server is allowed although it is on loopback here
+    job = await ann.ok("POST", "/api/jobs", 201, json={"source": url_of(jellyfin, "fits")})
+    assert job["status"] == "queued"

@@ -99,3 +99,35 @@ async def test_pool_and_worker_changes_are_events_on_documented_subjects(
         seen.append((event["type"], event.get("concurrency")))
     await sub.unsubscribe()
     assert seen == [("pool.created", 1), ("pool.updated", 3), ("pool.deleted", None)]
+
+
+async def test_webhook_subscription_changes_are_events_without_their_secret(
+    system: System, admin_api: Api
+) -> None:
+    created = await admin_api.ok(
+        "POST",
+        "/api/admin/webhooks",
+        201,
+        json={"url": "https://hooks.example.com/vidmesh", "event_types": ["job.*"]},
+    )
+    sub_id = created["id"]
+    await admin_api.ok(
+        "PUT",
+        f"/api/admin/webhooks/{sub_id}",
+        json={"url": "https://hooks.example.com/vidmesh", "enabled": False},
+    )
+    await admin_api.ok("DELETE", f"/api/admin/webhooks/{sub_id}")
+    js = system.nc.jetstream()
+    sub = await js.subscribe(system.names.webhook_event(sub_id, "*"), ordered_consumer=True)
+    seen = []
+    for _ in range(3):
+        msg = await sub.next_msg(timeout=5)
+        assert created["secret"] not in msg.data.decode()
+        event = json.loads(msg.data)
+        seen.append((event["type"], event["enabled"]))
+    await sub.unsubscribe()
+    assert seen == [
+        ("webhook.created", True),
+        ("webhook.updated", False),
+        ("webhook.deleted", False),
+    ]

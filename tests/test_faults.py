@@ -32,6 +32,7 @@ from tests.helpers import (
     eventually,
     fast_env,
     ffmpeg_pids,
+    files_under,
     free_port,
     new_namespace,
     wait_ready,
@@ -147,8 +148,7 @@ class Deployment:
         return owners[0], pids[0]
 
     def output_files(self) -> list[Path]:
-        root = self.data_dir / "blobs" / "outputs"
-        return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+        return files_under(self.data_dir / "blobs" / "outputs")
 
     def report(self, lines: int = 40) -> str:
         """The last lines of every service log, for failure messages."""

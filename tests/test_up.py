@@ -221,7 +221,14 @@ async def test_up_runs_supervises_stops_and_keeps_jobs(
 
     # (b) A service that dies is reported and restarted
     before = first.children()
-    assert set(before) == {"gateway", "scheduler", "transcoder", "storage", "statistics"}, before
+    assert set(before) == {
+        "gateway",
+        "scheduler",
+        "transcoder",
+        "storage",
+        "statistics",
+        "notifier",
+    }, before
     os.kill(before["statistics"], signal.SIGKILL)
 
     def restarted() -> int | None:
@@ -291,6 +298,15 @@ async def test_up_without_jellyfin_says_so_and_refuses_clearly(
     # Given `vidmesh up` with no JELLYFIN_URL
     up = launch(tmp_path / "data", None)
     await up.ready()
+
+    # It prints every service's metrics port, and each serves /metrics and /readyz there
+    match = re.search(r"Metrics\s+(.*)\(/metrics", up.log())
+    assert match, up.tail()
+    ports = dict(re.findall(r"(\w+) :(\d+)", match.group(1)))
+    assert set(ports) == {"gateway", "scheduler", "transcoder", "storage", "statistics", "notifier"}
+    for name, port in ports.items():
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+            assert response.status == 200 and "vidmesh_" in await response.text(), name
 
     # Then it says clearly that Jellyfin is not configured
     jellyfin_lines = [line for line in up.log().splitlines() if "Jellyfin" in line]

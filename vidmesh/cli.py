@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-SERVICES = ("gateway", "scheduler", "transcoder", "storage", "statistics")
+SERVICES = ("gateway", "scheduler", "transcoder", "storage", "statistics", "notifier")
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
 
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _up(args: argparse.Namespace) -> None:
     from services.gateway import GatewaySettings
+    from services.notifier import NotifierSettings
     from services.scheduler import SchedulerSettings
     from services.statistics import StatisticsSettings
     from services.storage import StorageSettings
@@ -69,6 +70,7 @@ def _up(args: argparse.Namespace) -> None:
         TranscoderSettings,
         StorageSettings,
         StatisticsSettings,
+        NotifierSettings,
     ]
     unknown = config.unknown_variables(classes, os.environ)
     if unknown:

@@ -31,8 +31,8 @@ from shared.stores import new_storage_key
 log = structlog.get_logger("vidmesh.up")
 
 # Start order; stop order is the reverse of `STOP_ORDER`'s position.
-SERVICES = ("scheduler", "storage", "statistics", "transcoder", "gateway")
-STOP_ORDER = ("gateway", "scheduler", "statistics", "storage", "transcoder")
+SERVICES = ("scheduler", "storage", "statistics", "notifier", "transcoder", "gateway")
+STOP_ORDER = ("gateway", "scheduler", "statistics", "notifier", "storage", "transcoder")
 
 
 class UpSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
@@ -134,6 +134,7 @@ class Supervisor:
         self.data = Path(settings.data_dir).resolve()
         self.stop_requested = asyncio.Event()
         self.children: dict[str, Child] = {}
+        self.metrics_ports: dict[str, int] = {}
         self.nats: NatsServer | None = None
         self.gateway_url = ""
         self.admin = ("admin", "")
@@ -168,7 +169,7 @@ class Supervisor:
         log.info("up.nats_ready", url=self.nats.url, store=str(self.data / "nats"))
         env = self._child_env(port)
         for name in SERVICES:
-            child = Child(name, env)
+            child = Child(name, {**env, "VIDMESH_METRICS_PORT": str(self._metrics_port(name))})
             self.children[name] = child
             await child.start()
         self.gateway_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '', '::') else host}:{port}"
@@ -199,6 +200,13 @@ class Supervisor:
             env["VIDMESH_ADMIN_PASSWORD"] = self._kept_secret("admin-password", 18)
         self.admin = (env.get("VIDMESH_ADMIN_USERNAME") or "admin", env["VIDMESH_ADMIN_PASSWORD"])
         return env
+
+    def _metrics_port(self, name: str) -> int:
+        """Each service's /metrics port: a free one, or VIDMESH_METRICS_PORT + its index."""
+        base = self.environ.get("VIDMESH_METRICS_PORT", "")
+        port = int(base) + SERVICES.index(name) if base.isdigit() and int(base) else free_port()
+        self.metrics_ports[name] = port
+        return port
 
     def _kept_secret(self, name: str, size: int, make: Callable[[], str] | None = None) -> str:
         """A secret generated once and kept in the data folder (readable by its owner only)."""
@@ -242,6 +250,9 @@ class Supervisor:
                 if "VIDMESH_ADMIN_PASSWORD" not in self.environ
                 else "from VIDMESH_ADMIN_PASSWORD"
             ),
+            "  Metrics          "
+            + "  ".join(f"{name} :{port}" for name, port in self.metrics_ports.items())
+            + "   (/metrics, /livez, /readyz)",
             f"  Data             {self.data}",
             "Press Ctrl-C to stop.",
             "",

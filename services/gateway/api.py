@@ -55,8 +55,12 @@ class Operation:
     response: Any = None
     query: Any = None
     binary: bool = False
+    # The media type of a non-JSON answer (e.g. text/event-stream), for the OpenAPI document.
+    media_type: str = ""
     statuses: tuple[int, ...] = ()
     operation_id: str = ""
+    # Also accept the token as `?token=` (only feeds a browser opens without headers: EventSource).
+    query_token: bool = False
 
 
 @dataclass
@@ -79,7 +83,9 @@ class ApiRoutes:
         response: Any = None,
         query: Any = None,
         binary: bool = False,
+        media_type: str = "",
         statuses: tuple[int, ...] = (),
+        query_token: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.operations.append(
@@ -96,8 +102,10 @@ class ApiRoutes:
                     response=response,
                     query=query,
                     binary=binary,
+                    media_type=media_type,
                     statuses=statuses,
                     operation_id=handler.__name__,
+                    query_token=query_token,
                 )
             )
             return handler
@@ -114,7 +122,7 @@ def _guarded(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamRespo
 
     async def handler(request: web.Request) -> web.StreamResponse:
         if op.access in _ROLE:
-            principal = authenticate(request)
+            principal = authenticate(request, query_token=op.query_token)
             if principal is None:
                 raise Unauthorized(
                     "Sign in: send `Authorization: Bearer <token or API key>` or `x-api-key`."
@@ -134,11 +142,16 @@ def _guarded(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamRespo
     return handler
 
 
-def authenticate(request: web.Request) -> Principal | None:
+def authenticate(request: web.Request, *, query_token: bool = False) -> Principal | None:
+    """The caller named by the request's headers; with `query_token`, by `?token=` when it sends
+    none (the route must say so: a token in a URL ends up in logs and browser history)."""
     identity = gateway(request).identity
-    return identity.authenticate(
-        request.headers.get("Authorization", ""), request.headers.get("x-api-key", "")
-    )
+    authorization = request.headers.get("Authorization", "")
+    api_key = request.headers.get("x-api-key", "")
+    token = request.query.get("token", "") if query_token else ""
+    if token and not authorization and not api_key:
+        authorization = f"Bearer {token}"
+    return identity.authenticate(authorization, api_key)
 
 
 def caller(request: web.Request) -> Principal:

@@ -14,6 +14,7 @@ from services.gateway import (
     accounts_api,
     admin_api,
     batch_api,
+    events_api,
     files_api,
     fleet_api,
     health,
@@ -23,10 +24,13 @@ from services.gateway import (
     sessions_api,
     storage_api,
     streamyfin,
+    telemetry_api,
+    webhooks_api,
 )
 from services.gateway.api import API
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import error_middleware
+from services.gateway.feeds import EventHub
 from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
 from services.gateway.kube import Cluster
@@ -55,6 +59,7 @@ FACES = (
     accounts_api,
     admin_api,
     batch_api,
+    events_api,
     files_api,
     fleet_api,
     jobs_api,
@@ -62,6 +67,8 @@ FACES = (
     presets_api,
     sessions_api,
     storage_api,
+    telemetry_api,
+    webhooks_api,
 )
 
 
@@ -95,6 +102,8 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
         projections: list[Projection[Any]] = [jobs, progress, users, keys, presets, batches]
         for projection in projections:
             await projection.start()
+        feeds = EventHub(js, names, queue_size=settings.feed_queue)
+        await feeds.start()
         userstores = TypedKV(buckets.userstores, UserStore)
         identity = Identity(
             settings, users, TypedKV(buckets.usernames, UsernameClaim), keys, settings.jwt_secret
@@ -128,17 +137,24 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             batches=batches,
             idempotency=TypedKV(buckets.idempotency, IdempotencyRecord),
             fleet=Fleet(buckets),
+            feeds=feeds,
             cluster=Cluster.from_settings(settings),
         )
         log.info("gateway.ready", jobs=len(jobs), jellyfin=settings.jellyfin_url or None)
         try:
             yield
         finally:
+            await feeds.stop()
             for projection in projections:
                 await projection.stop()
             await session.close()
 
+    async def close_feeds(app: web.Application) -> None:
+        if GATEWAY in app:
+            app[GATEWAY].feeds.close_all("the server is shutting down")
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(close_feeds)
     return app
 
 

@@ -45,6 +45,18 @@ class GatewaySettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     # Seconds `POST /api/metadata` waits for a transcoder to probe the source.
     metadata_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
+    # ---- event feeds (/api/events, /api/ws) ------------------------------------------------
+    # Events one feed client may have waiting; a client further behind is disconnected with the
+    # reason (it reconnects with its last event id and catches up from the stream).
+    feed_queue: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    # Seconds between keepalive comments on an idle SSE feed, and between WebSocket pings.
+    feed_keepalive: Annotated[float, msgspec.Meta(gt=0, le=300)] = 15.0
+    # Bytes a feed client that stops reading may hold in the socket's send buffer (and as much in
+    # the event loop's) before events wait in its queue; small keeps a stalled client cheap.
+    feed_send_buffer: Annotated[int, msgspec.Meta(ge=4096, le=1 << 24)] = 1 << 16
+    # Seconds a WebSocket client has to send its c2s_auth frame.
+    ws_auth_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+
     # ---- machines (transcoder Deployments on Kubernetes) ---------------------------------
     # The Kubernetes API; default: the in-cluster one (KUBERNETES_SERVICE_HOST/PORT). Unset and
     # not in a cluster: /api/machines can list but not scale (501).

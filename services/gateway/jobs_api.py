@@ -17,7 +17,7 @@ from services.gateway.errors import json_response
 from services.gateway.jobs_common import (
     JobQuery,
     JobRequest,
-    accept_job,
+    accept_job_notified,
     command_fields,
     page,
     send,
@@ -61,8 +61,8 @@ async def create_job(request: web.Request, body: JobRequest) -> web.Response:
     who = caller(request)
     key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
     if not key:
-        job = await accept_job(gw, who, body)
-        return json_response(job_view(gw, job, who.user_id), 201)
+        job, secret = await accept_job_notified(gw, who, body)
+        return json_response(_created(gw, job, who.user_id, secret), 201)
     if len(key) > 255:
         raise BadRequest(f"{IDEMPOTENCY_HEADER} must be at most 255 characters.")
     slot = hashlib.sha256(f"{who.user_id}\n{key}".encode()).hexdigest()[:40]
@@ -74,11 +74,16 @@ async def create_job(request: web.Request, body: JobRequest) -> web.Response:
     except KeyWrongLastSequenceError:
         return await _replay(request, gw, slot, fingerprint)
     try:
-        job = await accept_job(gw, who, body, job_id=job_id)
+        job, secret = await accept_job_notified(gw, who, body, job_id=job_id)
     except BaseException:
         await gw.idempotency.delete(slot)
         raise
-    return json_response(job_view(gw, job, who.user_id), 201)
+    return json_response(_created(gw, job, who.user_id, secret), 201)
+
+
+def _created(gw: Gateway, job: JobRecord, viewer: str, notify_secret: str | None) -> JobView:
+    view = job_view(gw, job, viewer)
+    return msgspec.structs.replace(view, notify_secret=notify_secret) if notify_secret else view
 
 
 async def _replay(request: web.Request, gw: Gateway, slot: str, fingerprint: str) -> web.Response:

@@ -4,6 +4,7 @@ and sending a command whose effect the answer shows."""
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import time
 import uuid
@@ -27,8 +28,17 @@ from shared.messages.accounts import Role
 from shared.messages.fleet import DEFAULT_POOL, POOL_ID_PATTERN
 from shared.messages.records import Destination as RecordDestination
 from shared.messages.records import JobRecord, JobStatus
+from shared.messages.webhooks import SubscriptionScope
+from shared.outbound import (
+    OutboundPolicy,
+    OutboundRefused,
+    check_url,
+    check_url_resolved,
+    policy_for,
+)
 from shared.sources import check_local_source, is_object_uri, validate_http_url
 from shared.stores import SOURCE_SCHEMES, UserStore, record_key, user_ref
+from shared.webhooks import SecretSealer, WebhookStore, job_subscription_id, new_subscription
 
 _FILENAME = re.compile(r"^[^/\\\x00-\x1f]{1,200}$")
 
@@ -78,6 +88,19 @@ class JobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         ]
         | None
     ) = None
+    notify_url: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=2048,
+                description="http(s) URL that receives the job's events as signed webhooks "
+                "(Standard Webhooks); the signing secret is `notify_secret` in the answer, shown "
+                "once (POST /api/jobs only)",
+            ),
+        ]
+        | None
+    ) = None
 
 
 async def check_pool(gw: Gateway, pool: str | None) -> str:
@@ -108,8 +131,29 @@ async def check_source(gw: Gateway, who: Principal, source: str) -> str:
             "gs:// or az:// object, or a path under a media root."
         )
     if is_http(source) or source.startswith(("http://", "https://")):
-        return validate_http_url(source)
+        url = validate_http_url(source)
+        await check_public_source(gw, url)
+        return url
     return check_local_source(source, gw.settings.media_root_list)
+
+
+async def check_public_source(gw: Gateway, url: str) -> None:
+    """The outbound policy for http(s) sources: no loopback, private, link-local or metadata
+    address (as written, or as the name resolves here), unless the operator allowed the network;
+    the configured Jellyfin server is always allowed. A name that does not resolve here is left
+    to the transcoder, which reports an unreachable source."""
+    policy = _policy(gw.settings.outbound_allow, gw.settings.jellyfin_url)
+    try:
+        await check_url_resolved(url, policy, what="`source`")
+    except OutboundRefused:
+        raise
+    except BadRequest:
+        return  # cannot be resolved from here
+
+
+@functools.lru_cache(maxsize=8)
+def _policy(allow: str, jellyfin_url: str) -> OutboundPolicy:
+    return policy_for(allow, jellyfin_url) if jellyfin_url else policy_for(allow)
 
 
 async def _configured(gw: Gateway, who: Principal, slot: str, *, for_what: str) -> UserStore:
@@ -160,6 +204,30 @@ async def accept_job(
     job_id: str | None = None,
 ) -> JobRecord:
     """Validate a job request and store the job (queued, or paused in a batch)."""
+    if request.notify_url is not None:
+        raise BadRequest(
+            "`notify_url` is accepted by POST /api/jobs only (its signing secret is shown "
+            "there); subscribe to your jobs' events with POST /api/webhooks instead.",
+            details={"field": "notify_url"},
+        )
+    job, _ = await accept_job_notified(gw, who, request, paused=paused, batch=batch, job_id=job_id)
+    return job
+
+
+async def accept_job_notified(
+    gw: Gateway,
+    who: Principal,
+    request: JobRequest,
+    *,
+    paused: bool = False,
+    batch: str = "",
+    job_id: str | None = None,
+) -> tuple[JobRecord, str | None]:
+    """`accept_job`, and with a `notify_url` the job's own webhook subscription: returns the job
+    and the secret that signs its deliveries (shown to the caller once, then kept sealed)."""
+    if request.notify_url is not None:
+        policy = policy_for(gw.settings.outbound_allow, gw.settings.jellyfin_url)
+        check_url(request.notify_url, policy, what="`notify_url`")
     source = await check_source(gw, who, request.source)
     destination = await destination_of(gw, who, request)
     name, spec = resolve(gw, who, request.preset)
@@ -181,10 +249,31 @@ async def accept_job(
         paused=paused,
         destination=destination,
         pool=await check_pool(gw, request.pool),
+        notify_url=request.notify_url or "",
         now=time.time(),
     )
-    await gw.store.create_job(job)
-    return job
+    if not job.notify_url:
+        await gw.store.create_job(job)
+        return job, None
+    # The subscription is stored first, so the notifier finds it for the job's first event.
+    webhooks = await WebhookStore.open(gw.js, gw.names)
+    sub, secret = new_subscription(
+        SecretSealer(gw.settings.storage_key),
+        sub_id=job_subscription_id(job.id),
+        scope=SubscriptionScope.JOB,
+        owner=who.user_id,
+        url=job.notify_url,
+        event_types=["*"],
+        description=f"notify_url of job {job.id}",
+        job_id=job.id,
+    )
+    await webhooks.subscriptions.put(sub.id, sub)
+    try:
+        await gw.store.create_job(job)
+    except BaseException:
+        await webhooks.subscriptions.delete(sub.id)
+        raise
+    return job, secret
 
 
 async def visible_job(request: web.Request, job_id: str, *, change: bool = False) -> JobRecord:

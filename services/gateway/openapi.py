@@ -129,6 +129,9 @@ def _responses(op: Operation, schema_of: dict[Any, Any]) -> dict[str, Any]:
         responses[str(op.status)] = {"description": "The file", "content": content}
         if 206 in op.statuses:
             responses["206"] = {"description": "The requested range", "content": content}
+    elif op.media_type:
+        content = {op.media_type: {"schema": {"type": "string"}}}
+        responses[str(op.status)] = {"description": op.summary, "content": content}
     elif op.response is not None:
         responses[str(op.status)] = {
             "description": op.summary,

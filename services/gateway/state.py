@@ -16,6 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from services.gateway.config import GatewaySettings
+from services.gateway.feeds import EventHub
 from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
 from services.gateway.kube import Cluster
@@ -60,6 +61,7 @@ class Gateway:
     batches: Projection[Batch]
     idempotency: TypedKV[IdempotencyRecord]
     fleet: Fleet
+    feeds: EventHub  # live events for the SSE and WebSocket feeds
     cluster: Cluster | None = None  # the Kubernetes API, when running in a cluster
     started_at: float = field(default_factory=time.time)
 

@@ -107,7 +107,7 @@ class JobStatusView(msgspec.Struct, kw_only=True):
     error: FailureView | None
 
 
-class JobView(msgspec.Struct, kw_only=True):
+class JobView(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A job, with the story of what happened to it."""
 
     id: str
@@ -134,6 +134,9 @@ class JobView(msgspec.Struct, kw_only=True):
     finished_at: datetime | None
     downloaded_at: datetime | None
     keep_until: datetime | None
+    # The secret that signs the webhooks sent to the job's `notify_url`: only in the answer to
+    # the request that created the job, never again.
+    notify_secret: str | None = None
 
 
 class JobPage(msgspec.Struct, kw_only=True):

@@ -1,4 +1,4 @@
-"""The statistics service: totals folded from the event stream."""
+"""The statistics service: totals folded from the event stream, and telemetry."""
 
 from services.statistics.config import StatisticsSettings
 from services.statistics.service import Statistics

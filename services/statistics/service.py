@@ -1,4 +1,5 @@
-"""The statistics service: folds the event stream into totals that survive restarts.
+"""The statistics service: folds the event stream into totals that survive restarts, and samples
+telemetry (see `telemetry.py`).
 
 It reads every event once, in order, through one durable consumer; the totals record remembers
 the last stream sequence it folded, so a redelivered event is never counted twice.
@@ -12,6 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from services.statistics.config import StatisticsSettings
+from services.statistics.telemetry import Telemetry
 from shared.consumer import Consumer, Outcome, SlotLoops
 from shared.kv import TypedKV
 from shared.messages import events as ev
@@ -62,6 +64,7 @@ class Statistics(Service):
         self.settings = settings
         self.names = Names(settings.namespace)
         self._loops: SlotLoops | None = None
+        self._telemetry: Telemetry | None = None
 
     async def start(self) -> None:
         js = self.nc.jetstream()
@@ -72,6 +75,8 @@ class Statistics(Service):
             retention=retention_of(self.settings),
         )
         self.totals = TypedKV(buckets.stats, Totals)
+        self._telemetry = Telemetry(self.nc, self.names, buckets, self._read_totals)
+        await self._telemetry.start()
         consumer = Consumer.durable(
             self.names.events_stream,
             self.names.statistics_consumer,
@@ -99,6 +104,12 @@ class Statistics(Service):
         await self.totals.change(TOTALS_KEY, apply)
         return Outcome.ACK
 
+    async def _read_totals(self) -> Totals:
+        found = await self.totals.get(TOTALS_KEY)
+        return found.value if found else Totals()
+
     async def stop(self) -> None:
         if self._loops is not None:
             await self._loops.close(grace=5.0)
+        if self._telemetry is not None:
+            await self._telemetry.stop()

@@ -10,6 +10,7 @@ Each event is published after the change it reports is stored, once per change: 
 - `<ns>.evt.storage.<kind>`: blobs_deleted
 - `<ns>.evt.worker.<worker_id>.<kind>`: online, offline, health_changed
 - `<ns>.evt.pool.<pool_id>.<kind>`: created, updated, deleted
+- `<ns>.evt.webhook.<subscription_id>.<kind>`: created, updated, disabled, deleted
 
 New fields get defaults; a field's type and an event's tag never change (schema_version counts
 compatible additions).
@@ -18,7 +19,7 @@ compatible additions).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import msgspec
 
@@ -219,6 +220,50 @@ class PoolDeleted(PoolEvent, frozen=True, kw_only=True, tag="pool.deleted"):
     """A pool was deleted."""
 
 
+class WebhookEvent(Event, frozen=True, kw_only=True):
+    """A change of a webhook subscription (its secret never appears)."""
+
+    subscription_id: str
+    scope: str  # server | user | job
+    owner: str
+    revision: int
+    url: str
+    enabled: bool
+
+
+class WebhookCreated(WebhookEvent, frozen=True, kw_only=True, tag="webhook.created"):
+    """A subscription was created."""
+
+
+class WebhookUpdated(WebhookEvent, frozen=True, kw_only=True, tag="webhook.updated"):
+    """A subscription's URL, event types, description or enabled flag changed."""
+
+
+class WebhookDisabled(WebhookEvent, frozen=True, kw_only=True, tag="webhook.disabled"):
+    """The notifier disabled a subscription whose deliveries kept failing."""
+
+    reason: str
+
+
+class WebhookDeleted(WebhookEvent, frozen=True, kw_only=True, tag="webhook.deleted"):
+    """A subscription was deleted."""
+
+
+def webhook_event(kind: type[WebhookEvent], sub: Any, revision: int, **extra: Any) -> WebhookEvent:
+    """The event for subscription `sub` (a WebhookSubscription) stored at `revision`."""
+    return kind(
+        event_id=f"webhook:{sub.id}:{revision}" + (":deleted" if kind is WebhookDeleted else ""),
+        time=now(),
+        subscription_id=sub.id,
+        scope=str(sub.scope),
+        owner=sub.owner,
+        revision=revision,
+        url=sub.url,
+        enabled=sub.enabled,
+        **extra,
+    )
+
+
 AnyEvent = (
     JobAccepted
     | JobHeld
@@ -243,6 +288,10 @@ AnyEvent = (
     | PoolCreated
     | PoolUpdated
     | PoolDeleted
+    | WebhookCreated
+    | WebhookUpdated
+    | WebhookDisabled
+    | WebhookDeleted
 )
 
 DECODER = msgspec.json.Decoder(AnyEvent)

@@ -97,6 +97,8 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     destination: Destination | None = None
     # The transcoder pool that runs it ("" = the scheduler's default pool).
     pool: str = ""
+    # Where the job's events are delivered as signed webhooks ("" = nowhere).
+    notify_url: str = ""
     status: JobStatus = JobStatus.QUEUED
     created_at: Timestamp
     updated_at: Timestamp

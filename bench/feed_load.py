@@ -1,0 +1,294 @@
+"""Live feeds under load: with `--feeds` Server-Sent-Events feeds open on `GET /api/events`,
+(1) the latency from a stored job change to each SSE client (p50/p99), and (2) `GET /all-jobs`
+requests per second with those feeds open divided by the same with none (goal 0.9 or more).
+
+vidmesh runs as users run it (`vidmesh up`, a Jellyfin stand-in in this process). Events come
+from paused jobs created through the native API (`POST /api/jobs/bulk` with `paused`): each is one
+stored job record and one `job.accepted` event, and nothing transcodes meanwhile. An event's
+`time` is taken right after its record is stored, so latency = receipt time - event time (same
+machine clock). The ratio is a measurement: the exit code is 0 whatever it is.
+
+    python bench/feed_load.py [--feeds 1000] [--events 200] [--seconds 5] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench._system import BenchError, log_tail, up_env, vidmesh_up  # noqa: E402
+from tests.jellyfin_standin import JellyfinStandIn  # noqa: E402
+from tests.media_clips import make_clip  # noqa: E402
+
+WORK = REPO / "bench" / ".work"
+RESULT_JSON = WORK / "feed_load.json"
+GOAL = 0.9
+TOKEN = "bench-feeds"
+
+
+async def all_jobs_rps(base: str, seconds: float, concurrency: int) -> float:
+    """`GET /all-jobs` as fast as `concurrency` clients can for `seconds`; requests per second."""
+    headers = {"Authorization": TOKEN}
+    done = 0
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(base_url=base, headers=headers, connector=connector) as s:
+
+        async def client() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                async with s.get("/all-jobs", params={"deviceId": "bench"}) as response:
+                    if response.status != 200:
+                        raise BenchError(f"GET /all-jobs answered {response.status}")
+                    await response.read()
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return done / (time.perf_counter() - started)
+
+
+class Feeds:
+    """`count` SSE connections on /api/events, recording when each job.accepted event arrived."""
+
+    def __init__(self, base: str, token: str, count: int) -> None:
+        self.base = base
+        self.token = token
+        self.count = count
+        self.latencies: list[float] = []
+        self.received = 0
+        self.opened = 0
+        self.errors: list[str] = []
+        self.expected = 0
+        self.all_in = asyncio.Event()  # every expected event arrived, or a feed failed
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        self._tasks = [asyncio.create_task(self._read()) for _ in range(self.count)]
+        deadline = time.monotonic() + 120
+        while self.opened < self.count:
+            if self.errors:
+                raise BenchError(f"a feed failed: {self.errors[0]}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"only {self.opened} of {self.count} feeds opened")
+            await asyncio.sleep(0.05)
+
+    async def _read(self) -> None:
+        assert self._session is not None
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "text/event-stream"}
+        try:
+            async with self._session.get(
+                f"{self.base}/api/events", params={"types": "job.accepted"}, headers=headers
+            ) as response:
+                if response.status != 200:
+                    self.errors.append(f"{response.status} {await response.text()}")
+                    return
+                self.opened += 1
+                async for line in response.content:
+                    if line.startswith(b"data:"):
+                        arrived = time.time()
+                        event = json.loads(line[5:])
+                        sent = datetime.fromisoformat(event["time"]).timestamp()
+                        self.latencies.append(arrived - sent)
+                        self.received += 1
+                        if self.expected and self.received >= self.expected:
+                            self.all_in.set()
+        except (aiohttp.ClientError, asyncio.CancelledError) as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                self.errors.append(repr(exc))
+                self.all_in.set()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+
+class FeedHolder:
+    """The feeds, held by a child process: this one measures /all-jobs, and a client holding
+    1,000 connections beside it would measure its own garbage collector as much as the server."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, base: str, token: str, feeds: int, events: int) -> FeedHolder:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--hold", base, token, str(feeds), str(feeds * events),
+            stdout=asyncio.subprocess.PIPE, limit=1 << 27,  # the latencies come as one JSON line
+        )  # fmt: skip
+        holder = cls(process)
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 180)
+        if line.strip() != b"open":
+            raise BenchError(f"the feed holder failed: {line.decode(errors='replace')}")
+        return holder
+
+    async def result(self) -> tuple[int, list[float]]:
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), 300)
+        try:
+            found = json.loads(line)
+        except ValueError as exc:
+            raise BenchError(f"the feed holder said {line!r}") from exc
+        if found.get("error"):
+            raise BenchError(found["error"])
+        return int(found["received"]), [float(x) for x in found["latencies"]]
+
+    def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+
+
+async def hold(base: str, token: str, count: int, expected: int) -> None:
+    """The child: open the feeds, say "open", then report every latency once all arrived."""
+    feeds = Feeds(base, token, count)
+    try:
+        await feeds.open()
+        print("open", flush=True)
+        feeds.expected = expected
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(feeds.all_in.wait(), 240)
+        if feeds.errors or feeds.received < expected:
+            error = feeds.errors[0] if feeds.errors else f"{feeds.received} of {expected} events"
+            print(json.dumps({"error": error}), flush=True)
+        else:
+            print(json.dumps({"received": feeds.received, "latencies": feeds.latencies}))
+    except BenchError as exc:
+        print(json.dumps({"error": str(exc)}), flush=True)
+    finally:
+        await feeds.close()
+
+
+async def sign_in(base: str, data_dir: Path) -> str:
+    password = (data_dir / "admin-password").read_text().strip()
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{base}/api/auth/login", json={"username": "admin", "password": password}
+        ) as response,
+    ):
+        if response.status != 200:
+            raise BenchError(f"sign-in answered {response.status}")
+        return str((await response.json())["access_token"])
+
+
+async def make_events(base: str, token: str, source: str, count: int) -> None:
+    """`count` paused jobs, in bulk requests of 20, one request every 50 ms."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(base_url=base, headers=headers) as s:
+        left = count
+        while left:
+            n = min(20, left)
+            body = {"paused": True, "jobs": [{"source": source} for _ in range(n)]}
+            async with s.post("/api/jobs/bulk", json=body) as response:
+                if response.status not in (200, 201, 207):
+                    raise BenchError(f"POST /api/jobs/bulk answered {response.status}")
+            left -= n
+            await asyncio.sleep(0.05)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    WORK.mkdir(parents=True, exist_ok=True)
+    clip = make_clip(WORK / "feed-clip.mp4", seconds=1.0)
+    standin = JellyfinStandIn()
+    standin.add_user(TOKEN, "bench-feeds-user")
+    standin.add_media("clip", clip)
+    await standin.start()
+    run_dir = Path(tempfile.mkdtemp(prefix="feeds-", dir=WORK))
+    env = up_env(run_dir / "data", standin.url)
+    env["VIDMESH_FEED_QUEUE"] = str(max(1000, args.events * 2))
+    results: dict[str, Any] = {"args": vars(args)}
+    try:
+        async with vidmesh_up(env, run_dir / "up.log") as up:
+            token = await sign_in(up.url, run_dir / "data")
+            await all_jobs_rps(up.url, 1.0, args.concurrency)  # warm-up
+            baseline = [
+                await all_jobs_rps(up.url, args.seconds, args.concurrency) for _ in range(2)
+            ]
+            holder = await FeedHolder.start(up.url, token, args.feeds, args.events)
+            try:
+                loaded = [
+                    await all_jobs_rps(up.url, args.seconds, args.concurrency) for _ in range(2)
+                ]
+                source = standin.stream_url("clip", TOKEN)
+                await make_events(up.url, token, source, args.events)
+                received, latencies = await holder.result()
+            finally:
+                holder.stop()
+    except BenchError:
+        print(log_tail(run_dir / "up.log"), file=sys.stderr)
+        raise
+    finally:
+        await standin.stop()
+    ratio = statistics.median(loaded) / statistics.median(baseline)
+    latency = latencies
+    results.update(
+        rps_without_feeds=baseline,
+        rps_with_feeds=loaded,
+        ratio=ratio,
+        events_received=received,
+        latency_p50_ms=pct(latency, 0.5) * 1000,
+        latency_p99_ms=pct(latency, 0.99) * 1000,
+        latency_max_ms=max(latency) * 1000,
+    )
+    print(f"feeds open: {args.feeds}, events: {args.events} ({received} deliveries)")
+    p50, p99, most = (results[k] for k in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms"))
+    print(f"  event latency, stored change -> SSE client: p50 {p50:.1f} ms, p99 {p99:.1f} ms,")
+    print(f"  max {most:.1f} ms")
+    print(f"  GET /all-jobs without feeds: {statistics.median(baseline):8.1f} req/s  {baseline}")
+    print(f"  GET /all-jobs with feeds:    {statistics.median(loaded):8.1f} req/s  {loaded}")
+    print(f"  ratio {ratio:.3f}   goal >= {GOAL}   {'PASS' if ratio >= GOAL else 'MISS'}")
+    RESULT_JSON.write_text(json.dumps(results, indent=2))
+    print(f"results: {RESULT_JSON.relative_to(REPO)}")
+    with contextlib.suppress(OSError):
+        import shutil
+
+        shutil.rmtree(run_dir)
+    return results
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--feeds", type=int, default=1000, help="SSE feeds open (default 1000)")
+    parser.add_argument("--events", type=int, default=200, help="job events made (default 200)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="each rps run (default 5)")
+    parser.add_argument("--concurrency", type=int, default=8, help="/all-jobs clients (8)")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--hold":
+        _, _, url, key, n, total = sys.argv
+        asyncio.run(hold(url, key, int(n), int(total)))
+        sys.exit(0)
+    try:
+        asyncio.run(main(parse()))
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        sys.exit(2)

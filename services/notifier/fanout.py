@@ -1,0 +1,101 @@
+"""From one event to its deliveries: every enabled subscription that wants the event gets a
+delivery record and a delivery attempt on the work stream, before the event is acked.
+
+A delivery's id derives from the subscription and the event, so a redelivered event creates
+nothing new; an attempt is published again only for a delivery that has never been attempted
+(the notifier may have died between the record and the publish), and the delivery handler lets
+only one work message own a delivery.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+
+from shared.consumer import Outcome
+from shared.kv import Stale
+from shared.messages import events as ev
+from shared.messages.webhooks import (
+    Delivery,
+    DeliveryStatus,
+    SubscriptionScope,
+    WebhookSubscription,
+    WebhookWork,
+)
+from shared.projection import Projection
+from shared.webhooks import WebhookStore, delivery_id, job_subscription_id, payload_of, wants
+
+log = structlog.get_logger("vidmesh.notifier")
+
+
+class Fanout:
+    """Turns events into deliveries."""
+
+    def __init__(self, store: WebhookStore, subscriptions: Projection[WebhookSubscription]) -> None:
+        self.store = store
+        self.subscriptions = subscriptions
+
+    async def handle(self, msg: Msg) -> Outcome:
+        try:
+            event = ev.DECODER.decode(msg.data)
+        except msgspec.DecodeError:
+            # An event type this version does not know: newer producers may add some.
+            return Outcome.ACK
+        tag = ev.tag_of(event)
+        for sub in await self._candidates(event):
+            if wants(sub, tag, event):
+                await self.open_delivery(sub, tag, event)
+            elif isinstance(event, ev.JobPurged) and sub.scope is SubscriptionScope.JOB:
+                # The job is gone and its endpoint gets nothing more: its subscription goes too.
+                await self.store.subscriptions.delete(sub.id)
+        return Outcome.ACK
+
+    async def _candidates(self, event: ev.Event) -> list[WebhookSubscription]:
+        found = [
+            sub
+            for sub in self.subscriptions.values()
+            if sub.scope is not SubscriptionScope.JOB
+            or (isinstance(event, ev.JobEvent) and sub.job_id == event.job_id)
+        ]
+        if isinstance(event, ev.JobEvent):
+            # A job's own subscription is written just before the job: read it from KV when the
+            # projection has not seen it yet.
+            key = job_subscription_id(event.job_id)
+            if self.subscriptions.get(key) is None:
+                stored = await self.store.subscriptions.get(key)
+                if stored is not None:
+                    found.append(stored.value)
+        return found
+
+    async def open_delivery(self, sub: WebhookSubscription, tag: str, event: ev.Event) -> None:
+        """Store the delivery (once) and ask for its first attempt."""
+        did = delivery_id(sub.id, event)
+        now = time.time()
+        record = Delivery(
+            id=did,
+            subscription_id=sub.id,
+            owner=sub.owner,
+            job_id=event.job_id if isinstance(event, ev.JobEvent) else "",
+            event_type=tag,
+            event_id=event.event_id,
+            payload=payload_of(event),
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            await self.store.deliveries.create(did, record)
+        except Stale:
+            existing = await self.store.deliveries.get(did)
+            never_tried = (
+                existing is not None
+                and existing.value.status is DeliveryStatus.PENDING
+                and existing.value.attempt_count == 0
+            )
+            if not never_tried:
+                return
+        await self.store.enqueue(WebhookWork(delivery_id=did), msg_id=did)
+        log.debug("delivery.opened", delivery_id=did, subscription_id=sub.id, type=tag)

@@ -1,0 +1,120 @@
+"""The notifier service: reads the events stream and delivers signed webhooks, with retries.
+
+Two durable consumers: one on the events stream turns each event into deliveries (`fanout.py`);
+one on the webhook work stream attempts them (`deliver.py`), many at once across endpoints and a
+few at once per endpoint. Replicas share both consumers; everything they need is in NATS.
+"""
+
+from __future__ import annotations
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from services.notifier.config import DAY, NotifierSettings
+from services.notifier.deliver import Deliverer
+from services.notifier.fanout import Fanout
+from shared.consumer import Consumer, Outcome, SlotLoops, settle
+from shared.messages.webhooks import WebhookSubscription
+from shared.natsio import ensure_topology, retention_of
+from shared.outbound import OutboundClient
+from shared.projection import Projection
+from shared.runtime import Service
+from shared.subjects import Names
+from shared.webhooks import USER_AGENT, SecretSealer, WebhookStore
+
+log = structlog.get_logger("vidmesh.notifier")
+
+FANOUT_SLOTS = 4
+
+
+class Notifier(Service):
+    name = "notifier"
+
+    def __init__(self, nc: NATS, settings: NotifierSettings) -> None:
+        super().__init__()
+        self.nc = nc
+        self.settings = settings
+        self.names = Names(settings.namespace)
+        self.sealer = SecretSealer(settings.storage_key)
+        self.client = OutboundClient(settings.policy, user_agent=USER_AGENT)
+        self._loops: list[SlotLoops] = []
+        self._projection: Projection[WebhookSubscription] | None = None
+
+    async def start(self) -> None:
+        js = self.nc.jetstream()
+        retention = retention_of(self.settings)
+        buckets = await ensure_topology(
+            js, self.names, replicas=self.settings.replicas, retention=retention
+        )
+        await self._keep_deliveries_for(js, retention.deliveries_ttl)
+        store = WebhookStore(js, self.names, buckets.webhooks, buckets.deliveries)
+        subscriptions = Projection(store.subscriptions, "notifier.webhooks", nc=self.nc)
+        await subscriptions.start()
+        self._projection = subscriptions
+        if not self.sealer.configured:
+            log.warning(
+                "notifier.secrets_unsealed",
+                message="VIDMESH_STORAGE_KEY is not set: webhook signing secrets are stored "
+                "unencrypted in NATS KV.",
+            )
+        self.fanout = Fanout(store, subscriptions)
+        self.deliverer = Deliverer(self.settings, store, subscriptions, self.client, self.sealer)
+        events = Consumer.durable(
+            self.names.events_stream,
+            self.names.notifier_consumer,
+            self.names.events_all,
+            ack_wait=30.0,
+            max_ack_pending=FANOUT_SLOTS,
+        )
+        self._loops.append(
+            await events.open(js, "notifier.events", self.fanout.handle, slots=FANOUT_SLOTS)
+        )
+        # Waiting retries are naked with a delay and count as pending: the cap is far above the
+        # slots (each slot still fetches one message only when it is free).
+        work = Consumer.durable(
+            self.names.webhooks_stream,
+            self.names.webhook_delivery_consumer,
+            self.names.webhook_deliver,
+            # An attempt is bounded by the timeout; a message whose notifier died mid-attempt
+            # comes back soon after.
+            ack_wait=self.settings.webhook_timeout * 2 + 5.0,
+            max_ack_pending=self.settings.webhook_max_pending,
+        )
+        self._loops.append(
+            await work.open(
+                js, "notifier.deliveries", self._deliver, slots=self.settings.webhook_concurrency
+            )
+        )
+        log.info(
+            "notifier.started",
+            subscriptions=len(subscriptions),
+            retries=len(self.deliverer.delays),
+            sealed=self.sealer.configured,
+        )
+
+    async def _deliver(self, msg: Msg) -> Outcome:
+        """Settle a work message with the retry delay its delivery's schedule asks for."""
+        decided = await self.deliverer.handle(msg)
+        if decided.outcome is Outcome.RETRY and decided.delay is not None:
+            await settle(msg, Outcome.RETRY, delay=decided.delay)
+            return Outcome.ABANDON
+        return decided.outcome
+
+    async def _keep_deliveries_for(self, js: JetStreamContext, ttl: float) -> None:
+        """The configured delivery retention applies to an existing bucket and stream too."""
+        for stream in (f"KV_{self.names.deliveries_bucket}", self.names.webhooks_stream):
+            info = await js.stream_info(stream)
+            if info.config.max_age != ttl:
+                await js.update_stream(info.config.evolve(max_age=ttl))
+                log.info("notifier.delivery_retention", stream=stream, days=round(ttl / DAY, 2))
+
+    async def stop(self) -> None:
+        for loops in self._loops:
+            loops.stop_fetching()
+        for loops in self._loops:
+            await loops.close(grace=3.0)
+        if self._projection is not None:
+            await self._projection.stop()
+        await self.client.close()
