@@ -175,8 +175,8 @@ async def test_a_token_in_the_query_opens_the_feed_and_nowhere_else(
     # Other routes do not take a token from the URL
     status, body, _ = await anonymous.call("GET", f"/api/jobs?token={ann.token}")
     assert status == 401
-    # A client that does not ask for an event stream is told how to
-    status, body, _ = await ann.call("GET", "/api/events")
+    # A client that asks for something else only is told this is an event stream
+    status, body, _ = await ann.call("GET", "/api/events", headers={"Accept": "application/json"})
     assert status == 406 and "text/event-stream" in body["error"]["message"]
     status, body, _ = await ann.call("GET", "/api/events?types=job.nonsense", headers=SSE)
     assert status == 400 and "job.nonsense" in body["error"]["message"]
@@ -194,7 +194,8 @@ async def test_feeds_filter_by_job_and_by_event_type(
     first, second = (item["job"]["id"] for item in made["results"])
     only_second = await open_feed(ann, f"?job_id={second}")
     both_by_list = await open_feed(ann, f"?job_id={first},{second}&types=job.completed")
-    completions = await open_feed(ann, "?types=job.completed")
+    # (a plain HTTP client that sends no event-stream Accept header gets the stream too)
+    completions = await open_feed(ann, "?types=job.completed", headers={"Accept": "*/*"})
     repeated = await open_feed(ann, f"?job_id={first}&job_id={second}&types=job.*")
     # When both run to completion
     await ann.wait_job(first, "completed")

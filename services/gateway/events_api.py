@@ -175,14 +175,16 @@ _ENCODER = msgspec.json.Encoder()
     query=FeedQuery,
     media_type="text/event-stream",
     statuses=(406,),
-    summary="Live events as Server-Sent Events (send Accept: text/event-stream): `id` is the "
+    summary="Live events as Server-Sent Events (text/event-stream): `id` is the "
     "event's stream sequence, `event` its type, `data` the event; Last-Event-ID replays what "
     "was missed; a client too far behind gets `event: error` and is disconnected",
 )
 async def event_stream(request: web.Request, query: FeedQuery) -> web.StreamResponse:
     if not _accepts_event_stream(request):
         return error_response(
-            406, "not_acceptable", "This is an event stream: send `Accept: text/event-stream`."
+            406,
+            "not_acceptable",
+            "This is an event stream: accept `text/event-stream` (or leave Accept out).",
         )
     gw = gateway(request)
     who = caller(request)
@@ -463,10 +465,13 @@ async def _say(ws: web.WebSocketResponse, frame: msgspec.Struct) -> None:
 
 # ---- small helpers -------------------------------------------------------------------------
 def _accepts_event_stream(request: web.Request) -> bool:
+    """No Accept, `*/*`, `text/*` or `text/event-stream`: only a client that asks for something
+    else only (`application/json`) is told this is an event stream."""
     ranges = ",".join(request.headers.getall("Accept", []))
-    return any(
-        part.split(";", 1)[0].strip().lower() == "text/event-stream" for part in ranges.split(",")
-    )
+    if not ranges.strip():
+        return True
+    kinds = {part.split(";", 1)[0].strip().lower() for part in ranges.split(",")}
+    return bool(kinds & {"text/event-stream", "*/*", "text/*"})
 
 
 def _listed(values: Iterable[str]) -> list[str]:
