@@ -5,8 +5,10 @@ queued-to-encoding latency with a free slot (goal p50 50 ms or less), from the e
 publishes: `job.started` time minus `job.accepted` time, both stamped by the services.
 
 vidmesh runs as `vidmesh up` (its own transcoder, one slot) plus N-1 more `vidmesh transcoder`
-processes (one slot each) against its NATS; MAX_CONCURRENT_JOBS = N. Jobs go through the
-Streamyfin API from the Jellyfin stand-in, each on its own item (no shared renditions). The
+processes (one slot each) against its NATS; MAX_CONCURRENT_JOBS = N; each transcode gets
+cores / N encoder threads (VIDMESH_FFMPEG_THREADS), as an operator sizes a machine's
+transcoders. Jobs go through the Streamyfin API from the Jellyfin stand-in, each on its own item
+(no shared renditions). The
 ratio is a measurement: the exit code is 0 whatever it is.
 
     python bench/scale.py [--transcoders 2] [--seconds 8] [--latency-jobs 20]
@@ -123,9 +125,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     await standin.start()
     run_dir = Path(tempfile.mkdtemp(prefix="scale-", dir=WORK))
     env = up_env(run_dir / "data", standin.url)
-    env.update(MAX_CONCURRENT_JOBS=str(n), VIDMESH_SLOTS="1", MAX_CACHED_PER_USER="0")
+    # one core's share of threads per transcoder, for the one-transcoder reference too
+    threads = max(1, (os.cpu_count() or 1) // n)
+    env.update(
+        MAX_CONCURRENT_JOBS=str(n),
+        VIDMESH_SLOTS="1",
+        MAX_CACHED_PER_USER="0",
+        VIDMESH_FFMPEG_THREADS=str(threads),
+    )
     extra: list[asyncio.subprocess.Process] = []
-    results: dict[str, Any] = {"args": vars(args), "cores": os.cpu_count()}
+    results: dict[str, Any] = {"args": vars(args), "cores": os.cpu_count(), "threads": threads}
     try:
         async with vidmesh_up(env, run_dir / "up.log") as up:
             nats_url = f"nats://127.0.0.1:{env['VIDMESH_NATS_PORT']}"

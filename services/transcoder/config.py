@@ -23,6 +23,9 @@ class TranscoderSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     scratch_dir: str = ""
     # ffmpeg executable; default: the one from the imageio-ffmpeg wheel.
     ffmpeg: str = ""
+    # Encoder threads per transcode; 0: ffmpeg's choice (every core). Set it to cores / slots
+    # when several transcoders (or slots) share a machine.
+    ffmpeg_threads: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
     probe_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0
     # Seconds between progress writes.
     progress_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.5

@@ -259,7 +259,14 @@ class WorkRunner:
         ref, store, key = await self._target(work, r, extension)
         while True:
             argv = build_args(
-                self.ffmpeg, source, str(out), plan, profile, container, pipeline=choice
+                self.ffmpeg,
+                source,
+                str(out),
+                plan,
+                profile,
+                container,
+                pipeline=choice,
+                threads=self.settings.ffmpeg_threads,
             )
             session.update(
                 pipeline=choice.name, pipeline_reason=choice.reason, argv=scrub_argv(argv)

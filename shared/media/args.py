@@ -85,6 +85,7 @@ def build_args(
     progress: bool = True,
     http_source: bool | None = None,
     pipeline: PipelineChoice | None = None,
+    threads: int = 0,
 ) -> list[str]:
     """The full ffmpeg argv (binary first, output path last) that carries out `plan`.
 
@@ -117,6 +118,9 @@ def build_args(
         raise ValueError("the plan maps no stream: the source has neither video nor audio")
 
     kwargs: dict[str, Any] = {"format": container.muxer}
+    if threads > 0:
+        # encoder threads: one transcoder slot per core scales out instead of sharing cores
+        kwargs["threads"] = threads
     kwargs.update(_video_kwargs(plan, profile, container, hardware))
     kwargs.update(_audio_kwargs(plan, profile))
     if plan.subtitles:
