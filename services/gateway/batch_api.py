@@ -26,13 +26,10 @@ from shared.errors import (
     BadRequest,
     Conflict,
     NotFound,
-    Unavailable,
-    Unprocessable,
     VidmeshError,
 )
 from shared.media import ProbeResult
 from shared.messages import commands as cmd
-from shared.messages import rpc
 from shared.messages.accounts import Batch, Role
 from shared.messages.records import JobStatus
 
@@ -261,14 +258,4 @@ async def metadata(request: web.Request, body: MetadataRequest) -> web.Response:
     gw = gateway(request)
     who = caller(request)
     source = await check_source(gw, who, body.source)
-    payload = rpc.ENCODER.encode(rpc.ProbeRequest(source=source, owner=who.user_id))
-    try:
-        reply = await gw.nc.request(
-            gw.names.probe_rpc, payload, timeout=gw.settings.metadata_timeout
-        )
-    except Exception as exc:
-        raise Unavailable("No transcoder answered the probe request in time.") from exc
-    answer = rpc.PROBE_REPLY.decode(reply.data)
-    if answer.probe is None:
-        raise Unprocessable(answer.error or "The source could not be probed.")
-    return json_response(answer.probe)
+    return json_response(await gw.probe(source, who.user_id))

@@ -20,11 +20,12 @@ from services.gateway.feeds import EventHub
 from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
 from services.gateway.kube import Cluster
-from shared.errors import Unavailable
+from shared.errors import Unavailable, Unprocessable
 from shared.fleet import Fleet
 from shared.kv import TypedKV
+from shared.media.probe import ProbeResult
 from shared.messages import commands as cmd
-from shared.messages import events
+from shared.messages import events, rpc
 from shared.messages.accounts import Batch, IdempotencyRecord, PresetRecord
 from shared.messages.records import (
     JobRecord,
@@ -104,6 +105,21 @@ class Gateway:
         if job_id is None or until is None:
             return True
         return await self.jobs.wait_for(job_id, until, self.settings.command_timeout)
+
+    async def probe(self, source: str, owner: str) -> ProbeResult:
+        """The source as a transcoder probes it (core NATS request to any transcoder): 503 when
+        none answers in time, 422 when the source is not media it can read."""
+        payload = rpc.ENCODER.encode(rpc.ProbeRequest(source=source, owner=owner))
+        try:
+            reply = await self.nc.request(
+                self.names.probe_rpc, payload, timeout=self.settings.metadata_timeout
+            )
+        except Exception as exc:
+            raise Unavailable("No transcoder answered the probe request in time.") from exc
+        answer = rpc.PROBE_REPLY.decode(reply.data)
+        if answer.probe is None:
+            raise Unprocessable(answer.error or "The source could not be probed.")
+        return answer.probe
 
     async def clear_cache(self, by: str) -> events.BlobsDeleted | None:
         """Ask for every finished output to go; wait (bounded) for the storage service's report."""

@@ -24,8 +24,6 @@ from services.gateway.presets import resolve
 from services.gateway.state import Gateway, gateway
 from shared.errors import BadRequest, Unavailable, Unprocessable
 from shared.kv import TypedKV
-from shared.media import ProbeResult
-from shared.messages import rpc
 from shared.messages import telemetry as tm
 from shared.messages.fleet import DEFAULT_POOL, POOL_ID_PATTERN
 
@@ -280,7 +278,7 @@ async def estimate_job(request: web.Request, body: EstimateBody) -> web.Response
     name, spec = resolve(gw, who, body.preset)
     spec = await gw.fleet.within_ceilings(spec)
     pool = await check_pool(gw, body.pool) or DEFAULT_POOL
-    probe = await _probe(gw, source, who.user_id)
+    probe = await gw.probe(source, who.user_id)
     ask = tm.EstimateRequest(probe=probe, preset=name, spec=spec, pool=pool)
     data = await _ask_statistics(gw, "estimate", tm.ENCODER.encode(ask))
     try:
@@ -290,21 +288,6 @@ async def estimate_job(request: web.Request, body: EstimateBody) -> web.Response
     if answer.estimate is None:
         raise Unprocessable(answer.error or "This source cannot be estimated with this preset.")
     return json_response(answer.estimate)
-
-
-async def _probe(gw: Gateway, source: str, owner: str) -> ProbeResult:
-    """The source as a transcoder probes it (what `POST /api/metadata` answers)."""
-    payload = rpc.ENCODER.encode(rpc.ProbeRequest(source=source, owner=owner))
-    try:
-        reply = await gw.nc.request(
-            gw.names.probe_rpc, payload, timeout=gw.settings.metadata_timeout
-        )
-    except Exception as exc:
-        raise Unavailable("No transcoder answered the probe request in time.") from exc
-    answer = rpc.PROBE_REPLY.decode(reply.data)
-    if answer.probe is None:
-        raise Unprocessable(answer.error or "The source could not be probed.")
-    return answer.probe
 
 
 async def _ask_statistics(gw: Gateway, kind: str, payload: bytes) -> bytes:

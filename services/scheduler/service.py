@@ -28,7 +28,7 @@ from shared.messages.records import JobRecord, LeaseSet, Rendition
 from shared.natsio import describe, ensure_topology, retention_of
 from shared.projection import Projection
 from shared.recordstore import RecordStore
-from shared.runtime import Service
+from shared.runtime import Service, stop_tasks
 from shared.subjects import Names
 
 log = structlog.get_logger("vidmesh.scheduler")
@@ -170,14 +170,8 @@ class Scheduler(Service):
     async def stop(self) -> None:
         if self._loops is not None:
             await self._loops.close(grace=5.0)
-        if self._metrics_task is not None:
-            self._metrics_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._metrics_task
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        # cancelled until they stop: their NATS requests can swallow a cancellation on 3.11
+        await stop_tasks([t for t in (self._metrics_task, self._loop_task) if t is not None])
         for projection in (self.jobs, self.renditions, self.pools, self.fleet_settings):
             await projection.stop()
         await self.access.close()

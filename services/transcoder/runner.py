@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import structlog
@@ -19,6 +18,17 @@ from nats.aio.msg import Msg
 from nats.js.kv import KV_DEL, KV_PURGE
 from structlog.contextvars import bound_contextvars
 
+from services.transcoder.attempt import (
+    HardwareFailed,
+    Lost,
+    TranscodeFailed,
+    cpu_choice,
+    duration_of,
+    scrub_argv,
+    store_failed,
+    store_output,
+    uses_hardware,
+)
 from services.transcoder.config import TranscoderSettings
 from services.transcoder.node import NodeState
 from services.transcoder.progress import ProgressReporter
@@ -50,6 +60,7 @@ from shared.messages.records import JobError, Output, Rendition, RenditionState
 from shared.messages.work import WORK_DECODER, TranscodeWork
 from shared.natsio import describe
 from shared.recordstore import RecordStore
+from shared.runtime import stop_tasks
 from shared.sources import check_local_source, is_object_uri, scrub
 from shared.stores import Stores
 
@@ -65,22 +76,6 @@ STOPPED = JobError(
     reason="The transcoder running this job stopped; the job will run again.",
     retryable=True,
 )
-
-
-class TranscodeFailed(Exception):
-    """ffmpeg (or storing its output) failed; carries the classified error."""
-
-    def __init__(self, error: JobError) -> None:
-        super().__init__(error.reason)
-        self.error = error
-
-
-class Lost(Exception):
-    """The rendition was cancelled or taken over while we ran it."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class WorkRunner:
@@ -244,7 +239,7 @@ class WorkRunner:
         else:
             await self._record_probe(r, probe)
             session.update(probe=msgspec.to_builtins(probe))
-        total, estimated = _duration(probe, work.duration_hint)
+        total, estimated = duration_of(probe, work.duration_hint)
         reporter.set_total(total, estimated=estimated)
         try:
             plan = make_plan(probe, profile, container)
@@ -284,7 +279,7 @@ class WorkRunner:
                     result, stored = await self._encode_streaming(argv, out, store, key, reporter)
                 else:
                     result = await self._encode(argv, reporter)
-                    stored = await _store(store, key, out)
+                    stored = await store_output(store, key, out)
                 break
             except HardwareFailed as exc:
                 # The job goes on without the GPU. The node offers that pipeline no more until
@@ -295,7 +290,7 @@ class WorkRunner:
                     self.node.disable(choice.name, exc.reason)
                 log.warning("pipeline.fell_back", pipeline=choice.name, reason=exc.reason)
                 session.update(fell_back_from=choice.name, stderr_tail=scrub(exc.stderr_tail))
-                choice = _cpu_choice(profile, plan, probe, f"{choice.name} failed: {exc.reason}")
+                choice = cpu_choice(profile, plan, probe, f"{choice.name} failed: {exc.reason}")
             finally:
                 out.unlink(missing_ok=True)
         session.update(stderr_tail=scrub(result.stderr_tail))
@@ -325,7 +320,7 @@ class WorkRunner:
             preference = (await self.fleet.transcoding_settings()).hardware_preference
         except Exception as exc:  # the fleet records are advice; the CPU always works
             log.warning("pipeline.settings_unreadable", **describe(exc))
-            return _cpu_choice(profile, plan, probe, "fleet settings could not be read")
+            return cpu_choice(profile, plan, probe, "fleet settings could not be read")
         video = probe.video() if probe else None
         return choose_pipeline(
             self.node.working(),
@@ -339,7 +334,7 @@ class WorkRunner:
     async def _encode(self, argv: list[str], reporter: ProgressReporter) -> FfmpegResult:
         result = await run_ffmpeg(argv, on_progress=reporter.on_ffmpeg)
         if result.returncode != 0:
-            if _uses_hardware(argv) and is_hardware_failure(result.stderr_tail):
+            if uses_hardware(argv) and is_hardware_failure(result.stderr_tail):
                 raise HardwareFailed(result.stderr_tail)
             error = classify_failure(result.stderr_tail, result.returncode)
             raise TranscodeFailed(msgspec.structs.replace(error, detail=scrub(error.detail)))
@@ -355,7 +350,7 @@ class WorkRunner:
         try:
             upload = PipeUpload(out, await store.writer(key))
         except StoreError as exc:
-            raise _store_failed(exc) from exc
+            raise store_failed(exc) from exc
         await upload.start()
         assert upload.pumping is not None
         encode = asyncio.create_task(self._encode(argv, reporter))
@@ -368,7 +363,7 @@ class WorkRunner:
             result = encode.result()
             return result, await upload.finish()
         except StoreError as exc:
-            raise _store_failed(exc) from exc
+            raise store_failed(exc) from exc
         finally:
             encode.cancel()
             await asyncio.gather(encode, return_exceptions=True)
@@ -531,82 +526,3 @@ class WorkRunner:
             finally:
                 with contextlib.suppress(Exception):
                     await watcher.stop()  # type: ignore[no-untyped-call]
-
-
-async def stop_tasks(tasks: list[asyncio.Task[Any]]) -> None:
-    """Cancel the tasks and wait for them, cancelling again any that ignored it: on Python 3.11
-    a cancellation that lands as an inner `wait_for` (nats-py requests) completes is lost."""
-    pending = {task for task in tasks if not task.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=1.0)
-        if pending:
-            log.warning("tasks.cancel_ignored", tasks=[t.get_name() for t in pending])
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class HardwareFailed(Exception):
-    """ffmpeg failed in a hardware step (GPU decode, scale or encode), not because of the job."""
-
-    def __init__(self, stderr_tail: str) -> None:
-        lines = [line for line in stderr_tail.splitlines() if line.strip()]
-        self.reason = scrub(lines[-1] if lines else "hardware step failed")[:300]
-        super().__init__(self.reason)
-        self.stderr_tail = stderr_tail
-        self.sessions_exhausted = "openencodesessionex failed: out of memory" in (
-            stderr_tail.lower()
-        )
-
-
-def _uses_hardware(argv: list[str]) -> bool:
-    return any(arg in ("-hwaccel", "-vaapi_device", "-init_hw_device") for arg in argv) or any(
-        arg.endswith(("_nvenc", "_vaapi", "_qsv")) for arg in argv
-    )
-
-
-def _cpu_choice(
-    profile: Profile, plan: Plan, probe: ProbeResult | None, why: str
-) -> PipelineChoice:
-    video = probe.video() if probe else None
-    choice = choose_pipeline(
-        frozenset(),
-        video_codec=profile.video_codec,
-        source_codec=video.codec if video else None,
-        plan_video=plan.video,
-        preference="cpu",
-    )
-    return msgspec.structs.replace(choice, reason=why)
-
-
-def scrub_argv(argv: list[str]) -> list[str]:
-    """The argv with credentials taken out of URLs (a signed source URL among them)."""
-    return [scrub(arg) for arg in argv]
-
-
-async def _store(store: BlobStore, key: str, path: Path) -> StoredBlob:
-    try:
-        return await store.put_file(key, path)
-    except StoreError as exc:
-        raise _store_failed(exc) from exc
-
-
-def _store_failed(exc: StoreError) -> TranscodeFailed:
-    return TranscodeFailed(
-        JobError(
-            code="store_failed",
-            reason=f"The output could not be stored: {exc.message}",
-            retryable=exc.retryable_now,
-        )
-    )
-
-
-def _duration(probe: ProbeResult | None, hint: float | None) -> tuple[float | None, bool]:
-    """The duration to measure progress against, and whether it is an estimate."""
-    if probe is not None and probe.duration:
-        return probe.duration, False
-    if hint:
-        return hint, False
-    if probe is not None and probe.size and probe.bit_rate:
-        return probe.size * 8 / probe.bit_rate, True
-    return None, True
