@@ -171,12 +171,20 @@ class SlotLoops:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("consumer.fetch_failed", consumer=self.name, **describe(exc))
+                # While a cluster elects a consumer leader every slot fails: say so once per spell,
+                # and keep the pause short so work resumes soon after the election.
+                report = log.warning if delay == 0.2 and index == 0 else log.debug
+                report("consumer.fetch_failed", consumer=self.name, **describe(exc))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 1.0)
                 continue
             delay = 0.2
             for msg in msgs:
+                if self._stopping.is_set():  # arrived on a fetch made before the stop: not ours
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+                    log.info("consumer.handed_back_on_stop", consumer=self.name)
+                    continue
                 await self._handle(msg)
 
     async def _handle(self, msg: Msg) -> None:

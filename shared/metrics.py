@@ -89,6 +89,11 @@ WEBHOOK_DELIVERIES = Counter(
 
 # ---- every service -----------------------------------------------------------------------------
 NATS_RECONNECTS = Counter("vidmesh_nats_reconnects_total", "Reconnections to NATS.", ["connection"])
+NATS_RETRIES = Counter(
+    "vidmesh_nats_failover_retries_total",
+    "JetStream requests sent again while the cluster failed over (api, kv, publish).",
+    ["kind"],
+)
 
 
 class MetricsServer:

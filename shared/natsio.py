@@ -7,6 +7,8 @@ is declared by the one service that reads it.
 
 from __future__ import annotations
 
+import asyncio
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +16,7 @@ import msgspec
 import nats
 import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -27,7 +30,7 @@ from nats.js.kv import KeyValue
 
 from shared.config import CommonSettings
 from shared.messages import commands, events
-from shared.metrics import NATS_RECONNECTS
+from shared.metrics import NATS_RECONNECTS, NATS_RETRIES
 from shared.subjects import Names
 
 log = structlog.get_logger("vidmesh.nats")
@@ -55,8 +58,75 @@ class Retention:
     deliveries_ttl: float = 7 * DAY
 
 
-async def connect(url: str, name: str) -> NATS:
-    """Connect with unlimited reconnects; connection changes are logged, never fatal."""
+# Requests that may be sent again while a JetStream cluster fails over: JetStream API calls
+# (reads, and declarations that are idempotent), KV writes, and publishes that carry a
+# Nats-Msg-Id or an expected revision (JetStream de-duplicates or refuses a repeat).
+_RETRIED_SUBJECTS = ("$JS.API.", "$KV.")
+_LEADERLESS = re.compile(rb'"error":\s*\{[^}]*"code":\s*503')
+
+
+def _rides_out_failover(subject: str, headers: dict[str, str] | None) -> bool:
+    if subject.startswith(_RETRIED_SUBJECTS):
+        return True
+    return bool(headers) and any(h.startswith("Nats-") for h in headers or ())
+
+
+def _kind_of_request(subject: str) -> str:
+    if subject.startswith("$JS.API."):
+        return "api"
+    return "kv" if subject.startswith("$KV.") else "publish"
+
+
+class ClusterClient(NATS):
+    """A NATS client that rides out a JetStream leader election.
+
+    While a stream's leader is gone (killed, frozen, or its node cut off) a JetStream request gets
+    no responder, times out, or is answered 503 until the others elect a new leader (seconds).
+    Such requests are sent again for up to `failover_seconds` instead of failing the caller;
+    requests to services (probes, statistics) are not: no responder there means no service.
+    """
+
+    failover_seconds: float = 15.0
+
+    async def request(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        timeout: float = 0.5,
+        old_style: bool = False,
+        headers: dict[str, Any] | None = None,
+    ) -> Msg:
+        if not _rides_out_failover(subject, headers):
+            return await super().request(subject, payload, timeout, old_style, headers)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.failover_seconds
+        pause = 0.1
+        while True:
+            failure: Exception | None = None
+            try:
+                reply = await super().request(subject, payload, timeout, old_style, headers)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+                failure = exc
+            else:
+                if not _LEADERLESS.search(reply.data[:256]):
+                    return reply
+            if self.is_closed or loop.time() + pause > deadline:
+                if failure is not None:
+                    raise failure
+                return reply
+            NATS_RETRIES.labels(_kind_of_request(subject)).inc()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+
+async def connect(
+    url: str, name: str, *, ping_interval: float = 5.0, failover_seconds: float = 15.0
+) -> NATS:
+    """Connect with unlimited reconnects; connection changes are logged, never fatal.
+
+    `url` may list several servers (a cluster), separated by commas. A server that stops answering
+    pings for two intervals is left for another one.
+    """
     client: list[NATS] = []
 
     def closing() -> bool:
@@ -73,13 +143,18 @@ async def connect(url: str, name: str) -> NATS:
         NATS_RECONNECTS.labels(name).inc()
         log.info("nats.reconnected")
 
-    nc = await nats.connect(
+    # nats-py sleeps for these, so fractions work although its signature says int
+    intervals: dict[str, Any] = {"reconnect_time_wait": 0.5, "ping_interval": ping_interval}
+    nc = ClusterClient()
+    nc.failover_seconds = failover_seconds
+    await nc.connect(
         servers=[u.strip() for u in url.split(",") if u.strip()],
         name=name,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
         connect_timeout=3,
+        max_outstanding_pings=2,
         allow_reconnect=True,
+        **intervals,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,

@@ -105,7 +105,12 @@ async def serve(
     metrics = MetricsServer(settings.metrics_port) if settings.metrics_port else None
     if metrics is not None:
         await metrics.start()  # alive from here; ready once the service is
-    nc = await connect(settings.nats_url, f"vidmesh-{name}")
+    nc = await connect(
+        settings.nats_url,
+        f"vidmesh-{name}",
+        ping_interval=settings.nats_ping_interval,
+        failover_seconds=settings.nats_failover_seconds,
+    )
     started = time.monotonic()
     try:
         service = await build(nc)

@@ -197,7 +197,11 @@ def build_service(name: str, nc: NATS, env: dict[str, str]) -> Service:
 
 
 async def start_system(env: dict[str, str], *only: str) -> System:
-    nc = await connect(env["VIDMESH_NATS_URL"], "vidmesh-test")
+    ping = float(env.get("VIDMESH_NATS_PING_INTERVAL", "5"))
+    failover = float(env.get("VIDMESH_NATS_FAILOVER_SECONDS", "15"))
+    nc = await connect(
+        env["VIDMESH_NATS_URL"], "vidmesh-test", ping_interval=ping, failover_seconds=failover
+    )
     return await System(env=env, nc=nc).start(*only)
 
 

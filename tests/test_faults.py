@@ -461,6 +461,64 @@ async def test_nats_server_restart_mid_job(
             await server.stop()
 
 
+async def test_sigterm_transcoder_finishes_its_job_within_the_drain_and_takes_no_more(
+    deploy: Callable[..., Deployment],
+    nats_server: NatsServer,
+    jellyfin: JellyfinStandIn,
+    http: aiohttp.ClientSession,
+) -> None:
+    # Given a transcoder with two slots and the drain of the Kubernetes manifests (30 s, in a
+    # 60 s grace period), encoding a job
+    d = deploy(
+        nats_server.url,
+        VIDMESH_DRAIN_SECONDS="30",
+        VIDMESH_SLOTS="2",
+        VIDMESH_MAX_CONCURRENT_JOBS="2",
+    )
+    (leaving,) = await d.start("transcoder")
+    await d.start(*OTHER_SERVICES)
+    alice = Client(http, d.url, ALICE)
+    first = await alice.submit(slow_source(jellyfin))
+    with StatusRecorder(alice, first) as recorder:
+        await wait_running(alice, first, d)
+        _, ffmpeg = await d.transcoder_running_ffmpeg()
+
+        # When it gets SIGTERM (as a rolling upgrade sends), and another job arrives meanwhile
+        assert leaving.process is not None
+        signalled = time.monotonic()
+        leaving.process.send_signal(signal.SIGTERM)
+        exit_time = asyncio.create_task(exit_time_of(leaving, timeout=45))
+        await eventually(
+            lambda: '"service.stopping"' in leaving.log(), timeout=5, what="the drain to begin"
+        )
+        second = await alice.submit(quick_source(jellyfin))
+
+        # Then it finishes the running job itself, with the ffmpeg it had
+        job = await alice.wait_status(first, "completed", "failed", timeout=40)
+        assert ffmpeg not in ffmpeg_pids(d.marker)
+    assert job["status"] == "completed", (job, d.report())
+    assert "failed" not in recorder.seen, recorder.seen
+    await assert_downloads(alice, first)
+    # ... exits cleanly once it is done, well within the grace period, having handed nothing back
+    exited_after = await exit_time - signalled
+    assert leaving.process.returncode == 0, leaving.log()
+    assert exited_after < 30, f"{exited_after:.1f}s\n{leaving.log()}"
+    assert '"finished_in_time": true' in leaving.log(), leaving.log()
+    assert '"work.handed_back"' not in leaving.log()
+    # ... and it took no new work while draining: the second job waits for the next transcoder
+    assert await status_of(alice, second) == "queued"
+    (successor,) = await d.start("transcoder")
+    done = await alice.wait_status(second, "completed", "failed", timeout=30)
+    assert done["status"] == "completed", (done, d.report())
+    await eventually(
+        lambda: '"work.succeeded"' in successor.log(), timeout=10, what="the successor's log"
+    )
+    # ... one output per job, and no failure counted
+    await eventually(lambda: len(d.output_files()) == 2, timeout=15, what="two stored outputs")
+    status, stats, _ = await alice.request("GET", "/statistics")
+    assert status == 200 and stats["failedJobs"] == 0, stats
+
+
 # ---- cancelling ------------------------------------------------------------------------------
 
 

@@ -239,6 +239,17 @@ def test_transcoders_get_time_to_drain_before_they_are_killed(overlay: str) -> N
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_leaves_the_service_before_it_stops_within_its_grace(overlay: str) -> None:
+    objs = render(overlay)
+    (gateway,) = [(w, c) for w, c in containers(objs) if c["name"] == "gateway"]
+    workload, c = gateway
+    pause = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace = workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    # the pause, aiohttp's 5 s for requests in flight, 10 s for the NATS drain, and a margin
+    assert pause >= 5 and grace >= pause + 5 + 10 + 5
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_gateway_may_only_scale_transcoders_and_mark_pods(overlay: str) -> None:
     objs = render(overlay)
     rules = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import nats.errors
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -55,6 +56,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except KeyWrongLastSequenceError:
         return error_response(
             409, "conflict", "The object changed while this request ran; try again."
+        )
+    except nats.errors.Error as exc:  # NATS did not answer in time, even after a failover
+        log.warning("request.unavailable", path=request.path, code="unavailable", error=repr(exc))
+        return error_response(
+            503, "unavailable", "The job queue (NATS) is not answering right now; try again."
         )
     except VidmeshError as exc:
         if exc.http_status >= 500:
