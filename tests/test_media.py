@@ -368,14 +368,16 @@ def test_local_paths_get_no_reconnect_options() -> None:
     assert argv[:6] == ["ffmpeg", "-hide_banner", "-nostdin", "-y", "-loglevel", "error"]
 
 
-def test_encoder_threads_are_set_only_when_configured() -> None:
+def test_threads_bound_decoding_filtering_and_encoding_only_when_configured() -> None:
     plan = make_plan(None, DEFAULT_PROFILE, MP4)
     unset = build_args("ffmpeg", "/m/a.mkv", "/o.mp4", plan, DEFAULT_PROFILE, MP4)
     one = build_args("ffmpeg", "/m/a.mkv", "/o.mp4", plan, DEFAULT_PROFILE, MP4, threads=1)
-    assert "-threads" not in unset
-    at = one.index("-threads")
-    assert one[at + 1] == "1" and at > one.index("-i")  # an output (encoder) option
-    assert [a for a in one if a not in ("-threads", "1")] == unset
+    assert "-threads" not in unset and "-filter_threads" not in unset
+    source = one.index("-i")
+    decoder, encoder = [i for i, arg in enumerate(one) if arg == "-threads"]
+    assert decoder < source < encoder  # an input (decoder) and an output (encoder) option
+    assert one[decoder + 1] == one[encoder + 1] == one[one.index("-filter_threads") + 1] == "1"
+    assert [a for a in one if a not in ("-threads", "-filter_threads", "1")] == unset
 
 
 # ---------------------------------------------------------------- probe failures

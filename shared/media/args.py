@@ -104,6 +104,10 @@ def build_args(
         global_args += _device_args(hardware)
         if _gpu_frames(hardware):
             input_kwargs.update(CUDA_DECODE_ARGS)
+    if threads > 0:
+        # decoder and filter threads too, so a transcode uses about `threads` cores in all
+        input_kwargs["threads"] = threads
+        global_args += ["-filter_threads", str(threads)]
     source_node = ffmpeg_python.input(source, **input_kwargs)
 
     streams: list[Any] = []
