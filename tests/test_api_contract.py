@@ -164,7 +164,7 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         "--checks",
         "not_a_server_error,response_schema_conformance,status_code_conformance",
         "--max-examples",
-        "6",
+        "5",
         "--phases",
         "examples,coverage,fuzzing",
         "--workers",

@@ -36,7 +36,7 @@ from tests.jellyfin_standin import JellyfinStandIn
 from tests.nats_cluster import NatsCluster
 
 SUBMIT_EVERY = 0.4  # seconds between submissions, through every phase
-PHASE_SECONDS = 3.0  # how long a node stays down or frozen
+PHASE_SECONDS = 2.5  # how long a node stays down or frozen
 
 
 @pytest_asyncio.fixture
