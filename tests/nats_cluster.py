@@ -63,8 +63,12 @@ class NatsCluster:
         return index
 
     async def start(self, timeout: float = 30.0) -> None:
-        await asyncio.gather(*(node.start() for node in self.nodes))
-        await self.wait_jetstream(timeout)
+        try:
+            await asyncio.gather(*(node.start() for node in self.nodes))
+            await self.wait_jetstream(timeout)
+        except BaseException:
+            await self.stop()  # no server outlives a failed start
+            raise
 
     async def wait_jetstream(self, timeout: float = 30.0) -> None:
         """Until the cluster has a JetStream meta leader and answers account requests."""
