@@ -65,7 +65,13 @@ _RETRIED_SUBJECTS = ("$JS.API.", "$KV.")
 _LEADERLESS = re.compile(rb'"error":\s*\{[^}]*"code":\s*503')
 
 
+# A snapshot or restore opens a transfer: sent twice, it would open two.
+_NEVER_REPEATED = ("$JS.API.STREAM.SNAPSHOT.", "$JS.API.STREAM.RESTORE.")
+
+
 def _rides_out_failover(subject: str, headers: dict[str, str] | None) -> bool:
+    if subject.startswith(_NEVER_REPEATED):
+        return False
     if subject.startswith(_RETRIED_SUBJECTS):
         return True
     return bool(headers) and any(h.startswith("Nats-") for h in headers or ())

@@ -279,3 +279,14 @@ class Names:
             self.webhooks_bucket,
             self.deliveries_bucket,
         ]
+
+    def all_streams(self) -> list[str]:
+        """Every JetStream stream of this namespace: the five streams and each bucket's."""
+        streams = [
+            self.commands_stream,
+            self.work_stream,
+            self.events_stream,
+            self.telemetry_stream,
+            self.webhooks_stream,
+        ]
+        return streams + [f"KV_{bucket}" for bucket in self.all_buckets()]

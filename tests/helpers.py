@@ -227,15 +227,7 @@ async def stop_system(system: System) -> None:
 async def drop_namespace(nc: NATS, names: Names) -> None:
     """Delete a test's streams and buckets, so the shared server stays small."""
     js = nc.jetstream()
-    buckets = names.all_buckets()
-    streams = [
-        names.commands_stream,
-        names.work_stream,
-        names.events_stream,
-        names.telemetry_stream,
-        names.webhooks_stream,
-    ]
-    for stream in streams + [f"KV_{bucket}" for bucket in buckets]:
+    for stream in names.all_streams():
         with contextlib.suppress(Exception):
             await js.delete_stream(stream)
 

@@ -28,6 +28,18 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--jellyfin-url", help="Jellyfin server that vouches for tokens (JELLYFIN_URL)")
     for name in SERVICES:
         sub.add_parser(name, help=f"run the {name} service against VIDMESH_NATS_URL")
+    for verb, what in (
+        ("backup", "snapshot every JetStream stream and bucket of VIDMESH_NAMESPACE into DIR"),
+        ("restore", "give JetStream a backup back (the namespace must have no streams yet)"),
+    ):
+        command = sub.add_parser(verb, help=what)
+        command.add_argument("dir", type=Path, help="the backup's folder")
+        if verb == "restore":
+            command.add_argument(
+                "--replace",
+                action="store_true",
+                help="delete the namespace's streams first (stop every service before)",
+            )
     schemas = sub.add_parser("schemas", help="generate or check schemas/ from the message types")
     mode = schemas.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="rewrite the files (default)")
@@ -44,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
         runpy.run_module(f"services.{args.command}", run_name="__main__", alter_sys=True)
     elif args.command == "schemas":
         _schemas(args)
+    elif args.command in ("backup", "restore"):
+        replace = getattr(args, "replace", False)
+        sys.exit(asyncio.run(_backup_or_restore(args.command, args.dir, replace=replace)))
 
 
 def _up(args: argparse.Namespace) -> None:
@@ -84,6 +99,33 @@ def _up(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
+
+
+async def _backup_or_restore(verb: str, folder: Path, *, replace: bool) -> int:
+    from shared import backup
+    from shared.config import CommonSettings, load
+    from shared.natsio import connect
+    from shared.subjects import Names
+
+    settings = load(CommonSettings)
+    names = Names(settings.namespace)
+    nc = await connect(settings.nats_url, f"vidmesh-{verb}")
+    try:
+        if verb == "backup":
+            copies = await backup.backup(nc, names, folder)
+        else:
+            copies = await backup.restore(nc, names, folder, replace=replace)
+    except backup.BackupError as exc:
+        print(f"vidmesh {verb}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await nc.close()
+    size = sum(c.size for c in copies) / 2**20
+    done = "backed up" if verb == "backup" else "restored"
+    print(
+        f"{done} {len(copies)} streams ({size:.1f} MiB) of namespace {names.namespace!r}: {folder}"
+    )
+    return 0
 
 
 def _schemas(args: argparse.Namespace) -> None:
