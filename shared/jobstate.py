@@ -1,18 +1,53 @@
 """The job and rendition state machines: transitions as data, pure functions that apply them.
 
 Nothing here does I/O or reads a clock: callers pass `now`. Every function returns a new record or
-raises `InvalidTransition`; the allowed moves are the tables below, and a test walks them.
+raises `InvalidTransition`; the allowed moves are the tables in `shared._transitions`, and a test
+walks them. This module holds the job machine and re-exports the rendition machine
+(`shared._renditionstate`) and the job queries (`shared._jobqueries`): callers import from here.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import msgspec
 
-from shared.errors import Conflict
-from shared.media.presets import PresetSpec, builtin, spec_fingerprint
+from shared._jobqueries import (
+    can_start,
+    counts_toward_device_limit,
+    follows,
+    holds_output,
+    purge_due,
+)
+from shared._renditionstate import (
+    _move_rendition as _move_rendition,  # the guarded step the transition-table test walks
+)
+from shared._renditionstate import (
+    cancel_rendition,
+    claim,
+    dispatch,
+    fail_rendition,
+    mark_manual,
+    new_rendition,
+    owned_by,
+    raise_priority,
+    release_rendition,
+    rendition_key_of,
+    renew,
+    retry,
+    succeed,
+    undispatch,
+)
+from shared._transitions import (
+    ACTIVE,
+    FINISHED,
+    JOB_TRANSITIONS,
+    RENDITION_ENDED,
+    RENDITION_LIVE,
+    RENDITION_TRANSITIONS,
+    InvalidTransition,
+)
+from shared.media.presets import PresetSpec
 from shared.media.probe import ProbeResult
 from shared.messages.records import (
     Destination,
@@ -21,38 +56,64 @@ from shared.messages.records import (
     JobStatus,
     Output,
     Rendition,
-    RenditionState,
 )
-from shared.sources import is_object_uri, rendition_key
+
+__all__ = [
+    "ACTIVE",
+    "CACHE_CLEARED",
+    "CLEANED_UP",
+    "DELETED",
+    "DISMISSED",
+    "DOWNLOADED",
+    "EXPIRED",
+    "FINISHED",
+    "JOB_TRANSITIONS",
+    "RENDITION_ENDED",
+    "RENDITION_LIVE",
+    "RENDITION_TRANSITIONS",
+    "InvalidTransition",
+    "attach",
+    "can_start",
+    "cancel",
+    "cancel_rendition",
+    "claim",
+    "clean_up",
+    "clear_output",
+    "complete",
+    "confirm_download",
+    "counts_toward_device_limit",
+    "delete_output",
+    "detach",
+    "dispatch",
+    "expire",
+    "fail",
+    "fail_rendition",
+    "follows",
+    "hold",
+    "holds_output",
+    "mark_manual",
+    "new_job",
+    "new_rendition",
+    "owned_by",
+    "purge_due",
+    "raise_priority",
+    "release",
+    "release_rendition",
+    "rename",
+    "rendition_key_of",
+    "renew",
+    "request_start",
+    "restart_job",
+    "retry",
+    "retry_job",
+    "start",
+    "succeed",
+    "unhold",
+    "undispatch",
+    "unpause",
+]
 
 J = JobStatus
-R = RenditionState
-
-JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    J.QUEUED: frozenset({J.QUEUED, J.HELD, J.RUNNING, J.COMPLETED, J.FAILED, J.CANCELLED}),
-    J.PAUSED: frozenset({J.PAUSED, J.QUEUED, J.CANCELLED}),
-    J.HELD: frozenset({J.QUEUED, J.CANCELLED}),
-    J.RUNNING: frozenset({J.QUEUED, J.COMPLETED, J.FAILED, J.CANCELLED}),
-    J.COMPLETED: frozenset({J.COMPLETED, J.REMOVED, J.QUEUED}),
-    J.FAILED: frozenset({J.REMOVED, J.QUEUED}),
-    J.CANCELLED: frozenset({J.REMOVED, J.QUEUED}),
-    J.REMOVED: frozenset({J.REMOVED, J.QUEUED}),
-}
-
-RENDITION_TRANSITIONS: dict[RenditionState, frozenset[RenditionState]] = {
-    R.PENDING: frozenset({R.DISPATCHED, R.RUNNING, R.FAILED, R.CANCELLED}),
-    R.DISPATCHED: frozenset({R.PENDING, R.RUNNING, R.FAILED, R.CANCELLED}),
-    R.RUNNING: frozenset({R.RUNNING, R.DISPATCHED, R.DONE, R.FAILED, R.CANCELLED}),
-    R.DONE: frozenset({R.RELEASED}),
-    R.FAILED: frozenset({R.PENDING}),
-    R.CANCELLED: frozenset({R.PENDING}),
-    R.RELEASED: frozenset({R.PENDING}),
-}
-
-ACTIVE = frozenset({J.QUEUED, J.PAUSED, J.HELD, J.RUNNING})
-FINISHED = frozenset({J.COMPLETED, J.FAILED, J.CANCELLED})
-RENDITION_LIVE = frozenset({R.PENDING, R.DISPATCHED, R.RUNNING})
-RENDITION_ENDED = frozenset({R.FAILED, R.CANCELLED, R.RELEASED})
 
 # Why a job was removed (JobRecord.removal_reason).
 DOWNLOADED = "downloaded"
@@ -63,25 +124,10 @@ DELETED = "deleted"
 CLEANED_UP = "cleaned_up"
 
 
-class InvalidTransition(Conflict):
-    """The record's current state does not allow the requested change."""
-
-    code = "invalid_transition"
-
-
 def _move_job(job: JobRecord, to: JobStatus, now: float, **changes: object) -> JobRecord:
     if to not in JOB_TRANSITIONS[job.status]:
         raise InvalidTransition(f"job {job.id} is {job.status}; it cannot become {to}")
     return msgspec.structs.replace(job, status=to, updated_at=now, **changes)
-
-
-def _move_rendition(r: Rendition, to: RenditionState, now: float, **changes: object) -> Rendition:
-    if to not in RENDITION_TRANSITIONS[r.state]:
-        raise InvalidTransition(f"rendition {r.key} is {r.state}; it cannot become {to}")
-    return msgspec.structs.replace(r, state=to, updated_at=now, **changes)
-
-
-# ---- jobs ---------------------------------------------------------------------------------
 
 
 def new_job(
@@ -325,155 +371,3 @@ def request_start(job: JobRecord, now: float) -> JobRecord:
     if job.status is not J.QUEUED:
         raise InvalidTransition(f"job {job.id} is {job.status}; only a queued job can be started")
     return msgspec.structs.replace(job, manual_start=True, updated_at=now)
-
-
-def can_start(job: JobRecord) -> bool:
-    return job.status is J.QUEUED
-
-
-def holds_output(job: JobRecord, now: float) -> bool:
-    """Whether the job still needs its rendition's output to stay stored."""
-    if job.status is J.COMPLETED:
-        return True
-    return job.status is J.REMOVED and job.keep_until is not None and job.keep_until > now
-
-
-def counts_toward_device_limit(job: JobRecord) -> bool:
-    """Jobs that occupy a device's share: started (or about to) and finished but not downloaded."""
-    if job.status is J.QUEUED:
-        return job.rendition is not None
-    return job.status in (J.RUNNING, J.COMPLETED)
-
-
-def follows(job: JobRecord, r: Rendition) -> bool:
-    """Whether an active job is attached to this generation of the rendition."""
-    return (
-        job.status in (J.QUEUED, J.RUNNING)
-        and job.rendition == r.key
-        and job.generation == r.generation
-    )
-
-
-def purge_due(job: JobRecord, keep_seconds: float, now: float) -> bool:
-    """Whether a job that ended long enough ago can be deleted."""
-    if job.status is J.REMOVED:
-        ended = job.removed_at or job.updated_at
-    elif job.status in (J.FAILED, J.CANCELLED):
-        ended = job.finished_at or job.updated_at
-    else:
-        return False
-    return now >= ended + keep_seconds and not holds_output(job, now)
-
-
-# ---- renditions ---------------------------------------------------------------------------
-
-
-def rendition_key_of(job: JobRecord) -> str:
-    """The rendition a job asks for: its media (credentials aside), preset spec and container;
-    a restarted job's nonce makes the rendition its own."""
-    spec = job.spec or builtin(job.profile)
-    key = rendition_key(job.source, spec_fingerprint(spec), job.container)
-    extra = []
-    if job.nonce:
-        extra.append(f"nonce={job.nonce}")
-    if job.destination is not None:
-        extra.append(f"to={job.destination.store}/{job.destination.prefix}/{job.output_name}")
-    if is_object_uri(job.source):
-        extra.append(f"owner={job.owner}")  # read with the owner's own credentials
-    if extra:
-        key = hashlib.sha256("\n".join([key, *extra]).encode()).hexdigest()[:40]
-    return key
-
-
-def new_rendition(
-    key: str, job: JobRecord, now: float, *, generation: int = 1, pool: str = "default"
-) -> Rendition:
-    """A fresh rendition for `job`'s source, profile and container."""
-    return Rendition(
-        key=key,
-        generation=generation,
-        source=job.source,
-        profile=job.profile,
-        spec=job.spec,
-        container=job.container,
-        pool=pool,
-        priority=job.priority,
-        owner=job.owner,
-        destination=job.destination,
-        output_name=job.output_name,
-        created_at=now,
-        updated_at=now,
-        manual=job.manual_start,
-        first_device=job.device_id,
-        duration_hint=job.duration_hint,
-    )
-
-
-def renew(r: Rendition, job: JobRecord, now: float) -> Rendition:
-    """Start a new generation of an ended rendition for `job`."""
-    if r.state not in RENDITION_ENDED:
-        raise InvalidTransition(f"rendition {r.key} is {r.state}; only an ended one is renewed")
-    fresh = new_rendition(r.key, job, now, generation=r.generation + 1, pool=r.pool)
-    return msgspec.structs.replace(fresh, dispatch_seq=r.dispatch_seq)
-
-
-def raise_priority(r: Rendition, priority: int, now: float) -> Rendition:
-    return msgspec.structs.replace(r, priority=max(r.priority, priority), updated_at=now)
-
-
-def mark_manual(r: Rendition, now: float) -> Rendition:
-    return msgspec.structs.replace(r, manual=True, updated_at=now)
-
-
-def dispatch(r: Rendition, now: float) -> Rendition:
-    """The rendition holds a lease and its work item is published."""
-    return _move_rendition(r, R.DISPATCHED, now, dispatched_at=now, dispatch_seq=r.dispatch_seq + 1)
-
-
-def undispatch(r: Rendition, now: float) -> Rendition:
-    """Give the lease back without running (the work item was never published)."""
-    return _move_rendition(r, R.PENDING, now)
-
-
-def claim(r: Rendition, worker: str, now: float, ack_subject: str = "") -> Rendition:
-    """A transcoder takes the rendition; a running one is taken over (its worker stopped)."""
-    return _move_rendition(
-        r,
-        R.RUNNING,
-        now,
-        worker=worker,
-        attempt=r.attempt + 1,
-        started_at=now,
-        ack_subject=ack_subject,
-    )
-
-
-def retry(r: Rendition, error: JobError, now: float) -> Rendition:
-    """An attempt failed in a way that may pass, or its transcoder is shutting down."""
-    return _move_rendition(r, R.DISPATCHED, now, worker=None, last_error=error)
-
-
-def succeed(r: Rendition, output: Output, now: float) -> Rendition:
-    return _move_rendition(r, R.DONE, now, output=output, finished_at=now, last_error=None)
-
-
-def fail_rendition(r: Rendition, error: JobError, now: float) -> Rendition:
-    return _move_rendition(r, R.FAILED, now, last_error=error, finished_at=now)
-
-
-def cancel_rendition(r: Rendition, now: float) -> Rendition:
-    return _move_rendition(r, R.CANCELLED, now, finished_at=now)
-
-
-def release_rendition(r: Rendition, now: float) -> Rendition:
-    return _move_rendition(r, R.RELEASED, now)
-
-
-def owned_by(r: Rendition, worker: str, generation: int, attempt: int) -> bool:
-    """Whether `worker` still holds this attempt of the rendition."""
-    return (
-        r.state is R.RUNNING
-        and r.worker == worker
-        and r.generation == generation
-        and r.attempt == attempt
-    )
