@@ -2,20 +2,19 @@
 
 Beside ffmpeg run three helpers: a heartbeat that keeps JetStream from handing the work to
 another transcoder, a watch on the rendition record that stops ffmpeg when the rendition is
-cancelled or taken over, and the progress writer.
+cancelled or taken over, and the progress writer. Reads and writes of the rendition record
+itself live in `records.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 
 import msgspec
 import structlog
 from nats.aio.msg import Msg
-from nats.js.kv import KV_DEL, KV_PURGE
 from structlog.contextvars import bound_contextvars
 
 from services.transcoder.attempt import (
@@ -32,9 +31,9 @@ from services.transcoder.attempt import (
 from services.transcoder.config import TranscoderSettings
 from services.transcoder.node import NodeState
 from services.transcoder.progress import ProgressReporter
+from services.transcoder.records import RenditionRecords
 from services.transcoder.sessions import SessionRecorder, session_id
 from services.transcoder.upload import PipeUpload
-from shared import jobstate
 from shared.blobstore import BlobStore, StoredBlob, output_key
 from shared.consumer import Outcome
 from shared.errors import BadRequest, SourceError, StoreError
@@ -56,7 +55,7 @@ from shared.media.plan import Plan
 from shared.media.probe import ProbeResult
 from shared.media.profiles import Profile
 from shared.messages.fleet import DEVICE_PIPELINES, SessionState, TranscodeSession
-from shared.messages.records import JobError, Output, Rendition, RenditionState
+from shared.messages.records import JobError, Output, Rendition
 from shared.messages.work import WORK_DECODER, TranscodeWork
 from shared.natsio import describe
 from shared.recordstore import RecordStore
@@ -66,16 +65,8 @@ from shared.stores import Stores
 
 log = structlog.get_logger("vidmesh.transcoder")
 
-R = RenditionState
-
 # A signed source URL outlives any transcode (S3 allows at most 7 days).
 SIGNED_SOURCE_SECONDS = 24 * 3600
-
-STOPPED = JobError(
-    code="worker_stopped",
-    reason="The transcoder running this job stopped; the job will run again.",
-    retryable=True,
-)
 
 
 class WorkRunner:
@@ -101,6 +92,9 @@ class WorkRunner:
         self.worker_id = worker_id
         self.ffmpeg = ffmpeg
         self.scratch = scratch
+        self.records = RenditionRecords(
+            store, stores, worker_id=worker_id, max_attempts=settings.max_attempts
+        )
         self.running: dict[str, Rendition] = {}
         self.running_jobs: dict[str, list[str]] = {}  # rendition key -> the jobs it serves
 
@@ -112,7 +106,9 @@ class WorkRunner:
             return Outcome.TERM
         delivered = msg.metadata.num_delivered or 1
         with bound_contextvars(rendition=work.key, generation=work.generation, delivery=delivered):
-            rendition = await self._claim(work, redelivered=delivered > 1, ack_subject=msg.reply)
+            rendition = await self.records.claim(
+                work, redelivered=delivered > 1, ack_subject=msg.reply
+            )
             if rendition is None:
                 return Outcome.ACK
             self.running[work.key] = rendition
@@ -122,29 +118,6 @@ class WorkRunner:
             finally:
                 self.running.pop(work.key, None)
                 self.running_jobs.pop(work.key, None)
-
-    async def _claim(
-        self, work: TranscodeWork, *, redelivered: bool, ack_subject: str
-    ) -> Rendition | None:
-        """Take the rendition; None when there is nothing (left) for us to do."""
-        now = time.time()
-
-        def take(current: Rendition | None) -> Rendition | None:
-            if current is None or current.generation != work.generation:
-                return None
-            if current.state in (R.PENDING, R.DISPATCHED):
-                return jobstate.claim(current, self.worker_id, now, ack_subject)
-            # A redelivery means the previous holder stopped heartbeating: take over.
-            if current.state is R.RUNNING and redelivered and current.worker != self.worker_id:
-                return jobstate.claim(current, self.worker_id, now, ack_subject)
-            return None
-
-        r, changed = await self.store.change_rendition(work.key, take)
-        if not changed or r is None:
-            log.info("work.skipped", state=r.state if r else None)
-            return None
-        log.info("work.claimed", attempt=r.attempt, redelivered=redelivered)
-        return r
 
     async def _run(self, msg: Msg, work: TranscodeWork, r: Rendition) -> Outcome:
         started = time.monotonic()
@@ -159,7 +132,7 @@ class WorkRunner:
         lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         helpers = [
             asyncio.create_task(self._heartbeat(msg, lost)),
-            asyncio.create_task(self._watch_ownership(r, lost)),
+            asyncio.create_task(self.records.watch_ownership(r, lost)),
             asyncio.create_task(reporter.run()),
             asyncio.create_task(session.run()),
         ]
@@ -177,12 +150,12 @@ class WorkRunner:
             return Outcome.ACK if exc.reason == "cancelled" else Outcome.ABANDON
         except TranscodeFailed as exc:
             await session.finish("failed", error=exc.error.reason)
-            return await self._failed(r, exc.error)
+            return await self.records.record_failure(r, exc.error)
         except asyncio.CancelledError:
             transcode.cancel()
             await asyncio.gather(transcode, return_exceptions=True)
             await asyncio.shield(session.finish("stopped", error="the transcoder stopped"))
-            await asyncio.shield(self._hand_back(r))
+            await asyncio.shield(self.records.hand_back(r))
             raise
         except Exception as exc:
             log.exception("work.crashed", **describe(exc))
@@ -193,11 +166,11 @@ class WorkRunner:
                 retryable=True,
             )
             await session.finish("failed", error=error.reason)
-            return await self._failed(r, error)
+            return await self.records.record_failure(r, error)
         finally:
             await stop_tasks([transcode, *helpers])
         await session.finish("succeeded", output=msgspec.to_builtins(output))
-        return await self._succeeded(r, output, time.monotonic() - started, reporter)
+        return await self.records.record_success(r, output, time.monotonic() - started, reporter)
 
     def _session(
         self, work: TranscodeWork, r: Rendition, reporter: ProgressReporter
@@ -237,7 +210,7 @@ class WorkRunner:
             # ffmpeg has the last word on whether the source is readable.
             log.warning("probe.failed", error=exc.message)
         else:
-            await self._record_probe(r, probe)
+            await self.records.record_probe(r, probe)
             session.update(probe=msgspec.to_builtins(probe))
         total, estimated = duration_of(probe, work.duration_hint)
         reporter.set_total(total, estimated=estimated)
@@ -405,86 +378,6 @@ class WorkRunner:
         prefix = work.destination.prefix.strip("/")
         return work.destination.store, store, f"{prefix}/{name}" if prefix else name
 
-    async def _record_probe(self, r: Rendition, probe: ProbeResult) -> None:
-        """Keep what the source is on the rendition, so jobs can show it."""
-
-        def keep(current: Rendition | None) -> Rendition | None:
-            if current is None or not jobstate.owned_by(
-                current, self.worker_id, r.generation, r.attempt
-            ):
-                return None
-            return msgspec.structs.replace(current, probe=probe)
-
-        try:
-            await self.store.change_rendition(r.key, keep)
-        except Exception as exc:
-            log.debug("probe.record_failed", **describe(exc))
-
-    async def _succeeded(
-        self, r: Rendition, output: Output, wall: float, reporter: ProgressReporter
-    ) -> Outcome:
-        now = time.time()
-
-        def done(current: Rendition | None) -> Rendition | None:
-            if current is None or not jobstate.owned_by(
-                current, self.worker_id, r.generation, r.attempt
-            ):
-                return None
-            return jobstate.succeed(current, output, now)
-
-        record, changed = await self.store.change_rendition(r.key, done, wall_seconds=wall)
-        if not changed:
-            # Someone else owns it now: this output is not the one recorded, so it goes
-            # (a user's destination keeps its name: the current owner writes it again).
-            if not output.store:
-                await self.stores.service.delete(output.blob)
-            log.info("work.discarded", state=record.state if record else None)
-            return Outcome.ABANDON
-        await reporter.clear()
-        log.info("work.succeeded", blob=output.blob, size=output.size, wall_s=round(wall, 2))
-        return Outcome.ACK
-
-    async def _failed(self, r: Rendition, error: JobError) -> Outcome:
-        now = time.time()
-        again = error.retryable and r.attempt < self.settings.max_attempts
-
-        def record(current: Rendition | None) -> Rendition | None:
-            if current is None or not jobstate.owned_by(
-                current, self.worker_id, r.generation, r.attempt
-            ):
-                return None
-            if again:
-                return jobstate.retry(current, error, now)
-            return jobstate.fail_rendition(current, error, now)
-
-        _, changed = await self.store.change_rendition(r.key, record)
-        log.warning(
-            "work.failed",
-            code=error.code,
-            reason=error.reason,
-            retry=again and changed,
-            attempt=r.attempt,
-            detail=error.detail[-500:],
-        )
-        if not changed:
-            return Outcome.ABANDON
-        return Outcome.RETRY if again else Outcome.ACK
-
-    async def _hand_back(self, r: Rendition) -> None:
-        """Shutting down mid-transcode: put the rendition back so another transcoder takes it."""
-        now = time.time()
-
-        def back(current: Rendition | None) -> Rendition | None:
-            if current is None or not jobstate.owned_by(
-                current, self.worker_id, r.generation, r.attempt
-            ):
-                return None
-            return jobstate.retry(current, STOPPED, now)
-
-        with contextlib.suppress(Exception):
-            await self.store.change_rendition(r.key, back)
-            log.info("work.handed_back")
-
     async def _heartbeat(self, msg: Msg, lost: asyncio.Future[str]) -> None:
         """Tell JetStream we are alive; give up ownership once we could not for a whole ack_wait."""
         interval = self.settings.ack_wait / 3
@@ -499,30 +392,3 @@ class WorkRunner:
                 if time.monotonic() - last_ok > self.settings.ack_wait and not lost.done():
                     lost.set_result("heartbeat lost")
                     return
-
-    async def _watch_ownership(self, r: Rendition, lost: asyncio.Future[str]) -> None:
-        """Stop when the rendition is cancelled, or claimed by another transcoder."""
-        while not lost.done():
-            try:
-                watcher = await self.store.renditions.kv.watch(r.key)
-            except Exception as exc:
-                log.debug("work.watch_failed", **describe(exc))
-                await asyncio.sleep(1.0)
-                continue
-            try:
-                async for entry in watcher:
-                    if entry is None:
-                        continue
-                    if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                        lost.set_result("cancelled")
-                        return
-                    current = self.store.renditions.decode(entry.value)
-                    if jobstate.owned_by(current, self.worker_id, r.generation, r.attempt):
-                        continue
-                    reason = "cancelled" if current.state is R.CANCELLED else "taken over"
-                    if not lost.done():
-                        lost.set_result(reason)
-                    return
-            finally:
-                with contextlib.suppress(Exception):
-                    await watcher.stop()  # type: ignore[no-untyped-call]

@@ -1,0 +1,178 @@
+"""A transcoder's hold on one rendition record in KV: claim it, annotate it, record how the
+attempt ended (or hand it back), and notice when it stops being ours.
+
+Every write is a compare-and-set that only applies while this worker still owns the attempt, so
+a transcoder that was cancelled or taken over can never overwrite the current owner's record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TypeGuard
+
+import msgspec
+import structlog
+from nats.js.kv import KV_DEL, KV_PURGE
+
+from services.transcoder.progress import ProgressReporter
+from shared import jobstate
+from shared.consumer import Outcome
+from shared.media.probe import ProbeResult
+from shared.messages.records import JobError, Output, Rendition, RenditionState
+from shared.messages.work import TranscodeWork
+from shared.natsio import describe
+from shared.recordstore import RecordStore
+from shared.stores import Stores
+
+log = structlog.get_logger("vidmesh.transcoder")
+
+R = RenditionState
+
+STOPPED = JobError(
+    code="worker_stopped",
+    reason="The transcoder running this job stopped; the job will run again.",
+    retryable=True,
+)
+
+
+class RenditionRecords:
+    """This transcoder's reads and writes of rendition records, one attempt at a time."""
+
+    def __init__(
+        self, store: RecordStore, stores: Stores, *, worker_id: str, max_attempts: int
+    ) -> None:
+        self.store = store
+        self.stores = stores
+        self.worker_id = worker_id
+        self.max_attempts = max_attempts
+
+    def _owns(self, current: Rendition | None, r: Rendition) -> TypeGuard[Rendition]:
+        return current is not None and jobstate.owned_by(
+            current, self.worker_id, r.generation, r.attempt
+        )
+
+    async def claim(
+        self, work: TranscodeWork, *, redelivered: bool, ack_subject: str
+    ) -> Rendition | None:
+        """Take the rendition; None when there is nothing (left) for us to do."""
+        now = time.time()
+
+        def take(current: Rendition | None) -> Rendition | None:
+            if current is None or current.generation != work.generation:
+                return None
+            if current.state in (R.PENDING, R.DISPATCHED):
+                return jobstate.claim(current, self.worker_id, now, ack_subject)
+            # A redelivery means the previous holder stopped heartbeating: take over.
+            if current.state is R.RUNNING and redelivered and current.worker != self.worker_id:
+                return jobstate.claim(current, self.worker_id, now, ack_subject)
+            return None
+
+        r, changed = await self.store.change_rendition(work.key, take)
+        if not changed or r is None:
+            log.info("work.skipped", state=r.state if r else None)
+            return None
+        log.info("work.claimed", attempt=r.attempt, redelivered=redelivered)
+        return r
+
+    async def record_probe(self, r: Rendition, probe: ProbeResult) -> None:
+        """Keep what the source is on the rendition, so jobs can show it."""
+
+        def keep(current: Rendition | None) -> Rendition | None:
+            if not self._owns(current, r):
+                return None
+            return msgspec.structs.replace(current, probe=probe)
+
+        try:
+            await self.store.change_rendition(r.key, keep)
+        except Exception as exc:
+            log.debug("probe.record_failed", **describe(exc))
+
+    async def record_success(
+        self, r: Rendition, output: Output, wall: float, reporter: ProgressReporter
+    ) -> Outcome:
+        """Record the output as the rendition's; an output no longer ours is thrown away."""
+        now = time.time()
+
+        def done(current: Rendition | None) -> Rendition | None:
+            if not self._owns(current, r):
+                return None
+            return jobstate.succeed(current, output, now)
+
+        record, changed = await self.store.change_rendition(r.key, done, wall_seconds=wall)
+        if not changed:
+            # Someone else owns it now: this output is not the one recorded, so it goes
+            # (a user's destination keeps its name: the current owner writes it again).
+            if not output.store:
+                await self.stores.service.delete(output.blob)
+            log.info("work.discarded", state=record.state if record else None)
+            return Outcome.ABANDON
+        await reporter.clear()
+        log.info("work.succeeded", blob=output.blob, size=output.size, wall_s=round(wall, 2))
+        return Outcome.ACK
+
+    async def record_failure(self, r: Rendition, error: JobError) -> Outcome:
+        """Record the failure: queued to run again while retryable attempts remain, else final."""
+        now = time.time()
+        again = error.retryable and r.attempt < self.max_attempts
+
+        def record(current: Rendition | None) -> Rendition | None:
+            if not self._owns(current, r):
+                return None
+            if again:
+                return jobstate.retry(current, error, now)
+            return jobstate.fail_rendition(current, error, now)
+
+        _, changed = await self.store.change_rendition(r.key, record)
+        log.warning(
+            "work.failed",
+            code=error.code,
+            reason=error.reason,
+            retry=again and changed,
+            attempt=r.attempt,
+            detail=error.detail[-500:],
+        )
+        if not changed:
+            return Outcome.ABANDON
+        return Outcome.RETRY if again else Outcome.ACK
+
+    async def hand_back(self, r: Rendition) -> None:
+        """Shutting down mid-transcode: put the rendition back so another transcoder takes it."""
+        now = time.time()
+
+        def back(current: Rendition | None) -> Rendition | None:
+            if not self._owns(current, r):
+                return None
+            return jobstate.retry(current, STOPPED, now)
+
+        with contextlib.suppress(Exception):
+            await self.store.change_rendition(r.key, back)
+            log.info("work.handed_back")
+
+    async def watch_ownership(self, r: Rendition, lost: asyncio.Future[str]) -> None:
+        """Stop when the rendition is cancelled, or claimed by another transcoder."""
+        while not lost.done():
+            try:
+                watcher = await self.store.renditions.kv.watch(r.key)
+            except Exception as exc:
+                log.debug("work.watch_failed", **describe(exc))
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                async for entry in watcher:
+                    if entry is None:
+                        continue
+                    if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                        lost.set_result("cancelled")
+                        return
+                    current = self.store.renditions.decode(entry.value)
+                    if self._owns(current, r):
+                        continue
+                    reason = "cancelled" if current.state is R.CANCELLED else "taken over"
+                    if not lost.done():
+                        lost.set_result(reason)
+                    return
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
