@@ -1,5 +1,8 @@
-"""Operators' view and control of the transcoder fleet: pools, fleet-wide transcoding settings,
-the GPUs the fleet sees, capability probes, and the system's status."""
+"""Operators' administration of transcoder pools: create, change, delete and probe them.
+
+Fleet-wide transcoding settings are in `fleet_settings_api.py`; the GPUs the fleet sees and the
+system's status in `fleet_health_api.py`.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +19,6 @@ from services.gateway.errors import json_response
 from services.gateway.state import gateway
 from services.gateway.views import Message
 from shared.errors import Conflict, NotFound
-from shared.fleet import SETTINGS_KEY
-from shared.gpu import GpuHealth
 from shared.kv import Stale
 from shared.messages import events as ev
 from shared.messages.fleet import (
@@ -25,10 +26,7 @@ from shared.messages.fleet import (
     POOL_ID_PATTERN,
     Capability,
     Device,
-    GpuState,
-    HardwarePreference,
     Pool,
-    TranscodingSettings,
     WorkerInfo,
     valid_pool_id,
 )
@@ -75,46 +73,6 @@ class PoolView(msgspec.Struct, kw_only=True):
     updated_at: float
 
 
-class SettingsUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Fleet-wide settings; fields left out keep their value, null clears a limit."""
-
-    global_concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None | msgspec.UnsetType = (
-        msgspec.UNSET
-    )
-    hardware_preference: HardwarePreference | msgspec.UnsetType = msgspec.UNSET
-    max_height: Annotated[int, msgspec.Meta(ge=144, le=4320)] | None | msgspec.UnsetType = (
-        msgspec.UNSET
-    )
-    max_video_bitrate_kbps: (
-        Annotated[int, msgspec.Meta(ge=100, le=200_000)] | None | msgspec.UnsetType
-    ) = msgspec.UNSET
-
-
-class GpuView(msgspec.Struct, kw_only=True):
-    """One GPU as a transcoder reports it."""
-
-    worker: str
-    host: str
-    pool: str
-    driver_version: str
-    gpu: GpuHealth
-
-
-class NodeGpuState(msgspec.Struct, kw_only=True):
-    worker: str
-    host: str
-    pool: str
-    gpu_state: GpuState
-    gpu_reason: str
-
-
-class FleetGpus(msgspec.Struct, kw_only=True):
-    """Every GPU the live transcoders see, and the transcoders that see none (and why)."""
-
-    gpus: list[GpuView]
-    nodes: list[NodeGpuState]
-
-
 class ProbeResults(msgspec.Struct, kw_only=True):
     """What each transcoder of the pool found when it re-ran its capability probe."""
 
@@ -122,18 +80,6 @@ class ProbeResults(msgspec.Struct, kw_only=True):
     answered: int
     expected: int
     results: list[Capability]
-
-
-class SystemStatus(msgspec.Struct, kw_only=True):
-    """ffmpeg, capability probes and transcoders, for a health page."""
-
-    status: str  # ok | degraded | no_transcoders
-    transcoders: int
-    ffmpeg_versions: list[str]
-    capabilities_ready: int
-    pipelines: dict[str, int]  # pipeline -> transcoders offering it
-    problems: list[str]
-    gateway_uptime_s: float
 
 
 def _view(pool: Pool, workers: list[WorkerInfo], running: int, subject: str) -> PoolView:
@@ -169,6 +115,7 @@ async def _pool_view(request: web.Request, pool: Pool) -> PoolView:
     response=list[PoolView],
 )
 async def list_pools(request: web.Request) -> web.Response:
+    """Every pool with its live transcoders and running renditions."""
     gw = gateway(request)
     workers = await gw.fleet.live_workers()
     views = []
@@ -189,6 +136,7 @@ async def list_pools(request: web.Request) -> web.Response:
     response=PoolView,
 )
 async def create_pool(request: web.Request, body: PoolCreate) -> web.Response:
+    """The new pool, announced with a pool.created event."""
     gw = gateway(request)
     if await gw.fleet.pool(body.id) is not None:
         raise Conflict(f"The pool {body.id!r} exists already.")
@@ -246,6 +194,7 @@ async def _pool(request: web.Request) -> Pool:
     response=PoolView,
 )
 async def get_pool(request: web.Request) -> web.Response:
+    """The pool named in the path."""
     return json_response(await _pool_view(request, await _pool(request)))
 
 
@@ -259,6 +208,7 @@ async def get_pool(request: web.Request) -> web.Response:
     response=PoolView,
 )
 async def update_pool(request: web.Request, body: PoolUpdate) -> web.Response:
+    """The pool with the body's changes, announced when something changed."""
     gw = gateway(request)
     pool_id = (await _pool(request)).id
     now = time.time()
@@ -290,6 +240,7 @@ async def update_pool(request: web.Request, body: PoolUpdate) -> web.Response:
     response=Message,
 )
 async def delete_pool(request: web.Request) -> web.Response:
+    """Delete a pool that holds no leases (never the default pool)."""
     gw = gateway(request)
     pool = await _pool(request)
     if pool.id == DEFAULT_POOL:
@@ -323,6 +274,7 @@ async def delete_pool(request: web.Request) -> web.Response:
     response=ProbeResults,
 )
 async def probe_pool(request: web.Request) -> web.Response:
+    """What the pool's live transcoders answer within PROBE_WAIT_SECONDS."""
     gw = gateway(request)
     pool = await _pool(request)
     expected = [w for w in await gw.fleet.live_workers() if w.pool == pool.id]
@@ -350,106 +302,4 @@ async def probe_pool(request: web.Request) -> web.Response:
         await sub.unsubscribe()
     return json_response(
         ProbeResults(pool=pool.id, answered=len(results), expected=len(expected), results=results)
-    )
-
-
-@API.route(
-    "GET",
-    "/api/admin/transcoding/settings",
-    access=Access.ADMIN,
-    tag=TAG,
-    summary="Fleet-wide transcoding settings",
-    response=TranscodingSettings,
-)
-async def get_settings(request: web.Request) -> web.Response:
-    return json_response(await gateway(request).fleet.transcoding_settings())
-
-
-@API.route(
-    "PUT",
-    "/api/admin/transcoding/settings",
-    access=Access.ADMIN,
-    tag=TAG,
-    summary="Change fleet-wide settings (global concurrency, hardware preference, ceilings)",
-    body=SettingsUpdate,
-    response=TranscodingSettings,
-)
-async def update_settings(request: web.Request, body: SettingsUpdate) -> web.Response:
-    gw = gateway(request)
-    changes = {
-        field: getattr(body, field)
-        for field in body.__struct_fields__
-        if getattr(body, field) is not msgspec.UNSET
-    }
-
-    def change(current: TranscodingSettings | None) -> TranscodingSettings:
-        return msgspec.structs.replace(
-            current or TranscodingSettings(), **changes, updated_at=time.time()
-        )
-
-    settings, _, _ = await gw.fleet.settings.change(SETTINGS_KEY, change)
-    return json_response(settings)
-
-
-@API.route(
-    "GET",
-    "/api/admin/transcoding/gpus",
-    access=Access.ADMIN,
-    tag=TAG,
-    summary="The GPUs the fleet sees, with their health",
-    response=FleetGpus,
-)
-async def list_gpus(request: web.Request) -> web.Response:
-    workers = await gateway(request).fleet.live_workers()
-    gpus = [
-        GpuView(worker=w.id, host=w.host, pool=w.pool, driver_version=w.gpu.driver_version, gpu=g)
-        for w in workers
-        if w.gpu is not None
-        for g in w.gpu.gpus
-    ]
-    nodes = [
-        NodeGpuState(
-            worker=w.id, host=w.host, pool=w.pool, gpu_state=w.gpu_state, gpu_reason=w.gpu_reason
-        )
-        for w in workers
-    ]
-    return json_response(FleetGpus(gpus=gpus, nodes=nodes))
-
-
-@API.route(
-    "GET",
-    "/api/admin/system/status",
-    access=Access.ADMIN,
-    tag=TAG,
-    summary="ffmpeg, capability probe and transcoder status",
-    response=SystemStatus,
-)
-async def system_status(request: web.Request) -> web.Response:
-    gw = gateway(request)
-    workers = await gw.fleet.live_workers()
-    pipelines: dict[str, int] = {}
-    problems: list[str] = []
-    for w in workers:
-        for p in w.pipelines:
-            if p.offered:
-                pipelines[p.name] = pipelines.get(p.name, 0) + 1
-        if w.gpu_state == "bad":
-            problems.append(f"{w.id} ({w.host}) takes no GPU work: {w.gpu_reason}")
-        if not w.capabilities_ready:
-            problems.append(f"{w.id} ({w.host}) has not finished its capability probe")
-    if not workers:
-        status = "no_transcoders"
-        problems.append("No transcoder is running: jobs wait in the queue.")
-    else:
-        status = "degraded" if problems else "ok"
-    return json_response(
-        SystemStatus(
-            status=status,
-            transcoders=len(workers),
-            ffmpeg_versions=sorted({w.ffmpeg for w in workers if w.ffmpeg}),
-            capabilities_ready=sum(1 for w in workers if w.capabilities_ready),
-            pipelines=pipelines,
-            problems=problems,
-            gateway_uptime_s=round(time.time() - gw.started_at, 1),
-        )
     )
