@@ -3,6 +3,10 @@
 `ffmpeg -encoders` and NVML say what is compiled in or plugged in, not what opens: an H100 lists
 h264_nvenc but has no NVENC, and an old driver refuses the NVENC API this build asks for. So each
 capability is tried with a tiny real run, and a failure keeps the stderr line that says why.
+
+This module runs the probe and keeps its result; what each check runs is in
+`shared.media._probe_cases` and how a failure is put into words in `shared.media._probe_reasons`.
+Both are re-exported here: import from this module.
 """
 
 from __future__ import annotations
@@ -10,55 +14,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import shutil
 import socket
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
+from shared.media._probe_cases import (
+    DEFAULT_CHECKS,
+    SAMPLE_ENCODERS,
+    VAAPI_DEVICE,
+    CheckKind,
+    check_argv,
+    device_of,
+    kind_of,
+    sample_argv,
+)
+from shared.media._probe_reasons import REASON_MAX_CHARS, distill_reason, trim_reason
 from shared.media.ffmpeg import FfmpegResult, FfmpegRun, ffmpeg_version
 
-CheckKind = Literal["encoder", "decoder", "hwaccel", "filter"]
+__all__ = [
+    "DEFAULT_CHECKS",
+    "REASON_MAX_CHARS",
+    "VAAPI_DEVICE",
+    "Capabilities",
+    "CapabilityCache",
+    "CapabilityCheck",
+    "CheckKind",
+    "distill_reason",
+    "probe_capabilities",
+]
 
-DEFAULT_CHECKS: tuple[tuple[str, CheckKind], ...] = (
-    ("libx264", "encoder"),
-    ("libx265", "encoder"),
-    ("libsvtav1", "encoder"),
-    ("h264_nvenc", "encoder"),
-    ("hevc_nvenc", "encoder"),
-    ("av1_nvenc", "encoder"),
-    ("h264_vaapi", "encoder"),
-    ("hevc_vaapi", "encoder"),
-    ("h264_qsv", "encoder"),
-    ("hevc_qsv", "encoder"),
-    ("cuda", "hwaccel"),
-    ("vaapi", "hwaccel"),
-    ("qsv", "hwaccel"),
-    ("cuda:h264", "decoder"),
-    ("cuda:hevc", "decoder"),
-    ("cuda:av1", "decoder"),
-    ("vaapi:h264", "decoder"),
-    ("qsv:h264", "decoder"),
-    ("scale_cuda", "filter"),
-    ("scale_vaapi", "filter"),
-    ("scale_qsv", "filter"),
-)
-
-VAAPI_DEVICE = "/dev/dri/renderD128"
-REASON_MAX_CHARS = 200
 _KILL_GRACE_SECONDS = 5.0
-_SOURCE = ["-f", "lavfi", "-i", "color=size=256x144:rate=25:duration=0.2"]
-# NVDEC refuses HEVC below 144 lines and AV1 below 128: the decode samples are larger
-_SAMPLE_SOURCE = "testsrc2=size=320x240:rate=25:duration=0.2"
-_SAMPLE_ENCODERS = {"h264": "libx264", "hevc": "libx265", "av1": "libsvtav1"}
-_INIT_DEVICE = {"cuda": "cuda=hw", "vaapi": f"vaapi=hw:{VAAPI_DEVICE}", "qsv": "qsv=hw"}
-_UPLOAD = {"cuda": "hwupload_cuda", "vaapi": "hwupload", "qsv": "hwupload=extra_hw_frames=16"}
-_SUFFIX_DEVICE = {"nvenc": "cuda", "cuda": "cuda", "vaapi": "vaapi", "qsv": "qsv"}
 # the checks a pipeline stands on: disabling the pipeline disables them ("nvenc": every *_nvenc)
 _PIPELINE_CHECKS = {
     "nvdec": ("cuda:h264", "scale_cuda"),
@@ -146,11 +137,11 @@ async def probe_capabilities(
         skipped: list[CapabilityCheck] = []
         to_run: list[tuple[str, CheckKind]] = []
         for name, kind in wanted:
-            device = _device_of(name, kind)
+            device = device_of(name, kind)
             if kind == "hwaccel":
                 continue
             if device in down:
-                reason = _trim(f"{device} unavailable: {down[device]}")
+                reason = trim_reason(f"{device} unavailable: {down[device]}")
                 skipped.append(CapabilityCheck(name=name, kind=kind, ok=False, reason=reason))
             else:
                 to_run.append((name, kind))
@@ -247,16 +238,8 @@ def _disabled(capabilities: Capabilities, name: str, reason: str) -> Capabilitie
         for check in capabilities.checks
     ]
     if name not in {check.name for check in checks} and name not in _PIPELINE_CHECKS:
-        checks.append(CapabilityCheck(name=name, kind=_kind_of(name), ok=False, reason=reason))
+        checks.append(CapabilityCheck(name=name, kind=kind_of(name), ok=False, reason=reason))
     return msgspec.structs.replace(capabilities, checks=checks)
-
-
-def _kind_of(name: str) -> CheckKind:
-    if ":" in name:
-        return "decoder"
-    if name in _INIT_DEVICE:
-        return "hwaccel"
-    return "filter" if name.startswith("scale_") else "encoder"
 
 
 async def _run_all(
@@ -277,7 +260,7 @@ async def _try_check(
         if isinstance(made, str):
             return CapabilityCheck(name=name, kind=kind, ok=False, reason=made)
         sample = made
-    result = await _run_with_deadline(_check_argv(ffmpeg, name, kind, sample), timeout)
+    result = await _run_with_deadline(check_argv(ffmpeg, name, kind, sample), timeout)
     seconds = round(time.monotonic() - started, 3)
     if result is None:
         reason = f"timed out after {timeout:g} s"
@@ -304,18 +287,16 @@ class _Samples:
             return self._made[codec]
 
     async def _make(self, codec: str) -> Path | str:
-        encoder = _SAMPLE_ENCODERS.get(codec)
+        encoder = SAMPLE_ENCODERS.get(codec)
         if encoder is None:
-            return f"no {codec} sample: known codecs are {', '.join(_SAMPLE_ENCODERS)}"
+            return f"no {codec} sample: known codecs are {', '.join(SAMPLE_ENCODERS)}"
         path = self._directory / f"{codec}.mkv"
-        argv = [*_head(self._ffmpeg), "-f", "lavfi", "-i", _SAMPLE_SOURCE, "-c:v", encoder]
-        argv += ["-pix_fmt", "yuv420p", "-frames:v", "5", "-y", str(path)]
-        result = await _run_with_deadline(argv, self._timeout)
+        result = await _run_with_deadline(sample_argv(self._ffmpeg, encoder, path), self._timeout)
         if result is None:
             return f"could not make a {codec} sample: timed out after {self._timeout:g} s"
         if result.returncode != 0:
             why = distill_reason(result.stderr_tail, result.returncode, "encoder")
-            return _trim(f"could not make a {codec} sample with {encoder}: {why}")
+            return trim_reason(f"could not make a {codec} sample with {encoder}: {why}")
         return path
 
 
@@ -334,86 +315,3 @@ async def _run_with_deadline(argv: list[str], timeout: float) -> FfmpegResult | 
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_KILL_GRACE_SECONDS):
                     await run.cancel()
-
-
-def _head(ffmpeg: str) -> list[str]:
-    return [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error"]
-
-
-def _device_of(name: str, kind: CheckKind) -> str | None:
-    """The hardware device a check needs, by its name ("h264_nvenc": cuda, "vaapi:h264": vaapi)."""
-    if kind == "hwaccel":
-        return None
-    if kind == "decoder":
-        return name.partition(":")[0]
-    return _SUFFIX_DEVICE.get(name.partition("=")[0].rpartition("_")[2])
-
-
-def _on_device(device: str) -> list[str]:
-    return ["-init_hw_device", _INIT_DEVICE.get(device, f"{device}=hw"), "-filter_hw_device", "hw"]
-
-
-def _check_argv(ffmpeg: str, name: str, kind: CheckKind, sample: Path | None) -> list[str]:
-    null = ["-f", "null", "-"]
-    device = _device_of(name, kind)
-    if kind == "hwaccel":
-        init = ["-init_hw_device", _INIT_DEVICE.get(name, f"{name}=hw")]
-        return [*_head(ffmpeg), *init, *_SOURCE, "-frames:v", "1", *null]
-    if kind == "encoder":
-        upload: list[str] = []
-        if device in ("vaapi", "qsv"):  # NVENC takes software frames; these need them uploaded
-            upload = [*_on_device(device), *_SOURCE, "-vf", f"format=nv12,{_UPLOAD[device]}"]
-        return [*_head(ffmpeg), *(upload or _SOURCE), "-c:v", name, "-frames:v", "3", *null]
-    if kind == "filter":
-        expr = f"{name}=128:72" if name.startswith("scale_") and "=" not in name else name
-        if device is None:  # a software filter, used as written ("name=args")
-            return [*_head(ffmpeg), *_SOURCE, "-vf", expr, *null]
-        chain = f"format=nv12,{_UPLOAD.get(device, 'hwupload')},{expr},hwdownload,format=nv12"
-        return [*_head(ffmpeg), *_on_device(device), *_SOURCE, "-vf", chain, *null]
-    hwaccel, _, codec = name.partition(":")
-    decode = ["-hwaccel", hwaccel, "-hwaccel_output_format", hwaccel]
-    if hwaccel == "vaapi":
-        decode += ["-hwaccel_device", VAAPI_DEVICE]
-    elif hwaccel == "qsv":
-        decode += ["-c:v", f"{codec}_qsv"]
-    # ffmpeg quietly decodes in software when the hwaccel fails; hwdownload then has no GPU
-    # frames to take, so that fallback fails the check instead of passing it
-    return [*_head(ffmpeg), *decode, "-i", str(sample), "-vf", "hwdownload,format=nv12", *null]
-
-
-_LOG_PREFIX = re.compile(r"^(?:\[[^\]]*\]\s*)+")
-_NOISE = ("svt[", "x265 [", "link '", "pixel formats:", "src:", "dst:")
-# lines that name a cause, not a consequence; the first one in stderr wins
-_TELLING = re.compile(
-    r"nvenc api|driver|libcuda|cuda_error|cannot load|failed to load|could not dynamically load|"
-    r"no va display|libva|\bva_|mfx|no capable devices|openencodesessionex|unknown encoder|"
-    r"unknown decoder|no such filter|not supported|unsupported|doesn't support|does not support|"
-    r"no device available|device creation failed|hwaccel",
-    re.IGNORECASE,
-)
-_FAILING = re.compile(r"error|failed|invalid|impossible|cannot|could not", re.IGNORECASE)
-
-
-def distill_reason(stderr: str, returncode: int, kind: CheckKind = "encoder") -> str:
-    """The one stderr line that best says why a check failed, at most REASON_MAX_CHARS."""
-    lines = [_LOG_PREFIX.sub("", line).strip() for line in stderr.splitlines()]
-    lines = [line for line in lines if line and not line.lower().startswith(_NOISE)]
-    telling = _first_with(lines, _TELLING)
-    if telling is not None:
-        return _trim(telling)
-    if kind == "decoder" and "impossible to convert between the formats" in stderr.lower():
-        return "frames were not decoded on the hardware: ffmpeg fell back to software decoding"
-    line = _first_with(lines, _FAILING) or (lines[-1] if lines else None)
-    if line is not None:
-        return _trim(line)
-    if returncode < 0:
-        return f"ffmpeg was killed by signal {-returncode}"
-    return f"ffmpeg exited with code {returncode}"
-
-
-def _first_with(lines: list[str], pattern: re.Pattern[str]) -> str | None:
-    return next((line for line in lines if pattern.search(line)), None)
-
-
-def _trim(text: str) -> str:
-    return text if len(text) <= REASON_MAX_CHARS else text[: REASON_MAX_CHARS - 3] + "..."
