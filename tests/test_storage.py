@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 
 from shared.blobstore import BlobStore
 from shared.kv import TypedKV
@@ -25,6 +26,12 @@ from tests.conftest import ALICE, BUCKET
 from tests.helpers import Api, Client, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 from tests.storage_servers import AzuriteBlob, SeaweedS3
+
+
+@pytest.fixture
+def env(env: dict[str, str]) -> dict[str, str]:
+    """SeaweedFS and Azurite listen on loopback: this operator allows it for users' storage."""
+    return {**env, "VIDMESH_OUTBOUND_ALLOW": "127.0.0.0/8"}
 
 
 def s3_env(env: dict[str, str], seaweed: SeaweedS3, prefix: str) -> dict[str, str]:
@@ -142,6 +149,28 @@ async def test_user_storage_is_checked_sealed_and_never_returned(
     await ann.ok("DELETE", "/user/s3")
     assert (await ann.call("DELETE", "/user/s3"))[0] == 404
     assert await ann.ok("GET", "/user/storage") == []
+
+
+async def test_user_storage_endpoints_inside_the_network_are_refused_unless_allowed(
+    env: dict[str, str], http: aiohttp.ClientSession, seaweed: SeaweedS3
+) -> None:
+    # Given a vidmesh whose operator has not allowed the loopback network
+    system = await start_system({**env, "VIDMESH_OUTBOUND_ALLOW": ""})
+    try:
+        ann = await Api(http, system.url).as_user("ann")
+        # When a user names an endpoint on loopback, in a private network or the metadata address
+        for slot, body, reason in (
+            ("s3", s3_body(seaweed, "ann"), "VIDMESH_OUTBOUND_ALLOW"),
+            ("oss", {**s3_body(seaweed, "ann"), "endpoint": "http://10.1.2.3:9000"}, "private"),
+            ("s3", {**s3_body(seaweed, "ann"), "endpoint": "http://169.254.169.254"}, "metadata"),
+        ):
+            status, answer, _ = await ann.call("POST", f"/user/{slot}", json=body)
+            # Then it is refused with the reason, before any request goes there
+            assert status == 400 and answer["error"]["code"] == "outbound_refused", answer
+            assert reason in answer["error"]["message"], answer
+        assert await ann.ok("GET", "/user/storage") == []
+    finally:
+        await stop_system(system)
 
 
 async def test_a_job_reads_an_s3_source_and_writes_to_the_users_bucket(
