@@ -167,7 +167,10 @@ def test_keda_scales_each_transcoder_pool_on_its_consumer_lag(overlay: str) -> N
         assert meta["account"] == "$G"
         assert meta["stream"] == "VIDMESH_WORK"
         assert meta["consumer"] == f"transcode-{pool}"
-        assert int(meta["lagThreshold"]) >= 1
+        # one transcoder for every VIDMESH_SLOTS work items, queued or running
+        (container,) = named(objs, "Deployment", target)["spec"]["template"]["spec"]["containers"]
+        slots = int(env_of(objs, container).get("VIDMESH_SLOTS", "1"))
+        assert int(meta["lagThreshold"]) == slots
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
