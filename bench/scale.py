@@ -5,10 +5,10 @@ queued-to-encoding latency with a free slot (goal p50 50 ms or less), from the e
 publishes: `job.started` time minus `job.accepted` time, both stamped by the services.
 
 vidmesh runs as `vidmesh up` (its own transcoder, one slot) plus N-1 more `vidmesh transcoder`
-processes (one slot each) against its NATS; MAX_CONCURRENT_JOBS = N; each transcode gets
-cores / N encoder threads (VIDMESH_FFMPEG_THREADS), as an operator sizes a machine's
-transcoders. Jobs go through the Streamyfin API from the Jellyfin stand-in, each on its own item
-(no shared renditions). The
+processes (one slot each) against its NATS; MAX_CONCURRENT_JOBS = N; each transcoder runs on a
+core of its own (VIDMESH_CPUS) with cores / N threads per transcode (VIDMESH_FFMPEG_THREADS), as
+an operator sizes a machine's transcoders; the other services run on any core. Jobs go through
+the Streamyfin API from the Jellyfin stand-in, each on its own item (no shared renditions). The
 ratio is a measurement: the exit code is 0 whatever it is.
 
     python bench/scale.py [--transcoders 2] [--seconds 8] [--latency-jobs 20] [--rounds 3]
@@ -128,19 +128,26 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     env = up_env(run_dir / "data", standin.url)
     # one core's share of threads per transcoder, for the one-transcoder reference too
     threads = max(1, (os.cpu_count() or 1) // n)
+    cores = sorted(os.sched_getaffinity(0))
     env.update(
         MAX_CONCURRENT_JOBS=str(n),
         VIDMESH_SLOTS="1",
         MAX_CACHED_PER_USER="0",
         VIDMESH_FFMPEG_THREADS=str(threads),
+        VIDMESH_CPUS=str(cores[0]),  # `vidmesh up`'s transcoder
     )
     extra: list[asyncio.subprocess.Process] = []
     results: dict[str, Any] = {"args": vars(args), "cores": os.cpu_count(), "threads": threads}
     try:
         async with vidmesh_up(env, run_dir / "up.log") as up:
             nats_url = f"nats://127.0.0.1:{env['VIDMESH_NATS_PORT']}"
-            transcoder_env = {**env, "VIDMESH_NATS_URL": nats_url}
             for k in range(n - 1):
+                # each transcoder on cores of its own, as a static CPU manager would place them
+                transcoder_env = {
+                    **env,
+                    "VIDMESH_NATS_URL": nats_url,
+                    "VIDMESH_CPUS": str(cores[(k + 1) % len(cores)]),
+                }
                 log = (run_dir / f"transcoder-{k}.log").open("wb")
                 extra.append(
                     await asyncio.create_subprocess_exec(

@@ -26,6 +26,10 @@ class TranscoderSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     # Encoder threads per transcode; 0: ffmpeg's choice (every core). Set it to cores / slots
     # when several transcoders (or slots) share a machine.
     ffmpeg_threads: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
+    # CPUs this transcoder and its ffmpeg run on, as a Linux CPU list ("0-3,6"); "": any. Gives
+    # each of several transcoders on one machine cores of its own (ffmpeg's demux, decode, filter,
+    # encode and mux threads included), as Kubernetes' static CPU manager does for pods.
+    cpus: str = ""
     probe_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0
     # Seconds between progress writes.
     progress_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.5
@@ -33,3 +37,27 @@ class TranscoderSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     drain_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     # The node's cached capability probe; default <data_dir>/capabilities.json.
     capabilities_file: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        cpu_list(self.cpus)  # a malformed list is a configuration error at start
+
+    @property
+    def cpu_set(self) -> frozenset[int]:
+        """The CPUs to run on; empty: any."""
+        return cpu_list(self.cpus)
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    """A Linux CPU list ("0-3,6") as a set of CPU numbers; "" is the empty set."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, dash, last = part.partition("-")
+        try:
+            low, high = int(first), int(last if dash else first)
+        except ValueError:
+            raise ValueError(f"cpus: {part!r} is not a CPU number or range such as 0-3") from None
+        if not 0 <= low <= high:
+            raise ValueError(f"cpus: {part!r} is not a CPU number or range such as 0-3")
+        cpus.update(range(low, high + 1))
+    return frozenset(cpus)
