@@ -76,9 +76,13 @@ async def snapshot(nc: NATS, stream: str, folder: Path) -> StreamCopy:
         with (folder / f"{stream}.snapshot").open("wb") as out:
             while True:
                 msg = await asyncio.wait_for(chunks.get(), 60)
-                status = (msg.headers or {}).get("Status")
-                if not msg.data and status is None:
-                    break  # the end of the snapshot
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if not msg.data and status in (None, "204"):
+                    break  # the end of the snapshot (204 after a multi-chunk one)
+                if not msg.data and status != "100":
+                    reason = headers.get("Description", "")
+                    raise BackupError(f"snapshot of {stream} ended with {status} {reason}".strip())
                 if msg.data:
                     out.write(msg.data)
                     digest.update(msg.data)
@@ -108,6 +112,16 @@ async def backup(nc: NATS, names: Names, folder: Path) -> list[StreamCopy]:
     return copies
 
 
+def _digest(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of a file, read in chunks."""
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
     try:
         manifest: dict[str, Any] = json.loads((folder / "manifest.json").read_text())
@@ -130,8 +144,7 @@ async def restore(
         )
     copies = [StreamCopy(**entry) for entry in manifest["streams"]]
     for copy in copies:
-        data = (folder / f"{copy.stream}.snapshot").read_bytes()
-        if len(data) != copy.size or hashlib.sha256(data).hexdigest() != copy.sha256:
+        if _digest(folder / f"{copy.stream}.snapshot") != (copy.size, copy.sha256):
             raise BackupError(f"{copy.stream}.snapshot does not match the manifest")
     if replace:
         for stream in names.all_streams():
@@ -147,9 +160,9 @@ async def restore(
         described = json.loads((folder / f"{copy.stream}.json").read_text())
         answer = await _api(nc, f"$JS.API.STREAM.RESTORE.{copy.stream}", described)
         target = answer["deliver_subject"]
-        data = (folder / f"{copy.stream}.snapshot").read_bytes()
-        for start in range(0, len(data), CHUNK):
-            await nc.request(target, data[start : start + CHUNK], timeout=30)
+        with (folder / f"{copy.stream}.snapshot").open("rb") as snapshot_file:
+            while chunk := snapshot_file.read(CHUNK):
+                await nc.request(target, chunk, timeout=30)
         done = json.loads((await nc.request(target, b"", timeout=120)).data or b"{}")
         if "error" in done:
             raise BackupError(f"restoring {copy.stream}: {done['error'].get('description')}")

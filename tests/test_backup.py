@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import aiohttp
+import nats
 
+from shared.backup import CHUNK
+from shared.subjects import Names
 from tests.conftest import ALICE
-from tests.helpers import Api, Client, eventually, start_system, stop_system
+from tests.helpers import Api, Client, drop_namespace, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 
 
@@ -97,3 +101,35 @@ async def test_a_restored_backup_brings_back_jobs_accounts_and_totals(
 
 async def _count_is(client: Client, expected: int) -> bool:
     return await completed_jobs(client) == expected
+
+
+async def test_a_stream_larger_than_a_snapshot_chunk_comes_back_whole(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given an events stream of ~1 MiB of incompressible events (many snapshot chunks)
+    nc = await nats.connect(env["VIDMESH_NATS_URL"])
+    names = Names(env["VIDMESH_NAMESPACE"])
+    js = nc.jetstream()
+    try:
+        await js.add_stream(name=names.events_stream, subjects=[names.events_all])
+        sent = [os.urandom(4096) for _ in range(256)]
+        for n, data in enumerate(sent):
+            await js.publish(f"{names.namespace}.evt.storage.e{n}", data)
+        folder = tmp_path / "backup"
+
+        # When it is backed up, deleted and restored
+        code, said = await vidmesh(env, "backup", str(folder))
+        assert code == 0, said
+        assert (folder / f"{names.events_stream}.snapshot").stat().st_size > 4 * CHUNK
+        await js.delete_stream(names.events_stream)
+        code, said = await vidmesh(env, "restore", str(folder))
+        assert code == 0, said
+
+        # Then every event is back, in order, byte for byte
+        info = await js.stream_info(names.events_stream)
+        assert info.state.messages == len(sent)
+        for seq in (1, 128, 256):
+            assert (await js.get_msg(names.events_stream, seq)).data == sent[seq - 1]
+    finally:
+        await drop_namespace(nc, names)
+        await nc.close()

@@ -102,6 +102,8 @@ def _up(args: argparse.Namespace) -> None:
 
 
 async def _backup_or_restore(verb: str, folder: Path, *, replace: bool) -> int:
+    import nats.errors
+
     from shared import backup
     from shared.config import CommonSettings, load
     from shared.natsio import connect
@@ -109,14 +111,26 @@ async def _backup_or_restore(verb: str, folder: Path, *, replace: bool) -> int:
 
     settings = load(CommonSettings)
     names = Names(settings.namespace)
-    nc = await connect(settings.nats_url, f"vidmesh-{verb}")
+    try:
+        nc = await connect(
+            settings.nats_url,
+            f"vidmesh-{verb}",
+            ping_interval=settings.nats_ping_interval,
+            failover_seconds=settings.nats_failover_seconds,
+        )
+    except (OSError, nats.errors.Error) as exc:
+        print(
+            f"vidmesh {verb}: NATS at {settings.nats_url} is not reachable: {exc!r}",
+            file=sys.stderr,
+        )
+        return 1
     try:
         if verb == "backup":
             copies = await backup.backup(nc, names, folder)
         else:
             copies = await backup.restore(nc, names, folder, replace=replace)
-    except backup.BackupError as exc:
-        print(f"vidmesh {verb}: {exc}", file=sys.stderr)
+    except (backup.BackupError, OSError, TimeoutError, nats.errors.Error) as exc:
+        print(f"vidmesh {verb}: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
     finally:
         await nc.close()
