@@ -44,8 +44,9 @@ class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # cut-off node) and the client moves to another server of the cluster.
     nats_ping_interval: Annotated[float, msgspec.Meta(gt=0, le=120)] = 5.0
     # How long a JetStream request is sent again while the cluster elects a new leader or the
-    # client moves to another server, before the caller sees the error.
-    nats_failover_seconds: Annotated[float, msgspec.Meta(ge=0, le=300)] = 15.0
+    # client moves to another server, before the caller sees the error. At most the streams'
+    # 120 s duplicate window, within which a publish sent twice is stored once.
+    nats_failover_seconds: Annotated[float, msgspec.Meta(ge=0, le=120)] = 15.0
     # Port of this process's /metrics (Prometheus), /livez and /readyz; 0: none (`vidmesh up`
     # gives every service its own and prints them).
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0

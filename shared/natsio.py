@@ -58,11 +58,15 @@ class Retention:
     deliveries_ttl: float = 7 * DAY
 
 
-# Requests that may be sent again while a JetStream cluster fails over: JetStream API calls
-# (reads, and declarations that are idempotent), KV writes, and publishes that carry a
-# Nats-Msg-Id or an expected revision (JetStream de-duplicates or refuses a repeat).
+# Requests that may be sent again while a JetStream cluster fails over: JetStream API calls, KV
+# writes, and publishes to streams (they carry a Nats-Msg-Id or an expected revision).
 _RETRIED_SUBJECTS = ("$JS.API.", "$KV.")
 _LEADERLESS = re.compile(rb'"error":\s*\{[^}]*"code":\s*503')
+# After a timeout a request may have been carried out: only these are safe to send twice.
+_READS = re.compile(
+    r"^\$JS\.API\.(INFO|STREAM\.(INFO|NAMES|LIST|MSG\.GET)|CONSUMER\.(INFO|NAMES|LIST)|DIRECT\.GET)"
+    r"(\.|$)"
+)
 
 
 # A snapshot or restore opens a transfer: sent twice, it would open two.
@@ -77,6 +81,16 @@ def _rides_out_failover(subject: str, headers: dict[str, str] | None) -> bool:
     return bool(headers) and any(h.startswith("Nats-") for h in headers or ())
 
 
+def _safe_twice(subject: str, headers: dict[str, str] | None) -> bool:
+    """Whether a request that timed out (and so may have been carried out) can be sent again:
+    a read, or a publish JetStream de-duplicates by its Nats-Msg-Id and that expects no
+    revision (a compare-and-set that did land would be refused the second time)."""
+    if _READS.match(subject):
+        return True
+    found = headers or {}
+    return "Nats-Msg-Id" in found and not any(h.startswith("Nats-Expected") for h in found)
+
+
 def _kind_of_request(subject: str) -> str:
     if subject.startswith("$JS.API."):
         return "api"
@@ -88,8 +102,9 @@ class ClusterClient(NATS):
 
     While a stream's leader is gone (killed, frozen, or its node cut off) a JetStream request gets
     no responder, times out, or is answered 503 until the others elect a new leader (seconds).
-    Such requests are sent again for up to `failover_seconds` instead of failing the caller;
-    requests to services (probes, statistics) are not: no responder there means no service.
+    A request that got no responder or a 503 was not carried out and is sent again for up to
+    `failover_seconds`; one that timed out only when it is safe twice (`_safe_twice`). Requests
+    to services (probes, statistics) never are: no responder there means no service.
     """
 
     failover_seconds: float = 15.0
@@ -111,7 +126,11 @@ class ClusterClient(NATS):
             failure: Exception | None = None
             try:
                 reply = await super().request(subject, payload, timeout, old_style, headers)
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            except nats.errors.NoRespondersError as exc:
+                failure = exc
+            except nats.errors.TimeoutError as exc:
+                if not _safe_twice(subject, headers):
+                    raise
                 failure = exc
             else:
                 if not _LEADERLESS.search(reply.data[:256]):

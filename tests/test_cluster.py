@@ -18,9 +18,11 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import nats
+import pytest
 import pytest_asyncio
 
 from shared.messages import events as ev
+from shared.natsio import _safe_twice
 from shared.subjects import Names
 from tests.conftest import ALICE
 from tests.helpers import (
@@ -37,6 +39,27 @@ from tests.nats_cluster import NatsCluster
 
 SUBMIT_EVERY = 0.4  # seconds between submissions, through every phase
 PHASE_SECONDS = 2.5  # how long a node stays down or frozen
+
+
+@pytest.mark.parametrize(
+    ("subject", "headers", "again"),
+    [
+        ("$JS.API.STREAM.INFO.VIDMESH_WORK", None, True),
+        ("$JS.API.DIRECT.GET.KV_vidmesh-jobs.$KV.vidmesh-jobs.j1", None, True),
+        ("$JS.API.CONSUMER.INFO.VIDMESH_WORK.transcode-default", None, True),
+        ("vidmesh.evt.job.j1.completed", {"Nats-Msg-Id": "j1:7"}, True),
+        # a compare-and-set that landed would be refused the second time: a false conflict
+        ("$KV.vidmesh-jobs.j1", {"Nats-Expected-Last-Subject-Sequence": "6"}, False),
+        ("$KV.vidmesh-jobs.j1", None, False),
+        # an unnamed consumer created twice is two consumers
+        ("$JS.API.CONSUMER.CREATE.VIDMESH_EVENTS", None, False),
+        ("$JS.API.STREAM.DELETE.VIDMESH_WORK", None, False),
+    ],
+)
+def test_after_a_timeout_only_requests_that_are_safe_twice_are_sent_again(
+    subject: str, headers: dict[str, str] | None, again: bool
+) -> None:
+    assert _safe_twice(subject, headers) is again
 
 
 @pytest_asyncio.fixture
