@@ -21,6 +21,7 @@ from shared.blobstore import BlobStore
 from shared.config import CommonSettings
 from shared.errors import BadRequest, NotConfigured, StoreError
 from shared.kv import TypedKV
+from shared.outbound import check_url_resolved, policy_for
 from shared.storeconfig import StoreConfig, open_store, parse_store_url
 
 Slot = Literal["s3", "gcs", "blob", "oss"]
@@ -140,7 +141,23 @@ class Stores:
         self.service: BlobStore = open_store(service_config(settings))
         self.records = records
         self.sealer = sealer
+        # users name their endpoints: no Jellyfin exception here, only the operator's networks
+        self.policy = policy_for(settings.outbound_allow)
         self._opened: dict[str, tuple[float, BlobStore]] = {}
+
+    async def check_endpoint(self, config: StoreConfig) -> None:
+        """Refuse (OutboundRefused, a 400) a user's endpoint the outbound policy refuses, as
+        written or as its name resolves now."""
+        if config.endpoint:
+            await check_url_resolved(config.endpoint, self.policy, what="`endpoint`")
+
+    async def _open_user(self, config: StoreConfig) -> BlobStore:
+        """A user's store, its endpoint checked again (a name may resolve elsewhere by now)."""
+        try:
+            await self.check_endpoint(config)
+        except BadRequest as exc:
+            raise StoreError(exc.message, retryable=False) from None
+        return open_store(config)
 
     def forget(self, key: str) -> None:
         """Drop a user's opened store (its configuration changed); `key` is its record key."""
@@ -161,7 +178,8 @@ class Stores:
         found = await self.records.get(record_key(user_id, slot))
         if found is None:
             raise StoreError(f"The {slot} storage this job used is no longer configured.")
-        store = open_store(self.sealer.unseal(found.value.sealed, record_key(user_id, slot)))
+        config = self.sealer.unseal(found.value.sealed, record_key(user_id, slot))
+        store = await self._open_user(config)
         self._opened[ref] = (time.monotonic() + 60, store)
         return store
 
@@ -187,4 +205,4 @@ class Stores:
                 f"Configure your {slot} storage (POST /user/{slot}) to read {slot} sources."
             )
         config = self.sealer.unseal(found.value.sealed, record_key(owner, slot))
-        return open_store(msgspec.structs.replace(config, bucket=bucket, prefix=""))
+        return await self._open_user(msgspec.structs.replace(config, bucket=bucket, prefix=""))

@@ -173,6 +173,33 @@ async def test_user_storage_endpoints_inside_the_network_are_refused_unless_allo
         await stop_system(system)
 
 
+async def test_a_users_endpoint_is_checked_again_when_a_job_uses_it(
+    env: dict[str, str], http: aiohttp.ClientSession, seaweed: SeaweedS3, jellyfin: JellyfinStandIn
+) -> None:
+    # Given storage a user connected while the operator allowed loopback
+    system = await start_system(env)
+    try:
+        ann = await Api(http, system.url).as_user("ann")
+        await ann.ok("POST", "/user/s3", 201, json=s3_body(seaweed, "ann"))
+    finally:
+        await system.stop()
+        await system.nc.close()
+    # When vidmesh runs again without that allowance and a job writes to that storage
+    system = await start_system({**env, "VIDMESH_OUTBOUND_ALLOW": ""})
+    try:
+        ann = await Api(http, system.url).as_user("ann", register=False)
+        source = jellyfin.stream_url("fits", ALICE)
+        job = await ann.ok(
+            "POST", "/api/jobs", 201, json={"source": source, "destination": {"store": "s3"}}
+        )
+        # Then the job fails, saying why the endpoint was refused
+        failed = await ann.wait_job(job["id"], "failed", "completed", timeout=60)
+        assert failed["status"] == "failed", failed
+        assert "loopback" in failed["error"]["reason"], failed["error"]
+    finally:
+        await stop_system(system)
+
+
 async def test_a_job_reads_an_s3_source_and_writes_to_the_users_bucket(
     system: System, ann: Api, seaweed: SeaweedS3, clips: dict[str, Path]
 ) -> None:

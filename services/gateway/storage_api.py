@@ -21,7 +21,6 @@ from services.gateway.views import Message
 from shared import jobstate
 from shared.errors import BadRequest, NotFound, StoreError
 from shared.messages.records import StorageSummary
-from shared.outbound import check_url_resolved, policy_for
 from shared.storeconfig import (
     BUCKET_PATTERN,
     ENDPOINT_PATTERN,
@@ -146,10 +145,7 @@ async def _configure(request: web.Request, slot: Slot, config: StoreConfig) -> w
     user_id = caller(request).user_id
     key = record_key(user_id, slot)
     sealed = gw.stores.sealer.seal(config, key)  # refuses at once when no storage key is set
-    if config.endpoint:
-        # the caller names the host: the outbound policy keeps it off this network's insides
-        policy = policy_for(gw.settings.outbound_allow, gw.settings.jellyfin_url)
-        await check_url_resolved(config.endpoint, policy, what="`endpoint`")
+    await gw.stores.check_endpoint(config)  # the caller names the host: keep off our insides
     try:
         await open_store(config).check_writable()
     except StoreError as exc:
