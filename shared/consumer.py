@@ -128,6 +128,7 @@ class SlotLoops:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._handling: set[asyncio.Task[None]] = set()
+        self._fetch_failing = False  # in a spell of failed fetches (reported once)
 
     def start(self) -> None:
         for i in range(self.slots):
@@ -145,6 +146,13 @@ class SlotLoops:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
         return self.busy == 0
+
+    async def wait_stopped(self, timeout: float) -> None:
+        """After `stop_fetching`, wait (bounded) for the slots to leave their loops: a slot waiting
+        on a fetch returns within `fetch_timeout` and hands back what that fetch brings, where
+        cancelling it would leave such a message unacknowledged until ack_wait."""
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout)
 
     async def close(self, grace: float) -> None:
         """Stop fetching, let in-flight messages finish for `grace` seconds, then cancel them."""
@@ -173,12 +181,14 @@ class SlotLoops:
             except Exception as exc:
                 # While a cluster elects a consumer leader every slot fails: say so once per spell,
                 # and keep the pause short so work resumes soon after the election.
-                report = log.warning if delay == 0.2 and index == 0 else log.debug
+                report = log.debug if self._fetch_failing else log.warning
+                self._fetch_failing = True
                 report("consumer.fetch_failed", consumer=self.name, **describe(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
             delay = 0.2
+            self._fetch_failing = False
             for msg in msgs:
                 if self._stopping.is_set():  # arrived on a fetch made before the stop: not ours
                     with contextlib.suppress(Exception):

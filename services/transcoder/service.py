@@ -278,6 +278,8 @@ class Transcoder(Service):
         if self._loops is not None:
             self._loops.stop_fetching()
             finished = await self._loops.wait_idle(self.settings.drain_seconds)
+            if self.settings.drain_seconds > 0:  # a drain has time for idle slots' last fetch
+                await self._loops.wait_stopped(self._loops.fetch_timeout + 0.5)
             await self._loops.close(grace=0)
             log.info("transcoder.drained", finished_in_time=finished)
         if self._probes is not None:
