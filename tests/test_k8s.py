@@ -169,8 +169,11 @@ def test_keda_scales_each_transcoder_pool_on_its_consumer_lag(overlay: str) -> N
         assert meta["consumer"] == f"transcode-{pool}"
         # one transcoder for every VIDMESH_SLOTS work items, queued or running
         (container,) = named(objs, "Deployment", target)["spec"]["template"]["spec"]["containers"]
-        slots = int(env_of(objs, container).get("VIDMESH_SLOTS", "1"))
+        env = env_of(objs, container)
+        slots = int(env.get("VIDMESH_SLOTS", "1"))
         assert int(meta["lagThreshold"]) == slots
+        if pool == "default":  # the scheduler queues at most MAX_CONCURRENT_JOBS work items
+            assert int(env["MAX_CONCURRENT_JOBS"]) >= so["maxReplicaCount"] * slots
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
