@@ -48,6 +48,9 @@ class TranscoderSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
         return cpu_list(self.cpus)
 
 
+MAX_CPUS = 8192  # Linux's largest NR_CPUS
+
+
 def cpu_list(text: str) -> frozenset[int]:
     """A Linux CPU list ("0-3,6") as a set of CPU numbers; "" is the empty set."""
     cpus: set[int] = set()
@@ -57,7 +60,7 @@ def cpu_list(text: str) -> frozenset[int]:
             low, high = int(first), int(last if dash else first)
         except ValueError:
             raise ValueError(f"cpus: {part!r} is not a CPU number or range such as 0-3") from None
-        if not 0 <= low <= high:
+        if not 0 <= low <= high < MAX_CPUS:
             raise ValueError(f"cpus: {part!r} is not a CPU number or range such as 0-3")
         cpus.update(range(low, high + 1))
     return frozenset(cpus)
