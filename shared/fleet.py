@@ -73,9 +73,4 @@ class Fleet:
 
 
 async def _values(kv: TypedKV[T]) -> list[T]:
-    found = []
-    for key in await kv.keys():
-        entry = await kv.get(key)
-        if entry is not None:
-            found.append(entry.value)
-    return found
+    return list((await kv.values()).values())

@@ -1,0 +1,47 @@
+"""Typed KV buckets: reading every record at once gives each key's latest value, never a deleted
+one, whatever the bucket's history."""
+
+from __future__ import annotations
+
+import msgspec
+import nats
+
+from shared.kv import TypedKV
+from shared.natsserver import NatsServer
+from tests.helpers import new_namespace
+
+
+class Note(msgspec.Struct):
+    text: str
+
+
+async def test_values_are_each_keys_latest_record_without_the_deleted(
+    nats_server: NatsServer,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    bucket = f"{new_namespace()}-notes"
+    try:
+        notes = TypedKV(await js.create_key_value(bucket=bucket, history=5), Note)
+        # more keys than one read batch, some rewritten, some deleted, one deleted then written
+        for n in range(600):
+            await notes.put(f"n{n}", Note(text=f"first {n}"))
+        for n in range(0, 600, 3):
+            await notes.put(f"n{n}", Note(text=f"second {n}"))
+        for n in range(0, 600, 10):
+            await notes.delete(f"n{n}")
+        await notes.put("n0", Note(text="back"))
+
+        found = await notes.values()
+
+        expected = {f"n{n}": Note(text=f"first {n}") for n in range(600)}
+        expected.update({f"n{n}": Note(text=f"second {n}") for n in range(0, 600, 3)})
+        for n in range(0, 600, 10):
+            expected.pop(f"n{n}")
+        expected["n0"] = Note(text="back")
+        assert found == expected
+        # ... and the reader it used is gone
+        assert [c.name for c in await js.consumers_info(f"KV_{bucket}")] == []
+    finally:
+        await js.delete_key_value(bucket)
+        await nc.close()
