@@ -22,7 +22,7 @@ from shared import config
 from shared import logging as vlog
 from shared.config import CommonSettings, masked
 from shared.metrics import MetricsServer
-from shared.natsio import connect
+from shared.natsclient import connect_with
 
 log = structlog.get_logger("vidmesh.runtime")
 
@@ -105,12 +105,7 @@ async def serve(
     metrics = MetricsServer(settings.metrics_port) if settings.metrics_port else None
     if metrics is not None:
         await metrics.start()  # alive from here; ready once the service is
-    nc = await connect(
-        settings.nats_url,
-        f"vidmesh-{name}",
-        ping_interval=settings.nats_ping_interval,
-        failover_seconds=settings.nats_failover_seconds,
-    )
+    nc = await connect_with(settings, f"vidmesh-{name}")
     started = time.monotonic()
     try:
         service = await build(nc)

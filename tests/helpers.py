@@ -28,7 +28,8 @@ from services.storage import Storage, StorageSettings
 from services.transcoder import Transcoder, TranscoderSettings
 from shared import config
 from shared.blobstore import LocalBlobStore
-from shared.natsio import connect
+from shared.config import CommonSettings
+from shared.natsclient import connect_with
 from shared.runtime import Service
 from shared.subjects import Names
 
@@ -197,11 +198,7 @@ def build_service(name: str, nc: NATS, env: dict[str, str]) -> Service:
 
 
 async def start_system(env: dict[str, str], *only: str) -> System:
-    ping = float(env.get("VIDMESH_NATS_PING_INTERVAL", "5"))
-    failover = float(env.get("VIDMESH_NATS_FAILOVER_SECONDS", "15"))
-    nc = await connect(
-        env["VIDMESH_NATS_URL"], "vidmesh-test", ping_interval=ping, failover_seconds=failover
-    )
+    nc = await connect_with(config.load(CommonSettings, env), "vidmesh-test")
     return await System(env=env, nc=nc).start(*only)
 
 

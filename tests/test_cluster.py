@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 
 from shared.messages import events as ev
-from shared.natsio import _safe_twice
+from shared.natsclient import safe_twice
 from shared.subjects import Names
 from tests.conftest import ALICE
 from tests.helpers import (
@@ -59,7 +59,7 @@ PHASE_SECONDS = 2.5  # how long a node stays down or frozen
 def test_after_a_timeout_only_requests_that_are_safe_twice_are_sent_again(
     subject: str, headers: dict[str, str] | None, again: bool
 ) -> None:
-    assert _safe_twice(subject, headers) is again
+    assert safe_twice(subject, headers) is again
 
 
 @pytest_asyncio.fixture

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest_asyncio
 
-from shared.natsio import connect
+from shared.natsclient import connect
 from shared.natsserver import NatsServer
 from shared.subjects import Names
 from tests.conftest import ALICE

@@ -22,7 +22,7 @@ from shared.gpu import GpuHealth, GpuReport
 from shared.messages.fleet import WorkerInfo
 from shared.messages.records import Progress, Totals
 from shared.messages.telemetry import Reading, TelemetrySample
-from shared.natsio import connect
+from shared.natsclient import connect
 from shared.subjects import Names
 from tests.conftest import ALICE
 from tests.helpers import Api, System, eventually

@@ -106,18 +106,13 @@ async def _backup_or_restore(verb: str, folder: Path, *, replace: bool) -> int:
 
     from shared import backup
     from shared.config import CommonSettings, load
-    from shared.natsio import connect
+    from shared.natsclient import connect_with
     from shared.subjects import Names
 
     settings = load(CommonSettings)
     names = Names(settings.namespace)
     try:
-        nc = await connect(
-            settings.nats_url,
-            f"vidmesh-{verb}",
-            ping_interval=settings.nats_ping_interval,
-            failover_seconds=settings.nats_failover_seconds,
-        )
+        nc = await connect_with(settings, f"vidmesh-{verb}")
     except (OSError, nats.errors.Error) as exc:
         print(
             f"vidmesh {verb}: NATS at {settings.nats_url} is not reachable: {exc!r}",
