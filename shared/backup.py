@@ -38,23 +38,29 @@ class StreamCopy:
     sha256: str
 
 
-async def _api(nc: NATS, subject: str, body: dict[str, Any], timeout: float = 30.0) -> Any:
-    reply = await nc.request(subject, json.dumps(body).encode(), timeout=timeout)
-    answer = json.loads(reply.data or b"{}")
+async def _ask(nc: NATS, subject: str, payload: bytes = b"", timeout: float = 30.0) -> Any:
+    """A JetStream API answer (JSON), an error answer included."""
+    reply = await nc.request(subject, payload, timeout=timeout)
+    return json.loads(reply.data or b"{}")
+
+
+def _ok(answer: Any, what: str) -> Any:
     if "error" in answer:
         error = answer["error"]
-        raise BackupError(f"{subject}: {error.get('description', error)}")
+        raise BackupError(f"{what}: {error.get('description', error)}")
     return answer
 
 
+async def _api(nc: NATS, subject: str, body: dict[str, Any]) -> Any:
+    return _ok(await _ask(nc, subject, json.dumps(body).encode()), subject)
+
+
 async def _exists(nc: NATS, stream: str) -> bool:
-    reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=10)
-    answer = json.loads(reply.data or b"{}")
-    if "error" not in answer:
-        return True
-    if answer["error"].get("code") == 404:
+    answer = await _ask(nc, f"$JS.API.STREAM.INFO.{stream}", timeout=10)
+    if answer.get("error", {}).get("code") == 404:
         return False
-    raise BackupError(f"stream {stream}: {answer['error'].get('description')}")
+    _ok(answer, f"stream {stream}")
+    return True
 
 
 async def snapshot(nc: NATS, stream: str, folder: Path) -> StreamCopy:
@@ -163,7 +169,5 @@ async def restore(
         with (folder / f"{copy.stream}.snapshot").open("rb") as snapshot_file:
             while chunk := snapshot_file.read(CHUNK):
                 await nc.request(target, chunk, timeout=30)
-        done = json.loads((await nc.request(target, b"", timeout=120)).data or b"{}")
-        if "error" in done:
-            raise BackupError(f"restoring {copy.stream}: {done['error'].get('description')}")
+        _ok(await _ask(nc, target, timeout=120), f"restoring {copy.stream}")  # the end
     return copies
