@@ -126,9 +126,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     await standin.start()
     run_dir = Path(tempfile.mkdtemp(prefix="scale-", dir=WORK))
     env = up_env(run_dir / "data", standin.url)
-    # one core's share of threads per transcoder, for the one-transcoder reference too
-    threads = max(1, (os.cpu_count() or 1) // n)
     cores = sorted(os.sched_getaffinity(0))
+    # one core's share of threads per transcoder, for the one-transcoder reference too
+    threads = max(1, len(cores) // n)
     env.update(
         MAX_CONCURRENT_JOBS=str(n),
         VIDMESH_SLOTS="1",

@@ -50,9 +50,6 @@ class NatsCluster:
     def servers(self) -> list[str]:
         return [node.url for node in self.nodes]
 
-    def name(self, index: int) -> str:
-        return f"n{index}"
-
     def index(self, name: str) -> int:
         return int(name.removeprefix("n"))
 
