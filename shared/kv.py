@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -19,6 +19,7 @@ Stale = KeyWrongLastSequenceError
 
 _MAX_CAS_ROUNDS = 64
 _READ_BATCH = 256
+_WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a refused expected revision
 _READER_IDLE_S = 30.0
 
 
@@ -111,18 +112,47 @@ class TypedKV(Generic[T]):
 
     async def create(self, key: str, value: T) -> int:
         """Store a new record; raises `Stale` if the key exists."""
-        return await self.kv.create(key, self.encode(value))
+        data = self.encode(value)
+        try:
+            return await self.kv.create(key, data)
+        except Stale:
+            landed = await self._landed(key, data)
+            if landed is None:
+                raise
+            return landed
 
     async def update(self, key: str, value: T, revision: int) -> int:
         """Compare-and-set: store `value` only if the record is still at `revision`."""
-        return await self.kv.update(key, self.encode(value), last=revision)
+        data = self.encode(value)
+        try:
+            return await self.kv.update(key, data, last=revision)
+        except Stale:
+            landed = await self._landed(key, data)
+            if landed is None:
+                raise
+            return landed
+
+    async def _landed(self, key: str, data: bytes) -> int | None:
+        """After a refused compare-and-set: the revision of our own write if the key holds it
+        (it landed, its answer was lost in a failover, and the write was sent again); None when
+        the refusal stands."""
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None
+        return (entry.revision or 0) if entry.value == data else None
 
     async def put(self, key: str, value: T) -> int:
         """Last writer wins; only for values one writer owns (progress, heartbeats)."""
         return await self.kv.put(key, self.encode(value))
 
     async def delete(self, key: str, revision: int | None = None) -> None:
-        await self.kv.delete(key, last=revision)
+        try:
+            await self.kv.delete(key, last=revision)
+        except (Stale, BadRequestError) as exc:
+            stale = isinstance(exc, Stale) or exc.err_code == _WRONG_LAST_SEQUENCE
+            if not stale or await self.get(key) is not None:
+                raise  # changed meanwhile; gone already means our delete landed before
 
     async def change(
         self, key: str, fn: Callable[[T | None], T | None]

@@ -42,9 +42,11 @@ def _rides_out_failover(subject: str, headers: dict[str, str] | None) -> bool:
 
 def safe_twice(subject: str, headers: dict[str, str] | None) -> bool:
     """Whether a request that timed out (and so may have been carried out) can be sent again:
-    a read, or a publish JetStream de-duplicates by its Nats-Msg-Id and that expects no
-    revision (a compare-and-set that did land would be refused the second time)."""
-    if _READS.match(subject):
+    a read; a KV write (a put writes the same value again; a compare-and-set that did land is
+    refused the second time, and `TypedKV` recognises its own write when it reads the key
+    back); or a publish JetStream de-duplicates by its Nats-Msg-Id. Never an unnamed consumer
+    create or another API action: done twice, it is done twice."""
+    if _READS.match(subject) or subject.startswith("$KV."):
         return True
     found = headers or {}
     return "Nats-Msg-Id" in found and not any(h.startswith("Nats-Expected") for h in found)

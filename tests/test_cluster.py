@@ -48,9 +48,11 @@ PHASE_SECONDS = 2.5  # how long a node stays down or frozen
         ("$JS.API.DIRECT.GET.KV_vidmesh-jobs.$KV.vidmesh-jobs.j1", None, True),
         ("$JS.API.CONSUMER.INFO.VIDMESH_WORK.transcode-default", None, True),
         ("vidmesh.evt.job.j1.completed", {"Nats-Msg-Id": "j1:7"}, True),
-        # a compare-and-set that landed would be refused the second time: a false conflict
-        ("$KV.vidmesh-jobs.j1", {"Nats-Expected-Last-Subject-Sequence": "6"}, False),
-        ("$KV.vidmesh-jobs.j1", None, False),
+        # a compare-and-set that landed is refused the second time, then recognised by TypedKV
+        ("$KV.vidmesh-jobs.j1", {"Nats-Expected-Last-Subject-Sequence": "6"}, True),
+        ("$KV.vidmesh-jobs.j1", None, True),
+        # a publish that expects a sequence and is not de-duplicated
+        ("vidmesh.cmd.x", {"Nats-Expected-Last-Sequence": "6"}, False),
         # an unnamed consumer created twice is two consumers
         ("$JS.API.CONSUMER.CREATE.VIDMESH_EVENTS", None, False),
         ("$JS.API.STREAM.DELETE.VIDMESH_WORK", None, False),

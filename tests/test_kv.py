@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import msgspec
 import nats
+import pytest
 
-from shared.kv import TypedKV
+from shared.kv import Stale, TypedKV
 from shared.natsserver import NatsServer
 from tests.helpers import new_namespace
 
@@ -42,6 +43,31 @@ async def test_values_are_each_keys_latest_record_without_the_deleted(
         assert found == expected
         # ... and the reader it used is gone
         assert [c.name for c in await js.consumers_info(f"KV_{bucket}")] == []
+    finally:
+        await js.delete_key_value(bucket)
+        await nc.close()
+
+
+async def test_a_write_sent_again_after_it_landed_is_recognised_not_a_conflict(
+    nats_server: NatsServer,
+) -> None:
+    # (what a failover does: the write lands, its answer is lost, and it is sent again)
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    bucket = f"{new_namespace()}-notes"
+    try:
+        notes = TypedKV(await js.create_key_value(bucket=bucket, history=5), Note)
+        first = await notes.create("a", Note(text="one"))
+        assert await notes.create("a", Note(text="one")) == first
+        with pytest.raises(Stale):
+            await notes.create("a", Note(text="other"))
+        second = await notes.update("a", Note(text="two"), first)
+        assert await notes.update("a", Note(text="two"), first) == second
+        with pytest.raises(Stale):
+            await notes.update("a", Note(text="three"), first)
+        await notes.delete("a", second)
+        await notes.delete("a", second)
+        assert await notes.get("a") is None
     finally:
         await js.delete_key_value(bucket)
         await nc.close()
