@@ -132,9 +132,17 @@ def main(settings: CommonSettings, name: str, build: Callable[[NATS], Awaitable[
         asyncio.run(serve(settings, name, build))
 
 
-def run_service(name: str, settings_type: type[S], make: Callable[[NATS, S], Service]) -> None:
-    """A service's `__main__`: settings from the environment, then `main()`."""
+def run_service(
+    name: str,
+    settings_type: type[S],
+    make: Callable[[NATS, S], Service],
+    prepare: Callable[[S], None] | None = None,
+) -> None:
+    """A service's `__main__`: settings from the environment, `prepare` (before anything
+    starts), then `main()`."""
     settings = config.load(settings_type)
+    if prepare is not None:
+        prepare(settings)
 
     async def build(nc: NATS) -> Service:
         return make(nc, settings)

@@ -3,14 +3,13 @@
 import os
 
 from services.transcoder import Transcoder, TranscoderSettings
-from shared import config
 from shared.runtime import run_service
 
 
-def pin_to_configured_cpus() -> None:
+def pin_to_configured_cpus(settings: TranscoderSettings) -> None:
     """Run on VIDMESH_CPUS, if set: before any thread starts, so every thread and ffmpeg
     inherits it."""
-    wanted = config.load(TranscoderSettings).cpu_set
+    wanted = settings.cpu_set
     if not wanted:
         return
     available = os.sched_getaffinity(0)
@@ -21,5 +20,4 @@ def pin_to_configured_cpus() -> None:
 
 
 if __name__ == "__main__":
-    pin_to_configured_cpus()
-    run_service("transcoder", TranscoderSettings, Transcoder)
+    run_service("transcoder", TranscoderSettings, Transcoder, prepare=pin_to_configured_cpus)
