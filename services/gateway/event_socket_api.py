@@ -23,7 +23,8 @@ from services.gateway.feed_connection import (
     forward_events,
     run_feed,
 )
-from services.gateway.feeds import MAX_JOB_IDS, FeedClosed, StoredEvent, Subscriber, feed_filter
+from services.gateway.feed_events import MAX_JOB_IDS, StoredEvent, feed_filter
+from services.gateway.feeds import FeedClosed, Subscriber
 from services.gateway.identity import Principal
 from services.gateway.state import Gateway, gateway
 from shared.errors import BadRequest, VidmeshError

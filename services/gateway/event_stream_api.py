@@ -23,7 +23,8 @@ from services.gateway.feed_connection import (
     forward_events,
     run_feed,
 )
-from services.gateway.feeds import FeedClosed, StoredEvent, feed_filter
+from services.gateway.feed_events import StoredEvent, feed_filter
+from services.gateway.feeds import FeedClosed
 from services.gateway.state import gateway
 from shared.errors import BadRequest
 

@@ -14,7 +14,8 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from services.gateway.feeds import EventHub, FeedClosed, StoredEvent, Subscriber
+from services.gateway.feed_events import StoredEvent
+from services.gateway.feeds import EventHub, FeedClosed, Subscriber
 from shared.natsio import describe
 
 log = structlog.get_logger("vidmesh.gateway.events")

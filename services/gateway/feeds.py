@@ -2,8 +2,8 @@
 WebSocket subscribers.
 
 One JetStream ordered consumer on `<ns>.evt.>` delivers every event stored after start-up. Each
-event is decoded once and its SSE and WebSocket frames are encoded once, whoever receives them.
-Every subscriber has a filter and a bounded queue; one that would overflow is closed with its
+event is decoded once and its frames encoded once (`feed_events.py`, with the rules on who sees
+what). Every subscriber has a filter and a bounded queue; one that would overflow is closed with its
 reason, so a slow client never holds up the others nor grows memory. Stored ranges (a replay after a
 reconnect, a job's history) are read with a short-lived consumer that is deleted afterwards.
 """
@@ -12,135 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
-from typing import get_args
 
-import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from shared.errors import BadRequest
-from shared.messages import events
-from shared.messages.accounts import RANK, Role
+from services.gateway.feed_events import FeedFilter, StoredEvent, stored_event
+from shared.messages.accounts import Role
 from shared.natsio import describe
 from shared.subjects import Names
 
 log = structlog.get_logger("vidmesh.gateway.feeds")
 
-EVENT_TYPES: frozenset[str] = frozenset(
-    str(kind.__struct_config__.tag) for kind in get_args(events.AnyEvent)
-)
-"""Every event tag (`job.completed`, ...); a feed filters on these or on a family (`job.*`)."""
-_FAMILIES = frozenset(tag.split(".", 1)[0] for tag in EVENT_TYPES)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PAGE = 256  # messages fetched per request when reading a stored range
-MAX_JOB_IDS = 100  # job ids one feed may filter on
-_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # also safe as a subject token
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An event as stored in the events stream, with its feed frames encoded once."""
-
-    seq: int
-    tag: str
-    event: events.Event
-    raw: bytes  # the stored JSON (fields newer than this gateway included)
-    job_id: str | None  # job events only
-    owner: str | None  # job events only: who owns the job
-    sse: bytes
-    ws: bytes
-
-
-def stored_event(seq: int, data: bytes) -> StoredEvent | None:
-    """Decode one stored event; None when it is not one this gateway knows."""
-    try:
-        event = events.DECODER.decode(data)
-    except msgspec.DecodeError:
-        return None
-    raw = data.strip()
-    if b"\n" in raw or b"\r" in raw:  # an SSE data line must be one line
-        raw = msgspec.json.encode(msgspec.json.decode(raw))
-    tag = str(type(event).__struct_config__.tag)
-    job = event if isinstance(event, events.JobEvent) else None
-    return StoredEvent(
-        seq=seq,
-        tag=tag,
-        event=event,
-        raw=raw,
-        job_id=job.job_id if job else None,
-        owner=job.owner if job else None,
-        sse=b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, tag.encode(), raw),
-        ws=b'{"type":"s2c_event","payload":{"seq":%d,"event":%s}}' % (seq, raw),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class FeedFilter:
-    """What one subscriber sees: job events of its own jobs (moderators: of every job), the
-    other events only when it is an administrator; narrowed to some jobs and types if asked."""
-
-    user_id: str
-    role: Role
-    job_ids: frozenset[str] = frozenset()
-    types: frozenset[str] = frozenset()
-    families: tuple[str, ...] = ()  # "job." for "job.*"
-
-    @property
-    def all_jobs(self) -> bool:
-        return RANK[self.role] >= RANK[Role.MODERATOR]
-
-    def sees(self, item: StoredEvent) -> bool:
-        if item.owner is None:
-            return self.role is Role.ADMIN
-        return item.owner == self.user_id or self.all_jobs
-
-    def wants(self, item: StoredEvent) -> bool:
-        if self.job_ids and item.job_id not in self.job_ids:
-            return False
-        if self.types or self.families:
-            return item.tag in self.types or item.tag.startswith(self.families)
-        return True
-
-    def matches(self, item: StoredEvent) -> bool:
-        return self.sees(item) and self.wants(item)
-
-
-def feed_filter(
-    user_id: str, role: Role, *, job_ids: Iterable[str] = (), types: Iterable[str] = ()
-) -> FeedFilter:
-    """A filter for this caller; unknown event types are a 400 (they would match nothing)."""
-    jobs = frozenset(j for j in (j.strip() for j in job_ids) if j)
-    if len(jobs) > MAX_JOB_IDS:
-        raise BadRequest(f"A feed follows at most {MAX_JOB_IDS} jobs.")
-    for job_id in jobs:
-        if not _JOB_ID.fullmatch(job_id):
-            raise BadRequest(f"{job_id[:80]!r} is not a job id.")
-    exact: set[str] = set()
-    families: list[str] = []
-    for kind in (t.strip() for t in types):
-        if not kind:
-            continue
-        if kind.endswith(".*") and kind[:-2] in _FAMILIES:
-            families.append(kind[:-1])
-        elif kind in EVENT_TYPES:
-            exact.add(kind)
-        else:
-            known = ", ".join(sorted(f"{family}.*" for family in _FAMILIES))
-            raise BadRequest(
-                f"Unknown event type {kind!r}: use a tag such as job.completed, or {known}.",
-                details={"types": sorted(EVENT_TYPES)},
-            )
-    return FeedFilter(
-        user_id=user_id, role=role, job_ids=jobs, types=frozenset(exact), families=tuple(families)
-    )
 
 
 class FeedClosed(Exception):
@@ -174,6 +64,7 @@ class Subscriber:
         self._ready.set()
 
     def close(self, reason: str, *, error: bool = True) -> None:
+        """Close with `reason`, dropping what is queued; a second close changes nothing."""
         if self.closed is not None:
             return
         self.closed = FeedClosed(reason, error=error)
@@ -229,6 +120,7 @@ class EventHub:
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
+        """Forget a subscriber (its connection ended)."""
         self._subscribers.discard(sub)
         self._all_jobs.discard(sub)
         self._admins.discard(sub)
@@ -271,6 +163,7 @@ class EventHub:
         log.info("feeds.following", stream=self.names.events_stream, after=self.last_seq)
 
     async def stop(self) -> None:
+        """Close every subscriber and stop following the stream."""
         self.close_all("the server is shutting down")
         if self._sub is not None:
             with contextlib.suppress(Exception):
