@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import mimetypes
-import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,9 +20,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import obstore as obs
 import structlog
-from obstore.exceptions import BaseError, PermissionDeniedError, UnauthenticatedError
+from obstore.exceptions import BaseError
 from obstore.store import AzureStore, GCSStore, S3Store
 
+from shared._objecterrors import first_line_without_query, http_status, is_absent, store_error
 from shared.blobstore import (
     CHUNK,
     PROBE_DATA,
@@ -49,55 +49,6 @@ C = TypeVar("C")
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # the longest S3 SigV4 allows
 _HASH_IN_THREAD = 256 * 1024  # hashing a chunk this big would hold the event loop too long
 _UPLOAD_CONCURRENCY = 4
-_STATUS = re.compile(r"(?:status code:|status:|\(code:) (\d{3})")
-_CODE = re.compile(r"<Code>([A-Za-z0-9.]{1,64})</Code>|\"reason\": \"([A-Za-z0-9.]{1,64})\"")
-_QUERY = re.compile(r"(https?://[^\s?]*)\?\S*")  # a signed URL's query may carry a SAS
-_FULL_CODES = {"QuotaExceeded", "InsufficientStorage", "XMinioStorageFull", "StorageFull"}
-_BUCKET_CODES = {"NoSuchBucket", "ContainerNotFound", "ContainerBeingDeleted"}
-_NETWORK_WORDS = ("error sending request", "connect", "timed out", "timeout", "dns", "reset")
-
-
-def store_error(name: str, exc: BaseException, doing: str) -> StoreError:
-    """A backend error as a StoreError with a reason a user can act on (no secrets, no URLs)."""
-    text = str(exc)
-    status = _status(text)
-    found = _CODE.search(text)
-    code = (found.group(1) or found.group(2)) if found else ""
-    detail = _QUERY.sub(r"\1?…", text.splitlines()[0] if text else type(exc).__name__)[:300]
-    details = {"operation": doing, "status": status, "code": code, "detail": detail}
-    why = " ".join(str(part) for part in (status, code) if part)
-    why = f" ({why})" if why else ""
-    if status == 507 or code in _FULL_CODES:
-        return StoreError(f"The store {name} is full{why}.", details=details)
-    if status in (401, 403) or isinstance(exc, PermissionDeniedError | UnauthenticatedError):
-        return StoreError(
-            f"The store {name} refused the credentials{why}.", retryable=False, details=details
-        )
-    if code in _BUCKET_CODES or status == 404 or isinstance(exc, FileNotFoundError):
-        noun = "container" if name.startswith("az://") else "bucket"
-        return StoreError(
-            f"The store {name} has no such {noun}{why}.", retryable=False, details=details
-        )
-    if status is not None and (status >= 500 or status in (408, 409, 429)):
-        return StoreError(f"The store {name} is failing right now{why}.", details=details)
-    if status is not None:
-        return StoreError(
-            f"The store {name} refused the request{why}.", retryable=False, details=details
-        )
-    if any(word in text.lower() for word in _NETWORK_WORDS):
-        return StoreError(f"The store {name} could not be reached.", details=details)
-    return StoreError(f"The store {name} failed ({type(exc).__name__}).", details=details)
-
-
-def _status(text: str) -> int | None:
-    """The HTTP status an obstore error message reports, if any."""
-    found = _STATUS.search(text)
-    return int(found.group(1)) if found else None
-
-
-def _absent(exc: BaseException) -> bool:
-    """A 404 for the object itself (not for a missing bucket)."""
-    return isinstance(exc, FileNotFoundError) and not any(c in str(exc) for c in _BUCKET_CODES)
 
 
 def _quoted(etag: str) -> str:
@@ -263,7 +214,7 @@ class ObjectBlobStore:
         try:
             await obs.delete_async(self._client, self._full(key))
         except (BaseError, OSError) as exc:
-            if _absent(exc):
+            if is_absent(exc):
                 return 0
             raise store_error(self.name, exc, "delete a blob") from exc
         return info.size
@@ -278,7 +229,7 @@ class ObjectBlobStore:
         try:
             meta = await obs.head_async(self._client, self._full(key))
         except (BaseError, OSError) as exc:
-            if _absent(exc):
+            if is_absent(exc):
                 return None
             raise store_error(self.name, exc, "read a blob's size") from exc
         return self._info(meta)
@@ -305,7 +256,7 @@ class ObjectBlobStore:
                     if info.key.startswith(prefix) and not info.key.startswith(".vidmesh-probe-"):
                         found.append(info)
         except (BaseError, OSError) as exc:
-            if _absent(exc):
+            if is_absent(exc):
                 return found
             raise store_error(self.name, exc, "list blobs") from exc
         return found
@@ -320,9 +271,9 @@ class ObjectBlobStore:
         try:
             result = await obs.get_async(self._client, full, options={"range": (start, end)})
         except (BaseError, OSError) as exc:
-            if _absent(exc):
+            if is_absent(exc):
                 raise NotFound(f"The blob {key} is not in the store {self.name}.") from None
-            if _status(str(exc)) == 416:
+            if http_status(str(exc)) == 416:
                 return  # the range starts at or after the end
             raise store_error(self.name, exc, "read a blob") from exc
         try:
@@ -396,7 +347,7 @@ class _ObjectWriter:
             # obstore aborts a writer only through its context-manager exit with an exception.
             await self._upload.__aexit__(_Aborted, _Aborted(), None)
         except (BaseError, OSError) as exc:
-            error = _QUERY.sub(r"\1?…", str(exc).split("\n", 1)[0])[:300]
+            error = first_line_without_query(str(exc))
             log.warning("blob.abort_failed", store=self._name, key=self._key, error=error)
 
 
