@@ -13,7 +13,7 @@ import structlog
 from nats.js import JetStreamContext
 
 from shared.kv import TypedKV
-from shared.messages import events
+from shared.messages import events, record_events
 from shared.messages.records import JobRecord, Progress, Rendition
 from shared.natsio import Buckets, describe, publish_event
 from shared.projection import Projection
@@ -57,7 +57,7 @@ class RecordStore:
         revision = await self.jobs.create(job.id, job)
         if self.job_view is not None:
             self.job_view.apply(job.id, job, revision)
-        await self.emit(events.job_event(job, revision, created=True))
+        await self.emit(record_events.job_event(job, revision, created=True))
         return revision
 
     async def change_job(self, job_id: str, fn: JobFn) -> JobRecord | None:
@@ -66,7 +66,7 @@ class RecordStore:
         if changed and record is not None and revision is not None:
             if self.job_view is not None:
                 self.job_view.apply(job_id, record, revision)
-            await self.emit(events.job_event(record, revision))
+            await self.emit(record_events.job_event(record, revision))
         return record
 
     async def delete_job(self, job: JobRecord, revision: int) -> None:
@@ -74,7 +74,7 @@ class RecordStore:
         await self.jobs.delete(job.id, revision)
         if self.job_view is not None:
             self.job_view.apply(job.id, None, revision + 1)
-        await self.emit(events.job_purged(job, revision))
+        await self.emit(record_events.job_purged(job, revision))
 
     async def change_rendition(
         self, key: str, fn: RenditionFn, *, wall_seconds: float = 0.0
@@ -84,7 +84,9 @@ class RecordStore:
         if changed and record is not None and revision is not None:
             if self.rendition_view is not None:
                 self.rendition_view.apply(key, record, revision)
-            await self.emit(events.rendition_event(record, revision, wall_seconds=wall_seconds))
+            await self.emit(
+                record_events.rendition_event(record, revision, wall_seconds=wall_seconds)
+            )
         return record, changed
 
     async def delete_rendition(self, key: str, revision: int) -> None:

@@ -11,7 +11,7 @@ import jsonschema_rs
 import msgspec
 
 from shared import asyncapi, schemas
-from shared.messages import events
+from shared.messages import events, record_events
 from shared.messages.records import JobStatus
 from shared.natsio import _event_subject
 from shared.sources import rebase_on_jellyfin, redact, rendition_key
@@ -66,7 +66,7 @@ def test_job_events_go_to_documented_subjects_with_revision_based_ids() -> None:
     from shared import jobstate
 
     job = jobstate.new_job(job_id="abc", owner="u", source="http://h/x", now=1.0)
-    event = events.job_event(job, 7, created=True)
+    event = record_events.job_event(job, 7, created=True)
     assert _event_subject(Names("vidmesh"), event) == "vidmesh.evt.job.abc.accepted"
     assert event.event_id == "job:abc:7"
     assert event.status is JobStatus.QUEUED

@@ -14,7 +14,7 @@ import structlog
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from shared.messages import events
+from shared.messages import events, record_events
 from shared.messages.records import JobRecord, JobStatus
 from shared.natsio import describe, publish_event
 from shared.projection import Projection
@@ -80,4 +80,4 @@ def _event(job: JobRecord, revision: int) -> events.JobEvent:
         JobStatus.QUEUED,
         JobStatus.PAUSED,
     )
-    return events.job_event(job, revision, created=created)
+    return record_events.job_event(job, revision, created=created)
