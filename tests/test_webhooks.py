@@ -363,11 +363,17 @@ async def test_an_endpoint_failing_every_delivery_is_disabled_then_retried_by_ha
             found: dict[str, Any] = await admin_api.ok("GET", f"/api/admin/webhooks/{sub['id']}")
             return found if not found["enabled"] else None
 
-        # Then the subscription is disabled, saying why, and the notifier says so too
+        # Then the subscription is disabled, saying why, and the notifier says so too (its log
+        # line follows the stored change)
         found = await eventually(disabled, timeout=30, what="the subscription to be disabled")
+        await eventually(
+            lambda: any(
+                e["event"] == "webhook.disabled" and e["subscription_id"] == sub["id"] for e in logs
+            ),
+            what="the notifier's webhook.disabled log line",
+        )
     assert "2 deliveries in a row failed" in found["disabled_reason"], found
     assert found["consecutive_failures"] == 2 and found["disabled_at"] is not None
-    assert any(e["event"] == "webhook.disabled" and e["subscription_id"] == sub["id"] for e in logs)
     failed = await admin_api.ok(
         "GET", f"/api/admin/webhooks/{sub['id']}/deliveries", params={"status": "failed"}
     )
