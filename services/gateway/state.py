@@ -132,8 +132,11 @@ class Gateway:
                 event = events.DECODER.decode(msg.data)  # type: ignore[attr-defined]
             except msgspec.DecodeError:
                 return
-            matches = isinstance(event, events.BlobsDeleted) and event.request_id == request_id
-            if matches and not done.done():
+            if (
+                isinstance(event, events.BlobsDeleted)
+                and event.request_id == request_id
+                and not done.done()
+            ):
                 done.set_result(event)
 
         sub = await self.nc.subscribe(subject, cb=on_event)
