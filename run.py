@@ -3,6 +3,7 @@
 
     python3 run.py up      # start the whole system (nats-server, services, gateway)
     python3 run.py test    # lint, type-check and run the test suite
+    python3 run.py lock    # rewrite requirements.lock after a change in pyproject.toml
 
 Anything after the first word is passed on (`python3 run.py up --port 8080`,
 `python3 run.py test -k download`). Only the standard library is used here, so this works on a
@@ -24,11 +25,19 @@ VENV = Path(os.environ.get("VIDMESH_VENV", ROOT / ".venv"))
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".vidmesh-installed"
+LOCK = ROOT / "requirements.lock"
+# Every package of the project, its tests and its build, pinned with hashes, for any platform.
+LOCK_COMMAND = (
+    "pip", "compile", "pyproject.toml", "--extra", "test", "--extra", "dev",
+    "--generate-hashes", "--universal", "--python-version", "3.11",
+    "--output-file", "requirements.lock",
+)  # fmt: skip
 NPM_STAMP = ROOT / "node_modules" / ".vidmesh-installed"
 
 
 def _wanted_stamp() -> str:
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
+    digest.update(LOCK.read_bytes() if LOCK.exists() else b"")
     digest.update(sys.version.encode())
     return digest.hexdigest()
 
@@ -56,9 +65,26 @@ def ensure_installed() -> None:
     wanted = _wanted_stamp()
     if STAMP.exists() and STAMP.read_text() == wanted:
         return
-    print("run.py: installing vidmesh and its dependencies into .venv", flush=True)
-    _pip("install", "--quiet", "--disable-pip-version-check", "--editable", f"{ROOT}[test]")
+    quiet = ("--quiet", "--disable-pip-version-check")
+    if LOCK.exists():
+        # Exactly what CI tested: every package pinned and checked against its hash, then vidmesh
+        # itself built with the pinned setuptools (no build environment fetched unpinned).
+        print(f"run.py: installing {LOCK.name} and vidmesh into {VENV}", flush=True)
+        _pip("install", *quiet, "--require-hashes", "--no-deps", "-r", str(LOCK))
+        _pip("install", *quiet, "--no-deps", "--no-build-isolation", "--editable", str(ROOT))
+    else:
+        print(f"run.py: no {LOCK.name}: installing the newest allowed versions", flush=True)
+        _pip("install", *quiet, "--editable", f"{ROOT}[test,dev]")
     STAMP.write_text(wanted)
+
+
+def write_lock(extra: list[str]) -> int:
+    """Resolve pyproject.toml's dependencies again into requirements.lock (`--upgrade` moves every
+    pin to the newest allowed release; without it, pins that still fit are kept)."""
+    done = subprocess.run([str(BIN / "uv"), *LOCK_COMMAND, *extra], cwd=ROOT)
+    if done.returncode == 0:
+        ensure_installed()
+    return done.returncode
 
 
 def _npm_wanted_stamp() -> str:
@@ -108,6 +134,8 @@ def main(argv: list[str]) -> int:
     ensure_installed()
     command, rest = argv[0], argv[1:]
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if command == "lock":
+        return write_lock(rest)
     if command == "test":
         ensure_node_packages()
         cmd = [str(BIN / "just"), "--justfile", str(ROOT / "justfile"), "test", *rest]
