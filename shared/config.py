@@ -47,6 +47,14 @@ class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # client moves to another server, before the caller sees the error. At most the streams'
     # 120 s duplicate window, within which a publish sent twice is stored once.
     nats_failover_seconds: Annotated[float, msgspec.Meta(ge=0, le=120)] = 15.0
+    # Credentials for a NATS server that requires them (the production overlay gives each
+    # service its own user), and TLS: the CA that signed the server's certificate, and a client
+    # certificate and key where the server asks for one.
+    nats_user: str = ""
+    nats_password: str = ""
+    nats_tls_ca_file: str = ""
+    nats_tls_cert_file: str = ""
+    nats_tls_key_file: str = ""
     # Port of this process's /metrics (Prometheus), /livez and /readyz; 0: none (`vidmesh up`
     # gives every service its own and prints them).
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0

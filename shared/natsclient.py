@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from typing import Any
 
 import nats
@@ -106,12 +107,18 @@ class ClusterClient(NATS):
 
 
 async def connect(
-    url: str, name: str, *, ping_interval: float = 5.0, failover_seconds: float = 15.0
+    url: str,
+    name: str,
+    *,
+    ping_interval: float = 5.0,
+    failover_seconds: float = 15.0,
+    auth: dict[str, Any] | None = None,
 ) -> NATS:
     """Connect with unlimited reconnects; connection changes are logged, never fatal.
 
     `url` may list several servers (a cluster), separated by commas. A server that stops answering
-    pings for two intervals is left for another one.
+    pings for two intervals is left for another one. `auth` holds nats-py's credential and TLS
+    options (`nats_auth` makes them from the settings).
     """
     client: list[NATS] = []
 
@@ -144,9 +151,24 @@ async def connect(
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
+        **(auth or {}),
     )
     client.append(nc)
     return nc
+
+
+def nats_auth(settings: CommonSettings) -> dict[str, Any]:
+    """nats-py's options for the configured user, password and TLS files (none: {})."""
+    options: dict[str, Any] = {}
+    if settings.nats_user or settings.nats_password:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password
+    if settings.nats_tls_ca_file or settings.nats_tls_cert_file:
+        context = ssl.create_default_context(cafile=settings.nats_tls_ca_file or None)
+        if settings.nats_tls_cert_file:
+            context.load_cert_chain(settings.nats_tls_cert_file, settings.nats_tls_key_file or None)
+        options["tls"] = context
+    return options
 
 
 async def connect_with(settings: CommonSettings, name: str) -> NATS:
@@ -156,4 +178,5 @@ async def connect_with(settings: CommonSettings, name: str) -> NATS:
         name,
         ping_interval=settings.nats_ping_interval,
         failover_seconds=settings.nats_failover_seconds,
+        auth=nats_auth(settings),
     )
