@@ -193,14 +193,26 @@ class Reconciler:
         if changed:
             log.info("rendition.cancelled", rendition=key)
 
-    async def release_if_unneeded(self, key: str, *, request_id: str = "") -> str | None:
-        """Release a done rendition no job needs; its blob is handed to the storage service."""
+    async def release_if_unneeded(
+        self,
+        key: str,
+        *,
+        request_id: str = "",
+        ignoring: Callable[[JobRecord], bool] | None = None,
+    ) -> str | None:
+        """Release a done rendition no job needs; its blob is handed to the storage service.
+
+        With `request_id` (a cache clear) the blob is returned for the clear to delete instead,
+        and only jobs that `ignoring` does not pass count as needing it (None: none count).
+        """
         now = time.time()
 
         def release(current: Rendition | None) -> Rendition | None:
             if current is None or current.state is not R.DONE:
                 return None
-            if not request_id and self.view.needs_output(current, now):
+            if request_id and ignoring is None:
+                return jobstate.release_rendition(current, now)
+            if self.view.needs_output(current, now, ignoring=ignoring):
                 return None
             return jobstate.release_rendition(current, now)
 
@@ -217,10 +229,21 @@ class Reconciler:
         return r.output.blob
 
     async def delete_blobs(
-        self, blobs: list[str], *, reason: str, msg_id: str, request_id: str = ""
+        self,
+        blobs: list[str],
+        *,
+        reason: str,
+        msg_id: str,
+        request_id: str = "",
+        sweep_orphans: bool = False,
     ) -> None:
         command = commands.DeleteBlobs(
-            command_id=msg_id, at=time.time(), blobs=blobs, reason=reason, request_id=request_id
+            command_id=msg_id,
+            at=time.time(),
+            blobs=blobs,
+            reason=reason,
+            request_id=request_id,
+            sweep_orphans=sweep_orphans,
         )
         subject = self.store.names.storage_command("delete_blobs")
         await publish_command(self.store.js, subject, command, msg_id=msg_id)
