@@ -40,6 +40,12 @@ def rendition_key_of(job: JobRecord) -> str:
     return key
 
 
+def own_rendition_key(key: str, job_id: str) -> str:
+    """A rendition of `key`'s media made for one job alone, from its own URL: for a job whose
+    credentials could not be shown to read the media another job's output was made from."""
+    return hashlib.sha256(f"{key}\nfor-job={job_id}".encode()).hexdigest()[:40]
+
+
 def new_rendition(
     key: str, job: JobRecord, now: float, *, generation: int = 1, pool: str = "default"
 ) -> Rendition:

@@ -127,6 +127,33 @@ def _copy_hashing(src: Path, dst: Path) -> str:
     return digest.hexdigest()
 
 
+def _fsync_file(path: Path) -> None:
+    """Flush a file's data to disk (blocking: run it in a thread)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the folder's entries (a rename into it) durable (blocking: run it in a thread)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(staged: Path, target: Path) -> None:
+    """Rename a staged file, already synced, into place so that a crash leaves either nothing or
+    the whole file under `target`: the folder is synced before the rename (the staged entry)
+    and after it (the published name)."""
+    _fsync_folder(target.parent)
+    os.replace(staged, target)
+    _fsync_folder(target.parent)
+
+
 def _etag(st: os.stat_result) -> str:
     # The ETag aiohttp's FileResponse sends for the same file, so both paths agree.
     return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
@@ -175,14 +202,15 @@ class LocalBlobStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 sha = sha256_file(path)
-                os.replace(path, target)
+                _fsync_file(path)
+                _publish(path, target)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
                 partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}{_PARTIAL}")
                 try:
-                    sha = _copy_hashing(path, partial)
-                    os.replace(partial, target)
+                    sha = _copy_hashing(path, partial)  # synced as it is written
+                    _publish(partial, target)
                 finally:
                     partial.unlink(missing_ok=True)
                 path.unlink(missing_ok=True)
@@ -330,7 +358,7 @@ class _LocalWriter:
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self._handle.close()
-        os.replace(self._partial, self._target)
+        _publish(self._partial, self._target)
 
     async def abort(self) -> None:
         await asyncio.to_thread(self._discard)

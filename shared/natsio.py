@@ -141,6 +141,7 @@ def _buckets(names: Names, replicas: int, retention: Retention) -> list[KeyValue
         kv(names.capabilities_bucket, "capability probe per transcoder host"),
         kv(names.webhooks_bucket, "webhook subscriptions (signing secrets sealed)"),
         kv(names.deliveries_bucket, "webhook deliveries (with attempts)", retention.deliveries_ttl),
+        kv(names.outputnames_bucket, "object names given to outputs in users' storage"),
     ]
 
 
@@ -168,6 +169,7 @@ class Buckets:
     capabilities: KeyValue
     webhooks: KeyValue
     deliveries: KeyValue
+    outputnames: KeyValue
 
 
 def retention_of(settings: CommonSettings) -> Retention:
@@ -227,6 +229,7 @@ async def ensure_topology(
         capabilities=opened[names.capabilities_bucket],
         webhooks=opened[names.webhooks_bucket],
         deliveries=opened[names.deliveries_bucket],
+        outputnames=opened[names.outputnames_bucket],
     )
 
 

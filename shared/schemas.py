@@ -64,6 +64,7 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
             records.LeaseSet,
             records.Totals,
             records.StorageSummary,
+            records.OutputNameClaim,
             fleet.Pool,
             fleet.TranscodingSettings,
             fleet.WorkerInfo,

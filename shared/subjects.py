@@ -238,6 +238,10 @@ class Names:
     def deliveries_bucket(self) -> str:
         return self.bucket("deliveries")
 
+    @property
+    def outputnames_bucket(self) -> str:
+        return self.bucket("outputnames")
+
     # ---- request/reply -------------------------------------------------------------------
     @property
     def probe_rpc(self) -> str:
@@ -278,6 +282,7 @@ class Names:
             self.capabilities_bucket,
             self.webhooks_bucket,
             self.deliveries_bucket,
+            self.outputnames_bucket,
         ]
 
     def all_streams(self) -> list[str]:

@@ -121,8 +121,9 @@ class Gateway:
             raise Unprocessable(answer.error or "The source could not be probed.")
         return answer.probe
 
-    async def clear_cache(self, by: str) -> events.BlobsDeleted | None:
-        """Ask for every finished output to go; wait (bounded) for the storage service's report."""
+    async def clear_cache(self, by: str, *, owner: str, admin: bool) -> events.BlobsDeleted | None:
+        """Ask for `owner`'s finished outputs to go (an administrator's clear: every one); wait
+        (bounded) for the storage service's report."""
         request_id = uuid.uuid4().hex
         subject = self.names.storage_event("blobs_deleted")
         done: asyncio.Future[events.BlobsDeleted] = asyncio.get_running_loop().create_future()
@@ -141,7 +142,9 @@ class Gateway:
 
         sub = await self.nc.subscribe(subject, cb=on_event)
         try:
-            command = cmd.ClearCache(command_id=request_id, by=by, at=time.time())
+            command = cmd.ClearCache(
+                command_id=request_id, by=by, at=time.time(), owner=owner, admin=admin
+            )
             await self.command(self.names.scheduler_command("cache_clear"), command)
             return await asyncio.wait_for(done, self.settings.command_timeout * 2)
         except TimeoutError:

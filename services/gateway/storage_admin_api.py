@@ -97,7 +97,8 @@ async def summarise(gw: Gateway) -> StorageSummaryView:
 )
 async def clear_transcode_cache(request: web.Request) -> web.Response:
     gw = gateway(request)
-    report = await gw.clear_cache(by=caller(request).user_id)
+    who = caller(request).user_id
+    report = await gw.clear_cache(by=who, owner=who, admin=True)
     if report is None:
         cleared = CacheCleared(
             message="Cache clear requested; it is still running.",

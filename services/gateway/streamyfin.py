@@ -276,7 +276,8 @@ async def delete_cache(request: web.Request) -> web.Response:
     gw, user = await _caller(request)
     if gw.settings.delete_cache_admin_only and not user.is_admin:
         raise Forbidden("Only Jellyfin administrators may clear the cache on this server.")
-    report = await gw.clear_cache(by=user.id)
+    # A user clears what their own jobs hold; a Jellyfin administrator, everything.
+    report = await gw.clear_cache(by=user.id, owner=user.id, admin=user.is_admin)
     if report is None:
         return json_response(
             {"message": "Cache deletion requested; it is still running."}, status=202

@@ -1,38 +1,68 @@
 """Before a job gets an output made from another job's request, check that its own source URL
 (its own credentials) may read the source: sharing must not hand anyone media their token could
-not fetch."""
+not fetch. It fails closed: only a 2xx answer to the job's own request allows sharing."""
 
 from __future__ import annotations
 
+import asyncio
+import enum
+
 import aiohttp
+import msgspec
 import structlog
 
 log = structlog.get_logger("vidmesh.scheduler")
 
+# Answers that say the job's credentials may not read the media at all.
 _REFUSED = frozenset({401, 403, 404, 410})
 
 
+class Verdict(enum.Enum):
+    ALLOWED = "allowed"  # the source answered the job's own request with 2xx
+    REFUSED = "refused"  # a definite no (401, 403, 404, 410): the job fails with the reason
+    UNKNOWN = "unknown"  # anything else (timeout, redirect, 5xx...): the job gets its own output
+
+
+class AccessAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """What the source said to a job's own one-byte request."""
+
+    verdict: Verdict
+    status: int | None = None  # the HTTP status, when one came back
+    why: str = ""  # for the log: the status or the error's kind
+
+
 class AccessCheck:
-    """Asks the source for its first byte with the job's own URL."""
+    """Asks the source for its first byte with the job's own URL, within `timeout` seconds.
+
+    Redirects are not followed: a 3xx (often a login page) is no proof the job may read the media.
+    """
 
     def __init__(self, timeout: float = 5.0) -> None:
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
-    async def refused_status(self, url: str) -> int | None:
-        """The HTTP status with which the source refuses `url`, or None (allowed, or unknown)."""
+    async def answer(self, url: str) -> AccessAnswer:
+        """Whether `url`'s own credentials may read the media (never raises but on cancel)."""
         if not url.lower().startswith(("http://", "https://")):
-            return None
+            # Object and local sources are keyed by owner or path: sharing them needs no check.
+            return AccessAnswer(verdict=Verdict.ALLOWED, why="not http")
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         try:
-            async with self._session.get(url, headers={"Range": "bytes=0-0"}) as response:
+            async with (
+                asyncio.timeout(self.timeout),
+                self._session.get(
+                    url, headers={"Range": "bytes=0-0"}, allow_redirects=False
+                ) as response,
+            ):
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # Unknown is not refused: a source that is briefly down must not fail shared jobs.
-            log.warning("access.unknown", error=str(exc) or type(exc).__name__)
-            return None
-        return status if status in _REFUSED else None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return AccessAnswer(verdict=Verdict.UNKNOWN, why=type(exc).__name__)
+        if 200 <= status < 300:
+            return AccessAnswer(verdict=Verdict.ALLOWED, status=status, why=str(status))
+        if status in _REFUSED:
+            return AccessAnswer(verdict=Verdict.REFUSED, status=status, why=str(status))
+        return AccessAnswer(verdict=Verdict.UNKNOWN, status=status, why=str(status))
 
     async def close(self) -> None:
         if self._session is not None:

@@ -75,7 +75,7 @@ class CommandHandler:
                 case cmd.CleanupJobs(before=before, statuses=statuses):
                     await self.clean_up(before, statuses)
                 case cmd.ClearCache():
-                    await self.clear_cache(command.command_id)
+                    await self.clear_cache(command)
             log.info(
                 "command.handled",
                 attempt=msg.metadata.num_delivered,
@@ -169,29 +169,49 @@ class CommandHandler:
         await self.reconciler.job(job_id)
         self._wake_up()
 
-    async def clear_cache(self, request_id: str) -> None:
-        """Let go of every finished output, then have the storage service delete the files.
+    async def clear_cache(self, command: cmd.ClearCache) -> None:
+        """Let go of the finished outputs in the service's store that this clear covers (an
+        administrator's: all; a user's: what their own jobs hold), then have the storage service
+        delete the files no other job holds.
 
         Renditions go first, so the files are counted in this clear and not released one by one
         as their jobs change; the files are deleted only after no job holds them.
         """
-        now = time.time()
+        request_id, now = command.command_id, time.time()
+
+        def cleared(job: JobRecord) -> bool:
+            """Whether this clear takes the job's output from it."""
+            if job.output is None or job.output.store or not jobstate.holds_output(job, now):
+                return False  # outputs in users' own storage are not the service's cache
+            return command.admin or (bool(command.owner) and job.owner == command.owner)
+
+        jobs = [job for job in list(self.view.jobs.values()) if cleared(job)]
+        keys = {r.key for r in self.view.renditions.values()} if command.admin else set()
+        keys |= {job.rendition for job in jobs if job.rendition}
         blobs: list[str] = []
-        for r in list(self.view.renditions.values()):
-            # Outputs in users' own storage are not the service's cache.
-            if r.state is RenditionState.DONE and r.output is not None and not r.output.store:
-                blob = await self.reconciler.release_if_unneeded(r.key, request_id=request_id)
-                if blob:
-                    blobs.append(blob)
-        for job in list(self.view.jobs.values()):
-            if jobstate.holds_output(job, now) and job.output and not job.output.store:
-                await self.store.change_job(
-                    job.id, lambda j: jobstate.clear_output(j, now) if j else None
-                )
+        for key in sorted(keys):
+            r = self.view.renditions.get(key)
+            if r is None or r.state is not RenditionState.DONE or r.output is None:
+                continue
+            if r.output.store:
+                continue
+            blob = await self.reconciler.release_if_unneeded(
+                key, request_id=request_id, ignoring=None if command.admin else cleared
+            )
+            if blob:
+                blobs.append(blob)
+        for job in jobs:
+            await self.store.change_job(
+                job.id, lambda j: jobstate.clear_output(j, now) if j else None
+            )
         await self.reconciler.delete_blobs(
-            blobs, reason="cache cleared", msg_id=f"clear:{request_id}", request_id=request_id
+            blobs,
+            reason="cache cleared",
+            msg_id=f"clear:{request_id}",
+            request_id=request_id,
+            sweep_orphans=command.admin,
         )
-        log.info("cache.cleared", outputs=len(blobs))
+        log.info("cache.cleared", outputs=len(blobs), jobs=len(jobs), admin=command.admin)
         self._wake_up()
 
     def _wake_up(self) -> None:

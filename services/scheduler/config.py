@@ -25,6 +25,9 @@ class SchedulerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True
     # Commands handled at once.
     command_slots: Annotated[int, msgspec.Meta(ge=1)] = 4
     pool: str = "default"
+    # Seconds a share check (the source's answer to a job's own URL) may take; no answer in time
+    # gives the job its own rendition instead of another user's output.
+    share_check_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
 
     @property
     def keep_seconds(self) -> float:

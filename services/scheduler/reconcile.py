@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 import structlog
 
-from services.scheduler.access import AccessCheck
 from services.scheduler.config import SchedulerSettings
+from services.scheduler.sharing import ShareChecks
 from services.scheduler.view import View
 from shared import jobstate
 from shared.messages import commands
-from shared.messages.records import JobError, JobRecord, JobStatus, Rendition, RenditionState
+from shared.messages.records import JobRecord, JobStatus, Rendition, RenditionState
 from shared.natsio import publish_command
 from shared.recordstore import JobFn, RecordStore, RenditionFn
 
@@ -37,12 +37,12 @@ class Reconciler:
         store: RecordStore,
         view: View,
         settings: SchedulerSettings,
-        access: AccessCheck | None = None,
+        sharing: ShareChecks | None = None,
     ) -> None:
         self.store = store
         self.view = view
         self.settings = settings
-        self.access = access
+        self.sharing = sharing
 
     # ---- jobs ------------------------------------------------------------------------------
     async def job(self, job_id: str) -> None:
@@ -68,6 +68,8 @@ class Reconciler:
 
     async def place(self, job: JobRecord) -> None:
         """A queued job without a rendition: hold it for its device's limit, or attach it."""
+        if self.sharing is not None and self.sharing.pending(job.id):
+            return  # its share check is still out: it is placed when the answer comes back
         now = time.time()
         limit = self.settings.max_cached_per_user
         if limit and not job.manual_start and self.view.device_load(job.device_id) >= limit:
@@ -96,7 +98,10 @@ class Reconciler:
         rendition, _ = await self.store.change_rendition(key, want)
         assert rendition is not None
         shared = not created
-        if shared and rendition.source != job.source and await self._refused(job, now):
+        if shared and rendition.source != job.source and self.sharing is not None:
+            # Made from another request's credentials: shared only once its own URL may read
+            # the media, decided beside this loop (the check may take seconds).
+            self.sharing.start(job, key)
             return
         attached = await self.store.change_job(
             job.id, _unattached(lambda j: jobstate.attach(j, rendition, now, shared=shared))
@@ -104,20 +109,6 @@ class Reconciler:
         if attached is not None and attached.rendition == key:
             log.info("job.attached", job_id=job.id, rendition=key, shared=shared)
             await self._follow(attached, now)
-
-    async def _refused(self, job: JobRecord, now: float) -> bool:
-        """Fail a job whose own URL may not read the media another job's output was made from."""
-        status = await self.access.refused_status(job.source) if self.access else None
-        if status is None:
-            return False
-        error = JobError(
-            code="source_refused",
-            reason=f"The source refused this job's credentials (HTTP {status}).",
-            retryable=False,
-        )
-        await self.store.change_job(job.id, _unattached(lambda j: jobstate.fail(j, error, now)))
-        log.warning("job.refused", job_id=job.id, status=status)
-        return True
 
     async def _follow(self, job: JobRecord, now: float) -> None:
         """An attached job takes on its rendition's state."""
@@ -193,14 +184,26 @@ class Reconciler:
         if changed:
             log.info("rendition.cancelled", rendition=key)
 
-    async def release_if_unneeded(self, key: str, *, request_id: str = "") -> str | None:
-        """Release a done rendition no job needs; its blob is handed to the storage service."""
+    async def release_if_unneeded(
+        self,
+        key: str,
+        *,
+        request_id: str = "",
+        ignoring: Callable[[JobRecord], bool] | None = None,
+    ) -> str | None:
+        """Release a done rendition no job needs; its blob is handed to the storage service.
+
+        With `request_id` (a cache clear) the blob is returned for the clear to delete instead,
+        and only jobs that `ignoring` does not pass count as needing it (None: none count).
+        """
         now = time.time()
 
         def release(current: Rendition | None) -> Rendition | None:
             if current is None or current.state is not R.DONE:
                 return None
-            if not request_id and self.view.needs_output(current, now):
+            if request_id and ignoring is None:
+                return jobstate.release_rendition(current, now)
+            if self.view.needs_output(current, now, ignoring=ignoring):
                 return None
             return jobstate.release_rendition(current, now)
 
@@ -217,10 +220,21 @@ class Reconciler:
         return r.output.blob
 
     async def delete_blobs(
-        self, blobs: list[str], *, reason: str, msg_id: str, request_id: str = ""
+        self,
+        blobs: list[str],
+        *,
+        reason: str,
+        msg_id: str,
+        request_id: str = "",
+        sweep_orphans: bool = False,
     ) -> None:
         command = commands.DeleteBlobs(
-            command_id=msg_id, at=time.time(), blobs=blobs, reason=reason, request_id=request_id
+            command_id=msg_id,
+            at=time.time(),
+            blobs=blobs,
+            reason=reason,
+            request_id=request_id,
+            sweep_orphans=sweep_orphans,
         )
         subject = self.store.names.storage_command("delete_blobs")
         await publish_command(self.store.js, subject, command, msg_id=msg_id)

@@ -20,6 +20,7 @@ from services.scheduler.dispatch import Dispatcher
 from services.scheduler.events_repair import EventRepair
 from services.scheduler.metrics import observe_job, sample_forever
 from services.scheduler.reconcile import Reconciler
+from services.scheduler.sharing import ShareChecks
 from services.scheduler.view import View
 from shared.consumer import Consumer, SlotLoops
 from shared.kv import TypedKV
@@ -68,8 +69,11 @@ class Scheduler(Service):
         await self.jobs.start()
         await self.renditions.start()
         self.event_repair = EventRepair(js, self.names, self.jobs)
-        self.access = AccessCheck()
-        self.reconciler = Reconciler(self.store, self.view, self.settings, self.access)
+        self.access = AccessCheck(timeout=self.settings.share_check_timeout)
+        self.sharing = ShareChecks(
+            self.store, self.view, self.settings, self.access, self._share_decided
+        )
+        self.reconciler = Reconciler(self.store, self.view, self.settings, self.sharing)
         self.pools = Projection(TypedKV(buckets.pools, Pool), "scheduler.pools", nc=self.nc)
         self.fleet_settings = Projection(
             TypedKV(buckets.settings, TranscodingSettings), "scheduler.settings", nc=self.nc
@@ -118,6 +122,10 @@ class Scheduler(Service):
             # A change of one job can free (or fill) its device's share: look at its held jobs.
             if record is not None:
                 self._dirty_jobs.update(j.id for j in self.view.held_in_order(record.device_id))
+        self._wake.set()
+
+    def _share_decided(self, job_id: str) -> None:
+        self._dirty_jobs.add(job_id)
         self._wake.set()
 
     def _rendition_changed(self, key: str, old: Rendition | None, new: Rendition | None) -> None:
@@ -174,5 +182,6 @@ class Scheduler(Service):
         await stop_tasks([t for t in (self._metrics_task, self._loop_task) if t is not None])
         for projection in (self.jobs, self.renditions, self.pools, self.fleet_settings):
             await projection.stop()
+        await self.sharing.close()
         await self.access.close()
         log.info("scheduler.stopped", passes=self.passes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 from shared import jobstate
 from shared.messages.records import JobRecord, JobStatus, Rendition
@@ -37,10 +38,13 @@ class View:
         """Active jobs attached to this generation of the rendition."""
         return [job for job in self.jobs_of_rendition(r.key) if jobstate.follows(job, r)]
 
-    def needs_output(self, r: Rendition, now: float) -> bool:
-        """Whether any job still wants this rendition's output stored."""
+    def needs_output(
+        self, r: Rendition, now: float, *, ignoring: Callable[[JobRecord], bool] | None = None
+    ) -> bool:
+        """Whether any job (apart from those `ignoring` passes) still wants this rendition's
+        output stored."""
         for job in self.jobs_of_rendition(r.key):
-            if job.generation != r.generation:
+            if job.generation != r.generation or (ignoring is not None and ignoring(job)):
                 continue
             if jobstate.follows(job, r) or jobstate.holds_output(job, now):
                 return True

@@ -95,8 +95,8 @@ class Storage(Service):
             size = await self.blobs.delete(key)
             freed += size
             count += 1 if size else 0
-        if command.request_id:
-            extra_count, extra_bytes = await self.sweep_orphans(grace=0.0)
+        if command.sweep_orphans:
+            extra_count, extra_bytes = await self.sweep_orphans()
             freed, count = freed + extra_bytes, count + extra_count
         await self.measure()
         log.info("blobs.deleted", files=count, bytes=freed, reason=command.reason)
@@ -115,8 +115,10 @@ class Storage(Service):
                 return True
         return False
 
-    async def sweep_orphans(self, *, grace: float) -> tuple[int, int]:
-        """Delete stored files that no done rendition records and that are older than `grace`."""
+    async def sweep_orphans(self) -> tuple[int, int]:
+        """Delete stored files that no done rendition records and that are older than the orphan
+        grace: always, so a file stored a moment ago, about to be recorded, is never taken."""
+        grace = self.settings.orphan_grace
         recorded = {
             r.output.blob
             for r in self.renditions.values()
@@ -156,7 +158,7 @@ class Storage(Service):
             self._measure.clear()
             try:
                 if time.monotonic() >= next_sweep:
-                    await self.sweep_orphans(grace=self.settings.orphan_grace)
+                    await self.sweep_orphans()
                     next_sweep = time.monotonic() + self.settings.sweep_interval
                 await self.measure()
             except asyncio.CancelledError:

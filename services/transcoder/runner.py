@@ -29,6 +29,7 @@ from services.transcoder.attempt import (
     uses_hardware,
 )
 from services.transcoder.config import TranscoderSettings
+from services.transcoder.names import OutputNames
 from services.transcoder.node import NodeState
 from services.transcoder.progress import ProgressReporter
 from services.transcoder.records import RenditionRecords
@@ -83,8 +84,10 @@ class WorkRunner:
         scratch: Path,
         node: NodeState,
         fleet: Fleet,
+        output_names: OutputNames,
     ) -> None:
         self.node = node
+        self.output_names = output_names
         self.fleet = fleet
         self.store = store
         self.stores = stores
@@ -376,7 +379,10 @@ class WorkRunner:
             ) from exc
         name = work.output_name or f"{r.key[:16]}.{extension}"
         prefix = work.destination.prefix.strip("/")
-        return work.destination.store, store, f"{prefix}/{name}" if prefix else name
+        wanted = f"{prefix}/{name}" if prefix else name
+        # another job's object under the same name is never written over
+        key = await self.output_names.claim(store.name, wanted, r.key)
+        return work.destination.store, store, key
 
     async def _heartbeat(self, msg: Msg, lost: asyncio.Future[str]) -> None:
         """Tell JetStream we are alive; give up ownership once we could not for a whole ack_wait."""

@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.transcoder.config import TranscoderSettings
+from services.transcoder.names import OutputNames
 from services.transcoder.node import NodeState, export_worker
 from services.transcoder.runner import WorkRunner
 from shared.consumer import Consumer, SlotLoops
@@ -30,7 +31,7 @@ from shared.media.capabilities import CapabilityCache
 from shared.messages import events as ev
 from shared.messages import rpc
 from shared.messages.fleet import WorkerInfo
-from shared.messages.records import RenditionState
+from shared.messages.records import OutputNameClaim, RenditionState
 from shared.natsio import describe, ensure_topology, publish_event, retention_of
 from shared.recordstore import RecordStore
 from shared.runtime import Service
@@ -124,6 +125,7 @@ class Transcoder(Service):
             scratch=self.scratch,
             node=self.node,
             fleet=Fleet(buckets),
+            output_names=OutputNames(TypedKV(buckets.outputnames, OutputNameClaim)),
         )
         pool = self.settings.pool
         # Slots bound what runs; max_ack_pending only bounds un-acked items of all transcoders.

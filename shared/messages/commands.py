@@ -80,7 +80,13 @@ class CleanupJobs(Command, frozen=True, kw_only=True, tag="jobs.cleanup"):
 
 
 class ClearCache(Command, frozen=True, kw_only=True, tag="cache.clear"):
-    """Remove every finished output; no job is left pointing at a removed file."""
+    """Remove finished outputs from the service's store; no job is left pointing at a removed
+    file. An administrator's clear (`admin`) removes every one; any other clears what `owner`'s
+    own jobs hold, and an output another user's job also holds stays for that user."""
+
+    # The user whose cache it is (the Jellyfin user id on the Streamyfin face); "" is nobody's.
+    owner: str = ""
+    admin: bool = False
 
 
 class DeleteBlobs(Command, frozen=True, kw_only=True, tag="blobs.delete"):
@@ -90,6 +96,8 @@ class DeleteBlobs(Command, frozen=True, kw_only=True, tag="blobs.delete"):
     reason: str = ""
     # The ClearCache command this deletion completes, if any.
     request_id: str = ""
+    # Also delete unrecorded files older than the storage's orphan grace (an administrator's clear).
+    sweep_orphans: bool = False
 
 
 SchedulerCommand = (

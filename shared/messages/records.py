@@ -215,6 +215,16 @@ class StorageSummary(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: Timestamp
 
 
+class OutputNameClaim(msgspec.Struct, frozen=True, kw_only=True):
+    """Gives one object name in a user's storage to one rendition (key: a hash of the storage
+    and the object key), so no other rendition's output is ever written over it."""
+
+    store: str  # the storage's safe name: bucket and prefix, no credentials
+    key: str
+    rendition: str
+    at: Timestamp
+
+
 # Imported last: the media layer imports JobError from this module.
 from shared.media.presets import PresetSpec  # noqa: E402
 from shared.media.probe import ProbeResult  # noqa: E402

@@ -1,0 +1,55 @@
+"""Object names in users' storage: an output lands under the name its job asked for
+(`destination.filename`) unless another rendition was given that name in the same storage first;
+then under that name made its own (`movie-<rendition key>.mp4`), so no job's object is ever
+written over by another's. A name is given once, by a create-only KV write keyed by the storage
+(its bucket and prefix, the same for every user who configured it) and the object key; downloads
+still offer the name the job asked for."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import PurePosixPath
+
+import structlog
+
+from services.transcoder.attempt import TranscodeFailed
+from shared.kv import Stale, TypedKV
+from shared.messages.records import JobError, OutputNameClaim
+
+log = structlog.get_logger("vidmesh.transcoder")
+
+
+class OutputNames:
+    """Gives object names in users' storage to renditions, each name once."""
+
+    def __init__(self, claims: TypedKV[OutputNameClaim]) -> None:
+        self.claims = claims
+
+    async def claim(self, store: str, key: str, rendition: str) -> str:
+        """The object key rendition `rendition` writes to in `store` (its safe name): `key`, or
+        `key` with the rendition's key added when another rendition has `key` already."""
+        for candidate in (key, _own(key, rendition[:12]), _own(key, rendition)):
+            if await self._take(store, candidate, rendition):
+                if candidate != key:
+                    log.info("output.renamed", wanted=key, key=candidate)
+                return candidate
+        reason = f"Every name tried for the output {key!r} in your storage is taken."
+        raise TranscodeFailed(JobError(code="store_failed", reason=reason, retryable=False))
+
+    async def _take(self, store: str, key: str, rendition: str) -> bool:
+        """Whether `key` is now this rendition's (given now, or earlier to it)."""
+        record_key = hashlib.sha256(f"{store}\n{key}".encode()).hexdigest()[:40]
+        claim = OutputNameClaim(store=store, key=key, rendition=rendition, at=time.time())
+        try:
+            await self.claims.create(record_key, claim)
+            return True
+        except Stale:
+            held = await self.claims.get(record_key)
+            return held is not None and held.value.rendition == rendition
+
+
+def _own(key: str, tag: str) -> str:
+    """`folder/movie.mp4` as `folder/movie-<tag>.mp4`."""
+    path = PurePosixPath(key)
+    return str(path.with_name(f"{path.stem}-{tag}{path.suffix}"))
