@@ -13,14 +13,11 @@ import structlog
 
 log = structlog.get_logger("vidmesh.scheduler")
 
-# Answers that say the job's credentials may not read the media at all.
-_REFUSED = frozenset({401, 403, 404, 410})
-
-
 class Verdict(enum.Enum):
     ALLOWED = "allowed"  # the source answered the job's own request with 2xx
-    REFUSED = "refused"  # a definite no (401, 403, 404, 410): the job fails with the reason
-    UNKNOWN = "unknown"  # anything else (timeout, redirect, 5xx...): the job gets its own output
+    # Anything else (a refusal, timeout, redirect, 5xx...): the job gets its own output, made from
+    # its own URL, so it fails (or not) for what the source says to that URL, never for this.
+    UNKNOWN = "unknown"
 
 
 class AccessAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,8 +57,6 @@ class AccessCheck:
             return AccessAnswer(verdict=Verdict.UNKNOWN, why=type(exc).__name__)
         if 200 <= status < 300:
             return AccessAnswer(verdict=Verdict.ALLOWED, status=status, why=str(status))
-        if status in _REFUSED:
-            return AccessAnswer(verdict=Verdict.REFUSED, status=status, why=str(status))
         return AccessAnswer(verdict=Verdict.UNKNOWN, status=status, why=str(status))
 
     async def close(self) -> None:

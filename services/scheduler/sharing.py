@@ -3,8 +3,8 @@
 A queued job that would share an output another job's request made (its URL carries other
 credentials) stays unattached while its own URL is checked, within VIDMESH_SHARE_CHECK_TIMEOUT;
 the loop goes on placing and dispatching other jobs meanwhile. When the answer comes back it is
-applied by compare-and-set: a 2xx attaches the job to the shared rendition, a definite refusal
-fails it, anything else gives it a rendition of its own, transcoded from its own URL.
+applied by compare-and-set: a 2xx attaches the job to the shared rendition; anything else gives it
+a rendition of its own, transcoded from its own URL (a job never fails for its check).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from services.scheduler.access import AccessAnswer, AccessCheck, Verdict
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.view import View
 from shared import jobstate
-from shared.messages.records import JobError, JobRecord, JobStatus, Rendition
+from shared.messages.records import JobRecord, JobStatus, Rendition
 from shared.natsio import describe
 from shared.recordstore import JobFn, RecordStore
 from shared.runtime import stop_tasks
@@ -73,15 +73,6 @@ class ShareChecks:
         now = time.time()
         log.info("job.share_checked", job_id=job.id, verdict=answer.verdict.value, why=answer.why)
         match answer.verdict:
-            case Verdict.REFUSED:
-                error = JobError(
-                    code="source_refused",
-                    reason=f"The source refused this job's credentials (HTTP {answer.status}).",
-                    retryable=False,
-                )
-                await self.store.change_job(
-                    job.id, _unattached(lambda j: jobstate.fail(j, error, now))
-                )
             case Verdict.ALLOWED:
                 r = self.view.renditions.get(key)
                 if r is None or r.state in jobstate.RENDITION_ENDED:
