@@ -125,3 +125,20 @@ def test_a_configured_base_path_is_kept_and_recognised() -> None:
     assert rebase_on_jellyfin("https://public.example/other/base/Videos/42/stream", jellyfin) == (
         "https://public.example/other/base/Videos/42/stream"
     )
+
+
+def test_log_lines_mask_signed_urls_whatever_the_call_site_passed() -> None:
+    from shared.logging import mask_secrets
+
+    event = {
+        "event": "work.crashed",
+        "error": f"OSError: cannot open {S3_SIGNED}",
+        "exception": f'Traceback ...\n  File "x.py"\nav.error.HTTPError: 403: {GCS_SIGNED}',
+        "argv": ["ffmpeg", "-i", AZURE_SAS],
+        "attempt": 2,
+    }
+    shown = repr(mask_secrets(None, "warning", event))
+    for provider in ("s3", "gcs", "azure"):
+        for secret in SECRETS[provider][1]:
+            assert secret not in shown, (secret, shown)
+    assert "'attempt': 2" in shown and "work.crashed" in shown
