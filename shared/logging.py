@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from shared.sources import scrub
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
 
@@ -22,9 +24,13 @@ def configure(level: str = "info", fmt: str = "auto", *, service: str = "") -> N
     if service:
         processors.insert(0, _add_service(service))
     if as_json:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        processors += [
+            structlog.processors.format_exc_info,
+            mask_secrets,
+            structlog.processors.JSONRenderer(),
+        ]
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+        processors += [mask_secrets, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -32,6 +38,24 @@ def configure(level: str = "info", fmt: str = "auto", *, service: str = "") -> N
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+
+
+def mask_secrets(
+    _logger: object, _method: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """Mask credentials in URLs anywhere in a log line (a signed source URL quoted by an error
+    message or a traceback), whatever the call site passed."""
+    return {key: _masked(value) for key, value in event.items()}
+
+
+def _masked(value: object) -> object:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    return value
 
 
 def _add_service(service: str) -> structlog.types.Processor:

@@ -23,8 +23,53 @@ _SESSION_PARAMS = frozenset(
         "playsessionid",
     }
 )
-_SECRET_PARAMS = frozenset({"api_key", "apikey", "x-emby-token", "token", "signature"})
-_JELLYFIN_SEGMENTS = ("videos", "audio", "items")
+# Query parameters whose values are secrets (or sign for one), masked wherever a URL is shown or
+# logged: Jellyfin tokens, bearer tokens, and the signed-URL parameters of S3, GCS, Azure and OSS.
+SECRET_PARAMS = frozenset(
+    {
+        # Jellyfin / Emby, and the usual bearer tokens
+        "api_key",
+        "apikey",
+        "x-emby-token",
+        "x-mediabrowser-token",
+        "token",
+        "access_token",
+        "authorization",
+        # S3 (SigV4) and GCS (V4, and V2's GoogleAccessId/Signature)
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "x-goog-signature",
+        "x-goog-credential",
+        "googleaccessid",
+        "signature",
+        # Azure SAS: the signature, its expiry, and the user delegation key's fields
+        "sig",
+        "se",
+        "skoid",
+        "sktid",
+        "skt",
+        "ske",
+        "sks",
+        "skv",
+        "saoid",
+        "suoid",
+        "scid",
+        # Alibaba OSS (V1 and V4) and CloudFront
+        "ossaccesskeyid",
+        "security-token",
+        "x-oss-signature",
+        "x-oss-credential",
+        "x-oss-security-token",
+        "key-pair-id",
+    }
+)
+# A Jellyfin media route: /Videos/{id}/<endpoint>..., /Audio/{id}/<endpoint>... (the endpoints
+# that stream media) or /Items/{id}/Download; case-insensitive.
+_MEDIA_ROUTE = re.compile(
+    r"(?i)(?:videos|audio)/[^/]+/(?:stream(?:\.[\w]+)?|universal|[^/]+\.m3u8|hls1?)(?:/.*)?"
+    r"|items/[^/]+/download"
+)
 
 
 def validate_http_url(url: object) -> str:
@@ -80,16 +125,32 @@ def rebase_on_jellyfin(url: str, jellyfin_url: str) -> str:
     """Point a Jellyfin media URL at the configured Jellyfin server.
 
     Clients send the address they use (often a public one); the server may reach Jellyfin on
-    another. URLs whose path does not look like Jellyfin media are left as they are.
+    another. Only a Jellyfin media route is rebased (`/Videos/{id}/stream...`, `.m3u8`, `hls`;
+    `/Audio/{id}/...` the same, and `universal`; `/Items/{id}/Download`), found at the start of the
+    path or after a base path: the configured server's own base path, or one segment (a proxy's
+    prefix or Jellyfin's "Base URL", like `/jellyfin`). Any other URL is left as it is.
     """
     parts = urlsplit(url)
-    segments = parts.path.split("/")
-    for index, segment in enumerate(segments):
-        if segment.lower() in _JELLYFIN_SEGMENTS:
-            base = urlsplit(jellyfin_url.rstrip("/"))
-            path = base.path.rstrip("/") + "/" + "/".join(segments[index:])
-            return urlunsplit((base.scheme, base.netloc, path, parts.query, ""))
-    return url
+    route = _media_route(parts.path, urlsplit(jellyfin_url).path)
+    if route is None:
+        return url
+    base = urlsplit(jellyfin_url.rstrip("/"))
+    path = base.path.rstrip("/") + "/" + route
+    return urlunsplit((base.scheme, base.netloc, path, parts.query, ""))
+
+
+def _media_route(path: str, jellyfin_base: str) -> str | None:
+    """The Jellyfin media route `path` names, without its base path; None when it names none."""
+    segments = path.split("/")[1:]
+    configured = [s.lower() for s in jellyfin_base.split("/") if s]
+    starts = [0, 1]
+    if configured and [s.lower() for s in segments[: len(configured)]] == configured:
+        starts.append(len(configured))
+    for start in starts:
+        route = "/".join(segments[start:])
+        if _MEDIA_ROUTE.fullmatch(route):
+            return route
+    return None
 
 
 def rendition_key(source: str, profile: str, container: str) -> str:
@@ -130,20 +191,21 @@ def redact(url: str) -> str:
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
     params = [
-        (k, "***" if k.lower() in _SECRET_PARAMS else v)
+        (k, "***" if k.lower() in SECRET_PARAMS else v)
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
     ]
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(params, safe="*"), ""))
 
 
-_SECRET_IN_TEXT = re.compile(
-    r"(?i)([?&](?:api_key|apikey|x-emby-token|token|signature)=)[^&\s'\"]+"
-)
+_SECRET_NAMES = "|".join(re.escape(name) for name in sorted(SECRET_PARAMS, key=len, reverse=True))
+_SECRET_IN_TEXT = re.compile(rf"(?i)([?&](?:{_SECRET_NAMES})=)[^&#\s'\"<>]+")
+_USERINFO_IN_TEXT = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/\s@'\"<>]+@")
 
 
 def scrub(text: str) -> str:
-    """Mask credentials in URLs inside free text (ffmpeg's messages quote the source URL)."""
-    return _SECRET_IN_TEXT.sub(r"\1***", text)
+    """Mask credentials in URLs inside free text (ffmpeg's messages quote the source URL): secret
+    query parameters (signed-URL signatures and credentials among them) and user:password@."""
+    return _USERINFO_IN_TEXT.sub(r"\1***@", _SECRET_IN_TEXT.sub(r"\1***", text))
 
 
 def duration_from_ticks(ticks: object) -> float | None:

@@ -15,6 +15,17 @@ from aiohttp import web
 
 _TOKEN = re.compile(r'Token="?([^",]+)"?', re.IGNORECASE)
 
+# Tokens for which `/Users/Me` answers something that is not a Jellyfin user, as a misconfigured
+# server or a proxy in front of it does: none of them may pass as a signed-in user.
+HTML_LOGIN = "bad-answer-html-login"  # 200 with an HTML login page
+REDIRECT_TO_LOGIN = "bad-answer-redirect"  # 302 to that login page (which answers 200)
+JSON_WITHOUT_ID = "bad-answer-json-without-id"  # 200 JSON object with a Name but no Id
+JSON_NOT_AN_OBJECT = "bad-answer-json-list"  # 200 JSON that is a list
+PLAIN_OK = "bad-answer-plain-ok"  # 200 text "OK"
+SERVER_ERROR = "bad-answer-server-error"  # 500: Jellyfin is in trouble, not the token
+BAD_ANSWERS = (HTML_LOGIN, REDIRECT_TO_LOGIN, JSON_WITHOUT_ID, JSON_NOT_AN_OBJECT, PLAIN_OK)
+_LOGIN_PAGE = "<!DOCTYPE html><html><body><form action=/login>Sign in</form></body></html>"
+
 
 @dataclass
 class JellyfinStandIn:
@@ -56,7 +67,19 @@ class JellyfinStandIn:
         self.hits["/Users/Me"] += 1
         if self.down:
             return web.Response(status=503)
-        user = self.users.get(self._token(request) or "")
+        token = self._token(request) or ""
+        if token in (HTML_LOGIN, PLAIN_OK):
+            text = _LOGIN_PAGE if token == HTML_LOGIN else "OK"
+            return web.Response(text=text, content_type="text/html")
+        if token == REDIRECT_TO_LOGIN:
+            raise web.HTTPFound("/web/login.html")
+        if token == JSON_WITHOUT_ID:
+            return web.json_response({"Name": "nobody", "Policy": {"IsAdministrator": True}})
+        if token == JSON_NOT_AN_OBJECT:
+            return web.json_response([{"Id": "user-list"}])
+        if token == SERVER_ERROR:
+            return web.Response(status=500, text="Internal Server Error")
+        user = self.users.get(token)
         if user is None:
             return web.Response(status=401, text="Unauthorized")
         return web.json_response(user)
@@ -101,6 +124,9 @@ class JellyfinStandIn:
         await response.write_eof()
         return response
 
+    async def login_page(self, request: web.Request) -> web.Response:
+        return web.Response(text=_LOGIN_PAGE, content_type="text/html")
+
     async def text(self, request: web.Request) -> web.Response:
         """Any text file, e.g. an HLS playlist a test writes."""
         body = self.texts.get(request.match_info["name"])
@@ -112,6 +138,7 @@ class JellyfinStandIn:
         app = web.Application()
         app.router.add_get("/Files/{name}", self.text)
         app.router.add_get("/Users/Me", self.users_me)
+        app.router.add_get("/web/login.html", self.login_page)
         app.router.add_get("/Videos/{item}/stream", self.stream)
         app.router.add_get("/Videos/{item}/stream.{ext}", self.stream)
         app.router.add_get("/Videos/{item}/live", self.live)

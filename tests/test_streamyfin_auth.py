@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import ADMIN, ALICE
 from tests.helpers import Client, System, start_system, stop_system
-from tests.jellyfin_standin import JellyfinStandIn
+from tests.jellyfin_standin import BAD_ANSWERS, SERVER_ERROR, JellyfinStandIn
 
 ROUTES = [
     ("POST", "/optimize-version"),
@@ -138,25 +138,32 @@ async def test_an_administrator_sees_every_job_but_not_other_users_credentials(
     assert ALICE not in jobs[0]["inputUrl"] and "api_key=***" in jobs[0]["inputUrl"]
 
 
-async def test_a_jellyfin_that_answers_200_without_a_user_body_still_authenticates(
-    env: dict[str, str], http: aiohttp.ClientSession
+@pytest.mark.parametrize("token", BAD_ANSWERS)
+async def test_an_answer_that_is_not_a_jellyfin_user_is_a_401_every_time(
+    system: System, http: aiohttp.ClientSession, jellyfin: JellyfinStandIn, token: str
 ) -> None:
-    from aiohttp import web
+    # Given a /Users/Me answer that is a login page, a redirect to one, or JSON that names nobody
+    caller = Client(http, system.url, token)
+    payload = {"url": jellyfin.stream_url("fits", ALICE), "deviceId": "d", "itemId": "fits"}
+    before = jellyfin.hits["/Users/Me"]
+    # When the caller uses the Streamyfin face, twice
+    for _ in range(2):
+        status, body, _ = await caller.request("POST", "/optimize-version", json=payload)
+        # Then each request is refused, and nothing was created
+        assert status == 401, body
+        assert body["error"]["code"] == "unauthorized"
+        status, body, _ = await caller.request("GET", "/all-jobs")
+        assert status == 401, body
+    assert jellyfin.hits["/Users/Me"] > before  # it asked Jellyfin, and trusted no answer
+    status, jobs, _ = await Client(http, system.url, ADMIN).request("GET", "/all-jobs")
+    assert status == 200 and jobs == []
 
-    async def users_me(request: web.Request) -> web.Response:
-        return web.Response(text="OK")
 
-    app = web.Application()
-    app.router.add_get("/Users/Me", users_me)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    running = await start_system({**env, "JELLYFIN_URL": f"http://127.0.0.1:{port}"}, "gateway")
-    try:
-        async with http.get(f"{running.url}/all-jobs", headers={"Authorization": "tok"}) as resp:
-            assert resp.status == 200
-    finally:
-        await stop_system(running)
-        await runner.cleanup()
+async def test_a_jellyfin_that_answers_5xx_is_a_503_not_a_pass(
+    system: System, http: aiohttp.ClientSession
+) -> None:
+    caller = Client(http, system.url, SERVER_ERROR)
+    for _ in range(2):
+        status, body, _ = await caller.request("GET", "/all-jobs")
+        assert status == 503, body
+        assert "Jellyfin" in body["error"]["message"]

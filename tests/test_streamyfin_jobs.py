@@ -357,3 +357,38 @@ async def test_a_shared_output_is_not_given_to_a_token_that_may_not_read_the_sou
     refused = await bob.submit(jellyfin.stream_url("fits", "revoked-token"), device="bob-phone")
     job = await bob.wait_status(refused, "failed", "completed")
     assert job["status"] == "failed" and "refused" in job["error"]
+
+
+async def test_only_jellyfin_media_routes_are_pointed_at_jellyfin(
+    env: dict[str, str], jellyfin: JellyfinStandIn, clips: dict[str, Path], http: Any
+) -> None:
+    from aiohttp import web
+
+    # Given a CDN (not Jellyfin) whose paths happen to have a `videos` segment
+    async def clip(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(clips["fits"])
+
+    app = web.Application()
+    app.router.add_get("/static/videos/fits/clip.mp4", clip)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    cdn = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    # (the operator lets sources reach loopback, where both stand-ins listen)
+    system = await start_system({**env, "VIDMESH_OUTBOUND_ALLOW": "127.0.0.0/8"})
+    try:
+        alice = Client(http, system.url, ALICE)
+        # When the app sends a CDN URL, it is read from the CDN as sent
+        from_cdn = await alice.submit(f"{cdn}/static/videos/fits/clip.mp4")
+        job = await alice.wait_status(from_cdn, "completed", "failed", timeout=60)
+        assert job["inputUrl"] == f"{cdn}/static/videos/fits/clip.mp4"
+        assert job["status"] == "completed", job
+        # And a Jellyfin media URL with a public address and base path is read from JELLYFIN_URL
+        public = jellyfin.stream_url("fits", ALICE).replace(jellyfin.url, "http://tv.example/jf")
+        rebased = await alice.submit(public, device="dev-2")
+        job = await alice.job(rebased)
+        assert job["inputUrl"] == jellyfin.stream_url("fits", ALICE)
+    finally:
+        await stop_system(system)
+        await runner.cleanup()

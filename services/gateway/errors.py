@@ -95,11 +95,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 async def read_json(request: web.Request, type_: type[Any], *, max_bytes: int) -> Any:
     """Decode and validate a JSON body; any problem is a 400 (or 413) with the reason."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise PayloadTooLarge(f"The request body is larger than {max_bytes} bytes.")
-    body = await request.content.read(max_bytes + 1)
-    if len(body) > max_bytes:
-        raise PayloadTooLarge(f"The request body is larger than {max_bytes} bytes.")
+    body = await read_body(request, max_bytes=max_bytes)
     if not body.strip():
         raise BadRequest("A JSON request body is required.")
     try:
@@ -108,6 +104,21 @@ async def read_json(request: web.Request, type_: type[Any], *, max_bytes: int) -
         raise BadRequest(f"Invalid request body: {exc}", details=_path_of(exc)) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"The request body is not valid JSON: {exc}") from None
+
+
+async def read_body(request: web.Request, *, max_bytes: int) -> bytes:
+    """The whole request body, however many TCP segments or chunks it arrives in; a 413 as soon
+    as it is known to be larger than `max_bytes` (from Content-Length, or while reading)."""
+    too_large = PayloadTooLarge(f"The request body is larger than {max_bytes} bytes.")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    body = bytearray()
+    # One read takes only what has arrived so far: read until the end of the body.
+    async for piece in request.content.iter_any():
+        body += piece
+        if len(body) > max_bytes:
+            raise too_large
+    return bytes(body)
 
 
 def _path_of(exc: msgspec.ValidationError) -> dict[str, str] | None:

@@ -3,7 +3,8 @@
 Accepted: `Authorization: <raw token>` (what the Streamyfin app sends), `Authorization:
 MediaBrowser ..., Token="<token>"` (quoted or not, among other parameters; `Emby` too),
 `X-Emby-Authorization` in the same form, `X-Emby-Token` and `X-MediaBrowser-Token`. A token is
-checked with `GET /Users/Me` and the answer cached briefly, keyed by the token's hash.
+checked with `GET /Users/Me` (no redirects followed; only a JSON object with an `Id` is a user) and
+the answer cached briefly, keyed by the token's hash.
 """
 
 from __future__ import annotations
@@ -159,14 +160,17 @@ class JellyfinAuth:
         }
         url = f"{self.base_url}/Users/Me"
         try:
-            async with self.session.get(url, headers=headers, timeout=self.timeout) as response:
-                if response.status in (401, 403):
-                    return None
-                if response.status != 200:
+            # No redirects: a 3xx from /Users/Me leads to a login page, never to a user.
+            async with self.session.get(
+                url, headers=headers, timeout=self.timeout, allow_redirects=False
+            ) as response:
+                if response.status >= 500:
                     raise Unavailable(
                         f"Jellyfin at {self.base_url} answered {response.status} to /Users/Me; "
                         "the token could not be checked."
                     )
+                if response.status != 200:
+                    return None
                 body = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning(
@@ -175,11 +179,17 @@ class JellyfinAuth:
             raise Unavailable(
                 f"Jellyfin at {self.base_url} could not be reached to check the token."
             ) from exc
-        try:
-            dto = _USER.decode(body)
-        except msgspec.DecodeError:
-            # Jellyfin said yes (200) but not who: the token itself identifies the caller.
-            dto = _UserDto()
-        is_admin = bool(dto.Policy and dto.Policy.IsAdministrator)
-        user_id = dto.Id or dto.Name or "token-" + hashlib.sha256(token.encode()).hexdigest()[:16]
-        return JellyfinUser(id=user_id, name=dto.Name, is_admin=is_admin)
+        return user_from_answer(body)
+
+
+def user_from_answer(body: bytes) -> JellyfinUser | None:
+    """The user a `/Users/Me` answer names: a JSON object with an `Id`; anything else (a login
+    page, JSON that names nobody) is no user at all."""
+    try:
+        dto = _USER.decode(body)
+    except msgspec.DecodeError:
+        return None
+    if not dto.Id.strip():
+        return None
+    is_admin = bool(dto.Policy and dto.Policy.IsAdministrator)
+    return JellyfinUser(id=dto.Id, name=dto.Name, is_admin=is_admin)

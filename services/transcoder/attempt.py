@@ -72,6 +72,12 @@ def scrub_argv(argv: list[str]) -> list[str]:
     return [scrub(arg) for arg in argv]
 
 
+def scrub_error(error: JobError) -> JobError:
+    """The failure with credentials taken out of URLs its reason or detail quotes (ffmpeg and
+    PyAV name the signed URL they could not open)."""
+    return msgspec.structs.replace(error, reason=scrub(error.reason), detail=scrub(error.detail))
+
+
 async def store_output(store: BlobStore, key: str, path: Path) -> StoredBlob:
     try:
         return await store.put_file(key, path)

@@ -16,6 +16,7 @@ import msgspec
 import structlog
 from nats.js.kv import KV_DEL, KV_PURGE
 
+from services.transcoder.attempt import scrub_error
 from services.transcoder.progress import ProgressReporter
 from shared import jobstate
 from shared.consumer import Outcome
@@ -114,6 +115,7 @@ class RenditionRecords:
 
     async def record_failure(self, r: Rendition, error: JobError) -> Outcome:
         """Record the failure: queued to run again while retryable attempts remain, else final."""
+        error = scrub_error(error)  # the job record, its events and this log line show it
         now = time.time()
         again = error.retryable and r.attempt < self.max_attempts
 

@@ -211,7 +211,7 @@ class WorkRunner:
             probe = await probe_async(source, timeout=self.settings.probe_timeout)
         except SourceError as exc:
             # ffmpeg has the last word on whether the source is readable.
-            log.warning("probe.failed", error=exc.message)
+            log.warning("probe.failed", error=scrub(exc.message))
         else:
             await self.records.record_probe(r, probe)
             session.update(probe=msgspec.to_builtins(probe))

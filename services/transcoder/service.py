@@ -35,7 +35,7 @@ from shared.messages.records import OutputNameClaim, RenditionState
 from shared.natsio import describe, ensure_topology, publish_event, retention_of
 from shared.recordstore import RecordStore
 from shared.runtime import Service
-from shared.sources import check_local_source, is_object_uri
+from shared.sources import check_local_source, is_object_uri, scrub
 from shared.stores import Sealer, Stores, UserStore
 from shared.subjects import Names
 
@@ -184,7 +184,7 @@ class Transcoder(Service):
             )
         except (SourceError, BadRequest, StoreError) as exc:
             reply = rpc.ProbeReply(
-                error=exc.message, retryable=getattr(exc, "retryable_now", exc.retryable)
+                error=scrub(exc.message), retryable=getattr(exc, "retryable_now", exc.retryable)
             )
         except msgspec.DecodeError:
             reply = rpc.ProbeReply(error="The probe request was not understood.")

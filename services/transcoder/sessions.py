@@ -15,6 +15,7 @@ from shared import metrics as m
 from shared.kv import TypedKV
 from shared.messages.fleet import SessionState, ThroughputSample, TranscodeSession
 from shared.natsio import describe
+from shared.sources import scrub
 
 log = structlog.get_logger("vidmesh.transcoder")
 
@@ -24,6 +25,19 @@ MAX_SAMPLES = 600  # beyond this the history is thinned to every other sample
 
 def session_id(key: str, generation: int, attempt: int) -> str:
     return f"{key}-{generation}-{attempt}"
+
+
+def scrubbed(session: TranscodeSession) -> TranscodeSession:
+    """The session as operators see it: no credential from a URL (a signed source's signature,
+    a Jellyfin token) in its source, argv, stderr or error."""
+    return msgspec.structs.replace(
+        session,
+        source=scrub(session.source),
+        argv=[scrub(arg) for arg in session.argv],
+        stderr_tail=scrub(session.stderr_tail),
+        error=scrub(session.error),
+        pipeline_reason=scrub(session.pipeline_reason),
+    )
 
 
 class SessionRecorder:
@@ -71,6 +85,6 @@ class SessionRecorder:
 
     async def _write(self) -> None:
         try:
-            await self.kv.put(self.session.id, self.session)
+            await self.kv.put(self.session.id, scrubbed(self.session))
         except Exception as exc:
             log.debug("session.write_failed", **describe(exc))
