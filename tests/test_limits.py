@@ -22,6 +22,8 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from services.transcoder.limits import RunLimits, Watchdog, source_refusal
+from shared.media import ProbeResult, parse_progress
 from shared.storeconfig import open_store
 from tests.conftest import ALICE, BUCKET
 from tests.helpers import Api, Client, System, files_under, start_system, stop_system
@@ -301,3 +303,60 @@ async def test_an_output_uploaded_while_written_is_not_published_when_too_large(
         assert await bucket.stat(f"{prefix}/big.mp4") is None
         assert [b.key for b in await bucket.list_blobs(f"{prefix}/")] == []
         assert scratch_files(system) == []
+
+
+def _block(out_time: str, total_size: int, frame: int) -> dict[str, str]:
+    """One `-progress` block as ffmpeg prints it."""
+    return {
+        "frame": str(frame),
+        "total_size": str(total_size),
+        "out_time": out_time,
+        "progress": "continue",
+    }
+
+
+def test_the_watchdog_sees_the_final_flush_as_progress_and_silence_as_a_stall() -> None:
+    now = [0.0]
+    limits = RunLimits(stall_seconds=3, max_output_bytes=10**9, max_source_seconds=None)
+    watchdog = Watchdog(limits, clock=lambda: now[0])
+    watchdog.saw(parse_progress(_block("00:00:05.000000", 1000, 50)))
+    # While ffmpeg flushes at the end it reports out_time=N/A, but frames and bytes still grow
+    now[0] = 2.0
+    watchdog.saw(parse_progress(_block("N/A", 2000, 60)))
+    now[0] = 4.5
+    assert watchdog.check() is None
+    # Blocks that repeat the same numbers are no progress: 3 s of them end the run
+    watchdog.saw(parse_progress(_block("00:00:05.000000", 2000, 60)))
+    now[0] = 5.5
+    error = watchdog.check()
+    assert error is not None and error.code == "stalled" and error.retryable
+
+
+def test_the_watchdog_stops_an_untimed_source_past_the_length_limit_and_a_large_output() -> None:
+    limits = RunLimits(stall_seconds=60, max_output_bytes=10_000, max_source_seconds=10)
+    long_run = Watchdog(limits)
+    long_run.saw(parse_progress(_block("00:00:10.500000", 500, 105)))
+    error = long_run.check()
+    assert error is not None and error.code == "source_too_long" and not error.retryable
+    big = Watchdog(limits)
+    big.saw(parse_progress(_block("00:00:01.000000", 10_000, 10)))
+    error = big.check()
+    assert error is not None and error.code == "output_too_large" and not error.retryable
+
+
+def test_sources_refused_at_probe() -> None:
+    limit = 3600.0
+    long_file = ProbeResult(container="matroska", duration=7200.0)
+    refused = source_refusal(long_file, 7200.0, False, limit)
+    assert refused is not None and refused.code == "source_too_long" and "7200 s" in refused.reason
+    live = ProbeResult(container="hls", duration=None)
+    refused = source_refusal(live, None, True, limit)
+    assert refused is not None and "live" in refused.reason
+    # A chunked stream with no duration may be a finite transcode (Jellyfin's): it is watched,
+    # not refused; so is an estimate, and a source the probe could not read
+    assert source_refusal(ProbeResult(container="mpegts"), None, True, limit) is None
+    estimated = ProbeResult(container="mpegts", size=10**10, bit_rate=1000)
+    assert source_refusal(estimated, 8e7, True, limit) is None
+    assert source_refusal(None, None, True, limit) is None
+    # A client's hint longer than the limit is believed
+    assert source_refusal(ProbeResult(container="mpegts"), 7200.0, False, limit) is not None

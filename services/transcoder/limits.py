@@ -86,11 +86,18 @@ def output_too_large(limit: int) -> JobError:
     return JobError(
         code="output_too_large",
         reason=(
-            f"The output reached {limit} bytes ({limit / 1024**3:.3g} GiB), the largest this "
+            f"The output reached {limit} bytes ({_binary_size(limit)}), the largest this "
             "service stores; choose a preset with a lower resolution or bitrate, or a shorter "
             "source."
         ),
     )
+
+
+def _binary_size(size: int) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} B"
 
 
 def source_refusal(
@@ -139,6 +146,7 @@ class Watchdog:
         *,
         output: Path | None = None,
         sent: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stall_seconds = limits.stall_seconds
         self.max_output_bytes = limits.max_output_bytes
@@ -149,7 +157,8 @@ class Watchdog:
         self._frame = 0
         self._reported_bytes = 0
         self._written: tuple[int, int] = (0, 0)
-        self._advanced_at = time.monotonic()
+        self._clock = clock
+        self._advanced_at = clock()
 
     def saw(self, report: FfmpegProgress) -> None:
         """One `-progress` block from ffmpeg."""
@@ -159,7 +168,7 @@ class Watchdog:
             or frame > self._frame
             or report.total_size > self._reported_bytes
         ):
-            self._advanced_at = time.monotonic()
+            self._advanced_at = self._clock()
         self._out_time = max(self._out_time, report.out_time)
         self._frame = max(self._frame, frame)
         self._reported_bytes = max(self._reported_bytes, report.total_size)
@@ -169,12 +178,12 @@ class Watchdog:
         written = self._output_state()
         if written != self._written:
             self._written = written
-            self._advanced_at = time.monotonic()
+            self._advanced_at = self._clock()
         if max(written[0], self._reported_bytes) >= self.max_output_bytes:
             return output_too_large(self.max_output_bytes)
         if self.max_source_seconds is not None and self._out_time > self.max_source_seconds:
             return source_never_ends(self.max_source_seconds)
-        if time.monotonic() - self._advanced_at > self.stall_seconds:
+        if self._clock() - self._advanced_at > self.stall_seconds:
             return stalled(self.stall_seconds)
         return None
 
