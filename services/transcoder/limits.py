@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from shared.media import FfmpegProgress, ProbeResult
 from shared.messages.records import JobError
 
@@ -30,6 +32,7 @@ LIVE_WHEN_UNTIMED = frozenset({"hls", "dash"})
 
 
 def time_limit(seconds: float) -> JobError:
+    """The attempt ran past VIDMESH_MAX_TRANSCODE_SECONDS (final)."""
     return JobError(
         code="time_limit",
         reason=(
@@ -41,6 +44,7 @@ def time_limit(seconds: float) -> JobError:
 
 
 def stalled(seconds: float) -> JobError:
+    """ffmpeg made no progress for VIDMESH_STALL_SECONDS (retried)."""
     return JobError(
         code="stalled",
         reason=(
@@ -52,6 +56,7 @@ def stalled(seconds: float) -> JobError:
 
 
 def source_too_long(duration: float, limit: float) -> JobError:
+    """The probed source is longer than VIDMESH_MAX_SOURCE_SECONDS (final)."""
     return JobError(
         code="source_too_long",
         reason=(
@@ -62,6 +67,7 @@ def source_too_long(duration: float, limit: float) -> JobError:
 
 
 def source_is_live(limit: float) -> JobError:
+    """The source is a live playlist with no end (final)."""
     return JobError(
         code="source_too_long",
         reason=(
@@ -72,6 +78,7 @@ def source_is_live(limit: float) -> JobError:
 
 
 def source_never_ends(limit: float) -> JobError:
+    """A source of unknown duration whose output passed VIDMESH_MAX_SOURCE_SECONDS (final)."""
     return JobError(
         code="source_too_long",
         reason=(
@@ -83,6 +90,7 @@ def source_never_ends(limit: float) -> JobError:
 
 
 def output_too_large(limit: int) -> JobError:
+    """The output reached VIDMESH_MAX_OUTPUT_BYTES (final)."""
     return JobError(
         code="output_too_large",
         reason=(
@@ -184,7 +192,11 @@ class Watchdog:
         if self.max_source_seconds is not None and self._out_time > self.max_source_seconds:
             return source_never_ends(self.max_source_seconds)
         if self._clock() - self._advanced_at > self.stall_seconds:
-            return stalled(self.stall_seconds)
+            where = f"last progress: out_time={self._out_time:g} s, frame={self._frame}, "
+            return msgspec.structs.replace(
+                stalled(self.stall_seconds),
+                detail=where + f"{max(written[0], self._reported_bytes)} bytes written",
+            )
         return None
 
     def after_exit(self) -> JobError | None:
