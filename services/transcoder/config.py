@@ -37,6 +37,16 @@ class TranscoderSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     drain_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     # The node's cached capability probe; default <data_dir>/capabilities.json.
     capabilities_file: str = ""
+    # Limits of one attempt, so an endless or dripping source cannot hold a slot or fill the
+    # scratch disk (services/transcoder/limits.py): wall clock per attempt (probe, encode, store);
+    max_transcode_seconds: Annotated[float, msgspec.Meta(gt=0)] = 21600.0
+    # seconds ffmpeg may make no progress (output time, bytes written) before the attempt ends;
+    stall_seconds: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+    # the longest source transcoded: longer ones, and live ones, are refused at probe (a source
+    # of unknown duration is stopped once its output passes it);
+    max_source_seconds: Annotated[float, msgspec.Meta(gt=0)] = 43200.0
+    # the largest output (ffmpeg's -fs): an output that reaches it fails and is not stored.
+    max_output_bytes: Annotated[int, msgspec.Meta(ge=1)] = 100 * 1024**3
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -24,34 +24,30 @@ from services.transcoder.attempt import (
     cpu_choice,
     duration_of,
     scrub_argv,
-    store_failed,
     store_output,
-    uses_hardware,
 )
 from services.transcoder.config import TranscoderSettings
+from services.transcoder.encode import encode_streaming, encode_to_file
+from services.transcoder.limits import RunLimits, source_refusal, time_limit, with_output_limit
 from services.transcoder.names import OutputNames
 from services.transcoder.node import NodeState
 from services.transcoder.progress import ProgressReporter
 from services.transcoder.records import RenditionRecords
 from services.transcoder.sessions import SessionRecorder, session_id
-from services.transcoder.upload import PipeUpload
-from shared.blobstore import BlobStore, StoredBlob, output_key
+from shared.blobstore import BlobStore, output_key
 from shared.consumer import Outcome
 from shared.errors import BadRequest, SourceError, StoreError
 from shared.fleet import Fleet
 from shared.media import (
-    FfmpegResult,
     build_args,
     builtin,
-    classify_failure,
     get_container,
     is_http,
     make_plan,
     preset_profile,
     probe_async,
-    run_ffmpeg,
 )
-from shared.media.pipelines import PipelineChoice, choose_pipeline, is_hardware_failure
+from shared.media.pipelines import PipelineChoice, choose_pipeline
 from shared.media.plan import Plan
 from shared.media.probe import ProbeResult
 from shared.media.profiles import Profile
@@ -142,7 +138,11 @@ class WorkRunner:
         transcode = asyncio.create_task(self._transcode(work, r, reporter, session))
         try:
             racers: set[asyncio.Future[object]] = {transcode, lost}  # type: ignore[arg-type]
-            await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+            limit = self.settings.max_transcode_seconds
+            done, _ = await asyncio.wait(racers, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                await stop_tasks([transcode])  # kills ffmpeg, removes the scratch file
+                raise TranscodeFailed(time_limit(limit))
             if not transcode.done():
                 raise Lost(lost.result())
             output = transcode.result()
@@ -217,6 +217,17 @@ class WorkRunner:
             session.update(probe=msgspec.to_builtins(probe))
         total, estimated = duration_of(probe, work.duration_hint)
         reporter.set_total(total, estimated=estimated)
+        refusal = source_refusal(probe, total, estimated, self.settings.max_source_seconds)
+        if refusal is not None:
+            raise TranscodeFailed(refusal)
+        limits = RunLimits(
+            stall_seconds=self.settings.stall_seconds,
+            max_output_bytes=self.settings.max_output_bytes,
+            # a duration the probe found was checked above; any other source is watched
+            max_source_seconds=None
+            if probe is not None and probe.duration
+            else self.settings.max_source_seconds,
+        )
         try:
             plan = make_plan(probe, profile, container)
         except SourceError as exc:
@@ -239,6 +250,7 @@ class WorkRunner:
                 pipeline=choice,
                 threads=self.settings.ffmpeg_threads,
             )
+            argv = with_output_limit(argv, self.settings.max_output_bytes)
             session.update(
                 pipeline=choice.name, pipeline_reason=choice.reason, argv=scrub_argv(argv)
             )
@@ -252,9 +264,9 @@ class WorkRunner:
             reporter.stage("encoding")
             try:
                 if container.sequential and store.local_path(key) is None:
-                    result, stored = await self._encode_streaming(argv, out, store, key, reporter)
+                    result, stored = await encode_streaming(argv, out, store, key, reporter, limits)
                 else:
-                    result = await self._encode(argv, reporter)
+                    result = await encode_to_file(argv, out, reporter, limits)
                     stored = await store_output(store, key, out)
                 break
             except HardwareFailed as exc:
@@ -306,44 +318,6 @@ class WorkRunner:
             preference=preference,
             allowed=DEVICE_PIPELINES[pool.device if pool else "any"],
         )
-
-    async def _encode(self, argv: list[str], reporter: ProgressReporter) -> FfmpegResult:
-        result = await run_ffmpeg(argv, on_progress=reporter.on_ffmpeg)
-        if result.returncode != 0:
-            if uses_hardware(argv) and is_hardware_failure(result.stderr_tail):
-                raise HardwareFailed(result.stderr_tail)
-            error = classify_failure(result.stderr_tail, result.returncode)
-            raise TranscodeFailed(msgspec.structs.replace(error, detail=scrub(error.detail)))
-        reporter.stage("storing")
-        return result
-
-    async def _encode_streaming(
-        self, argv: list[str], out: Path, store: BlobStore, key: str, reporter: ProgressReporter
-    ) -> tuple[FfmpegResult, StoredBlob]:
-        """Run ffmpeg into a pipe whose bytes go to the store as they are written (multipart,
-        hashed on the way); a store that fails stops ffmpeg, and a failed ffmpeg aborts the
-        upload, so nothing half-written is left as the output."""
-        try:
-            upload = PipeUpload(out, await store.writer(key))
-        except StoreError as exc:
-            raise store_failed(exc) from exc
-        await upload.start()
-        assert upload.pumping is not None
-        encode = asyncio.create_task(self._encode(argv, reporter))
-        try:
-            racers: set[asyncio.Future[object]] = {encode, upload.pumping}  # type: ignore[arg-type]
-            await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
-            if not encode.done():
-                # the pump stops only on a store error while ffmpeg still writes
-                upload.pumping.result()
-            result = encode.result()
-            return result, await upload.finish()
-        except StoreError as exc:
-            raise store_failed(exc) from exc
-        finally:
-            encode.cancel()
-            await asyncio.gather(encode, return_exceptions=True)
-            await asyncio.shield(upload.abort())  # nothing to undo once finished
 
     async def _readable(self, work: TranscodeWork) -> str:
         """The source as ffmpeg reads it: a URL as given, an object through a signed URL (never

@@ -18,16 +18,28 @@ from shared.blobstore import BlobWriter, StoredBlob
 _READ_LIMIT = 1 << 20
 
 
+class OutputTooLarge(Exception):
+    """The output reached the upload's byte limit: nothing more was sent, and the upload must be
+    aborted (ffmpeg's own -fs does not stop every muxer writing into a pipe)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"the output reached {max_bytes} bytes")
+        self.max_bytes = max_bytes
+
+
 class PipeUpload:
     """A named pipe at `path` whose bytes go to `writer` while they are written.
 
     Use: `await start()`, run ffmpeg with `path` as its output while awaiting `pumping` beside
-    it, then `await finish()` once ffmpeg exited 0, or `await abort()` on any failure.
+    it, then `await finish()` once ffmpeg exited 0, or `await abort()` on any failure. An output
+    that reaches `max_bytes` ends `pumping` with OutputTooLarge, its last chunk unsent.
     """
 
-    def __init__(self, path: Path, writer: BlobWriter) -> None:
+    def __init__(self, path: Path, writer: BlobWriter, *, max_bytes: int | None = None) -> None:
         self.path = path
         self._writer = writer
+        self.max_bytes = max_bytes
+        self.sent = 0  # bytes handed to the store so far
         self._hold: int | None = None
         self._transport: asyncio.ReadTransport | None = None
         self._finished = False
@@ -49,11 +61,12 @@ class PipeUpload:
 
     async def _pump(self, reader: asyncio.StreamReader) -> int:
         # the store's writer buffers up to its part size, so each chunk goes on as it comes
-        sent = 0
         while chunk := await reader.read(_READ_LIMIT):
+            if self.max_bytes is not None and self.sent + len(chunk) >= self.max_bytes:
+                raise OutputTooLarge(self.max_bytes)
             await self._writer.write(chunk)
-            sent += len(chunk)
-        return sent
+            self.sent += len(chunk)
+        return self.sent
 
     async def finish(self) -> StoredBlob:
         """ffmpeg is done: send what is left and complete the upload."""
