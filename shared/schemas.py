@@ -76,6 +76,7 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
             accounts.PresetRecord,
             accounts.Batch,
             accounts.IdempotencyRecord,
+            accounts.LoginFailures,
             stores.UserStore,
             webhooks.WebhookSubscription,
             webhooks.Delivery,

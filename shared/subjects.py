@@ -238,6 +238,11 @@ class Names:
     def deliveries_bucket(self) -> str:
         return self.bucket("deliveries")
 
+    @property
+    def logins_bucket(self) -> str:
+        """Failed sign-ins per username and client address (the gateway's, with a TTL)."""
+        return self.bucket("logins")
+
     # ---- request/reply -------------------------------------------------------------------
     @property
     def probe_rpc(self) -> str:
@@ -278,6 +283,7 @@ class Names:
             self.capabilities_bucket,
             self.webhooks_bucket,
             self.deliveries_bucket,
+            self.logins_bucket,
         ]
 
     def all_streams(self) -> list[str]:
