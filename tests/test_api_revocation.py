@@ -105,6 +105,29 @@ async def test_changing_the_password_ends_open_feeds_at_once(
     assert code == 4401
 
 
+async def test_a_change_made_through_another_gateway_ends_the_feed_at_once(
+    gw: System, ann: Api, http: aiohttp.ClientSession
+) -> None:
+    # Given Ann's feeds open on a second gateway replica of the same namespace
+    other = await start_system(gw.env, "gateway")
+    try:
+        there = Api(http, other.url, token=ann.token)
+        sse = await open_sse(there)
+        ws = await open_socket(http, other.url, ann.token)
+        # When her password changes through the first gateway
+        await ann.ok(
+            "PUT",
+            "/api/users/me/password",
+            json={"current_password": "password-123", "new_password": "password-456"},
+        )
+        # Then the second gateway, following the accounts bucket, ends them at once
+        rest, code = await both_end(sse, ws)
+        assert "event: error" in rest and code == 4401
+    finally:
+        await other.stop()  # the namespace stays: the fixture's gateway uses it
+        await other.nc.close()
+
+
 async def test_deleting_the_api_key_ends_the_feeds_it_opened(
     gw: System, ann: Api, http: aiohttp.ClientSession
 ) -> None:

@@ -70,7 +70,8 @@ async def test_failed_sign_ins_are_limited_per_username_across_gateways_and_rest
         # Other accounts are not affected
         await api.as_user("bea")
     finally:
-        await stop_system(second)
+        await second.stop()
+        await second.nc.close()
         await stop_system(first)
 
 
