@@ -68,6 +68,18 @@ class PayloadTooLarge(VidmeshError):
     code = "payload_too_large"
 
 
+class TooManyRequests(VidmeshError):
+    """Too many attempts (failed sign-ins); `retry_after` seconds until the next is allowed."""
+
+    http_status = 429
+    code = "too_many_requests"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, details={"retry_after": retry_after})
+        self.retry_after = retry_after
+
+
 class Unavailable(VidmeshError):
     """A dependency (NATS, Jellyfin, the blob store) cannot be reached right now."""
 

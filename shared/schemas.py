@@ -77,6 +77,7 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
             accounts.PresetRecord,
             accounts.Batch,
             accounts.IdempotencyRecord,
+            accounts.LoginFailures,
             stores.UserStore,
             webhooks.WebhookSubscription,
             webhooks.Delivery,

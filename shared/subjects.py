@@ -240,7 +240,13 @@ class Names:
 
     @property
     def outputnames_bucket(self) -> str:
+        """Object names in users' storage, each given to one rendition (create-only)."""
         return self.bucket("outputnames")
+
+    @property
+    def logins_bucket(self) -> str:
+        """Failed sign-ins per username and client address (the gateway's, with a TTL)."""
+        return self.bucket("logins")
 
     # ---- request/reply -------------------------------------------------------------------
     @property
@@ -283,6 +289,7 @@ class Names:
             self.webhooks_bucket,
             self.deliveries_bucket,
             self.outputnames_bucket,
+            self.logins_bucket,
         ]
 
     def all_streams(self) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import av
 
+from services.gateway.state import GATEWAY
 from tests.conftest import ALICE
 from tests.helpers import Api, System, eventually
 from tests.jellyfin_standin import JellyfinStandIn
@@ -185,3 +186,36 @@ async def test_moderators_read_everyones_jobs_but_change_only_their_own(
     assert (await mo.call("DELETE", f"/api/jobs/{job['id']}"))[0] == 404
     assert (await mo.call("POST", "/api/admin/jobs/cleanup", json={}))[0] == 403
     assert (await admin_api.ok("DELETE", f"/api/jobs/{job['id']}"))["status"] == "removed"
+
+
+async def test_moderators_read_other_users_batches_but_cannot_rename_or_start_them(
+    system: System, ann: Api, admin_api: Api, http: Any, jellyfin: JellyfinStandIn
+) -> None:
+    # Given Ann's paused batch and a moderator
+    await admin_api.ok(
+        "POST",
+        "/api/admin/users",
+        201,
+        json={"username": "mod", "password": "password-123", "role": "moderator"},
+    )
+    mo = await Api(http, system.url).as_user("mod", register=False)
+    jobs = [{"source": url_of(jellyfin, "fits", n="modb")}]
+    result = await ann.ok("POST", "/api/jobs/bulk", json={"jobs": jobs, "paused": True})
+    batch_id, job_id = result["batch_id"], result["results"][0]["job"]["id"]
+    # The moderator may read it
+    assert (await mo.ok("GET", f"/api/batch/{batch_id}"))["id"] == batch_id
+    # When the moderator tries to rename its outputs and to start it
+    renamed = {"jobs": [{"id": job_id, "filename": "taken.mp4"}]}
+    status, body, _ = await mo.call("PATCH", f"/api/batch/{batch_id}/jobs", json=renamed)
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, body, _ = await mo.call("POST", f"/api/batch/{batch_id}/start")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    # Then nothing changed: the batch still waits and the job keeps its name
+    batch = await ann.ok("GET", f"/api/batch/{batch_id}")
+    assert batch["started"] is False and batch["counts"] == {"paused": 1}
+    assert (await ann.ok("GET", f"/api/jobs/{job_id}"))["status"] == "paused"
+    record = system.gateway.app[GATEWAY].jobs.get(job_id)
+    assert record is not None and record.output_name != "taken.mp4"
+    # An administrator may act on it
+    await admin_api.ok("PATCH", f"/api/batch/{batch_id}/jobs", json=renamed)
+    assert (await admin_api.ok("POST", f"/api/batch/{batch_id}/start"))["started"] is True

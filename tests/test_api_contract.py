@@ -41,6 +41,8 @@ def sample_bodies(source: str, job_id: str) -> dict[str, Any]:
         "create_api_key": {"name": "walk"},
         "change_password": {"current_password": "password-123", "new_password": "password-456"},
         "create_user": {"username": "walker", "password": "password-123"},
+        "update_user": {"disabled": False},
+        "set_user_password": {"password": "password-789"},
         "cleanup": {},
         "update_webhook": {"url": "https://example.com/hook"},
     }

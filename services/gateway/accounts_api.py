@@ -1,6 +1,6 @@
-"""Accounts face: registration, sign-in, token refresh, the caller's account, API keys, and the
-administrators' view of accounts. `/api/register` and `/api/login` answer for OpenEncoder
-clients."""
+"""Accounts face: registration, sign-in, token refresh, the caller's account and API keys.
+`/api/register` and `/api/login` answer for OpenEncoder clients; administrators manage accounts
+in `users_admin_api.py`."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from aiohttp import web
 from services.gateway.api import API, Access, caller
 from services.gateway.errors import json_response
 from services.gateway.identity import TokenPair
+from services.gateway.login_limits import client_address
 from services.gateway.state import gateway
 from services.gateway.views import ApiKeyView, Message, UserView, key_view, user_view
 from shared.errors import Forbidden, NotFound
-from shared.messages.accounts import Role, User, Username
+from shared.messages.accounts import User, Username
 
 TAG = "accounts"
 Password = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -54,15 +55,6 @@ class ApiKeyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A label for a new API key."""
 
     name: Annotated[str, msgspec.Meta(max_length=100)] = ""
-
-
-class NewUserRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """An account an administrator creates."""
-
-    username: Username
-    password: Password
-    role: Role = Role.USER
-    email: Annotated[str, msgspec.Meta(max_length=254)] = ""
 
 
 class Registered(msgspec.Struct, kw_only=True):
@@ -156,9 +148,13 @@ async def register_compat(request: web.Request, body: RegisterRequest) -> web.Re
 
 
 async def _login(request: web.Request, body: LoginRequest) -> web.Response:
-    identity = gateway(request).identity
+    gw = gateway(request)
+    identity = gw.identity
     identity.require_secret()
-    user = await identity.login(body.username, body.password)
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    address = client_address(request.remote, forwarded, gw.settings.trusted_proxy_list)
+    async with gw.login_limits.attempt(body.username, address):
+        user = await identity.login(body.username, body.password)
     return json_response(_tokens(user, identity.issue(user)))
 
 
@@ -170,6 +166,7 @@ async def _login(request: web.Request, body: LoginRequest) -> web.Response:
     summary="Sign in: a short-lived access token and a refresh token",
     body=LoginRequest,
     response=Tokens,
+    statuses=(429,),
 )
 async def login(request: web.Request, body: LoginRequest) -> web.Response:
     return await _login(request, body)
@@ -183,6 +180,7 @@ async def login(request: web.Request, body: LoginRequest) -> web.Response:
     summary="Sign in (OpenEncoder's route; `token` is the access token)",
     body=LoginRequest,
     response=Tokens,
+    statuses=(429,),
 )
 async def login_compat(request: web.Request, body: LoginRequest) -> web.Response:
     return await _login(request, body)
@@ -283,50 +281,3 @@ async def delete_api_key(request: web.Request) -> web.Response:
         raise NotFound(f"No API key {request.match_info['key_id']!r}.")
     await identity.delete_key(key)
     return json_response(Message(message="API key revoked"))
-
-
-@API.route(
-    "GET",
-    "/api/admin/users",
-    access=Access.ADMIN,
-    tag="admin",
-    summary="Every account",
-    response=list[UserView],
-)
-async def list_users(request: web.Request) -> web.Response:
-    users = sorted(gateway(request).identity.users.values(), key=lambda u: u.created_at)
-    return json_response([user_view(user) for user in users])
-
-
-@API.route(
-    "POST",
-    "/api/admin/users",
-    access=Access.ADMIN,
-    tag="admin",
-    status=201,
-    summary="Create an account with a role",
-    body=NewUserRequest,
-    response=UserView,
-    statuses=(409,),
-)
-async def create_user(request: web.Request, body: NewUserRequest) -> web.Response:
-    user = await gateway(request).identity.create_user(
-        body.username, body.password, role=body.role, email=body.email
-    )
-    return json_response(user_view(user), 201)
-
-
-@API.route(
-    "GET",
-    "/api/admin/users/{user_id}/api-keys",
-    access=Access.ADMIN,
-    tag="admin",
-    summary="An account's API keys (without secrets)",
-    response=list[ApiKeyView],
-)
-async def user_api_keys(request: web.Request) -> web.Response:
-    identity = gateway(request).identity
-    user_id = request.match_info["user_id"]
-    if identity.users.get(user_id) is None:
-        raise NotFound(f"No account {user_id!r}.")
-    return json_response([key_view(key) for key in identity.keys_of(user_id)])

@@ -9,6 +9,10 @@ import aiohttp
 import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
 
 from services.gateway import (
     accounts_api,
@@ -33,6 +37,7 @@ from services.gateway import (
     streamyfin,
     telemetry_api,
     telemetry_settings_api,
+    users_admin_api,
     webhooks_api,
 )
 from services.gateway.api import API
@@ -42,6 +47,7 @@ from services.gateway.feeds import EventHub
 from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
 from services.gateway.kube import Cluster
+from services.gateway.login_limits import LoginLimits, trusted_networks
 from services.gateway.state import GATEWAY, Gateway
 from shared.fleet import Fleet
 from shared.kv import TypedKV
@@ -49,6 +55,7 @@ from shared.messages.accounts import (
     ApiKey,
     Batch,
     IdempotencyRecord,
+    LoginFailures,
     PresetRecord,
     User,
     UsernameClaim,
@@ -84,6 +91,7 @@ FACES = (
     storage_api,
     telemetry_api,
     telemetry_settings_api,
+    users_admin_api,
     webhooks_api,
 )
 
@@ -92,6 +100,7 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
     """An application whose start-up wires NATS, projections and Jellyfin auth."""
     if settings.jwt_secret and len(settings.jwt_secret) < 32:
         raise SystemExit("VIDMESH_JWT_SECRET must have at least 32 characters (HS256 key).")
+    trusted_networks(settings.trusted_proxy_list)  # a wrong entry stops the start
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app.add_routes(health.routes)
     app.add_routes(streamyfin.routes)
@@ -125,6 +134,11 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             settings, users, TypedKV(buckets.usernames, UsernameClaim), keys, settings.jwt_secret
         )
         await _first_admin(settings, identity)
+        login_limits = LoginLimits(
+            TypedKV(await _login_bucket(js, names, settings), LoginFailures),
+            limit=settings.login_attempts,
+            window=settings.login_window_minutes * 60,
+        )
         session = aiohttp.ClientSession()
         auth = JellyfinAuth(
             settings.jellyfin_url, session, cache_seconds=settings.auth_cache_seconds
@@ -154,6 +168,7 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             idempotency=TypedKV(buckets.idempotency, IdempotencyRecord),
             fleet=Fleet(buckets),
             feeds=feeds,
+            login_limits=login_limits,
             cluster=Cluster.from_settings(settings),
         )
         log.info("gateway.ready", jobs=len(jobs), jellyfin=settings.jellyfin_url or None)
@@ -164,6 +179,7 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             for projection in projections:
                 await projection.stop()
             await session.close()
+            identity.close()
 
     async def close_feeds(app: web.Application) -> None:
         if GATEWAY in app:
@@ -172,6 +188,25 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_feeds)
     return app
+
+
+async def _login_bucket(js: JetStreamContext, names: Names, settings: GatewaySettings) -> KeyValue:
+    """The failed sign-in counts; each is forgotten a window after its last change."""
+    try:
+        return await js.key_value(names.logins_bucket)
+    except NotFoundError:
+        config = KeyValueConfig(
+            bucket=names.logins_bucket,
+            description="failed sign-ins per username and client address",
+            history=1,
+            ttl=settings.login_window_minutes * 60,
+            storage=StorageType.FILE,
+            replicas=settings.replicas,
+        )
+        try:
+            return await js.create_key_value(config)
+        except BadRequestError:  # another gateway made it just now
+            return await js.key_value(names.logins_bucket)
 
 
 async def _first_admin(settings: GatewaySettings, identity: Identity) -> None:

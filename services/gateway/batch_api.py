@@ -146,12 +146,15 @@ def _decode_item(raw: msgspec.Raw) -> JobRequest:
         raise BadRequest(f"Invalid job: {exc}") from None
 
 
-def _batch(request: web.Request) -> Batch:
+def _batch(request: web.Request, *, change: bool = False) -> Batch:
+    """A batch the caller may see (its owner; moderators read any) or, with `change`, may act
+    on (its owner; administrators act on any); else 404, as for jobs."""
     gw = gateway(request)
     who = caller(request)
     batch_id = request.match_info["batch_id"]
     batch = gw.batches.get(batch_id) if len(batch_id) <= 64 else None
-    if batch is None or not (batch.owner == who.user_id or who.at_least(Role.MODERATOR)):
+    others = Role.ADMIN if change else Role.MODERATOR
+    if batch is None or not (batch.owner == who.user_id or who.at_least(others)):
         raise NotFound(f"No batch {batch_id!r}.")
     return batch
 
@@ -195,7 +198,7 @@ async def get_batch(request: web.Request) -> web.Response:
 )
 async def rename_outputs(request: web.Request, body: RenameRequest) -> web.Response:
     gw = gateway(request)
-    batch = _batch(request)
+    batch = _batch(request, change=True)
     if batch.started:
         raise Conflict("The batch has started; its outputs can no longer be renamed.")
     names: dict[str, str] = {}
@@ -225,7 +228,7 @@ async def rename_outputs(request: web.Request, body: RenameRequest) -> web.Respo
 )
 async def start_batch(request: web.Request) -> web.Response:
     gw = gateway(request)
-    batch = _batch(request)
+    batch = _batch(request, change=True)
     if batch.started:
         raise Conflict("The batch has already started.")
     started = msgspec.structs.replace(batch, started=True, started_at=time.time())

@@ -42,6 +42,15 @@ class GatewaySettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     admin_password: str = ""
     # Lifetime of a signed download URL, in seconds.
     signed_url_seconds: Annotated[int, msgspec.Meta(ge=10, le=7 * 86_400)] = 900
+    # Failed sign-ins allowed per username and per client address within the window; more
+    # are answered 429 with Retry-After (counted in NATS, shared by every gateway replica).
+    login_attempts: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10
+    login_window_minutes: Annotated[float, msgspec.Meta(gt=0, le=1440)] = 15.0
+    # Proxies (addresses or CIDR ranges, separated by commas) whose X-Forwarded-For is believed
+    # when they are the peer; otherwise the client address is the peer's.
+    trusted_proxies: str = ""
+    # Password hashes (argon2) computed at once; more sign-ins wait their turn.
+    password_hash_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     # Seconds `POST /api/metadata` waits for a transcoder to probe the source.
     metadata_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
@@ -56,6 +65,9 @@ class GatewaySettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     feed_send_buffer: Annotated[int, msgspec.Meta(ge=4096, le=1 << 24)] = 1 << 16
     # Seconds a WebSocket client has to send its c2s_auth frame.
     ws_auth_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    # Seconds between checks that an open feed's caller is still allowed (an expired token);
+    # an account or API key change ends the feed at once.
+    feed_recheck_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
 
     # ---- machines (transcoder Deployments on Kubernetes) ---------------------------------
     # The Kubernetes API; default: the in-cluster one (KUBERNETES_SERVICE_HOST/PORT). Unset and
@@ -69,6 +81,10 @@ class GatewaySettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     transcoder_deployment: str = "vidmesh-transcoder-{pool}"
     # The most transcoders one pool may be scaled to through /api/machines.
     max_transcoders_per_pool: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 20
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [item.strip() for item in self.trusted_proxies.split(",") if item.strip()]
 
     @property
     def invite_code_list(self) -> list[str]:

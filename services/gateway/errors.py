@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from nats.js.errors import KeyWrongLastSequenceError
 
-from shared.errors import BadRequest, PayloadTooLarge, VidmeshError
+from shared.errors import BadRequest, PayloadTooLarge, TooManyRequests, VidmeshError
 
 log = structlog.get_logger("vidmesh.gateway")
 
@@ -44,9 +44,16 @@ def json_response(
     )
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     error: dict[str, Any] = {"code": code, "message": message, "status": status, "details": details}
-    headers = {"WWW-Authenticate": 'MediaBrowser realm="vidmesh"'} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'MediaBrowser realm="vidmesh"'}
     return json_response({"error": error}, status=status, headers=headers)
 
 
@@ -79,7 +86,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except VidmeshError as exc:
         if exc.http_status >= 500:
             log.warning("request.unavailable", path=request.path, code=exc.code, error=exc.message)
-        return error_response(exc.http_status, exc.code, exc.message, exc.details)
+        headers = (
+            {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
+        )
+        return error_response(exc.http_status, exc.code, exc.message, exc.details, headers)
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise

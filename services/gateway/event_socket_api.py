@@ -21,6 +21,7 @@ from services.gateway.feed_connection import (
     ErrorPayload,
     bound_send_buffers,
     forward_events,
+    guard_feed,
     run_feed,
 )
 from services.gateway.feed_events import MAX_JOB_IDS, StoredEvent, feed_filter
@@ -88,7 +89,8 @@ _ENCODER = msgspec.json.Encoder()
     statuses=(426,),
     summary="Live events over a WebSocket; authentication is in-band: the first frame must be "
     '{"type":"c2s_auth","payload":{"token":...}}, then c2s_subscribe narrows the feed; events '
-    'come as {"type":"s2c_event","payload":{"seq","event"}}',
+    'come as {"type":"s2c_event","payload":{"seq","event"}}; the socket closes with 4401 when '
+    "the credentials stop being valid (expired, revoked, account changed)",
 )
 async def event_socket(request: web.Request) -> web.StreamResponse:
     """Authenticate the socket's first frame, then send the events the caller may see."""
@@ -108,9 +110,10 @@ async def event_socket(request: web.Request) -> web.StreamResponse:
         return answer
     bound_send_buffers(request, gw.settings.feed_send_buffer)
     await ws.prepare(request)
-    who = await _authenticate_socket(ws, gw)
-    if who is None:
+    signed_in = await _authenticate_socket(ws, gw)
+    if signed_in is None:
         return ws
+    who, token = signed_in
     with contextlib.suppress(ConnectionError):  # a client gone already ends the loop below
         await _say(ws, ServerAuthOk(payload=AuthOk(user_id=who.user_id, role=who.role.value)))
     hub = gw.feeds
@@ -120,7 +123,14 @@ async def event_socket(request: web.Request) -> web.StreamResponse:
         pump = forward_events(
             hub, sub, feed, resume_after=None, upto=0, idle=gw.settings.feed_keepalive
         )
-        await run_feed(sub, pump, _socket_commands(ws, sub, who))
+        guard = guard_feed(
+            gw.identity,
+            sub,
+            who,
+            lambda: gw.identity.authenticate(f"Bearer {token}", ""),
+            every=gw.settings.feed_recheck_seconds,
+        )
+        await run_feed(sub, pump, guard, _socket_commands(ws, sub, who))
         if sub.closed is not None:
             await feed.end(sub.closed)
     finally:
@@ -144,9 +154,10 @@ class _SocketFeed:
         """Nothing to do: aiohttp pings an idle WebSocket (heartbeat)."""
 
     async def end(self, closed: FeedClosed) -> None:
-        """Close with the reason (1013 when the client fell behind); a client that still reads
-        nothing is cut off after a grace period."""
-        code = 1013 if closed.error else 1001  # try again later / going away
+        """Close with the reason (4401 when the caller is no longer allowed, 1013 when the
+        client fell behind); a client that still reads nothing is cut off after a grace
+        period."""
+        code = 4401 if closed.unauthorized else 1013 if closed.error else 1001
         try:
             async with asyncio.timeout(CLOSE_GRACE):
                 await self.ws.close(code=code, message=_close_reason(closed.reason))
@@ -157,8 +168,11 @@ class _SocketFeed:
             pass
 
 
-async def _authenticate_socket(ws: web.WebSocketResponse, gw: Gateway) -> Principal | None:
-    """The caller named by the first frame; else the socket is closed (1008) saying why."""
+async def _authenticate_socket(
+    ws: web.WebSocketResponse, gw: Gateway
+) -> tuple[Principal, str] | None:
+    """The caller named by the first frame, and its token; else the socket is closed (1008)
+    saying why."""
     seconds = gw.settings.ws_auth_seconds
     try:
         async with asyncio.timeout(seconds):  # a deadline: pongs do not extend it
@@ -175,14 +189,16 @@ async def _authenticate_socket(ws: web.WebSocketResponse, gw: Gateway) -> Princi
     if not isinstance(frame, ClientAuth):
         await _refuse(ws, 'the first frame must be {"type":"c2s_auth","payload":{"token":...}}')
         return None
+    token = frame.payload.token.strip()
     try:
-        who = gw.identity.authenticate(f"Bearer {frame.payload.token.strip()}", "")
+        who = gw.identity.authenticate(f"Bearer {token}", "")
     except VidmeshError as exc:
         await _refuse(ws, exc.message)
         return None
     if who is None:
         await _refuse(ws, "the token is not a JWT or API key")
-    return who
+        return None
+    return who, token
 
 
 async def _refuse(ws: web.WebSocketResponse, reason: str) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
-from services.gateway.api import API, Access, caller
+from services.gateway.api import API, Access, authenticate, caller
 from services.gateway.errors import error_response
 from services.gateway.events_api import MAX_SEQ, TAG
 from services.gateway.feed_connection import (
@@ -21,6 +21,7 @@ from services.gateway.feed_connection import (
     ErrorPayload,
     bound_send_buffers,
     forward_events,
+    guard_feed,
     run_feed,
 )
 from services.gateway.feed_events import StoredEvent, feed_filter
@@ -89,7 +90,8 @@ class FeedQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     statuses=(406,),
     summary="Live events as Server-Sent Events (text/event-stream): `id` is the "
     "event's stream sequence, `event` its type, `data` the event; Last-Event-ID replays what "
-    "was missed; a client too far behind gets `event: error` and is disconnected",
+    "was missed; a client too far behind, or whose credentials stop being valid (expired, "
+    "revoked, account changed), gets `event: error` and is disconnected",
 )
 async def event_stream(request: web.Request, query: FeedQuery) -> web.StreamResponse:
     """Stream the events the caller may see, after replaying those it missed."""
@@ -119,7 +121,14 @@ async def event_stream(request: web.Request, query: FeedQuery) -> web.StreamResp
         pump = forward_events(
             hub, sub, feed, resume_after=resume_after, upto=upto, idle=gw.settings.feed_keepalive
         )
-        await run_feed(sub, pump)
+        guard = guard_feed(
+            gw.identity,
+            sub,
+            who,
+            lambda: authenticate(request, query_token=True),
+            every=gw.settings.feed_recheck_seconds,
+        )
+        await run_feed(sub, pump, guard)
         if sub.closed is not None:
             await feed.end(sub.closed)
     finally:

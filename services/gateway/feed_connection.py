@@ -1,13 +1,14 @@
 """One live feed connection, whatever carries it (SSE or WebSocket): replay what the client
-missed, hand on live events from the gateway's `EventHub`, and stop when the client leaves or
-the hub closes the subscriber."""
+missed, hand on live events from the gateway's `EventHub`, and stop when the client leaves, the
+hub closes the subscriber, or the caller is no longer allowed (`guard_feed`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 import msgspec
@@ -16,6 +17,9 @@ from aiohttp import web
 
 from services.gateway.feed_events import StoredEvent
 from services.gateway.feeds import EventHub, FeedClosed, Subscriber
+from services.gateway.identity import Identity, Principal
+from shared.errors import VidmeshError
+from shared.messages.accounts import RANK
 from shared.natsio import describe
 
 log = structlog.get_logger("vidmesh.gateway.events")
@@ -71,6 +75,49 @@ async def forward_events(
             sent = fresh[-1].seq
         elif not batch:
             await feed.idle()
+
+
+async def guard_feed(
+    identity: Identity,
+    sub: Subscriber,
+    who: Principal,
+    recheck: Callable[[], Principal | None],
+    *,
+    every: float,
+) -> None:
+    """Close the subscriber as soon as its caller is no longer allowed: checked again at once
+    when the account or its keys change (password, role, disabled, key deleted), when the
+    access token expires, and every `every` seconds."""
+    changed = identity.watch_account(who.user_id)
+    try:
+        while True:
+            wait = every
+            if who.expires_at:
+                wait = min(wait, max(who.expires_at - time.time(), 0.0) + 0.05)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await changed.wait()
+            changed.clear()
+            refusal = _refusal(recheck, who)
+            if refusal:
+                log.info("feeds.access_ended", user_id=who.user_id, reason=refusal)
+                sub.close(f"Access ended: {refusal}", unauthorized=True)
+                return
+    finally:
+        identity.unwatch_account(who.user_id, changed)
+
+
+def _refusal(recheck: Callable[[], Principal | None], opened_by: Principal) -> str:
+    """Why the caller may no longer hold the feed it opened ("" while it may)."""
+    try:
+        now = recheck()
+    except VidmeshError as exc:
+        return exc.message
+    if now is None or now.user_id != opened_by.user_id:
+        return "the credentials are gone."
+    if RANK[now.role] < RANK[opened_by.role]:  # the feed shows what the old role could see
+        return f"the account's role is now {now.role.value}; open the feed again."
+    return ""
 
 
 async def run_feed(sub: Subscriber, *work: Coroutine[Any, Any, None]) -> None:

@@ -34,12 +34,14 @@ _PAGE = 256  # messages fetched per request when reading a stored range
 
 
 class FeedClosed(Exception):
-    """The hub closed a subscriber: it fell too far behind (`error`), or the gateway stops."""
+    """The hub closed a subscriber: it fell too far behind (`error`), its caller is no longer
+    allowed (`unauthorized`), or the gateway stops."""
 
-    def __init__(self, reason: str, *, error: bool) -> None:
+    def __init__(self, reason: str, *, error: bool, unauthorized: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.error = error
+        self.unauthorized = unauthorized
 
 
 class Subscriber:
@@ -63,11 +65,11 @@ class Subscriber:
         self._queue.append(item)
         self._ready.set()
 
-    def close(self, reason: str, *, error: bool = True) -> None:
+    def close(self, reason: str, *, error: bool = True, unauthorized: bool = False) -> None:
         """Close with `reason`, dropping what is queued; a second close changes nothing."""
         if self.closed is not None:
             return
-        self.closed = FeedClosed(reason, error=error)
+        self.closed = FeedClosed(reason, error=error, unauthorized=unauthorized)
         self._queue.clear()
         self._ready.set()
         if self.on_close is not None:
@@ -82,7 +84,8 @@ class Subscriber:
                 async with asyncio.timeout(idle):
                     await self._ready.wait()
         if self.closed is not None:
-            raise FeedClosed(self.closed.reason, error=self.closed.error)
+            closed = self.closed
+            raise FeedClosed(closed.reason, error=closed.error, unauthorized=closed.unauthorized)
         batch = list(self._queue)
         self._queue.clear()
         return batch

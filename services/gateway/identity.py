@@ -9,12 +9,16 @@ hash is enough), and the key is shown once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import secrets
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import jwt
 import msgspec
@@ -24,7 +28,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from nats.js.errors import KeyWrongLastSequenceError
 
 from services.gateway.config import GatewaySettings
-from shared.errors import BadRequest, Conflict, Forbidden, NotConfigured, Unauthorized
+from shared.errors import BadRequest, Conflict, Forbidden, NotConfigured, NotFound, Unauthorized
 from shared.kv import TypedKV
 from shared.messages.accounts import RANK, ApiKey, Role, User, UsernameClaim
 from shared.projection import Projection
@@ -34,6 +38,7 @@ log = structlog.get_logger("vidmesh.gateway.identity")
 _ALGORITHM = "HS256"
 _ISSUER = "vidmesh"
 KEY_PREFIX = "vmk_"
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,7 @@ class Principal:
     username: str
     role: Role
     via: str  # "token" | "api_key"
+    expires_at: float = 0.0  # when the access token expires (0: an API key, no expiry)
 
     def at_least(self, role: Role) -> bool:
         return RANK[self.role] >= RANK[role]
@@ -78,14 +84,30 @@ class Identity:
         self.keys = keys
         self.secret = secret
         self.hasher = PasswordHasher()
+        # argon2 is slow and large on purpose: a few at a time, in threads of their own, so a
+        # flood of sign-ins waits its turn instead of taking every thread the server has.
+        self._hashing = ThreadPoolExecutor(
+            max_workers=settings.password_hash_workers, thread_name_prefix="argon2"
+        )
+        # Open feeds waiting to hear that their caller's account or keys changed.
+        self._account_watchers: dict[str, set[asyncio.Event]] = {}
+        users.listen(lambda user_id, old, new: self._changed(user_id))
+        keys.listen(self._key_changed)
+
+    def close(self) -> None:
+        self._hashing.shutdown(wait=False, cancel_futures=True)
 
     # ---- passwords ---------------------------------------------------------------------
+    async def _hash_work(self, fn: Callable[..., R], *args: str) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._hashing, functools.partial(fn, *args))
+
     async def hash_password(self, password: str) -> str:
-        return await asyncio.to_thread(self.hasher.hash, password)
+        return await self._hash_work(self.hasher.hash, password)
 
     async def password_matches(self, user: User, password: str) -> bool:
         try:
-            return await asyncio.to_thread(self.hasher.verify, user.password_hash, password)
+            return await self._hash_work(self.hasher.verify, user.password_hash, password)
         except (VerificationError, InvalidHashError):
             return False
 
@@ -140,7 +162,7 @@ class Identity:
         user = self.find_by_username(username)
         if user is None:
             # Spend the same time as a real check, so usernames cannot be probed by timing.
-            await asyncio.to_thread(self.hasher.hash, password)
+            await self._hash_work(self.hasher.hash, password)
             raise Unauthorized("Wrong username or password.")
         if not await self.password_matches(user, password) or user.disabled:
             raise Unauthorized("Wrong username or password.")
@@ -149,24 +171,85 @@ class Identity:
     async def change_password(self, user: User, current: str, new: str) -> User:
         if not await self.password_matches(user, current):
             raise Forbidden("The current password is wrong.")
+        return await self.set_password(user.id, new, missing=Unauthorized)
+
+    async def set_password(
+        self, user_id: str, new: str, *, missing: type[Unauthorized | NotFound] = NotFound
+    ) -> User:
+        """A new password; every token minted before stops working."""
         check_password(new)
         new_hash = await self.hash_password(new)
 
+        def change(found: User) -> User:
+            return msgspec.structs.replace(
+                found, password_hash=new_hash, token_version=found.token_version + 1
+            )
+
+        return await self._change_user(user_id, change, missing=missing)
+
+    async def update_account(
+        self, user_id: str, *, disabled: bool | None, role: Role | None
+    ) -> User:
+        """Disable or enable an account, or change its role. Disabling also revokes its tokens
+        (enabled again, it signs in anew). The last active administrator stays one."""
+
+        def change(found: User) -> User:
+            new_role = found.role if role is None else role
+            new_disabled = found.disabled if disabled is None else disabled
+            stays_admin = new_role is Role.ADMIN and not new_disabled
+            if _active_admin(found) and not stays_admin and self._active_admins() <= 1:
+                raise Conflict("This is the last active administrator; make another one first.")
+            version = found.token_version + (1 if new_disabled and not found.disabled else 0)
+            return msgspec.structs.replace(
+                found, role=new_role, disabled=new_disabled, token_version=version
+            )
+
+        return await self._change_user(user_id, change, missing=NotFound)
+
+    def _active_admins(self) -> int:
+        return sum(1 for user in self.users.values() if _active_admin(user))
+
+    async def _change_user(
+        self,
+        user_id: str,
+        fn: Callable[[User], User],
+        *,
+        missing: type[Unauthorized | NotFound],
+    ) -> User:
         def change(found: User | None) -> User | None:
             if found is None:
                 return None
-            return msgspec.structs.replace(
-                found,
-                password_hash=new_hash,
-                token_version=found.token_version + 1,
-                updated_at=time.time(),
-            )
+            return msgspec.structs.replace(fn(found), updated_at=time.time())
 
-        updated, revision, _ = await self.users.store.change(user.id, change)
+        updated, revision, _ = await self.users.store.change(user_id, change)
         if updated is None or revision is None:
-            raise Unauthorized("This account no longer exists.")
-        self.users.apply(user.id, updated, revision)
+            raise missing(f"No account {user_id!r}.")
+        self.users.apply(user_id, updated, revision)
         return updated
+
+    # ---- open feeds --------------------------------------------------------------------
+    def watch_account(self, user_id: str) -> asyncio.Event:
+        """An event set whenever the account or one of its API keys changes (in any replica:
+        the projections follow the KV buckets); `unwatch_account` when done."""
+        changed = asyncio.Event()
+        self._account_watchers.setdefault(user_id, set()).add(changed)
+        return changed
+
+    def unwatch_account(self, user_id: str, changed: asyncio.Event) -> None:
+        watchers = self._account_watchers.get(user_id)
+        if watchers is not None:
+            watchers.discard(changed)
+            if not watchers:
+                del self._account_watchers[user_id]
+
+    def _key_changed(self, key_id: str, old: ApiKey | None, new: ApiKey | None) -> None:
+        for record in (old, new):
+            if record is not None:
+                self._changed(record.user_id)
+
+    def _changed(self, user_id: str) -> None:
+        for changed in self._account_watchers.get(user_id, ()):
+            changed.set()
 
     # ---- tokens ------------------------------------------------------------------------
     def require_secret(self) -> None:
@@ -283,8 +366,15 @@ class Identity:
         if value.startswith(KEY_PREFIX):
             user = self.user_of_key(value)
             return Principal(user.id, user.username, user.role, "api_key")
-        user = self.user_of(self.decode(value, "access"))
-        return Principal(user.id, user.username, user.role, "token")
+        claims = self.decode(value, "access")
+        user = self.user_of(claims)
+        expires = claims["exp"]
+        expires_at = float(expires) if isinstance(expires, int | float) else 0.0
+        return Principal(user.id, user.username, user.role, "token", expires_at)
+
+
+def _active_admin(user: User) -> bool:
+    return user.role is Role.ADMIN and not user.disabled
 
 
 def check_password(password: str) -> None:

@@ -28,6 +28,7 @@ _ERROR_WORDS = {
     413: "The request body is too large",
     416: "The range cannot be satisfied",
     422: "The source is not media that can be read",
+    429: "Too many attempts; wait the seconds Retry-After says",
     503: "A dependency is unavailable, or the feature is not configured",
 }
 _FILE_TYPES = ("video/mp4", "video/x-matroska", "video/webm", "audio/mp4")
@@ -132,6 +133,8 @@ def _responses(op: Operation, schema_of: dict[Any, Any]) -> dict[str, Any]:
     elif op.media_type:
         content = {op.media_type: {"schema": {"type": "string"}}}
         responses[str(op.status)] = {"description": op.summary, "content": content}
+    elif op.status == 204:
+        responses["204"] = {"description": op.summary}
     elif op.response is not None:
         responses[str(op.status)] = {
             "description": op.summary,

@@ -20,6 +20,7 @@ from services.gateway.feeds import EventHub
 from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
 from services.gateway.kube import Cluster
+from services.gateway.login_limits import LoginLimits
 from shared.errors import Unavailable, Unprocessable
 from shared.fleet import Fleet
 from shared.kv import TypedKV
@@ -63,6 +64,7 @@ class Gateway:
     idempotency: TypedKV[IdempotencyRecord]
     fleet: Fleet
     feeds: EventHub  # live events for the SSE and WebSocket feeds
+    login_limits: LoginLimits  # failed sign-ins per username and client address
     cluster: Cluster | None = None  # the Kubernetes API, when running in a cluster
     started_at: float = field(default_factory=time.time)
 

@@ -63,6 +63,7 @@ class UserView(msgspec.Struct, kw_only=True):
     email: str
     role: Role
     created_at: datetime
+    disabled: bool = False
 
 
 class ApiKeyView(msgspec.Struct, kw_only=True):
@@ -158,6 +159,7 @@ def user_view(user: User) -> UserView:
         email=user.email,
         role=user.role,
         created_at=datetime.fromtimestamp(user.created_at, UTC),
+        disabled=user.disabled,
     )
 
 

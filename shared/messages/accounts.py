@@ -65,6 +65,17 @@ class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
     created_at: Timestamp
 
 
+class LoginFailures(msgspec.Struct, frozen=True, kw_only=True):
+    """Failed sign-ins of one username or client address in the window begun at `since`."""
+
+    # Key: `user.<hash>` or `addr.<hash>`; the bucket's TTL forgets idle ones.
+
+    failures: int
+    since: Timestamp
+    # Makes every write unique, so a compare-and-set never mistakes an equal count for its own.
+    nonce: str = ""
+
+
 class PresetRecord(msgspec.Struct, frozen=True, kw_only=True):
     """A user's preset (key: its id)."""
 

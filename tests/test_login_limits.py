@@ -1,0 +1,151 @@
+"""Password guessing costs: failed sign-ins are limited per username and per client address,
+counted in NATS so every gateway replica (and a restarted one) shares the count; argon2 runs in a
+bounded pool so a flood of sign-ins leaves other requests alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest_asyncio
+
+from services.gateway.login_limits import client_address
+from tests.conftest import ALICE
+from tests.helpers import Api, start_system, stop_system
+from tests.jellyfin_standin import JellyfinStandIn
+
+WRONG = "wrong-password"
+
+
+@pytest_asyncio.fixture
+async def sessions() -> AsyncIterator[dict[str, aiohttp.ClientSession]]:
+    """HTTP clients that connect from different loopback addresses (127.0.0.2, .3, ...)."""
+    made: dict[str, aiohttp.ClientSession] = {}
+    yield made
+    for session in made.values():
+        await session.close()
+
+
+def from_address(sessions: dict[str, aiohttp.ClientSession], address: str, url: str) -> Api:
+    if address not in sessions:
+        connector = aiohttp.TCPConnector(local_addr=(address, 0))
+        sessions[address] = aiohttp.ClientSession(connector=connector)
+    return Api(sessions[address], url)
+
+
+async def sign_in(api: Api, username: str, password: str, path: str = "/api/auth/login") -> Any:
+    status, body, resp = await api.call(
+        "POST", path, json={"username": username, "password": password}
+    )
+    return status, body, resp.headers
+
+
+async def test_failed_sign_ins_are_limited_per_username_across_gateways_and_restarts(
+    env: dict[str, str], sessions: dict[str, aiohttp.ClientSession]
+) -> None:
+    limited = {**env, "VIDMESH_LOGIN_ATTEMPTS": "3"}
+    first = await start_system(limited, "gateway")
+    second = await start_system(limited, "gateway")  # a second replica, same namespace
+    try:
+        await from_address(sessions, "127.0.0.9", first.url).as_user("ann")
+        # Given three wrong passwords for Ann, from two addresses, through two gateways
+        for address, system in (("127.0.0.2", first), ("127.0.0.2", first), ("127.0.0.3", second)):
+            status, _, _ = await sign_in(from_address(sessions, address, system.url), "ann", WRONG)
+            assert status == 401
+        # Then Ann's account refuses further sign-ins, even the right password from elsewhere
+        for system, path in ((first, "/api/auth/login"), (second, "/api/login")):
+            api = from_address(sessions, "127.0.0.4", system.url)
+            status, body, headers = await sign_in(api, "ann", "password-123", path)
+            assert status == 429, (status, body)
+            assert body["error"]["code"] == "too_many_requests"
+            assert 0 < int(headers["Retry-After"]) <= 15 * 60
+        # And the count survives a restart of every gateway
+        await first.stop("gateway")
+        await second.stop("gateway")
+        await first.start("gateway")
+        api = from_address(sessions, "127.0.0.5", first.url)
+        assert (await sign_in(api, "ann", "password-123"))[0] == 429
+        # Other accounts are not affected
+        await api.as_user("bea")
+    finally:
+        await second.stop()
+        await second.nc.close()
+        await stop_system(first)
+
+
+async def test_failed_sign_ins_are_limited_per_address_and_a_success_does_not_reset_it(
+    env: dict[str, str], sessions: dict[str, aiohttp.ClientSession]
+) -> None:
+    system = await start_system({**env, "VIDMESH_LOGIN_ATTEMPTS": "3"}, "gateway")
+    try:
+        await from_address(sessions, "127.0.0.9", system.url).as_user("bea")
+        guesser = from_address(sessions, "127.0.0.6", system.url)
+        # Given two wrong guesses from one address, then a right sign-in of the guesser's own
+        assert (await sign_in(guesser, "carl", WRONG))[0] == 401
+        assert (await sign_in(guesser, "dora", WRONG))[0] == 401
+        assert (await sign_in(guesser, "bea", "password-123"))[0] == 200
+        # The success did not wipe the address's failures: one more guess, then 429
+        assert (await sign_in(guesser, "emil", WRONG))[0] == 401
+        status, body, headers = await sign_in(guesser, "bea", "password-123")
+        assert status == 429 and "Retry-After" in headers
+        assert body["error"]["status"] == 429
+        # A forwarded-for header does not help: no proxy is trusted by default
+        status, _, _ = await guesser.call(
+            "POST",
+            "/api/login",
+            json={"username": "bea", "password": "password-123"},
+            headers={"X-Forwarded-For": "10.9.9.9"},
+        )
+        assert status == 429
+        # Another address signs in as usual
+        other = from_address(sessions, "127.0.0.7", system.url)
+        assert (await sign_in(other, "bea", "password-123"))[0] == 200
+    finally:
+        await stop_system(system)
+
+
+def test_the_client_address_is_the_peer_unless_the_peer_is_a_trusted_proxy() -> None:
+    trusted = ["10.0.0.0/8"]
+    assert client_address("203.0.113.9", "198.51.100.1", []) == "203.0.113.9"
+    assert client_address("10.1.2.3", "198.51.100.1", []) == "10.1.2.3"
+    # Behind a trusted proxy: the rightmost address that is not a trusted proxy
+    assert client_address("10.1.2.3", "1.1.1.1, 198.51.100.1, 10.0.0.7", trusted) == (
+        "198.51.100.1"
+    )
+    assert client_address("10.1.2.3", "garbage", trusted) == "10.1.2.3"
+    assert client_address("10.1.2.3", "", trusted) == "10.1.2.3"
+    assert client_address("203.0.113.9", "198.51.100.1", trusted) == "203.0.113.9"
+
+
+async def test_a_flood_of_sign_ins_leaves_other_requests_answering(
+    env: dict[str, str], http: aiohttp.ClientSession, jellyfin: JellyfinStandIn
+) -> None:
+    system = await start_system({**env, "VIDMESH_LOGIN_ATTEMPTS": "1000"})
+    try:
+        ann = await Api(http, system.url).as_user("ann")
+        job = await ann.ok(
+            "POST", "/api/jobs", 201, json={"source": jellyfin.stream_url("fits", ALICE)}
+        )
+        await ann.wait_job(job["id"], "completed")
+        anonymous = Api(http, system.url)
+        done: list[int] = []
+
+        async def wrong(n: int) -> None:
+            await sign_in(anonymous, "ann" if n % 2 else f"nobody{n}", WRONG)
+            done.append(n)
+
+        # Given 50 wrong sign-ins at once, all of them arrived (the first has answered)
+        flood = [asyncio.create_task(wrong(n)) for n in range(50)]
+        while not done:
+            await asyncio.wait(flood, return_when=asyncio.FIRST_COMPLETED)
+        # When Ann downloads her output (a file response: the server opens it in a thread)
+        status, body, _ = await ann.call("GET", f"/api/jobs/{job['id']}/file")
+        answered_with = len(done)
+        # Then it is answered while most sign-ins still wait for their turn
+        assert status == 200 and body
+        assert answered_with < 25, answered_with
+        await asyncio.gather(*flood)
+    finally:
+        await stop_system(system)
