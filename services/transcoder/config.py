@@ -7,6 +7,8 @@ from typing import Annotated
 import msgspec
 
 from shared.config import CommonSettings
+from shared.media.inputs import SourceTLS, source_tls
+from shared.outbound import OutboundPolicy
 
 
 class TranscoderSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
@@ -37,10 +39,28 @@ class TranscoderSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     drain_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     # The node's cached capability probe; default <data_dir>/capabilities.json.
     capabilities_file: str = ""
+    # The Jellyfin server (JELLYFIN_URL, as the gateway has it): sources there are always allowed.
+    jellyfin_url: str = ""
+    # Verify the TLS certificates of https sources (false: accept any certificate).
+    source_tls_verify: bool = True
+    # CA bundle https sources are verified against; "": the system's bundle.
+    source_ca_file: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         cpu_list(self.cpus)  # a malformed list is a configuration error at start
+        source_tls(self.source_tls_verify, self.source_ca_file)  # a missing CA file too
+
+    @property
+    def source_policy(self) -> OutboundPolicy:
+        """Where sources may lead: the operator's networks, the Jellyfin server and the
+        service's own store endpoint (object sources are read through its signed URLs)."""
+        trusted = [url for url in (self.jellyfin_url, self.store_endpoint) if url]
+        return OutboundPolicy.parse(self.outbound_allow, trust=trusted)
+
+    @property
+    def source_tls(self) -> SourceTLS:
+        return source_tls(self.source_tls_verify, self.source_ca_file)
 
     @property
     def cpu_set(self) -> frozenset[int]:

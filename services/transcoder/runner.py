@@ -33,6 +33,7 @@ from services.transcoder.node import NodeState
 from services.transcoder.progress import ProgressReporter
 from services.transcoder.records import RenditionRecords
 from services.transcoder.sessions import SessionRecorder, session_id
+from services.transcoder.source_proxy import SourceAccess, SourceProxy, SourceRefused
 from services.transcoder.upload import PipeUpload
 from shared.blobstore import BlobStore, StoredBlob, output_key
 from shared.consumer import Outcome
@@ -83,8 +84,10 @@ class WorkRunner:
         scratch: Path,
         node: NodeState,
         fleet: Fleet,
+        access: SourceAccess,
     ) -> None:
         self.node = node
+        self.access = access
         self.fleet = fleet
         self.store = store
         self.stores = stores
@@ -136,7 +139,9 @@ class WorkRunner:
             asyncio.create_task(reporter.run()),
             asyncio.create_task(session.run()),
         ]
-        transcode = asyncio.create_task(self._transcode(work, r, reporter, session))
+        proxy = self.access.proxy()  # every connection of this attempt's probe and ffmpeg
+        await proxy.start()
+        transcode = asyncio.create_task(self._transcode(work, r, reporter, session, proxy))
         try:
             racers: set[asyncio.Future[object]] = {transcode, lost}  # type: ignore[arg-type]
             await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
@@ -169,6 +174,7 @@ class WorkRunner:
             return await self.records.record_failure(r, error)
         finally:
             await stop_tasks([transcode, *helpers])
+            await proxy.close()
         await session.finish("succeeded", output=msgspec.to_builtins(output))
         return await self.records.record_success(r, output, time.monotonic() - started, reporter)
 
@@ -198,17 +204,23 @@ class WorkRunner:
         r: Rendition,
         reporter: ProgressReporter,
         session: SessionRecorder,
+        proxy: SourceProxy,
     ) -> Output:
         profile = preset_profile(work.profile, work.spec or builtin(work.profile))
         container = get_container(work.container)
         source = await self._readable(work)
         reporter.stage("probing")
         probe: ProbeResult | None = None
+        options = self.access.probe_options(source, proxy)
         try:
-            probe = await probe_async(source, timeout=self.settings.probe_timeout)
+            probe = await proxy.guarded(
+                probe_async(source, timeout=self.settings.probe_timeout, options=options)
+            )
         except SourceError as exc:
             # ffmpeg has the last word on whether the source is readable.
             log.warning("probe.failed", error=exc.message)
+        except SourceRefused as exc:
+            raise TranscodeFailed(exc.error) from exc
         else:
             await self.records.record_probe(r, probe)
             session.update(probe=msgspec.to_builtins(probe))
@@ -235,6 +247,7 @@ class WorkRunner:
                 container,
                 pipeline=choice,
                 threads=self.settings.ffmpeg_threads,
+                input_options=self.access.ffmpeg_options(source, proxy),
             )
             session.update(
                 pipeline=choice.name, pipeline_reason=choice.reason, argv=scrub_argv(argv)
@@ -249,9 +262,11 @@ class WorkRunner:
             reporter.stage("encoding")
             try:
                 if container.sequential and store.local_path(key) is None:
-                    result, stored = await self._encode_streaming(argv, out, store, key, reporter)
+                    result, stored = await self._encode_streaming(
+                        argv, out, store, key, reporter, proxy
+                    )
                 else:
-                    result = await self._encode(argv, reporter)
+                    result = await self._encode(argv, reporter, proxy)
                     stored = await store_output(store, key, out)
                 break
             except HardwareFailed as exc:
@@ -304,8 +319,14 @@ class WorkRunner:
             allowed=DEVICE_PIPELINES[pool.device if pool else "any"],
         )
 
-    async def _encode(self, argv: list[str], reporter: ProgressReporter) -> FfmpegResult:
-        result = await run_ffmpeg(argv, on_progress=reporter.on_ffmpeg)
+    async def _encode(
+        self, argv: list[str], reporter: ProgressReporter, proxy: SourceProxy
+    ) -> FfmpegResult:
+        run = run_ffmpeg(argv, on_progress=reporter.on_ffmpeg, env=self.access.environ)
+        try:
+            result = await proxy.guarded(run)
+        except SourceRefused as exc:
+            raise TranscodeFailed(exc.error) from exc
         if result.returncode != 0:
             if uses_hardware(argv) and is_hardware_failure(result.stderr_tail):
                 raise HardwareFailed(result.stderr_tail)
@@ -315,7 +336,13 @@ class WorkRunner:
         return result
 
     async def _encode_streaming(
-        self, argv: list[str], out: Path, store: BlobStore, key: str, reporter: ProgressReporter
+        self,
+        argv: list[str],
+        out: Path,
+        store: BlobStore,
+        key: str,
+        reporter: ProgressReporter,
+        proxy: SourceProxy,
     ) -> tuple[FfmpegResult, StoredBlob]:
         """Run ffmpeg into a pipe whose bytes go to the store as they are written (multipart,
         hashed on the way); a store that fails stops ffmpeg, and a failed ffmpeg aborts the
@@ -326,7 +353,7 @@ class WorkRunner:
             raise store_failed(exc) from exc
         await upload.start()
         assert upload.pumping is not None
-        encode = asyncio.create_task(self._encode(argv, reporter))
+        encode = asyncio.create_task(self._encode(argv, reporter, proxy))
         try:
             racers: set[asyncio.Future[object]] = {encode, upload.pumping}  # type: ignore[arg-type]
             await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
