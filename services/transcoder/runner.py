@@ -23,6 +23,7 @@ from services.transcoder.attempt import (
     TranscodeFailed,
     cpu_choice,
     duration_of,
+    readable_source,
     scrub_argv,
     store_failed,
     store_output,
@@ -37,7 +38,7 @@ from services.transcoder.source_proxy import SourceAccess, SourceProxy, SourceRe
 from services.transcoder.upload import PipeUpload
 from shared.blobstore import BlobStore, StoredBlob, output_key
 from shared.consumer import Outcome
-from shared.errors import BadRequest, SourceError, StoreError
+from shared.errors import SourceError, StoreError
 from shared.fleet import Fleet
 from shared.media import (
     FfmpegResult,
@@ -45,7 +46,6 @@ from shared.media import (
     builtin,
     classify_failure,
     get_container,
-    is_http,
     make_plan,
     preset_profile,
     probe_async,
@@ -61,13 +61,10 @@ from shared.messages.work import WORK_DECODER, TranscodeWork
 from shared.natsio import describe
 from shared.recordstore import RecordStore
 from shared.runtime import stop_tasks
-from shared.sources import check_local_source, is_object_uri, scrub
+from shared.sources import scrub
 from shared.stores import Stores
 
 log = structlog.get_logger("vidmesh.transcoder")
-
-# A signed source URL outlives any transcode (S3 allows at most 7 days).
-SIGNED_SOURCE_SECONDS = 24 * 3600
 
 
 class WorkRunner:
@@ -208,7 +205,7 @@ class WorkRunner:
     ) -> Output:
         profile = preset_profile(work.profile, work.spec or builtin(work.profile))
         container = get_container(work.container)
-        source = await self._readable(work)
+        source = await readable_source(work, self.stores, self.settings.media_root_list)
         reporter.stage("probing")
         probe: ProbeResult | None = None
         options = self.access.probe_options(source, proxy)
@@ -368,25 +365,6 @@ class WorkRunner:
             encode.cancel()
             await asyncio.gather(encode, return_exceptions=True)
             await asyncio.shield(upload.abort())  # nothing to undo once finished
-
-    async def _readable(self, work: TranscodeWork) -> str:
-        """The source as ffmpeg reads it: a URL as given, an object through a signed URL (never
-        downloaded whole first), a local path only under a configured media root."""
-        source = work.source
-        if is_http(source):
-            return source
-        try:
-            if is_object_uri(source):
-                return await self.stores.object_source(work.owner, source, SIGNED_SOURCE_SECONDS)
-            return check_local_source(source, self.settings.media_root_list, resolve=True)
-        except BadRequest as exc:
-            raise TranscodeFailed(
-                JobError(code="source_refused", reason=exc.message, retryable=False)
-            ) from exc
-        except StoreError as exc:
-            raise TranscodeFailed(
-                JobError(code="source_unreachable", reason=exc.message, retryable=exc.retryable_now)
-            ) from exc
 
     async def _target(
         self, work: TranscodeWork, r: Rendition, extension: str

@@ -75,10 +75,9 @@ class Unreachable(Exception):
 
 @dataclass
 class ProxyLog:
-    """What the proxy refused and failed to reach during one attempt."""
+    """What the proxy refused during one attempt."""
 
     refused: list[str] = field(default_factory=list)  # address classes, in order
-    unreachable: int = 0
     first_refusal: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -204,7 +203,7 @@ class SourceProxy:
             await _answer(writer, 403, "Forbidden by the outbound policy")
             return
         except Unreachable:
-            self.log.unreachable += 1
+            # ffmpeg reports a 5xx, a source it tries again later (as a failed resolution was)
             await _answer(writer, 502, "Bad Gateway")
             return
         try:
