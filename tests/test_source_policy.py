@@ -247,3 +247,47 @@ async def test_https_sources_are_verified_against_the_configured_authorities(
             await system.stop("transcoder")
     finally:
         await stop_system(system)
+
+
+async def test_a_playlist_under_a_media_root_cannot_reach_the_network(
+    env: dict[str, str], http: aiohttp.ClientSession, hosts: tuple[Host, Host], tmp_path: Path
+) -> None:
+    allowed, _ = hosts
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "list.m3u8").write_text(_playlist(f"{allowed.url}/seg.ts"))
+    system = await start_system(
+        {**env, "VIDMESH_MEDIA_ROOTS": str(media), "VIDMESH_OUTBOUND_ALLOW": f"{ALLOWED}/32"}
+    )
+    try:
+        ann = await Api(http, system.url).as_user("ann")
+        job = await ann.ok("POST", "/api/jobs", 201, json={"source": str(media / "list.m3u8")})
+        failed = await ann.wait_job(job["id"], "failed", "completed", timeout=60)
+        assert failed["status"] == "failed", failed
+        # a file source is read with the file protocol only: not even an allowed host is asked
+        assert allowed.hits["seg.ts"] == 0, allowed.hits
+    finally:
+        await stop_system(system)
+
+
+async def test_no_proxy_in_the_environment_does_not_open_a_way_around_the_policy(
+    env: dict[str, str],
+    http: aiohttp.ClientSession,
+    hosts: tuple[Host, Host],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ffmpeg and PyAV connect directly to hosts named in no_proxy, past any proxy
+    monkeypatch.setenv("no_proxy", "*")
+    allowed, forbidden = hosts
+    system = await start_system({**env, "VIDMESH_OUTBOUND_ALLOW": f"{ALLOWED}/32"})
+    try:
+        ann = await Api(http, system.url).as_user("ann")
+        source = f"{allowed.url}/to-metadata.mp4"
+        status, body, _ = await ann.call("POST", "/api/metadata", json={"source": source})
+        assert status == 400 and body["error"]["code"] == "outbound_refused", body
+        job = await ann.ok("POST", "/api/jobs", 201, json={"source": source})
+        failed = await ann.wait_job(job["id"], "failed", "completed", timeout=60)
+        _refused_for_loopback(failed["error"])
+        assert forbidden.total == 0, forbidden.hits
+    finally:
+        await stop_system(system)
