@@ -319,7 +319,8 @@ class WorkRunner:
     async def _encode(
         self, argv: list[str], reporter: ProgressReporter, proxy: SourceProxy
     ) -> FfmpegResult:
-        run = run_ffmpeg(argv, on_progress=reporter.on_ffmpeg, env=self.access.environ)
+        env = self.access.ffmpeg_env(proxy)
+        run = run_ffmpeg(argv, on_progress=reporter.on_ffmpeg, env=env)
         try:
             result = await proxy.guarded(run)
         except SourceRefused as exc:

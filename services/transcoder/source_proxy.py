@@ -98,6 +98,11 @@ class SourceAccess:
         """A proxy for one attempt or probe (start it, or use it with `async with`)."""
         return SourceProxy(self.policy)
 
+    def ffmpeg_env(self, proxy: SourceProxy) -> dict[str, str]:
+        """ffmpeg's environment for one attempt: `http_proxy` too, which ffmpeg falls back on
+        for any connection that was not handed the option."""
+        return {**self.environ, "http_proxy": proxy.url}
+
     def ffmpeg_options(self, source: str, proxy: SourceProxy) -> dict[str, str]:
         return ffmpeg_input_options(source, proxy=proxy.url, tls=self.tls)
 
