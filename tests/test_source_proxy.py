@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -13,7 +14,9 @@ import pytest_asyncio
 import trustme
 from aiohttp import web
 
+from services.transcoder import TranscoderSettings
 from services.transcoder.source_proxy import SourceProxy
+from shared import config
 from shared.outbound import OutboundPolicy
 
 POLICY = OutboundPolicy.parse("127.0.0.2/32")
@@ -102,3 +105,16 @@ async def test_https_goes_through_a_checked_connect_tunnel(servers: dict[str, in
             assert proxy.refusal == "a loopback address"
     finally:
         await runner.cleanup()
+
+
+def test_a_source_ca_file_that_does_not_exist_stops_the_transcoder_at_start(
+    tmp_path: Path,
+) -> None:
+    missing = str(tmp_path / "nowhere.pem")
+    with pytest.raises(SystemExit, match="nowhere.pem"):
+        config.load(TranscoderSettings, {"VIDMESH_SOURCE_CA_FILE": missing})
+    settings = config.load(TranscoderSettings, {"VIDMESH_SOURCE_TLS_VERIFY": "false"})
+    assert settings.source_tls.verify is False
+    # by default https sources are verified against the system's CA bundle
+    default = config.load(TranscoderSettings, {}).source_tls
+    assert default.verify and default.ca_file and Path(default.ca_file).is_file()
