@@ -49,10 +49,9 @@ class SourceRefused(Exception):
     """The source led the probe or ffmpeg to an address the policy refuses."""
 
     def __init__(self, address_class: str) -> None:
-        self.reason = (
-            f"The source led to {address_class}, which this server's outbound policy refuses "
-            f"({ALLOW_HINT})."
-        )
+        hint = "" if "metadata" in address_class else f" ({ALLOW_HINT})"
+        refused = f"The source led to {address_class}, which the outbound policy refuses"
+        self.reason = refused + hint + "."
         super().__init__(self.reason)
 
     @property
