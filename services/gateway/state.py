@@ -36,6 +36,7 @@ from shared.messages.records import (
     Totals,
 )
 from shared.natsio import publish_command
+from shared.outbound import OutboundRefused
 from shared.projection import Projection
 from shared.recordstore import RecordStore
 from shared.stores import Stores, UserStore
@@ -119,6 +120,8 @@ class Gateway:
         except Exception as exc:
             raise Unavailable("No transcoder answered the probe request in time.") from exc
         answer = rpc.PROBE_REPLY.decode(reply.data)
+        if answer.code == "source_refused":
+            raise OutboundRefused(answer.error)
         if answer.probe is None:
             raise Unprocessable(answer.error or "The source could not be probed.")
         return answer.probe

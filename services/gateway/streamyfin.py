@@ -18,6 +18,7 @@ from aiohttp import web
 from services.gateway.downloads import serve_output
 from services.gateway.errors import json_response, read_json
 from services.gateway.jellyfin import JellyfinUser
+from services.gateway.jobs_common import check_public_source
 from services.gateway.state import Gateway, gateway
 from shared import jobstate
 from shared.errors import Conflict, Forbidden, NotFound, Unavailable
@@ -138,6 +139,9 @@ async def optimize_version(request: web.Request) -> web.Response:
             )
         )
     spec = await gw.fleet.within_ceilings(spec)
+    # the Jellyfin server, or where the outbound policy allows (the transcoder checks again on
+    # every connection ffmpeg makes)
+    await check_public_source(gw, url)
     item = body.item
     item_id = body.itemId or (str(item.get("Id")) if item and item.get("Id") else "")
     job = jobstate.new_job(

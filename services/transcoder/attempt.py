@@ -9,15 +9,20 @@ import msgspec
 import structlog
 
 from shared.blobstore import BlobStore, StoredBlob
-from shared.errors import StoreError
+from shared.errors import BadRequest, StoreError
 from shared.media.pipelines import PipelineChoice, choose_pipeline
 from shared.media.plan import Plan
-from shared.media.probe import ProbeResult
+from shared.media.probe import ProbeResult, is_http
 from shared.media.profiles import Profile
 from shared.messages.records import JobError
-from shared.sources import scrub
+from shared.messages.work import TranscodeWork
+from shared.sources import check_local_source, is_object_uri, scrub
+from shared.stores import Stores
 
 log = structlog.get_logger("vidmesh.transcoder")
+
+# A signed source URL outlives any transcode (S3 allows at most 7 days).
+SIGNED_SOURCE_SECONDS = 24 * 3600
 
 
 class TranscodeFailed(Exception):
@@ -104,3 +109,23 @@ def duration_of(probe: ProbeResult | None, hint: float | None) -> tuple[float | 
     if probe is not None and probe.size and probe.bit_rate:
         return probe.size * 8 / probe.bit_rate, True
     return None, True
+
+
+async def readable_source(work: TranscodeWork, stores: Stores, media_roots: list[str]) -> str:
+    """The source as ffmpeg reads it: a URL as given, an object through a signed URL (never
+    downloaded whole first), a local path only under a configured media root."""
+    source = work.source
+    if is_http(source):
+        return source
+    try:
+        if is_object_uri(source):
+            return await stores.object_source(work.owner, source, SIGNED_SOURCE_SECONDS)
+        return check_local_source(source, media_roots, resolve=True)
+    except BadRequest as exc:
+        raise TranscodeFailed(
+            JobError(code="source_refused", reason=exc.message, retryable=False)
+        ) from exc
+    except StoreError as exc:
+        raise TranscodeFailed(
+            JobError(code="source_unreachable", reason=exc.message, retryable=exc.retryable_now)
+        ) from exc

@@ -7,6 +7,8 @@ from typing import Annotated
 import msgspec
 
 from shared.config import CommonSettings
+from shared.media.inputs import SourceTLS, source_tls
+from shared.outbound import OutboundPolicy
 
 
 class TranscoderSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
@@ -47,10 +49,28 @@ class TranscoderSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     max_source_seconds: Annotated[float, msgspec.Meta(gt=0)] = 43200.0
     # the largest output (ffmpeg's -fs): an output that reaches it fails and is not stored.
     max_output_bytes: Annotated[int, msgspec.Meta(ge=1)] = 100 * 1024**3
+    # The Jellyfin server (JELLYFIN_URL, as the gateway has it): sources there are always allowed.
+    jellyfin_url: str = ""
+    # Verify the TLS certificates of https sources (false: accept any certificate).
+    source_tls_verify: bool = True
+    # CA bundle https sources are verified against; "": the system's bundle.
+    source_ca_file: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         cpu_list(self.cpus)  # a malformed list is a configuration error at start
+        source_tls(self.source_tls_verify, self.source_ca_file)  # a missing CA file too
+
+    @property
+    def source_policy(self) -> OutboundPolicy:
+        """Where sources may lead: the operator's networks, the Jellyfin server and the
+        service's own store endpoint (object sources are read through its signed URLs)."""
+        trusted = [url for url in (self.jellyfin_url, self.store_endpoint) if url]
+        return OutboundPolicy.parse(self.outbound_allow, trust=trusted)
+
+    @property
+    def source_tls(self) -> SourceTLS:
+        return source_tls(self.source_tls_verify, self.source_ca_file)
 
     @property
     def cpu_set(self) -> frozenset[int]:

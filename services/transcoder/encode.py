@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -16,6 +17,7 @@ from services.transcoder.attempt import (
 )
 from services.transcoder.limits import RunLimits, Watchdog, output_too_large
 from services.transcoder.progress import ProgressReporter
+from services.transcoder.source_proxy import SourceProxy, SourceRefused
 from services.transcoder.upload import OutputTooLarge, PipeUpload
 from shared.blobstore import BlobStore, StoredBlob
 from shared.errors import StoreError
@@ -25,22 +27,36 @@ from shared.runtime import stop_tasks
 from shared.sources import scrub
 
 
-async def encode(argv: list[str], reporter: ProgressReporter, watchdog: Watchdog) -> FfmpegResult:
-    """Run ffmpeg to its end; a limit the watchdog sees passed stops it at once (TranscodeFailed
-    with that limit's error), as does an output cut by `-fs` once ffmpeg exited."""
+class Proxied(NamedTuple):
+    """The attempt's source proxy and the environment ffmpeg runs with to use it."""
+
+    proxy: SourceProxy
+    env: dict[str, str]
+
+
+async def encode(
+    argv: list[str], reporter: ProgressReporter, watchdog: Watchdog, proxy: Proxied
+) -> FfmpegResult:
+    """Run ffmpeg to its end, its connections through the attempt's `proxy`; a limit the
+    watchdog sees passed stops it at once (TranscodeFailed with that limit's error), as do a
+    connection the proxy refuses and an output cut by `-fs` once ffmpeg exited."""
 
     def on_progress(report: FfmpegProgress) -> None:
         watchdog.saw(report)
         reporter.on_ffmpeg(report)
 
-    ffmpeg = asyncio.create_task(run_ffmpeg(argv, on_progress=on_progress))
+    run = run_ffmpeg(argv, on_progress=on_progress, env=proxy.env)
+    ffmpeg = asyncio.create_task(proxy.proxy.guarded(run))
     watching = asyncio.create_task(watchdog.run())
     try:
         racers: set[asyncio.Future[object]] = {ffmpeg, watching}  # type: ignore[arg-type]
         await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
         if not ffmpeg.done():
             raise TranscodeFailed(watching.result())
-        result = ffmpeg.result()
+        try:
+            result = ffmpeg.result()
+        except SourceRefused as exc:
+            raise TranscodeFailed(exc.error) from exc
     finally:
         # cancelling run_ffmpeg kills ffmpeg and waits for it
         await stop_tasks([ffmpeg, watching])
@@ -57,10 +73,10 @@ async def encode(argv: list[str], reporter: ProgressReporter, watchdog: Watchdog
 
 
 async def encode_to_file(
-    argv: list[str], out: Path, reporter: ProgressReporter, limits: RunLimits
+    argv: list[str], out: Path, reporter: ProgressReporter, limits: RunLimits, proxy: Proxied
 ) -> FfmpegResult:
     """Run ffmpeg into the scratch file `out` (the caller stores and removes it)."""
-    return await encode(argv, reporter, Watchdog(limits, output=out))
+    return await encode(argv, reporter, Watchdog(limits, output=out), proxy)
 
 
 async def encode_streaming(
@@ -70,6 +86,7 @@ async def encode_streaming(
     key: str,
     reporter: ProgressReporter,
     limits: RunLimits,
+    proxy: Proxied,
 ) -> tuple[FfmpegResult, StoredBlob]:
     """Run ffmpeg into a pipe whose bytes go to the store as they are written (multipart,
     hashed on the way); a store that fails stops ffmpeg, and a failed ffmpeg or an output that
@@ -81,7 +98,7 @@ async def encode_streaming(
     await upload.start()
     assert upload.pumping is not None
     watchdog = Watchdog(limits, sent=lambda: upload.sent)
-    encoding = asyncio.create_task(encode(argv, reporter, watchdog))
+    encoding = asyncio.create_task(encode(argv, reporter, watchdog, proxy))
     try:
         racers: set[asyncio.Future[object]] = {encoding, upload.pumping}  # type: ignore[arg-type]
         await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)

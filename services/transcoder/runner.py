@@ -23,26 +23,27 @@ from services.transcoder.attempt import (
     TranscodeFailed,
     cpu_choice,
     duration_of,
+    readable_source,
     scrub_argv,
     store_output,
 )
 from services.transcoder.config import TranscoderSettings
-from services.transcoder.encode import encode_streaming, encode_to_file
+from services.transcoder.encode import Proxied, encode_streaming, encode_to_file
 from services.transcoder.limits import RunLimits, source_refusal, time_limit, with_output_limit
 from services.transcoder.names import OutputNames
 from services.transcoder.node import NodeState
 from services.transcoder.progress import ProgressReporter
 from services.transcoder.records import RenditionRecords
 from services.transcoder.sessions import SessionRecorder, session_id
+from services.transcoder.source_proxy import SourceAccess, SourceProxy, SourceRefused
 from shared.blobstore import BlobStore, output_key
 from shared.consumer import Outcome
-from shared.errors import BadRequest, SourceError, StoreError
+from shared.errors import SourceError, StoreError
 from shared.fleet import Fleet
 from shared.media import (
     build_args,
     builtin,
     get_container,
-    is_http,
     make_plan,
     preset_profile,
     probe_async,
@@ -57,13 +58,10 @@ from shared.messages.work import WORK_DECODER, TranscodeWork
 from shared.natsio import describe
 from shared.recordstore import RecordStore
 from shared.runtime import stop_tasks
-from shared.sources import check_local_source, is_object_uri, scrub
+from shared.sources import scrub
 from shared.stores import Stores
 
 log = structlog.get_logger("vidmesh.transcoder")
-
-# A signed source URL outlives any transcode (S3 allows at most 7 days).
-SIGNED_SOURCE_SECONDS = 24 * 3600
 
 
 class WorkRunner:
@@ -81,9 +79,11 @@ class WorkRunner:
         node: NodeState,
         fleet: Fleet,
         output_names: OutputNames,
+        access: SourceAccess,
     ) -> None:
         self.node = node
         self.output_names = output_names
+        self.access = access
         self.fleet = fleet
         self.store = store
         self.stores = stores
@@ -135,7 +135,9 @@ class WorkRunner:
             asyncio.create_task(reporter.run()),
             asyncio.create_task(session.run()),
         ]
-        transcode = asyncio.create_task(self._transcode(work, r, reporter, session))
+        proxy = self.access.proxy()  # every connection of this attempt's probe and ffmpeg
+        await proxy.start()
+        transcode = asyncio.create_task(self._transcode(work, r, reporter, session, proxy))
         try:
             racers: set[asyncio.Future[object]] = {transcode, lost}  # type: ignore[arg-type]
             limit = self.settings.max_transcode_seconds
@@ -172,6 +174,7 @@ class WorkRunner:
             return await self.records.record_failure(r, error)
         finally:
             await stop_tasks([transcode, *helpers])
+            await proxy.close()
         await session.finish("succeeded", output=msgspec.to_builtins(output))
         return await self.records.record_success(r, output, time.monotonic() - started, reporter)
 
@@ -201,17 +204,23 @@ class WorkRunner:
         r: Rendition,
         reporter: ProgressReporter,
         session: SessionRecorder,
+        proxy: SourceProxy,
     ) -> Output:
         profile = preset_profile(work.profile, work.spec or builtin(work.profile))
         container = get_container(work.container)
-        source = await self._readable(work)
+        source = await readable_source(work, self.stores, self.settings.media_root_list)
         reporter.stage("probing")
         probe: ProbeResult | None = None
+        options = self.access.probe_options(source, proxy)
         try:
-            probe = await probe_async(source, timeout=self.settings.probe_timeout)
+            probe = await proxy.guarded(
+                probe_async(source, timeout=self.settings.probe_timeout, options=options)
+            )
         except SourceError as exc:
             # ffmpeg has the last word on whether the source is readable.
             log.warning("probe.failed", error=scrub(exc.message))
+        except SourceRefused as exc:
+            raise TranscodeFailed(exc.error) from exc
         else:
             await self.records.record_probe(r, probe)
             session.update(probe=msgspec.to_builtins(probe))
@@ -228,6 +237,7 @@ class WorkRunner:
             if probe is not None and probe.duration
             else self.settings.max_source_seconds,
         )
+        proxied = Proxied(proxy, self.access.ffmpeg_env(proxy))
         try:
             plan = make_plan(probe, profile, container)
         except SourceError as exc:
@@ -249,6 +259,7 @@ class WorkRunner:
                 container,
                 pipeline=choice,
                 threads=self.settings.ffmpeg_threads,
+                input_options=self.access.ffmpeg_options(source, proxy),
             )
             argv = with_output_limit(argv, self.settings.max_output_bytes)
             session.update(
@@ -264,9 +275,11 @@ class WorkRunner:
             reporter.stage("encoding")
             try:
                 if container.sequential and store.local_path(key) is None:
-                    result, stored = await encode_streaming(argv, out, store, key, reporter, limits)
+                    result, stored = await encode_streaming(
+                        argv, out, store, key, reporter, limits, proxied
+                    )
                 else:
-                    result = await encode_to_file(argv, out, reporter, limits)
+                    result = await encode_to_file(argv, out, reporter, limits, proxied)
                     stored = await store_output(store, key, out)
                 break
             except HardwareFailed as exc:
@@ -318,25 +331,6 @@ class WorkRunner:
             preference=preference,
             allowed=DEVICE_PIPELINES[pool.device if pool else "any"],
         )
-
-    async def _readable(self, work: TranscodeWork) -> str:
-        """The source as ffmpeg reads it: a URL as given, an object through a signed URL (never
-        downloaded whole first), a local path only under a configured media root."""
-        source = work.source
-        if is_http(source):
-            return source
-        try:
-            if is_object_uri(source):
-                return await self.stores.object_source(work.owner, source, SIGNED_SOURCE_SECONDS)
-            return check_local_source(source, self.settings.media_root_list, resolve=True)
-        except BadRequest as exc:
-            raise TranscodeFailed(
-                JobError(code="source_refused", reason=exc.message, retryable=False)
-            ) from exc
-        except StoreError as exc:
-            raise TranscodeFailed(
-                JobError(code="source_unreachable", reason=exc.message, retryable=exc.retryable_now)
-            ) from exc
 
     async def _target(
         self, work: TranscodeWork, r: Rendition, extension: str

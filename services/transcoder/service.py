@@ -22,12 +22,14 @@ from services.transcoder.config import TranscoderSettings
 from services.transcoder.names import OutputNames
 from services.transcoder.node import NodeState, export_worker
 from services.transcoder.runner import WorkRunner
+from services.transcoder.source_proxy import SourceAccess, SourceRefused
 from shared.consumer import Consumer, SlotLoops
 from shared.errors import BadRequest, SourceError, StoreError
 from shared.fleet import Fleet
 from shared.kv import TypedKV
 from shared.media import default_ffmpeg, ffmpeg_version, is_http, probe_async
 from shared.media.capabilities import CapabilityCache
+from shared.media.inputs import without_proxy_bypass
 from shared.messages import events as ev
 from shared.messages import rpc
 from shared.messages.fleet import WorkerInfo
@@ -84,6 +86,9 @@ class Transcoder(Service):
         self.scratch_root = scratch_root
         self.scratch = scratch_root / self.worker_id
         self.ffmpeg = settings.ffmpeg or default_ffmpeg()
+        # PyAV reads no_proxy in this process, and ffmpeg inherits it: it would skip the proxy
+        without_proxy_bypass()
+        self.access = SourceAccess.of(settings.source_policy, settings.source_tls, os.environ)
         self._loops: SlotLoops | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._probes: Subscription | None = None
@@ -126,6 +131,7 @@ class Transcoder(Service):
             node=self.node,
             fleet=Fleet(buckets),
             output_names=OutputNames(TypedKV(buckets.outputnames, OutputNameClaim)),
+            access=self.access,
         )
         pool = self.settings.pool
         # Slots bound what runs; max_ack_pending only bounds un-acked items of all transcoders.
@@ -179,9 +185,12 @@ class Transcoder(Service):
                 source = await self.stores.object_source(request.owner, source, 600)
             elif not is_http(source):
                 source = check_local_source(source, self.settings.media_root_list, resolve=True)
-            reply = rpc.ProbeReply(
-                probe=await probe_async(source, timeout=self.settings.probe_timeout)
-            )
+            async with self.access.proxy() as proxy:
+                options = self.access.probe_options(source, proxy)
+                probe = probe_async(source, timeout=self.settings.probe_timeout, options=options)
+                reply = rpc.ProbeReply(probe=await proxy.guarded(probe))
+        except SourceRefused as exc:
+            reply = rpc.ProbeReply(error=exc.reason, code="source_refused")
         except (SourceError, BadRequest, StoreError) as exc:
             reply = rpc.ProbeReply(
                 error=scrub(exc.message), retryable=getattr(exc, "retryable_now", exc.retryable)

@@ -7,6 +7,7 @@ the source (always the argument of `-i`) and the output path (always last).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
@@ -86,8 +87,11 @@ def build_args(
     http_source: bool | None = None,
     pipeline: PipelineChoice | None = None,
     threads: int = 0,
+    input_options: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The full ffmpeg argv (binary first, output path last) that carries out `plan`.
+
+    `input_options` go before `-i` (shared.media.inputs: the proxy, protocols and TLS checks).
 
     `pipeline` (from `choose_pipeline`) moves decoding, scaling and encoding onto a GPU; None or
     "cpu", or a plan that encodes no video, gives the software argv. ValueError when the choice
@@ -100,6 +104,7 @@ def build_args(
     input_kwargs: dict[str, Any] = {}
     if is_http(source) if http_source is None else http_source:
         input_kwargs.update(RECONNECT_ARGS, rw_timeout=HTTP_RW_TIMEOUT_US)
+    input_kwargs.update(input_options or {})
     if hardware is not None:
         global_args += _device_args(hardware)
         if _gpu_frames(hardware):

@@ -45,11 +45,16 @@ class FfmpegRun:
     """One ffmpeg process: start it, follow its progress, wait for it, or stop it."""
 
     def __init__(
-        self, argv: list[str], on_progress: Callable[[FfmpegProgress], None] | None = None
+        self,
+        argv: list[str],
+        on_progress: Callable[[FfmpegProgress], None] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         if not argv:
             raise ValueError("argv must name the ffmpeg binary")
         self._argv = list(argv)
+        self._env = dict(env) if env is not None else None
         self._on_progress = on_progress
         self._process: asyncio.subprocess.Process | None = None
         self._readers: list[asyncio.Task[None]] = []
@@ -81,6 +86,7 @@ class FfmpegRun:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env=self._env,
             # own session: a Ctrl-C on the service's terminal must not kill ffmpeg behind its back
             start_new_session=True,
         )
@@ -184,10 +190,14 @@ class FfmpegRun:
 
 
 async def run_ffmpeg(
-    argv: list[str], on_progress: Callable[[FfmpegProgress], None] | None = None
+    argv: list[str],
+    on_progress: Callable[[FfmpegProgress], None] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
 ) -> FfmpegResult:
-    """Start ffmpeg and wait for it; if the awaiting task is cancelled, kill ffmpeg and re-raise."""
-    run = FfmpegRun(argv, on_progress)
+    """Start ffmpeg and wait for it; if the awaiting task is cancelled, kill ffmpeg and re-raise.
+    `env`: its environment (None: this process's)."""
+    run = FfmpegRun(argv, on_progress, env=env)
     await run.start()
     try:
         return await run.wait()
@@ -248,6 +258,12 @@ _NETWORK_TROUBLE = (
     "temporary failure in name resolution",
     "name or service not known",
 )
+# OpenSSL (ffmpeg) and GnuTLS (PyAV) wordings of a certificate that did not verify
+_CERTIFICATE_FAILED = (
+    "certificate verify failed",
+    "certificate is not trusted",
+    "error in the certificate verification",
+)
 _SOURCE_INVALID = {
     "invalid data found when processing input": "it is not a video ffmpeg can read",
     "moov atom not found": "the file is incomplete or damaged (moov atom not found)",
@@ -281,6 +297,13 @@ def classify_failure(stderr_tail: str, returncode: int) -> JobError:
         return JobError(
             code="source_refused",
             reason="The source could not be read: permission denied.",
+            detail=stderr_tail,
+        )
+    if any(p in text for p in _CERTIFICATE_FAILED):
+        return JobError(
+            code="source_untrusted",
+            reason="The source server's TLS certificate could not be verified; if a private CA "
+            "signed it, name that CA's bundle in VIDMESH_SOURCE_CA_FILE.",
             detail=stderr_tail,
         )
     trouble = next((t for t in _NETWORK_TROUBLE if t in text), None)

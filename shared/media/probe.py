@@ -7,6 +7,7 @@ only what `avformat_find_stream_info` reads. `probe` blocks; `probe_async` runs 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from fractions import Fraction
 from urllib.parse import urlsplit
 
@@ -77,15 +78,25 @@ def is_http(source: str) -> bool:
     return urlsplit(source).scheme.lower() in ("http", "https")
 
 
-def probe(source: str, *, timeout: float = 15.0) -> ProbeResult:
+def probe(
+    source: str, *, timeout: float = 15.0, options: Mapping[str, str] | None = None
+) -> ProbeResult:
     """Open `source` (local path or http(s) URL) and describe it. Blocks; see `probe_async`.
+
+    `options` are libavformat's (shared.media.inputs: the proxy, protocols and TLS checks).
 
     Raises SourceError: retryable for network trouble and server errors, not retryable for
     client errors (401/403/404), missing files and data that is not a readable media file.
     """
     try:
         # "replace": one badly encoded tag must not make a playable file unreadable
-        container = av.open(source, mode="r", timeout=(timeout, timeout), metadata_errors="replace")
+        container = av.open(
+            source,
+            mode="r",
+            options=dict(options or {}),
+            timeout=(timeout, timeout),
+            metadata_errors="replace",
+        )
     except av.error.FFmpegError as exc:
         raise _source_error(exc, source, timeout) from exc
     # av.open can return an OutputContainer only for mode="w"
@@ -102,9 +113,11 @@ def probe(source: str, *, timeout: float = 15.0) -> ProbeResult:
 
 
 # timeout bounds PyAV's open and reads inside the thread, not the await: hence the noqa
-async def probe_async(source: str, *, timeout: float = 15.0) -> ProbeResult:  # noqa: ASYNC109
+async def probe_async(  # noqa: ASYNC109
+    source: str, *, timeout: float = 15.0, options: Mapping[str, str] | None = None
+) -> ProbeResult:
     """`probe` run in a worker thread, so the event loop keeps serving while the source opens."""
-    return await asyncio.to_thread(probe, source, timeout=timeout)
+    return await asyncio.to_thread(probe, source, timeout=timeout, options=options)
 
 
 def _describe(container: InputContainer) -> ProbeResult:

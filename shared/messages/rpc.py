@@ -21,6 +21,8 @@ class ProbeReply(msgspec.Struct, frozen=True, kw_only=True):
     probe: ProbeResult | None = None
     error: str = ""
     retryable: bool = False
+    # "source_refused": the source led to an address the outbound policy refuses
+    code: str = ""
 
 
 PROBE_REQUEST = msgspec.json.Decoder(ProbeRequest)
