@@ -16,6 +16,8 @@ import aiohttp
 import pytest_asyncio
 from aiohttp import web
 
+from services.scheduler.access import AccessCheck, Verdict
+from shared.outbound import OutboundPolicy
 from tests.helpers import Client, System, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 
@@ -150,3 +152,34 @@ async def test_the_scheduler_keeps_dispatching_while_a_share_check_hangs(
         assert shared.shared and shared.rendition == original.rendition
     finally:
         await stop_system(system)
+
+
+async def test_a_share_check_keeps_to_the_outbound_policy() -> None:
+    """A source on an address the policy refuses is never asked: the job gets its own rendition
+    (whose transcode the transcoder's proxy refuses in turn); the trusted Jellyfin is asked."""
+    hits: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(status=206, body=b"x")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    refusing = AccessCheck(OutboundPolicy.parse(""), timeout=2)
+    trusting = AccessCheck(OutboundPolicy.parse("", trust=[f"http://127.0.0.1:{port}"]))
+    try:
+        refused = await refusing.answer(f"http://127.0.0.1:{port}/Videos/a/stream")
+        assert refused.verdict is Verdict.UNKNOWN and hits == []
+        named = await refusing.answer(f"http://localhost:{port}/Videos/a/stream")
+        assert named.verdict is Verdict.UNKNOWN and hits == []
+        allowed = await trusting.answer(f"http://127.0.0.1:{port}/Videos/a/stream")
+        assert allowed.verdict is Verdict.ALLOWED and hits == ["/Videos/a/stream"]
+    finally:
+        await refusing.close()
+        await trusting.close()
+        await runner.cleanup()

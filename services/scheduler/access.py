@@ -11,7 +11,11 @@ import aiohttp
 import msgspec
 import structlog
 
+from shared.errors import BadRequest
+from shared.outbound import OutboundPolicy, PolicyResolver, check_url
+
 log = structlog.get_logger("vidmesh.scheduler")
+
 
 class Verdict(enum.Enum):
     ALLOWED = "allowed"  # the source answered the job's own request with 2xx
@@ -32,9 +36,12 @@ class AccessCheck:
     """Asks the source for its first byte with the job's own URL, within `timeout` seconds.
 
     Redirects are not followed: a 3xx (often a login page) is no proof the job may read the media.
+    The request keeps to the outbound policy (every resolved address checked before connecting):
+    a source the policy refuses is no proof either, and the job's own transcode is refused too.
     """
 
-    def __init__(self, timeout: float = 5.0) -> None:
+    def __init__(self, policy: OutboundPolicy, timeout: float = 5.0) -> None:
+        self.policy = policy
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
@@ -44,8 +51,13 @@ class AccessCheck:
             # Object and local sources are keyed by owner or path: sharing them needs no check.
             return AccessAnswer(verdict=Verdict.ALLOWED, why="not http")
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=PolicyResolver(self.policy)),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                trust_env=False,
+            )
         try:
+            check_url(url, self.policy, what="The source")
             async with (
                 asyncio.timeout(self.timeout),
                 self._session.get(
@@ -53,7 +65,7 @@ class AccessCheck:
                 ) as response,
             ):
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError, BadRequest) as exc:
             return AccessAnswer(verdict=Verdict.UNKNOWN, why=type(exc).__name__)
         if 200 <= status < 300:
             return AccessAnswer(verdict=Verdict.ALLOWED, status=status, why=str(status))

@@ -7,6 +7,7 @@ from typing import Annotated
 import msgspec
 
 from shared.config import CommonSettings
+from shared.outbound import OutboundPolicy
 
 
 class SchedulerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
@@ -28,6 +29,13 @@ class SchedulerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True
     # Seconds a share check (the source's answer to a job's own URL) may take; no answer in time
     # gives the job its own rendition instead of another user's output.
     share_check_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # The Jellyfin server (JELLYFIN_URL): share checks may reach it whatever its address.
+    jellyfin_url: str = ""
+
+    @property
+    def policy(self) -> OutboundPolicy:
+        """Where share checks may connect: the outbound policy, and the Jellyfin server."""
+        return OutboundPolicy.parse(self.outbound_allow, trust=[self.jellyfin_url])
 
     @property
     def keep_seconds(self) -> float:
