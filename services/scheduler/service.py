@@ -118,7 +118,16 @@ class Scheduler(Service):
             # A change of one job can free (or fill) its device's share: look at its held jobs.
             if record is not None:
                 self._dirty_jobs.update(j.id for j in self.view.held_in_order(record.device_id))
+                self._dirty_jobs.update(j.id for j in self._admissible_next(record.owner))
         self._wake.set()
+
+    def _admissible_next(self, owner: str) -> list[JobRecord]:
+        """The user's waiting jobs that the active limit has room for now (the first in line)."""
+        limit = self.settings.max_active_jobs_per_user
+        waiting = self.view.waiting_in_order(owner)
+        if not limit:
+            return waiting
+        return waiting[: max(0, limit - self.view.active_count(owner))]
 
     def _rendition_changed(self, key: str, old: Rendition | None, new: Rendition | None) -> None:
         self._dirty_renditions.add(key)
