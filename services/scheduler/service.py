@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from services.scheduler.access import AccessCheck
 from services.scheduler.commands import CommandHandler
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.dispatch import Dispatcher
+from services.scheduler.dispatch import Dispatcher, migrate_lease_sets
 from services.scheduler.events_repair import EventRepair
 from services.scheduler.metrics import observe_job, sample_forever
 from services.scheduler.reconcile import Reconciler
@@ -24,7 +24,7 @@ from services.scheduler.view import View
 from shared.consumer import Consumer, SlotLoops
 from shared.kv import TypedKV
 from shared.messages.fleet import Pool, TranscodingSettings
-from shared.messages.records import JobRecord, LeaseSet, Rendition
+from shared.messages.records import JobRecord, Lease, LeaseSet, Rendition
 from shared.natsio import describe, ensure_topology, retention_of
 from shared.projection import Projection
 from shared.recordstore import RecordStore
@@ -77,10 +77,14 @@ class Scheduler(Service):
         for fleet in (self.pools, self.fleet_settings):
             fleet.listen(lambda *_: self._wake.set())  # a raised limit may let work out now
             await fleet.start()
+        lease_keys = TypedKV(buckets.leases, Lease)
+        await migrate_lease_sets(lease_keys, TypedKV(buckets.leases, LeaseSet))
+        self.leases = Projection(lease_keys, "scheduler.leases", nc=self.nc)
+        await self.leases.start()
         self.dispatcher = Dispatcher(
             self.store,
             self.view,
-            TypedKV(buckets.leases, LeaseSet),
+            self.leases,
             self.settings,
             self.pools,
             self.fleet_settings,
@@ -181,7 +185,8 @@ class Scheduler(Service):
             await self._loops.close(grace=5.0)
         # cancelled until they stop: their NATS requests can swallow a cancellation on 3.11
         await stop_tasks([t for t in (self._metrics_task, self._loop_task) if t is not None])
-        for projection in (self.jobs, self.renditions, self.pools, self.fleet_settings):
+        projections = (self.jobs, self.renditions, self.pools, self.fleet_settings, self.leases)
+        for projection in projections:
             await projection.stop()
         await self.access.close()
         log.info("scheduler.stopped", passes=self.passes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from shared import jobstate
-from shared.messages.records import JobRecord, JobStatus, Rendition
+from shared.messages.records import JobRecord, JobStatus, Rendition, RenditionState
 from shared.projection import Projection
 
 # The only face whose jobs come from devices (MAX_CACHED_PER_USER is its concept).
@@ -40,7 +40,11 @@ class View:
         self._admitted: dict[str, set[str]] = defaultdict(set)
         self._waiting: dict[str, set[str]] = defaultdict(set)
         self._waiting_sorted: dict[str, list[JobRecord]] = {}
+        self._pending: dict[str, set[str]] = defaultdict(set)
         jobs.listen(self._index)
+        renditions.listen(self._index_rendition)
+        for key, r in renditions.items():
+            self._index_rendition(key, None, r)
 
     def _index(self, key: str, old: JobRecord | None, new: JobRecord | None) -> None:
         if old is not None:
@@ -60,6 +64,21 @@ class View:
             elif waiting(new):
                 self._waiting[new.owner].add(key)
             self._waiting_sorted.pop(new.owner, None)
+
+    def _index_rendition(self, key: str, old: Rendition | None, new: Rendition | None) -> None:
+        if old is not None:
+            self._pending[old.pool].discard(key)
+        if new is not None and new.state is RenditionState.PENDING:
+            self._pending[new.pool].add(key)
+
+    def pending_pools(self) -> set[str]:
+        """Pools with a pending rendition."""
+        return {pool for pool, keys in self._pending.items() if keys}
+
+    def pending_in(self, pool: str) -> list[Rendition]:
+        """The pool's pending renditions (waiting for a lease)."""
+        found = (self.renditions.get(key) for key in self._pending.get(pool, ()))
+        return [r for r in found if r is not None]
 
     def jobs_of_rendition(self, key: str) -> list[JobRecord]:
         found = (self.jobs.get(job_id) for job_id in self._by_rendition.get(key, ()))
