@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import Any
 
 import aiohttp
 import pytest
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
-from structlog.testing import capture_logs
 
 from shared.kv import TypedKV
-from shared.messages.records import Lease, LeaseSet
+from shared.messages.records import Lease
 from shared.natsio import ensure_topology
 from tests.conftest import ALICE
 from tests.helpers import ADMIN_PASSWORD, Api, Client, System, eventually, start_system, stop_system
@@ -123,39 +121,5 @@ async def test_two_thousand_started_jobs_with_long_device_ids_leave_dispatch_wor
 
         await eventually(devices_counted, what="about 2,001 unique devices in the statistics")
         assert await largest_value(buckets.stats) < RECORD_BOUND
-    finally:
-        await stop_system(system)
-
-
-async def test_an_old_one_record_lease_set_is_migrated_into_lease_keys(
-    env: dict[str, str],
-) -> None:
-    # Given a leases bucket as an older version left it: one record per pool, every holder in it
-    system = await start_system(env, "storage")
-    try:
-        js = system.nc.jetstream()
-        buckets = await ensure_topology(js, system.names)
-        old = TypedKV(buckets.leases, LeaseSet)
-        holders = {
-            "a" * 40: Lease(generation=1, since=time.time()),
-            "b" * 40: Lease(generation=1, since=time.time(), manual=True),
-        }
-        await old.create("default", LeaseSet(pool="default", holders=holders))
-
-        # When the new scheduler starts
-        with capture_logs() as logs:
-            await system.start("scheduler")
-
-        # Then each holder became a lease key of its own and the old record is gone
-        migrated = [e for e in logs if e["event"] == "leases.migrated"]
-        assert migrated and migrated[0]["holders"] == 2
-        assert await old.get("default") is None
-        # ...and, their renditions being long gone, the leases are released
-        keys = TypedKV(buckets.leases, Lease)
-
-        async def released() -> bool:
-            return not await keys.values(under="default")
-
-        await eventually(released, what="the migrated leases of vanished renditions to go")
     finally:
         await stop_system(system)
