@@ -8,6 +8,7 @@ from typing import TypeVar
 import msgspec
 
 from shared.kv import TypedKV
+from shared.leases import leases_of
 from shared.media.presets import PresetSpec, within_ceilings
 from shared.messages.fleet import (
     DEFAULT_POOL,
@@ -17,7 +18,7 @@ from shared.messages.fleet import (
     TranscodingSettings,
     WorkerInfo,
 )
-from shared.messages.records import LeaseSet
+from shared.messages.records import Lease
 from shared.natsio import Buckets
 
 SETTINGS_KEY = "transcoding"
@@ -33,7 +34,7 @@ class Fleet:
         self.workers = TypedKV(buckets.workers, WorkerInfo)
         self.sessions = TypedKV(buckets.sessions, TranscodeSession)
         self.capabilities = TypedKV(buckets.capabilities, Capability)
-        self.leases = TypedKV(buckets.leases, LeaseSet)
+        self.leases = TypedKV(buckets.leases, Lease)
 
     async def pool(self, pool_id: str) -> Pool | None:
         """A pool by id; the default pool exists even before anyone configured it."""
@@ -67,9 +68,10 @@ class Fleet:
     async def all_sessions(self) -> list[TranscodeSession]:
         return sorted(await _values(self.sessions), key=lambda s: -s.started_at)
 
-    async def leases_of(self, pool_id: str) -> LeaseSet:
-        found = await self.leases.get(pool_id)
-        return found.value if found else LeaseSet(pool=pool_id)
+    async def leases_of(self, pool_id: str) -> list[Lease]:
+        """The pool's leases (one KV key each), ordered by rendition."""
+        found = await leases_of(self.leases, pool_id)
+        return sorted(found.values(), key=lambda lease: lease.rendition)
 
 
 async def _values(kv: TypedKV[T]) -> list[T]:

@@ -63,12 +63,13 @@ class TypedKV(Generic[T]):
         subjects = info.state.subjects or {}
         return sorted(subject[len(prefix) :] for subject in subjects)
 
-    async def values(self) -> dict[str, T]:
-        """Every key's current value, read in one pass over the bucket's stream by a consumer
-        that delivers the last message of each key (one request per key is ~7x slower at 2,000
-        keys). Deleted keys are left out."""
+    async def values(self, *, under: str = "") -> dict[str, T]:
+        """Every key's current value (only keys `<under>.*` when given), read in one pass over
+        the bucket's stream by a consumer that delivers the last message of each key (one
+        request per key is ~7x slower at 2,000 keys). Deleted keys are left out."""
         kv: Any = self.kv
         prefix: str = kv._pre
+        subjects = f"{prefix}{under}.>" if under else f"{prefix}>"
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
             ack_policy=AckPolicy.NONE,
@@ -76,7 +77,7 @@ class TypedKV(Generic[T]):
             mem_storage=True,
             num_replicas=1,
         )
-        sub = await kv._js.pull_subscribe(f"{prefix}>", stream=kv._stream, config=config)
+        sub = await kv._js.pull_subscribe(subjects, stream=kv._stream, config=config)
         found: dict[str, T] = {}
         name = ""
         try:

@@ -61,6 +61,7 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
             records.JobRecord,
             records.Rendition,
             records.Progress,
+            records.Lease,
             records.LeaseSet,
             records.Totals,
             records.StorageSummary,

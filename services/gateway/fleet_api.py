@@ -103,7 +103,7 @@ async def _pool_view(request: web.Request, pool: Pool) -> PoolView:
     gw = gateway(request)
     leases = await gw.fleet.leases_of(pool.id)
     workers = await gw.fleet.live_workers()
-    return _view(pool, workers, len(leases.holders), gw.names.work(pool.id))
+    return _view(pool, workers, len(leases), gw.names.work(pool.id))
 
 
 @API.route(
@@ -121,7 +121,7 @@ async def list_pools(request: web.Request) -> web.Response:
     views = []
     for pool in await gw.fleet.all_pools():
         leases = await gw.fleet.leases_of(pool.id)
-        views.append(_view(pool, workers, len(leases.holders), gw.names.work(pool.id)))
+        views.append(_view(pool, workers, len(leases), gw.names.work(pool.id)))
     return json_response(views)
 
 
@@ -246,11 +246,11 @@ async def delete_pool(request: web.Request) -> web.Response:
     if pool.id == DEFAULT_POOL:
         raise Conflict("The default pool cannot be deleted; disable it instead.")
     leases = await gw.fleet.leases_of(pool.id)
-    if leases.holders:
+    if leases:
         raise Conflict(
-            f"The pool {pool.id!r} has {len(leases.holders)} live lease(s); "
+            f"The pool {pool.id!r} has {len(leases)} live lease(s); "
             "disable it and wait for them to end.",
-            details={"leases": sorted(leases.holders)},
+            details={"leases": [lease.rendition for lease in leases]},
         )
     found = await gw.fleet.pools.get(pool.id)
     await gw.fleet.pools.delete(pool.id)

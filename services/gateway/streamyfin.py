@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -20,8 +20,8 @@ from services.gateway.errors import json_response, read_json
 from services.gateway.jellyfin import JellyfinUser
 from services.gateway.jobs_common import check_public_source
 from services.gateway.state import Gateway, gateway
-from shared import jobstate
-from shared.errors import Conflict, Forbidden, NotFound, Unavailable
+from shared import cardinality, jobstate
+from shared.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from shared.media import builtin, get_container, validate_preset
 from shared.messages import commands as cmd
 from shared.messages.records import JobRecord, JobStatus, Totals
@@ -44,14 +44,35 @@ HIDDEN_FROM_DEVICE = frozenset({JobStatus.CANCELLED, JobStatus.REMOVED})
 PROFILE = "optimized"
 
 
+# Client-supplied strings that are stored (ids, names) are bounded: records stay small.
+MAX_NAME = 200
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
+
+
 class OptimizeRequest(msgspec.Struct, kw_only=True):
     """Body of `POST /optimize-version`. Unknown fields are ignored: the client is third-party."""
 
-    url: str | None = None
-    fileExtension: str | None = None
-    deviceId: str | None = None
-    itemId: str | None = None
+    url: Annotated[str, msgspec.Meta(max_length=8192)] | None = None
+    fileExtension: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+    deviceId: Name | None = None
+    itemId: Name | None = None
     item: dict[str, Any] | None = None
+
+
+def check_item_names(item: dict[str, Any] | None) -> None:
+    """The Jellyfin item's id and name fields (`Id`, `Name`, `SeriesName`, `OriginalTitle`...)
+    are stored with the job: each at most MAX_NAME characters, like `deviceId` and `itemId`."""
+    for key, value in (item or {}).items():
+        if key == "Id":
+            text = "" if value is None else str(value)  # the item id when `itemId` is left out
+        else:
+            named = key.endswith(("Name", "Title")) and isinstance(value, str)
+            text = value if named else ""
+        if len(text) > MAX_NAME:
+            raise BadRequest(
+                f"Invalid request body: item.{key} is longer than {MAX_NAME} characters.",
+                details={"path": f"$.item.{key}"},
+            )
 
 
 class StreamyfinJob(msgspec.Struct, kw_only=True):
@@ -126,6 +147,7 @@ async def optimize_version(request: web.Request) -> web.Response:
     body: OptimizeRequest = await read_json(
         request, OptimizeRequest, max_bytes=gw.settings.max_body_bytes
     )
+    check_item_names(body.item)
     url = validate_http_url(body.url)
     if gw.settings.jellyfin_url and gw.settings.rebase_jellyfin_urls:
         url = rebase_on_jellyfin(url, gw.settings.jellyfin_url)
@@ -245,7 +267,9 @@ async def statistics(request: web.Request) -> web.Response:
             "totalTranscodes": totals.jobs_accepted,
             "activeJobs": counts.get(JobStatus.RUNNING, 0),
             "completedJobs": totals.jobs_completed,
-            "uniqueDevices": len(totals.devices),
+            "uniqueDevices": cardinality.estimate(
+                cardinality.add(totals.unique_devices, totals.devices)
+            ),
             "cacheBytes": cache_bytes,
             "cachedFiles": storage.files if storage else 0,
             "queuedJobs": counts.get(JobStatus.QUEUED, 0) + counts.get(JobStatus.HELD, 0),

@@ -17,6 +17,9 @@ class SchedulerSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True
     max_concurrent_jobs: Annotated[int, msgspec.Meta(ge=1)] = 1
     # Finished-but-not-downloaded plus running jobs a device may have; 0 means unlimited.
     max_cached_per_user: Annotated[int, msgspec.Meta(ge=0)] = 10
+    # A user's jobs admitted at once (attached to a rendition: waiting for a slot or running),
+    # on either face; more wait as `queued` and are admitted in order; 0 means unlimited.
+    max_active_jobs_per_user: Annotated[int, msgspec.Meta(ge=0)] = 500
     # Hours an output is kept after its job completed (or after its download was confirmed).
     time_to_keep_files: Annotated[float, msgspec.Meta(gt=0)] = 8.0
     # Delete an output as soon as its client confirms the download (if no other job holds it).

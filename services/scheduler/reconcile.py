@@ -13,7 +13,7 @@ import structlog
 
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.sharing import ShareChecks
-from services.scheduler.view import View
+from services.scheduler.view import View, device_limited
 from shared import jobstate
 from shared.messages import commands
 from shared.messages.records import JobRecord, JobStatus, Rendition, RenditionState
@@ -67,15 +67,23 @@ class Reconciler:
                 log.info("job.purged", job_id=job.id)
 
     async def place(self, job: JobRecord) -> None:
-        """A queued job without a rendition: hold it for its device's limit, or attach it."""
+        """A queued job without a rendition: hold it for its device's limit, leave it queued
+        while its user has enough jobs admitted, or attach it."""
         if self.sharing is not None and self.sharing.pending(job.id):
             return  # its share check is still out: it is placed when the answer comes back
         now = time.time()
         limit = self.settings.max_cached_per_user
-        if limit and not job.manual_start and self.view.device_load(job.device_id) >= limit:
+        if (
+            limit
+            and not job.manual_start
+            and device_limited(job)
+            and self.view.device_load(job.device_id) >= limit
+        ):
             await self.store.change_job(job.id, _unattached(lambda j: jobstate.hold(j, now)))
             log.info("job.held", job_id=job.id, device=job.device_id, limit=limit)
             return
+        if not job.manual_start and not self._admissible(job):
+            return  # stays queued; admitted in order as the user's other jobs end
         key = jobstate.rendition_key_of(job)
         created: list[bool] = []
 
@@ -110,6 +118,17 @@ class Reconciler:
             log.info("job.attached", job_id=job.id, rendition=key, shared=shared)
             await self._follow(attached, now)
 
+    def _admissible(self, job: JobRecord) -> bool:
+        """Whether the user's active limit has room for this job: it must be among the user's
+        oldest waiting jobs that fit, so waiting jobs are admitted in the order they came."""
+        limit = self.settings.max_active_jobs_per_user
+        if not limit:
+            return True
+        free = limit - self.view.active_count(job.owner)
+        if free <= 0:
+            return False
+        return any(first.id == job.id for first in self.view.waiting_in_order(job.owner)[:free])
+
     async def _follow(self, job: JobRecord, now: float) -> None:
         """An attached job takes on its rendition's state."""
         assert job.rendition is not None
@@ -142,10 +161,12 @@ class Reconciler:
 
     async def _maybe_unhold(self, job: JobRecord, now: float) -> None:
         limit = self.settings.max_cached_per_user
+        if not device_limited(job):
+            limit = 0  # a native job held by an older version: the device limit is not its own
         free = limit - self.view.device_load(job.device_id) if limit else 1_000_000
         if free <= 0:
             return
-        first = self.view.held_in_order(job.device_id)[:free]
+        first = self.view.held_in_order(job.device_id)[:free] if limit else [job]
         if any(held.id == job.id for held in first):
             await self.store.change_job(job.id, _only(J.HELD, lambda j: jobstate.unhold(j, now)))
 

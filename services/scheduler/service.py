@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from services.scheduler.access import AccessCheck
 from services.scheduler.commands import CommandHandler
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.dispatch import Dispatcher
+from services.scheduler.dispatch import Dispatcher, migrate_lease_sets
 from services.scheduler.events_repair import EventRepair
 from services.scheduler.metrics import observe_job, sample_forever
 from services.scheduler.reconcile import Reconciler
@@ -25,7 +25,7 @@ from services.scheduler.view import View
 from shared.consumer import Consumer, SlotLoops
 from shared.kv import TypedKV
 from shared.messages.fleet import Pool, TranscodingSettings
-from shared.messages.records import JobRecord, LeaseSet, Rendition
+from shared.messages.records import JobRecord, Lease, LeaseSet, Rendition
 from shared.natsio import describe, ensure_topology, retention_of
 from shared.projection import Projection
 from shared.recordstore import RecordStore
@@ -81,10 +81,14 @@ class Scheduler(Service):
         for fleet in (self.pools, self.fleet_settings):
             fleet.listen(lambda *_: self._wake.set())  # a raised limit may let work out now
             await fleet.start()
+        lease_keys = TypedKV(buckets.leases, Lease)
+        await migrate_lease_sets(lease_keys, TypedKV(buckets.leases, LeaseSet))
+        self.leases = Projection(lease_keys, "scheduler.leases", nc=self.nc)
+        await self.leases.start()
         self.dispatcher = Dispatcher(
             self.store,
             self.view,
-            TypedKV(buckets.leases, LeaseSet),
+            self.leases,
             self.settings,
             self.pools,
             self.fleet_settings,
@@ -122,11 +126,20 @@ class Scheduler(Service):
             # A change of one job can free (or fill) its device's share: look at its held jobs.
             if record is not None:
                 self._dirty_jobs.update(j.id for j in self.view.held_in_order(record.device_id))
+                self._dirty_jobs.update(j.id for j in self._admissible_next(record.owner))
         self._wake.set()
 
     def _share_decided(self, job_id: str) -> None:
         self._dirty_jobs.add(job_id)
         self._wake.set()
+
+    def _admissible_next(self, owner: str) -> list[JobRecord]:
+        """The user's waiting jobs that the active limit has room for now (the first in line)."""
+        limit = self.settings.max_active_jobs_per_user
+        waiting = self.view.waiting_in_order(owner)
+        if not limit:
+            return waiting
+        return waiting[: max(0, limit - self.view.active_count(owner))]
 
     def _rendition_changed(self, key: str, old: Rendition | None, new: Rendition | None) -> None:
         self._dirty_renditions.add(key)
@@ -180,7 +193,8 @@ class Scheduler(Service):
             await self._loops.close(grace=5.0)
         # cancelled until they stop: their NATS requests can swallow a cancellation on 3.11
         await stop_tasks([t for t in (self._metrics_task, self._loop_task) if t is not None])
-        for projection in (self.jobs, self.renditions, self.pools, self.fleet_settings):
+        projections = (self.jobs, self.renditions, self.pools, self.fleet_settings, self.leases)
+        for projection in projections:
             await projection.stop()
         await self.sharing.close()
         await self.access.close()

@@ -6,29 +6,80 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from shared import jobstate
-from shared.messages.records import JobRecord, JobStatus, Rendition
+from shared.messages.records import JobRecord, JobStatus, Rendition, RenditionState
 from shared.projection import Projection
+
+# The only face whose jobs come from devices (MAX_CACHED_PER_USER is its concept).
+DEVICE_CLIENT = "streamyfin"
+
+
+def device_limited(job: JobRecord) -> bool:
+    """Whether the per-device cache limit applies: Streamyfin jobs only, never native ones."""
+    return job.client == DEVICE_CLIENT
+
+
+def admitted(job: JobRecord) -> bool:
+    """A job that counts toward its user's active limit: attached and waiting, or running."""
+    return (job.status is JobStatus.QUEUED and job.rendition is not None) or (
+        job.status is JobStatus.RUNNING
+    )
+
+
+def waiting(job: JobRecord) -> bool:
+    """A queued job not admitted yet (no rendition): the user's limit may be holding it."""
+    return job.status is JobStatus.QUEUED and job.rendition is None
 
 
 class View:
-    """Projections of both buckets, indexed by rendition and by device."""
+    """Projections of both buckets, indexed by rendition, by device and by owner."""
 
     def __init__(self, jobs: Projection[JobRecord], renditions: Projection[Rendition]) -> None:
         self.jobs = jobs
         self.renditions = renditions
         self._by_rendition: dict[str, set[str]] = defaultdict(set)
         self._by_device: dict[str, set[str]] = defaultdict(set)
+        self._admitted: dict[str, set[str]] = defaultdict(set)
+        self._waiting: dict[str, set[str]] = defaultdict(set)
+        self._waiting_sorted: dict[str, list[JobRecord]] = {}
+        self._pending: dict[str, set[str]] = defaultdict(set)
         jobs.listen(self._index)
+        renditions.listen(self._index_rendition)
+        for key, r in renditions.items():
+            self._index_rendition(key, None, r)
 
     def _index(self, key: str, old: JobRecord | None, new: JobRecord | None) -> None:
         if old is not None:
             if old.rendition:
                 self._by_rendition[old.rendition].discard(key)
             self._by_device[old.device_id].discard(key)
+            self._admitted[old.owner].discard(key)
+            self._waiting[old.owner].discard(key)
+            self._waiting_sorted.pop(old.owner, None)
         if new is not None:
             if new.rendition:
                 self._by_rendition[new.rendition].add(key)
-            self._by_device[new.device_id].add(key)
+            if device_limited(new):
+                self._by_device[new.device_id].add(key)
+            if admitted(new):
+                self._admitted[new.owner].add(key)
+            elif waiting(new):
+                self._waiting[new.owner].add(key)
+            self._waiting_sorted.pop(new.owner, None)
+
+    def _index_rendition(self, key: str, old: Rendition | None, new: Rendition | None) -> None:
+        if old is not None:
+            self._pending[old.pool].discard(key)
+        if new is not None and new.state is RenditionState.PENDING:
+            self._pending[new.pool].add(key)
+
+    def pending_pools(self) -> set[str]:
+        """Pools with a pending rendition."""
+        return {pool for pool, keys in self._pending.items() if keys}
+
+    def pending_in(self, pool: str) -> list[Rendition]:
+        """The pool's pending renditions (waiting for a lease)."""
+        found = (self.renditions.get(key) for key in self._pending.get(pool, ()))
+        return [r for r in found if r is not None]
 
     def jobs_of_rendition(self, key: str) -> list[JobRecord]:
         found = (self.jobs.get(job_id) for job_id in self._by_rendition.get(key, ()))
@@ -51,6 +102,7 @@ class View:
         return False
 
     def device_jobs(self, device_id: str) -> list[JobRecord]:
+        """The Streamyfin jobs of one device (native jobs have no device)."""
         found = (self.jobs.get(job_id) for job_id in self._by_device.get(device_id, ()))
         return [job for job in found if job is not None]
 
@@ -63,3 +115,20 @@ class View:
     def held_in_order(self, device_id: str) -> list[JobRecord]:
         held = [job for job in self.device_jobs(device_id) if job.status is JobStatus.HELD]
         return sorted(held, key=lambda job: job.created_at)
+
+    def active_count(self, owner: str) -> int:
+        """The user's admitted jobs (attached to a rendition and waiting for a slot, or running)."""
+        return len(self._admitted.get(owner, ()))
+
+    def waiting_in_order(self, owner: str) -> list[JobRecord]:
+        """The user's queued jobs not admitted yet, oldest first (cached until one changes)."""
+        cached = self._waiting_sorted.get(owner)
+        if cached is None:
+            found = (self.jobs.get(job_id) for job_id in self._waiting.get(owner, ()))
+            cached = sorted((job for job in found if job is not None), key=_order)
+            self._waiting_sorted[owner] = cached
+        return cached
+
+
+def _order(job: JobRecord) -> tuple[float, str]:
+    return job.created_at, job.id

@@ -14,6 +14,7 @@ from nats.aio.msg import Msg
 
 from services.statistics.config import StatisticsSettings
 from services.statistics.telemetry import Telemetry
+from shared import cardinality
 from shared.consumer import Consumer, Outcome, SlotLoops
 from shared.kv import TypedKV
 from shared.messages import events as ev
@@ -25,7 +26,6 @@ from shared.subjects import Names
 log = structlog.get_logger("vidmesh.statistics")
 
 TOTALS_KEY = "totals"
-MAX_DEVICES = 100_000
 
 
 def fold(totals: Totals, event: ev.Event, seq: int) -> Totals:
@@ -34,8 +34,11 @@ def fold(totals: Totals, event: ev.Event, seq: int) -> Totals:
     match event:
         case ev.JobAccepted(device_id=device):
             changes["jobs_accepted"] = totals.jobs_accepted + 1
-            if device and device not in totals.devices and len(totals.devices) < MAX_DEVICES:
-                changes["devices"] = [*totals.devices, device]
+            # the old record's list of ids moves into the bounded count with the first event
+            changes["unique_devices"] = cardinality.add(
+                totals.unique_devices, [*totals.devices, device]
+            )
+            changes["devices"] = []
         case ev.JobCompleted(shared=shared):
             changes["jobs_completed"] = totals.jobs_completed + 1
             if shared:

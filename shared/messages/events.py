@@ -18,6 +18,7 @@ compatible additions).
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -298,7 +299,13 @@ ENCODER = msgspec.json.Encoder()
 
 def tag_of(event: Event) -> str:
     """The event's stable tag, e.g. `job.completed`."""
-    info = msgspec.inspect.type_info(type(event))
+    return _tag_of_type(type(event))
+
+
+@functools.cache
+def _tag_of_type(cls: type[Event]) -> str:
+    # type_info evaluates the class's annotations: far too slow to repeat for every event
+    info = msgspec.inspect.type_info(cls)
     assert isinstance(info, msgspec.inspect.StructType)
     return str(info.tag)
 

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from shared.cardinality import DistinctCount
+
 Timestamp = Annotated[float, msgspec.Meta(description="Seconds since the Unix epoch (UTC)")]
 Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$", description="SHA-256, hex")]
 
@@ -173,16 +175,21 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Lease(msgspec.Struct, frozen=True, kw_only=True):
-    """A rendition's claim on one of a pool's concurrency slots."""
+    """A rendition's claim on one of a pool's concurrency slots: one KV key per lease,
+    `<pool>.slot.<n>` (n below the pool's limit) or `<pool>.manual.<rendition>` for a manual start
+    beyond it (see `shared.leases`), created and deleted only by compare-and-set."""
 
     generation: int
     since: Timestamp
     manual: bool = False
-    device: str = ""
+    # The rendition holding the slot, and its pool ("" only inside an old LeaseSet).
+    rendition: str = ""
+    pool: str = ""
 
 
 class LeaseSet(msgspec.Struct, frozen=True, kw_only=True):
-    """Every lease of one pool; changed only by compare-and-set."""
+    """Before leases had a key each: every lease of one pool in one record (key `<pool>`). Only
+    read to migrate it into lease keys when a scheduler starts; never written."""
 
     pool: str
     holders: dict[str, Lease] = {}
@@ -201,6 +208,10 @@ class Totals(msgspec.Struct, frozen=True, kw_only=True):
     shared_hits: int = 0
     media_seconds: float = 0.0
     bytes_produced: int = 0
+    # Distinct Streamyfin device ids seen, in bounded space (exact while few).
+    unique_devices: DistinctCount = DistinctCount()
+    # Before `unique_devices`: every device id itself (unbounded). Folded into it and emptied by
+    # the statistics service; never grown.
     devices: list[str] = []
 
 

@@ -1,0 +1,95 @@
+"""Leases are a KV key each: scheduler replicas racing for a pool's slots never run more than its
+limit, and a deployment upgraded from the one-record layout loses no lease."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from structlog.testing import capture_logs
+
+from services.scheduler.config import SchedulerSettings
+from services.scheduler.service import Scheduler
+from shared import config
+from shared.kv import TypedKV
+from shared.messages.records import Lease, LeaseSet
+from shared.natsio import ensure_topology
+from tests.conftest import ALICE
+from tests.helpers import Client, eventually, start_system, stop_system
+from tests.jellyfin_standin import JellyfinStandIn
+
+# The 20 s clip served at this rate takes several seconds: long enough to look at running jobs.
+SLOW = "100000"
+
+
+async def test_two_schedulers_never_run_more_than_the_pools_limit(
+    env: dict[str, str], http: aiohttp.ClientSession, jellyfin: JellyfinStandIn
+) -> None:
+    # Given two scheduler replicas, one slot per pool, and a transcoder that could run three
+    settings = {**env, "MAX_CONCURRENT_JOBS": "1", "VIDMESH_SLOTS": "3"}
+    system = await start_system(settings)
+    second = Scheduler(system.nc, config.load(SchedulerSettings, settings))
+    await second.start()
+    try:
+        alice = Client(http, system.url, ALICE)
+        ids = [
+            await alice.submit(
+                jellyfin.stream_url("long_ts", ALICE, kind="live", rate=SLOW, variant=str(n)),
+                device=f"device-{n}",
+            )
+            for n in range(3)
+        ]
+
+        async def running() -> list[str]:
+            _, jobs, _ = await alice.request("GET", "/all-jobs")
+            return [job["id"] for job in jobs if job["status"] == "optimizing"]
+
+        # When each running job is let go in turn, both replicas race to give out the slot
+        for _ in ids:
+            await eventually(running, what="a job to run")
+            await asyncio.sleep(1.0)  # part of the scenario: time for a second one to start
+            # Then only one runs at a time
+            now_running = await running()
+            assert len(now_running) == 1, now_running
+            status, body, _ = await alice.request("DELETE", f"/cancel-job/{now_running[0]}")
+            assert status == 200, body
+        for job_id in ids:
+            await alice.wait_status(job_id, "cancelled")
+    finally:
+        await second.shutdown()
+        await stop_system(system)
+
+
+async def test_an_old_one_record_lease_set_is_migrated_into_lease_keys(
+    env: dict[str, str],
+) -> None:
+    # Given a leases bucket as an older version left it: one record per pool, every holder in it
+    system = await start_system(env, "storage")
+    try:
+        js = system.nc.jetstream()
+        buckets = await ensure_topology(js, system.names)
+        old = TypedKV(buckets.leases, LeaseSet)
+        holders = {
+            "a" * 40: Lease(generation=1, since=time.time()),
+            "b" * 40: Lease(generation=1, since=time.time(), manual=True),
+        }
+        await old.create("default", LeaseSet(pool="default", holders=holders))
+
+        # When the new scheduler starts
+        with capture_logs() as logs:
+            await system.start("scheduler")
+
+        # Then each holder became a lease key of its own and the old record is gone
+        migrated = [e for e in logs if e["event"] == "leases.migrated"]
+        assert migrated and migrated[0]["holders"] == 2
+        assert await old.get("default") is None
+        # ...and, their renditions being long gone, the leases are released
+        keys = TypedKV(buckets.leases, Lease)
+
+        async def released() -> bool:
+            return not await keys.values(under="default")
+
+        await eventually(released, what="the migrated leases of vanished renditions to go")
+    finally:
+        await stop_system(system)
