@@ -184,6 +184,37 @@ async def test_signed_urls_download_without_headers_and_expire_in_their_token(
         assert resp.status == 401
 
 
+async def test_a_signed_url_stops_with_the_account_that_minted_it(
+    system: System, ann: Api, admin_api: Api, jellyfin: JellyfinStandIn, http: aiohttp.ClientSession
+) -> None:
+    # A signed URL is a credential like a token: a password change or a disabled account ends it
+    job = await ann.ok("POST", "/api/jobs", 201, json={"source": url_of(jellyfin, "fits")})
+    await ann.wait_job(job["id"], "completed", timeout=60)
+    link = (await ann.ok("POST", f"/api/jobs/{job['id']}/url"))["url"]
+    async with http.get(link) as resp:
+        assert resp.status == 200
+    changed = await ann.ok(
+        "PUT",
+        "/api/users/me/password",
+        json={"current_password": "password-123", "new_password": "password-456"},
+    )
+    async with http.get(link) as resp:
+        assert resp.status == 401 and (await resp.json())["error"]["code"] == "unauthorized"
+    ann.token = changed["access_token"]
+    link = (await ann.ok("POST", f"/api/jobs/{job['id']}/url"))["url"]
+    ann_id = (await ann.ok("GET", "/api/users/me"))["id"]
+    await admin_api.ok("PATCH", f"/api/admin/users/{ann_id}", json={"disabled": True})
+    async with http.get(link) as resp:
+        assert resp.status == 401
+    # Enabled again, links minted before stay dead (as its tokens do); new ones work
+    await admin_api.ok("PATCH", f"/api/admin/users/{ann_id}", json={"disabled": False})
+    async with http.get(link) as resp:
+        assert resp.status == 401
+    ann = await Api(http, system.url).as_user("ann", "password-456", register=False)
+    async with http.get((await ann.ok("POST", f"/api/jobs/{job['id']}/url"))["url"]) as resp:
+        assert resp.status == 200
+
+
 async def test_sources_must_be_http_or_under_a_media_root(
     env: dict[str, str], http: aiohttp.ClientSession, clips: dict[str, Path], tmp_path: Path
 ) -> None:

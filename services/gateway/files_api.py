@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import msgspec
 from aiohttp import web
 
-from services.gateway.api import API, Access
+from services.gateway.api import API, Access, caller
 from services.gateway.downloads import serve_output
 from services.gateway.errors import json_response
 from services.gateway.jobs_common import visible_job
@@ -73,7 +73,10 @@ async def job_url(request: web.Request) -> web.Response:
     if not jobstate.holds_output(job, time.time()):
         raise Conflict(f"Job {job.id} has no output to download ({job.status}).")
     seconds = gw.settings.signed_url_seconds
-    token, expires = gw.identity.sign_file_token(job.id, job.owner, seconds)
+    minter = gw.identity.users.get(caller(request).user_id)
+    if minter is None:
+        raise Unauthorized("This account no longer exists.")
+    token, expires = gw.identity.sign_file_token(job.id, job.owner, minter, seconds)
     url = str(request.url.with_path("/api/files").with_query({"token": token}))
     assert job.output is not None
     store = await gw.stores.get(job.output.store)
@@ -94,7 +97,7 @@ async def job_url(request: web.Request) -> web.Response:
 )
 async def signed_file(request: web.Request, query: FileQuery) -> web.StreamResponse:
     gw = gateway(request)
-    claims = gw.identity.decode(query.token, "file")
+    claims = gw.identity.file_claims(query.token)
     job = await gw.job(str(claims.get("job", "")))
     if job is None:
         raise NotFound("The job of this link no longer exists.")

@@ -274,11 +274,30 @@ class Identity:
         )
         return TokenPair(access_token=access, refresh_token=refresh, expires_in=access_seconds)
 
-    def sign_file_token(self, job_id: str, owner: str, seconds: int) -> tuple[str, int]:
-        """A token naming one job and its owner, for a download without headers."""
+    def sign_file_token(
+        self, job_id: str, owner: str, minted_by: User, seconds: int
+    ) -> tuple[str, int]:
+        """A token naming one job and its owner, for a download without headers. It is a
+        credential of the account that minted it: it ends with that account's tokens."""
         now = int(time.time())
-        token = self._sign({"sub": owner, "typ": "file", "job": job_id}, now, seconds)
+        claims = {
+            "sub": owner,
+            "typ": "file",
+            "job": job_id,
+            "by": minted_by.id,
+            "ver": minted_by.token_version,
+        }
+        token = self._sign(claims, now, seconds)
         return token, now + seconds
+
+    def file_claims(self, token: str) -> dict[str, object]:
+        """Claims of a signed URL's token whose minter still holds the access it had: not
+        disabled, no password change since, and still allowed to read the job's owner's jobs."""
+        claims = self.decode(token, "file")
+        minter = self.user_of({"sub": claims.get("by", ""), "ver": claims.get("ver")})
+        if minter.id != claims.get("sub") and RANK[minter.role] < RANK[Role.MODERATOR]:
+            raise Unauthorized("The token no longer grants access (account changed).")
+        return claims
 
     def _sign(self, claims: dict[str, object], now: int, seconds: int) -> str:
         body = {**claims, "iss": _ISSUER, "iat": now, "exp": now + seconds, "jti": uuid.uuid4().hex}
