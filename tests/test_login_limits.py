@@ -117,6 +117,9 @@ def test_the_client_address_is_the_peer_unless_the_peer_is_a_trusted_proxy() -> 
     assert client_address("10.1.2.3", "garbage", trusted) == "10.1.2.3"
     assert client_address("10.1.2.3", "", trusted) == "10.1.2.3"
     assert client_address("203.0.113.9", "198.51.100.1", trusted) == "203.0.113.9"
+    # A dual-stack socket names an IPv4 peer ::ffff:a.b.c.d: still the trusted proxy it is
+    assert client_address("::ffff:10.1.2.3", "198.51.100.1", trusted) == "198.51.100.1"
+    assert client_address("::ffff:203.0.113.9", "", []) == "203.0.113.9"
 
 
 async def test_a_flood_of_sign_ins_leaves_other_requests_answering(
@@ -147,5 +150,39 @@ async def test_a_flood_of_sign_ins_leaves_other_requests_answering(
         assert status == 200 and body
         assert answered_with < 25, answered_with
         await asyncio.gather(*flood)
+    finally:
+        await stop_system(system)
+
+
+async def test_an_ipv6_client_counts_as_its_whole_network(
+    env: dict[str, str], http: aiohttp.ClientSession
+) -> None:
+    # Behind a trusted proxy, a client with an IPv6 /64 (what one subscriber is handed) cannot
+    # spread its guesses over its own addresses; an IPv4 client behind a dual-stack proxy that
+    # writes it as ::ffff:a.b.c.d is the same client as a.b.c.d
+    system = await start_system(
+        {**env, "VIDMESH_LOGIN_ATTEMPTS": "3", "VIDMESH_TRUSTED_PROXIES": "127.0.0.0/8"},
+        "gateway",
+    )
+    try:
+        api = Api(http, system.url)
+
+        async def guess(name: str, forwarded: str) -> tuple[int, Any]:
+            status, body, _ = await api.call(
+                "POST",
+                "/api/auth/login",
+                json={"username": name, "password": WRONG},
+                headers={"X-Forwarded-For": forwarded},
+            )
+            return status, body
+
+        for n in range(3):
+            assert (await guess(f"user{n}", f"2001:db8:1:2::{n + 1}"))[0] == 401
+        status, body = await guess("user9", "2001:db8:1:2:ffff:ffff:ffff:ffff")
+        assert status == 429 and body["error"]["code"] == "too_many_requests"
+        assert (await guess("user9", "2001:db8:1:3::1"))[0] == 401  # another network
+        for n in range(3):
+            assert (await guess(f"other{n}", "198.51.100.7"))[0] == 401
+        assert (await guess("other9", "::ffff:198.51.100.7"))[0] == 429
     finally:
         await stop_system(system)

@@ -42,30 +42,48 @@ def trusted_networks(proxies: list[str]) -> list[Network]:
         raise SystemExit(f"VIDMESH_TRUSTED_PROXIES: {exc}") from None
 
 
+def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address, IPv4 written as IPv6 (`::ffff:a.b.c.d`, as a dual-stack socket or proxy
+    writes it) taken as the IPv4 address it is."""
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def client_address(peer: str | None, forwarded_for: str, proxies: list[str]) -> str:
     """Who is signing in: the peer, or behind trusted proxies the rightmost forwarded address
     that is not one of them (addresses further left are the client's to invent)."""
     networks = trusted_networks(proxies)
-    address = peer or "unknown"
+    peer_ip = _ip(peer or "")
+    address = str(peer_ip) if peer_ip is not None else peer or "unknown"
 
     def trusted(value: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(value)
-        except ValueError:
-            return False
-        return any(ip in network for network in networks)
+        ip = _ip(value)
+        return ip is not None and any(ip in network for network in networks)
 
     if not networks or not trusted(address):
         return address
     for hop in reversed([part.strip() for part in forwarded_for.split(",") if part.strip()]):
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
+        hop_ip = _ip(hop)
+        if hop_ip is None:
             return address  # a hop that is no address: believe nothing further left
         if not trusted(hop):
-            return hop
-        address = hop
+            return str(hop_ip)
+        address = str(hop_ip)
     return address
+
+
+def counted_as(address: str) -> str:
+    """What one client is for the per-address count: an IPv4 address, or an IPv6 address's
+    /64 (one subscriber is handed a whole /64, and could spread guesses over all of it)."""
+    ip = _ip(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip) if ip is not None else address
 
 
 class LoginLimits:
@@ -82,7 +100,8 @@ class LoginLimits:
     async def attempt(self, username: str, address: str) -> AsyncIterator[None]:
         """Take a place in both counts (429 when either is full), then run the sign-in: a
         wrong password keeps the places, a success clears the username's."""
-        user_key, address_key = _key("user", username.strip().lower()), _key("addr", address)
+        user_key = _key("user", username.strip().lower())
+        address_key = _key("addr", counted_as(address))
         await self._take(address_key)
         try:
             await self._take(user_key)
