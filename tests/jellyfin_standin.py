@@ -22,8 +22,20 @@ REDIRECT_TO_LOGIN = "bad-answer-redirect"  # 302 to that login page (which answe
 JSON_WITHOUT_ID = "bad-answer-json-without-id"  # 200 JSON object with a Name but no Id
 JSON_NOT_AN_OBJECT = "bad-answer-json-list"  # 200 JSON that is a list
 PLAIN_OK = "bad-answer-plain-ok"  # 200 text "OK"
+JSON_ID_NULL = "bad-answer-json-id-null"  # 200 JSON whose Id is null
+JSON_ID_NUMBER = "bad-answer-json-id-number"  # 200 JSON whose Id is a number
+HUGE_ANSWER = "bad-answer-huge"  # 200 JSON with an Id, padded to 8 MiB: no user's answer is
 SERVER_ERROR = "bad-answer-server-error"  # 500: Jellyfin is in trouble, not the token
-BAD_ANSWERS = (HTML_LOGIN, REDIRECT_TO_LOGIN, JSON_WITHOUT_ID, JSON_NOT_AN_OBJECT, PLAIN_OK)
+BAD_ANSWERS = (
+    HTML_LOGIN,
+    REDIRECT_TO_LOGIN,
+    JSON_WITHOUT_ID,
+    JSON_NOT_AN_OBJECT,
+    PLAIN_OK,
+    JSON_ID_NULL,
+    JSON_ID_NUMBER,
+    HUGE_ANSWER,
+)
 _LOGIN_PAGE = "<!DOCTYPE html><html><body><form action=/login>Sign in</form></body></html>"
 
 
@@ -77,6 +89,11 @@ class JellyfinStandIn:
             return web.json_response({"Name": "nobody", "Policy": {"IsAdministrator": True}})
         if token == JSON_NOT_AN_OBJECT:
             return web.json_response([{"Id": "user-list"}])
+        if token in (JSON_ID_NULL, JSON_ID_NUMBER):
+            return web.json_response({"Id": None if token == JSON_ID_NULL else 7, "Name": "x"})
+        if token == HUGE_ANSWER:
+            padding = "x" * (8 << 20)
+            return web.json_response({"Id": "huge", "Name": "huge", "Padding": padding})
         if token == SERVER_ERROR:
             return web.Response(status=500, text="Internal Server Error")
         user = self.users.get(token)

@@ -3,8 +3,8 @@
 Accepted: `Authorization: <raw token>` (what the Streamyfin app sends), `Authorization:
 MediaBrowser ..., Token="<token>"` (quoted or not, among other parameters; `Emby` too),
 `X-Emby-Authorization` in the same form, `X-Emby-Token` and `X-MediaBrowser-Token`. A token is
-checked with `GET /Users/Me` (no redirects followed; only a JSON object with an `Id` is a user) and
-the answer cached briefly, keyed by the token's hash.
+checked with `GET /Users/Me` (no redirects followed; only a JSON object with an `Id`, of at most
+1 MiB, is a user) and the answer cached briefly, keyed by the token's hash.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ _PARAM = re.compile(r'([A-Za-z][\w-]*)\s*=\s*(?:"([^"]*)"|([^,\s]*))')
 _SCHEMES = ("mediabrowser", "emby")
 _NEGATIVE_SECONDS = 5.0
 _MAX_CACHED = 10_000
+# A Jellyfin user (UserDto) is a few KiB; an answer larger than this names no user.
+_MAX_ANSWER_BYTES = 1 << 20
 
 
 class JellyfinUser(msgspec.Struct, frozen=True, kw_only=True):
@@ -171,7 +173,7 @@ class JellyfinAuth:
                     )
                 if response.status != 200:
                     return None
-                body = await response.read()
+                body = await _bounded_body(response)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning(
                 "jellyfin.unreachable", url=self.base_url, error=str(exc) or type(exc).__name__
@@ -180,6 +182,19 @@ class JellyfinAuth:
                 f"Jellyfin at {self.base_url} could not be reached to check the token."
             ) from exc
         return user_from_answer(body)
+
+
+async def _bounded_body(response: aiohttp.ClientResponse) -> bytes:
+    """The answer's body, or nothing once it grows past what a user's answer can be (it is
+    never held whole in memory)."""
+    if (response.content_length or 0) > _MAX_ANSWER_BYTES:
+        return b""
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(64 << 10):
+        body += chunk
+        if len(body) > _MAX_ANSWER_BYTES:
+            return b""
+    return bytes(body)
 
 
 def user_from_answer(body: bytes) -> JellyfinUser | None:
