@@ -186,3 +186,21 @@ async def test_an_ipv6_client_counts_as_its_whole_network(
         assert (await guess("other9", "::ffff:198.51.100.7"))[0] == 429
     finally:
         await stop_system(system)
+
+
+async def test_concurrent_guesses_at_one_username_however_written_stop_at_the_limit(
+    env: dict[str, str], sessions: dict[str, aiohttp.ClientSession]
+) -> None:
+    system = await start_system({**env, "VIDMESH_LOGIN_ATTEMPTS": "3"}, "gateway")
+    try:
+        await from_address(sessions, "127.0.0.9", system.url).as_user("ann")
+        spellings = ["ann", "ANN", " Ann ", "aNn\t"]
+        # 24 wrong guesses at once, from 24 addresses, at Ann written four ways
+        guesses = [
+            sign_in(from_address(sessions, f"127.0.1.{n + 1}", system.url), spellings[n % 4], WRONG)
+            for n in range(24)
+        ]
+        statuses = sorted(status for status, _, _ in await asyncio.gather(*guesses))
+        assert statuses == [401] * 3 + [429] * 21
+    finally:
+        await stop_system(system)

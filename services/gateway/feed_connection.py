@@ -91,18 +91,20 @@ async def guard_feed(
     changed = identity.watch_account(who.user_id)
     try:
         while True:
-            wait = every
-            if who.expires_at:
-                wait = min(wait, max(who.expires_at - time.time(), 0.0) + 0.05)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await changed.wait()
+            # Checked first as soon as the watch is set: a change made between the caller's
+            # sign-in and now would set no event for this feed.
             changed.clear()
             refusal = _refusal(recheck, who)
             if refusal:
                 log.info("feeds.access_ended", user_id=who.user_id, reason=refusal)
                 sub.close(f"Access ended: {refusal}", unauthorized=True)
                 return
+            wait = every
+            if who.expires_at:
+                wait = min(wait, max(who.expires_at - time.time(), 0.0) + 0.05)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await changed.wait()
     finally:
         identity.unwatch_account(who.user_id, changed)
 
