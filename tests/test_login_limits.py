@@ -204,3 +204,25 @@ async def test_concurrent_guesses_at_one_username_however_written_stop_at_the_li
         assert statuses == [401] * 3 + [429] * 21
     finally:
         await stop_system(system)
+
+
+async def test_a_longer_window_holds_after_a_restart_with_it(
+    env: dict[str, str], http: aiohttp.ClientSession
+) -> None:
+    # Given gateways that ran with a 3-second window (the counts' bucket was made for it)
+    short = await start_system({**env, "VIDMESH_LOGIN_WINDOW_MINUTES": "0.05"}, "gateway")
+    await short.stop()  # the namespace stays
+    await short.nc.close()
+    # When the operator restarts them with a 15-minute window and Ann's sign-ins are locked
+    system = await start_system({**env, "VIDMESH_LOGIN_ATTEMPTS": "2"}, "gateway")
+    try:
+        ann = Api(http, system.url)
+        await ann.as_user("ann")
+        for _ in range(2):
+            assert (await sign_in(ann, "ann", WRONG))[0] == 401
+        assert (await sign_in(ann, "ann", "password-123"))[0] == 429
+        await asyncio.sleep(4)  # the scenario: longer than the old window, far inside the new
+        # Then they stay locked for the new window, not the old one
+        assert (await sign_in(ann, "ann", "password-123"))[0] == 429
+    finally:
+        await stop_system(system)

@@ -191,22 +191,29 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
 
 
 async def _login_bucket(js: JetStreamContext, names: Names, settings: GatewaySettings) -> KeyValue:
-    """The failed sign-in counts; each is forgotten a window after its last change."""
+    """The failed sign-in counts; each is forgotten a window after its last change (the
+    configured window applies to a bucket made with another one too)."""
+    window = settings.login_window_minutes * 60
     try:
-        return await js.key_value(names.logins_bucket)
+        bucket = await js.key_value(names.logins_bucket)
     except NotFoundError:
         config = KeyValueConfig(
             bucket=names.logins_bucket,
             description="failed sign-ins per username and client address",
             history=1,
-            ttl=settings.login_window_minutes * 60,
+            ttl=window,
             storage=StorageType.FILE,
             replicas=settings.replicas,
         )
         try:
             return await js.create_key_value(config)
         except BadRequestError:  # another gateway made it just now
-            return await js.key_value(names.logins_bucket)
+            bucket = await js.key_value(names.logins_bucket)
+    info = await js.stream_info(f"KV_{names.logins_bucket}")
+    if abs((info.config.max_age or 0) - window) > 0.001:
+        await js.update_stream(info.config.evolve(max_age=window))
+        log.info("gateway.login_window", minutes=settings.login_window_minutes)
+    return bucket
 
 
 async def _first_admin(settings: GatewaySettings, identity: Identity) -> None:
