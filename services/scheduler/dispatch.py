@@ -53,6 +53,10 @@ R = RenditionState
 
 # A lease whose rendition never got dispatched (the scheduler died in between) is reclaimed.
 STALE_LEASE_SECONDS = 15.0
+# A released lease's delete marker is purged from the bucket this long after: every replica's
+# view has seen it by then (one that has not finds the key gone on its next full check), and the
+# bucket keeps no key per rendition ever leased.
+FORGET_RELEASED_SECONDS = 2 * STALE_LEASE_SECONDS / 3
 
 
 class Dispatcher:
@@ -93,6 +97,7 @@ class Dispatcher:
         self._device_of: dict[str, str] = {}
         self._slots: dict[str, set[int]] = defaultdict(set)  # automatic slots taken, per pool
         self._next_full_check = 0.0
+        self._next_forget = 0.0
         leases.listen(self._lease_changed)
         view.renditions.listen(self._rendition_changed)
         for key, lease in leases.items():
@@ -152,6 +157,15 @@ class Dispatcher:
             if room is not None:
                 room -= added
         return ok
+
+    async def forget_released(self) -> None:
+        """Purge old delete markers of released leases, now and then (a sweep calls it)."""
+        if time.monotonic() < self._next_forget:
+            return
+        self._next_forget = time.monotonic() + FORGET_RELEASED_SECONDS / 2
+        forgotten = await self.leases.store.forget_deleted(FORGET_RELEASED_SECONDS)
+        if forgotten:
+            log.info("leases.forgotten", keys=forgotten)
 
     async def _lease_pending(
         self, pool_id: str, limit: int, room: int | None, now: float
