@@ -100,3 +100,40 @@ async def test_jobs_past_the_per_user_active_limit_wait_queued_and_start_by_them
         await eventually(second_ended, what="the second job to be cancelled")
     finally:
         await stop_system(system)
+
+
+async def test_a_native_users_queue_does_not_go_ahead_of_another_users_job(
+    env: dict[str, str], http: aiohttp.ClientSession, jellyfin: JellyfinStandIn
+) -> None:
+    # Given two transcodes at once, both taken by one native user who has more waiting
+    system = await start_system({**env, "MAX_CONCURRENT_JOBS": "2", "VIDMESH_SLOTS": "2"})
+    try:
+        ann, ben = await users(http, system)
+        ids = [
+            (await ann.ok("POST", "/api/jobs", 201, json={"source": slow_source(jellyfin, n)}))[
+                "id"
+            ]
+            for n in range(4)
+        ]
+        statuses: dict[str, str] = {}
+
+        async def two_running() -> list[str] | None:
+            for job_id in ids:
+                statuses[job_id] = (await ann.ok("GET", f"/api/jobs/{job_id}"))["status"]
+            running = [job_id for job_id in ids if statuses[job_id] == "running"]
+            return running if len(running) == 2 else None
+
+        running = await eventually(two_running, what="two of ann's jobs to run")
+        # When another native user submits a job, and then a slot frees
+        other = await ben.ok("POST", "/api/jobs", 201, json={"source": slow_source(jellyfin, 9)})
+        await ann.ok("POST", f"/api/jobs/{running[0]}/cancel")
+
+        # Then the freed slot goes to the user who has none running (like two devices), not to
+        # the next of ann's jobs
+        bens = await ben.wait_job(other["id"], "running")
+        for job_id in ids:
+            if job_id not in running:
+                anns = await ann.ok("GET", f"/api/jobs/{job_id}")
+                assert anns["started_at"] is None or anns["started_at"] > bens["started_at"], anns
+    finally:
+        await stop_system(system)

@@ -92,3 +92,33 @@ async def test_a_cache_clear_keeps_the_orphan_grace_for_a_file_stored_a_moment_a
     assert body["freedBytes"] == 1000 * body["deletedFiles"] <= 1000, body
     await eventually(lambda: not stale.exists(), timeout=5, what="the stale orphan to go")
     assert fresh.exists() and fresh.stat().st_size == 1000
+
+
+async def test_a_cache_clear_leaves_the_callers_running_job_alone_and_a_user_without_jobs_clears_nothing(  # noqa: E501
+    system: System, alice: Client, bob: Client, jellyfin: JellyfinStandIn
+) -> None:
+    # Given Alice has a completed job, and another one still being transcoded
+    done = await alice.submit(jellyfin.stream_url("hevc", ALICE), device="alice-phone")
+    await alice.wait_status(done, "completed", timeout=60)
+    running = await alice.submit(
+        jellyfin.stream_url("long_ts", ALICE, kind="live", rate="100000"), device="alice-phone"
+    )
+    await alice.wait_status(running, "optimizing", timeout=30)
+    files = system.output_files()
+
+    # When Bob, who has no job at all, clears the cache
+    status, body, _ = await bob.request("DELETE", "/delete-cache")
+    # Then nothing is deleted, and that is a success
+    assert status == 200, body
+    assert (body["deletedFiles"], body["freedBytes"]) == (0, 0), body
+    assert system.output_files() == files
+
+    # When Alice clears the cache while her second job runs
+    status, body, _ = await alice.request("DELETE", "/delete-cache")
+    assert status == 200, body
+    assert body["deletedFiles"] == 1, body
+    # Then the finished output goes, and the running job carries on, completes and downloads
+    job = await alice.wait_status(running, "completed", "failed", timeout=90)
+    assert job["status"] == "completed", job
+    status, whole = await _download(alice, running)
+    assert status == 200 and hashlib.sha256(whole).hexdigest() == job["checksum"]

@@ -11,12 +11,14 @@ from structlog.testing import capture_logs
 
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.service import Scheduler
-from shared import config
+from shared import config, jobstate
 from shared.kv import TypedKV
+from shared.leases import slot_key
 from shared.messages.records import Lease, LeaseSet
 from shared.natsio import ensure_topology
+from shared.recordstore import RecordStore
 from tests.conftest import ALICE
-from tests.helpers import Client, eventually, start_system, stop_system
+from tests.helpers import Client, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 
 # The 20 s clip served at this rate takes several seconds: long enough to look at running jobs.
@@ -91,5 +93,93 @@ async def test_an_old_one_record_lease_set_is_migrated_into_lease_keys(
             return not await keys.values(under="default")
 
         await eventually(released, what="the migrated leases of vanished renditions to go")
+    finally:
+        await stop_system(system)
+
+
+async def lease_subjects(system: System) -> int:
+    """How many keys the leases bucket's stream holds: live leases and delete markers alike."""
+    buckets = await ensure_topology(system.nc.jetstream(), system.names)
+    return len(await TypedKV(buckets.leases, Lease).keys())
+
+
+async def test_the_leases_of_ended_renditions_leave_nothing_behind_in_the_bucket(
+    env: dict[str, str], http: aiohttp.ClientSession, jellyfin: JellyfinStandIn
+) -> None:
+    # Given the system without a transcoder yet, so every job waits for one with its lease
+    system = await start_system(env, "scheduler", "storage", "statistics", "notifier", "gateway")
+    try:
+        alice = Client(http, system.url, ALICE)
+        count = 12
+        ids = [
+            await alice.submit(
+                jellyfin.stream_url("fits", ALICE, variant=str(n)), device=f"device-{n}"
+            )
+            for n in range(count)
+        ]
+        # When each is started by hand (a lease key per rendition, beyond the pool's limit)...
+        for job_id in ids:
+            status, body, _ = await alice.request("POST", f"/start-job/{job_id}")
+            assert status == 200, body
+
+        async def all_leased() -> bool:
+            return await lease_subjects(system) >= count
+
+        await eventually(all_leased, what="every started job to hold a lease")
+        # ...and every one of them is transcoded and ends
+        await system.start("transcoder")
+        for job_id in ids:
+            await alice.wait_status(job_id, "completed", timeout=60)
+
+        # Then the bucket is left with no key per ended rendition: not even a delete marker,
+        # or the bucket (and every scheduler's start) grows with every job ever started
+        async def forgotten() -> bool:
+            return await lease_subjects(system) <= 1
+
+        await eventually(forgotten, timeout=60, what="the ended leases to leave no key behind")
+    finally:
+        await stop_system(system)
+
+
+async def test_a_lease_whose_scheduler_died_before_publishing_still_gets_its_job_done(
+    env: dict[str, str], http: aiohttp.ClientSession, jellyfin: JellyfinStandIn
+) -> None:
+    # Given what a scheduler killed mid-pass leaves: each job placed on its rendition and holding
+    # a slot's lease (one a moment ago, one long ago), but no work published for it
+    system = await start_system(env, "storage", "statistics", "notifier", "gateway")
+    try:
+        alice = Client(http, system.url, ALICE)
+        js = system.nc.jetstream()
+        buckets = await ensure_topology(js, system.names)
+        store = RecordStore(js, system.names, buckets)
+        leases = TypedKV(buckets.leases, Lease)
+        ids = []
+        for slot, age in enumerate((0.0, 3600.0)):
+            job_id = await alice.submit(
+                jellyfin.stream_url("fits", ALICE, variant=str(slot)), device=f"device-{slot}"
+            )
+            ids.append(job_id)
+            found = await store.jobs.get(job_id)
+            assert found is not None
+            now = time.time()
+            key = jobstate.rendition_key_of(found.value)
+            r = jobstate.new_rendition(key, found.value, now)
+            await store.change_rendition(key, lambda current, r=r: r if current is None else None)
+            attached = jobstate.attach(found.value, r, now, shared=False)
+            await store.change_job(job_id, lambda _, attached=attached: attached)
+            lease = Lease(generation=r.generation, since=now - age, rendition=key, pool="default")
+            await leases.create(slot_key("default", slot), lease)
+
+        # When a scheduler starts again
+        await system.start("scheduler", "transcoder")
+
+        # Then both jobs are transcoded, and their leases go once they end
+        for job_id in ids:
+            await alice.wait_status(job_id, "completed", timeout=60)
+
+        async def released() -> bool:
+            return not await leases.values(under="default")
+
+        await eventually(released, what="the leases of the ended renditions to go")
     finally:
         await stop_system(system)

@@ -17,8 +17,9 @@ import pytest_asyncio
 from aiohttp import web
 
 from services.scheduler.access import AccessCheck, Verdict
+from shared import jobstate
 from shared.outbound import OutboundPolicy
-from tests.helpers import Client, System, start_system, stop_system
+from tests.helpers import Client, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 
 FIRST = "token-first"
@@ -183,3 +184,75 @@ async def test_a_share_check_keeps_to_the_outbound_policy() -> None:
         await refusing.close()
         await trusting.close()
         await runner.cleanup()
+
+
+# The 20 s clip served at this rate takes several seconds: long enough to join it while it runs.
+SLOW = "100000"
+
+
+async def test_a_job_whose_own_url_answers_206_shares_an_output_still_being_made(
+    env: dict[str, str], http: aiohttp.ClientSession, media_server: CheckingJellyfin
+) -> None:
+    system = await _system(env, media_server, "5")
+    try:
+        # Given a first user's job still being transcoded
+        first = Client(http, system.url, FIRST)
+        first_id = await first.submit(
+            media_server.stream_url("long_ts", FIRST, kind="live", rate=SLOW), device="first"
+        )
+        await first.wait_status(first_id, "optimizing")
+
+        # When another user, whose own URL the source answers, asks for the same media
+        fine = Client(http, system.url, "token-fine")
+        job_id = await fine.submit(
+            media_server.stream_url("long_ts", "token-fine", kind="live", rate=SLOW), device="fine"
+        )
+
+        # Then that job joins the running transcode: the output is shared, not made twice
+        joined = await fine.wait_status(job_id, "optimizing")
+        record = system.scheduler.jobs.get(job_id)
+        original = system.scheduler.jobs.get(first_id)
+        assert record is not None and original is not None
+        assert record.shared and joined["shared"], joined
+        assert record.rendition == original.rendition
+    finally:
+        await stop_system(system)
+
+
+async def test_a_share_check_ends_with_its_job_when_the_job_is_cancelled(
+    env: dict[str, str], http: aiohttp.ClientSession, media_server: CheckingJellyfin
+) -> None:
+    system = await _system(env, media_server, "3")
+    try:
+        first = Client(http, system.url, FIRST)
+        first_id = await first.submit(media_server.stream_url("fits", FIRST), device="first")
+        await _completed(first, first_id)
+
+        # Given another user's job whose share check hangs
+        waiting = Client(http, system.url, "token-hangs")
+        job_id = await waiting.submit(
+            media_server.stream_url("fits", "token-hangs"), device="hangs"
+        )
+
+        def checking() -> bool:
+            return system.scheduler.sharing.pending(job_id)
+
+        await eventually(checking, what="the share check to be out")
+
+        # When the user cancels the job meanwhile
+        status, body, _ = await waiting.request("DELETE", f"/cancel-job/{job_id}")
+        assert status == 200, body
+
+        # Then the check ends with it, and nothing is made for a job nobody wants any more
+        def ended() -> bool:
+            return not system.scheduler.sharing.pending(job_id)
+
+        await eventually(ended, what="the share check to end")
+        assert (await waiting.job(job_id))["status"] == "cancelled"
+        record = system.scheduler.jobs.get(job_id)
+        original = system.scheduler.jobs.get(first_id)
+        assert record is not None and original is not None and original.rendition
+        own = jobstate.own_rendition_key(original.rendition, job_id)
+        assert system.scheduler.renditions.get(own) is None
+    finally:
+        await stop_system(system)

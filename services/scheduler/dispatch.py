@@ -53,6 +53,21 @@ R = RenditionState
 
 # A lease whose rendition never got dispatched (the scheduler died in between) is reclaimed.
 STALE_LEASE_SECONDS = 15.0
+# A released lease's delete marker is purged from the bucket this long after: every replica's
+# view has seen it by then (one that has not finds the key gone on its next full check), and the
+# bucket keeps no key per rendition ever leased.
+FORGET_RELEASED_SECONDS = 2 * STALE_LEASE_SECONDS / 3
+
+
+# Whose work a rendition is, for taking turns: a Streamyfin device, or a native API user (whose
+# jobs have no device: counted as one, every native user would wait behind the busiest).
+Client = tuple[str, str]
+NO_CLIENT: Client = ("", "")
+
+
+def client_of(r: Rendition) -> Client:
+    """The device the rendition was first asked for from, or else its owner."""
+    return ("device", r.first_device) if r.first_device else ("owner", r.owner)
 
 
 class Dispatcher:
@@ -88,11 +103,12 @@ class Dispatcher:
         self._of_pool: dict[str, dict[str, Lease]] = defaultdict(dict)
         self._keys_of: dict[str, set[str]] = defaultdict(set)
         self._recheck: dict[str, set[str]] = defaultdict(set)
-        # Leases per device (the first device of each leased rendition), per pool.
-        self._busy: dict[str, Counter[str]] = defaultdict(Counter)
-        self._device_of: dict[str, str] = {}
+        # Leases per client (see `client_of`) of each leased rendition, per pool.
+        self._busy: dict[str, Counter[Client]] = defaultdict(Counter)
+        self._client_of: dict[str, Client] = {}
         self._slots: dict[str, set[int]] = defaultdict(set)  # automatic slots taken, per pool
         self._next_full_check = 0.0
+        self._next_forget = 0.0
         leases.listen(self._lease_changed)
         view.renditions.listen(self._rendition_changed)
         for key, lease in leases.items():
@@ -104,7 +120,7 @@ class Dispatcher:
             return
         if old is not None:
             self._of_pool[pool].pop(key, None)
-            self._busy[pool][self._device_of.pop(key, "")] -= 1
+            self._busy[pool][self._client_of.pop(key, NO_CLIENT)] -= 1
             if (slot := slot_of(key)) is not None:
                 self._slots[pool].discard(slot)
             self._keys_of[old.rendition].discard(key)
@@ -113,8 +129,8 @@ class Dispatcher:
         if new is not None:
             self._of_pool[pool][key] = new
             leased = self.view.renditions.get(new.rendition)
-            self._device_of[key] = leased.first_device if leased else ""
-            self._busy[pool][self._device_of[key]] += 1
+            self._client_of[key] = client_of(leased) if leased else NO_CLIENT
+            self._busy[pool][self._client_of[key]] += 1
             if (slot := slot_of(key)) is not None:
                 self._slots[pool].add(slot)
             self._keys_of[new.rendition].add(key)
@@ -152,6 +168,15 @@ class Dispatcher:
             if room is not None:
                 room -= added
         return ok
+
+    async def forget_released(self) -> None:
+        """Purge old delete markers of released leases, now and then (a sweep calls it)."""
+        if time.monotonic() < self._next_forget:
+            return
+        self._next_forget = time.monotonic() + FORGET_RELEASED_SECONDS / 2
+        forgotten = await self.leases.store.forget_deleted(FORGET_RELEASED_SECONDS)
+        if forgotten:
+            log.info("leases.forgotten", keys=forgotten)
 
     async def _lease_pending(
         self, pool_id: str, limit: int, room: int | None, now: float
@@ -233,12 +258,12 @@ class Dispatcher:
         return r.state is R.PENDING and now - lease.since < STALE_LEASE_SECONDS
 
     def _pending_in_order(self, pool_id: str) -> list[Rendition]:
-        """Pending renditions someone waits for: manual starts first, then the least busy device."""
+        """Pending renditions someone waits for: manual starts first, then the least busy client."""
         pending = [r for r in self.view.pending_in(pool_id) if self.view.followers(r)]
         busy = self._busy[pool_id]
         return sorted(
             pending,
-            key=lambda r: (not r.manual, -r.priority, busy.get(r.first_device, 0), r.created_at),
+            key=lambda r: (not r.manual, -r.priority, busy.get(client_of(r), 0), r.created_at),
         )
 
     async def _publish(self, r: Rendition, now: float) -> None:

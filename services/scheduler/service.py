@@ -158,6 +158,12 @@ class Scheduler(Service):
                 self._dirty_renditions.update(key for key, _ in self.renditions.items())
                 next_sweep = time.monotonic() + self.settings.sweep_interval
                 await self.event_repair.run_once()
+                try:
+                    await self.dispatcher.forget_released()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("leases.forget_failed", **describe(exc))
             try:
                 await self.reconcile_pass()
             except asyncio.CancelledError:

@@ -17,7 +17,7 @@ import structlog
 
 from services.scheduler.access import AccessAnswer, AccessCheck, Verdict
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.view import View
+from services.scheduler.view import View, waiting
 from shared import jobstate
 from shared.messages.records import JobRecord, JobStatus, Rendition
 from shared.natsio import describe
@@ -44,6 +44,16 @@ class ShareChecks:
         self.access = access
         self._decided = decided  # the job is looked at again (its record may not have changed)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        view.jobs.listen(self._job_changed)
+
+    def _job_changed(self, key: str, old: JobRecord | None, new: JobRecord | None) -> None:
+        """A job that no longer waits for a rendition (cancelled, deleted...) needs no check: its
+        check ends at once rather than ask the source, and make a rendition, for nobody."""
+        task = self._tasks.get(key)
+        if task is None or (new is not None and waiting(new)):
+            return
+        if task is not asyncio.current_task():  # the check's own attach: it ends by itself
+            task.cancel()
 
     def pending(self, job_id: str) -> bool:
         """Whether the job's check is still in flight (the loop leaves the job alone)."""
@@ -79,6 +89,9 @@ class ShareChecks:
                     return  # it ended meanwhile: the next pass places the job anew
                 await self._attach(job, r, shared=True, now=now)
             case Verdict.UNKNOWN:
+                current = self.view.jobs.get(job.id)
+                if current is None or not waiting(current):
+                    return  # it was cancelled (or placed) meanwhile: nothing to make for it
                 own = jobstate.own_rendition_key(key, job.id)
                 pool = job.pool or self.settings.pool
 
