@@ -291,3 +291,80 @@ async def test_no_proxy_in_the_environment_does_not_open_a_way_around_the_policy
         assert forbidden.total == 0, forbidden.hits
     finally:
         await stop_system(system)
+
+
+VOBSUB_INDEX = (
+    "# VobSub index file, v7 (do not modify this line!)\n"
+    "size: 720x480\nid: en, index: 0\ntimestamp: 00:00:00:000, filepos: 000000000\n"
+)
+
+
+async def test_the_probe_verifies_the_https_servers_an_http_playlist_leads_to(
+    env: dict[str, str],
+    http: aiohttp.ClientSession,
+    hosts: tuple[Host, Host],
+    ca: tuple[trustme.CA, Path],
+) -> None:
+    # PyAV verifies only the connection it is handed `tls_verify` for: an http playlist naming
+    # https segments and keys had them fetched from a server whose certificate nobody checked.
+    allowed, _ = hosts
+    allowed.texts.update(
+        {
+            "tls-segments.m3u8": _playlist(f"{allowed.https_url}/seg.ts"),
+            "tls-key.m3u8": _playlist("seg.ts").replace(
+                "#EXTINF",
+                f'#EXT-X-KEY:METHOD=AES-128,URI="{allowed.https_url}/k.key"\n#EXTINF',
+                1,
+            ),
+            "k.key": "0123456789abcdef",
+        }
+    )
+    base = {**env, "VIDMESH_OUTBOUND_ALLOW": f"{ALLOWED}/32"}
+    system = await start_system(base, "scheduler", "storage", "statistics", "gateway")
+    try:
+        ann = await Api(http, system.url).as_user("ann")
+        await system.start("transcoder")
+        for path in ("tls-segments.m3u8", "tls-key.m3u8"):
+            source = f"{allowed.url}/{path}"
+            status, body, _ = await ann.call("POST", "/api/metadata", json={"source": source})
+            # Then the probe fails for the certificate, and the https server got no request
+            assert status != 200, (path, body)
+            assert "certificate" in body["error"]["message"], (path, body)
+        assert allowed.hits["seg.ts"] == 0 and allowed.hits["k.key"] == 0, allowed.hits
+        await system.stop("transcoder")
+        # With the private CA named, the same https segments are read (probe and ffmpeg)
+        system.env = {**base, "VIDMESH_SOURCE_CA_FILE": str(ca[1])}
+        await system.start("transcoder")
+        source = f"{allowed.url}/tls-segments.m3u8"
+        probe = await ann.ok("POST", "/api/metadata", json={"source": source})
+        assert probe["container"] == "hls" and probe["streams"], probe
+        job = await ann.ok("POST", "/api/jobs", 201, json={"source": source})
+        done = await ann.wait_job(job["id"], "completed", "failed", timeout=60)
+        assert done["status"] == "completed", done
+    finally:
+        await stop_system(system)
+
+
+async def test_nested_opens_without_the_probe_options_still_go_through_a_checking_proxy(
+    env: dict[str, str],
+    http: aiohttp.ClientSession,
+    hosts: tuple[Host, Host],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A VobSub index makes libavformat open its .sub without the options the probe was given,
+    # so PyAV falls back on the process's `http_proxy`: here an operator's proxy on a forbidden
+    # address, which a source could then reach past the policy.
+    allowed, forbidden = hosts
+    monkeypatch.setenv("http_proxy", forbidden.url)
+    allowed.texts["subs.idx"] = VOBSUB_INDEX
+    system = await start_system({**env, "VIDMESH_OUTBOUND_ALLOW": f"{ALLOWED}/32"})
+    try:
+        ann = await Api(http, system.url).as_user("ann")
+        source = f"{allowed.url}/subs.idx"
+        await ann.call("POST", "/api/metadata", json={"source": source})
+        job = await ann.ok("POST", "/api/jobs", 201, json={"source": source})
+        await ann.wait_job(job["id"], "failed", "completed", timeout=60)
+        assert allowed.hits["subs.sub"] >= 1, allowed.hits  # asked, through a checking proxy
+        assert forbidden.total == 0, forbidden.hits
+    finally:
+        await stop_system(system)

@@ -135,7 +135,7 @@ class WorkRunner:
             asyncio.create_task(reporter.run()),
             asyncio.create_task(session.run()),
         ]
-        proxy = self.access.proxy()  # every connection of this attempt's probe and ffmpeg
+        proxy = self.access.proxy()  # every connection of this attempt's ffmpeg
         await proxy.start()
         transcode = asyncio.create_task(self._transcode(work, r, reporter, session, proxy))
         try:
@@ -211,11 +211,13 @@ class WorkRunner:
         source = await readable_source(work, self.stores, self.settings.media_root_list)
         reporter.stage("probing")
         probe: ProbeResult | None = None
-        options = self.access.probe_options(source, proxy)
         try:
-            probe = await proxy.guarded(
-                probe_async(source, timeout=self.settings.probe_timeout, options=options)
-            )
+            # PyAV's own proxy, which verifies https servers as PyAV does not for nested URLs
+            async with self.access.probe_proxy() as checking:
+                options = self.access.probe_options(source, checking)
+                probe = await checking.guarded(
+                    probe_async(source, timeout=self.settings.probe_timeout, options=options)
+                )
         except SourceError as exc:
             # ffmpeg has the last word on whether the source is readable.
             log.warning("probe.failed", error=scrub(exc.message))

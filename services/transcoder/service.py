@@ -92,11 +92,18 @@ class Transcoder(Service):
         self._loops: SlotLoops | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._probes: Subscription | None = None
+        # PyAV's nested opens that are not handed the probe's options (a VobSub index's .sub,
+        # MLV's chunks...) use this process's `http_proxy`: a checking proxy too, never another
+        self._fallback = self.access.probe_proxy()
+        self._environ_proxy: str | None = None
         self._draining = False
         self._event_seq = 0
         self._last_health: tuple[str, str, tuple[str, ...]] | None = None
 
     async def start(self) -> None:
+        await self._fallback.start()
+        self._environ_proxy = os.environ.get("http_proxy")
+        os.environ["http_proxy"] = self._fallback.url
         js = self.nc.jetstream()
         buckets = await ensure_topology(
             js,
@@ -185,7 +192,7 @@ class Transcoder(Service):
                 source = await self.stores.object_source(request.owner, source, 600)
             elif not is_http(source):
                 source = check_local_source(source, self.settings.media_root_list, resolve=True)
-            async with self.access.proxy() as proxy:
+            async with self.access.probe_proxy() as proxy:
                 options = self.access.probe_options(source, proxy)
                 probe = probe_async(source, timeout=self.settings.probe_timeout, options=options)
                 reply = rpc.ProbeReply(probe=await proxy.guarded(probe))
@@ -305,3 +312,8 @@ class Transcoder(Service):
         await self._announce(ev.WorkerOffline(**self._worker_fields()))
         await self.node.stop()
         await asyncio.to_thread(shutil.rmtree, self.scratch, True)
+        if os.environ.get("http_proxy") == self._fallback.url:
+            os.environ.pop("http_proxy")  # what this process had before (another transcoder's)
+            if self._environ_proxy is not None:
+                os.environ["http_proxy"] = self._environ_proxy
+        await self._fallback.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -26,6 +27,9 @@ from typing import Any, Self, TypeVar
 import structlog
 from yarl import URL
 
+from services.transcoder.tls_origin import TLSOrigin
+from shared.errors import SourceError
+from shared.media.ffmpeg import UNTRUSTED_REASON
 from shared.media.inputs import SourceTLS, ffmpeg_env, ffmpeg_input_options, probe_options
 from shared.messages.records import JobError
 from shared.outbound import ALLOW_HINT, METADATA_HOSTS, OutboundPolicy
@@ -72,12 +76,17 @@ class Unreachable(Exception):
     """The host could not be resolved or connected to."""
 
 
+class Untrusted(Exception):
+    """The server's TLS certificate did not verify (a probe proxy's own TLS to the source)."""
+
+
 @dataclass
 class ProxyLog:
     """What the proxy refused during one attempt."""
 
     refused: list[str] = field(default_factory=list)  # address classes, in order
     first_refusal: asyncio.Event = field(default_factory=asyncio.Event)
+    untrusted: bool = False  # a server's certificate did not verify
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +97,21 @@ class SourceAccess:
     policy: OutboundPolicy
     tls: SourceTLS
     environ: dict[str, str]
+    origin: TLSOrigin
 
     @classmethod
     def of(cls, policy: OutboundPolicy, tls: SourceTLS, environ: Mapping[str, str]) -> SourceAccess:
-        return cls(policy, tls, ffmpeg_env(tls, environ))
+        return cls(policy, tls, ffmpeg_env(tls, environ), TLSOrigin.of(tls))
 
     def proxy(self) -> SourceProxy:
-        """A proxy for one attempt or probe (start it, or use it with `async with`)."""
+        """A proxy for one ffmpeg run (start it, or use it with `async with`): ffmpeg verifies
+        certificates itself, so https is only tunnelled."""
         return SourceProxy(self.policy)
+
+    def probe_proxy(self) -> SourceProxy:
+        """A proxy for PyAV (a probe, or this process's fallback): it verifies the certificates
+        of https servers itself, as PyAV does not for the URLs a source leads to."""
+        return SourceProxy(self.policy, tls_origin=self.origin)
 
     def ffmpeg_env(self, proxy: SourceProxy) -> dict[str, str]:
         """ffmpeg's environment for one attempt: `http_proxy` too, which ffmpeg falls back on
@@ -106,14 +122,21 @@ class SourceAccess:
         return ffmpeg_input_options(source, proxy=proxy.url, tls=self.tls)
 
     def probe_options(self, source: str, proxy: SourceProxy) -> dict[str, str]:
-        return probe_options(source, proxy=proxy.url, tls=self.tls)
+        return probe_options(source, proxy=proxy.url)
 
 
 class SourceProxy:
     """An HTTP + CONNECT forward proxy on 127.0.0.1 that only connects where the policy allows."""
 
-    def __init__(self, policy: OutboundPolicy, *, connect_timeout: float = CONNECT_SECONDS) -> None:
+    def __init__(
+        self,
+        policy: OutboundPolicy,
+        *,
+        connect_timeout: float = CONNECT_SECONDS,
+        tls_origin: TLSOrigin | None = None,
+    ) -> None:
         self.policy = policy
+        self.tls_origin = tls_origin
         self.connect_timeout = connect_timeout
         self.log = ProxyLog()
         self._server: asyncio.Server | None = None
@@ -170,6 +193,8 @@ class SourceProxy:
             await asyncio.gather(task, refused, return_exceptions=True)
         if self.refusal is not None:
             raise SourceRefused(self.refusal)
+        if self.log.untrusted and task.exception() is not None:
+            raise SourceError(UNTRUSTED_REASON, retryable=False) from task.exception()
         return task.result()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -202,8 +227,15 @@ class SourceProxy:
         except ValueError:
             await _answer(writer, 400, "Bad Request")
             return
+        # a probe proxy's CONNECT: its own TLS to the source, verified, and PyAV's TLS ended here
+        origin = self.tls_origin if method == "CONNECT" else None
         try:
-            up_reader, up_writer = await self._connect(host, port)
+            up_reader, up_writer = await self._connect(host, port, origin)
+        except Untrusted:
+            self.log.untrusted = True
+            log.warning("source.untrusted")
+            await _answer(writer, 502, "Certificate not verified")
+            return
         except Refused as exc:
             self.log.refused.append(exc.reason)
             self.log.first_refusal.set()
@@ -218,6 +250,8 @@ class SourceProxy:
             if method == "CONNECT":
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 await writer.drain()
+                if origin is not None:
+                    await writer.start_tls(origin.local)
             else:
                 up_writer.write(_origin_form(method, path, version, header_block))
                 await up_writer.drain()
@@ -226,9 +260,10 @@ class SourceProxy:
             up_writer.close()
 
     async def _connect(
-        self, host: str, port: int
+        self, host: str, port: int, origin: TLSOrigin | None = None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A connection to an address of `host` the policy allows (raises Refused/Unreachable)."""
+        """A connection to an address of `host` the policy allows, over TLS verified for `host`
+        with `origin` (raises Refused/Unreachable/Untrusted)."""
         name = host.strip("[]").rstrip(".").lower()
         trusted = self.policy.is_trusted(name, port)
         if name in METADATA_HOSTS and not trusted:
@@ -253,11 +288,18 @@ class SourceProxy:
             if refused is not None:
                 raise Refused(refused)
             raise Unreachable("no address")
+        tls = origin.remote if origin is not None else None
         for address in dict.fromkeys(allowed):
-            with contextlib.suppress(OSError, TimeoutError):
+            try:
                 async with asyncio.timeout(self.connect_timeout):
                     # the checked address itself: no second resolution that could differ
-                    return await asyncio.open_connection(address, port, limit=_CHUNK)
+                    return await asyncio.open_connection(
+                        address, port, limit=_CHUNK, ssl=tls, server_hostname=name if tls else None
+                    )
+            except ssl.SSLCertVerificationError:
+                raise Untrusted(name) from None
+            except (OSError, TimeoutError):
+                continue
         raise Unreachable("connection failed")
 
 

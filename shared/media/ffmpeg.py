@@ -258,6 +258,10 @@ _NETWORK_TROUBLE = (
     "temporary failure in name resolution",
     "name or service not known",
 )
+UNTRUSTED_REASON = (
+    "The source server's TLS certificate could not be verified; if a private CA signed it, "
+    "name that CA's bundle in VIDMESH_SOURCE_CA_FILE."
+)
 # OpenSSL (ffmpeg) and GnuTLS (PyAV) wordings of a certificate that did not verify
 _CERTIFICATE_FAILED = (
     "certificate verify failed",
@@ -302,8 +306,7 @@ def classify_failure(stderr_tail: str, returncode: int) -> JobError:
     if any(p in text for p in _CERTIFICATE_FAILED):
         return JobError(
             code="source_untrusted",
-            reason="The source server's TLS certificate could not be verified; if a private CA "
-            "signed it, name that CA's bundle in VIDMESH_SOURCE_CA_FILE.",
+            reason=UNTRUSTED_REASON,
             detail=stderr_tail,
         )
     trouble = next((t for t in _NETWORK_TROUBLE if t in text), None)

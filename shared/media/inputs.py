@@ -8,7 +8,9 @@ Checked with the wheel's ffmpeg 9.0.2 (OpenSSL) and PyAV's libavformat 62 (GnuTL
 - ffmpeg refuses an input option nothing consumed, so `tls_verify`/`ca_file` go only with https
   sources; the URLs an http(s) source leads to (redirects to https, HLS segments) are verified by
   ffmpeg's default (on), against `SSL_CERT_FILE`, which `ffmpeg_env` sets to the same bundle.
-- PyAV does not verify unless told to, and ignores options it does not use: it always gets them.
+- PyAV (GnuTLS) verifies only the connection handed `tls_verify`, never the URLs a source leads
+  to (HLS/DASH segments, keys, variants): so its proxy verifies every https server itself
+  (services.transcoder.tls_origin) and PyAV is told not to check the proxy's own certificate.
 """
 
 from __future__ import annotations
@@ -77,11 +79,12 @@ def ffmpeg_input_options(source: str, *, proxy: str, tls: SourceTLS) -> dict[str
     return options
 
 
-def probe_options(source: str, *, proxy: str, tls: SourceTLS) -> dict[str, str]:
-    """The options that make PyAV open `source` under the policy (it ignores unused ones)."""
+def probe_options(source: str, *, proxy: str) -> dict[str, str]:
+    """The options that make PyAV open `source` under the policy (it ignores unused ones). Its
+    TLS ends at the probe proxy, which verifies the source server (`tls_origin`)."""
     if not is_http(source):
         return {"protocol_whitelist": FILE_PROTOCOLS}
-    return {"protocol_whitelist": HTTP_PROTOCOLS, "http_proxy": proxy, **_tls_options(tls)}
+    return {"protocol_whitelist": HTTP_PROTOCOLS, "http_proxy": proxy, "tls_verify": "0"}
 
 
 def _tls_options(tls: SourceTLS) -> dict[str, str]:
