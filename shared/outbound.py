@@ -149,7 +149,8 @@ async def check_url_resolved(
     for result in found:
         reason = policy.refusal(_address_of(result))
         if reason is not None:
-            message = f"it resolves to {result['host']}, {reason}"
+            # the kind of address only: its value would map the operator's network for anyone
+            message = f"it resolves to {reason}"
             raise OutboundRefused(_refused_message(what, host, message))
 
 
@@ -177,7 +178,7 @@ class PolicyResolver(AbstractResolver):
             if refused is None:
                 kept.append(result)
             else:
-                reason = f"it resolves to {result['host']}, {refused}"
+                reason = f"it resolves to {refused}"
         if not kept:
             raise OutboundRefused(_refused_message("The request", name, reason))
         return kept

@@ -159,11 +159,13 @@ def test_the_jellyfin_server_is_always_allowed_and_only_it() -> None:
 async def test_a_name_that_resolves_to_a_private_address_is_refused_before_connecting() -> None:
     resolver = StandInResolver({"intranet.example": ["10.1.2.3"], "loop.example": ["127.0.0.1"]})
     async with OutboundClient(NOTHING, resolver=resolver) as client:
-        for host, shown in (("intranet.example", "10.1.2.3"), ("loop.example", "127.0.0.1")):
-            with pytest.raises(OutboundRefused, match=f"resolves to {shown}"):
+        for host, kind in (("intranet.example", "private"), ("loop.example", "loopback")):
+            with pytest.raises(OutboundRefused, match=f"resolves to a {kind}") as refused:
                 await client.request("GET", f"http://{host}/", timeout=5)
-    with pytest.raises(OutboundRefused, match="10.1.2.3"):
+            assert "10.1.2.3" not in str(refused.value) and "127.0.0.1" not in str(refused.value)
+    with pytest.raises(OutboundRefused, match="private network") as refused:
         await check_url_resolved("http://intranet.example/", NOTHING, resolver=resolver)
+    assert "10.1.2.3" not in str(refused.value)
 
 
 async def test_resolved_addresses_the_policy_refuses_are_dropped() -> None:
@@ -190,7 +192,7 @@ async def test_every_redirect_is_checked_again(site: Site) -> None:
     async with OutboundClient(policy, resolver=resolver) as client:
         for target, reason in (
             ("http://169.254.169.254/latest/meta-data/", "metadata"),
-            ("http://intranet.example/admin", "resolves to 10.1.2.3"),
+            ("http://intranet.example/admin", "resolves to a private network address"),
             (f"http://127.0.0.1:{free_port()}/", "loopback"),
         ):
             with pytest.raises(OutboundRefused, match=reason):
