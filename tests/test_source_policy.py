@@ -21,7 +21,7 @@ import trustme
 from aiohttp import web
 
 from tests.conftest import ALICE
-from tests.helpers import Api, Client, System, start_system, stop_system
+from tests.helpers import Api, Client, ServiceProcess, System, eventually, start_system, stop_system
 from tests.media_clips import make_clip
 
 pytestmark = pytest.mark.slow
@@ -349,16 +349,21 @@ async def test_nested_opens_without_the_probe_options_still_go_through_a_checkin
     env: dict[str, str],
     http: aiohttp.ClientSession,
     hosts: tuple[Host, Host],
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     # A VobSub index makes libavformat open its .sub without the options the probe was given,
     # so PyAV falls back on the process's `http_proxy`: here an operator's proxy on a forbidden
     # address, which a source could then reach past the policy.
     allowed, forbidden = hosts
-    monkeypatch.setenv("http_proxy", forbidden.url)
     allowed.texts["subs.idx"] = VOBSUB_INDEX
-    system = await start_system({**env, "VIDMESH_OUTBOUND_ALLOW": f"{ALLOWED}/32"})
+    settings = {**env, "VIDMESH_OUTBOUND_ALLOW": f"{ALLOWED}/32"}
+    # the transcoder as its own process, as deployed, whose environment names that proxy
+    system = await start_system(settings, "scheduler", "storage", "statistics", "gateway")
+    transcoder = ServiceProcess(
+        "transcoder", {**settings, "http_proxy": forbidden.url}, tmp_path / "transcoder.log"
+    ).start()
     try:
+        await eventually(lambda: '"service.ready"' in transcoder.log(), what="the transcoder")
         ann = await Api(http, system.url).as_user("ann")
         source = f"{allowed.url}/subs.idx"
         await ann.call("POST", "/api/metadata", json={"source": source})
@@ -367,4 +372,5 @@ async def test_nested_opens_without_the_probe_options_still_go_through_a_checkin
         assert allowed.hits["subs.sub"] >= 1, allowed.hits  # asked, through a checking proxy
         assert forbidden.total == 0, forbidden.hits
     finally:
+        transcoder.terminate()
         await stop_system(system)

@@ -20,4 +20,9 @@ def pin_to_configured_cpus(settings: TranscoderSettings) -> None:
 
 
 if __name__ == "__main__":
-    run_service("transcoder", TranscoderSettings, Transcoder, prepare=pin_to_configured_cpus)
+    run_service(
+        "transcoder",
+        TranscoderSettings,
+        lambda nc, settings: Transcoder(nc, settings, own_process=True),
+        prepare=pin_to_configured_cpus,
+    )

@@ -75,6 +75,7 @@ class Transcoder(Service):
         settings: TranscoderSettings,
         *,
         worker_id: str | None = None,
+        own_process: bool = False,
     ) -> None:
         super().__init__()
         self.nc = nc
@@ -93,17 +94,18 @@ class Transcoder(Service):
         self._heartbeat: asyncio.Task[None] | None = None
         self._probes: Subscription | None = None
         # PyAV's nested opens that are not handed the probe's options (a VobSub index's .sub,
-        # MLV's chunks...) use this process's `http_proxy`: a checking proxy too, never another
-        self._fallback = self.access.probe_proxy()
-        self._environ_proxy: str | None = None
+        # MLV's chunks...) use the process's `http_proxy`: a checking proxy too, never another.
+        # Only a transcoder that is its process (`python -m services.transcoder`) may set it:
+        # the environment is the whole process's.
+        self._fallback = self.access.probe_proxy() if own_process else None
         self._draining = False
         self._event_seq = 0
         self._last_health: tuple[str, str, tuple[str, ...]] | None = None
 
     async def start(self) -> None:
-        await self._fallback.start()
-        self._environ_proxy = os.environ.get("http_proxy")
-        os.environ["http_proxy"] = self._fallback.url
+        if self._fallback is not None:
+            await self._fallback.start()
+            os.environ["http_proxy"] = self._fallback.url
         js = self.nc.jetstream()
         buckets = await ensure_topology(
             js,
@@ -312,8 +314,5 @@ class Transcoder(Service):
         await self._announce(ev.WorkerOffline(**self._worker_fields()))
         await self.node.stop()
         await asyncio.to_thread(shutil.rmtree, self.scratch, True)
-        if os.environ.get("http_proxy") == self._fallback.url:
-            os.environ.pop("http_proxy")  # what this process had before (another transcoder's)
-            if self._environ_proxy is not None:
-                os.environ["http_proxy"] = self._environ_proxy
-        await self._fallback.close()
+        if self._fallback is not None:
+            await self._fallback.close()
