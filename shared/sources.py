@@ -35,6 +35,16 @@ SECRET_PARAMS = frozenset(
         "token",
         "access_token",
         "authorization",
+        # other media servers' tokens, API keys, and passwords put in a query
+        "x-plex-token",
+        "key",
+        "api-key",
+        "x-api-key",
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "client_secret",
         # S3 (SigV4) and GCS (V4, and V2's GoogleAccessId/Signature)
         "x-amz-signature",
         "x-amz-credential",
@@ -199,7 +209,8 @@ def redact(url: str) -> str:
 
 _SECRET_NAMES = "|".join(re.escape(name) for name in sorted(SECRET_PARAMS, key=len, reverse=True))
 _SECRET_IN_TEXT = re.compile(rf"(?i)([?&](?:{_SECRET_NAMES})=)[^&#\s'\"<>]+")
-_USERINFO_IN_TEXT = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/\s@'\"<>]+@")
+# up to the authority's last @ (a password may hold an unescaped one), never past its end
+_USERINFO_IN_TEXT = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/?#\s'\"<>]+@")
 
 
 def scrub(text: str) -> str:
