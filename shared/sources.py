@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from shared.errors import BadRequest
 
@@ -152,6 +152,8 @@ def rebase_on_jellyfin(url: str, jellyfin_url: str) -> str:
 def _media_route(path: str, jellyfin_base: str) -> str | None:
     """The Jellyfin media route `path` names, without its base path; None when it names none."""
     segments = path.split("/")[1:]
+    if any(unquote(s) in (".", "..") for s in segments):
+        return None  # the server resolves dot segments to some other route
     configured = [s.lower() for s in jellyfin_base.split("/") if s]
     starts = [0, 1]
     if configured and [s.lower() for s in segments[: len(configured)]] == configured:

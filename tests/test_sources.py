@@ -112,6 +112,10 @@ def test_jellyfin_media_routes_are_rebased(url: str, expected: str) -> None:
         "https://cdn.example/items/9/download/extra",
         "https://cdn.example/audio/track.mp3",
         "https://cdn.example/static/audio/42/track.mp3",
+        # dot segments: the server resolves them to another route (/System/Info, /Users)
+        "https://public.example/Videos/42/stream/../../../System/Info",
+        "https://public.example/Videos/42/stream/%2e%2e/%2E%2E/%2e%2e/Users",
+        "https://public.example/Videos/../Users/1/hls1/x",
     ],
 )
 def test_urls_that_are_not_jellyfin_media_routes_are_left_alone(url: str) -> None:
