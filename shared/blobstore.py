@@ -76,6 +76,11 @@ class BlobStore(Protocol):
 
     def local_path(self, key: str) -> Path | None: ...
 
+    def location(self, key: str) -> tuple[str, str]:
+        """The storage (its bucket, without the store's prefix) and the object's whole key there:
+        equal for every store that names the same object, however its prefix splits the key."""
+        ...
+
     def read_range(self, key: str, start: int, end: int) -> AsyncIterator[bytes]: ...
 
     async def presign(self, key: str, seconds: int) -> str | None: ...
@@ -191,6 +196,9 @@ class LocalBlobStore:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+    def location(self, key: str) -> tuple[str, str]:
+        return "local:", str(self._path(key))
 
     async def put_file(self, key: str, path: Path) -> StoredBlob:
         """Move `path` into the store as `key`, hashing it once (moved, or copied across disks)."""

@@ -61,6 +61,14 @@ class Unprocessable(VidmeshError):
     code = "unprocessable"
 
 
+class RequestTimeout(VidmeshError):
+    """The request body did not arrive whole within the time allowed."""
+
+    http_status = 408
+    code = "request_timeout"
+    retryable = True
+
+
 class PayloadTooLarge(VidmeshError):
     """The request body is larger than allowed."""
 

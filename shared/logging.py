@@ -30,7 +30,12 @@ def configure(level: str = "info", fmt: str = "auto", *, service: str = "") -> N
             structlog.processors.JSONRenderer(),
         ]
     else:
-        processors += [mask_secrets, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+        # the traceback as text first, so that what it quotes is masked too
+        processors += [
+            structlog.processors.format_exc_info,
+            mask_secrets,
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+        ]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -38,6 +43,25 @@ def configure(level: str = "info", fmt: str = "auto", *, service: str = "") -> N
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    # the libraries' own lines (asyncio, aiohttp, nats) quote URLs and exceptions as well
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _MaskSecretsFilter) for f in handler.filters):
+            handler.addFilter(_MaskSecretsFilter())
+
+
+class _MaskSecretsFilter(logging.Filter):
+    """Masks credentials in a standard-library log record: its message and its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = scrub(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
+        return True
 
 
 def mask_secrets(

@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import msgspec
 import obstore as obs
 import structlog
 from obstore.exceptions import BaseError
@@ -150,6 +151,8 @@ class ObjectBlobStore:
 
     def __init__(self, config: StoreConfig) -> None:
         self.name = store_name(config)
+        # the bucket itself, whatever part of it this store's prefix names
+        self._bucket = store_name(msgspec.structs.replace(config, prefix=""))
         self.kind: str = config.kind
         self._client = build_client(config)
         self._prefix = config.prefix.strip("/")
@@ -170,6 +173,9 @@ class ObjectBlobStore:
     def local_path(self, key: str) -> Path | None:
         check_key(key)
         return None
+
+    def location(self, key: str) -> tuple[str, str]:
+        return self._bucket, self._full(key)
 
     async def put_file(self, key: str, path: Path) -> StoredBlob:
         """Upload a file in parts, streaming and hashing it once; the file itself is left in

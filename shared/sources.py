@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from shared.errors import BadRequest
 
@@ -35,6 +35,16 @@ SECRET_PARAMS = frozenset(
         "token",
         "access_token",
         "authorization",
+        # other media servers' tokens, API keys, and passwords put in a query
+        "x-plex-token",
+        "key",
+        "api-key",
+        "x-api-key",
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "client_secret",
         # S3 (SigV4) and GCS (V4, and V2's GoogleAccessId/Signature)
         "x-amz-signature",
         "x-amz-credential",
@@ -142,6 +152,8 @@ def rebase_on_jellyfin(url: str, jellyfin_url: str) -> str:
 def _media_route(path: str, jellyfin_base: str) -> str | None:
     """The Jellyfin media route `path` names, without its base path; None when it names none."""
     segments = path.split("/")[1:]
+    if any(unquote(s) in (".", "..") for s in segments):
+        return None  # the server resolves dot segments to some other route
     configured = [s.lower() for s in jellyfin_base.split("/") if s]
     starts = [0, 1]
     if configured and [s.lower() for s in segments[: len(configured)]] == configured:
@@ -199,7 +211,8 @@ def redact(url: str) -> str:
 
 _SECRET_NAMES = "|".join(re.escape(name) for name in sorted(SECRET_PARAMS, key=len, reverse=True))
 _SECRET_IN_TEXT = re.compile(rf"(?i)([?&](?:{_SECRET_NAMES})=)[^&#\s'\"<>]+")
-_USERINFO_IN_TEXT = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/\s@'\"<>]+@")
+# up to the authority's last @ (a password may hold an unescaped one), never past its end
+_USERINFO_IN_TEXT = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/?#\s'\"<>]+@")
 
 
 def scrub(text: str) -> str:

@@ -101,6 +101,38 @@ async def test_same_file_name_in_users_storage_never_overwrites_another_jobs_obj
     assert f"{prefix}/{NAME}" in {b.key for b in stored}  # the first keeps the name it asked for
 
 
+async def test_overlapping_prefixes_in_one_bucket_never_overwrite_each_others_object(
+    system: System, ann: Api, ben: Api, seaweed: SeaweedS3, jellyfin: JellyfinStandIn
+) -> None:
+    # Given two users of one bucket: Ann's storage is its folder `team`, Ben's `team/videos`
+    team = f"team-{uuid.uuid4().hex[:8]}"
+    for user, prefix in ((ann, team), (ben, f"{team}/videos")):
+        await user.ok(
+            "POST",
+            "/user/s3",
+            201,
+            json={
+                "bucket": BUCKET,
+                "endpoint": seaweed.endpoint,
+                "region": "us-east-1",
+                "access_key_id": seaweed.access_key,
+                "secret_access_key": seaweed.secret_key,
+                "prefix": prefix,
+            },
+        )
+    # When Ann asks for videos/movie.mp4 and Ben for movie.mp4: the same object in the bucket
+    first, second, _ = _sources(jellyfin)
+    done = [
+        *await _submit_all([(ann, first)], {"store": "s3", "prefix": "videos", "filename": NAME}),
+        *await _submit_all([(ben, second)], {"store": "s3", "filename": NAME}),
+    ]
+    # Then each downloads their own encode, and both objects are in the bucket
+    await _each_downloads_its_own(done)
+    bucket = open_store(seaweed.config(BUCKET))
+    stored = await bucket.list_blobs(f"{team}/")
+    assert len(stored) == 2, [b.key for b in stored]
+
+
 async def test_a_local_output_is_synced_to_disk_before_it_is_published(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
+from structlog.testing import capture_logs
 
 from tests.conftest import ALICE
 from tests.helpers import Api, System, start_system, stop_system
@@ -19,12 +20,15 @@ from tests.jellyfin_standin import JellyfinStandIn
 
 LIMIT = 2048
 GAP = 0.3  # seconds between two TCP segments: the pause is the scenario, not a wait
+BODY_TIMEOUT = 2.0
 
 
 @pytest_asyncio.fixture
 async def system(env: dict[str, str]) -> AsyncIterator[System]:
     """A whole vidmesh with a small body limit, so an over-limit body is quick to send."""
-    running = await start_system({**env, "VIDMESH_MAX_BODY_BYTES": str(LIMIT)})
+    running = await start_system(
+        {**env, "VIDMESH_MAX_BODY_BYTES": str(LIMIT), "VIDMESH_BODY_TIMEOUT": str(BODY_TIMEOUT)}
+    )
     yield running
     await stop_system(running)
 
@@ -136,3 +140,108 @@ async def test_an_over_limit_body_in_pieces_is_still_a_413(
     )
     assert status == 413, error
     assert error["error"]["code"] == "payload_too_large"
+
+
+async def open_post(
+    base: str, path: str, headers: dict[str, str], first: bytes
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A POST whose headers and first bytes are sent; the caller decides what follows."""
+    parts = urlsplit(base)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    head = f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    writer.write(head.encode() + first)
+    await writer.drain()
+    return reader, writer
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, Any]:
+    """The final response's status and JSON body (after any `100 Continue`), read by its
+    Content-Length: the server may keep the connection a while to drain an unfinished body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    while head.startswith(b"HTTP/1.1 100"):
+        head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(
+        int(v) for n, _, v in (h.partition(": ") for h in lines) if n.lower() == "content-length"
+    )
+    body = await reader.readexactly(length)
+    is_json = any(h.lower().startswith("content-type: application/json") for h in lines)
+    return int(lines[0].split()[1]), json.loads(body) if is_json else body
+
+
+@pytest.mark.parametrize("face", ["native", "streamyfin"])
+async def test_a_body_that_stops_arriving_is_a_408_within_the_body_timeout(
+    system: System, ann: Api, face: str
+) -> None:
+    # The client promises 200 bytes, sends 10 and keeps the connection open: a slow client must
+    # not hold a request (and its memory) for ever.
+    auth = ann.headers() if face == "native" else {"Authorization": ALICE}
+    path = "/api/jobs" if face == "native" else "/optimize-version"
+    headers = {**auth, "Content-Type": "application/json", "Content-Length": "200"}
+    reader, writer = await open_post(system.url, path, headers, b'{"source":')
+    try:
+        status, error = await asyncio.wait_for(read_answer(reader), BODY_TIMEOUT + 5)
+    finally:
+        writer.close()
+    assert status == 408, error
+    assert error["error"]["code"] == "request_timeout"
+
+
+async def test_a_client_that_closes_before_its_content_length_is_no_server_error(
+    system: System, ann: Api, jellyfin: JellyfinStandIn
+) -> None:
+    body = json.dumps({"source": jellyfin.stream_url("fits", ALICE)}).encode()
+    headers = {**ann.headers(), "Content-Type": "application/json", "Content-Length": "500"}
+    with capture_logs() as logs:
+        reader, writer = await open_post(system.url, "/api/jobs", headers, body)
+        writer.close()  # the client goes away with 500 - len(body) bytes still owed
+        await writer.wait_closed()
+        # The gateway still answers others, and logged no failure for the abandoned request.
+        assert await ann.ok("GET", "/api/jobs") is not None
+    failures = [e for e in logs if e.get("event") == "request.failed"]
+    assert not failures, failures
+
+
+async def test_a_broken_chunked_body_is_a_clear_4xx_not_a_hang(system: System, ann: Api) -> None:
+    headers = {**ann.headers(), **CHUNKED}
+    with capture_logs() as logs:
+        reader, writer = await open_post(system.url, "/api/jobs", headers, b'5\r\n{"sou\r\n')
+        try:
+            writer.write(b"zz\r\nnot hex\r\n")
+            await writer.drain()
+            status, error = await asyncio.wait_for(read_answer(reader), BODY_TIMEOUT + 5)
+        finally:
+            writer.close()
+    # aiohttp's parser may refuse the bad chunk itself (a plain 400) before the handler sees it.
+    assert status in (400, 408), error
+    assert not [e for e in logs if e.get("event") == "request.failed"]
+
+
+@pytest.mark.parametrize("face", ["native", "streamyfin"])
+async def test_an_expect_100_continue_client_gets_its_continue_then_its_answer(
+    system: System, ann: Api, jellyfin: JellyfinStandIn, face: str
+) -> None:
+    if face == "native":
+        auth, path = ann.headers(), "/api/jobs"
+        body = json.dumps({"source": jellyfin.stream_url("fits", ALICE)}).encode()
+    else:
+        auth, path = {"Authorization": ALICE}, "/optimize-version"
+        payload = {"url": jellyfin.stream_url("fits", ALICE), "deviceId": "p", "itemId": "fits"}
+        body = json.dumps(payload).encode()
+    headers = {
+        **auth,
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+        "Expect": "100-continue",
+    }
+    reader, writer = await open_post(system.url, path, headers, b"")
+    try:
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim.startswith(b"HTTP/1.1 100"), interim
+        writer.write(body)
+        await writer.drain()
+        status, created = await asyncio.wait_for(read_answer(reader), 20)
+    finally:
+        writer.close()
+    assert status == 201, created

@@ -37,6 +37,12 @@ SECRETS = {
     "jellyfin": ("http://jf/Videos/1/stream?Static=true&api_key=JFTOKEN", ["JFTOKEN"]),
     "token": ("https://cdn.example/a.m3u8?token=BEARERTOKEN&x=1", ["BEARERTOKEN"]),
     "access_token": ("https://cdn.example/a.mp4?access_token=OAUTHSECRET", ["OAUTHSECRET"]),
+    "plex": ("http://plex:32400/library/parts/1/file.mkv?X-Plex-Token=PLEXTOKEN", ["PLEXTOKEN"]),
+    "google_api_key": (
+        "https://www.googleapis.com/drive/v3/files/1?alt=media&key=AIzaGKEY",
+        ["AIzaGKEY"],
+    ),
+    "password": ("http://nas.example/dl.cgi?file=a.mkv&user=ann&password=NASPASS", ["NASPASS"]),
 }
 
 
@@ -106,6 +112,10 @@ def test_jellyfin_media_routes_are_rebased(url: str, expected: str) -> None:
         "https://cdn.example/items/9/download/extra",
         "https://cdn.example/audio/track.mp3",
         "https://cdn.example/static/audio/42/track.mp3",
+        # dot segments: the server resolves them to another route (/System/Info, /Users)
+        "https://public.example/Videos/42/stream/../../../System/Info",
+        "https://public.example/Videos/42/stream/%2e%2e/%2E%2E/%2e%2e/Users",
+        "https://public.example/Videos/../Users/1/hls1/x",
     ],
 )
 def test_urls_that_are_not_jellyfin_media_routes_are_left_alone(url: str) -> None:
@@ -142,3 +152,51 @@ def test_log_lines_mask_signed_urls_whatever_the_call_site_passed() -> None:
         for secret in SECRETS[provider][1]:
             assert secret not in shown, (secret, shown)
     assert "'attempt': 2" in shown and "work.crashed" in shown
+
+
+def test_a_password_with_an_unescaped_at_sign_is_masked_whole() -> None:
+    # urlsplit (and so ffmpeg's reader of the same text) takes the last @ as the userinfo's end
+    url = "http://ann:pa@ss@nas.example/a.mkv"
+    for shown in (redact(url), scrub(f"Error opening input '{url}'"), scrub(url)):
+        assert "pa@" not in shown and "ss@" not in shown, shown
+        assert "://***@nas.example/a.mkv" in shown, shown
+    # an @ after the path or the query is no userinfo: the host stays readable
+    assert scrub("http://nas.example/a@b.mkv?x=c@d") == "http://nas.example/a@b.mkv?x=c@d"
+
+
+LOGGED = """
+import logging, structlog
+from shared.logging import configure
+configure(fmt=FMT)
+try:
+    raise OSError("cannot open URL1")
+except OSError:
+    structlog.get_logger("t").exception("work.crashed")
+    logging.getLogger("asyncio").exception("Task exception was never retrieved")
+logging.getLogger("aiohttp.client").warning("request to %s failed", "URL2")
+"""
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_every_log_line_of_a_process_masks_signed_urls(fmt: str) -> None:
+    """What a service prints to its log, however it got there: a structlog traceback (on a
+    terminal too), and the standard library's loggers (asyncio, aiohttp) with their tracebacks."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = LOGGED.replace("FMT", repr(fmt)).replace("URL1", S3_SIGNED).replace("URL2", AZURE_SAS)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    shown = done.stderr
+    assert "work.crashed" in shown and "Task exception was never retrieved" in shown, shown
+    assert "request to" in shown and "blob.core.windows.net" in shown, shown
+    for provider in ("s3", "azure"):
+        for secret in SECRETS[provider][1]:
+            assert secret not in shown, (secret, shown)

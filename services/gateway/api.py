@@ -132,8 +132,13 @@ def _guarded(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamRespo
             request[PRINCIPAL] = principal
         kwargs: dict[str, Any] = {}
         if op.body is not None:
-            limit = gateway(request).settings.max_body_bytes
-            kwargs["body"] = await read_json(request, op.decode_as or op.body, max_bytes=limit)
+            settings = gateway(request).settings
+            kwargs["body"] = await read_json(
+                request,
+                op.decode_as or op.body,
+                max_bytes=settings.max_body_bytes,
+                timeout=settings.body_timeout,
+            )
         if op.query is not None:
             kwargs["query"] = decode_query(request, op.query)
         return await op.handler(request, **kwargs)

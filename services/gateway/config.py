@@ -25,6 +25,8 @@ class GatewaySettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     command_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     # Largest request body accepted, in bytes (a job record must fit in one NATS message).
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 19)] = 1 << 18
+    # Seconds a request body has to arrive whole (408 after), so a slow client cannot hold one.
+    body_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     # Only Jellyfin administrators may call `DELETE /delete-cache`.
     delete_cache_admin_only: bool = False
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -12,10 +13,17 @@ import nats.errors
 import nats.js.errors
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from nats.js.errors import KeyWrongLastSequenceError
 
-from shared.errors import BadRequest, PayloadTooLarge, TooManyRequests, VidmeshError
+from shared.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    TooManyRequests,
+    VidmeshError,
+)
 
 log = structlog.get_logger("vidmesh.gateway")
 
@@ -103,9 +111,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, "internal_error", "Something went wrong on our side.")
 
 
-async def read_json(request: web.Request, type_: type[Any], *, max_bytes: int) -> Any:
-    """Decode and validate a JSON body; any problem is a 400 (or 413) with the reason."""
-    body = await read_body(request, max_bytes=max_bytes)
+async def read_json(
+    request: web.Request, type_: type[Any], *, max_bytes: int, timeout: float
+) -> Any:
+    """Decode and validate a JSON body; any problem is a 400 (or 408, 413) with the reason."""
+    body = await read_body(request, max_bytes=max_bytes, timeout=timeout)
     if not body.strip():
         raise BadRequest("A JSON request body is required.")
     try:
@@ -116,18 +126,31 @@ async def read_json(request: web.Request, type_: type[Any], *, max_bytes: int) -
         raise BadRequest(f"The request body is not valid JSON: {exc}") from None
 
 
-async def read_body(request: web.Request, *, max_bytes: int) -> bytes:
+async def read_body(request: web.Request, *, max_bytes: int, timeout: float) -> bytes:
     """The whole request body, however many TCP segments or chunks it arrives in; a 413 as soon
-    as it is known to be larger than `max_bytes` (from Content-Length, or while reading)."""
+    as it is known to be larger than `max_bytes` (from Content-Length, or while reading), a 408
+    when it has not all arrived within `timeout` seconds, a 400 when it ends broken (the client
+    closed before its Content-Length, or sent a malformed chunk)."""
     too_large = PayloadTooLarge(f"The request body is larger than {max_bytes} bytes.")
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large
     body = bytearray()
-    # One read takes only what has arrived so far: read until the end of the body.
-    async for piece in request.content.iter_any():
-        body += piece
-        if len(body) > max_bytes:
-            raise too_large
+    try:
+        # One deadline for the whole body: a client dripping a byte at a time is still bounded.
+        async with asyncio.timeout(timeout):
+            # One read takes only what has arrived so far: read until the end of the body.
+            async for piece in request.content.iter_any():
+                body += piece
+                if len(body) > max_bytes:
+                    raise too_large
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body did not arrive whole within {timeout:g} seconds."
+        ) from None
+    except (ConnectionResetError, HttpProcessingError):
+        raise BadRequest(
+            "The request body ended before it was complete, or was malformed."
+        ) from None
     return bytes(body)
 
 

@@ -145,7 +145,10 @@ async def _own_job(gw: Gateway, user: JellyfinUser, job_id: str) -> JobRecord:
 async def optimize_version(request: web.Request) -> web.Response:
     gw, user = await _caller(request)
     body: OptimizeRequest = await read_json(
-        request, OptimizeRequest, max_bytes=gw.settings.max_body_bytes
+        request,
+        OptimizeRequest,
+        max_bytes=gw.settings.max_body_bytes,
+        timeout=gw.settings.body_timeout,
     )
     check_item_names(body.item)
     url = validate_http_url(body.url)

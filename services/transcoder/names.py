@@ -1,9 +1,10 @@
 """Object names in users' storage: an output lands under the name its job asked for
 (`destination.filename`) unless another rendition was given that name in the same storage first;
 then under that name made its own (`movie-<rendition key>.mp4`), so no job's object is ever
-written over by another's. A name is given once, by a create-only KV write keyed by the storage
-(its bucket and prefix, the same for every user who configured it) and the object key; downloads
-still offer the name the job asked for."""
+written over by another's. A name is given once, by a create-only KV write keyed by the object
+itself: its bucket and its whole key there (a store's prefix is part of the key, so two users'
+stores of one bucket under overlapping prefixes name each object once); downloads still offer the
+name the job asked for."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import PurePosixPath
 import structlog
 
 from services.transcoder.attempt import TranscodeFailed
+from shared.blobstore import BlobStore
 from shared.kv import Stale, TypedKV
 from shared.messages.records import JobError, OutputNameClaim
 
@@ -26,9 +28,9 @@ class OutputNames:
     def __init__(self, claims: TypedKV[OutputNameClaim]) -> None:
         self.claims = claims
 
-    async def claim(self, store: str, key: str, rendition: str) -> str:
-        """The object key rendition `rendition` writes to in `store` (its safe name): `key`, or
-        `key` with the rendition's key added when another rendition has `key` already."""
+    async def claim(self, store: BlobStore, key: str, rendition: str) -> str:
+        """The object key rendition `rendition` writes to in `store`: `key`, or `key` with the
+        rendition's key added when another rendition has that object already."""
         for candidate in (key, _own(key, rendition[:12]), _own(key, rendition)):
             if await self._take(store, candidate, rendition):
                 if candidate != key:
@@ -37,10 +39,12 @@ class OutputNames:
         reason = f"Every name tried for the output {key!r} in your storage is taken."
         raise TranscodeFailed(JobError(code="store_failed", reason=reason, retryable=False))
 
-    async def _take(self, store: str, key: str, rendition: str) -> bool:
-        """Whether `key` is now this rendition's (given now, or earlier to it)."""
-        record_key = hashlib.sha256(f"{store}\n{key}".encode()).hexdigest()[:40]
-        claim = OutputNameClaim(store=store, key=key, rendition=rendition, at=time.time())
+    async def _take(self, store: BlobStore, key: str, rendition: str) -> bool:
+        """Whether the object `key` names in `store` is now this rendition's (given now, or
+        earlier to it)."""
+        bucket, whole_key = store.location(key)
+        record_key = hashlib.sha256(f"{bucket}\n{whole_key}".encode()).hexdigest()[:40]
+        claim = OutputNameClaim(store=bucket, key=whole_key, rendition=rendition, at=time.time())
         try:
             await self.claims.create(record_key, claim)
             return True

@@ -351,7 +351,7 @@ class WorkRunner:
         prefix = work.destination.prefix.strip("/")
         wanted = f"{prefix}/{name}" if prefix else name
         # another job's object under the same name is never written over
-        key = await self.output_names.claim(store.name, wanted, r.key)
+        key = await self.output_names.claim(store, wanted, r.key)
         return work.destination.store, store, key
 
     async def _heartbeat(self, msg: Msg, lost: asyncio.Future[str]) -> None:

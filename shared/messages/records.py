@@ -230,7 +230,7 @@ class OutputNameClaim(msgspec.Struct, frozen=True, kw_only=True):
     """Gives one object name in a user's storage to one rendition (key: a hash of the storage
     and the object key), so no other rendition's output is ever written over it."""
 
-    store: str  # the storage's safe name: bucket and prefix, no credentials
+    store: str  # the bucket's safe name (no prefix, no credentials); `key` is its whole key
     key: str
     rendition: str
     at: Timestamp
