@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import nats
+import nats.js.errors
 import pytest
 import pytest_asyncio
 
@@ -152,7 +153,21 @@ class Load:
 
 
 async def events_by_type(servers: list[str], names: Names) -> Counter[tuple[str, str]]:
-    """(event type, job id) -> how many such events the events stream holds."""
+    """(event type, job id) -> how many such events the events stream holds, read again while
+    the cluster still answers 503 (a consumer made just after a node thawed may have no leader
+    yet)."""
+
+    async def read() -> tuple[Counter[tuple[str, str]]] | None:
+        try:
+            return (await read_events(servers, names),)
+        except nats.js.errors.ServiceUnavailableError:
+            return None
+
+    (seen,) = await eventually(read, timeout=30, what="the events stream to answer")
+    return seen
+
+
+async def read_events(servers: list[str], names: Names) -> Counter[tuple[str, str]]:
     nc = await nats.connect(servers)
     try:
         js = nc.jetstream(timeout=10)
