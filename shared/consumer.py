@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared.natsio import describe
+from shared.runtime import stop_tasks
 
 log = structlog.get_logger("vidmesh.consumer")
 
@@ -158,11 +159,7 @@ class SlotLoops:
         """Stop fetching, let in-flight messages finish for `grace` seconds, then cancel them."""
         self.stop_fetching()
         await self.wait_idle(grace)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(list(self._tasks))  # cancelled again should one swallow it (3.11)
         self._tasks.clear()
         # Every message is settled; a late "request expired" reply left in the subscription's
         # queue would otherwise keep nc.drain() waiting forever (nats-py 2.16).

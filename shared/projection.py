@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KV_DEL, KV_PURGE
 
 from shared.kv import TypedKV, Versioned
+from shared.runtime import stop_tasks
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -134,11 +135,9 @@ class Projection(Generic[T]):
 
     async def stop(self) -> None:
         self._stopped = True
-        for task in (self._monitor, self._task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        # cancelled until they stop: a cancellation that lands as a NATS request completes can be
+        # lost on 3.11
+        await stop_tasks([task for task in (self._monitor, self._task) if task is not None])
         self._task = self._monitor = None
 
     async def _run(self) -> None:

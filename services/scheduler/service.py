@@ -150,8 +150,11 @@ class Scheduler(Service):
         next_sweep = 0.0
         while True:
             timeout = max(0.0, next_sweep - time.monotonic())
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation that
+            # lands as its timeout expires, and the loop would never stop
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             self._wake.clear()
             if time.monotonic() >= next_sweep:
                 self._dirty_jobs.update(key for key, _ in self.jobs.items())

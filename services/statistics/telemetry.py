@@ -44,6 +44,7 @@ from shared.messages.telemetry import (
 )
 from shared.natsio import Buckets, describe
 from shared.projection import Projection
+from shared.runtime import stop_tasks
 from shared.subjects import Names
 
 log = structlog.get_logger("vidmesh.statistics")
@@ -102,10 +103,7 @@ class Telemetry:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs = []
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks)
         self._tasks = []
         for projection in self._projections:
             await projection.stop()
@@ -139,8 +137,11 @@ class Telemetry:
             else:
                 # a shorter interval takes effect now, not after the longer one ends
                 due = min(due, tick) if due > now else tick
+            # asyncio.timeout, not wait_for: on 3.11 wait_for lost a cancellation that landed
+            # as a zero timeout expired, and stop() waited for this loop for ever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(due - time.time(), 0.0))
+                async with asyncio.timeout(max(due - time.time(), 0.0)):
+                    await self._wake.wait()
 
     async def _sample(self, now: float, interval: float) -> None:
         try:

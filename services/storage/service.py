@@ -153,8 +153,10 @@ class Storage(Service):
         next_sweep = 0.0
         while True:
             timeout = max(0.0, next_sweep - time.monotonic())
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._measure.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._measure.wait()
             self._measure.clear()
             try:
                 if time.monotonic() >= next_sweep:
