@@ -1,12 +1,12 @@
 """The media layer: presets, probe sources, choose copy or encode, build and run ffmpeg."""
 
 from shared.media.args import build_args
+from shared.media.failures import classify_failure
 from shared.media.ffmpeg import (
     STDERR_TAIL_CHARS,
     FfmpegProgress,
     FfmpegResult,
     FfmpegRun,
-    classify_failure,
     default_ffmpeg,
     ffmpeg_version,
     parse_progress,
