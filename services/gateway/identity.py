@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-import jwt
 import msgspec
 import structlog
 from argon2 import PasswordHasher
@@ -28,15 +27,14 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from nats.js.errors import KeyWrongLastSequenceError
 
 from services.gateway.config import GatewaySettings
-from shared.errors import BadRequest, Conflict, Forbidden, NotConfigured, NotFound, Unauthorized
+from services.gateway.signed_tokens import TokenSigner
+from shared.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from shared.kv import TypedKV
 from shared.messages.accounts import RANK, ApiKey, Role, User, UsernameClaim
 from shared.projection import Projection
 
 log = structlog.get_logger("vidmesh.gateway.identity")
 
-_ALGORITHM = "HS256"
-_ISSUER = "vidmesh"
 KEY_PREFIX = "vmk_"
 R = TypeVar("R")
 
@@ -82,7 +80,7 @@ class Identity:
         self.users = users
         self.usernames = usernames
         self.keys = keys
-        self.secret = secret
+        self.tokens = TokenSigner(secret)
         self.hasher = PasswordHasher()
         # argon2 is slow and large on purpose: a few at a time, in threads of their own, so a
         # flood of sign-ins waits its turn instead of taking every thread the server has.
@@ -253,21 +251,18 @@ class Identity:
 
     # ---- tokens ------------------------------------------------------------------------
     def require_secret(self) -> None:
-        if not self.secret:
-            raise NotConfigured(
-                "The native API is not configured on this server (set VIDMESH_JWT_SECRET)."
-            )
+        self.tokens.require_secret()
 
     def issue(self, user: User) -> TokenPair:
         self.require_secret()
         now = int(time.time())
         access_seconds = int(self.settings.access_token_minutes * 60)
-        access = self._sign(
+        access = self.tokens.sign(
             {"sub": user.id, "typ": "access", "role": user.role.value, "ver": user.token_version},
             now,
             access_seconds,
         )
-        refresh = self._sign(
+        refresh = self.tokens.sign(
             {"sub": user.id, "typ": "refresh", "ver": user.token_version},
             now,
             int(self.settings.refresh_token_days * 86_400),
@@ -287,39 +282,16 @@ class Identity:
             "by": minted_by.id,
             "ver": minted_by.token_version,
         }
-        token = self._sign(claims, now, seconds)
+        token = self.tokens.sign(claims, now, seconds)
         return token, now + seconds
 
     def file_claims(self, token: str) -> dict[str, object]:
         """Claims of a signed URL's token whose minter still holds the access it had: not
         disabled, no password change since, and still allowed to read the job's owner's jobs."""
-        claims = self.decode(token, "file")
+        claims = self.tokens.decode(token, "file")
         minter = self.user_of({"sub": claims.get("by", ""), "ver": claims.get("ver")})
         if minter.id != claims.get("sub") and RANK[minter.role] < RANK[Role.MODERATOR]:
             raise Unauthorized("The token no longer grants access (account changed).")
-        return claims
-
-    def _sign(self, claims: dict[str, object], now: int, seconds: int) -> str:
-        body = {**claims, "iss": _ISSUER, "iat": now, "exp": now + seconds, "jti": uuid.uuid4().hex}
-        return jwt.encode(body, self.secret, algorithm=_ALGORITHM)
-
-    def decode(self, token: str, typ: str) -> dict[str, object]:
-        """Claims of a valid, unexpired token of type `typ`; 401 otherwise."""
-        self.require_secret()
-        try:
-            claims: dict[str, object] = jwt.decode(
-                token,
-                self.secret,
-                algorithms=[_ALGORITHM],
-                issuer=_ISSUER,
-                options={"require": ["exp", "iat", "sub", "typ"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("The token has expired.") from None
-        except jwt.InvalidTokenError:
-            raise Unauthorized("The token is not valid.") from None
-        if claims.get("typ") != typ:
-            raise Unauthorized(f"This is not an {typ} token.")
         return claims
 
     def user_of(self, claims: dict[str, object]) -> User:
@@ -329,7 +301,7 @@ class Identity:
         return user
 
     def refresh(self, refresh_token: str) -> tuple[User, TokenPair]:
-        user = self.user_of(self.decode(refresh_token, "refresh"))
+        user = self.user_of(self.tokens.decode(refresh_token, "refresh"))
         return user, self.issue(user)
 
     # ---- API keys ----------------------------------------------------------------------
@@ -385,7 +357,7 @@ class Identity:
         if value.startswith(KEY_PREFIX):
             user = self.user_of_key(value)
             return Principal(user.id, user.username, user.role, "api_key")
-        claims = self.decode(value, "access")
+        claims = self.tokens.decode(value, "access")
         user = self.user_of(claims)
         expires = claims["exp"]
         expires_at = float(expires) if isinstance(expires, int | float) else 0.0
