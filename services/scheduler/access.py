@@ -4,7 +4,6 @@ not fetch. It fails closed: only a 2xx answer to the job's own request allows sh
 
 from __future__ import annotations
 
-import asyncio
 import enum
 
 import aiohttp
@@ -12,7 +11,7 @@ import msgspec
 import structlog
 
 from shared.errors import BadRequest
-from shared.outbound import OutboundPolicy, PolicyResolver, check_url
+from shared.outbound import OutboundClient, OutboundPolicy
 
 log = structlog.get_logger("vidmesh.scheduler")
 
@@ -41,37 +40,29 @@ class AccessCheck:
     """
 
     def __init__(self, policy: OutboundPolicy, timeout: float = 5.0) -> None:
-        self.policy = policy
         self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._client = OutboundClient(policy)
 
     async def answer(self, url: str) -> AccessAnswer:
         """Whether `url`'s own credentials may read the media (never raises but on cancel)."""
         if not url.lower().startswith(("http://", "https://")):
             # Object and local sources are keyed by owner or path: sharing them needs no check.
             return AccessAnswer(verdict=Verdict.ALLOWED, why="not http")
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(resolver=PolicyResolver(self.policy)),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                trust_env=False,
-            )
         try:
-            check_url(url, self.policy, what="The source")
-            async with (
-                asyncio.timeout(self.timeout),
-                self._session.get(
-                    url, headers={"Range": "bytes=0-0"}, allow_redirects=False
-                ) as response,
-            ):
-                status = response.status
+            exchange = await self._client.request(
+                "GET",
+                url,
+                headers={"Range": "bytes=0-0"},
+                timeout=self.timeout,
+                max_redirects=0,  # a redirect is an error here, never followed
+                read_limit=1,
+            )
         except (aiohttp.ClientError, TimeoutError, ValueError, BadRequest) as exc:
             return AccessAnswer(verdict=Verdict.UNKNOWN, why=type(exc).__name__)
+        status = exchange.status
         if 200 <= status < 300:
             return AccessAnswer(verdict=Verdict.ALLOWED, status=status, why=str(status))
         return AccessAnswer(verdict=Verdict.UNKNOWN, status=status, why=str(status))
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._client.close()
