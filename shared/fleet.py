@@ -7,8 +7,6 @@ from typing import TypeVar
 
 import msgspec
 
-from shared.kv import TypedKV
-from shared.leases import leases_of
 from shared.media.presets import PresetSpec, within_ceilings
 from shared.messages.fleet import (
     DEFAULT_POOL,
@@ -19,7 +17,9 @@ from shared.messages.fleet import (
     WorkerInfo,
 )
 from shared.messages.records import Lease
-from shared.natsio import Buckets
+from shared.nats.kv import TypedKV
+from shared.nats.leases import leases_of
+from shared.nats.topology import Buckets
 
 SETTINGS_KEY = "transcoding"
 T = TypeVar("T", bound=msgspec.Struct)

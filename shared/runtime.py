@@ -22,7 +22,7 @@ from shared import config
 from shared import logging as vlog
 from shared.config import CommonSettings, masked
 from shared.metrics import MetricsServer
-from shared.natsclient import connect_with
+from shared.nats.client import connect_with
 
 log = structlog.get_logger("vidmesh.runtime")
 

@@ -10,7 +10,6 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from shared.natsserver import NatsServer
 from tests.helpers import (
     ADMIN_PASSWORD,
     Api,
@@ -24,6 +23,7 @@ from tests.helpers import (
 from tests.jellyfin_standin import JellyfinStandIn
 from tests.media_clips import make_clip
 from tests.storage_servers import AzuriteBlob, SeaweedS3, azurite_script, weed_binary
+from vidmesh.natsserver import NatsServer
 
 BUCKET = "vidmesh-test"
 ALICE = "token-alice"

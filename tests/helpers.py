@@ -27,11 +27,11 @@ from services.statistics import Statistics, StatisticsSettings
 from services.storage import Storage, StorageSettings
 from services.transcoder import Transcoder, TranscoderSettings
 from shared import config
-from shared.blobstore import LocalBlobStore
+from shared.blobs.store import LocalBlobStore
 from shared.config import CommonSettings
-from shared.natsclient import connect_with
+from shared.nats.client import connect_with
+from shared.nats.subjects import Names
 from shared.runtime import Service
-from shared.subjects import Names
 
 T = TypeVar("T")
 

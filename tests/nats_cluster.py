@@ -15,8 +15,8 @@ from pathlib import Path
 import nats
 from nats.js.errors import APIError, ServiceUnavailableError
 
-from shared.natsserver import NatsServer
 from tests.helpers import free_port
+from vidmesh.natsserver import NatsServer
 
 CLUSTER_NAME = "vidmesh"
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import aiohttp
 
+from shared.blobs.config import StoreConfig, open_store
 from shared.errors import StoreError
-from shared.storeconfig import StoreConfig, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 AZURITE_ACCOUNT = "devstoreaccount1"

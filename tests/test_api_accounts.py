@@ -7,8 +7,8 @@ from __future__ import annotations
 import aiohttp
 import jwt
 
-from shared.kv import TypedKV
 from shared.messages.accounts import ApiKey, User
+from shared.nats.kv import TypedKV
 from tests.helpers import ADMIN_PASSWORD, Api, System, eventually, start_system, stop_system
 
 

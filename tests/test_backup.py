@@ -13,11 +13,11 @@ from pathlib import Path
 import aiohttp
 import nats
 
-from shared.backup import CHUNK
-from shared.subjects import Names
+from shared.nats.subjects import Names
 from tests.conftest import ALICE
 from tests.helpers import Api, Client, drop_namespace, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
+from vidmesh.backup import CHUNK
 
 
 async def vidmesh(env: dict[str, str], *args: str) -> tuple[int, str]:

@@ -31,10 +31,10 @@ from aiohttp import web
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from shared.blobstore import BlobStore, LocalBlobStore
+from shared.blobs.config import StoreConfig, open_store, parse_store_url, redacted
+from shared.blobs.objects import store_error
+from shared.blobs.store import BlobStore, LocalBlobStore
 from shared.errors import BadRequest, NotFound, StoreError
-from shared.objectstore import store_error
-from shared.storeconfig import StoreConfig, open_store, parse_store_url, redacted
 from tests.conftest import BUCKET  # noqa: E402
 from tests.storage_servers import (
     AzuriteBlob,

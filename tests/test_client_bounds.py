@@ -13,9 +13,9 @@ import pytest
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from shared.kv import TypedKV
 from shared.messages.records import Lease
-from shared.natsio import ensure_topology
+from shared.nats.kv import TypedKV
+from shared.nats.topology import ensure_topology
 from tests.conftest import ALICE
 from tests.helpers import ADMIN_PASSWORD, Api, Client, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn

@@ -23,8 +23,8 @@ import pytest
 import pytest_asyncio
 
 from shared.messages import events as ev
-from shared.natsclient import safe_twice
-from shared.subjects import Names
+from shared.nats.client import safe_twice
+from shared.nats.subjects import Names
 from tests.conftest import ALICE
 from tests.helpers import (
     Client,

@@ -10,12 +10,13 @@ from pathlib import Path
 import jsonschema_rs
 import msgspec
 
-from shared import asyncapi, schemas
-from shared.messages import events, record_events
+from shared.jobs import events as record_events
+from shared.messages import asyncapi, events
 from shared.messages.records import JobStatus
-from shared.natsio import _event_subject
+from shared.nats.subjects import Names
+from shared.nats.topology import _event_subject
 from shared.sources import rebase_on_jellyfin, redact, rendition_key
-from shared.subjects import Names
+from vidmesh import schemas
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,7 +64,7 @@ def test_every_event_type_is_in_the_published_schema() -> None:
 
 
 def test_job_events_go_to_documented_subjects_with_revision_based_ids() -> None:
-    from shared import jobstate
+    from shared.jobs import state as jobstate
 
     job = jobstate.new_job(job_id="abc", owner="u", source="http://h/x", now=1.0)
     event = record_events.job_event(job, 7, created=True)

@@ -12,7 +12,7 @@ import aiohttp
 import msgspec
 from nats.js.errors import NotFoundError
 
-from shared.natsio import DAY
+from shared.nats.topology import DAY
 from tests.conftest import ALICE
 from tests.helpers import Api, Client, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn

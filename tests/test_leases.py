@@ -11,12 +11,13 @@ from structlog.testing import capture_logs
 
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.service import Scheduler
-from shared import config, jobstate
-from shared.kv import TypedKV
-from shared.leases import slot_key
+from shared import config
+from shared.jobs import state as jobstate
+from shared.jobs.store import RecordStore
 from shared.messages.records import Lease, LeaseSet
-from shared.natsio import ensure_topology
-from shared.recordstore import RecordStore
+from shared.nats.kv import TypedKV
+from shared.nats.leases import slot_key
+from shared.nats.topology import ensure_topology
 from tests.conftest import ALICE
 from tests.helpers import Client, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn

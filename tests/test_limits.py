@@ -23,8 +23,8 @@ import pytest_asyncio
 from aiohttp import web
 
 from services.transcoder.limits import RunLimits, Watchdog, source_refusal
+from shared.blobs.config import open_store
 from shared.media import ProbeResult, parse_progress
-from shared.storeconfig import open_store
 from tests.conftest import ALICE, BUCKET
 from tests.helpers import Api, Client, System, files_under, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn

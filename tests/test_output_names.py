@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from shared.blobstore import LocalBlobStore
-from shared.storeconfig import open_store
+from shared.blobs.config import open_store
+from shared.blobs.store import LocalBlobStore
 from tests.conftest import ALICE, BUCKET
 from tests.helpers import Api, System
 from tests.jellyfin_standin import JellyfinStandIn

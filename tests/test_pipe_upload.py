@@ -10,7 +10,7 @@ from pathlib import Path
 import imageio_ffmpeg
 
 from services.transcoder.upload import PipeUpload
-from shared.blobstore import LocalBlobStore, StoredBlob
+from shared.blobs.store import LocalBlobStore, StoredBlob
 from shared.errors import StoreError
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()

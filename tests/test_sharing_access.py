@@ -17,7 +17,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from services.scheduler.access import AccessCheck, Verdict
-from shared import jobstate
+from shared.jobs import state as jobstate
 from shared.outbound import OutboundPolicy
 from tests.helpers import Client, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn

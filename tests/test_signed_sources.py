@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from shared.blobstore import BlobStore
-from shared.storeconfig import open_store
+from shared.blobs.config import open_store
+from shared.blobs.store import BlobStore
 from tests.conftest import BUCKET
 from tests.helpers import Api, System, eventually
 from tests.storage_servers import SeaweedS3

@@ -18,10 +18,10 @@ import aiohttp
 import msgspec
 import pytest
 
-from shared.blobstore import BlobStore
-from shared.kv import TypedKV
-from shared.storeconfig import open_store
-from shared.stores import UserStore
+from shared.blobs.config import open_store
+from shared.blobs.store import BlobStore
+from shared.blobs.users import UserStore
+from shared.nats.kv import TypedKV
 from tests.conftest import ADMIN, ALICE, BUCKET
 from tests.helpers import Api, Client, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from services.gateway.telemetry_api import choose_level
+from services.gateway.faces.native.telemetry import choose_level
 from services.statistics.digests import JobDigest, RenditionDigest
 from services.statistics.rollups import Rollup
 from services.statistics.snapshot import FleetState, readings
@@ -22,8 +22,8 @@ from shared.gpu import GpuHealth, GpuReport
 from shared.messages.fleet import WorkerInfo
 from shared.messages.records import Progress, Totals
 from shared.messages.telemetry import Reading, TelemetrySample
-from shared.natsclient import connect
-from shared.subjects import Names
+from shared.nats.client import connect
+from shared.nats.subjects import Names
 from tests.conftest import ALICE
 from tests.helpers import Api, System, eventually
 from tests.jellyfin_standin import JellyfinStandIn

@@ -104,10 +104,10 @@ def _up(args: argparse.Namespace) -> None:
 async def _backup_or_restore(verb: str, folder: Path, *, replace: bool) -> int:
     import nats.errors
 
-    from shared import backup
     from shared.config import CommonSettings, load
-    from shared.natsclient import connect_with
-    from shared.subjects import Names
+    from shared.nats.client import connect_with
+    from shared.nats.subjects import Names
+    from vidmesh import backup
 
     settings = load(CommonSettings)
     names = Names(settings.namespace)
@@ -139,7 +139,7 @@ async def _backup_or_restore(verb: str, folder: Path, *, replace: bool) -> int:
 
 def _schemas(args: argparse.Namespace) -> None:
     from services.gateway import app, openapi  # noqa: F401  (app registers every route)
-    from shared import schemas
+    from vidmesh import schemas
 
     schemas.EXTRA["openapi.json"] = openapi.render
     if args.check:

@@ -24,9 +24,9 @@ import aiohttp
 import msgspec
 import structlog
 
+from shared.blobs.users import new_storage_key
 from shared.config import CommonSettings
-from shared.natsserver import NatsServer, die_with_parent
-from shared.stores import new_storage_key
+from vidmesh.natsserver import NatsServer, die_with_parent
 
 log = structlog.get_logger("vidmesh.up")
 

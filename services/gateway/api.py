@@ -14,13 +14,30 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from services.gateway.errors import read_json
+from services.gateway.http import read_json
 from services.gateway.identity import Principal
 from services.gateway.state import gateway
 from shared.errors import BadRequest, Forbidden, Unauthorized
 from shared.messages.accounts import Role
 
 PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+class Tag:
+    """The OpenAPI tags: every route of the native API is filed under one."""
+
+    ACCOUNTS = "accounts"
+    ADMIN = "admin"
+    BATCHES = "batches"
+    EVENTS = "events"
+    FILES = "files"
+    JOBS = "jobs"
+    META = "meta"
+    PRESETS = "presets"
+    STORAGE = "storage"
+    TELEMETRY = "telemetry"
+    TRANSCODING = "transcoding"
+    WEBHOOKS = "webhooks"
 
 
 class Access(enum.Enum):

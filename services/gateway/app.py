@@ -14,43 +14,22 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from services.gateway import (
-    accounts_api,
-    admin_api,
-    batch_api,
-    event_socket_api,
-    event_stream_api,
-    events_api,
-    files_api,
-    fleet_api,
-    fleet_health_api,
-    fleet_settings_api,
-    health,
-    jobs_api,
-    machines_api,
-    openapi,
-    presets_api,
-    sessions_api,
-    statistics_api,
-    storage_admin_api,
-    storage_api,
-    streamyfin,
-    telemetry_api,
-    telemetry_settings_api,
-    users_admin_api,
-    webhooks_api,
-)
+from services.gateway import health, openapi
 from services.gateway.api import API
 from services.gateway.config import GatewaySettings
-from services.gateway.errors import error_middleware
-from services.gateway.feeds import EventHub
+from services.gateway.faces.native import routes as native
+from services.gateway.faces.streamyfin import jobs as streamyfin
+from services.gateway.feeds import sse, websocket
+from services.gateway.feeds.hub import EventHub
+from services.gateway.http import error_middleware
 from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
 from services.gateway.kube import Cluster
 from services.gateway.login_limits import LoginLimits, trusted_networks
 from services.gateway.state import GATEWAY, Gateway
+from shared.blobs.users import Sealer, Stores, UserStore
 from shared.fleet import Fleet
-from shared.kv import TypedKV
+from shared.jobs.store import RecordStore
 from shared.messages.accounts import (
     ApiKey,
     Batch,
@@ -61,39 +40,15 @@ from shared.messages.accounts import (
     UsernameClaim,
 )
 from shared.messages.records import StorageSummary, Totals
-from shared.natsio import ensure_topology, retention_of
-from shared.projection import Projection
-from shared.recordstore import RecordStore
-from shared.stores import Sealer, Stores, UserStore
-from shared.subjects import Names
+from shared.nats.kv import TypedKV
+from shared.nats.projection import Projection
+from shared.nats.subjects import Names
+from shared.nats.topology import ensure_topology, retention_of
 
 log = structlog.get_logger("vidmesh.gateway")
 
-# The face modules register their routes on API when imported.
-FACES = (
-    accounts_api,
-    admin_api,
-    batch_api,
-    event_socket_api,
-    event_stream_api,
-    events_api,
-    files_api,
-    fleet_api,
-    fleet_health_api,
-    fleet_settings_api,
-    jobs_api,
-    machines_api,
-    openapi,
-    presets_api,
-    sessions_api,
-    statistics_api,
-    storage_admin_api,
-    storage_api,
-    telemetry_api,
-    telemetry_settings_api,
-    users_admin_api,
-    webhooks_api,
-)
+# Importing the faces registers their routes on API.
+FACES = (native, sse, websocket, openapi)
 
 
 def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:

@@ -20,10 +20,10 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
 from services.gateway.state import Gateway
-from shared import jobstate
 from shared import metrics as m
-from shared.blobstore import BlobStore
+from shared.blobs.store import BlobStore
 from shared.errors import Conflict, NotFound
+from shared.jobs import state as jobstate
 from shared.media import get_container
 from shared.messages.records import JobRecord, JobStatus, Output
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway.errors import json_response
+from services.gateway.http import json_response
 from services.gateway.state import gateway
 
 routes = web.RouteTableDef()

@@ -29,9 +29,9 @@ from nats.js.errors import KeyWrongLastSequenceError
 from services.gateway.config import GatewaySettings
 from services.gateway.signed_tokens import TokenSigner
 from shared.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
-from shared.kv import TypedKV
 from shared.messages.accounts import RANK, ApiKey, Role, User, UsernameClaim
-from shared.projection import Projection
+from shared.nats.kv import TypedKV
+from shared.nats.projection import Projection
 
 log = structlog.get_logger("vidmesh.gateway.identity")
 

@@ -26,8 +26,8 @@ from collections.abc import AsyncIterator
 import structlog
 
 from shared.errors import TooManyRequests, Unauthorized
-from shared.kv import TypedKV
 from shared.messages.accounts import LoginFailures
+from shared.nats.kv import TypedKV
 
 log = structlog.get_logger("vidmesh.gateway.login_limits")
 

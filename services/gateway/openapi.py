@@ -11,9 +11,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from services.gateway.api import API, Access, Operation
-from services.gateway.views import ErrorEnvelope
-from shared import asyncapi
+from services.gateway.api import API, Access, Operation, Tag
+from services.gateway.http import ErrorEnvelope
+from shared.messages import asyncapi
 
 TITLE = "vidmesh native API"
 VERSION = "1.0.0"
@@ -155,7 +155,7 @@ def render() -> str:
     return json.dumps(document(), indent=2, sort_keys=True) + "\n"
 
 
-@API.route("GET", "/api/openapi.json", access=Access.PUBLIC, tag="meta", summary="This document")
+@API.route("GET", "/api/openapi.json", access=Access.PUBLIC, tag=Tag.META, summary="This document")
 async def openapi_json(request: web.Request) -> web.Response:
     return web.json_response(document())
 
@@ -164,7 +164,7 @@ async def openapi_json(request: web.Request) -> web.Response:
     "GET",
     "/api/asyncapi.json",
     access=Access.PUBLIC,
-    tag="meta",
+    tag=Tag.META,
     summary="The AsyncAPI 3.0 document of the NATS event contract",
 )
 async def asyncapi_json(request: web.Request) -> web.Response:

@@ -16,14 +16,15 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from services.gateway.config import GatewaySettings
-from services.gateway.feeds import EventHub
+from services.gateway.feeds.hub import EventHub
 from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
 from services.gateway.kube import Cluster
 from services.gateway.login_limits import LoginLimits
+from shared.blobs.users import Stores, UserStore
 from shared.errors import Unavailable, Unprocessable
 from shared.fleet import Fleet
-from shared.kv import TypedKV
+from shared.jobs.store import RecordStore
 from shared.media.probe import ProbeResult
 from shared.messages import commands as cmd
 from shared.messages import events, rpc
@@ -35,12 +36,11 @@ from shared.messages.records import (
     StorageSummary,
     Totals,
 )
-from shared.natsio import publish_command
+from shared.nats.kv import TypedKV
+from shared.nats.projection import Projection
+from shared.nats.subjects import Names
+from shared.nats.topology import publish_command
 from shared.outbound import OutboundRefused
-from shared.projection import Projection
-from shared.recordstore import RecordStore
-from shared.stores import Stores, UserStore
-from shared.subjects import Names
 
 
 @dataclass(slots=True)

@@ -20,7 +20,6 @@ from nats.aio.msg import Msg
 from yarl import URL
 
 from services.notifier.config import NotifierSettings
-from shared.consumer import Outcome
 from shared.messages import events as ev
 from shared.messages.webhooks import (
     WORK_DECODER,
@@ -30,10 +29,11 @@ from shared.messages.webhooks import (
     WebhookSubscription,
 )
 from shared.metrics import WEBHOOK_DELIVERIES
-from shared.natsio import publish_event
+from shared.nats.consumer import Outcome
+from shared.nats.projection import Projection
+from shared.nats.topology import publish_event
 from shared.outbound import OutboundClient
-from shared.projection import Projection
-from shared.webhooks import (
+from shared.webhooks.catalogue import (
     Attempted,
     SecretSealer,
     SecretUnavailable,

@@ -15,8 +15,6 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 
-from shared.consumer import Outcome
-from shared.kv import Stale
 from shared.messages import events as ev
 from shared.messages.webhooks import (
     Delivery,
@@ -25,8 +23,16 @@ from shared.messages.webhooks import (
     WebhookSubscription,
     WebhookWork,
 )
-from shared.projection import Projection
-from shared.webhooks import WebhookStore, delivery_id, job_subscription_id, payload_of, wants
+from shared.nats.consumer import Outcome
+from shared.nats.kv import Stale
+from shared.nats.projection import Projection
+from shared.webhooks.catalogue import (
+    WebhookStore,
+    delivery_id,
+    job_subscription_id,
+    payload_of,
+    wants,
+)
 
 log = structlog.get_logger("vidmesh.notifier")
 

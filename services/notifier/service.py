@@ -15,14 +15,14 @@ from nats.js import JetStreamContext
 from services.notifier.config import DAY, NotifierSettings
 from services.notifier.deliver import Deliverer
 from services.notifier.fanout import Fanout
-from shared.consumer import Consumer, Outcome, SlotLoops, settle
 from shared.messages.webhooks import WebhookSubscription
-from shared.natsio import ensure_topology, retention_of
+from shared.nats.consumer import Consumer, Outcome, SlotLoops, settle
+from shared.nats.projection import Projection
+from shared.nats.subjects import Names
+from shared.nats.topology import ensure_topology, retention_of
 from shared.outbound import OutboundClient
-from shared.projection import Projection
 from shared.runtime import Service
-from shared.subjects import Names
-from shared.webhooks import USER_AGENT, SecretSealer, WebhookStore
+from shared.webhooks.catalogue import USER_AGENT, SecretSealer, WebhookStore
 
 log = structlog.get_logger("vidmesh.notifier")
 

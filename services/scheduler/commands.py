@@ -14,11 +14,11 @@ from structlog.contextvars import bound_contextvars
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.reconcile import Reconciler
 from services.scheduler.view import View
-from shared import jobstate
-from shared.consumer import Outcome
+from shared.jobs import state as jobstate
+from shared.jobs.store import RecordStore
 from shared.messages import commands as cmd
 from shared.messages.records import JobRecord, JobStatus, RenditionState
-from shared.recordstore import RecordStore
+from shared.nats.consumer import Outcome
 
 log = structlog.get_logger("vidmesh.scheduler")
 

@@ -1,6 +1,6 @@
 """Dispatch: give pending renditions a pool's concurrency slots and publish them as work.
 
-A lease is one KV key of its own (see `shared.leases`), so no record grows with the number of
+A lease is one KV key of its own (see `shared.nats.leases`), so no record grows with the number of
 clients or leases, and scheduler replicas never exceed a pool's limit together:
 
 - An automatic lease is the key `<pool>.slot.<n>` with n below the pool's limit, made with a
@@ -37,15 +37,15 @@ import structlog
 
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.view import View
-from shared import jobstate
 from shared.fleet import SETTINGS_KEY
-from shared.kv import Stale, TypedKV
-from shared.leases import manual_key, pool_of, slot_key, slot_of
+from shared.jobs import state as jobstate
+from shared.jobs.store import RecordStore
 from shared.messages.fleet import Pool, TranscodingSettings
 from shared.messages.records import Lease, LeaseSet, Rendition, RenditionState
 from shared.messages.work import ENCODER, TranscodeWork
-from shared.projection import Projection
-from shared.recordstore import RecordStore
+from shared.nats.kv import Stale, TypedKV
+from shared.nats.leases import manual_key, pool_of, slot_key, slot_of
+from shared.nats.projection import Projection
 
 log = structlog.get_logger("vidmesh.scheduler")
 

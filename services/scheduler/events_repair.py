@@ -14,11 +14,12 @@ import structlog
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from shared.messages import events, record_events
+from shared.jobs import events as record_events
+from shared.messages import events
 from shared.messages.records import JobRecord, JobStatus
-from shared.natsio import describe, publish_event
-from shared.projection import Projection
-from shared.subjects import Names
+from shared.nats.projection import Projection
+from shared.nats.subjects import Names
+from shared.nats.topology import describe, publish_event
 
 log = structlog.get_logger("vidmesh.scheduler")
 

@@ -14,8 +14,8 @@ from nats.js.errors import NotFoundError
 from services.scheduler.view import View
 from shared import metrics as m
 from shared.messages.records import JobRecord, JobStatus, RenditionState
-from shared.natsio import describe
-from shared.subjects import Names
+from shared.nats.subjects import Names
+from shared.nats.topology import describe
 
 log = structlog.get_logger("vidmesh.scheduler")
 

@@ -14,11 +14,11 @@ import structlog
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.sharing import ShareChecks
 from services.scheduler.view import View, device_limited
-from shared import jobstate
+from shared.jobs import state as jobstate
+from shared.jobs.store import JobFn, RecordStore, RenditionFn
 from shared.messages import commands
 from shared.messages.records import JobRecord, JobStatus, Rendition, RenditionState
-from shared.natsio import publish_command
-from shared.recordstore import JobFn, RecordStore, RenditionFn
+from shared.nats.topology import publish_command
 
 log = structlog.get_logger("vidmesh.scheduler")
 

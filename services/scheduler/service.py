@@ -22,15 +22,15 @@ from services.scheduler.metrics import observe_job, sample_forever
 from services.scheduler.reconcile import Reconciler
 from services.scheduler.sharing import ShareChecks
 from services.scheduler.view import View
-from shared.consumer import Consumer, SlotLoops
-from shared.kv import TypedKV
+from shared.jobs.store import RecordStore
 from shared.messages.fleet import Pool, TranscodingSettings
 from shared.messages.records import JobRecord, Lease, LeaseSet, Rendition
-from shared.natsio import describe, ensure_topology, retention_of
-from shared.projection import Projection
-from shared.recordstore import RecordStore
+from shared.nats.consumer import Consumer, SlotLoops
+from shared.nats.kv import TypedKV
+from shared.nats.projection import Projection
+from shared.nats.subjects import Names
+from shared.nats.topology import describe, ensure_topology, retention_of
 from shared.runtime import Service, stop_tasks
-from shared.subjects import Names
 
 log = structlog.get_logger("vidmesh.scheduler")
 

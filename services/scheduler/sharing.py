@@ -18,10 +18,10 @@ import structlog
 from services.scheduler.access import AccessAnswer, AccessCheck, Verdict
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.view import View, waiting
-from shared import jobstate
+from shared.jobs import state as jobstate
+from shared.jobs.store import JobFn, RecordStore
 from shared.messages.records import JobRecord, JobStatus, Rendition
-from shared.natsio import describe
-from shared.recordstore import JobFn, RecordStore
+from shared.nats.topology import describe
 from shared.runtime import stop_tasks
 
 log = structlog.get_logger("vidmesh.scheduler")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 
-from shared import jobstate
+from shared.jobs import state as jobstate
 from shared.messages.records import JobRecord, JobStatus, Rendition, RenditionState
-from shared.projection import Projection
+from shared.nats.projection import Projection
 
 # The only face whose jobs come from devices (MAX_CACHED_PER_USER is its concept).
 DEVICE_CLIENT = "streamyfin"

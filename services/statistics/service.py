@@ -15,13 +15,13 @@ from nats.aio.msg import Msg
 from services.statistics.config import StatisticsSettings
 from services.statistics.telemetry import Telemetry
 from shared import cardinality
-from shared.consumer import Consumer, Outcome, SlotLoops
-from shared.kv import TypedKV
 from shared.messages import events as ev
 from shared.messages.records import Totals
-from shared.natsio import ensure_topology, retention_of
+from shared.nats.consumer import Consumer, Outcome, SlotLoops
+from shared.nats.kv import TypedKV
+from shared.nats.subjects import Names
+from shared.nats.topology import ensure_topology, retention_of
 from shared.runtime import Service
-from shared.subjects import Names
 
 log = structlog.get_logger("vidmesh.statistics")
 

@@ -28,7 +28,6 @@ from services.statistics.estimate import estimate
 from services.statistics.rollups import Rollup
 from services.statistics.snapshot import FleetState, finished_sessions, pool_metrics, readings
 from shared.errors import VidmeshError
-from shared.kv import TypedKV
 from shared.messages.fleet import Pool, WorkerInfo
 from shared.messages.records import Progress, Totals
 from shared.messages.telemetry import (
@@ -42,10 +41,11 @@ from shared.messages.telemetry import (
     TelemetrySample,
     TelemetrySettings,
 )
-from shared.natsio import Buckets, describe
-from shared.projection import Projection
+from shared.nats.kv import TypedKV
+from shared.nats.projection import Projection
+from shared.nats.subjects import Names
+from shared.nats.topology import Buckets, describe
 from shared.runtime import stop_tasks
-from shared.subjects import Names
 
 log = structlog.get_logger("vidmesh.statistics")
 

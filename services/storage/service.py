@@ -14,18 +14,18 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from services.storage.config import StorageSettings
-from shared.blobstore import BlobStore
-from shared.consumer import Consumer, Outcome, SlotLoops
-from shared.kv import TypedKV
+from shared.blobs.config import open_store
+from shared.blobs.store import BlobStore
+from shared.blobs.users import service_config
 from shared.messages import commands as cmd
 from shared.messages import events
 from shared.messages.records import Rendition, RenditionState, StorageSummary
-from shared.natsio import describe, ensure_topology, publish_event, retention_of
-from shared.projection import Projection
+from shared.nats.consumer import Consumer, Outcome, SlotLoops
+from shared.nats.kv import TypedKV
+from shared.nats.projection import Projection
+from shared.nats.subjects import Names
+from shared.nats.topology import describe, ensure_topology, publish_event, retention_of
 from shared.runtime import Service
-from shared.storeconfig import open_store
-from shared.stores import service_config
-from shared.subjects import Names
 
 log = structlog.get_logger("vidmesh.storage")
 

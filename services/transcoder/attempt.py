@@ -8,7 +8,8 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from shared.blobstore import BlobStore, StoredBlob
+from shared.blobs.store import BlobStore, StoredBlob
+from shared.blobs.users import Stores
 from shared.errors import BadRequest, StoreError
 from shared.media.pipelines import PipelineChoice, choose_pipeline
 from shared.media.plan import Plan
@@ -17,7 +18,6 @@ from shared.media.profiles import Profile
 from shared.messages.records import JobError
 from shared.messages.work import TranscodeWork
 from shared.sources import check_local_source, is_object_uri, scrub
-from shared.stores import Stores
 
 log = structlog.get_logger("vidmesh.transcoder")
 

@@ -19,7 +19,7 @@ from services.transcoder.limits import RunLimits, Watchdog, output_too_large
 from services.transcoder.progress import ProgressReporter
 from services.transcoder.source_proxy import SourceProxy, SourceRefused
 from services.transcoder.upload import OutputTooLarge, PipeUpload
-from shared.blobstore import BlobStore, StoredBlob
+from shared.blobs.store import BlobStore, StoredBlob
 from shared.errors import StoreError
 from shared.media import FfmpegProgress, FfmpegResult, classify_failure, run_ffmpeg
 from shared.media.pipelines import is_hardware_failure

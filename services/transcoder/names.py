@@ -15,9 +15,9 @@ from pathlib import PurePosixPath
 import structlog
 
 from services.transcoder.attempt import TranscodeFailed
-from shared.blobstore import BlobStore
-from shared.kv import Stale, TypedKV
+from shared.blobs.store import BlobStore
 from shared.messages.records import JobError, OutputNameClaim
+from shared.nats.kv import Stale, TypedKV
 
 log = structlog.get_logger("vidmesh.transcoder")
 

@@ -17,7 +17,7 @@ from shared import metrics as m
 from shared.gpu import GpuMonitor, GpuReport
 from shared.media.capabilities import Capabilities, CapabilityCache
 from shared.messages.fleet import Capability, GpuState, PipelineState, WorkerInfo
-from shared.natsio import describe
+from shared.nats.topology import describe
 
 log = structlog.get_logger("vidmesh.transcoder")
 

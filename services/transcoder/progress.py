@@ -14,9 +14,9 @@ import time
 import msgspec
 import structlog
 
-from shared.kv import TypedKV
 from shared.media import FfmpegProgress
 from shared.messages.records import Progress
+from shared.nats.kv import TypedKV
 
 log = structlog.get_logger("vidmesh.transcoder")
 

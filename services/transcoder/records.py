@@ -18,14 +18,14 @@ from nats.js.kv import KV_DEL, KV_PURGE
 
 from services.transcoder.attempt import scrub_error
 from services.transcoder.progress import ProgressReporter
-from shared import jobstate
-from shared.consumer import Outcome
+from shared.blobs.users import Stores
+from shared.jobs import state as jobstate
+from shared.jobs.store import RecordStore
 from shared.media.probe import ProbeResult
 from shared.messages.records import JobError, Output, Rendition, RenditionState
 from shared.messages.work import TranscodeWork
-from shared.natsio import describe
-from shared.recordstore import RecordStore
-from shared.stores import Stores
+from shared.nats.consumer import Outcome
+from shared.nats.topology import describe
 
 log = structlog.get_logger("vidmesh.transcoder")
 

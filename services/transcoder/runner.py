@@ -36,10 +36,11 @@ from services.transcoder.progress import ProgressReporter
 from services.transcoder.records import RenditionRecords
 from services.transcoder.sessions import SessionRecorder, session_id
 from services.transcoder.source_proxy import SourceAccess, SourceProxy, SourceRefused
-from shared.blobstore import BlobStore, output_key
-from shared.consumer import Outcome
+from shared.blobs.store import BlobStore, output_key
+from shared.blobs.users import Stores
 from shared.errors import SourceError, StoreError
 from shared.fleet import Fleet
+from shared.jobs.store import RecordStore
 from shared.media import (
     build_args,
     builtin,
@@ -55,11 +56,10 @@ from shared.media.profiles import Profile
 from shared.messages.fleet import DEVICE_PIPELINES, SessionState, TranscodeSession
 from shared.messages.records import JobError, Output, Rendition
 from shared.messages.work import WORK_DECODER, TranscodeWork
-from shared.natsio import describe
-from shared.recordstore import RecordStore
+from shared.nats.consumer import Outcome
+from shared.nats.topology import describe
 from shared.runtime import stop_tasks
 from shared.sources import scrub
-from shared.stores import Stores
 
 log = structlog.get_logger("vidmesh.transcoder")
 

@@ -23,10 +23,10 @@ from services.transcoder.names import OutputNames
 from services.transcoder.node import NodeState, export_worker
 from services.transcoder.runner import WorkRunner
 from services.transcoder.source_proxy import SourceAccess, SourceRefused
-from shared.consumer import Consumer, SlotLoops
+from shared.blobs.users import Sealer, Stores, UserStore
 from shared.errors import BadRequest, SourceError, StoreError
 from shared.fleet import Fleet
-from shared.kv import TypedKV
+from shared.jobs.store import RecordStore
 from shared.media import default_ffmpeg, ffmpeg_version, is_http, probe_async
 from shared.media.capabilities import CapabilityCache
 from shared.media.inputs import without_proxy_bypass
@@ -34,12 +34,12 @@ from shared.messages import events as ev
 from shared.messages import rpc
 from shared.messages.fleet import WorkerInfo
 from shared.messages.records import OutputNameClaim, RenditionState
-from shared.natsio import describe, ensure_topology, publish_event, retention_of
-from shared.recordstore import RecordStore
+from shared.nats.consumer import Consumer, SlotLoops
+from shared.nats.kv import TypedKV
+from shared.nats.subjects import Names
+from shared.nats.topology import describe, ensure_topology, publish_event, retention_of
 from shared.runtime import Service
 from shared.sources import check_local_source, is_object_uri, scrub
-from shared.stores import Sealer, Stores, UserStore
-from shared.subjects import Names
 
 log = structlog.get_logger("vidmesh.transcoder")
 

@@ -12,9 +12,9 @@ import structlog
 
 from services.transcoder.progress import ProgressReporter
 from shared import metrics as m
-from shared.kv import TypedKV
 from shared.messages.fleet import SessionState, ThroughputSample, TranscodeSession
-from shared.natsio import describe
+from shared.nats.kv import TypedKV
+from shared.nats.topology import describe
 from shared.sources import scrub
 
 log = structlog.get_logger("vidmesh.transcoder")

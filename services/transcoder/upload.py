@@ -12,7 +12,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from shared.blobstore import BlobWriter, StoredBlob
+from shared.blobs.store import BlobWriter, StoredBlob
 
 # what the pipe reader buffers before it stops reading (and ffmpeg waits on its next write)
 _READ_LIMIT = 1 << 20

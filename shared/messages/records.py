@@ -2,7 +2,7 @@
 
 A *job* is one client's request. A *rendition* is one transcode of one source with one profile into
 one container: several jobs asking for the same thing share a rendition and its output. The
-scheduler owns both state machines (see `shared.jobstate`); a transcoder only claims a rendition,
+scheduler owns both state machines (see `shared.jobs.state`); a transcoder only claims a rendition,
 reports its outcome on it, and writes live progress.
 """
 
@@ -177,7 +177,7 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
 class Lease(msgspec.Struct, frozen=True, kw_only=True):
     """A rendition's claim on one of a pool's concurrency slots: one KV key per lease,
     `<pool>.slot.<n>` (n below the pool's limit) or `<pool>.manual.<rendition>` for a manual start
-    beyond it (see `shared.leases`), created and deleted only by compare-and-set."""
+    beyond it (see `shared.nats.leases`), created and deleted only by compare-and-set."""
 
     generation: int
     since: Timestamp

@@ -1,0 +1,1 @@
+"""The gateway's faces: one package per API it speaks. No face imports another face."""

@@ -1,0 +1,1 @@
+"""The native `/api/` face, shaped after the Odeion media server's routes."""

@@ -1,0 +1,313 @@
+"""Jobs face: create (with Idempotency-Key), list with filters and cursors, read, cancel, delete,
+restart, retry, confirm a download, and the caller's usage."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+
+import msgspec
+from aiohttp import web
+from nats.js.errors import KeyWrongLastSequenceError
+
+from services.gateway.api import API, Access, Tag, caller
+from services.gateway.faces.native.jobs_common import (
+    JobQuery,
+    JobRequest,
+    accept_job_notified,
+    command_fields,
+    page,
+    send,
+    visible_job,
+)
+from services.gateway.faces.native.views import (
+    JobPage,
+    JobStatusView,
+    JobView,
+    job_view,
+    status_view,
+)
+from services.gateway.http import json_response
+from services.gateway.state import Gateway, gateway
+from shared.errors import BadRequest, Conflict
+from shared.jobs import state as jobstate
+from shared.messages import commands as cmd
+from shared.messages.accounts import IdempotencyRecord
+from shared.messages.records import JobRecord, JobStatus
+
+TAG = Tag.JOBS
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_BODY = msgspec.json.Encoder()
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    """What the caller has used."""
+
+    jobs: int
+    jobs_by_status: dict[str, int]
+    minutes_transcoded: float
+    bytes_stored: int
+
+
+@API.route(
+    "POST",
+    "/api/jobs",
+    access=Access.USER,
+    tag=TAG,
+    status=201,
+    summary="Create a job (send Idempotency-Key to make retries safe)",
+    body=JobRequest,
+    response=JobView,
+    statuses=(404, 409),
+)
+async def create_job(request: web.Request, body: JobRequest) -> web.Response:
+    gw = gateway(request)
+    who = caller(request)
+    key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
+    if not key:
+        job, secret = await accept_job_notified(gw, who, body)
+        return json_response(_created(gw, job, who.user_id, secret), 201)
+    if len(key) > 255:
+        raise BadRequest(f"{IDEMPOTENCY_HEADER} must be at most 255 characters.")
+    slot = hashlib.sha256(f"{who.user_id}\n{key}".encode()).hexdigest()[:40]
+    fingerprint = hashlib.sha256(_BODY.encode(body)).hexdigest()
+    job_id = str(uuid.uuid4())
+    claim = IdempotencyRecord(job_id=job_id, request_sha256=fingerprint, created_at=time.time())
+    try:
+        await gw.idempotency.create(slot, claim)
+    except KeyWrongLastSequenceError:
+        return await _replay(request, gw, slot, fingerprint)
+    try:
+        job, secret = await accept_job_notified(gw, who, body, job_id=job_id)
+    except BaseException:
+        await gw.idempotency.delete(slot)
+        raise
+    return json_response(_created(gw, job, who.user_id, secret), 201)
+
+
+def _created(gw: Gateway, job: JobRecord, viewer: str, notify_secret: str | None) -> JobView:
+    view = job_view(gw, job, viewer)
+    return msgspec.structs.replace(view, notify_secret=notify_secret) if notify_secret else view
+
+
+async def _replay(request: web.Request, gw: Gateway, slot: str, fingerprint: str) -> web.Response:
+    found = await gw.idempotency.get(slot)
+    if found is None:
+        raise Conflict("That Idempotency-Key is being used right now; try again.")
+    if found.value.request_sha256 != fingerprint:
+        raise Conflict(f"That {IDEMPOTENCY_HEADER} was used with a different request.")
+    job = await visible_job(request, found.value.job_id)
+    response = json_response(job_view(gw, job, caller(request).user_id), 201)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@API.route(
+    "GET",
+    "/api/jobs",
+    access=Access.USER,
+    tag=TAG,
+    summary="The caller's jobs, newest first",
+    query=JobQuery,
+    response=JobPage,
+)
+async def list_jobs(request: web.Request, query: JobQuery) -> web.Response:
+    gw = gateway(request)
+    who = caller(request)
+    own = [job for job in gw.jobs.values() if job.owner == who.user_id]
+    return json_response(page(gw, own, query, who.user_id))
+
+
+@API.route(
+    "GET",
+    "/api/jobs/{job_id}",
+    access=Access.USER,
+    tag=TAG,
+    summary="A job, with the story of what happened to it",
+    response=JobView,
+)
+async def get_job(request: web.Request) -> web.Response:
+    job = await visible_job(request, request.match_info["job_id"])
+    return json_response(job_view(gateway(request), job, caller(request).user_id))
+
+
+@API.route(
+    "GET",
+    "/api/jobs/{job_id}/status",
+    access=Access.USER,
+    tag=TAG,
+    summary="Where a job is: stage, progress, speed, ETA",
+    response=JobStatusView,
+)
+async def job_status(request: web.Request) -> web.Response:
+    job = await visible_job(request, request.match_info["job_id"])
+    return json_response(status_view(gateway(request), job))
+
+
+async def _answer(request: web.Request, job: JobRecord) -> web.Response:
+    return json_response(job_view(gateway(request), job, caller(request).user_id))
+
+
+@API.route(
+    "POST",
+    "/api/jobs/{job_id}/cancel",
+    access=Access.USER,
+    tag=TAG,
+    summary="Cancel a job that has not finished",
+    response=JobView,
+    statuses=(409,),
+)
+async def cancel_job(request: web.Request) -> web.Response:
+    job = await visible_job(request, request.match_info["job_id"], change=True)
+    if job.status not in jobstate.ACTIVE:
+        raise Conflict(f"Job {job.id} has already finished ({job.status}).")
+    command = cmd.CancelJob(**command_fields(request), job_id=job.id)
+    after = await send(gateway(request), "job_cancel", command, job.id, _moved_from(job))
+    return await _answer(request, after)
+
+
+@API.route(
+    "DELETE",
+    "/api/jobs/{job_id}",
+    access=Access.USER,
+    tag=TAG,
+    summary="Cancel a job, or let a finished job's output go",
+    response=JobView,
+)
+async def delete_job(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    job = await visible_job(request, request.match_info["job_id"], change=True)
+    if job.status in jobstate.ACTIVE:
+        command: cmd.Command = cmd.CancelJob(**command_fields(request), job_id=job.id)
+        job = await send(gw, "job_cancel", command, job.id, _moved_from(job))
+    elif jobstate.holds_output(job, time.time()):
+        command = cmd.DeleteOutput(**command_fields(request), job_id=job.id)
+        job = await send(gw, "job_delete_output", command, job.id, _output_gone)
+    return await _answer(request, job)
+
+
+@API.route(
+    "DELETE",
+    "/api/jobs/{job_id}/file",
+    access=Access.USER,
+    tag=TAG,
+    summary="Delete a finished job's output now",
+    response=JobView,
+    statuses=(409,),
+)
+async def delete_file(request: web.Request) -> web.Response:
+    job = await visible_job(request, request.match_info["job_id"], change=True)
+    if not jobstate.holds_output(job, time.time()):
+        raise Conflict(f"Job {job.id} has no stored output ({job.status}).")
+    command = cmd.DeleteOutput(**command_fields(request), job_id=job.id)
+    after = await send(gateway(request), "job_delete_output", command, job.id, _output_gone)
+    return await _answer(request, after)
+
+
+@API.route(
+    "POST",
+    "/api/jobs/{job_id}/restart",
+    access=Access.USER,
+    tag=TAG,
+    summary="Run a finished job again from scratch",
+    response=JobView,
+    statuses=(409,),
+)
+async def restart_job(request: web.Request) -> web.Response:
+    job = await visible_job(request, request.match_info["job_id"], change=True)
+    if job.status not in (
+        JobStatus.COMPLETED,
+        JobStatus.FAILED,
+        JobStatus.CANCELLED,
+        JobStatus.REMOVED,
+    ):
+        raise Conflict(f"Job {job.id} is still {job.status}; cancel it first.")
+    command = cmd.RestartJob(**command_fields(request), job_id=job.id, nonce=uuid.uuid4().hex)
+    after = await send(gateway(request), "job_restart", command, job.id, _moved_from(job))
+    return await _answer(request, after)
+
+
+@API.route(
+    "POST",
+    "/api/jobs/{job_id}/retry",
+    access=Access.USER,
+    tag=TAG,
+    summary="Run a failed or cancelled job again",
+    response=JobView,
+    statuses=(409,),
+)
+async def retry_job(request: web.Request) -> web.Response:
+    job = await visible_job(request, request.match_info["job_id"], change=True)
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise Conflict(f"Job {job.id} is {job.status}; only failed or cancelled jobs are retried.")
+    command = cmd.RetryJob(**command_fields(request), job_id=job.id)
+    after = await send(gateway(request), "job_retry", command, job.id, _moved_from(job))
+    return await _answer(request, after)
+
+
+@API.route(
+    "POST",
+    "/api/jobs/{job_id}/complete",
+    access=Access.USER,
+    tag=TAG,
+    summary="Confirm the download: the output is kept for the retention from now",
+    response=JobView,
+    statuses=(409,),
+)
+async def complete_job(request: web.Request) -> web.Response:
+    job = await visible_job(request, request.match_info["job_id"], change=True)
+    if job.status is not JobStatus.COMPLETED:
+        raise Conflict(f"Job {job.id} is {job.status}; only a completed job is confirmed.")
+    command = cmd.ConfirmDownload(**command_fields(request), job_id=job.id)
+    after = await send(
+        gateway(request),
+        "job_confirm",
+        command,
+        job.id,
+        lambda j: j is None or j.downloaded_at is not None,
+    )
+    return await _answer(request, after)
+
+
+@API.route(
+    "GET",
+    "/api/usage",
+    access=Access.USER,
+    tag=TAG,
+    summary="The caller's jobs, minutes transcoded, bytes stored",
+    response=Usage,
+)
+async def usage(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    who = caller(request)
+    now = time.time()
+    by_status: dict[str, int] = {}
+    minutes = 0.0
+    stored: dict[str, int] = {}
+    for job in gw.jobs.values():
+        if job.owner != who.user_id:
+            continue
+        by_status[job.status.value] = by_status.get(job.status.value, 0) + 1
+        if job.output is not None:
+            minutes += (job.output.duration or 0.0) / 60
+            if jobstate.holds_output(job, now):
+                stored[job.output.blob] = job.output.size
+    return json_response(
+        Usage(
+            jobs=sum(by_status.values()),
+            jobs_by_status=by_status,
+            minutes_transcoded=round(minutes, 2),
+            bytes_stored=sum(stored.values()),
+        )
+    )
+
+
+def _moved_from(job: JobRecord) -> Callable[[JobRecord | None], bool]:
+    before = (job.status, job.updated_at)
+    return lambda j: j is None or (j.status, j.updated_at) != before
+
+
+def _output_gone(job: JobRecord | None) -> bool:
+    return job is None or not jobstate.holds_output(job, time.time())

@@ -1,0 +1,1 @@
+"""The Streamyfin optimize-server face, at the root of the main port."""

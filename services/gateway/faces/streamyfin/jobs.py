@@ -1,0 +1,330 @@
+"""The Streamyfin optimize-server face: its eight endpoints, field names and status words.
+
+The Streamyfin app sends its Jellyfin token, treats anything but 201 from `POST /optimize-version`
+as failure, polls `GET /all-jobs?deviceId=` every 2 s, downloads a job it saw go from
+`optimizing` to `completed` from `GET /download/:id`, then calls `DELETE /cancel-job/:id`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from aiohttp import web
+
+from services.gateway.downloads import serve_output
+from services.gateway.faces.native.jobs_common import check_public_source
+from services.gateway.http import json_response, read_json
+from services.gateway.jellyfin import JellyfinUser
+from services.gateway.state import Gateway, gateway
+from shared import cardinality
+from shared.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from shared.jobs import state as jobstate
+from shared.media import builtin, get_container, validate_preset
+from shared.messages import commands as cmd
+from shared.messages.records import JobRecord, JobStatus, Totals
+from shared.sources import duration_from_ticks, rebase_on_jellyfin, redact, validate_http_url
+
+routes = web.RouteTableDef()
+
+STATUS_WORDS: dict[JobStatus, str] = {
+    JobStatus.QUEUED: "queued",
+    JobStatus.PAUSED: "queued",  # native API batches; the original had no such state
+    JobStatus.HELD: "pending downloads limit",
+    JobStatus.RUNNING: "optimizing",
+    JobStatus.COMPLETED: "completed",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELLED: "cancelled",
+    JobStatus.REMOVED: "ready-for-removal",
+}
+# What a device no longer sees in its own list (the original dropped these jobs outright).
+HIDDEN_FROM_DEVICE = frozenset({JobStatus.CANCELLED, JobStatus.REMOVED})
+PROFILE = "optimized"
+
+
+# Client-supplied strings that are stored (ids, names) are bounded: records stay small.
+MAX_NAME = 200
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
+
+
+class OptimizeRequest(msgspec.Struct, kw_only=True):
+    """Body of `POST /optimize-version`. Unknown fields are ignored: the client is third-party."""
+
+    url: Annotated[str, msgspec.Meta(max_length=8192)] | None = None
+    fileExtension: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+    deviceId: Name | None = None
+    itemId: Name | None = None
+    item: dict[str, Any] | None = None
+
+
+def check_item_names(item: dict[str, Any] | None) -> None:
+    """The Jellyfin item's id and name fields (`Id`, `Name`, `SeriesName`, `OriginalTitle`...)
+    are stored with the job: each at most MAX_NAME characters, like `deviceId` and `itemId`."""
+    for key, value in (item or {}).items():
+        if key == "Id":
+            text = "" if value is None else str(value)  # the item id when `itemId` is left out
+        else:
+            named = key.endswith(("Name", "Title")) and isinstance(value, str)
+            text = value if named else ""
+        if len(text) > MAX_NAME:
+            raise BadRequest(
+                f"Invalid request body: item.{key} is longer than {MAX_NAME} characters.",
+                details={"path": f"$.item.{key}"},
+            )
+
+
+class StreamyfinJob(msgspec.Struct, kw_only=True):
+    """A job as the Streamyfin app reads it (plus a few fields it ignores)."""
+
+    id: str
+    status: str
+    progress: float
+    speed: float | None
+    outputPath: str
+    inputUrl: str
+    deviceId: str
+    itemId: str
+    item: dict[str, Any]
+    timestamp: str
+    size: int
+    checksum: str | None
+    fileExtension: str
+    eta: float | None = None
+    error: str | None = None
+    shared: bool = False
+
+
+def to_streamyfin(gw: Gateway, job: JobRecord, viewer: JellyfinUser) -> StreamyfinJob:
+    """The job in the original's shape; a URL's credentials show only to the job's owner."""
+    progress, speed, eta = 0.0, None, None
+    live = gw.progress_of(job)
+    if live is not None:
+        progress, speed, eta = live.percent, live.speed, live.eta
+    elif job.output is not None:
+        progress = 100.0
+    output = job.output
+    return StreamyfinJob(
+        id=job.id,
+        status=STATUS_WORDS[job.status],
+        progress=progress,
+        speed=speed,
+        outputPath=output.blob if output else "",
+        inputUrl=job.source if viewer.id == job.owner else redact(job.source),
+        deviceId=job.device_id,
+        itemId=job.item_id,
+        item=job.item or {},
+        timestamp=_iso(job.created_at),
+        size=output.size if output else 0,
+        checksum=output.sha256 if output else None,
+        fileExtension=get_container(job.container).extension.lstrip("."),
+        eta=eta,
+        error=job.error.reason if job.error else None,
+        shared=job.shared,
+    )
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def _caller(request: web.Request) -> tuple[Gateway, JellyfinUser]:
+    gw = gateway(request)
+    return gw, await gw.auth.require(request)
+
+
+async def _own_job(gw: Gateway, user: JellyfinUser, job_id: str) -> JobRecord:
+    job = await gw.job(job_id)
+    if job is None or not (user.is_admin or job.owner == user.id):
+        raise NotFound(f"No job with id {job_id!r}.")
+    return job
+
+
+@routes.post("/optimize-version")
+async def optimize_version(request: web.Request) -> web.Response:
+    gw, user = await _caller(request)
+    body: OptimizeRequest = await read_json(
+        request,
+        OptimizeRequest,
+        max_bytes=gw.settings.max_body_bytes,
+        timeout=gw.settings.body_timeout,
+    )
+    check_item_names(body.item)
+    url = validate_http_url(body.url)
+    if gw.settings.jellyfin_url and gw.settings.rebase_jellyfin_urls:
+        url = rebase_on_jellyfin(url, gw.settings.jellyfin_url)
+    container = get_container(body.fileExtension or "mp4")
+    spec = builtin(PROFILE)
+    if container.name != spec.container:
+        # The same rendition in another container (mkv keeps the source's subtitles).
+        spec = validate_preset(
+            msgspec.structs.replace(
+                spec, container=container.name, subtitles=container.keeps_subtitles
+            )
+        )
+    spec = await gw.fleet.within_ceilings(spec)
+    # the Jellyfin server, or where the outbound policy allows (the transcoder checks again on
+    # every connection ffmpeg makes)
+    await check_public_source(gw, url)
+    item = body.item
+    item_id = body.itemId or (str(item.get("Id")) if item and item.get("Id") else "")
+    job = jobstate.new_job(
+        job_id=str(uuid.uuid4()),
+        owner=user.id,
+        owner_name=user.name,
+        client="streamyfin",
+        device_id=body.deviceId or "",
+        item_id=item_id,
+        item=item,
+        source=url,
+        profile=PROFILE,
+        spec=spec,
+        container=container.name,
+        duration_hint=duration_from_ticks(item.get("RunTimeTicks")) if item else None,
+        now=time.time(),
+    )
+    try:
+        await gw.store.create_job(job)
+    except Exception as exc:
+        raise Unavailable("The job could not be stored: NATS is not reachable right now.") from exc
+    return json_response({"id": job.id}, status=201)
+
+
+@routes.get("/job-status/{id}")
+async def job_status(request: web.Request) -> web.Response:
+    gw, user = await _caller(request)
+    job = await _own_job(gw, user, request.match_info["id"])
+    return json_response(to_streamyfin(gw, job, user))
+
+
+@routes.get("/all-jobs")
+async def all_jobs(request: web.Request) -> web.Response:
+    gw, user = await _caller(request)
+    device = request.query.get("deviceId")
+    jobs = [
+        job
+        for job in gw.jobs.values()
+        if (user.is_admin or job.owner == user.id)
+        and (device is None or (job.device_id == device and job.status not in HIDDEN_FROM_DEVICE))
+    ]
+    jobs.sort(key=lambda job: job.created_at)
+    return json_response([to_streamyfin(gw, job, user) for job in jobs])
+
+
+@routes.delete("/cancel-job/{id}")
+async def cancel_job(request: web.Request) -> web.Response:
+    gw, user = await _caller(request)
+    job = await _own_job(gw, user, request.match_info["id"])
+    if job.status is not JobStatus.REMOVED:
+        before = job.status
+        command = cmd.ReleaseJob(
+            command_id=uuid.uuid4().hex, by=user.id, at=time.time(), job_id=job.id
+        )
+        await gw.command(
+            gw.names.scheduler_command("job_release"),
+            command,
+            job_id=job.id,
+            until=lambda j: j is None or j.status is not before,
+        )
+    current = gw.jobs.get(job.id) or job
+    return json_response(
+        {
+            "message": "Job cancelled successfully",
+            "id": job.id,
+            "status": STATUS_WORDS[current.status],
+        }
+    )
+
+
+@routes.post("/start-job/{id}")
+async def start_job(request: web.Request) -> web.Response:
+    gw, user = await _caller(request)
+    job = await _own_job(gw, user, request.match_info["id"])
+    if not jobstate.can_start(job):
+        raise Conflict(
+            f"Job {job.id} is {STATUS_WORDS[job.status]!r}; only a queued job can be started."
+        )
+    command = cmd.StartJob(command_id=uuid.uuid4().hex, by=user.id, at=time.time(), job_id=job.id)
+    await gw.command(
+        gw.names.scheduler_command("job_start"),
+        command,
+        job_id=job.id,
+        until=lambda j: j is None or j.manual_start or j.status is not JobStatus.QUEUED,
+    )
+    return json_response({"message": "Job started successfully", "id": job.id})
+
+
+@routes.get("/statistics")
+async def statistics(request: web.Request) -> web.Response:
+    gw, _user = await _caller(request)
+    totals_entry = await gw.totals.get("totals")
+    totals = totals_entry.value if totals_entry else Totals()
+    storage_entry = await gw.storage.get("summary")
+    storage = storage_entry.value if storage_entry else None
+    cache_bytes = storage.bytes if storage else 0
+    counts = _count_statuses(gw)
+    return json_response(
+        {
+            "cacheSize": human_size(cache_bytes),
+            "totalTranscodes": totals.jobs_accepted,
+            "activeJobs": counts.get(JobStatus.RUNNING, 0),
+            "completedJobs": totals.jobs_completed,
+            "uniqueDevices": cardinality.estimate(
+                cardinality.add(totals.unique_devices, totals.devices)
+            ),
+            "cacheBytes": cache_bytes,
+            "cachedFiles": storage.files if storage else 0,
+            "queuedJobs": counts.get(JobStatus.QUEUED, 0) + counts.get(JobStatus.HELD, 0),
+            "failedJobs": totals.jobs_failed,
+            "cancelledJobs": totals.jobs_cancelled,
+            "renditionsEncoded": totals.renditions_succeeded,
+            "sharedOutputs": totals.shared_hits,
+            "mediaSecondsProcessed": round(totals.media_seconds, 1),
+        }
+    )
+
+
+def _count_statuses(gw: Gateway) -> dict[JobStatus, int]:
+    counts: dict[JobStatus, int] = {}
+    for job in gw.jobs.values():
+        counts[job.status] = counts.get(job.status, 0) + 1
+    return counts
+
+
+def human_size(size: float) -> str:
+    """`1.50 MB`, as the original server printed cache sizes."""
+    units = ["B", "KB", "MB", "GB", "TB"]
+    unit = 0
+    while size >= 1024 and unit < len(units) - 1:
+        size /= 1024
+        unit += 1
+    return f"{size:.2f} {units[unit]}"
+
+
+@routes.delete("/delete-cache")
+async def delete_cache(request: web.Request) -> web.Response:
+    gw, user = await _caller(request)
+    if gw.settings.delete_cache_admin_only and not user.is_admin:
+        raise Forbidden("Only Jellyfin administrators may clear the cache on this server.")
+    # A user clears what their own jobs hold; a Jellyfin administrator, everything.
+    report = await gw.clear_cache(by=user.id, owner=user.id, admin=user.is_admin)
+    if report is None:
+        return json_response(
+            {"message": "Cache deletion requested; it is still running."}, status=202
+        )
+    return json_response(
+        {
+            "message": "Cache deleted successfully",
+            "deletedFiles": report.blobs,
+            "freedBytes": report.bytes,
+        }
+    )
+
+
+@routes.get("/download/{id}")
+async def download(request: web.Request) -> web.StreamResponse:
+    gw, user = await _caller(request)
+    job = await _own_job(gw, user, request.match_info["id"])
+    return await serve_output(gw, request, job)

@@ -1,0 +1,49 @@
+"""Questions asked of a job record: may it start, does it hold an output, can it be purged.
+
+Pure like the rest of `shared.jobs.state`, which re-exports every name here; import them from there.
+"""
+
+from __future__ import annotations
+
+from shared.messages.records import JobRecord, JobStatus, Rendition
+
+J = JobStatus
+
+
+def can_start(job: JobRecord) -> bool:
+    """Whether the job may be started ahead of the queue (only a queued job can)."""
+    return job.status is J.QUEUED
+
+
+def holds_output(job: JobRecord, now: float) -> bool:
+    """Whether the job still needs its rendition's output to stay stored."""
+    if job.status is J.COMPLETED:
+        return True
+    return job.status is J.REMOVED and job.keep_until is not None and job.keep_until > now
+
+
+def counts_toward_device_limit(job: JobRecord) -> bool:
+    """Jobs that occupy a device's share: started (or about to) and finished but not downloaded."""
+    if job.status is J.QUEUED:
+        return job.rendition is not None
+    return job.status in (J.RUNNING, J.COMPLETED)
+
+
+def follows(job: JobRecord, r: Rendition) -> bool:
+    """Whether an active job is attached to this generation of the rendition."""
+    return (
+        job.status in (J.QUEUED, J.RUNNING)
+        and job.rendition == r.key
+        and job.generation == r.generation
+    )
+
+
+def purge_due(job: JobRecord, keep_seconds: float, now: float) -> bool:
+    """Whether a job that ended long enough ago can be deleted."""
+    if job.status is J.REMOVED:
+        ended = job.removed_at or job.updated_at
+    elif job.status in (J.FAILED, J.CANCELLED):
+        ended = job.finished_at or job.updated_at
+    else:
+        return False
+    return now >= ended + keep_seconds and not holds_output(job, now)

@@ -1,0 +1,375 @@
+"""The job and rendition state machines: transitions as data, pure functions that apply them.
+
+Nothing here does I/O or reads a clock: callers pass `now`. Every function returns a new record or
+raises `InvalidTransition`; the allowed moves are the tables in `shared.jobs.transitions`, and a
+test walks them. This module holds the job machine and re-exports the rendition machine
+(`shared.jobs.renditions`) and the job queries (`shared.jobs.queries`): callers import from here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from shared.jobs.queries import (
+    can_start,
+    counts_toward_device_limit,
+    follows,
+    holds_output,
+    purge_due,
+)
+from shared.jobs.renditions import (
+    _move_rendition as _move_rendition,  # the guarded step the transition-table test walks
+)
+from shared.jobs.renditions import (
+    cancel_rendition,
+    claim,
+    dispatch,
+    fail_rendition,
+    mark_manual,
+    new_rendition,
+    own_rendition_key,
+    owned_by,
+    raise_priority,
+    release_rendition,
+    rendition_key_of,
+    renew,
+    retry,
+    succeed,
+    undispatch,
+)
+from shared.jobs.transitions import (
+    ACTIVE,
+    FINISHED,
+    JOB_TRANSITIONS,
+    RENDITION_ENDED,
+    RENDITION_LIVE,
+    RENDITION_TRANSITIONS,
+    InvalidTransition,
+)
+from shared.media.presets import PresetSpec
+from shared.media.probe import ProbeResult
+from shared.messages.records import (
+    Destination,
+    JobError,
+    JobRecord,
+    JobStatus,
+    Output,
+    Rendition,
+)
+
+__all__ = [
+    "ACTIVE",
+    "CACHE_CLEARED",
+    "CLEANED_UP",
+    "DELETED",
+    "DISMISSED",
+    "DOWNLOADED",
+    "EXPIRED",
+    "FINISHED",
+    "JOB_TRANSITIONS",
+    "RENDITION_ENDED",
+    "RENDITION_LIVE",
+    "RENDITION_TRANSITIONS",
+    "InvalidTransition",
+    "attach",
+    "can_start",
+    "cancel",
+    "cancel_rendition",
+    "claim",
+    "clean_up",
+    "clear_output",
+    "complete",
+    "confirm_download",
+    "counts_toward_device_limit",
+    "delete_output",
+    "detach",
+    "dispatch",
+    "expire",
+    "fail",
+    "fail_rendition",
+    "follows",
+    "hold",
+    "holds_output",
+    "mark_manual",
+    "new_job",
+    "new_rendition",
+    "own_rendition_key",
+    "owned_by",
+    "purge_due",
+    "raise_priority",
+    "release",
+    "release_rendition",
+    "rename",
+    "rendition_key_of",
+    "renew",
+    "request_start",
+    "restart_job",
+    "retry",
+    "retry_job",
+    "start",
+    "succeed",
+    "unhold",
+    "undispatch",
+    "unpause",
+]
+
+J = JobStatus
+
+# Why a job was removed (JobRecord.removal_reason).
+DOWNLOADED = "downloaded"
+DISMISSED = "dismissed"
+EXPIRED = "expired"
+CACHE_CLEARED = "cache_cleared"
+DELETED = "deleted"
+CLEANED_UP = "cleaned_up"
+
+
+def _move_job(job: JobRecord, to: JobStatus, now: float, **changes: object) -> JobRecord:
+    if to not in JOB_TRANSITIONS[job.status]:
+        raise InvalidTransition(f"job {job.id} is {job.status}; it cannot become {to}")
+    return msgspec.structs.replace(job, status=to, updated_at=now, **changes)
+
+
+def new_job(
+    *,
+    job_id: str,
+    owner: str,
+    source: str,
+    now: float,
+    owner_name: str = "",
+    client: str = "streamyfin",
+    device_id: str = "",
+    item_id: str = "",
+    item: dict[str, Any] | None = None,
+    profile: str = "optimized",
+    spec: PresetSpec | None = None,
+    container: str = "mp4",
+    duration_hint: float | None = None,
+    priority: int = 0,
+    output_name: str = "",
+    batch: str = "",
+    paused: bool = False,
+    destination: Destination | None = None,
+    pool: str = "",
+    notify_url: str = "",
+) -> JobRecord:
+    """A job as accepted: queued (or paused, in a batch), not yet attached to a rendition."""
+    return JobRecord(
+        id=job_id,
+        owner=owner,
+        owner_name=owner_name,
+        client=client,
+        device_id=device_id,
+        item_id=item_id,
+        item=item,
+        source=source,
+        profile=profile,
+        spec=spec,
+        container=container,
+        priority=priority,
+        output_name=output_name,
+        batch=batch,
+        destination=destination,
+        pool=pool,
+        notify_url=notify_url,
+        status=J.PAUSED if paused else J.QUEUED,
+        created_at=now,
+        updated_at=now,
+        duration_hint=duration_hint,
+    )
+
+
+def hold(job: JobRecord, now: float) -> JobRecord:
+    """Queued job waits: its device has too many finished jobs not yet downloaded."""
+    return _move_job(job, J.HELD, now, rendition=None, generation=0)
+
+
+def unhold(job: JobRecord, now: float) -> JobRecord:
+    """Held job goes back to the queue."""
+    return _move_job(job, J.QUEUED, now)
+
+
+def attach(job: JobRecord, rendition: Rendition, now: float, *, shared: bool) -> JobRecord:
+    """Queued job joins a rendition (`shared`: one another job asked for first)."""
+    if job.status is not J.QUEUED:
+        raise InvalidTransition(f"job {job.id} is {job.status}; only a queued job attaches")
+    return _move_job(
+        job,
+        J.QUEUED,
+        now,
+        rendition=rendition.key,
+        generation=rendition.generation,
+        shared=shared,
+    )
+
+
+def detach(job: JobRecord, now: float) -> JobRecord:
+    """The job's rendition ended without it; the job looks for a rendition again."""
+    return _move_job(job, J.QUEUED, now, rendition=None, generation=0, started_at=None)
+
+
+def start(job: JobRecord, rendition: Rendition, now: float) -> JobRecord:
+    """The job's rendition is being transcoded."""
+    return _move_job(
+        job,
+        J.RUNNING,
+        now,
+        started_at=job.started_at or now,
+        attempts=rendition.attempt,
+        probe=rendition.probe or job.probe,
+    )
+
+
+def complete(
+    job: JobRecord,
+    output: Output,
+    keep_seconds: float,
+    now: float,
+    attempts: int = 0,
+    probe: ProbeResult | None = None,
+) -> JobRecord:
+    """The job's output is stored; it is kept `keep_seconds` unless the client lets it go."""
+    return _move_job(
+        job,
+        J.COMPLETED,
+        now,
+        output=output,
+        probe=probe or job.probe,
+        attempts=attempts or job.attempts,
+        finished_at=now,
+        keep_until=now + keep_seconds,
+        started_at=job.started_at or now,
+    )
+
+
+def fail(job: JobRecord, error: JobError, now: float, attempts: int = 0) -> JobRecord:
+    """The job failed for good."""
+    return _move_job(job, J.FAILED, now, error=error, finished_at=now, attempts=attempts)
+
+
+def cancel(job: JobRecord, now: float) -> JobRecord:
+    """Stop an active job; a finished job is returned unchanged."""
+    if job.status not in ACTIVE:
+        return job
+    return _move_job(job, J.CANCELLED, now, finished_at=now)
+
+
+def release(job: JobRecord, *, remove_file_now: bool, keep_seconds: float, now: float) -> JobRecord:
+    """The client is done with the job (Streamyfin's `DELETE /cancel-job` after its download).
+
+    Active: cancelled. Completed: removed as downloaded; its output goes now, or after
+    `keep_seconds` when the operator keeps files after download. Failed or cancelled: removed.
+    """
+    if job.status in ACTIVE:
+        return cancel(job, now)
+    if job.status is J.REMOVED:
+        return job
+    if job.status is J.COMPLETED:
+        keep_until = now if remove_file_now else now + keep_seconds
+        return _move_job(
+            job, J.REMOVED, now, removed_at=now, keep_until=keep_until, removal_reason=DOWNLOADED
+        )
+    return _move_job(job, J.REMOVED, now, removed_at=now, keep_until=now, removal_reason=DISMISSED)
+
+
+def expire(job: JobRecord, now: float) -> JobRecord:
+    """A completed job's output reached the end of its retention."""
+    return _move_job(job, J.REMOVED, now, removed_at=now, keep_until=now, removal_reason=EXPIRED)
+
+
+def clear_output(job: JobRecord, now: float) -> JobRecord:
+    """The cache is being cleared: the job no longer holds an output."""
+    if job.status is J.COMPLETED:
+        return _move_job(
+            job, J.REMOVED, now, removed_at=now, keep_until=now, removal_reason=CACHE_CLEARED
+        )
+    if job.status is J.REMOVED and job.keep_until is not None and job.keep_until > now:
+        return msgspec.structs.replace(job, keep_until=now, updated_at=now)
+    return job
+
+
+def unpause(job: JobRecord, now: float) -> JobRecord:
+    """A paused batch job joins the queue."""
+    return _move_job(job, J.QUEUED, now)
+
+
+def rename(job: JobRecord, output_name: str, now: float) -> JobRecord:
+    """Change the download name of a paused job."""
+    if job.status is not J.PAUSED:
+        raise InvalidTransition(f"job {job.id} is {job.status}; only a paused job is renamed")
+    return msgspec.structs.replace(job, output_name=output_name, updated_at=now)
+
+
+def retry_job(job: JobRecord, now: float) -> JobRecord:
+    """Run a failed or cancelled job again (an output of the same request may be reused)."""
+    if job.status not in (J.FAILED, J.CANCELLED):
+        raise InvalidTransition(
+            f"job {job.id} is {job.status}; only a failed or cancelled job is retried"
+        )
+    return _requeue(job, now, nonce=job.nonce)
+
+
+def restart_job(job: JobRecord, now: float, nonce: str) -> JobRecord:
+    """Run a finished job again from scratch: a transcode of its own, whatever exists."""
+    if job.status not in (J.COMPLETED, J.FAILED, J.CANCELLED, J.REMOVED):
+        raise InvalidTransition(f"job {job.id} is {job.status}; only a finished job is restarted")
+    return _requeue(job, now, nonce=nonce)
+
+
+def _requeue(job: JobRecord, now: float, *, nonce: str) -> JobRecord:
+    return _move_job(
+        job,
+        J.QUEUED,
+        now,
+        nonce=nonce,
+        rendition=None,
+        generation=0,
+        manual_start=False,
+        shared=False,
+        attempts=0,
+        started_at=None,
+        finished_at=None,
+        removed_at=None,
+        keep_until=None,
+        removal_reason=None,
+        downloaded_at=None,
+        output=None,
+        error=None,
+    )
+
+
+def confirm_download(job: JobRecord, keep_seconds: float, now: float) -> JobRecord:
+    """The client has its copy: the output stays `keep_seconds` from now (retention extends)."""
+    if job.status is not J.COMPLETED:
+        raise InvalidTransition(f"job {job.id} is {job.status}; only a completed job is confirmed")
+    keep_until = max(job.keep_until or now, now + keep_seconds)
+    return _move_job(job, J.COMPLETED, now, downloaded_at=now, keep_until=keep_until)
+
+
+def delete_output(job: JobRecord, now: float) -> JobRecord:
+    """The client asks for the output to go now."""
+    if job.status is J.COMPLETED:
+        return _move_job(
+            job, J.REMOVED, now, removed_at=now, keep_until=now, removal_reason=DELETED
+        )
+    if job.status is J.REMOVED and job.keep_until is not None and job.keep_until > now:
+        return msgspec.structs.replace(job, keep_until=now, updated_at=now)
+    raise InvalidTransition(f"job {job.id} is {job.status}; it has no output to delete")
+
+
+def clean_up(job: JobRecord, now: float) -> JobRecord:
+    """An operator's cleanup: a completed job lets its output go; others are left for purging."""
+    if job.status is J.COMPLETED:
+        return _move_job(
+            job, J.REMOVED, now, removed_at=now, keep_until=now, removal_reason=CLEANED_UP
+        )
+    return job
+
+
+def request_start(job: JobRecord, now: float) -> JobRecord:
+    """Mark a queued job to start now, ahead of the queue."""
+    if job.status is not J.QUEUED:
+        raise InvalidTransition(f"job {job.id} is {job.status}; only a queued job can be started")
+    return msgspec.structs.replace(job, manual_start=True, updated_at=now)

@@ -1,0 +1,195 @@
+"""An in-memory copy of a KV bucket, kept current by a watch (initial values, then every change).
+
+Reads are answered from memory, so a request never scans KV. After a reconnect the watch is
+restarted and the copy re-synchronised, dropping keys deleted in the meantime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js.kv import KV_DEL, KV_PURGE
+
+from shared.nats.kv import TypedKV, Versioned
+from shared.runtime import stop_tasks
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+log = structlog.get_logger("vidmesh.projection")
+
+
+class Projection(Generic[T]):
+    """Records of one bucket by key, with their revisions; call `start()` before reading."""
+
+    def __init__(self, store: TypedKV[T], name: str, *, nc: NATS | None = None) -> None:
+        self.store = store
+        self.name = name
+        self.nc = nc
+        self.ready = asyncio.Event()
+        self._records: dict[str, Versioned[T]] = {}
+        self._listeners: list[Callable[[str, T | None, T | None], None]] = []
+        self._waiters: dict[str, list[tuple[Callable[[T | None], bool], asyncio.Future[None]]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._watcher: object | None = None
+        self._restart = False
+        self._stopped = False
+
+    # ---- reading -----------------------------------------------------------------------
+    def get(self, key: str) -> T | None:
+        found = self._records.get(key)
+        return found.value if found else None
+
+    def versioned(self, key: str) -> Versioned[T] | None:
+        return self._records.get(key)
+
+    def values(self) -> Iterator[T]:
+        return (v.value for v in list(self._records.values()))
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        return ((k, v.value) for k, v in list(self._records.items()))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def listen(self, fn: Callable[[str, T | None, T | None], None]) -> None:
+        """Call `fn(key, old, new)` on every change (new is None when the key was deleted)."""
+        self._listeners.append(fn)
+
+    async def wait_for(
+        self, key: str, predicate: Callable[[T | None], bool], timeout: float
+    ) -> bool:
+        """Wait until the record at `key` satisfies `predicate`; False on timeout."""
+        if predicate(self.get(key)):
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (predicate, fut)
+        self._waiters.setdefault(key, []).append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return True
+        except TimeoutError:
+            return predicate(self.get(key))
+        finally:
+            waiters = self._waiters.get(key, [])
+            if entry in waiters:
+                waiters.remove(entry)
+            if not waiters:
+                self._waiters.pop(key, None)
+
+    # ---- writing (from the watch, or read-your-writes after our own update) ------------------
+    def apply(self, key: str, value: T | None, revision: int) -> None:
+        """Take a value we know is stored at `revision`; older news than we have is ignored."""
+        known = self._records.get(key)
+        if known is not None and known.revision >= revision:
+            return
+        old = known.value if known else None
+        if value is None:
+            if known is None:
+                return
+            del self._records[key]
+        else:
+            self._records[key] = Versioned(value, revision)
+        self._notify(key, old, value)
+
+    def _notify(self, key: str, old: T | None, new: T | None) -> None:
+        for fn in self._listeners:
+            try:
+                fn(key, old, new)
+            except Exception:
+                log.exception("projection.listener_failed", projection=self.name, key=key)
+        for predicate, fut in list(self._waiters.get(key, [])):
+            if not fut.done() and predicate(new):
+                fut.set_result(None)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def start(self, timeout: float = 30.0) -> None:
+        """Begin watching; returns once the initial values are loaded."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"projection:{self.name}")
+        if self.nc is not None and self._monitor is None:
+            self._monitor = asyncio.create_task(self._resync_on_reconnect(self.nc))
+        await asyncio.wait_for(self.ready.wait(), timeout)
+
+    async def _resync_on_reconnect(self, nc: NATS) -> None:
+        seen = nc.stats["reconnects"]
+        while True:
+            await asyncio.sleep(0.5)
+            if nc.stats["reconnects"] != seen and nc.is_connected:
+                seen = nc.stats["reconnects"]
+                log.info("projection.resync", projection=self.name)
+                self.resync()
+
+    def resync(self) -> None:
+        """Restart the watch (after a reconnect) and reconcile the copy with the bucket."""
+        self._restart = True
+        watcher = self._watcher
+        if watcher is not None:
+            asyncio.get_running_loop().create_task(watcher.stop())  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        self._stopped = True
+        # cancelled until they stop: a cancellation that lands as a NATS request completes can be
+        # lost on 3.11
+        await stop_tasks([task for task in (self._monitor, self._task) if task is not None])
+        self._task = self._monitor = None
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while not self._stopped:
+            try:
+                await self._watch_once()
+                delay = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("projection.watch_failed", projection=self.name, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _watch_once(self) -> None:
+        self._restart = False
+        watcher = await self.store.kv.watchall()
+        self._watcher = watcher
+        seen: set[str] = set()
+        initial = True
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    if initial:
+                        initial = False
+                        for gone in set(self._records) - seen:
+                            old = self._records.pop(gone).value
+                            self._notify(gone, old, None)
+                        self.ready.set()
+                    continue
+                key = entry.key
+                if initial:
+                    seen.add(key)
+                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                    self._drop(key, entry.revision or 0)
+                    continue
+                try:
+                    value = self.store.decode(entry.value)
+                except msgspec.DecodeError:
+                    log.error("projection.undecodable", projection=self.name, key=key)
+                    continue
+                self.apply(key, value, entry.revision or 0)
+        finally:
+            self._watcher = None
+            if not self._restart:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _drop(self, key: str, revision: int) -> None:
+        known = self._records.get(key)
+        if known is None or known.revision > revision:
+            return
+        del self._records[key]
+        self._notify(key, known.value, None)
