@@ -8,7 +8,8 @@ import pytest
 
 from shared.jobs import state as jobstate
 from shared.jobs.state import InvalidTransition
-from shared.messages.records import JobError, JobStatus, Output, Rendition, RenditionState
+from shared.messages.records import JobStatus, Output, Rendition, RenditionState
+from shared.wire import JobError
 
 NOW = 1_000_000.0
 OUTPUT = Output(blob="outputs/x", size=10, sha256="0" * 64, container="mp4", mime="video/mp4")

@@ -15,9 +15,9 @@ from shared.media.pipelines import PipelineChoice, choose_pipeline
 from shared.media.plan import Plan
 from shared.media.probe import ProbeResult, is_http
 from shared.media.profiles import Profile
-from shared.messages.records import JobError
 from shared.messages.work import TranscodeWork
 from shared.sources import check_local_source, is_object_uri, scrub
+from shared.wire import JobError
 
 log = structlog.get_logger("vidmesh.transcoder")
 

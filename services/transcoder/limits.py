@@ -25,7 +25,7 @@ from pathlib import Path
 import msgspec
 
 from shared.media import FfmpegProgress, ProbeResult
-from shared.messages.records import JobError
+from shared.wire import JobError
 
 # demuxers that know the duration of anything with an end: without one, the source is live
 LIVE_WHEN_UNTIMED = frozenset({"hls", "dash"})

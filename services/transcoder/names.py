@@ -16,8 +16,9 @@ import structlog
 
 from services.transcoder.attempt import TranscodeFailed
 from shared.blobs.store import BlobStore
-from shared.messages.records import JobError, OutputNameClaim
+from shared.messages.records import OutputNameClaim
 from shared.nats.kv import Stale, TypedKV
+from shared.wire import JobError
 
 log = structlog.get_logger("vidmesh.transcoder")
 

@@ -22,10 +22,11 @@ from shared.blobs.users import Stores
 from shared.jobs import state as jobstate
 from shared.jobs.store import RecordStore
 from shared.media.probe import ProbeResult
-from shared.messages.records import JobError, Output, Rendition, RenditionState
+from shared.messages.records import Output, Rendition, RenditionState
 from shared.messages.work import TranscodeWork
 from shared.nats.consumer import Outcome
 from shared.nats.topology import describe
+from shared.wire import JobError
 
 log = structlog.get_logger("vidmesh.transcoder")
 

@@ -54,12 +54,13 @@ from shared.media.plan import Plan
 from shared.media.probe import ProbeResult
 from shared.media.profiles import Profile
 from shared.messages.fleet import DEVICE_PIPELINES, SessionState, TranscodeSession
-from shared.messages.records import JobError, Output, Rendition
+from shared.messages.records import Output, Rendition
 from shared.messages.work import WORK_DECODER, TranscodeWork
 from shared.nats.consumer import Outcome
 from shared.nats.topology import describe
 from shared.runtime import stop_tasks
 from shared.sources import scrub
+from shared.wire import JobError
 
 log = structlog.get_logger("vidmesh.transcoder")
 

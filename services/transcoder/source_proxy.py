@@ -31,8 +31,8 @@ from services.transcoder.tls_origin import TLSOrigin
 from shared.errors import SourceError
 from shared.media.failures import UNTRUSTED_REASON
 from shared.media.inputs import SourceTLS, ffmpeg_env, ffmpeg_input_options, probe_options
-from shared.messages.records import JobError
 from shared.outbound import ALLOW_HINT, METADATA_HOSTS, OutboundPolicy
+from shared.wire import JobError
 
 log = structlog.get_logger("vidmesh.transcoder")
 

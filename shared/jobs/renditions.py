@@ -11,8 +11,9 @@ import msgspec
 
 from shared.jobs.transitions import RENDITION_ENDED, RENDITION_TRANSITIONS, InvalidTransition
 from shared.media.presets import builtin, spec_fingerprint
-from shared.messages.records import JobError, JobRecord, Output, Rendition, RenditionState
+from shared.messages.records import JobRecord, Output, Rendition, RenditionState
 from shared.sources import is_object_uri, rendition_key
+from shared.wire import JobError
 
 R = RenditionState
 

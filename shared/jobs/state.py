@@ -52,12 +52,12 @@ from shared.media.presets import PresetSpec
 from shared.media.probe import ProbeResult
 from shared.messages.records import (
     Destination,
-    JobError,
     JobRecord,
     JobStatus,
     Output,
     Rendition,
 )
+from shared.wire import JobError
 
 __all__ = [
     "ACTIVE",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from shared.messages.records import JobError
+from shared.wire import JobError
 
 _HTTP_STATUS = re.compile(r"Server returned (\d{3}|\dXX)\b([^\r\n]*)")
 _NETWORK_TROUBLE = (

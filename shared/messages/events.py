@@ -25,11 +25,11 @@ from typing import Any
 import msgspec
 
 from shared.messages.records import (
-    JobError,
     JobStatus,
     Output,
     RenditionState,
 )
+from shared.wire import JobError
 
 SCHEMA_VERSION = 1
 

@@ -14,6 +14,9 @@ from typing import Annotated, Any
 import msgspec
 
 from shared.cardinality import DistinctCount
+from shared.media.presets import PresetSpec
+from shared.media.probe import ProbeResult
+from shared.wire import JobError
 
 Timestamp = Annotated[float, msgspec.Meta(description="Seconds since the Unix epoch (UTC)")]
 Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$", description="SHA-256, hex")]
@@ -42,15 +45,6 @@ class RenditionState(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"  # no job wanted it any more
     RELEASED = "released"  # output no longer needed; its blob is deleted
-
-
-class JobError(msgspec.Struct, frozen=True, kw_only=True):
-    """Why something failed: a stable code, words a user can act on, and the technical detail."""
-
-    code: str
-    reason: str
-    detail: str = ""
-    retryable: bool = False
 
 
 class Destination(msgspec.Struct, frozen=True, kw_only=True):
@@ -234,8 +228,3 @@ class OutputNameClaim(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     rendition: str
     at: Timestamp
-
-
-# Imported last: the media layer imports JobError from this module.
-from shared.media.presets import PresetSpec  # noqa: E402
-from shared.media.probe import ProbeResult  # noqa: E402
