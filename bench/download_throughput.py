@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._system import BenchError, free_port, log_tail, up_env, vidmesh_up  # noqa: E402
-from shared.blobs.config import open_store  # noqa: E402
+from shared.blobs.backends import open_store  # noqa: E402
 from tests.jellyfin_standin import JellyfinStandIn  # noqa: E402
 from tests.storage_servers import SeaweedS3  # noqa: E402
 

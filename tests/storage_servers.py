@@ -27,7 +27,8 @@ from pathlib import Path
 
 import aiohttp
 
-from shared.blobs.config import StoreConfig, open_store
+from shared.blobs.backends import open_store
+from shared.blobs.config import StoreConfig
 from shared.errors import StoreError
 
 ROOT = Path(__file__).resolve().parent.parent

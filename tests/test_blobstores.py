@@ -31,7 +31,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from shared.blobs.config import StoreConfig, open_store, parse_store_url, redacted
+from shared.blobs.backends import open_store
+from shared.blobs.config import StoreConfig, parse_store_url, redacted
 from shared.blobs.objects import store_error
 from shared.blobs.store import BlobStore, LocalBlobStore
 from shared.errors import BadRequest, NotFound, StoreError

@@ -23,7 +23,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from services.transcoder.limits import RunLimits, Watchdog, source_refusal
-from shared.blobs.config import open_store
+from shared.blobs.backends import open_store
 from shared.media import ProbeResult, parse_progress
 from tests.conftest import ALICE, BUCKET
 from tests.helpers import Api, Client, System, files_under, start_system, stop_system

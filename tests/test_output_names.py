@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shared.blobs.config import open_store
+from shared.blobs.backends import open_store
 from shared.blobs.store import LocalBlobStore
 from tests.conftest import ALICE, BUCKET
 from tests.helpers import Api, System

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from shared.blobs.config import open_store
+from shared.blobs.backends import open_store
 from shared.blobs.store import BlobStore
 from tests.conftest import BUCKET
 from tests.helpers import Api, System, eventually

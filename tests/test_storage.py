@@ -18,7 +18,7 @@ import aiohttp
 import msgspec
 import pytest
 
-from shared.blobs.config import open_store
+from shared.blobs.backends import open_store
 from shared.blobs.store import BlobStore
 from shared.blobs.users import UserStore
 from shared.nats.kv import TypedKV

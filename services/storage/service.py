@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from services.storage.config import StorageSettings
-from shared.blobs.config import open_store
+from shared.blobs.backends import open_store
 from shared.blobs.store import BlobStore
 from shared.blobs.users import service_config
 from shared.messages import commands as cmd

@@ -2,7 +2,8 @@
 
 A store is named by a URL without credentials (`s3://bucket/prefix`, `gs://...`, `az://...`,
 `file:///abs/path`); `parse_store_url` turns it into a `StoreConfig` and the caller fills in the
-credentials from its own settings with `msgspec.structs.replace`. Nothing here reads the
+credentials from its own settings with `msgspec.structs.replace`. `shared.blobs.backends` opens
+the store a configuration names; this module imports no backend. Nothing here reads the
 environment. Secrets never appear in `store_name`, `redacted` or the config's `repr`.
 """
 
@@ -15,7 +16,6 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
-from shared.blobs.store import BlobStore, LocalBlobStore
 from shared.errors import BadRequest
 
 StoreKind = Literal["local", "s3", "gcs", "azure"]
@@ -78,21 +78,6 @@ class StoreConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def __rich_repr__(self) -> list[tuple[str, Any]]:
         return list(redacted(self).items())
-
-
-def open_store(config: StoreConfig) -> BlobStore:
-    """The blob store a configuration names: a LocalBlobStore or an ObjectBlobStore.
-
-    Raises BadRequest for a configuration that cannot work, StoreError when the backend refuses
-    it. Nothing is contacted yet: `check_writable()` does that.
-    """
-    check_config(config)
-    if config.kind == "local":
-        return LocalBlobStore(config.path)
-    # Imported here: obstore loads only when a remote store is opened, and objectstore imports us.
-    from shared.blobs.objects import ObjectBlobStore
-
-    return ObjectBlobStore(config)
 
 
 def redacted(config: StoreConfig) -> dict[str, Any]:

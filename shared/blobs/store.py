@@ -3,7 +3,7 @@
 
 Outputs are written once under a key that names their rendition, generation and attempt, so two
 transcoders finishing the same work never overwrite each other's file; only the one recorded on the
-rendition is served, and the storage service deletes the rest. `shared.blobs.config.open_store`
+rendition is served, and the storage service deletes the rest. `shared.blobs.backends.open_store`
 opens the store a configuration names.
 """
 

@@ -17,7 +17,8 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from shared.blobs.config import StoreConfig, open_store, parse_store_url
+from shared.blobs.backends import open_store
+from shared.blobs.config import StoreConfig, parse_store_url
 from shared.blobs.store import BlobStore
 from shared.config import CommonSettings
 from shared.errors import BadRequest, NotConfigured, StoreError

@@ -18,13 +18,13 @@ from aiohttp import web
 from services.gateway.api import API, Access, Tag, caller
 from services.gateway.http import Message, json_response
 from services.gateway.state import gateway
+from shared.blobs.backends import open_store
 from shared.blobs.config import (
     BUCKET_PATTERN,
     ENDPOINT_PATTERN,
     REGION_PATTERN,
     TOKEN_PATTERN,
     StoreConfig,
-    open_store,
 )
 from shared.blobs.users import Slot, UserStore, kind_of, record_key
 from shared.errors import BadRequest, NotFound, StoreError
