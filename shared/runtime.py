@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Self, TypeVar
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -71,19 +71,6 @@ class Service:
         tb: TracebackType | None,
     ) -> None:
         await self.shutdown()
-
-
-async def stop_tasks(tasks: list[asyncio.Task[Any]]) -> None:
-    """Cancel the tasks and wait for them, cancelling again any that ignored it: on Python 3.11
-    a cancellation that lands as an inner `wait_for` (nats-py requests) completes is lost."""
-    pending = {task for task in tasks if not task.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=1.0)
-        if pending:
-            log.warning("tasks.cancel_ignored", tasks=[t.get_name() for t in pending])
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

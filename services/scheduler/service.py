@@ -30,7 +30,8 @@ from shared.nats.kv import TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import describe, ensure_topology, retention_of
-from shared.runtime import Service, stop_tasks
+from shared.runtime import Service
+from shared.tasks import stop_tasks
 
 log = structlog.get_logger("vidmesh.scheduler")
 

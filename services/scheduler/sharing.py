@@ -22,7 +22,7 @@ from shared.jobs import state as jobstate
 from shared.jobs.store import JobFn, RecordStore
 from shared.messages.records import JobRecord, JobStatus, Rendition
 from shared.nats.topology import describe
-from shared.runtime import stop_tasks
+from shared.tasks import stop_tasks
 
 log = structlog.get_logger("vidmesh.scheduler")
 

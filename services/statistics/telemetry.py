@@ -45,7 +45,7 @@ from shared.nats.kv import TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import Buckets, describe
-from shared.runtime import stop_tasks
+from shared.tasks import stop_tasks
 
 log = structlog.get_logger("vidmesh.statistics")
 

@@ -23,8 +23,8 @@ from shared.blobs.store import BlobStore, StoredBlob
 from shared.errors import StoreError
 from shared.media import FfmpegProgress, FfmpegResult, classify_failure, run_ffmpeg
 from shared.media.pipelines import is_hardware_failure
-from shared.runtime import stop_tasks
 from shared.sources import scrub
+from shared.tasks import stop_tasks
 
 
 class Proxied(NamedTuple):

@@ -58,8 +58,8 @@ from shared.messages.records import Output, Rendition
 from shared.messages.work import WORK_DECODER, TranscodeWork
 from shared.nats.consumer import Outcome
 from shared.nats.topology import describe
-from shared.runtime import stop_tasks
 from shared.sources import scrub
+from shared.tasks import stop_tasks
 from shared.wire import JobError
 
 log = structlog.get_logger("vidmesh.transcoder")

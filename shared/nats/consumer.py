@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared.nats.topology import describe
-from shared.runtime import stop_tasks
+from shared.tasks import stop_tasks
 
 log = structlog.get_logger("vidmesh.consumer")
 

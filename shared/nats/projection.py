@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KV_DEL, KV_PURGE
 
 from shared.nats.kv import TypedKV, Versioned
-from shared.runtime import stop_tasks
+from shared.tasks import stop_tasks
 
 T = TypeVar("T", bound=msgspec.Struct)
 

@@ -1,0 +1,28 @@
+"""Stopping asyncio tasks for good: the one helper every loop, consumer and projection uses to
+cancel what it started.
+
+A leaf module (it imports nothing of vidmesh), so the NATS wiring in `shared.nats` and the service
+lifecycle in `shared.runtime` can both use it without importing each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("vidmesh.runtime")
+
+
+async def stop_tasks(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks and wait for them, cancelling again any that ignored it: on Python 3.11
+    a cancellation that lands as an inner `wait_for` (nats-py requests) completes is lost."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+        if pending:
+            log.warning("tasks.cancel_ignored", tasks=[t.get_name() for t in pending])
+    await asyncio.gather(*tasks, return_exceptions=True)
