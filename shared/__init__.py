@@ -1,2 +1,12 @@
-"""What every vidmesh service shares: configuration, logging, NATS wiring, message types, the
-job state machine, storage backends and the media layer."""
+"""What every vidmesh service shares, by concern; it imports no service and has no import circle.
+
+- `nats/`: the NATS wiring (client, topology, subjects, typed KV, projections, the consumer kit);
+- `jobs/`: the job and rendition state machine, the record store, record-to-event builders;
+- `messages/`: the msgspec wire types (records, commands, work items, events);
+- `media/`: presets, probing, planning, ffmpeg argv and runner, capabilities, pipelines;
+- `blobs/`: blob stores (local, object stores), their configuration, users' sealed stores;
+- `webhooks/`: what the gateway's faces and the notifier share about webhooks;
+- top-level modules: `config` (typed settings), `logging`, `errors` (errors as types), `outbound`
+  (the outbound policy), `sources`, `gpu`, `metrics`, `runtime` (a service's lifecycle and entry
+  point), and two leaves that import nothing of vidmesh: `wire` (JobError) and `tasks`.
+"""

@@ -2,7 +2,7 @@
 WebSocket subscribers.
 
 One JetStream ordered consumer on `<ns>.evt.>` delivers every event stored after start-up. Each
-event is decoded once and its frames encoded once (`feed_events.py`, with the rules on who sees
+event is decoded once and its frames encoded once (`visibility.py`, with the rules on who sees
 what). Every subscriber has a filter and a bounded queue; one that would overflow is closed with its
 reason, so a slow client never holds up the others nor grows memory. Stored ranges (a replay after a
 reconnect, a job's history) are read with a short-lived consumer that is deleted afterwards.

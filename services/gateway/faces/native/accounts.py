@@ -1,6 +1,6 @@
 """Accounts face: registration, sign-in, token refresh, the caller's account and API keys.
 `/api/register` and `/api/login` answer for OpenEncoder clients; administrators manage accounts
-in `users_admin_api.py`."""
+in `users.py`."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Events face: a job's history read back from the events stream
 (`GET /api/jobs/{job_id}/events`), and what the face's routes share.
 
-The live feeds are in `event_stream_api.py` (Server-Sent Events, `GET /api/events`) and
-`event_socket_api.py` (WebSocket, `GET /api/ws`), both on `feed_connection.py`. They show what
+The live feeds are in the gateway's `feeds/`: `sse.py` (Server-Sent Events, `GET /api/events`)
+and `websocket.py` (WebSocket, `GET /api/ws`), both on `connection.py`. They show what
 the caller may see (events of their own jobs; moderators every job's; administrators every event)
 from the gateway's one `EventHub`; a client that falls too far behind is disconnected with the
 reason.

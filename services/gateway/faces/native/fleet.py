@@ -1,7 +1,7 @@
 """Operators' administration of transcoder pools: create, change, delete and probe them.
 
-Fleet-wide transcoding settings are in `fleet_settings_api.py`; the GPUs the fleet sees and the
-system's status in `fleet_health_api.py`.
+Fleet-wide transcoding settings are in `fleet_settings.py`; the GPUs the fleet sees and the
+system's status in `fleet_health.py`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Fleet-wide transcoding settings: global concurrency, hardware preference and ceilings
-(`/api/admin/transcoding/settings`). The pools are in `fleet_api.py`."""
+(`/api/admin/transcoding/settings`). The pools are in `fleet.py`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Transcode sessions, one per attempt: what ran, how, and how fast; the operator can cancel
 one or export it whole for a bug report.
 
-The machines (OpenEncoder's resource: live transcoder instances) are in `machines_api.py`.
+The machines (OpenEncoder's resource: live transcoder instances) are in `machines.py`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Storage face: each user's own S3-compatible, GCS, Azure Blob or Alibaba OSS storage (as in
 hosted download APIs). The operators' storage summary and cache maintenance are in
-`storage_admin_api.py`.
+`storage_admin.py`.
 
 Credentials are accepted only after a real write and delete with them, stored sealed (AES-GCM
 under the operator's key), and never returned.

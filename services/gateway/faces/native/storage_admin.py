@@ -1,6 +1,6 @@
 """Operators' storage face: what the service's store holds, and clearing the transcode cache.
 
-Each user's own storage is configured in `storage_api.py`.
+Each user's own storage is configured in `storage.py`.
 """
 
 from __future__ import annotations

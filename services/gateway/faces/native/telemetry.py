@@ -1,8 +1,8 @@
 """Telemetry for operators: the metrics the statistics service samples, their history read from
 the telemetry stream (downsampled), and the last minutes for live charts.
 
-Its settings are in `telemetry_settings_api.py`; every pool now and a job's estimate, asked of the
-statistics service, in `statistics_api.py`; reading the stream in `telemetry_store.py`.
+Its settings are in `telemetry_settings.py`; every pool now and a job's estimate, asked of the
+statistics service, in `statistics.py`; reading the stream in `telemetry_store.py`.
 """
 
 from __future__ import annotations
