@@ -1,4 +1,10 @@
-"""The scheduler's command handlers: decode, dispatch on type, change records, return an outcome."""
+"""The scheduler's command handlers: decode, dispatch on type, change records, return an outcome.
+
+A handler changes the job record a command names and wakes the reconcile loop, which decides what
+follows (a rendition nobody follows any more is cancelled, an output nobody holds is released, a
+job asked to start now is placed): handlers never decide scheduling themselves. A cache clear is
+the exception that proves it: its releases are decided by `decide.decide_clear` and applied here,
+so the files it frees are counted in its own request."""
 
 from __future__ import annotations
 
@@ -11,13 +17,15 @@ import structlog
 from nats.aio.msg import Msg
 from structlog.contextvars import bound_contextvars
 
+from services.scheduler.apply import Applier
+from services.scheduler.changes import ClearOutput
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.reconcile import Reconciler
+from services.scheduler.decide import decide_clear
 from services.scheduler.view import View
 from shared.jobs import state as jobstate
 from shared.jobs.store import RecordStore
 from shared.messages import commands as cmd
-from shared.messages.records import JobRecord, JobStatus, RenditionState
+from shared.messages.records import JobRecord, JobStatus
 from shared.nats.consumer import Outcome
 
 log = structlog.get_logger("vidmesh.scheduler")
@@ -30,13 +38,13 @@ class CommandHandler:
         self,
         store: RecordStore,
         view: View,
-        reconciler: Reconciler,
+        applier: Applier,
         settings: SchedulerSettings,
         wake: Callable[[], None],
     ) -> None:
         self.store = store
         self.view = view
-        self.reconciler = reconciler
+        self.applier = applier
         self.settings = settings
         self._wake = wake
 
@@ -95,14 +103,8 @@ class CommandHandler:
                 return jobstate.release(job, remove_file_now=remove_now, keep_seconds=keep, now=now)
             return jobstate.cancel(job, now)
 
-        before = self.view.jobs.get(job_id)
-        job = await self.store.change_job(job_id, change)
-        if job is None or before is None or before.rendition is None:
-            return
-        if job.status is JobStatus.CANCELLED:
-            await self.reconciler.cancel_if_unwanted(before.rendition)
-        elif job.status is JobStatus.REMOVED:
-            await self.reconciler.release_if_unneeded(before.rendition)
+        # its rendition, if nobody else follows it or holds its output, goes on the loop's pass
+        await self.store.change_job(job_id, change)
         self._wake_up()
 
     async def change(
@@ -114,7 +116,6 @@ class CommandHandler:
     ) -> None:
         """Apply one state-machine transition; one the job's state does not allow is logged."""
         now = time.time()
-        before = self.view.jobs.get(job_id)
 
         def apply(job: JobRecord | None) -> JobRecord | None:
             if job is None or (only is not None and job.status is not only):
@@ -126,9 +127,8 @@ class CommandHandler:
         except jobstate.InvalidTransition as exc:
             log.info("command.refused", job_id=job_id, reason=exc.message)
             return
-        if before is not None and before.rendition and job is not None:
-            await self.reconciler.release_if_unneeded(before.rendition)
-        self._wake_up()
+        if job is not None:  # its old rendition, if no job holds its output now, goes on a pass
+            self._wake_up()
 
     async def clean_up(self, before: float, statuses: list[str]) -> None:
         """Finished jobs older than `before`: completed ones let their outputs go, the others
@@ -149,8 +149,6 @@ class CommandHandler:
             versioned = self.view.jobs.versioned(job.id)
             if cleared is not None and versioned is not None:
                 await self.store.delete_job(cleared, versioned.revision)
-            if job.rendition:
-                await self.reconciler.release_if_unneeded(job.rendition)
         log.info("jobs.cleaned_up", jobs=matched)
         self._wake_up()
 
@@ -166,8 +164,7 @@ class CommandHandler:
         if job is None or not job.manual_start:
             log.info("command.start_refused", job_id=job_id, status=job.status if job else None)
             return
-        await self.reconciler.job(job_id)
-        self._wake_up()
+        self._wake_up()  # placed (or its rendition marked manual) on the loop's next pass
 
     async def clear_cache(self, command: cmd.ClearCache) -> None:
         """Let go of the finished outputs in the service's store that this clear covers (an
@@ -178,40 +175,19 @@ class CommandHandler:
         as their jobs change; the files are deleted only after no job holds them.
         """
         request_id, now = command.command_id, time.time()
-
-        def cleared(job: JobRecord) -> bool:
-            """Whether this clear takes the job's output from it."""
-            if job.output is None or job.output.store or not jobstate.holds_output(job, now):
-                return False  # outputs in users' own storage are not the service's cache
-            return command.admin or (bool(command.owner) and job.owner == command.owner)
-
-        jobs = [job for job in list(self.view.jobs.values()) if cleared(job)]
-        keys = {r.key for r in self.view.renditions.values()} if command.admin else set()
-        keys |= {job.rendition for job in jobs if job.rendition}
-        blobs: list[str] = []
-        for key in sorted(keys):
-            r = self.view.renditions.get(key)
-            if r is None or r.state is not RenditionState.DONE or r.output is None:
-                continue
-            if r.output.store:
-                continue
-            blob = await self.reconciler.release_if_unneeded(
-                key, request_id=request_id, ignoring=None if command.admin else cleared
-            )
-            if blob:
-                blobs.append(blob)
-        for job in jobs:
-            await self.store.change_job(
-                job.id, lambda j: jobstate.clear_output(j, now) if j else None
-            )
-        await self.reconciler.delete_blobs(
-            blobs,
+        changes = decide_clear(
+            self.view, now, request_id=request_id, admin=command.admin, owner=command.owner
+        )
+        applied = await self.applier.apply(changes, now)
+        await self.applier.delete_blobs(
+            applied.blobs,
             reason="cache cleared",
             msg_id=f"clear:{request_id}",
             request_id=request_id,
             sweep_orphans=command.admin,
         )
-        log.info("cache.cleared", outputs=len(blobs), jobs=len(jobs), admin=command.admin)
+        jobs = sum(1 for change in changes if isinstance(change, ClearOutput))
+        log.info("cache.cleared", outputs=len(applied.blobs), jobs=jobs, admin=command.admin)
         self._wake_up()
 
     def _wake_up(self) -> None:

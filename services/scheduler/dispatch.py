@@ -1,5 +1,8 @@
 """Dispatch: give pending renditions a pool's concurrency slots and publish them as work.
 
+`decide_dispatch` is the pure part of `decide`: which leases to take and give back, and which
+work to publish; `apply` creates and deletes the lease keys and publishes.
+
 A lease is one KV key of its own (see `shared.nats.leases`), so no record grows with the number of
 clients or leases, and scheduler replicas never exceed a pool's limit together:
 
@@ -29,23 +32,19 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import time
-from collections import Counter, defaultdict
+from collections import Counter
+from collections.abc import Iterable
 
 import msgspec
 import structlog
 
+from services.scheduler.changes import Change, Claim, Publish, Release
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.view import View
-from shared.fleet import SETTINGS_KEY
-from shared.jobs import state as jobstate
-from shared.jobs.store import RecordStore
-from shared.messages.fleet import Pool, TranscodingSettings
+from services.scheduler.view import LeaseView, View, client_of
 from shared.messages.records import Lease, LeaseSet, Rendition, RenditionState
-from shared.messages.work import ENCODER, TranscodeWork
+from shared.messages.work import TranscodeWork
 from shared.nats.kv import Stale, TypedKV
 from shared.nats.leases import manual_key, pool_of, slot_key, slot_of
-from shared.nats.projection import Projection
 
 log = structlog.get_logger("vidmesh.scheduler")
 
@@ -59,19 +58,14 @@ STALE_LEASE_SECONDS = 15.0
 FORGET_RELEASED_SECONDS = 2 * STALE_LEASE_SECONDS / 3
 
 
-# Whose work a rendition is, for taking turns: a Streamyfin device, or a native API user (whose
-# jobs have no device: counted as one, every native user would wait behind the busiest).
-Client = tuple[str, str]
-NO_CLIENT: Client = ("", "")
-
-
-def client_of(r: Rendition) -> Client:
-    """The device the rendition was first asked for from, or else its owner."""
-    return ("device", r.first_device) if r.first_device else ("owner", r.owner)
-
-
-class Dispatcher:
-    """Leases slots of every pool and publishes work for pending renditions.
+def decide_dispatch(
+    view: View,
+    leases: LeaseView,
+    now: float,
+    settings: SchedulerSettings,
+    recheck: Iterable[str] | None = None,
+) -> list[Change]:
+    """Leases to give back and to take, and work to publish, in every pool with pending work.
 
     Each pool has its own lease keys and limit (its `concurrency`, or MAX_CONCURRENT_JOBS
     when unset); a disabled pool is given nothing (its ended leases are still released). The
@@ -79,225 +73,123 @@ class Dispatcher:
     scheduler replicas leasing in different pools at the same instant may pass it by one each;
     each pool's own limit is exact). The leases are read from a projection of the bucket, which
     may lag; the create that claims a slot is what decides, so a lagging view costs a retry,
-    never a slot too many.
+    never a slot too many. Leases whose rendition ended are looked for among `recheck` (None:
+    every lease; leases of renditions that stay pending time out without any change).
     """
+    fleet = leases.settings()
+    room: int | None = None
+    if fleet is not None and fleet.global_concurrency is not None:
+        room = fleet.global_concurrency - len(leases)
+    looked_at = None if recheck is None else set(recheck)
+    changes: list[Change] = []
+    leased = {pool for pool, held in leases.of_pool.items() if held}
+    for pool_id in sorted({settings.pool} | view.pending_pools() | leased):
+        pool = leases.pool(pool_id)
+        limit = pool.concurrency if pool and pool.concurrency else settings.max_concurrent_jobs
+        released = _release_ended(view, leases, pool_id, now, looked_at)
+        changes.extend(released)
+        if pool is not None and not pool.enabled:
+            continue
+        gone = {change.key for change in released}
+        taken, added = _lease_pending(view, leases, pool_id, limit, room, now, gone)
+        changes.extend(taken)
+        if room is not None:
+            room -= added
+    return changes
 
-    def __init__(
-        self,
-        store: RecordStore,
-        view: View,
-        leases: Projection[Lease],
-        settings: SchedulerSettings,
-        pools: Projection[Pool] | None = None,
-        fleet_settings: Projection[TranscodingSettings] | None = None,
-    ) -> None:
-        self.store = store
-        self.view = view
-        self.leases = leases
-        self.settings = settings
-        self.pools = pools
-        self.fleet_settings = fleet_settings
-        self.pool = settings.pool
-        # Indexes kept from the projections' changes, so a pass costs what changed, not what
-        # is held: leases by pool, lease keys by rendition, and leases to look at again.
-        self._of_pool: dict[str, dict[str, Lease]] = defaultdict(dict)
-        self._keys_of: dict[str, set[str]] = defaultdict(set)
-        self._recheck: dict[str, set[str]] = defaultdict(set)
-        # Leases per client (see `client_of`) of each leased rendition, per pool.
-        self._busy: dict[str, Counter[Client]] = defaultdict(Counter)
-        self._client_of: dict[str, Client] = {}
-        self._slots: dict[str, set[int]] = defaultdict(set)  # automatic slots taken, per pool
-        self._next_full_check = 0.0
-        self._next_forget = 0.0
-        leases.listen(self._lease_changed)
-        view.renditions.listen(self._rendition_changed)
-        for key, lease in leases.items():
-            self._lease_changed(key, None, lease)
 
-    def _lease_changed(self, key: str, old: Lease | None, new: Lease | None) -> None:
-        pool = pool_of(key)
-        if not pool:
-            return
-        if old is not None:
-            self._of_pool[pool].pop(key, None)
-            self._busy[pool][self._client_of.pop(key, NO_CLIENT)] -= 1
-            if (slot := slot_of(key)) is not None:
-                self._slots[pool].discard(slot)
-            self._keys_of[old.rendition].discard(key)
-            if not self._keys_of[old.rendition]:
-                del self._keys_of[old.rendition]
-        if new is not None:
-            self._of_pool[pool][key] = new
-            leased = self.view.renditions.get(new.rendition)
-            self._client_of[key] = client_of(leased) if leased else NO_CLIENT
-            self._busy[pool][self._client_of[key]] += 1
-            if (slot := slot_of(key)) is not None:
-                self._slots[pool].add(slot)
-            self._keys_of[new.rendition].add(key)
-            self._recheck[pool].add(key)
+def _release_ended(
+    view: View, leases: LeaseView, pool_id: str, now: float, looked_at: set[str] | None
+) -> list[Release]:
+    """The pool's leases whose rendition no longer holds them, and a rendition's second lease
+    (the lowest key stays)."""
+    held = leases.of_pool.get(pool_id, {})
+    candidates = set(held) if looked_at is None else {k for k in looked_at if k in held}
+    released: list[Release] = []
+    for key in sorted(candidates):
+        lease = held[key]
+        first = min(leases.keys_of.get(lease.rendition) or {key})
+        if still_held(view, lease, now) and first == key:
+            continue
+        revision = leases.revision(key)
+        if revision is not None:
+            released.append(Release(key, revision))
+    return released
 
-    def _rendition_changed(self, key: str, old: Rendition | None, new: Rendition | None) -> None:
-        for lease_key in self._keys_of.get(key, ()):
-            self._recheck[pool_of(lease_key)].add(lease_key)
 
-    async def run_once(self) -> bool:
-        """Dispatch in every pool with pending work; False when a concurrent change got in first."""
-        now = time.time()
-        # Leases of renditions that stay pending time out without any change: look at every
-        # lease now and then, and at the changed ones on every pass.
-        full = time.monotonic() >= self._next_full_check
-        if full:
-            self._next_full_check = time.monotonic() + STALE_LEASE_SECONDS / 3
-        fleet = self.fleet_settings.get(SETTINGS_KEY) if self.fleet_settings else None
-        room: int | None = None
-        if fleet is not None and fleet.global_concurrency is not None:
-            room = fleet.global_concurrency - len(self.leases)
-        ok = True
-        leased = {pool for pool, held in self._of_pool.items() if held}
-        for pool_id in sorted({self.pool} | self.view.pending_pools() | leased):
-            pool = self.pools.get(pool_id) if self.pools else None
-            limit = (
-                pool.concurrency if pool and pool.concurrency else self.settings.max_concurrent_jobs
-            )
-            if not await self._release_ended(pool_id, now, full=full):
-                ok = False
-            if pool is not None and not pool.enabled:
-                continue
-            added, fine = await self._lease_pending(pool_id, limit, room, now)
-            ok = ok and fine
-            if room is not None:
-                room -= added
-        return ok
+def _lease_pending(
+    view: View,
+    leases: LeaseView,
+    pool_id: str,
+    limit: int,
+    room: int | None,
+    now: float,
+    gone: set[str],
+) -> tuple[list[Change], int]:
+    held = {key for key in leases.of_pool.get(pool_id, {}) if key not in gone}
+    auto = set(leases.slots.get(pool_id, ())) - {slot_of(key) for key in gone}
+    changes: list[Change] = []
+    added = 0
+    for r in pending_in_order(view, leases, pool_id):
+        if any(key in held for key in leases.keys_of.get(r.key, ())):
+            changes.append(publish(view, r, now))  # leased earlier but never dispatched: again
+            continue
+        lease = Lease(
+            generation=r.generation, since=now, manual=r.manual, rendition=r.key, pool=pool_id
+        )
+        if r.manual:
+            key = manual_key(pool_id, r.key)
+        elif len(auto) < limit and (room is None or added < room):
+            free = next(n for n in range(limit) if n not in auto)
+            key = slot_key(pool_id, free)
+            auto.add(free)
+            added += 1
+        else:
+            continue
+        changes.append(Claim(key, lease, publish(view, r, now)))
+    return changes, added
 
-    async def forget_released(self) -> None:
-        """Purge old delete markers of released leases, now and then (a sweep calls it)."""
-        if time.monotonic() < self._next_forget:
-            return
-        self._next_forget = time.monotonic() + FORGET_RELEASED_SECONDS / 2
-        forgotten = await self.leases.store.forget_deleted(FORGET_RELEASED_SECONDS)
-        if forgotten:
-            log.info("leases.forgotten", keys=forgotten)
 
-    async def _lease_pending(
-        self, pool_id: str, limit: int, room: int | None, now: float
-    ) -> tuple[int, bool]:
-        held = self._of_pool[pool_id]
-        auto = set(self._slots[pool_id])
-        ok = True
-        chosen: list[Rendition] = []
-        added = 0
-        for r in self._pending_in_order(pool_id):
-            if any(held.get(key) for key in self._keys_of.get(r.key, ())):
-                chosen.append(r)  # leased earlier but never dispatched: publish again
-                continue
-            lease = Lease(
-                generation=r.generation, since=now, manual=r.manual, rendition=r.key, pool=pool_id
-            )
-            if r.manual:
-                key = manual_key(pool_id, r.key)
-            elif len(auto) < limit and (room is None or added < room):
-                free = next(n for n in range(limit) if n not in auto)
-                key = slot_key(pool_id, free)
-            else:
-                continue
-            if not await self._claim(key, lease):
-                ok = False  # another replica got in first: look again on the next pass
-                continue
-            if not r.manual:
-                auto.add(free)
-                added += 1
-            chosen.append(r)
-        for r in chosen:
-            await self._publish(r, now)
-        return added, ok
-
-    async def _release_ended(self, pool_id: str, now: float, *, full: bool) -> bool:
-        """Delete the pool's leases whose rendition no longer holds them, and a rendition's
-        second lease (the lowest key stays); False if a delete was refused."""
-        held = self._of_pool[pool_id]
-        candidates = set(held) if full else self._recheck[pool_id]
-        self._recheck[pool_id] = set()
-        ok = True
-        for key in sorted(candidates):
-            lease = held.get(key)
-            if lease is None:
-                continue
-            first = min(self._keys_of.get(lease.rendition, {key}))
-            if self._still_held(lease, now) and first == key:
-                continue
-            if not await self._release(key):
-                ok = False
-                self._recheck[pool_id].add(key)
-        return ok
-
-    async def _claim(self, key: str, lease: Lease) -> bool:
-        try:
-            revision = await self.leases.store.create(key, lease)
-        except Stale:
-            return False
-        self.leases.apply(key, lease, revision)  # read our own write before the watch brings it
+def still_held(view: View, lease: Lease, now: float) -> bool:
+    """Whether the lease's rendition (this generation) still holds it: dispatched or running,
+    or pending and leased a moment ago (its work about to be published)."""
+    r = view.renditions.get(lease.rendition)
+    if r is None or r.generation != lease.generation:
+        return False
+    if r.state in (R.DISPATCHED, R.RUNNING):
         return True
+    return r.state is R.PENDING and now - lease.since < STALE_LEASE_SECONDS
 
-    async def _release(self, key: str) -> bool:
-        versioned = self.leases.versioned(key)
-        if versioned is None:
-            return True
-        try:
-            await self.leases.store.delete(key, versioned.revision)
-        except Stale:
-            return False
-        self.leases.apply(key, None, versioned.revision + 1)  # the tombstone comes later
-        return True
 
-    def _still_held(self, lease: Lease, now: float) -> bool:
-        r = self.view.renditions.get(lease.rendition)
-        if r is None or r.generation != lease.generation:
-            return False
-        if r.state in (R.DISPATCHED, R.RUNNING):
-            return True
-        return r.state is R.PENDING and now - lease.since < STALE_LEASE_SECONDS
+def pending_in_order(view: View, leases: LeaseView, pool_id: str) -> list[Rendition]:
+    """Pending renditions someone waits for: manual starts first, then the highest priority,
+    then the least busy client (see `client_of`), then the oldest."""
+    pending = [r for r in view.pending_in(pool_id) if view.followers(r)]
+    busy = leases.busy.get(pool_id) or Counter()
+    return sorted(
+        pending,
+        key=lambda r: (not r.manual, -r.priority, busy.get(client_of(r), 0), r.created_at),
+    )
 
-    def _pending_in_order(self, pool_id: str) -> list[Rendition]:
-        """Pending renditions someone waits for: manual starts first, then the least busy client."""
-        pending = [r for r in self.view.pending_in(pool_id) if self.view.followers(r)]
-        busy = self._busy[pool_id]
-        return sorted(
-            pending,
-            key=lambda r: (not r.manual, -r.priority, busy.get(client_of(r), 0), r.created_at),
-        )
 
-    async def _publish(self, r: Rendition, now: float) -> None:
-        seq = r.dispatch_seq + 1
-        work = TranscodeWork(
-            key=r.key,
-            generation=r.generation,
-            dispatch_seq=seq,
-            source=r.source,
-            profile=r.profile,
-            spec=r.spec,
-            container=r.container,
-            owner=r.owner,
-            destination=r.destination,
-            output_name=r.output_name,
-            duration_hint=r.duration_hint,
-            jobs=[job.id for job in self.view.followers(r)],
-            dispatched_at=now,
-        )
-        await self.store.js.publish(
-            self.store.names.work(r.pool),
-            ENCODER.encode(work),
-            headers={"Nats-Msg-Id": f"{r.key}:{r.generation}:{seq}"},
-        )
-
-        def mark(current: Rendition | None) -> Rendition | None:
-            if current is None or current.generation != r.generation:
-                return None
-            if current.state is not R.PENDING or current.dispatch_seq != r.dispatch_seq:
-                return None
-            return jobstate.dispatch(current, now)
-
-        await self.store.change_rendition(r.key, mark)
-        log.info("rendition.dispatched", rendition=r.key, generation=r.generation, manual=r.manual)
+def publish(view: View, r: Rendition, now: float) -> Publish:
+    """The work item of a pending rendition's next dispatch, naming the jobs that follow it."""
+    work = TranscodeWork(
+        key=r.key,
+        generation=r.generation,
+        dispatch_seq=r.dispatch_seq + 1,
+        source=r.source,
+        profile=r.profile,
+        spec=r.spec,
+        container=r.container,
+        owner=r.owner,
+        destination=r.destination,
+        output_name=r.output_name,
+        duration_hint=r.duration_hint,
+        jobs=[job.id for job in view.followers(r)],
+        dispatched_at=now,
+    )
+    return Publish(r, work)
 
 
 async def migrate_lease_sets(kv: TypedKV[Lease], old: TypedKV[LeaseSet]) -> None:

@@ -1,16 +1,29 @@
-"""The scheduler's in-memory view of jobs and renditions, with the indexes its decisions need."""
+"""The scheduler's in-memory view: jobs, renditions and leases, with the indexes its decisions need.
+
+Decisions (`services.scheduler.decide`) read only this: projections of the buckets kept current by
+their watches, what the share checks answered, and the fleet's pools and settings. Nothing here
+writes to NATS; the view changes as the projections do.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 
+from shared.fleet import SETTINGS_KEY
 from shared.jobs import state as jobstate
-from shared.messages.records import JobRecord, JobStatus, Rendition, RenditionState
+from shared.messages.fleet import Pool, TranscodingSettings
+from shared.messages.records import JobRecord, JobStatus, Lease, Rendition, RenditionState
+from shared.nats.leases import pool_of, slot_of
 from shared.nats.projection import Projection
 
 # The only face whose jobs come from devices (MAX_CACHED_PER_USER is its concept).
 DEVICE_CLIENT = "streamyfin"
+
+# Whose work a rendition is, for taking turns: a Streamyfin device, or a native API user (whose
+# jobs have no device: counted as one, every native user would wait behind the busiest).
+Client = tuple[str, str]
+NO_CLIENT: Client = ("", "")
 
 
 def device_limited(job: JobRecord) -> bool:
@@ -30,12 +43,37 @@ def waiting(job: JobRecord) -> bool:
     return job.status is JobStatus.QUEUED and job.rendition is None
 
 
+def client_of(r: Rendition) -> Client:
+    """The device the rendition was first asked for from, or else its owner."""
+    return ("device", r.first_device) if r.first_device else ("owner", r.owner)
+
+
+class ShareAnswers:
+    """What the share checks (`services.scheduler.sharing`) know, per waiting job: whether a
+    check is out, and the answer of one that came back (the rendition key it was asked about,
+    and whether the job's own URL may read the media)."""
+
+    def __init__(self) -> None:
+        self.pending: set[str] = set()
+        self.answers: dict[str, tuple[str, bool]] = {}
+
+    def answer(self, job_id: str) -> tuple[str, bool] | None:
+        return self.answers.get(job_id)
+
+
 class View:
     """Projections of both buckets, indexed by rendition, by device and by owner."""
 
-    def __init__(self, jobs: Projection[JobRecord], renditions: Projection[Rendition]) -> None:
+    def __init__(
+        self,
+        jobs: Projection[JobRecord],
+        renditions: Projection[Rendition],
+        shares: ShareAnswers | None = None,
+    ) -> None:
         self.jobs = jobs
         self.renditions = renditions
+        self.shares = shares or ShareAnswers()
+        self.leases: LeaseView | None = None  # set once the leases are loaded
         self._by_rendition: dict[str, set[str]] = defaultdict(set)
         self._by_device: dict[str, set[str]] = defaultdict(set)
         self._admitted: dict[str, set[str]] = defaultdict(set)
@@ -44,6 +82,8 @@ class View:
         self._pending: dict[str, set[str]] = defaultdict(set)
         jobs.listen(self._index)
         renditions.listen(self._index_rendition)
+        for key, job in jobs.items():
+            self._index(key, None, job)
         for key, r in renditions.items():
             self._index_rendition(key, None, r)
 
@@ -89,6 +129,12 @@ class View:
         """Active jobs attached to this generation of the rendition."""
         return [job for job in self.jobs_of_rendition(r.key) if jobstate.follows(job, r)]
 
+    def left_by_all(self, r: Rendition) -> bool:
+        """Whether jobs followed this generation of the rendition and every one has ended
+        (cancelled by its client): nobody is about to attach to it, it is unwanted now."""
+        jobs = [job for job in self.jobs_of_rendition(r.key) if job.generation == r.generation]
+        return bool(jobs) and not any(jobstate.follows(job, r) for job in jobs)
+
     def needs_output(
         self, r: Rendition, now: float, *, ignoring: Callable[[JobRecord], bool] | None = None
     ) -> bool:
@@ -128,6 +174,67 @@ class View:
             cached = sorted((job for job in found if job is not None), key=_order)
             self._waiting_sorted[owner] = cached
         return cached
+
+
+class LeaseView:
+    """The pools' leases (one KV key each, see `shared.nats.leases`), the pools and the fleet's
+    settings, with the indexes dispatch needs kept from the projections' changes, so a pass
+    costs what changed, not what is held: leases by pool, lease keys by rendition, automatic
+    slots taken, and leases per client (see `client_of`) per pool."""
+
+    def __init__(
+        self,
+        leases: Projection[Lease],
+        renditions: Projection[Rendition],
+        pools: Projection[Pool] | None = None,
+        fleet: Projection[TranscodingSettings] | None = None,
+    ) -> None:
+        self.leases = leases
+        self.renditions = renditions
+        self.pools = pools
+        self.fleet = fleet
+        self.of_pool: dict[str, dict[str, Lease]] = defaultdict(dict)
+        self.keys_of: dict[str, set[str]] = defaultdict(set)
+        self.busy: dict[str, Counter[Client]] = defaultdict(Counter)
+        self.slots: dict[str, set[int]] = defaultdict(set)
+        self._client_of: dict[str, Client] = {}
+        leases.listen(self._lease_changed)
+        for key, lease in leases.items():
+            self._lease_changed(key, None, lease)
+
+    def _lease_changed(self, key: str, old: Lease | None, new: Lease | None) -> None:
+        pool = pool_of(key)
+        if not pool:
+            return
+        if old is not None:
+            self.of_pool[pool].pop(key, None)
+            self.busy[pool][self._client_of.pop(key, NO_CLIENT)] -= 1
+            if (slot := slot_of(key)) is not None:
+                self.slots[pool].discard(slot)
+            self.keys_of[old.rendition].discard(key)
+            if not self.keys_of[old.rendition]:
+                del self.keys_of[old.rendition]
+        if new is not None:
+            self.of_pool[pool][key] = new
+            leased = self.renditions.get(new.rendition)
+            self._client_of[key] = client_of(leased) if leased else NO_CLIENT
+            self.busy[pool][self._client_of[key]] += 1
+            if (slot := slot_of(key)) is not None:
+                self.slots[pool].add(slot)
+            self.keys_of[new.rendition].add(key)
+
+    def __len__(self) -> int:
+        return len(self.leases)
+
+    def pool(self, pool_id: str) -> Pool | None:
+        return self.pools.get(pool_id) if self.pools is not None else None
+
+    def settings(self) -> TranscodingSettings | None:
+        return self.fleet.get(SETTINGS_KEY) if self.fleet is not None else None
+
+    def revision(self, key: str) -> int | None:
+        versioned = self.leases.versioned(key)
+        return versioned.revision if versioned is not None else None
 
 
 def _order(job: JobRecord) -> tuple[float, str]:
