@@ -287,9 +287,16 @@ def _event_subject(names: Names, event: events.Event) -> str:
 
 
 async def publish_command(
-    js: JetStreamContext, subject: str, command: commands.Command, *, msg_id: str | None = None
+    js: JetStreamContext,
+    to: Names | str,
+    command: commands.Command,
+    *,
+    msg_id: str | None = None,
 ) -> bool:
-    """Publish a command durably; returns False when JetStream saw it already (same msg id)."""
+    """Publish a command durably on the subject its tag gives (`to`: the namespace's names; a
+    subject string is still taken from callers that spell it). Returns False when JetStream saw
+    it already (same msg id)."""
+    subject = to.command_subject(command) if isinstance(to, Names) else to
     ack = await js.publish(
         subject,
         commands.ENCODER.encode(command),
