@@ -23,9 +23,10 @@ from services.scheduler.reconcile import Reconciler
 from services.scheduler.sharing import ShareChecks
 from services.scheduler.view import View
 from shared.jobs.store import RecordStore
+from shared.messages import commands as cmd
 from shared.messages.fleet import Pool, TranscodingSettings
 from shared.messages.records import JobRecord, Lease, LeaseSet, Rendition
-from shared.nats.consumer import Consumer, SlotLoops
+from shared.nats.consumer import Consumer
 from shared.nats.kv import TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
@@ -39,7 +40,7 @@ class Scheduler(Service):
     name = "scheduler"
 
     def __init__(self, nc: NATS, settings: SchedulerSettings) -> None:
-        super().__init__()
+        super().__init__(grace=settings.stop_grace_seconds)
         self.nc = nc
         self.settings = settings
         self.names = Names(settings.namespace)
@@ -48,7 +49,6 @@ class Scheduler(Service):
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._metrics_task: asyncio.Task[None] | None = None
-        self._loops: SlotLoops | None = None
         self.passes = 0
 
     async def start(self) -> None:
@@ -97,15 +97,17 @@ class Scheduler(Service):
             self.names.commands_stream,
             self.names.scheduler_consumer,
             self.names.scheduler_commands,
+            cmd.SCHEDULER_DECODER,
+            family="command",
             ack_wait=30.0,
             max_ack_pending=self.settings.command_slots * 4,
+            max_attempts=self.settings.message_attempts,
         )
         handler = CommandHandler(
             self.store, self.view, self.reconciler, self.settings, self._wake.set
         )
-        self._loops = await consumer.open(
-            js, "scheduler.commands", handler, slots=self.settings.command_slots
-        )
+        slots = self.settings.command_slots
+        self.consume(await consumer.open(js, "scheduler.commands", handler, slots=slots))
         self._loop_task = asyncio.create_task(self._reconcile_forever(), name="scheduler.reconcile")
         self._metrics_task = asyncio.create_task(
             sample_forever(js, self.names, self.view), name="scheduler.metrics"
@@ -198,8 +200,6 @@ class Scheduler(Service):
         return job.created_at if job else 0.0
 
     async def stop(self) -> None:
-        if self._loops is not None:
-            await self._loops.close(grace=5.0)
         # cancelled until they stop: their NATS requests can swallow a cancellation on 3.11
         await stop_tasks([t for t in (self._metrics_task, self._loop_task) if t is not None])
         projections = (self.jobs, self.renditions, self.pools, self.fleet_settings, self.leases)
