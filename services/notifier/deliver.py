@@ -18,6 +18,7 @@ import msgspec
 import structlog
 from yarl import URL
 
+from services.notifier.attempt import Attempted, attempt, keep_attempt
 from services.notifier.config import NotifierSettings
 from shared.messages import events as ev
 from shared.messages.webhooks import (
@@ -32,14 +33,8 @@ from shared.nats.consumer import ACK, Outcome, Received, Settle
 from shared.nats.projection import Projection
 from shared.nats.topology import publish_event
 from shared.outbound import OutboundClient
-from shared.webhooks.catalogue import (
-    Attempted,
-    SecretSealer,
-    SecretUnavailable,
-    WebhookStore,
-    attempt,
-    keep_attempt,
-)
+from shared.webhooks.secrets import SecretSealer, SecretUnavailable
+from shared.webhooks.store import WebhookStore
 
 log = structlog.get_logger("vidmesh.notifier")
 

@@ -24,13 +24,10 @@ from shared.messages.webhooks import (
 from shared.nats.consumer import ACK, Received, Settle
 from shared.nats.kv import Stale
 from shared.nats.projection import Projection
-from shared.webhooks.catalogue import (
-    WebhookStore,
-    delivery_id,
-    job_subscription_id,
-    payload_of,
-    wants,
-)
+from shared.webhooks.catalogue import wants
+from shared.webhooks.envelope import delivery_id, payload_of
+from shared.webhooks.store import WebhookStore
+from shared.webhooks.subscriptions import job_subscription_id
 
 log = structlog.get_logger("vidmesh.notifier")
 

@@ -1,8 +1,9 @@
 """The notifier service: reads the events stream and delivers signed webhooks, with retries.
 
-Two durable consumers: one on the events stream turns each event into deliveries (`fanout.py`);
-one on the webhook work stream attempts them (`deliver.py`), many at once across endpoints and a
-few at once per endpoint. Replicas share both consumers; everything they need is in NATS.
+Three durable consumers: one on the events stream turns each event into deliveries
+(`fanout.py`); one on the webhook work stream attempts them (`deliver.py`), many at once across
+endpoints and a few at once per endpoint; one on its commands sends test deliveries and retries
+by hand (`commands.py`). Replicas share all three; everything they need is in NATS.
 """
 
 from __future__ import annotations
@@ -11,22 +12,26 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from services.notifier.attempt import USER_AGENT
+from services.notifier.commands import MAX_TEST_SECONDS, NotifierCommands
 from services.notifier.config import DAY, NotifierSettings
 from services.notifier.deliver import Deliverer
 from services.notifier.fanout import Fanout
 from shared.messages import events as ev
-from shared.messages.webhooks import WORK_DECODER, WebhookSubscription
+from shared.messages.webhooks import NOTIFIER_DECODER, WORK_DECODER, WebhookSubscription
 from shared.nats.consumer import Consumer
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import ensure_topology, retention_of
 from shared.outbound import OutboundClient
 from shared.runtime import Service
-from shared.webhooks.catalogue import USER_AGENT, SecretSealer, WebhookStore
+from shared.webhooks.secrets import SecretSealer
+from shared.webhooks.store import WebhookStore
 
 log = structlog.get_logger("vidmesh.notifier")
 
 FANOUT_SLOTS = 4
+COMMAND_SLOTS = 4
 
 
 class Notifier(Service):
@@ -60,6 +65,7 @@ class Notifier(Service):
             )
         self.fanout = Fanout(store, subscriptions)
         self.deliverer = Deliverer(self.settings, store, subscriptions, self.client, self.sealer)
+        self.commands = NotifierCommands(self.nc, store, self.client, self.sealer)
         events = Consumer.durable(
             self.names.events_stream,
             self.names.notifier_consumer,
@@ -96,6 +102,19 @@ class Notifier(Service):
                 self.deliverer.handle,
                 slots=self.settings.webhook_concurrency,
             )
+        )
+        commands = Consumer.durable(
+            self.names.commands_stream,
+            self.names.notifier_commands_consumer,
+            self.names.notifier_commands,
+            NOTIFIER_DECODER,
+            family="command",
+            ack_wait=MAX_TEST_SECONDS + 10.0,
+            max_ack_pending=COMMAND_SLOTS,
+            max_attempts=self.settings.message_attempts,
+        )
+        self.consume(
+            await commands.open(js, "notifier.commands", self.commands.handle, slots=COMMAND_SLOTS)
         )
         log.info(
             "notifier.started",
