@@ -110,6 +110,7 @@ _ID_FIELDS = {
     "worker_id": "worker_id",
     "pool_id": "pool_id",
     "command_id": "command_id",
+    "event_id": "event_id",
     "request_id": "request_id",
 }
 
