@@ -58,6 +58,13 @@ class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Port of this process's /metrics (Prometheus), /livez and /readyz; 0: none (`vidmesh up`
     # gives every service its own and prints them).
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    # On SIGTERM, seconds the messages being handled may take to finish before they are cancelled
+    # and handed back (the transcoder's running transcodes have `drain_seconds` instead).
+    stop_grace_seconds: Annotated[float, msgspec.Meta(ge=0, le=300)] = 5.0
+    # Deliveries of one command or event whose handler keeps failing before it is terminated with
+    # an error line (the transcoder's work has `max_attempts` instead; webhook deliveries follow
+    # `webhook_retry_schedule`).
+    message_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
     # How long the events stream keeps events (replay, SSE Last-Event-ID, webhooks catch-up).
     events_retention_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 7.0
     # How long webhook delivery records (with their attempts) are kept after their last change.

@@ -1,4 +1,5 @@
-"""What every service process shares: a lifecycle, and the entry-point loop around it.
+"""What every service process shares: a lifecycle with one stop order, and the entry-point loop
+around it.
 
 A service offers `start()` (returns once it is ready), `shutdown()` (idempotent, waits), and
 `async with`. SIGTERM and SIGINT only set an event; the entry point then shuts the service down
@@ -13,7 +14,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -23,18 +24,41 @@ from shared import logging as vlog
 from shared.config import CommonSettings, masked
 from shared.metrics import MetricsServer
 from shared.nats.client import connect_with
+from shared.nats.topology import describe
+
+if TYPE_CHECKING:
+    from shared.nats.consumer import SlotLoops
 
 log = structlog.get_logger("vidmesh.runtime")
+
+# Seconds in-flight messages may finish on shutdown when a service names no grace of its own.
+DEFAULT_GRACE = 5.0
+# Seconds cancelled handlers get to hand their messages back before the stop goes on without them.
+CANCEL_DEADLINE = 5.0
 
 S = TypeVar("S", bound=CommonSettings)
 
 
 class Service:
-    """Base of every long-running service."""
+    """Base of every long-running service.
+
+    A subclass starts its consumers in `start()` and registers them with `consume()`; the base
+    stops them in order on `shutdown()`: stop fetching (heartbeats of running work go on), let
+    in-flight messages finish for one grace period (`grace`, from the settings), cancel what is
+    left under a hard deadline (the kit hands each cancelled message back), stop listening; then
+    `stop()` closes what the subclass opened, and one summary line says how it went. The entry
+    point drains the connection after that.
+    """
 
     name = "service"
+    # Whether, after the grace, to wait for slots still in a fetch (`fetch_timeout`) so that
+    # what such a fetch brings is handed back now, not after its ack_wait: worth it for long
+    # ack_waits (the transcoder's work), not for every stop of every service.
+    wait_for_last_fetch = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, grace: float = DEFAULT_GRACE) -> None:
+        self.grace = grace
+        self.consumers: list[SlotLoops[Any]] = []
         self._shutdown_started = False
         self._shutdown_done = asyncio.Event()
         self.started_at = time.time()
@@ -42,8 +66,15 @@ class Service:
     async def start(self) -> None:
         raise NotImplementedError
 
+    def consume(self, loops: SlotLoops[Any]) -> None:
+        """Have `shutdown()` stop these slot loops in order."""
+        self.consumers.append(loops)
+
+    def stopping(self) -> None:
+        """Called first on shutdown, before fetching stops (override: say that it drains)."""
+
     async def stop(self) -> None:
-        """Stop intake, finish or hand back in-flight work (override)."""
+        """Close what the service opened, once its consumers have stopped (override)."""
 
     def ready(self) -> bool:
         """Whether the service does its job now (override for more than "started")."""
@@ -56,9 +87,40 @@ class Service:
             return
         self._shutdown_started = True
         try:
+            self.stopping()
+            in_time, cancelled = await self._stop_consumers()
             await self.stop()
         finally:
             self._shutdown_done.set()
+        log.info(
+            "service.stopped",
+            service=self.name,
+            handled=sum(c.handled for c in self.consumers),
+            handed_back=sum(c.handed_back for c in self.consumers),
+            cancelled=cancelled,
+            finished_in_time=in_time,
+            grace_s=self.grace,
+            uptime_s=round(time.time() - self.started_at, 1),
+        )
+
+    async def _stop_consumers(self) -> tuple[bool, int]:
+        """Stop fetching, wait the grace, cancel under the deadline, stop listening: whether the
+        in-flight work finished within the grace, and how many handlers were cancelled."""
+        for loops in self.consumers:
+            loops.stop_fetching()
+        until = time.monotonic() + self.grace
+        in_time = True
+        for loops in self.consumers:
+            in_time = await loops.wait_idle(max(0.0, until - time.monotonic())) and in_time
+        if self.wait_for_last_fetch and self.grace > 0:
+            for loops in self.consumers:
+                await loops.wait_stopped(loops.fetch_timeout + 0.5)
+        cancelled = 0
+        for loops in self.consumers:
+            cancelled += await loops.cancel(CANCEL_DEADLINE)
+        for loops in self.consumers:
+            await loops.close()
+        return in_time, cancelled
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -93,7 +155,6 @@ async def serve(
     if metrics is not None:
         await metrics.start()  # alive from here; ready once the service is
     nc = await connect_with(settings, f"vidmesh-{name}")
-    started = time.monotonic()
     try:
         service = await build(nc)
         async with service:
@@ -107,9 +168,11 @@ async def serve(
     finally:
         if metrics is not None:
             await metrics.stop()
-        with contextlib.suppress(Exception):
+        # The service's summary line (service.stopped) came last; a drain speaks only on failure.
+        try:
             await asyncio.wait_for(nc.drain(), 10)
-        log.info("service.stopped", service=name, uptime_s=round(time.monotonic() - started, 1))
+        except Exception as exc:
+            log.warning("service.drain_failed", service=name, **describe(exc))
 
 
 def main(settings: CommonSettings, name: str, build: Callable[[NATS], Awaitable[Service]]) -> None:

@@ -27,6 +27,7 @@ from tests.helpers import (
     Api,
     ServiceProcess,
     System,
+    build_service,
     eventually,
     free_port,
     start_system,
@@ -517,4 +518,39 @@ async def test_killing_the_notifier_mid_retry_loses_no_delivery(
         for process in notifiers:
             if process.alive:
                 process.kill()
+        await stop_system(system)
+
+
+async def test_a_test_delivery_with_no_notifier_running_answers_503_and_is_never_sent_late(
+    env: dict[str, str], http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    # Given a gateway but no notifier
+    system = await start_system({**env, **FAST}, "gateway")
+    try:
+        admin = await Api(http, system.url).as_user("admin", ADMIN_PASSWORD, register=False)
+        sub = await subscribe(admin, receiver, "/api/admin/webhooks")
+
+        # When an operator tests the subscription, the answer says the notifier is not there
+        status, body, _ = await admin.call("POST", f"/api/admin/webhooks/{sub['id']}/test")
+        assert status == 503 and "notifier" in body["error"]["message"], body
+
+        # ... and a notifier that starts later drops the test nobody waits for any more
+        notifier = build_service("notifier", system.nc, system.env)
+        await notifier.start()
+        system.services["notifier"] = notifier
+        names = system.names
+
+        async def commands_done() -> bool:
+            info = await system.nc.jetstream().consumer_info(
+                names.commands_stream, names.notifier_commands_consumer
+            )
+            return (
+                info.num_pending == 0
+                and info.num_ack_pending == 0
+                and info.delivered.stream_seq > 0
+            )
+
+        await eventually(commands_done, what="the notifier to take the old command")
+        assert receiver.calls == []
+    finally:
         await stop_system(system)

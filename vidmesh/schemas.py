@@ -33,7 +33,7 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
     ),
     "commands.json": (
         "vidmesh commands, published on <namespace>.cmd.>",
-        [commands.SchedulerCommand, commands.StorageCommand],
+        [commands.SchedulerCommand, commands.StorageCommand, webhooks.NotifierCommand],
     ),
     "work.json": (
         "vidmesh work items, published on <namespace>.work.<pool> (transcodes) and "
@@ -42,10 +42,13 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
     ),
     "rpc.json": (
         "vidmesh request/reply messages (core NATS): <namespace>.rpc.probe, "
-        "<namespace>.rpc.statistics.pools and <namespace>.rpc.statistics.estimate",
+        "<namespace>.rpc.statistics.pools and <namespace>.rpc.statistics.estimate; the notifier's "
+        "replies to its commands (on the command's reply_to)",
         [
             rpc.ProbeRequest,
             rpc.ProbeReply,
+            webhooks.PingReply,
+            webhooks.RetryReply,
             telemetry.PoolMetricsReply,
             telemetry.EstimateRequest,
             telemetry.EstimateReply,

@@ -16,44 +16,27 @@ from dataclasses import dataclass, field
 
 import msgspec
 import structlog
-from nats.aio.msg import Msg
 from yarl import URL
 
+from services.notifier.attempt import Attempted, attempt, keep_attempt
 from services.notifier.config import NotifierSettings
 from shared.messages import events as ev
 from shared.messages.webhooks import (
-    WORK_DECODER,
     Delivery,
     DeliveryStatus,
     SubscriptionScope,
     WebhookSubscription,
+    WebhookWork,
 )
 from shared.metrics import WEBHOOK_DELIVERIES
-from shared.nats.consumer import Outcome
+from shared.nats.consumer import ACK, Outcome, Received, Settle
 from shared.nats.projection import Projection
 from shared.nats.topology import publish_event
 from shared.outbound import OutboundClient
-from shared.webhooks.catalogue import (
-    Attempted,
-    SecretSealer,
-    SecretUnavailable,
-    WebhookStore,
-    attempt,
-    keep_attempt,
-)
+from shared.webhooks.secrets import SecretSealer, SecretUnavailable
+from shared.webhooks.store import WebhookStore
 
 log = structlog.get_logger("vidmesh.notifier")
-
-
-@dataclass(frozen=True, slots=True)
-class Settle:
-    """How a work message is settled; `delay` spaces a retry."""
-
-    outcome: Outcome
-    delay: float | None = None
-
-
-ACK = Settle(Outcome.ACK)
 
 
 @dataclass(slots=True)
@@ -101,13 +84,10 @@ class Deliverer:
         self.sealer = sealer
         self.limits = EndpointLimits(settings.webhook_endpoint_concurrency)
 
-    async def handle(self, msg: Msg) -> Settle:
-        try:
-            work = WORK_DECODER.decode(msg.data)
-        except msgspec.DecodeError as exc:
-            log.error("delivery.poison", subject=msg.subject, error=str(exc))
-            return Settle(Outcome.TERM)
-        seq = msg.metadata.sequence.stream
+    async def handle(self, received: Received[WebhookWork]) -> Settle:
+        """Attempt the delivery the work message asks for, if it still owes one; the settlement
+        spaces the next retry by the schedule."""
+        work, seq = received.message, received.seq
         found = await self.store.deliveries.get(work.delivery_id)
         if found is None or found.value.status is not DeliveryStatus.PENDING:
             return ACK  # expired, or finished already: nothing left to do
@@ -124,7 +104,7 @@ class Deliverer:
             return Settle(Outcome.RETRY, due)  # back early (a restart): wait for its time
         endpoint = endpoint_of(sub.url)
         if not self.limits.try_acquire(endpoint):
-            return Settle(Outcome.RETRY, self._busy_delay(msg.metadata.num_delivered or 1))
+            return Settle(Outcome.RETRY, self._busy_delay(received.attempt))
         try:
             if delivery.work_seq == 0 and not await self._claim(delivery.id, seq):
                 return ACK

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import time
 
-import msgspec
 import structlog
-from nats.aio.msg import Msg
 
 from shared.messages import events as ev
 from shared.messages.webhooks import (
@@ -23,16 +21,13 @@ from shared.messages.webhooks import (
     WebhookSubscription,
     WebhookWork,
 )
-from shared.nats.consumer import Outcome
+from shared.nats.consumer import ACK, Received, Settle
 from shared.nats.kv import Stale
 from shared.nats.projection import Projection
-from shared.webhooks.catalogue import (
-    WebhookStore,
-    delivery_id,
-    job_subscription_id,
-    payload_of,
-    wants,
-)
+from shared.webhooks.catalogue import wants
+from shared.webhooks.envelope import delivery_id, payload_of
+from shared.webhooks.store import WebhookStore
+from shared.webhooks.subscriptions import job_subscription_id
 
 log = structlog.get_logger("vidmesh.notifier")
 
@@ -44,12 +39,9 @@ class Fanout:
         self.store = store
         self.subscriptions = subscriptions
 
-    async def handle(self, msg: Msg) -> Outcome:
-        try:
-            event = ev.DECODER.decode(msg.data)
-        except msgspec.DecodeError:
-            # An event type this version does not know: newer producers may add some.
-            return Outcome.ACK
+    async def handle(self, received: Received[ev.AnyEvent]) -> Settle:
+        """Open a delivery of the event for every subscription that wants it."""
+        event = received.message
         tag = ev.tag_of(event)
         for sub in await self._candidates(event):
             if wants(sub, tag, event):
@@ -57,7 +49,7 @@ class Fanout:
             elif isinstance(event, ev.JobPurged) and sub.scope is SubscriptionScope.JOB:
                 # The job is gone and its endpoint gets nothing more: its subscription goes too.
                 await self.store.subscriptions.delete(sub.id)
-        return Outcome.ACK
+        return ACK
 
     async def _candidates(self, event: ev.Event) -> list[WebhookSubscription]:
         found = [

@@ -1,45 +1,49 @@
 """The notifier service: reads the events stream and delivers signed webhooks, with retries.
 
-Two durable consumers: one on the events stream turns each event into deliveries (`fanout.py`);
-one on the webhook work stream attempts them (`deliver.py`), many at once across endpoints and a
-few at once per endpoint. Replicas share both consumers; everything they need is in NATS.
+Three durable consumers: one on the events stream turns each event into deliveries
+(`fanout.py`); one on the webhook work stream attempts them (`deliver.py`), many at once across
+endpoints and a few at once per endpoint; one on its commands sends test deliveries and retries
+by hand (`commands.py`). Replicas share all three; everything they need is in NATS.
 """
 
 from __future__ import annotations
 
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from services.notifier.attempt import USER_AGENT
+from services.notifier.commands import MAX_TEST_SECONDS, NotifierCommands
 from services.notifier.config import DAY, NotifierSettings
 from services.notifier.deliver import Deliverer
 from services.notifier.fanout import Fanout
-from shared.messages.webhooks import WebhookSubscription
-from shared.nats.consumer import Consumer, Outcome, SlotLoops, settle
+from shared.messages import events as ev
+from shared.messages.webhooks import NOTIFIER_DECODER, WORK_DECODER, WebhookSubscription
+from shared.nats.consumer import Consumer
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import ensure_topology, retention_of
 from shared.outbound import OutboundClient
 from shared.runtime import Service
-from shared.webhooks.catalogue import USER_AGENT, SecretSealer, WebhookStore
+from shared.webhooks.secrets import SecretSealer
+from shared.webhooks.store import WebhookStore
 
 log = structlog.get_logger("vidmesh.notifier")
 
 FANOUT_SLOTS = 4
+COMMAND_SLOTS = 4
 
 
 class Notifier(Service):
     name = "notifier"
 
     def __init__(self, nc: NATS, settings: NotifierSettings) -> None:
-        super().__init__()
+        super().__init__(grace=settings.stop_grace_seconds)
         self.nc = nc
         self.settings = settings
         self.names = Names(settings.namespace)
         self.sealer = SecretSealer(settings.storage_key)
         self.client = OutboundClient(settings.policy, user_agent=USER_AGENT)
-        self._loops: list[SlotLoops] = []
         self._projection: Projection[WebhookSubscription] | None = None
 
     async def start(self) -> None:
@@ -61,31 +65,56 @@ class Notifier(Service):
             )
         self.fanout = Fanout(store, subscriptions)
         self.deliverer = Deliverer(self.settings, store, subscriptions, self.client, self.sealer)
+        self.commands = NotifierCommands(self.nc, store, self.client, self.sealer)
         events = Consumer.durable(
             self.names.events_stream,
             self.names.notifier_consumer,
             self.names.events_all,
+            ev.DECODER,
+            family="event",
             ack_wait=30.0,
             max_ack_pending=FANOUT_SLOTS,
+            max_attempts=self.settings.message_attempts,
+            skip_unknown=True,  # newer producers may add event types
         )
-        self._loops.append(
+        self.consume(
             await events.open(js, "notifier.events", self.fanout.handle, slots=FANOUT_SLOTS)
         )
         # Waiting retries are naked with a delay and count as pending: the cap is far above the
-        # slots (each slot still fetches one message only when it is free).
+        # slots (each slot still fetches one message only when it is free). A delivery's
+        # attempts are counted by its record and bounded by the retry schedule; its message is
+        # also bounced while its endpoint is busy, so deliveries of the message count neither.
         work = Consumer.durable(
             self.names.webhooks_stream,
             self.names.webhook_delivery_consumer,
             self.names.webhook_deliver,
+            WORK_DECODER,
+            family="delivery",
             # An attempt is bounded by the timeout; a message whose notifier died mid-attempt
             # comes back soon after.
             ack_wait=self.settings.webhook_timeout * 2 + 5.0,
             max_ack_pending=self.settings.webhook_max_pending,
         )
-        self._loops.append(
+        self.consume(
             await work.open(
-                js, "notifier.deliveries", self._deliver, slots=self.settings.webhook_concurrency
+                js,
+                "notifier.deliveries",
+                self.deliverer.handle,
+                slots=self.settings.webhook_concurrency,
             )
+        )
+        commands = Consumer.durable(
+            self.names.commands_stream,
+            self.names.notifier_commands_consumer,
+            self.names.notifier_commands,
+            NOTIFIER_DECODER,
+            family="command",
+            ack_wait=MAX_TEST_SECONDS + 10.0,
+            max_ack_pending=COMMAND_SLOTS,
+            max_attempts=self.settings.message_attempts,
+        )
+        self.consume(
+            await commands.open(js, "notifier.commands", self.commands.handle, slots=COMMAND_SLOTS)
         )
         log.info(
             "notifier.started",
@@ -93,14 +122,6 @@ class Notifier(Service):
             retries=len(self.deliverer.delays),
             sealed=self.sealer.configured,
         )
-
-    async def _deliver(self, msg: Msg) -> Outcome:
-        """Settle a work message with the retry delay its delivery's schedule asks for."""
-        decided = await self.deliverer.handle(msg)
-        if decided.outcome is Outcome.RETRY and decided.delay is not None:
-            await settle(msg, Outcome.RETRY, delay=decided.delay)
-            return Outcome.ABANDON
-        return decided.outcome
 
     async def _keep_deliveries_for(self, js: JetStreamContext, ttl: float) -> None:
         """The configured delivery retention applies to an existing bucket and stream too."""
@@ -111,10 +132,6 @@ class Notifier(Service):
                 log.info("notifier.delivery_retention", stream=stream, days=round(ttl / DAY, 2))
 
     async def stop(self) -> None:
-        for loops in self._loops:
-            loops.stop_fetching()
-        for loops in self._loops:
-            await loops.close(grace=3.0)
         if self._projection is not None:
             await self._projection.stop()
         await self.client.close()

@@ -1,4 +1,5 @@
-"""The scheduler's command handlers: decode, dispatch on type, change records, return an outcome.
+"""The scheduler's command handlers: dispatch on type, change records, return a settlement
+(the consumer kit decodes, binds the command's ids to the log context, and settles).
 
 A handler changes the job record a command names and wakes the reconcile loop, which decides what
 follows (a rendition nobody follows any more is cancelled, an output nobody holds is released, a
@@ -12,10 +13,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-import msgspec
 import structlog
-from nats.aio.msg import Msg
-from structlog.contextvars import bound_contextvars
 
 from services.scheduler.apply import Applier
 from services.scheduler.changes import ClearOutput
@@ -26,7 +24,7 @@ from shared.jobs import state as jobstate
 from shared.jobs.store import RecordStore
 from shared.messages import commands as cmd
 from shared.messages.records import JobRecord, JobStatus
-from shared.nats.consumer import Outcome
+from shared.nats.consumer import ACK, Received, Settle
 
 log = structlog.get_logger("vidmesh.scheduler")
 
@@ -48,48 +46,35 @@ class CommandHandler:
         self.settings = settings
         self._wake = wake
 
-    async def __call__(self, msg: Msg) -> Outcome:
-        try:
-            command = cmd.SCHEDULER_DECODER.decode(msg.data)
-        except msgspec.DecodeError as exc:
-            log.error("command.poison", subject=msg.subject, error=str(exc))
-            return Outcome.TERM
-        started = time.monotonic()
-        with bound_contextvars(command_id=command.command_id, command=type(command).__name__):
-            match command:
-                case cmd.CancelJob(job_id=job_id):
-                    await self.cancel(job_id, release=False)
-                case cmd.ReleaseJob(job_id=job_id):
-                    await self.cancel(job_id, release=True)
-                case cmd.StartJob(job_id=job_id):
-                    await self.start(job_id)
-                case cmd.RetryJob(job_id=job_id):
-                    await self.change(job_id, jobstate.retry_job)
-                case cmd.RestartJob(job_id=job_id, nonce=nonce):
-                    await self.change(job_id, partial(_restart, nonce=nonce))
-                case cmd.ConfirmDownload(job_id=job_id):
-                    keep = self.settings.keep_seconds
-                    await self.change(
-                        job_id, lambda j, now: jobstate.confirm_download(j, keep, now)
-                    )
-                case cmd.DeleteOutput(job_id=job_id):
-                    await self.change(job_id, jobstate.delete_output)
-                case cmd.StartBatch(job_ids=job_ids):
-                    for job_id in job_ids:
-                        await self.change(job_id, jobstate.unpause, only=JobStatus.PAUSED)
-                case cmd.RenameOutputs(names=names):
-                    for job_id, name in names.items():
-                        await self.change(job_id, partial(_rename, name=name))
-                case cmd.CleanupJobs(before=before, statuses=statuses):
-                    await self.clean_up(before, statuses)
-                case cmd.ClearCache():
-                    await self.clear_cache(command)
-            log.info(
-                "command.handled",
-                attempt=msg.metadata.num_delivered,
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
-            )
-        return Outcome.ACK
+    async def __call__(self, received: Received[cmd.SchedulerCommand]) -> Settle:
+        command = received.message
+        match command:
+            case cmd.CancelJob(job_id=job_id):
+                await self.cancel(job_id, release=False)
+            case cmd.ReleaseJob(job_id=job_id):
+                await self.cancel(job_id, release=True)
+            case cmd.StartJob(job_id=job_id):
+                await self.start(job_id)
+            case cmd.RetryJob(job_id=job_id):
+                await self.change(job_id, jobstate.retry_job)
+            case cmd.RestartJob(job_id=job_id, nonce=nonce):
+                await self.change(job_id, partial(_restart, nonce=nonce))
+            case cmd.ConfirmDownload(job_id=job_id):
+                keep = self.settings.keep_seconds
+                await self.change(job_id, lambda j, now: jobstate.confirm_download(j, keep, now))
+            case cmd.DeleteOutput(job_id=job_id):
+                await self.change(job_id, jobstate.delete_output)
+            case cmd.StartBatch(job_ids=job_ids):
+                for job_id in job_ids:
+                    await self.change(job_id, jobstate.unpause, only=JobStatus.PAUSED)
+            case cmd.RenameOutputs(names=names):
+                for job_id, name in names.items():
+                    await self.change(job_id, partial(_rename, name=name))
+            case cmd.CleanupJobs(before=before, statuses=statuses):
+                await self.clean_up(before, statuses)
+            case cmd.ClearCache():
+                await self.clear_cache(command)
+        return ACK
 
     async def cancel(self, job_id: str, *, release: bool) -> None:
         now = time.time()

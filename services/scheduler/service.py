@@ -23,9 +23,10 @@ from services.scheduler.reconcile import ReconcileLoop
 from services.scheduler.sharing import ShareChecks
 from services.scheduler.view import LeaseView, View
 from shared.jobs.store import RecordStore
+from shared.messages import commands as cmd
 from shared.messages.fleet import Pool, TranscodingSettings
 from shared.messages.records import JobRecord, Lease, LeaseSet
-from shared.nats.consumer import Consumer, SlotLoops
+from shared.nats.consumer import Consumer
 from shared.nats.kv import TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
@@ -40,13 +41,12 @@ class Scheduler(Service):
     name = "scheduler"
 
     def __init__(self, nc: NATS, settings: SchedulerSettings) -> None:
-        super().__init__()
+        super().__init__(grace=settings.stop_grace_seconds)
         self.nc = nc
         self.settings = settings
         self.names = Names(settings.namespace)
         self._loop_task: asyncio.Task[None] | None = None
         self._metrics_task: asyncio.Task[None] | None = None
-        self._loops: SlotLoops | None = None
 
     async def start(self) -> None:
         js = self.nc.jetstream()
@@ -89,13 +89,15 @@ class Scheduler(Service):
             self.names.commands_stream,
             self.names.scheduler_consumer,
             self.names.scheduler_commands,
+            cmd.SCHEDULER_DECODER,
+            family="command",
             ack_wait=30.0,
             max_ack_pending=self.settings.command_slots * 4,
+            max_attempts=self.settings.message_attempts,
         )
         handler = CommandHandler(self.store, self.view, self.applier, self.settings, self.loop.wake)
-        self._loops = await consumer.open(
-            js, "scheduler.commands", handler, slots=self.settings.command_slots
-        )
+        slots = self.settings.command_slots
+        self.consume(await consumer.open(js, "scheduler.commands", handler, slots=slots))
         self._loop_task = asyncio.create_task(self.loop.run_forever(), name="scheduler.reconcile")
         self._metrics_task = asyncio.create_task(
             sample_forever(js, self.names, self.view), name="scheduler.metrics"
@@ -116,8 +118,6 @@ class Scheduler(Service):
         return self.loop.passes
 
     async def stop(self) -> None:
-        if self._loops is not None:
-            await self._loops.close(grace=5.0)
         # cancelled until they stop: their NATS requests can swallow a cancellation on 3.11
         await stop_tasks([t for t in (self._metrics_task, self._loop_task) if t is not None])
         projections = (self.jobs, self.renditions, self.pools, self.fleet_settings, self.leases)

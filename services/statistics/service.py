@@ -10,14 +10,13 @@ from __future__ import annotations
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from services.statistics.config import StatisticsSettings
 from services.statistics.telemetry import Telemetry
 from shared import cardinality
 from shared.messages import events as ev
 from shared.messages.records import Totals
-from shared.nats.consumer import Consumer, Outcome, SlotLoops
+from shared.nats.consumer import ACK, Consumer, Received, Settle
 from shared.nats.kv import TypedKV
 from shared.nats.subjects import Names
 from shared.nats.topology import ensure_topology, retention_of
@@ -62,11 +61,10 @@ class Statistics(Service):
     name = "statistics"
 
     def __init__(self, nc: NATS, settings: StatisticsSettings) -> None:
-        super().__init__()
+        super().__init__(grace=settings.stop_grace_seconds)
         self.nc = nc
         self.settings = settings
         self.names = Names(settings.namespace)
-        self._loops: SlotLoops | None = None
         self._telemetry: Telemetry | None = None
 
     async def start(self) -> None:
@@ -84,19 +82,19 @@ class Statistics(Service):
             self.names.events_stream,
             self.names.statistics_consumer,
             self.names.events_all,
+            ev.DECODER,
+            family="event",
             ack_wait=30.0,
             # One at a time, in stream order: totals fold events sequentially.
             max_ack_pending=1,
+            max_attempts=self.settings.message_attempts,
+            skip_unknown=True,  # newer producers may add event types
         )
-        self._loops = await consumer.open(js, "statistics.events", self._handle)
+        self.consume(await consumer.open(js, "statistics.events", self._handle))
 
-    async def _handle(self, msg: Msg) -> Outcome:
-        seq = msg.metadata.sequence.stream
-        try:
-            event = ev.DECODER.decode(msg.data)
-        except msgspec.DecodeError:
-            # An event type this version does not know: newer producers may add some.
-            return Outcome.ACK
+    async def _handle(self, received: Received[ev.AnyEvent]) -> Settle:
+        """Fold the event into the totals, once: the totals remember the last sequence folded."""
+        event, seq = received.message, received.seq
 
         def apply(current: Totals | None) -> Totals | None:
             totals = current or Totals()
@@ -105,14 +103,12 @@ class Statistics(Service):
             return fold(totals, event, seq)
 
         await self.totals.change(TOTALS_KEY, apply)
-        return Outcome.ACK
+        return ACK
 
     async def _read_totals(self) -> Totals:
         found = await self.totals.get(TOTALS_KEY)
         return found.value if found else Totals()
 
     async def stop(self) -> None:
-        if self._loops is not None:
-            await self._loops.close(grace=5.0)
         if self._telemetry is not None:
             await self._telemetry.stop()

@@ -8,10 +8,8 @@ import contextlib
 import time
 from pathlib import Path
 
-import msgspec
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from services.storage.config import StorageSettings
 from shared.blobs.backends import open_store
@@ -20,7 +18,7 @@ from shared.blobs.users import service_config
 from shared.messages import commands as cmd
 from shared.messages import events
 from shared.messages.records import Rendition, RenditionState, StorageSummary
-from shared.nats.consumer import Consumer, Outcome, SlotLoops
+from shared.nats.consumer import ACK, Consumer, Received, Settle
 from shared.nats.kv import TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
@@ -36,14 +34,13 @@ class Storage(Service):
     name = "storage"
 
     def __init__(self, nc: NATS, settings: StorageSettings) -> None:
-        super().__init__()
+        super().__init__(grace=settings.stop_grace_seconds)
         self.nc = nc
         self.settings = settings
         self.names = Names(settings.namespace)
         self.blobs: BlobStore = open_store(service_config(settings))
         # The transcoders' work files on this machine (vidmesh up), when it can see them.
         self.scratch = Path(settings.data_dir) / "scratch"
-        self._loops: list[SlotLoops] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._measure = asyncio.Event()
 
@@ -65,9 +62,12 @@ class Storage(Service):
             self.names.commands_stream,
             self.names.storage_consumer,
             self.names.storage_commands,
+            cmd.STORAGE_DECODER,
+            family="command",
             ack_wait=60.0,
+            max_attempts=self.settings.message_attempts,
         )
-        self._loops.append(await consumer.open(self.js, "storage.commands", self._handle))
+        self.consume(await consumer.open(self.js, "storage.commands", self._handle))
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="storage.sweep")
         log.info("storage.started", store=self.blobs.name)
 
@@ -75,16 +75,11 @@ class Storage(Service):
         if new is not None and new.state is RenditionState.DONE:
             self._measure.set()
 
-    async def _handle(self, msg: Msg) -> Outcome:
-        try:
-            command = cmd.STORAGE_DECODER.decode(msg.data)
-        except msgspec.DecodeError as exc:
-            log.error("command.poison", subject=msg.subject, error=str(exc))
-            return Outcome.TERM
-        match command:
-            case cmd.DeleteBlobs():
+    async def _handle(self, received: Received[cmd.StorageCommand]) -> Settle:
+        match received.message:
+            case cmd.DeleteBlobs() as command:
                 await self.delete_blobs(command)
-        return Outcome.ACK
+        return ACK
 
     async def delete_blobs(self, command: cmd.DeleteBlobs) -> None:
         freed, count = 0, 0
@@ -169,8 +164,6 @@ class Storage(Service):
                 log.warning("storage.sweep_failed", **describe(exc))
 
     async def stop(self) -> None:
-        for loops in self._loops:
-            await loops.close(grace=10.0)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

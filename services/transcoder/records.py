@@ -24,7 +24,7 @@ from shared.jobs.store import RecordStore
 from shared.media.probe import ProbeResult
 from shared.messages.records import Output, Rendition, RenditionState
 from shared.messages.work import TranscodeWork
-from shared.nats.consumer import Outcome
+from shared.nats.consumer import ABANDON, ACK, RETRY, Settle
 from shared.nats.topology import describe
 from shared.wire import JobError
 
@@ -93,7 +93,7 @@ class RenditionRecords:
 
     async def record_success(
         self, r: Rendition, output: Output, wall: float, reporter: ProgressReporter
-    ) -> Outcome:
+    ) -> Settle:
         """Record the output as the rendition's; an output no longer ours is thrown away."""
         now = time.time()
 
@@ -109,12 +109,12 @@ class RenditionRecords:
             if not output.store:
                 await self.stores.service.delete(output.blob)
             log.info("work.discarded", state=record.state if record else None)
-            return Outcome.ABANDON
+            return ABANDON
         await reporter.clear()
         log.info("work.succeeded", blob=output.blob, size=output.size, wall_s=round(wall, 2))
-        return Outcome.ACK
+        return ACK
 
-    async def record_failure(self, r: Rendition, error: JobError) -> Outcome:
+    async def record_failure(self, r: Rendition, error: JobError) -> Settle:
         """Record the failure: queued to run again while retryable attempts remain, else final."""
         error = scrub_error(error)  # the job record, its events and this log line show it
         now = time.time()
@@ -137,8 +137,8 @@ class RenditionRecords:
             detail=error.detail[-500:],
         )
         if not changed:
-            return Outcome.ABANDON
-        return Outcome.RETRY if again else Outcome.ACK
+            return ABANDON
+        return RETRY if again else ACK
 
     async def hand_back(self, r: Rendition) -> None:
         """Shutting down mid-transcode: put the rendition back so another transcoder takes it."""

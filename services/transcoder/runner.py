@@ -14,7 +14,6 @@ from pathlib import Path
 
 import msgspec
 import structlog
-from nats.aio.msg import Msg
 from structlog.contextvars import bound_contextvars
 
 from services.transcoder.attempt import (
@@ -55,8 +54,8 @@ from shared.media.probe import ProbeResult
 from shared.media.profiles import Profile
 from shared.messages.fleet import DEVICE_PIPELINES, SessionState, TranscodeSession
 from shared.messages.records import Output, Rendition
-from shared.messages.work import WORK_DECODER, TranscodeWork
-from shared.nats.consumer import Outcome
+from shared.messages.work import TranscodeWork
+from shared.nats.consumer import ABANDON, ACK, Received, Settle
 from shared.nats.topology import describe
 from shared.sources import scrub
 from shared.tasks import stop_tasks
@@ -98,28 +97,26 @@ class WorkRunner:
         self.running: dict[str, Rendition] = {}
         self.running_jobs: dict[str, list[str]] = {}  # rendition key -> the jobs it serves
 
-    async def __call__(self, msg: Msg) -> Outcome:
-        try:
-            work = WORK_DECODER.decode(msg.data)
-        except msgspec.DecodeError as exc:
-            log.error("work.poison", subject=msg.subject, error=str(exc))
-            return Outcome.TERM
-        delivered = msg.metadata.num_delivered or 1
-        with bound_contextvars(rendition=work.key, generation=work.generation, delivery=delivered):
+    async def __call__(self, received: Received[TranscodeWork]) -> Settle:
+        """Claim the rendition and run it; the kit has bound its key and generation to the log."""
+        work, delivered = received.message, received.attempt
+        with bound_contextvars(delivery=delivered):
             rendition = await self.records.claim(
-                work, redelivered=delivered > 1, ack_subject=msg.reply
+                work, redelivered=delivered > 1, ack_subject=received.ack_subject
             )
             if rendition is None:
-                return Outcome.ACK
+                return ACK
             self.running[work.key] = rendition
             self.running_jobs[work.key] = list(work.jobs)
             try:
-                return await self._run(msg, work, rendition)
+                return await self._run(received, work, rendition)
             finally:
                 self.running.pop(work.key, None)
                 self.running_jobs.pop(work.key, None)
 
-    async def _run(self, msg: Msg, work: TranscodeWork, r: Rendition) -> Outcome:
+    async def _run(
+        self, received: Received[TranscodeWork], work: TranscodeWork, r: Rendition
+    ) -> Settle:
         started = time.monotonic()
         reporter = ProgressReporter(
             self.store.progress,
@@ -131,7 +128,7 @@ class WorkRunner:
         session = self._session(work, r, reporter)
         lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         helpers = [
-            asyncio.create_task(self._heartbeat(msg, lost)),
+            asyncio.create_task(self._heartbeat(received, lost)),
             asyncio.create_task(self.records.watch_ownership(r, lost)),
             asyncio.create_task(reporter.run()),
             asyncio.create_task(session.run()),
@@ -153,7 +150,7 @@ class WorkRunner:
             log.info("work.stopped", reason=exc.reason)
             state: SessionState = "cancelled" if exc.reason == "cancelled" else "stopped"
             await session.finish(state, error=exc.reason)
-            return Outcome.ACK if exc.reason == "cancelled" else Outcome.ABANDON
+            return ACK if exc.reason == "cancelled" else ABANDON
         except TranscodeFailed as exc:
             await session.finish("failed", error=exc.error.reason)
             return await self.records.record_failure(r, exc.error)
@@ -355,14 +352,16 @@ class WorkRunner:
         key = await self.output_names.claim(store, wanted, r.key)
         return work.destination.store, store, key
 
-    async def _heartbeat(self, msg: Msg, lost: asyncio.Future[str]) -> None:
+    async def _heartbeat(
+        self, received: Received[TranscodeWork], lost: asyncio.Future[str]
+    ) -> None:
         """Tell JetStream we are alive; give up ownership once we could not for a whole ack_wait."""
         interval = self.settings.ack_wait / 3
         last_ok = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             try:
-                await msg.in_progress()
+                await received.in_progress()
                 last_ok = time.monotonic()
             except Exception as exc:
                 log.warning("work.heartbeat_failed", **describe(exc))

@@ -34,6 +34,7 @@ from shared.messages import events as ev
 from shared.messages import rpc
 from shared.messages.fleet import WorkerInfo
 from shared.messages.records import OutputNameClaim, RenditionState
+from shared.messages.work import WORK_DECODER, TranscodeWork
 from shared.nats.consumer import Consumer, SlotLoops
 from shared.nats.kv import TypedKV
 from shared.nats.subjects import Names
@@ -68,6 +69,8 @@ def is_dead_local_worker(worker: str | None) -> bool:
 
 class Transcoder(Service):
     name = "transcoder"
+    # Work has a long ack_wait: what a slot's last fetch brings is handed back at once.
+    wait_for_last_fetch = True
 
     def __init__(
         self,
@@ -77,7 +80,8 @@ class Transcoder(Service):
         worker_id: str | None = None,
         own_process: bool = False,
     ) -> None:
-        super().__init__()
+        # Running transcodes may finish for `drain_seconds` on a stop, then are handed back.
+        super().__init__(grace=settings.drain_seconds)
         self.nc = nc
         self.settings = settings
         self.names = Names(settings.namespace)
@@ -90,7 +94,7 @@ class Transcoder(Service):
         # PyAV reads no_proxy in this process, and ffmpeg inherits it: it would skip the proxy
         without_proxy_bypass()
         self.access = SourceAccess.of(settings.source_policy, settings.source_tls, os.environ)
-        self._loops: SlotLoops | None = None
+        self._loops: SlotLoops[TranscodeWork] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._probes: Subscription | None = None
         # PyAV's nested opens that are not handed the probe's options (a VobSub index's .sub,
@@ -148,13 +152,17 @@ class Transcoder(Service):
             self.names.work_stream,
             self.names.transcode_consumer(pool),
             self.names.work(pool),
+            WORK_DECODER,
+            family="work",
             ack_wait=self.settings.ack_wait,
+            # no attempt cap here: a rendition counts its own attempts (`max_attempts`)
         )
         await consumer.declare(js)
         await self._hand_back_orphans()
         self._loops = await consumer.open(
             js, f"transcoder.{pool}", self.runner, slots=self.settings.slots
         )
+        self.consume(self._loops)
         await self._announce(
             ev.WorkerOnline(**self._worker_fields(), slots=self.settings.slots, ffmpeg=self.version)
         )
@@ -292,16 +300,13 @@ class Transcoder(Service):
         )
         await self._announce(event)
 
-    async def stop(self) -> None:
-        """Stop taking work; let running transcodes finish for `drain_seconds`, then hand back."""
+    def stopping(self) -> None:
+        """Say so in the heartbeat: the slots stop fetching now, running transcodes go on (with
+        their heartbeats) for `drain_seconds`, and are handed back after that."""
         self._draining = True
-        if self._loops is not None:
-            self._loops.stop_fetching()
-            finished = await self._loops.wait_idle(self.settings.drain_seconds)
-            if self.settings.drain_seconds > 0:  # a drain has time for idle slots' last fetch
-                await self._loops.wait_stopped(self._loops.fetch_timeout + 0.5)
-            await self._loops.close(grace=0)
-            log.info("transcoder.drained", finished_in_time=finished)
+
+    async def stop(self) -> None:
+        """After the slots: stop answering probes, leave the fleet, tidy the scratch folder."""
         if self._probes is not None:
             with contextlib.suppress(Exception):
                 await self._probes.unsubscribe()

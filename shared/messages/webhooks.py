@@ -1,4 +1,5 @@
-"""Webhooks: subscriptions, deliveries (KV records) and the work item that asks for an attempt.
+"""Webhooks: subscriptions, deliveries (KV records), the work item that asks for an attempt, and
+the notifier's commands (a test delivery, a retry by hand) with their replies.
 
 A *subscription* names an endpoint and the event types it wants; a *delivery* is one event for
 one subscription, with every attempt made to deliver it. A delivery's id is also the
@@ -11,6 +12,7 @@ import enum
 
 import msgspec
 
+from shared.messages.commands import Command
 from shared.messages.records import Timestamp
 
 
@@ -115,4 +117,67 @@ class WebhookPing(msgspec.Struct, frozen=True, kw_only=True):
     message: str = "This is a test delivery from vidmesh."
 
 
+class SendTestDelivery(Command, frozen=True, kw_only=True, tag="webhook.test"):
+    """Send a signed test delivery to a subscription now, keep it as a delivery, and reply with
+    what was sent and answered (`PingReply`) on `reply_to`. Dropped unanswered once `deadline`
+    has passed: nobody waits for it any more."""
+
+    subscription_id: str
+    reply_to: str = ""
+    # Seconds the attempt may take.
+    timeout: float = 10.0
+    deadline: Timestamp | None = None
+
+
+class RetryDelivery(Command, frozen=True, kw_only=True, tag="webhook.retry_delivery"):
+    """Attempt a finished delivery once more, now, with the same webhook-id (no retry schedule);
+    reply with the delivery as it is then (`RetryReply`) on `reply_to`. Dropped unanswered
+    once `deadline` has passed."""
+
+    delivery_id: str
+    reply_to: str = ""
+    deadline: Timestamp | None = None
+
+
+NotifierCommand = SendTestDelivery | RetryDelivery
+
+
+class PingAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """What the receiver of a test delivery answered (the first bytes of its body)."""
+
+    status: int
+    url: str
+    headers: dict[str, str]
+    body: str
+    duration_ms: float
+
+
+class PingReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The notifier's reply to `SendTestDelivery`: the request sent and the answer, or why none was
+    sent (`refused`: the subscription is gone or its secret cannot be used)."""
+
+    delivery_id: str = ""
+    refused: str = ""
+    # The subscription does not exist (any more).
+    missing: bool = False
+    url: str = ""
+    headers: dict[str, str] = {}
+    body: str = ""
+    succeeded: bool = False
+    answer: PingAnswer | None = None
+    error: str = ""
+
+
+class RetryReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The notifier's reply to `RetryDelivery`: the delivery, pending again, or why it is not
+    (`refused`; `missing`: there is no such delivery)."""
+
+    delivery: Delivery | None = None
+    refused: str = ""
+    missing: bool = False
+
+
 WORK_DECODER = msgspec.json.Decoder(WebhookWork)
+NOTIFIER_DECODER = msgspec.json.Decoder(NotifierCommand)
+PING_REPLY = msgspec.json.Decoder(PingReply)
+RETRY_REPLY = msgspec.json.Decoder(RetryReply)

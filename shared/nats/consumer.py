@@ -1,68 +1,107 @@
-"""Bounded intake from a pull consumer: N slot loops, each fetching one message when it is free.
+"""The consumer kit: bounded intake from a durable pull consumer, and the one shape of a handler.
 
-Handlers return an `Outcome`; `settle()` is the one place that acks, naks or terminates. A handler
-that raises is retried with backoff; a shutdown (CancelledError) hands the message back at once.
+N slot loops each fetch one message when they are free (N is what the service can run at once;
+nothing waits in a buffer while its ack_wait runs). The kit decodes each message with the
+consumer's msgspec Decoder, binds the ids it carries to the log context, and hands the handler a
+typed `Received`; the handler returns a `Settle` and never acknowledges anything itself.
+`settle()` is the one place that acks, naks or terminates:
+
+- a message that does not decode is poison: terminated, with one error line;
+- an error that says it is not retryable (`shared.errors`) is terminated with one error line;
+- any other error is retried with backoff, until the consumer's attempt cap (if it has one):
+  then it is terminated with one error line;
+- a handler cancelled by a shutdown hands its message back at once (`CancelledError` never acks).
+
+Every handled message gets one info line: outcome, attempt, duration and its ids.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
+import functools
 import time
-from collections.abc import Awaitable, Callable
+import typing
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
+import msgspec
 import nats.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from structlog.contextvars import bound_contextvars
 
+from shared.nats.handler import (
+    ABANDON,
+    ACK,
+    HAND_BACK,
+    RETRY,
+    TERM,
+    Handler,
+    Outcome,
+    Received,
+    Settle,
+    backoff,
+    ids_of,
+    retryable,
+    settle,
+)
 from shared.nats.topology import describe
-from shared.tasks import stop_tasks
 
 log = structlog.get_logger("vidmesh.consumer")
 
+T = TypeVar("T")
 
-class Outcome(enum.Enum):
-    ACK = "ack"  # done (or nothing left to do): remove from the stream
-    RETRY = "retry"  # failed in a way that may pass: redeliver after a backoff
-    HAND_BACK = "hand_back"  # not ours to finish (shutting down): redeliver now
-    TERM = "term"  # poison: never redeliver
-    ABANDON = "abandon"  # another holder owns the work now: leave the message to it
-
-
-def backoff(num_delivered: int, *, base: float = 1.0, cap: float = 60.0) -> float:
-    """Seconds before redelivery after `num_delivered` failed attempts."""
-    return float(min(cap, base * 2 ** max(0, num_delivered - 1)))
-
-
-async def settle(msg: Msg, outcome: Outcome, *, delay: float | None = None) -> None:
-    """Map an outcome onto the JetStream acknowledgement."""
-    if outcome is Outcome.ABANDON:
-        return
-    if outcome is Outcome.ACK:
-        await msg.ack()
-    elif outcome is Outcome.TERM:
-        await msg.term()
-    elif outcome is Outcome.HAND_BACK:
-        await msg.nak()
-    else:
-        if delay is None:
-            delay = backoff(msg.metadata.num_delivered or 1)
-        await msg.nak(delay=delay)
+# The handler's contract, for the services that import it with the kit.
+__all__ = [
+    "ABANDON",
+    "ACK",
+    "HAND_BACK",
+    "RETRY",
+    "TERM",
+    "Consumer",
+    "Handler",
+    "Outcome",
+    "Received",
+    "Settle",
+    "SlotLoops",
+    "backoff",
+    "ids_of",
+    "retryable",
+    "settle",
+]
 
 
-Handler = Callable[[Msg], Awaitable[Outcome]]
+@functools.cache
+def _tagging(decoded: Any) -> tuple[str, frozenset[str]]:
+    """The tag field of a decoder's type and the tags it knows."""
+    field, tags = "type", set()
+    for cls in typing.get_args(decoded) or (decoded,):
+        info = msgspec.inspect.type_info(cls)
+        if isinstance(info, msgspec.inspect.StructType) and info.tag is not None:
+            field = str(info.tag_field)
+            tags.add(str(info.tag))
+    return field, frozenset(tags)
 
 
 @dataclass(slots=True)
-class Consumer:
-    """A durable pull consumer declared by its owning service."""
+class Consumer(Generic[T]):
+    """A durable pull consumer declared by its owning service, with what its handler gets.
+
+    `family` names its messages in log lines (`command.poison`, `event.handled`...);
+    `max_attempts` caps the deliveries of a message whose handler keeps failing (None: no cap);
+    `skip_unknown` acks a message whose tag this version does not know (events: newer producers
+    may add some) instead of treating it as poison.
+    """
 
     stream: str
     config: ConsumerConfig
+    decoder: msgspec.json.Decoder[T]
+    family: str
+    max_attempts: int | None = None
+    skip_unknown: bool = False
 
     @classmethod
     def durable(
@@ -70,31 +109,33 @@ class Consumer:
         stream: str,
         name: str,
         subjects: str,
+        decoder: msgspec.json.Decoder[T],
         *,
+        family: str,
         ack_wait: float,
         max_ack_pending: int = 1000,
-    ) -> Consumer:
+        max_attempts: int | None = None,
+        skip_unknown: bool = False,
+    ) -> Consumer[T]:
         """Explicit acks, from the start of the stream, and never given up on by JetStream:
-        attempts are counted by the handlers, which settle every message themselves."""
-        return cls(
-            stream,
-            ConsumerConfig(
-                durable_name=name,
-                filter_subject=subjects,
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=ack_wait,
-                max_deliver=-1,
-                max_ack_pending=max_ack_pending,
-            ),
+        the kit counts attempts (`max_attempts`) and settles every message itself."""
+        config = ConsumerConfig(
+            durable_name=name,
+            filter_subject=subjects,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            max_deliver=-1,
+            max_ack_pending=max_ack_pending,
         )
+        return cls(stream, config, decoder, family, max_attempts, skip_unknown)
 
     async def open(
-        self, js: JetStreamContext, name: str, handler: Handler, *, slots: int = 1
-    ) -> SlotLoops:
+        self, js: JetStreamContext, name: str, handler: Handler[T], *, slots: int = 1
+    ) -> SlotLoops[T]:
         """Declare the consumer, bind to it, and start `slots` loops handling its messages."""
         await self.declare(js)
-        loops = SlotLoops(name, await self.subscribe(js), handler, slots=slots)
+        loops = SlotLoops(self, name, await self.subscribe(js), handler, slots=slots)
         loops.start()
         return loops
 
@@ -105,30 +146,50 @@ class Consumer:
         assert self.config.durable_name is not None
         return await js.pull_subscribe_bind(durable=self.config.durable_name, stream=self.stream)
 
+    def is_unknown_kind(self, data: bytes) -> bool:
+        """Whether `data` is a well-formed message of a kind (tag) this version does not know."""
+        try:
+            raw = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            return False
+        if not isinstance(raw, dict):
+            return False
+        decoded: Any = self.decoder.type
+        field, known = _tagging(decoded)
+        tag = raw.get(field)
+        return isinstance(tag, str) and tag not in known
 
-class SlotLoops:
+
+class SlotLoops(Generic[T]):
     """Run `slots` loops that each fetch one message, handle it, settle it, and repeat."""
 
     def __init__(
         self,
+        consumer: Consumer[T],
         name: str,
         sub: JetStreamContext.PullSubscription,
-        handler: Handler,
+        handler: Handler[T],
         *,
         slots: int = 1,
         fetch_timeout: float = 2.0,
     ) -> None:
+        self.consumer = consumer
+        self.family = consumer.family
         self.name = name
         self.sub = sub
         self.handler = handler
         self.slots = slots
         self.fetch_timeout = fetch_timeout
         self.busy = 0
+        # What the stop summary reports: messages settled, handed back on stop, cancelled.
+        self.handled = 0
+        self.handed_back = 0
+        self.cancelled = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = asyncio.Event()
+        self._cancelling = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._handling: set[asyncio.Task[None]] = set()
         self._fetch_failing = False  # in a spell of failed fetches (reported once)
 
     def start(self) -> None:
@@ -144,25 +205,48 @@ class SlotLoops:
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no message is being handled; False if `timeout` passed first."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._idle.wait()
         return self.busy == 0
 
     async def wait_stopped(self, timeout: float) -> None:
         """After `stop_fetching`, wait (bounded) for the slots to leave their loops: a slot waiting
         on a fetch returns within `fetch_timeout` and hands back what that fetch brings, where
         cancelling it would leave such a message unacknowledged until ack_wait."""
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=timeout)
+        pending = [task for task in self._tasks if not task.done()]
+        if pending and timeout > 0:
+            await asyncio.wait(pending, timeout=timeout)
 
-    async def close(self, grace: float) -> None:
-        """Stop fetching, let in-flight messages finish for `grace` seconds, then cancel them."""
+    async def cancel(self, deadline: float) -> int:
+        """Cancel the slots (and what they are handling: its message is handed back); wait for
+        them at most `deadline` seconds. Returns how many handlers were cancelled."""
         self.stop_fetching()
-        await self.wait_idle(grace)
-        await stop_tasks(list(self._tasks))  # cancelled again should one swallow it (3.11)
-        self._tasks.clear()
-        # Every message is settled; a late "request expired" reply left in the subscription's
-        # queue would otherwise keep nc.drain() waiting forever (nats-py 2.16).
+        self._cancelling = True
+        cancelled = self.busy
+        pending = {task for task in self._tasks if not task.done()}
+        waited_until = time.monotonic() + deadline
+        while pending:
+            for task in pending:
+                task.cancel()  # again, should one have swallowed it (3.11)
+            left = waited_until - time.monotonic()
+            if left <= 0:
+                log.warning(
+                    "consumer.cancel_overran",
+                    consumer=self.name,
+                    tasks=[task.get_name() for task in pending],
+                )
+                break
+            _, pending = await asyncio.wait(pending, timeout=min(1.0, left))
+        self._tasks = [task for task in self._tasks if not task.done()]
+        return cancelled
+
+    async def close(self) -> None:
+        """Stop listening: every message is settled by now."""
+        self.stop_fetching()
+        # A late "request expired" reply left in the subscription's queue would otherwise keep
+        # nc.drain() waiting forever (nats-py 2.16).
         with contextlib.suppress(Exception):
             await self.sub.unsubscribe()
 
@@ -190,6 +274,7 @@ class SlotLoops:
                 if self._stopping.is_set():  # arrived on a fetch made before the stop: not ours
                     with contextlib.suppress(Exception):
                         await msg.nak()
+                    self.handed_back += 1
                     log.info("consumer.handed_back_on_stop", consumer=self.name)
                     continue
                 await self._handle(msg)
@@ -197,34 +282,76 @@ class SlotLoops:
     async def _handle(self, msg: Msg) -> None:
         self.busy += 1
         self._idle.clear()
-        started = time.monotonic()
         try:
-            try:
-                outcome = await self.handler(msg)
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(settle(msg, Outcome.HAND_BACK))
-                raise
-            except Exception as exc:
-                log.exception(
-                    "consumer.handler_failed",
-                    consumer=self.name,
-                    attempt=msg.metadata.num_delivered,
-                    **describe(exc),
-                )
-                outcome = Outcome.RETRY
-            try:
-                await settle(msg, outcome)
-            except Exception as exc:
-                log.warning("consumer.settle_failed", consumer=self.name, **describe(exc))
-            log.debug(
-                "consumer.handled",
-                consumer=self.name,
-                outcome=outcome.value,
-                attempt=msg.metadata.num_delivered,
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
-            )
+            await self._handle_one(msg)
         finally:
             self.busy -= 1
             if self.busy == 0:
                 self._idle.set()
+
+    async def _handle_one(self, msg: Msg) -> None:
+        started = time.monotonic()
+        attempt = msg.metadata.num_delivered or 1
+        seq = msg.metadata.sequence.stream
+        where = {"consumer": self.name, "attempt": attempt}
+        try:
+            message = self.consumer.decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            if self.consumer.skip_unknown and self.consumer.is_unknown_kind(msg.data):
+                log.debug(f"{self.family}.skipped_unknown", subject=msg.subject, **where)
+                await self._settle(msg, ACK)
+                return
+            log.error(
+                f"{self.family}.poison", subject=msg.subject, seq=seq, error=str(exc), **where
+            )
+            await self._settle(msg, TERM)
+            return
+        ids = ids_of(message)
+        with bound_contextvars(**ids):
+            cap = self.consumer.max_attempts
+            if cap is not None and attempt > cap:
+                # Delivered past the cap without failing in a handler: its handling kills or
+                # hangs the process every time. Never again.
+                log.error(f"{self.family}.gave_up", seq=seq, attempts_allowed=cap, **where, **ids)
+                await self._settle(msg, TERM)
+                return
+            decided = await self._decide(msg, Received(message, msg.subject, seq, attempt, msg))
+            await self._settle(msg, decided)
+            log.info(
+                f"{self.family}.handled",
+                outcome=decided.outcome.value,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+                **where,
+                **ids,
+            )
+
+    async def _decide(self, msg: Msg, received: Received[T]) -> Settle:
+        """Run the handler; map what it raised onto a settlement."""
+        attempt = received.attempt
+        where = {"consumer": self.name, "attempt": attempt, "seq": received.seq}
+        try:
+            return await self.handler(received)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(settle(msg, HAND_BACK))
+            self.handed_back += 1
+            if self._cancelling:
+                self.cancelled += 1
+            raise
+        except Exception as exc:
+            cap = self.consumer.max_attempts
+            if not retryable(exc):
+                log.error(f"{self.family}.not_retryable", **where, **describe(exc))
+                return TERM
+            if cap is not None and attempt >= cap:
+                log.error(f"{self.family}.gave_up", attempts_allowed=cap, **where, **describe(exc))
+                return TERM
+            log.warning(f"{self.family}.failed", exc_info=True, **where, **describe(exc))
+            return RETRY
+
+    async def _settle(self, msg: Msg, decided: Settle) -> None:
+        try:
+            await settle(msg, decided)
+        except Exception as exc:
+            log.warning("consumer.settle_failed", consumer=self.name, **describe(exc))
+        self.handled += 1

@@ -1,17 +1,43 @@
 """Every subject, stream, consumer and bucket name, derived from one namespace.
 
-Nothing else spells a subject: handlers ask a `Names` for it. A namespace lets several deployments
-(or every test) share one NATS server without seeing each other.
+Nothing else spells a subject: handlers ask a `Names` for it. A command's subject comes from its
+tag (`job.cancel` -> `<ns>.cmd.scheduler.job_cancel`), the service that owns it from the union
+of commands that service decodes. A namespace lets several deployments (or every test) share
+one NATS server without seeing each other.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import typing
 from dataclasses import dataclass
+
+import msgspec
+
+from shared.messages import commands, webhooks
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 DEFAULT_POOL = "default"
+
+# The commands each service consumes: its union decides where a command goes.
+COMMAND_OWNERS: dict[str, object] = {
+    "scheduler": commands.SchedulerCommand,
+    "storage": commands.StorageCommand,
+    "notifier": webhooks.NotifierCommand,
+}
+
+
+@functools.cache
+def _route(cls: type) -> tuple[str, str]:
+    """(owning service, last subject token) of a command type."""
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType) and info.tag is not None, cls
+    for service, union in COMMAND_OWNERS.items():
+        if cls in (typing.get_args(union) or (union,)):
+            return service, str(info.tag).replace(".", "_")
+    raise LookupError(f"no service consumes {cls.__name__}: add it to a command union")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +91,21 @@ class Names:
 
     def scheduler_command(self, kind: str) -> str:
         return f"{self.namespace}.cmd.scheduler.{kind}"
+
+    def command_subject(self, command: commands.Command) -> str:
+        """The subject of a command: the service that consumes it, then its tag
+        (`<ns>.cmd.<service>.<tag with dots as underscores>`)."""
+        service, kind = _route(type(command))
+        return f"{self.namespace}.cmd.{service}.{kind}"
+
+    def commands_of(self, service: str) -> str:
+        """Filter of the commands one service consumes."""
+        return f"{self.namespace}.cmd.{service}.>"
+
+    @property
+    def notifier_commands(self) -> str:
+        """Filter of the commands the notifier consumes (test deliveries, retries by hand)."""
+        return self.commands_of("notifier")
 
     @property
     def storage_commands(self) -> str:
@@ -145,6 +186,11 @@ class Names:
     def notifier_consumer(self) -> str:
         """The notifier's consumer of the events stream (fans events out to subscriptions)."""
         return "notifier"
+
+    @property
+    def notifier_commands_consumer(self) -> str:
+        """The notifier's consumer of its commands."""
+        return "notifier-commands"
 
     @property
     def webhook_delivery_consumer(self) -> str:

@@ -7,6 +7,8 @@ is declared by the one service that reads it.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,6 +182,13 @@ def retention_of(settings: CommonSettings) -> Retention:
     )
 
 
+# Per connection, the namespaces whose topology is ensured (or being ensured) in this process:
+# services that share a connection (tests run them all in one process) ensure it once.
+_ENSURED: weakref.WeakKeyDictionary[object, dict[str, asyncio.Future[Buckets]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def ensure_topology(
     js: JetStreamContext,
     names: Names,
@@ -187,8 +196,27 @@ async def ensure_topology(
     replicas: int = 1,
     retention: Retention | None = None,
 ) -> Buckets:
+    """The namespace's buckets, opened; the streams and buckets that do not exist yet are
+    created first, once per connection and namespace in this process (a failed attempt is
+    forgotten, so the next caller tries again)."""
+    connection: object = getattr(js, "_nc", js)
+    ensured = _ENSURED.setdefault(connection, {})
+    found = ensured.get(names.namespace)
+    if found is None:
+        found = asyncio.ensure_future(_ensure(js, names, replicas, retention or Retention()))
+        ensured[names.namespace] = found
+    try:
+        return await asyncio.shield(found)
+    except Exception:
+        if ensured.get(names.namespace) is found:
+            del ensured[names.namespace]
+        raise
+
+
+async def _ensure(
+    js: JetStreamContext, names: Names, replicas: int, retention: Retention
+) -> Buckets:
     """Create the streams and buckets that do not exist yet, then open the buckets."""
-    retention = retention or Retention()
     for config in _streams(names, replicas, retention):
         assert config.name is not None
         try:
@@ -259,9 +287,16 @@ def _event_subject(names: Names, event: events.Event) -> str:
 
 
 async def publish_command(
-    js: JetStreamContext, subject: str, command: commands.Command, *, msg_id: str | None = None
+    js: JetStreamContext,
+    to: Names | str,
+    command: commands.Command,
+    *,
+    msg_id: str | None = None,
 ) -> bool:
-    """Publish a command durably; returns False when JetStream saw it already (same msg id)."""
+    """Publish a command durably on the subject its tag gives (`to`: the namespace's names; a
+    subject string is still taken from callers that spell it). Returns False when JetStream saw
+    it already (same msg id)."""
+    subject = to.command_subject(command) if isinstance(to, Names) else to
     ack = await js.publish(
         subject,
         commands.ENCODER.encode(command),

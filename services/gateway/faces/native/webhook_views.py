@@ -13,11 +13,12 @@ from services.gateway.faces.native.views import when
 from shared.messages.webhooks import (
     Delivery,
     DeliveryStatus,
+    PingReply,
     SubscriptionScope,
     WebhookPing,
     WebhookSubscription,
 )
-from shared.webhooks.catalogue import EVENT_TYPES, TEST_TYPE, USER_FAMILIES, Attempted
+from shared.webhooks.catalogue import EVENT_TYPES, TEST_TYPE, USER_FAMILIES
 
 EventTypeName = Annotated[
     str,
@@ -208,25 +209,24 @@ def delivery_view(delivery: Delivery) -> DeliveryView:
     )
 
 
-def ping_result(
-    url: str, delivery_id: str, payload: str, attempted: Attempted
-) -> WebhookTestResult:
-    exchange = attempted.exchange
+def ping_result(sent: PingReply) -> WebhookTestResult:
+    """The answer to a test: the request the notifier sent, and what came back."""
+    answer = sent.answer
     response = None
-    if exchange is not None:
+    if answer is not None:
         response = ReceivedResponse(
-            status=exchange.status,
-            url=exchange.url,
-            headers=exchange.headers,
-            body=exchange.body.decode(errors="replace"),
-            duration_ms=exchange.duration_ms,
+            status=answer.status,
+            url=answer.url,
+            headers=answer.headers,
+            body=answer.body,
+            duration_ms=answer.duration_ms,
         )
     return WebhookTestResult(
-        delivery_id=delivery_id,
-        succeeded=attempted.succeeded,
-        request=SentRequest(method="POST", url=url, headers=attempted.headers, body=payload),
+        delivery_id=sent.delivery_id,
+        succeeded=sent.succeeded,
+        request=SentRequest(method="POST", url=sent.url, headers=sent.headers, body=sent.body),
         response=response,
-        error=attempted.record.error or None,
+        error=sent.error or None,
     )
 
 

@@ -2,18 +2,21 @@
 
 Operators subscribe to every event at `/api/admin/webhooks`; users subscribe to their own jobs'
 events at `/api/webhooks` (a job's `notify_url` makes one such subscription for that job). Both
-can send a signed test delivery now, list deliveries and retry one. The notifier service does the
-delivering; this face only stores subscriptions and asks for attempts.
+can send a signed test delivery now, list deliveries and retry one. The notifier service does all
+the delivering: this face stores subscriptions, and asks for a test or a retry with a notifier
+command whose reply it waits for (bounded).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
+import nats.errors
 from aiohttp import web
 
 from services.gateway.api import API, Access, Tag, caller
@@ -33,37 +36,36 @@ from services.gateway.faces.native.webhook_views import (
 )
 from services.gateway.http import Message, json_response
 from services.gateway.state import Gateway, gateway
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, NotFound, Unavailable
 from shared.messages import events as ev
 from shared.messages.webhooks import (
+    PING_REPLY,
+    RETRY_REPLY,
     Delivery,
-    DeliveryStatus,
+    NotifierCommand,
+    RetryDelivery,
+    SendTestDelivery,
     SubscriptionScope,
     WebhookSubscription,
-    WebhookWork,
 )
 from shared.nats.kv import valid_key
-from shared.outbound import OutboundClient, OutboundPolicy, check_url, policy_for
-from shared.webhooks.catalogue import (
-    PING_TIMEOUT,
-    TEST_TYPE,
-    USER_AGENT,
-    SecretSealer,
-    SecretUnavailable,
-    WebhookStore,
-    attempt,
-    new_subscription,
-    new_subscription_id,
-    ping_delivery_id,
-    ping_payload,
-    validate_event_types,
-)
+from shared.nats.topology import publish_command
+from shared.outbound import OutboundPolicy, check_url, policy_for
+from shared.webhooks.catalogue import validate_event_types
+from shared.webhooks.envelope import subscription_of
+from shared.webhooks.secrets import SecretSealer
+from shared.webhooks.store import WebhookStore
+from shared.webhooks.subscriptions import new_subscription, new_subscription_id
 
 TAG = Tag.WEBHOOKS
 ADMIN = "/api/admin/webhooks"
 USER = "/api/webhooks"
 
+# Seconds a test delivery (sent while its caller waits) may take.
+PING_TIMEOUT = 10.0
+
 Impl = Callable[..., Awaitable[web.Response]]
+R = TypeVar("R")
 
 
 def both(
@@ -120,13 +122,45 @@ async def _find_delivery(
     request: web.Request, store: WebhookStore, admin: bool
 ) -> tuple[WebhookSubscription, Delivery]:
     delivery_id = request.match_info["delivery_id"]
-    sub_id = delivery_id.partition(".")[0]
+    sub_id = subscription_of(delivery_id)
     if valid_key(delivery_id) and valid_key(sub_id):
         sub = await store.subscriptions.get(sub_id)
         found = await store.deliveries.get(delivery_id)
         if sub and found and _visible(sub.value, caller(request).user_id, admin):
             return sub.value, found.value
     raise NotFound(f"No delivery {delivery_id!r}.")
+
+
+async def _ask_notifier(
+    gw: Gateway, command: NotifierCommand, decoder: msgspec.json.Decoder[R], wait: float
+) -> R:
+    """Publish a notifier command that replies on its `reply_to`, and wait (bounded) for the
+    reply. The command carries the same deadline: a notifier that gets it later drops it."""
+    sub = await gw.nc.subscribe(command.reply_to, max_msgs=1)
+    try:
+        try:
+            await publish_command(gw.js, gw.names, command)
+        except Exception as exc:
+            raise Unavailable("The job queue (NATS) is not reachable right now.") from exc
+        try:
+            reply = await sub.next_msg(timeout=wait)
+        except (TimeoutError, nats.errors.TimeoutError):
+            raise Unavailable("The notifier did not answer in time; try again.") from None
+        return decoder.decode(reply.data)
+    finally:
+        with contextlib.suppress(Exception):  # gone by itself after its one reply
+            await sub.unsubscribe()
+
+
+def _command_fields(gw: Gateway, request: web.Request, wait: float) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "command_id": uuid.uuid4().hex,
+        "by": caller(request).user_id,
+        "at": now,
+        "reply_to": gw.nc.new_inbox(),
+        "deadline": now + wait,
+    }
 
 
 def _scope(admin: bool, sub: WebhookSubscription | None = None) -> SubscriptionScope:
@@ -278,36 +312,16 @@ async def send_test(request: web.Request, *, admin: bool) -> web.Response:
     gw = gateway(request)
     store = await _store(gw)
     sub = await _find(request, store, admin)
-    try:
-        secret = SecretSealer(gw.settings.storage_key).open_secret(sub.secret, sub.id)
-    except SecretUnavailable as exc:
-        raise Conflict(f"This webhook's signing secret cannot be used: {exc}.") from None
-    now = time.time()
-    delivery_id = ping_delivery_id(sub.id, now)
-    payload = ping_payload(sub.id, datetime.fromtimestamp(now, UTC))
-    async with OutboundClient(_policy(gw), user_agent=USER_AGENT) as client:
-        attempted = await attempt(
-            client, sub.url, secret, delivery_id, payload, timeout=PING_TIMEOUT
-        )
-    ok = attempted.succeeded
-    record = Delivery(
-        id=delivery_id,
-        subscription_id=sub.id,
-        owner=sub.owner,
-        job_id=sub.job_id,
-        event_type=TEST_TYPE,
-        event_id=f"test:{delivery_id}",
-        payload=payload,
-        status=DeliveryStatus.SUCCEEDED if ok else DeliveryStatus.FAILED,
-        attempts=[attempted.record],
-        attempt_count=1,
-        created_at=now,
-        updated_at=time.time(),
-        finished_at=time.time(),
-        reason="" if ok else attempted.record.error,
+    wait = PING_TIMEOUT + gw.settings.command_timeout
+    command = SendTestDelivery(
+        **_command_fields(gw, request, wait), subscription_id=sub.id, timeout=PING_TIMEOUT
     )
-    await store.deliveries.create(delivery_id, record)
-    return json_response(ping_result(sub.url, delivery_id, payload, attempted))
+    sent = await _ask_notifier(gw, command, PING_REPLY, wait)
+    if sent.missing:
+        raise NotFound(f"No webhook {sub.id!r}.")
+    if sent.refused:
+        raise Conflict(sent.refused)
+    return json_response(ping_result(sent))
 
 
 @both(
@@ -353,28 +367,12 @@ async def delivery(request: web.Request, *, admin: bool) -> web.Response:
 async def retry(request: web.Request, *, admin: bool) -> web.Response:
     gw = gateway(request)
     store = await _store(gw)
-    sub, found = await _find_delivery(request, store, admin)
-    if not sub.enabled:
-        raise Conflict("The webhook is disabled: enable it (PUT, enabled: true) first.")
-    now = time.time()
-
-    def again(current: Delivery | None) -> Delivery | None:
-        if current is None:
-            raise NotFound(f"No delivery {found.id!r}.")
-        if current.status is DeliveryStatus.PENDING:
-            raise Conflict("This delivery is being attempted already.")
-        return msgspec.structs.replace(
-            current,
-            status=DeliveryStatus.PENDING,
-            work_seq=0,
-            next_attempt_at=now,
-            updated_at=now,
-            finished_at=None,
-            reason="",
-        )
-
-    record, _, _ = await store.deliveries.change(found.id, again)
-    assert record is not None
-    work = WebhookWork(delivery_id=record.id, manual=True)
-    await store.enqueue(work, msg_id=f"{record.id}:manual:{record.attempt_count}")
-    return json_response(delivery_view(record), 202)
+    _, found = await _find_delivery(request, store, admin)
+    wait = gw.settings.command_timeout
+    command = RetryDelivery(**_command_fields(gw, request, wait), delivery_id=found.id)
+    retried = await _ask_notifier(gw, command, RETRY_REPLY, wait)
+    if retried.refused:
+        raise Conflict(retried.refused)
+    if retried.missing or retried.delivery is None:
+        raise NotFound(f"No delivery {found.id!r}.")
+    return json_response(delivery_view(retried.delivery), 202)
