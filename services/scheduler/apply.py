@@ -246,8 +246,7 @@ class Applier:
             request_id=request_id,
             sweep_orphans=sweep_orphans,
         )
-        subject = self.store.names.storage_command("delete_blobs")
-        await publish_command(self.store.js, subject, command, msg_id=msg_id)
+        await publish_command(self.store.js, self.store.names, command, msg_id=msg_id)
 
     # ---- leases and work ------------------------------------------------------------------
     async def _claim(self, key: str, lease: Lease) -> bool:
