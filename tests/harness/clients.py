@@ -12,10 +12,16 @@ from tests.harness.waiting import eventually
 
 
 async def send(
-    session: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], **kwargs: Any
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    credentials: dict[str, str],
+    /,
+    **kwargs: Any,
 ) -> tuple[int, Any, aiohttp.ClientResponse]:
-    """One request: its status, its body (decoded when it is JSON, else bytes), the response."""
-    headers = {**headers, **kwargs.pop("headers", {})}
+    """One request with the client's `credentials` headers (a request's own `headers` win): its
+    status, its body (decoded when it is JSON, else bytes), the response."""
+    headers = {**credentials, **kwargs.pop("headers", {})}
     async with session.request(method, url, headers=headers, **kwargs) as resp:
         body = await resp.read()
         data: Any = json.loads(body) if resp.content_type == "application/json" else body
