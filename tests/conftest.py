@@ -37,7 +37,7 @@ from tests.media_clips import make_clip
 from tests.storage_servers import AzuriteBlob, SeaweedS3, azurite_script, weed_binary
 from vidmesh.natsserver import NatsServer
 
-SPAWNS = SpawnWatch()
+SPAWNS = SpawnWatch()  # one audit hook for the whole test process (hooks cannot be removed)
 
 
 def _nvidia_driver() -> str | None:
