@@ -8,6 +8,14 @@ test *args:
     mypy shared services vidmesh
     pytest "$@"
 
+# the tests that need no running system (no nats-server, services, vidmesh up or store servers)
+test-fast *args:
+    pytest -m "not slow" "$@"
+
+# the tests that start the system
+test-slow *args:
+    pytest -m slow "$@"
+
 lint:
     ruff check .
     ruff format --check .

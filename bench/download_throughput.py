@@ -40,8 +40,10 @@ REPO = Path(__file__).resolve().parent.parent
 # bench/ and tests/ are not installed; this reuses the tests' Jellyfin stand-in and S3 server
 sys.path.insert(0, str(REPO))
 
-from bench._system import BenchError, free_port, log_tail, up_env, vidmesh_up  # noqa: E402
+from bench._system import BenchError, up_env, vidmesh_up  # noqa: E402
 from shared.blobs.backends import open_store  # noqa: E402
+from tests.harness import free_port  # noqa: E402
+from tests.harness.logs import log_tail  # noqa: E402
 from tests.jellyfin_standin import JellyfinStandIn  # noqa: E402
 from tests.storage_servers import SeaweedS3  # noqa: E402
 

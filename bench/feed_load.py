@@ -30,7 +30,8 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._system import BenchError, log_tail, up_env, vidmesh_up  # noqa: E402
+from bench._system import BenchError, up_env, vidmesh_up  # noqa: E402
+from tests.harness.logs import log_tail  # noqa: E402
 from tests.jellyfin_standin import JellyfinStandIn  # noqa: E402
 from tests.media_clips import make_clip  # noqa: E402
 

@@ -46,7 +46,6 @@ from bench._direct import (  # noqa: E402
 from bench._system import (  # noqa: E402
     BenchError,
     cpu_spent,
-    log_tail,
     process_cpu_seconds,
     read_stages,
     up_env,
@@ -55,6 +54,7 @@ from bench._system import (  # noqa: E402
 from shared.media import (  # noqa: E402
     Plan,
 )
+from tests.harness.logs import log_tail  # noqa: E402
 from tests.jellyfin_standin import JellyfinStandIn  # noqa: E402
 
 RESULT_JSON = WORK / "job_overhead.json"

@@ -1,34 +1,43 @@
 """Real parts, owned by the test session: a nats-server on a free port, small clips made by the
-real ffmpeg, and a Jellyfin stand-in. Each test gets its own namespace on the shared server."""
+real ffmpeg, and a Jellyfin stand-in. Each test gets its own namespace on the shared server.
+
+Tests that start the system are marked `slow` here, by the rule in tests/harness/slow.py:
+`pytest -m "not slow"` runs the others."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable, Generator
 from pathlib import Path
 
 import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.helpers import (
+from tests.harness import (
+    ADMIN,
     ADMIN_PASSWORD,
+    ALICE,
+    BOB,
+    BUCKET,
     Api,
     Client,
+    Deployment,
     System,
     fast_env,
+    free_port,
     new_namespace,
     start_system,
     stop_system,
 )
+from tests.harness.slow import SpawnWatch, starts_the_system
+from tests.harness.up import Up, up_env, without_settings
 from tests.jellyfin_standin import JellyfinStandIn
 from tests.media_clips import make_clip
 from tests.storage_servers import AzuriteBlob, SeaweedS3, azurite_script, weed_binary
 from vidmesh.natsserver import NatsServer
 
-BUCKET = "vidmesh-test"
-ALICE = "token-alice"
-BOB = "token-bob"
-ADMIN = "token-admin"
+SPAWNS = SpawnWatch()  # one audit hook for the whole test process (hooks cannot be removed)
 
 
 def _nvidia_driver() -> str | None:
@@ -46,8 +55,12 @@ def _nvidia_driver() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`gpu` tests need an NVIDIA GPU: without one they are skipped, saying why
-    (`just gpu-check` runs them on a machine that has one)."""
+    """Tests that use a fixture starting the system are `slow`. `gpu` tests need an NVIDIA GPU:
+    without one they are skipped, saying why (`just gpu-check` runs them on a machine that has
+    one)."""
+    for item in items:
+        if starts_the_system(item):
+            item.add_marker(pytest.mark.slow)
     if not any(item.get_closest_marker("gpu") for item in items):
         return
     missing = _nvidia_driver()
@@ -56,6 +69,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(pytest.mark.skip(reason=f"gpu test: {missing}"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    """A test not marked `slow` whose fixtures start the system fails (tests/harness/slow.py)."""
+    with SPAWNS.watching(item, "setup"):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """A test not marked `slow` that starts the system itself fails (tests/harness/slow.py)."""
+    with SPAWNS.watching(item, "call"):
+        return (yield)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -176,3 +203,51 @@ async def ann(http: aiohttp.ClientSession, system: System) -> Api:
 async def ben(http: aiohttp.ClientSession, system: System) -> Api:
     """Another native API user."""
     return await Api(http, system.url).as_user("ben")
+
+
+@pytest_asyncio.fixture
+async def deploy(
+    tmp_path: Path, jellyfin: JellyfinStandIn
+) -> AsyncIterator[Callable[..., Deployment]]:
+    """Make deployments (every service its own process, against a given nats-server URL);
+    they are stopped after the test."""
+    made: list[Deployment] = []
+
+    def make(nats_url: str, **overrides: str) -> Deployment:
+        root = tmp_path / f"deployment{len(made)}"
+        root.mkdir()
+        env = fast_env(
+            new_namespace(),
+            root / "data",
+            nats_url,
+            jellyfin.url,
+            VIDMESH_PORT=free_port(),
+            **overrides,
+        )
+        deployment = Deployment(env=env, root=root)
+        made.append(deployment)
+        return deployment
+
+    yield make
+    for deployment in made:
+        await deployment.close()
+        print(deployment.report(lines=200))  # shown by pytest only when the test failed
+
+
+@pytest_asyncio.fixture
+async def launch(tmp_path: Path) -> AsyncIterator[Callable[..., Up]]:
+    """Start `vidmesh up` runs, as a user starts it (no vidmesh setting inherited from the
+    environment); whatever is still running afterwards is killed."""
+    runs: list[Up] = []
+
+    def make(data_dir: Path, jellyfin_url: str | None) -> Up:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env = up_env(data_dir, jellyfin_url, base=without_settings(os.environ))
+        run = Up(env=env, log_path=tmp_path / f"up-{len(runs)}.log")
+        runs.append(run)
+        return run.start()
+
+    yield make
+    for run in runs:
+        run.kill_everything()
+        print(f"--- {run.log_path.name} ---\n{run.tail(200)}")  # shown only when a test failed

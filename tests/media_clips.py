@@ -6,7 +6,6 @@ small, and are encoded with the fastest presets, so a test can afford several of
 
 from __future__ import annotations
 
-import socket
 import struct
 import subprocess
 from collections.abc import Sequence
@@ -131,14 +130,6 @@ def mp4_top_level_boxes(path: str | Path) -> list[str]:
                 break
             f.seek(size - 8, 1)
     return boxes
-
-
-def closed_port() -> int:
-    """A local TCP port that nothing listens on (bound, read, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _run(argv: list[str]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import nats
 from nats.js.errors import APIError, ServiceUnavailableError
 
-from tests.helpers import free_port
+from tests.harness import free_port
 from vidmesh.natsserver import NatsServer
 
 CLUSTER_NAME = "vidmesh"

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from tests.conftest import ALICE
-from tests.helpers import Api, System, eventually, start_system, stop_system
+from tests.harness import ALICE, Api, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 
 # The 20 s clip served at this rate takes several seconds: long enough to look at running jobs.

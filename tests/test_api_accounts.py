@@ -9,7 +9,7 @@ import jwt
 
 from shared.messages.accounts import ApiKey, User
 from shared.nats.kv import TypedKV
-from tests.helpers import ADMIN_PASSWORD, Api, System, eventually, start_system, stop_system
+from tests.harness import ADMIN_PASSWORD, Api, System, eventually, start_system, stop_system
 
 
 async def test_register_sign_in_read_me_and_refresh(

@@ -9,8 +9,7 @@ from typing import Any
 import av
 
 from services.gateway.state import GATEWAY
-from tests.conftest import ALICE
-from tests.helpers import Api, System, eventually
+from tests.harness import ALICE, Api, System, eventually
 from tests.jellyfin_standin import JellyfinStandIn
 
 

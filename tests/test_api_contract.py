@@ -18,8 +18,7 @@ import pytest_asyncio
 
 from services.gateway.api import API, Access
 from services.gateway.openapi import document
-from tests.conftest import ALICE
-from tests.helpers import ADMIN_PASSWORD, Api, System, start_system, stop_system
+from tests.harness import ADMIN_PASSWORD, ALICE, Api, System, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 from tests.kube_standin import KubernetesStandIn
 

@@ -10,8 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import ALICE
-from tests.helpers import Api, System, eventually, start_system, stop_system
+from tests.harness import ALICE, Api, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest_asyncio
 
-from tests.helpers import ADMIN_PASSWORD, Api, System, start_system, stop_system
+from tests.harness import ADMIN_PASSWORD, Api, System, start_system, stop_system
 
 SSE = {"Accept": "text/event-stream"}
 # Long: an account or key change must end a feed at once, not at the next periodic check.

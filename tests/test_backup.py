@@ -14,8 +14,7 @@ import aiohttp
 import nats
 
 from shared.nats.subjects import Names
-from tests.conftest import ALICE
-from tests.helpers import Api, Client, drop_namespace, eventually, start_system, stop_system
+from tests.harness import ALICE, Api, Client, drop_namespace, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 from vidmesh.backup import CHUNK
 

@@ -36,12 +36,8 @@ from shared.blobs.config import StoreConfig, parse_store_url, redacted
 from shared.blobs.objects import store_error
 from shared.blobs.store import BlobStore, LocalBlobStore
 from shared.errors import BadRequest, NotFound, StoreError
-from tests.conftest import BUCKET  # noqa: E402
-from tests.storage_servers import (
-    AzuriteBlob,
-    SeaweedS3,
-    free_ports,
-)
+from tests.harness import BUCKET, free_ports
+from tests.storage_servers import AzuriteBlob, SeaweedS3
 
 MIB = 1 << 20
 
@@ -67,12 +63,17 @@ def make_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> B
     return Backend("local", StoreConfig(kind="local", path=str(tmp_path / "blobs")), "")
 
 
-@pytest.fixture(params=["local", "s3", "azure"])
+# SeaweedFS and Azurite are servers the session starts: the tests of those backends are slow.
+S3 = pytest.param("s3", marks=pytest.mark.slow)
+AZURE = pytest.param("azure", marks=pytest.mark.slow)
+
+
+@pytest.fixture(params=["local", S3, AZURE])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return make_backend(request.param, request, tmp_path)
 
 
-@pytest.fixture(params=["s3", "azure"])
+@pytest.fixture(params=[S3, AZURE])
 def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return make_backend(request.param, request, tmp_path)
 

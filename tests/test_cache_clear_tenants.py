@@ -9,8 +9,7 @@ import hashlib
 import os
 import time
 
-from tests.conftest import ADMIN, ALICE, BOB
-from tests.helpers import Client, System, eventually
+from tests.harness import ADMIN, ALICE, BOB, Client, System, eventually
 from tests.jellyfin_standin import JellyfinStandIn
 
 

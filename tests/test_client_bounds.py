@@ -16,8 +16,16 @@ from nats.js.kv import KeyValue
 from shared.messages.records import Lease
 from shared.nats.kv import TypedKV
 from shared.nats.topology import ensure_topology
-from tests.conftest import ALICE
-from tests.helpers import ADMIN_PASSWORD, Api, Client, System, eventually, start_system, stop_system
+from tests.harness import (
+    ADMIN_PASSWORD,
+    ALICE,
+    Api,
+    Client,
+    System,
+    eventually,
+    start_system,
+    stop_system,
+)
 from tests.jellyfin_standin import JellyfinStandIn
 
 STARTED_JOBS = 2000

@@ -25,8 +25,8 @@ import pytest_asyncio
 from shared.messages import events as ev
 from shared.nats.client import safe_twice
 from shared.nats.subjects import Names
-from tests.conftest import ALICE
-from tests.helpers import (
+from tests.harness import (
+    ALICE,
     Client,
     eventually,
     fast_env,
@@ -188,6 +188,7 @@ async def read_events(servers: list[str], names: Names) -> Counter[tuple[str, st
         await nc.close()
 
 
+@pytest.mark.slow  # starts a three-node nats-server cluster
 async def test_jobs_survive_a_killed_node_and_a_frozen_node(
     cluster: NatsCluster,
     jellyfin: JellyfinStandIn,

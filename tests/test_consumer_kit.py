@@ -29,7 +29,7 @@ from shared.nats.consumer import ACK, Consumer, Outcome, Received, Settle, SlotL
 from shared.nats.subjects import Names
 from shared.nats.topology import ensure_topology
 from shared.runtime import Service
-from tests.helpers import drop_namespace, eventually, new_namespace
+from tests.harness import drop_namespace, eventually, new_namespace
 from vidmesh.natsserver import NatsServer
 
 

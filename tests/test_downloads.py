@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from tests.conftest import ALICE
-from tests.helpers import Client, System
+from tests.harness import ALICE, Client, System
 from tests.jellyfin_standin import JellyfinStandIn
 
 

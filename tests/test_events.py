@@ -13,8 +13,7 @@ import msgspec
 from nats.js.errors import NotFoundError
 
 from shared.nats.topology import DAY
-from tests.conftest import ALICE
-from tests.helpers import Api, Client, System, eventually, start_system, stop_system
+from tests.harness import ALICE, Api, Client, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 
 REPO = Path(__file__).resolve().parent.parent

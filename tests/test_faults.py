@@ -11,31 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest_asyncio
 
 from shared.nats.client import connect
-from shared.nats.subjects import Names
-from tests.conftest import ALICE
-from tests.helpers import (
-    Client,
-    ServiceProcess,
-    eventually,
-    fast_env,
-    ffmpeg_pids,
-    files_under,
-    free_port,
-    new_namespace,
-    wait_ready,
-)
+from tests.harness import ALICE, Client, Deployment, eventually, ffmpeg_pids, free_port
 from tests.jellyfin_standin import JellyfinStandIn
 from vidmesh.natsserver import NatsServer
 
@@ -46,15 +31,6 @@ SLOW_RATE = 240_000
 OTHER_SERVICES = ("scheduler", "storage", "statistics", "gateway")
 
 
-def parent_pid(pid: int) -> int | None:
-    """Field 4 of /proc/<pid>/stat (after the parenthesised command name, which may hold spaces)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
 def slow_source(jellyfin: JellyfinStandIn, rate: int = SLOW_RATE) -> str:
     """A chunked stream of the 20 s clip, served at `rate` bytes per second."""
     return jellyfin.stream_url("long_ts", ALICE, kind="live", rate=str(rate))
@@ -62,141 +38,6 @@ def slow_source(jellyfin: JellyfinStandIn, rate: int = SLOW_RATE) -> str:
 
 def quick_source(jellyfin: JellyfinStandIn) -> str:
     return jellyfin.stream_url("fits", ALICE)
-
-
-async def exit_time_of(process: ServiceProcess, timeout: float) -> float:
-    """Wait (without blocking the event loop) until the process exits; when it did (monotonic)."""
-    assert process.process is not None
-    popen = process.process
-    await eventually(
-        lambda: popen.poll() is not None, timeout=timeout, what=f"{process.name} to exit"
-    )
-    return time.monotonic()
-
-
-@dataclass
-class Deployment:
-    """Every vidmesh service as its own process, in one namespace, against one nats-server."""
-
-    env: dict[str, str]
-    root: Path
-    processes: list[ServiceProcess] = field(default_factory=list)
-    launched: dict[int, float] = field(default_factory=dict)  # pid -> time.monotonic()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.env['VIDMESH_PORT']}"
-
-    @property
-    def names(self) -> Names:
-        return Names(self.env["VIDMESH_NAMESPACE"])
-
-    @property
-    def data_dir(self) -> Path:
-        return Path(self.env["VIDMESH_DATA_DIR"])
-
-    @property
-    def marker(self) -> str:
-        """On the command line of every ffmpeg this deployment runs (its scratch path)."""
-        return str(self.data_dir)
-
-    def launch(self, name: str, **overrides: str) -> ServiceProcess:
-        log = self.root / f"{name}-{len(self.processes)}.log"
-        process = ServiceProcess(name, {**self.env, **overrides}, log).start()
-        assert process.process is not None
-        self.launched[process.process.pid] = time.monotonic()
-        self.processes.append(process)
-        return process
-
-    def age(self, process: ServiceProcess) -> float:
-        """Seconds since the process was launched."""
-        assert process.process is not None
-        return time.monotonic() - self.launched[process.process.pid]
-
-    async def start(self, *names: str, **overrides: str) -> list[ServiceProcess]:
-        """Launch the services together, then wait until each says it is ready."""
-        started = [self.launch(name, **overrides) for name in names]
-        for process in started:
-            await self.ready(process)
-        return started
-
-    async def ready(self, process: ServiceProcess, timeout: float = 30.0) -> None:
-        def check() -> bool:
-            if not process.alive:
-                raise AssertionError(f"{process.name} exited while starting:\n{process.log()}")
-            return '"service.ready"' in process.log()
-
-        await eventually(check, timeout=timeout, what=f"{process.name} to be ready")
-        if process.name == "gateway":
-            await self.gateway_ready(timeout)
-
-    async def gateway_ready(self, timeout: float = 30.0) -> None:
-        await wait_ready(self.url, timeout)
-
-    def alive(self, name: str) -> list[ServiceProcess]:
-        return [p for p in self.processes if p.name == name and p.alive]
-
-    async def transcoder_running_ffmpeg(self, timeout: float = 20.0) -> tuple[ServiceProcess, int]:
-        """The transcoder process whose ffmpeg is encoding for this deployment, and that ffmpeg."""
-        pids = await eventually(
-            lambda: ffmpeg_pids(self.marker), timeout=timeout, what="an ffmpeg to run"
-        )
-        assert len(pids) == 1, f"one transcode should run, found ffmpeg pids {pids}"
-        parent = parent_pid(pids[0])
-        owners = [p for p in self.alive("transcoder") if p.process and p.process.pid == parent]
-        assert owners, f"ffmpeg {pids[0]} (parent {parent}) belongs to none of our transcoders"
-        return owners[0], pids[0]
-
-    def output_files(self) -> list[Path]:
-        return files_under(self.data_dir / "blobs" / "outputs")
-
-    def report(self, lines: int = 40) -> str:
-        """The last lines of every service log, for failure messages."""
-        parts = []
-        for process in self.processes:
-            tail = process.log().splitlines()[-lines:]
-            parts.append(f"--- {process.log_path.name} ---\n" + "\n".join(tail))
-        return "\n".join(parts)
-
-    async def close(self) -> None:
-        """Kill every service still running, and any ffmpeg left behind.
-
-        SIGKILL, not SIGTERM: the graceful stop has its own test, and the namespace is thrown away.
-        """
-        for process in self.processes:
-            if process.alive:
-                process.kill()
-        for pid in ffmpeg_pids(self.marker):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-@pytest_asyncio.fixture
-async def deploy(
-    tmp_path: Path, jellyfin: JellyfinStandIn
-) -> AsyncIterator[Callable[..., Deployment]]:
-    """Make deployments (against a given nats-server URL); they are stopped after the test."""
-    made: list[Deployment] = []
-
-    def make(nats_url: str, **overrides: str) -> Deployment:
-        root = tmp_path / f"deployment{len(made)}"
-        root.mkdir()
-        env = fast_env(
-            new_namespace(),
-            root / "data",
-            nats_url,
-            jellyfin.url,
-            VIDMESH_PORT=free_port(),
-            **overrides,
-        )
-        deployment = Deployment(env=env, root=root)
-        made.append(deployment)
-        return deployment
-
-    yield make
-    for deployment in made:
-        await deployment.close()
-        print(deployment.report(lines=200))  # shown by pytest only when the test failed
 
 
 async def status_of(client: Client, job_id: str) -> str:
@@ -331,7 +172,7 @@ async def test_sigterm_transcoder_hands_back_job(
         assert leaving.process is not None
         signalled = time.monotonic()
         leaving.process.send_signal(signal.SIGTERM)
-        exit_time = asyncio.create_task(exit_time_of(leaving, timeout=30))
+        exit_time = asyncio.create_task(leaving.exited_at(timeout=30))
 
         # Then it stops its ffmpeg and hands the job back
         await eventually(
@@ -487,7 +328,7 @@ async def test_sigterm_transcoder_finishes_its_job_within_the_drain_and_takes_no
         assert leaving.process is not None
         signalled = time.monotonic()
         leaving.process.send_signal(signal.SIGTERM)
-        exit_time = asyncio.create_task(exit_time_of(leaving, timeout=45))
+        exit_time = asyncio.create_task(leaving.exited_at(timeout=45))
         await eventually(
             lambda: '"service.stopping"' in leaving.log(), timeout=5, what="the drain to begin"
         )

@@ -16,8 +16,7 @@ import aiohttp
 import pytest_asyncio
 
 from services.gateway.state import GATEWAY
-from tests.conftest import ALICE
-from tests.helpers import Api, System, eventually, start_system, stop_system
+from tests.harness import ALICE, Api, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 
 SSE = {"Accept": "text/event-stream"}

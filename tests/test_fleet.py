@@ -12,8 +12,16 @@ import msgspec
 from services.transcoder.node import NodeState
 from shared.media import default_ffmpeg
 from shared.media.capabilities import CapabilityCache, CapabilityCheck
-from tests.conftest import ADMIN_PASSWORD, ALICE
-from tests.helpers import Api, System, build_service, eventually, start_system, stop_system
+from tests.harness import (
+    ADMIN_PASSWORD,
+    ALICE,
+    Api,
+    System,
+    build_service,
+    eventually,
+    start_system,
+    stop_system,
+)
 from tests.jellyfin_standin import JellyfinStandIn
 from tests.kube_standin import KubernetesStandIn
 

@@ -109,6 +109,7 @@ def passwords(objs: tuple[dict[str, Any], ...]) -> dict[str, str]:
     return {var: f"pw-{var.lower()}" for var in nats_users(objs).values()}
 
 
+@pytest.mark.slow  # starts nats-server
 async def test_the_rendered_nats_config_refuses_anonymous_clients_and_admits_services(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -148,6 +149,7 @@ def render_with_tls(tmp_path: Path) -> tuple[dict[str, Any], ...]:
     return tuple(o for o in yaml.safe_load_all(out.stdout) if o)
 
 
+@pytest.mark.slow  # starts nats-server
 async def test_the_tls_component_makes_nats_and_every_service_speak_tls(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,7 +8,7 @@ import nats
 import pytest
 
 from shared.nats.kv import Stale, TypedKV
-from tests.helpers import new_namespace
+from tests.harness import new_namespace
 from vidmesh.natsserver import NatsServer
 
 

@@ -18,8 +18,7 @@ from shared.messages.records import Lease, LeaseSet
 from shared.nats.kv import TypedKV
 from shared.nats.leases import slot_key
 from shared.nats.topology import ensure_topology
-from tests.conftest import ALICE
-from tests.helpers import Client, System, eventually, start_system, stop_system
+from tests.harness import ALICE, Client, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 
 # The 20 s clip served at this rate takes several seconds: long enough to look at running jobs.

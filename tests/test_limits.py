@@ -25,8 +25,7 @@ from aiohttp import web
 from services.transcoder.limits import RunLimits, Watchdog, source_refusal
 from shared.blobs.backends import open_store
 from shared.media import ProbeResult, parse_progress
-from tests.conftest import ALICE, BUCKET
-from tests.helpers import Api, Client, System, files_under, start_system, stop_system
+from tests.harness import ALICE, BUCKET, Api, Client, System, files_under, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 from tests.media_clips import ffmpeg_exe, make_clip
 from tests.storage_servers import SeaweedS3

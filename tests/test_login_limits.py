@@ -12,8 +12,7 @@ import aiohttp
 import pytest_asyncio
 
 from services.gateway.login_limits import client_address
-from tests.conftest import ALICE
-from tests.helpers import Api, start_system, stop_system
+from tests.harness import ALICE, Api, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 
 WRONG = "wrong-password"

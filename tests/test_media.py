@@ -36,8 +36,8 @@ from shared.media import (
     probe_async,
     run_ffmpeg,
 )
+from tests.harness import free_port
 from tests.media_clips import (
-    closed_port,
     ffmpeg_exe,
     make_clip,
     make_text_file,
@@ -385,7 +385,7 @@ def test_threads_bound_decoding_filtering_and_encoding_only_when_configured() ->
 
 def test_probe_of_unreachable_url_is_a_retryable_source_error() -> None:
     with pytest.raises(SourceError) as caught:
-        probe(f"http://127.0.0.1:{closed_port()}/Videos/1/stream?api_key=secret", timeout=2)
+        probe(f"http://127.0.0.1:{free_port()}/Videos/1/stream?api_key=secret", timeout=2)
     assert caught.value.retryable_now is True
     assert "refused" in caught.value.message and "secret" not in caught.value.message
 
@@ -574,7 +574,7 @@ def _failing_run(kind: str, tmp_path: Path, base: str) -> list[str]:
     out = str(tmp_path / f"{kind}.mp4")
     plan = make_plan(None, DEFAULT_PROFILE, MP4)
     src = {
-        "refused": f"http://127.0.0.1:{closed_port()}/x",
+        "refused": f"http://127.0.0.1:{free_port()}/x",
         "server_error": f"{base}/status/502",
         "forbidden": f"{base}/status/403",
         "invalid": str(make_text_file(tmp_path / "not-video.mkv")),

@@ -25,7 +25,7 @@ from shared.outbound import (
     check_url,
     check_url_resolved,
 )
-from tests.helpers import free_port
+from tests.harness import free_port
 
 NOTHING = OutboundPolicy.parse("")
 LOOPBACK = OutboundPolicy.parse("127.0.0.0/8")

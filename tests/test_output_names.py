@@ -14,8 +14,7 @@ import pytest
 
 from shared.blobs.backends import open_store
 from shared.blobs.store import LocalBlobStore
-from tests.conftest import ALICE, BUCKET
-from tests.helpers import Api, System
+from tests.harness import ALICE, BUCKET, Api, System
 from tests.jellyfin_standin import JellyfinStandIn
 from tests.storage_servers import SeaweedS3
 

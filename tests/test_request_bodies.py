@@ -14,8 +14,7 @@ import pytest
 import pytest_asyncio
 from structlog.testing import capture_logs
 
-from tests.conftest import ALICE
-from tests.helpers import Api, System, start_system, stop_system
+from tests.harness import ALICE, Api, System, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 
 LIMIT = 2048

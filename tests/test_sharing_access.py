@@ -19,7 +19,7 @@ from aiohttp import web
 from services.scheduler.access import AccessCheck, Verdict
 from shared.jobs import state as jobstate
 from shared.outbound import OutboundPolicy
-from tests.helpers import Client, System, eventually, start_system, stop_system
+from tests.harness import Client, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 
 FIRST = "token-first"

@@ -15,8 +15,7 @@ from structlog.testing import capture_logs
 
 from shared.blobs.backends import open_store
 from shared.blobs.store import BlobStore
-from tests.conftest import BUCKET
-from tests.helpers import Api, System, eventually
+from tests.harness import BUCKET, Api, System, eventually
 from tests.storage_servers import SeaweedS3
 
 # A parameter of a signed S3 URL whose value is anything but the mask.

@@ -20,8 +20,16 @@ import pytest_asyncio
 import trustme
 from aiohttp import web
 
-from tests.conftest import ALICE
-from tests.helpers import Api, Client, ServiceProcess, System, eventually, start_system, stop_system
+from tests.harness import (
+    ALICE,
+    Api,
+    Client,
+    ServiceProcess,
+    System,
+    eventually,
+    start_system,
+    stop_system,
+)
 from tests.media_clips import make_clip
 
 pytestmark = pytest.mark.slow

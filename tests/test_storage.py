@@ -22,8 +22,17 @@ from shared.blobs.backends import open_store
 from shared.blobs.store import BlobStore
 from shared.blobs.users import UserStore
 from shared.nats.kv import TypedKV
-from tests.conftest import ADMIN, ALICE, BUCKET
-from tests.helpers import Api, Client, System, eventually, start_system, stop_system
+from tests.harness import (
+    ADMIN,
+    ALICE,
+    BUCKET,
+    Api,
+    Client,
+    System,
+    eventually,
+    start_system,
+    stop_system,
+)
 from tests.jellyfin_standin import JellyfinStandIn
 from tests.storage_servers import AzuriteBlob, SeaweedS3
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.conftest import ADMIN, ALICE
-from tests.helpers import Client, System, start_system, stop_system
+from tests.harness import ADMIN, ALICE, Client, System, start_system, stop_system
 from tests.jellyfin_standin import BAD_ANSWERS, SERVER_ERROR, JellyfinStandIn
 
 ROUTES = [

@@ -12,8 +12,7 @@ from typing import Any
 import av
 import pytest
 
-from tests.conftest import ALICE, BOB
-from tests.helpers import Client, System, eventually, start_system, stop_system
+from tests.harness import ALICE, BOB, Client, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 from tests.media_clips import make_clip, mp4_top_level_boxes
 

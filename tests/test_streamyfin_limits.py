@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest_asyncio
 
-from tests.conftest import ALICE
-from tests.helpers import Client, System, eventually, start_system, stop_system
+from tests.harness import ALICE, Client, System, eventually, start_system, stop_system
 from tests.jellyfin_standin import JellyfinStandIn
 
 # The 20 s clip served at this rate takes several seconds: long enough to look at a running job.

@@ -24,8 +24,7 @@ from shared.messages.records import Progress, Totals
 from shared.messages.telemetry import Reading, TelemetrySample
 from shared.nats.client import connect
 from shared.nats.subjects import Names
-from tests.conftest import ALICE
-from tests.helpers import Api, System, eventually
+from tests.harness import ALICE, Api, System, eventually
 from tests.jellyfin_standin import JellyfinStandIn
 
 SETTINGS = "/api/admin/settings/telemetry"

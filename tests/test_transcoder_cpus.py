@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from services.transcoder.config import cpu_list
-from tests.conftest import ALICE
-from tests.helpers import (
+from tests.harness import (
+    ALICE,
     REPO,
     Client,
     ServiceProcess,

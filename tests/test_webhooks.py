@@ -21,9 +21,9 @@ from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
 from structlog.testing import capture_logs
 
-from tests.conftest import ALICE
-from tests.helpers import (
+from tests.harness import (
     ADMIN_PASSWORD,
+    ALICE,
     Api,
     ServiceProcess,
     System,
