@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 from structlog.contextvars import bound_contextvars
 
 from services.scheduler.config import SchedulerSettings
+from services.scheduler.intake import Intake
 from services.scheduler.reconcile import Reconciler
 from services.scheduler.view import View
 from shared.jobs import state as jobstate
@@ -24,7 +25,7 @@ log = structlog.get_logger("vidmesh.scheduler")
 
 
 class CommandHandler:
-    """Applies client intents (cancel, release, start, clear cache) to job records."""
+    """Applies client intents (submit, cancel, release, start, clear cache) to job records."""
 
     def __init__(
         self,
@@ -33,7 +34,9 @@ class CommandHandler:
         reconciler: Reconciler,
         settings: SchedulerSettings,
         wake: Callable[[], None],
+        intake: Intake,
     ) -> None:
+        self.intake = intake
         self.store = store
         self.view = view
         self.reconciler = reconciler
@@ -49,6 +52,9 @@ class CommandHandler:
         started = time.monotonic()
         with bound_contextvars(command_id=command.command_id, command=type(command).__name__):
             match command:
+                case cmd.SubmitJob():
+                    if await self.intake.submit(command) is not None:
+                        self._wake_up()
                 case cmd.CancelJob(job_id=job_id):
                     await self.cancel(job_id, release=False)
                 case cmd.ReleaseJob(job_id=job_id):

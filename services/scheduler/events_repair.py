@@ -14,9 +14,9 @@ import structlog
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from shared.jobs import events as record_events
+from shared.jobs.store import stored_event
 from shared.messages import events
-from shared.messages.records import JobRecord, JobStatus
+from shared.messages.records import JobRecord
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import describe, publish_event
@@ -53,7 +53,7 @@ class EventRepair:
                 continue
             try:
                 if await self._missing(job, versioned.revision):
-                    await publish_event(self.js, self.names, _event(job, versioned.revision))
+                    await publish_event(self.js, self.names, stored_event(job, versioned.revision))
                     repaired += 1
                     log.warning("event.repaired", job_id=job_id, revision=versioned.revision)
             except Exception as exc:
@@ -65,7 +65,7 @@ class EventRepair:
         return repaired
 
     async def _missing(self, job: JobRecord, revision: int) -> bool:
-        event = _event(job, revision)
+        event = stored_event(job, revision)
         subject = self.names.job_event(job.id, events.kind_of(event))
         try:
             last = await self.js.get_last_msg(self.names.events_stream, subject)
@@ -73,12 +73,3 @@ class EventRepair:
             return True
         found = events.DECODER.decode(last.data or b"{}")
         return not isinstance(found, events.JobEvent) or found.revision < revision
-
-
-def _event(job: JobRecord, revision: int) -> events.JobEvent:
-    # a job never changed since it was stored reads as accepted
-    created = job.updated_at == job.created_at and job.status in (
-        JobStatus.QUEUED,
-        JobStatus.PAUSED,
-    )
-    return record_events.job_event(job, revision, created=created)

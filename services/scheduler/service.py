@@ -18,6 +18,7 @@ from services.scheduler.commands import CommandHandler
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.dispatch import Dispatcher, migrate_lease_sets
 from services.scheduler.events_repair import EventRepair
+from services.scheduler.intake import Intake
 from services.scheduler.metrics import observe_job, sample_forever
 from services.scheduler.reconcile import Reconciler
 from services.scheduler.sharing import ShareChecks
@@ -100,8 +101,9 @@ class Scheduler(Service):
             ack_wait=30.0,
             max_ack_pending=self.settings.command_slots * 4,
         )
+        intake = Intake(js, self.names, self.store, self.fleet_settings)
         handler = CommandHandler(
-            self.store, self.view, self.reconciler, self.settings, self._wake.set
+            self.store, self.view, self.reconciler, self.settings, self._wake.set, intake
         )
         self._loops = await consumer.open(
             js, "scheduler.commands", handler, slots=self.settings.command_slots

@@ -3,6 +3,7 @@ item), batches that wait paused until started, and probing a source without tran
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
@@ -15,8 +16,6 @@ from services.gateway.api import API, Access, Tag, caller
 from services.gateway.faces.native.jobs_common import (
     JobRequest,
     accept_job,
-    check_filename,
-    check_source,
     command_fields,
 )
 from services.gateway.faces.native.views import (
@@ -27,6 +26,7 @@ from services.gateway.faces.native.views import (
 )
 from services.gateway.http import ErrorBody, json_response
 from services.gateway.state import Gateway, gateway
+from services.gateway.submit import accepted, check_filename, check_source
 from shared.errors import (
     BadRequest,
     Conflict,
@@ -36,7 +36,7 @@ from shared.errors import (
 from shared.media import ProbeResult
 from shared.messages import commands as cmd
 from shared.messages.accounts import Batch, Role
-from shared.messages.records import JobStatus
+from shared.messages.records import JobRecord, JobStatus
 
 TAG = Tag.BATCHES
 MAX_BULK = 100
@@ -119,17 +119,27 @@ async def bulk_create(request: web.Request, body: _BulkEnvelope) -> web.Response
     gw = gateway(request)
     who = caller(request)
     batch_id = uuid.uuid4().hex if body.paused else ""
-    results: list[BulkItem] = []
-    for index, raw in enumerate(body.jobs):
+    outcomes: list[cmd.SubmitJob | VidmeshError] = []
+    for raw in body.jobs:
         try:
             item = _decode_item(raw)
-            job = await accept_job(gw, who, item, paused=body.paused, batch=batch_id)
+            outcomes.append(await accept_job(gw, who, item, paused=body.paused, batch=batch_id))
         except VidmeshError as exc:
-            error = ErrorBody(code=exc.code, message=exc.message, status=exc.http_status)
+            outcomes.append(exc)
+    # every item was handed to the scheduler; now wait for the jobs together
+    stored = await asyncio.gather(
+        *(_stored(gw, outcome) for outcome in outcomes), return_exceptions=True
+    )
+    results: list[BulkItem] = []
+    for index, found in enumerate(stored):
+        if isinstance(found, VidmeshError):
+            error = ErrorBody(code=found.code, message=found.message, status=found.http_status)
             results.append(BulkItem(index=index, ok=False, job=None, error=error))
-            continue
-        view = job_view(gw, job, who.user_id)
-        results.append(BulkItem(index=index, ok=True, job=view, error=None))
+        elif isinstance(found, BaseException):
+            raise found
+        else:
+            view = job_view(gw, found, who.user_id)
+            results.append(BulkItem(index=index, ok=True, job=view, error=None))
     created = [r.job.id for r in results if r.job is not None]
     if batch_id and created:
         batch = Batch(id=batch_id, owner=who.user_id, job_ids=created, created_at=time.time())
@@ -142,6 +152,12 @@ async def bulk_create(request: web.Request, body: _BulkEnvelope) -> web.Response
         results=results,
     )
     return json_response(result)
+
+
+async def _stored(gw: Gateway, outcome: cmd.SubmitJob | VidmeshError) -> JobRecord:
+    if isinstance(outcome, VidmeshError):
+        raise outcome
+    return await accepted(gw, outcome.job_id)
 
 
 def _decode_item(raw: msgspec.Raw) -> JobRequest:
