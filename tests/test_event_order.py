@@ -1,11 +1,12 @@
-"""Events of one job reach NATS subscribers in revision order, also while the machine is busy, many
-jobs arrive at once through both faces, and a second scheduler replica (its own process) changes
-the same jobs."""
+"""Events of one job reach NATS subscribers in revision order, also while the machine is busy and
+many jobs arrive at once through both faces of a gateway that runs as its own process, beside two
+scheduler replicas (one of them its own process too) that change the same jobs."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,11 +14,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from shared.nats.subjects import Names
 from tests.conftest import ALICE
-from tests.helpers import Api, Client, ServiceProcess, System, eventually
+from tests.helpers import (
+    Api,
+    Client,
+    ServiceProcess,
+    eventually,
+    free_port,
+    start_system,
+    stop_system,
+    wait_ready,
+)
 from tests.jellyfin_standin import JellyfinStandIn
 
 pytestmark = pytest.mark.slow
@@ -40,19 +53,41 @@ def busy_cpus(count: int) -> Iterator[None]:
 
 
 @contextmanager
-def second_scheduler(env: dict[str, str], log_path: Path) -> Iterator[ServiceProcess]:
-    """Another scheduler replica, as its own process, in the same namespace."""
-    replica = ServiceProcess("scheduler", env, log_path).start()
+def processes(*running: ServiceProcess) -> Iterator[None]:
+    """Services started as their own processes, killed when the block ends."""
     try:
-        yield replica
+        yield
     finally:
-        if replica.alive:
-            replica.kill()
+        for process in running:
+            if process.alive:
+                process.kill()
 
 
 async def test_every_jobs_events_arrive_in_revision_order_starting_with_accepted(
-    system: System, alice: Client, ann: Api, jellyfin: JellyfinStandIn, tmp_path: Path
+    env: dict[str, str], http: aiohttp.ClientSession, jellyfin: JellyfinStandIn, tmp_path: Path
 ) -> None:
+    system = await start_system(env, "scheduler", "storage", "statistics", "notifier", "transcoder")
+    port = free_port()
+    gateway_env = {**env, "VIDMESH_PORT": str(port)}
+    gateway = ServiceProcess("gateway", gateway_env, tmp_path / "gateway.log").start()
+    replica = ServiceProcess("scheduler", env, tmp_path / "scheduler.log").start()
+    url = f"http://127.0.0.1:{port}"
+    # the gateway gets what CPU the busy machine leaves over: it is the first to wait
+    assert gateway.process is not None
+    os.setpriority(os.PRIO_PROCESS, gateway.process.pid, 19)
+    try:
+        with processes(gateway, replica):
+            await wait_ready(url)
+            await _submit_many_and_check_event_order(system.nc, system.names, url, http, jellyfin)
+    finally:
+        await stop_system(system)
+
+
+async def _submit_many_and_check_event_order(
+    nc: NATS, names: Names, url: str, http: aiohttp.ClientSession, jellyfin: JellyfinStandIn
+) -> None:
+    alice = Client(http, url, ALICE)
+    ann = await Api(http, url).as_user("ann")
     # Given a subscriber of every job event the events stream stores (an ordered consumer)
     seen: dict[str, list[dict[str, Any]]] = {}
 
@@ -60,10 +95,10 @@ async def test_every_jobs_events_arrive_in_revision_order_starting_with_accepted
         event = json.loads(msg.data)
         seen.setdefault(event["job_id"], []).append(event)
 
-    js = system.nc.jetstream()
-    sub = await js.subscribe(system.names.job_event("*", "*"), cb=on_event, ordered_consumer=True)
+    js = nc.jetstream()
+    sub = await js.subscribe(names.job_event("*", "*"), cb=on_event, ordered_consumer=True)
     try:
-        with busy_cpus(BURNERS), second_scheduler(system.env, tmp_path / "scheduler.log"):
+        with busy_cpus(BURNERS):
             # When many jobs arrive at once through both faces while the machine is busy
             streamyfin = [
                 alice.submit(
