@@ -69,7 +69,7 @@ class Scheduler(Service):
         self.renditions.listen(self._rendition_changed)
         await self.jobs.start()
         await self.renditions.start()
-        self.event_repair = EventRepair(js, self.names, self.jobs)
+        self.event_repair = EventRepair(self.store, self.jobs)
         self.access = AccessCheck(self.settings.policy, timeout=self.settings.share_check_timeout)
         self.sharing = ShareChecks(
             self.store, self.view, self.settings, self.access, self._share_decided

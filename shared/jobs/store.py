@@ -63,18 +63,20 @@ class RecordStore:
         # job id -> the last revision whose event this process published
         self._announced: OrderedDict[str, int] = OrderedDict()
 
-    async def emit(self, event: events.Event) -> None:
-        """Publish an event, retrying briefly; a failure is logged, never raised (the change is
-        already stored, and the scheduler re-publishes a job event that never made it)."""
+    async def emit(self, event: events.Event) -> bool:
+        """Publish an event, retrying briefly; whether it was published. A failure is logged,
+        never raised (the change is already stored, and the scheduler re-publishes a job event
+        that never made it)."""
         for delay in (*_EMIT_RETRY_DELAYS, None):
             try:
                 await publish_event(self.js, self.names, event)
-                return
+                return True
             except Exception as exc:
                 if delay is None:
                     log.error("event.publish_failed", event_id=event.event_id, **describe(exc))
-                    return
+                    return False
                 await asyncio.sleep(delay)
+        return False
 
     async def create_job(self, job: JobRecord) -> int:
         """Store a new job (its id must be new: raises `Stale` if it exists) and announce it."""
@@ -121,6 +123,15 @@ class RecordStore:
             await self.emit(record_events.job_purged(job, revision))
             self._announced.pop(job.id, None)
 
+    async def announce_current(self, job_id: str, revision: int) -> bool:
+        """Publish the event of a job revision whose writer died before publishing it, if the
+        job is still at that revision (a later one's writer publishes it first); whether it was."""
+        async with self._turn(job_id):
+            current = await self.jobs.get(job_id)
+            if current is None or current.revision != revision:
+                return False
+            return await self.emit(stored_event(current.value, revision))
+
     @contextlib.asynccontextmanager
     async def _turn(self, job_id: str) -> AsyncIterator[None]:
         """This process's turn to write and announce job `job_id` (one at a time per job)."""
@@ -137,7 +148,8 @@ class RecordStore:
                 self._job_locks[job_id] = (lock, users - 1)
 
     async def _announce(self, event: events.JobEvent, revision: int) -> None:
-        await self.emit(event)
+        if not await self.emit(event):
+            return  # the next writer of the job publishes it first (or the repair does)
         self._announced[event.job_id] = revision
         self._announced.move_to_end(event.job_id)
         while len(self._announced) > _ANNOUNCED_MAX:
