@@ -75,7 +75,8 @@ class Gateway:
     started_at: float = field(default_factory=time.time)
 
     async def job(self, job_id: str) -> JobRecord | None:
-        """A job by id: from memory, or from KV when this replica has not seen it yet."""
+        """A job by id: from memory, or from KV when this replica has not seen it yet, or as its
+        submission asks for it while the scheduler has not stored it yet."""
         found = self.jobs.get(job_id)
         if found is not None:
             return found
@@ -83,7 +84,13 @@ class Gateway:
             return None
         versioned = await self.job_records.get(job_id)
         if versioned is None:
-            return await self._submitted(job_id)
+            submitted = await self._submitted(job_id)
+            if submitted is not None:
+                return submitted
+            # stored (and its command acknowledged) between the two reads?
+            versioned = await self.job_records.get(job_id)
+            if versioned is None:
+                return None
         self.jobs.apply(job_id, versioned.value, versioned.revision)
         return versioned.value
 

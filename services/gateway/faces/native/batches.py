@@ -3,7 +3,6 @@ item), batches that wait paused until started, and probing a source without tran
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
@@ -36,7 +35,7 @@ from shared.errors import (
 from shared.media import ProbeResult
 from shared.messages import commands as cmd
 from shared.messages.accounts import Batch, Role
-from shared.messages.records import JobRecord, JobStatus
+from shared.messages.records import JobStatus
 
 TAG = Tag.BATCHES
 MAX_BULK = 100
@@ -119,27 +118,19 @@ async def bulk_create(request: web.Request, body: _BulkEnvelope) -> web.Response
     gw = gateway(request)
     who = caller(request)
     batch_id = uuid.uuid4().hex if body.paused else ""
-    outcomes: list[cmd.SubmitJob | VidmeshError] = []
-    for raw in body.jobs:
+    results: list[BulkItem] = []
+    for index, raw in enumerate(body.jobs):
         try:
             item = _decode_item(raw)
-            outcomes.append(await accept_job(gw, who, item, paused=body.paused, batch=batch_id))
+            command = await accept_job(gw, who, item, paused=body.paused, batch=batch_id)
+            # one after the other: the jobs are accepted (and announced) in the items' order
+            job = await accepted(gw, command.job_id)
         except VidmeshError as exc:
-            outcomes.append(exc)
-    # every item was handed to the scheduler; now wait for the jobs together
-    stored = await asyncio.gather(
-        *(_stored(gw, outcome) for outcome in outcomes), return_exceptions=True
-    )
-    results: list[BulkItem] = []
-    for index, found in enumerate(stored):
-        if isinstance(found, VidmeshError):
-            error = ErrorBody(code=found.code, message=found.message, status=found.http_status)
+            error = ErrorBody(code=exc.code, message=exc.message, status=exc.http_status)
             results.append(BulkItem(index=index, ok=False, job=None, error=error))
-        elif isinstance(found, BaseException):
-            raise found
-        else:
-            view = job_view(gw, found, who.user_id)
-            results.append(BulkItem(index=index, ok=True, job=view, error=None))
+            continue
+        view = job_view(gw, job, who.user_id)
+        results.append(BulkItem(index=index, ok=True, job=view, error=None))
     created = [r.job.id for r in results if r.job is not None]
     if batch_id and created:
         batch = Batch(id=batch_id, owner=who.user_id, job_ids=created, created_at=time.time())
@@ -152,12 +143,6 @@ async def bulk_create(request: web.Request, body: _BulkEnvelope) -> web.Response
         results=results,
     )
     return json_response(result)
-
-
-async def _stored(gw: Gateway, outcome: cmd.SubmitJob | VidmeshError) -> JobRecord:
-    if isinstance(outcome, VidmeshError):
-        raise outcome
-    return await accepted(gw, outcome.job_id)
 
 
 def _decode_item(raw: msgspec.Raw) -> JobRequest:
