@@ -1,9 +1,12 @@
 """What a `SubmitJob` command means, without NATS: the job it asks for, the id an
-Idempotency-Key names, the event a stored revision reads as, and the guards faces ask jobstate."""
+Idempotency-Key names, the event a stored revision reads as, the guards faces ask jobstate, and
+that the gateway cannot write a job record (its modules do not import the record store)."""
 
 from __future__ import annotations
 
+import ast
 import time
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -16,6 +19,8 @@ from shared.media.presets import within_ceilings
 from shared.messages import commands as cmd
 from shared.messages import events
 from shared.messages.records import JobStatus
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def submission(**fields: object) -> cmd.SubmitJob:
@@ -91,3 +96,29 @@ def test_the_guards_faces_ask_agree_with_the_transitions(status: JobStatus) -> N
             assert allowed, status
     assert jobstate.is_active(job) == (status in jobstate.ACTIVE)
     assert jobstate.can_release(job) == (status is not JobStatus.REMOVED)
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_no_gateway_module_reaches_the_job_record_writers() -> None:
+    gateway = REPO / "services" / "gateway"
+    for path in sorted(gateway.rglob("*.py")):
+        imported = _imports(path)
+        assert "shared.jobs.store" not in imported, path
+        assert not any(name.endswith(".RecordStore") for name in imported), path
+
+
+def test_the_streamyfin_face_imports_no_other_face() -> None:
+    faces = REPO / "services" / "gateway" / "faces"
+    for path in sorted((faces / "streamyfin").rglob("*.py")):
+        others = {m for m in _imports(path) if m.startswith("services.gateway.faces.")}
+        assert all(m.startswith("services.gateway.faces.streamyfin") for m in others), path

@@ -8,6 +8,11 @@ job's own webhook subscription (its `notify_url`) is stored, then the record is 
 Idempotent by construction: the record is written create-only under the job id the face chose
 (derived from the caller's Idempotency-Key when one was sent), so a redelivered or repeated
 submission finds the job and changes nothing.
+
+Intake refuses nothing a caller could be told about: the ceilings lower a spec and never refuse
+it, and every check whose answer is a 4xx needs the caller and stays with the face. A refusal
+decided here would be stored as the job, `failed` with its reason, which every face already shows
+(its status, its JSON); a face waits for the job to exist, never for a reply.
 """
 
 from __future__ import annotations
