@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import aiohttp
 from structlog.testing import capture_logs
@@ -14,6 +15,7 @@ from services.scheduler.service import Scheduler
 from shared import config
 from shared.jobs import state as jobstate
 from shared.jobs.store import RecordStore
+from shared.media import builtin
 from shared.messages.records import Lease, LeaseSet
 from shared.nats.kv import TypedKV
 from shared.nats.leases import slot_key
@@ -145,7 +147,8 @@ async def test_a_lease_whose_scheduler_died_before_publishing_still_gets_its_job
     env: dict[str, str], http: aiohttp.ClientSession, jellyfin: JellyfinStandIn
 ) -> None:
     # Given what a scheduler killed mid-pass leaves: each job placed on its rendition and holding
-    # a slot's lease (one a moment ago, one long ago), but no work published for it
+    # a slot's lease (one a moment ago, one long ago), but no work published for it. No scheduler
+    # runs, so the jobs are stored as its intake stores a Streamyfin submission.
     system = await start_system(env, "storage", "statistics", "notifier", "gateway")
     try:
         alice = Client(http, system.url, ALICE)
@@ -155,9 +158,19 @@ async def test_a_lease_whose_scheduler_died_before_publishing_still_gets_its_job
         leases = TypedKV(buckets.leases, Lease)
         ids = []
         for slot, age in enumerate((0.0, 3600.0)):
-            job_id = await alice.submit(
-                jellyfin.stream_url("fits", ALICE, variant=str(slot)), device=f"device-{slot}"
+            job_id = str(uuid.uuid4())
+            submitted = jobstate.new_job(
+                job_id=job_id,
+                owner="user-alice",
+                owner_name="Alice",
+                client="streamyfin",
+                device_id=f"device-{slot}",
+                item_id="item-1",
+                source=jellyfin.stream_url("fits", ALICE, variant=str(slot)),
+                spec=builtin("optimized"),
+                now=time.time(),
             )
+            await store.create_job(submitted)
             ids.append(job_id)
             found = await store.jobs.get(job_id)
             assert found is not None

@@ -81,7 +81,6 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
             accounts.ApiKey,
             accounts.PresetRecord,
             accounts.Batch,
-            accounts.IdempotencyRecord,
             accounts.LoginFailures,
             stores.UserStore,
             webhooks.WebhookSubscription,

@@ -29,17 +29,15 @@ from services.gateway.login_limits import LoginLimits, trusted_networks
 from services.gateway.state import GATEWAY, Gateway
 from shared.blobs.users import Sealer, Stores, UserStore
 from shared.fleet import Fleet
-from shared.jobs.store import RecordStore
 from shared.messages.accounts import (
     ApiKey,
     Batch,
-    IdempotencyRecord,
     LoginFailures,
     PresetRecord,
     User,
     UsernameClaim,
 )
-from shared.messages.records import StorageSummary, Totals
+from shared.messages.records import JobRecord, Progress, StorageSummary, Totals
 from shared.nats.kv import TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
@@ -71,10 +69,9 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             replicas=settings.replicas,
             retention=retention_of(settings),
         )
-        records = RecordStore(js, names, buckets)
-        jobs = Projection(records.jobs, "gateway.jobs", nc=nc)
-        progress = Projection(records.progress, "gateway.progress", nc=nc)
-        records.job_view = jobs
+        job_records = TypedKV(buckets.jobs, JobRecord)
+        jobs = Projection(job_records, "gateway.jobs", nc=nc)
+        progress = Projection(TypedKV(buckets.progress, Progress), "gateway.progress", nc=nc)
         users = Projection(TypedKV(buckets.users, User), "gateway.users", nc=nc)
         keys = Projection(TypedKV(buckets.apikeys, ApiKey), "gateway.apikeys", nc=nc)
         presets = Projection(TypedKV(buckets.presets, PresetRecord), "gateway.presets", nc=nc)
@@ -109,7 +106,7 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             names=names,
             nc=nc,
             js=js,
-            store=records,
+            job_records=job_records,
             jobs=jobs,
             progress=progress,
             totals=TypedKV(buckets.stats, Totals),
@@ -120,7 +117,6 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             identity=identity,
             presets=presets,
             batches=batches,
-            idempotency=TypedKV(buckets.idempotency, IdempotencyRecord),
             fleet=Fleet(buckets),
             feeds=feeds,
             login_limits=login_limits,

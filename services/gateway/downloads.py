@@ -25,7 +25,7 @@ from shared.blobs.store import BlobStore
 from shared.errors import Conflict, NotFound
 from shared.jobs import state as jobstate
 from shared.media import get_container
-from shared.messages.records import JobRecord, JobStatus, Output
+from shared.messages.records import JobRecord, Output
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _REDIRECT_SECONDS = 300
@@ -52,7 +52,7 @@ def content_disposition(name: str) -> str:
 def stored_output(job: JobRecord) -> Output:
     """The job's output, or a clear error when there is none (yet)."""
     if job.output is None or not jobstate.holds_output(job, time.time()):
-        if job.status in (JobStatus.QUEUED, JobStatus.PAUSED, JobStatus.HELD, JobStatus.RUNNING):
+        if jobstate.is_active(job):
             raise Conflict(f"Job {job.id} has no output yet: it is still {job.status.value}.")
         raise NotFound(f"Job {job.id} has no output to download (it is {job.status.value}).")
     return job.output

@@ -11,9 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
+import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from services.gateway.config import GatewaySettings
 from services.gateway.feeds.hub import EventHub
@@ -24,11 +26,11 @@ from services.gateway.login_limits import LoginLimits
 from shared.blobs.users import Stores, UserStore
 from shared.errors import Unavailable, Unprocessable
 from shared.fleet import Fleet
-from shared.jobs.store import RecordStore
+from shared.jobs import state as jobstate
 from shared.media.probe import ProbeResult
 from shared.messages import commands as cmd
 from shared.messages import events, rpc
-from shared.messages.accounts import Batch, IdempotencyRecord, PresetRecord
+from shared.messages.accounts import Batch, PresetRecord
 from shared.messages.records import (
     JobRecord,
     JobStatus,
@@ -39,8 +41,12 @@ from shared.messages.records import (
 from shared.nats.kv import TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
-from shared.nats.topology import publish_command
+from shared.nats.topology import describe, publish_command, publish_event
 from shared.outbound import OutboundRefused
+
+log = structlog.get_logger("vidmesh.gateway")
+
+_EMIT_RETRY_DELAYS = (0.1, 0.5, 2.0)
 
 
 @dataclass(slots=True)
@@ -51,7 +57,7 @@ class Gateway:
     names: Names
     nc: NATS
     js: JetStreamContext
-    store: RecordStore
+    job_records: TypedKV[JobRecord]  # read only: the scheduler writes jobs
     jobs: Projection[JobRecord]
     progress: Projection[Progress]
     totals: TypedKV[Totals]
@@ -62,7 +68,6 @@ class Gateway:
     identity: Identity
     presets: Projection[PresetRecord]
     batches: Projection[Batch]
-    idempotency: TypedKV[IdempotencyRecord]
     fleet: Fleet
     feeds: EventHub  # live events for the SSE and WebSocket feeds
     login_limits: LoginLimits  # failed sign-ins per username and client address
@@ -70,15 +75,42 @@ class Gateway:
     started_at: float = field(default_factory=time.time)
 
     async def job(self, job_id: str) -> JobRecord | None:
-        """A job by id: from memory, or from KV when this replica has not seen it yet."""
+        """A job by id: from memory, or from KV when this replica has not seen it yet, or as its
+        submission asks for it while the scheduler has not stored it yet."""
         found = self.jobs.get(job_id)
         if found is not None:
             return found
-        versioned = await self.store.jobs.get(job_id) if _plausible_id(job_id) else None
-        if versioned is None:
+        if not _plausible_id(job_id):
             return None
+        versioned = await self.job_records.get(job_id)
+        if versioned is None:
+            submitted = await self._submitted(job_id)
+            if submitted is not None:
+                return submitted
+            # stored (and its command acknowledged) between the two reads?
+            versioned = await self.job_records.get(job_id)
+            if versioned is None:
+                return None
         self.jobs.apply(job_id, versioned.value, versioned.revision)
         return versioned.value
+
+    def submission_subject(self, job_id: str) -> str:
+        """The subject of a job's `SubmitJob` command (one per job, in the commands stream)."""
+        return self.names.scheduler_command(f"{cmd.kind(cmd.SubmitJob)}.{job_id}")
+
+    async def _submitted(self, job_id: str) -> JobRecord | None:
+        """A job submitted but not stored yet (the scheduler is busy or down), as its command,
+        still waiting in the commands stream, asks for it; None when there is no such command."""
+        try:
+            msg = await self.js.get_last_msg(
+                self.names.commands_stream, self.submission_subject(job_id)
+            )
+            command = cmd.SCHEDULER_DECODER.decode(msg.data or b"")
+        except (NotFoundError, msgspec.DecodeError):
+            return None
+        if not isinstance(command, cmd.SubmitJob):
+            return None
+        return jobstate.submitted_job(command)
 
     def progress_of(self, job: JobRecord) -> Progress | None:
         """Live progress of a running job's rendition (this generation only)."""
@@ -91,7 +123,6 @@ class Gateway:
 
     async def command(
         self,
-        subject: str,
         command: cmd.Command,
         *,
         job_id: str | None = None,
@@ -102,12 +133,25 @@ class Gateway:
         Returns whether the effect was seen in time; the command stands either way.
         """
         try:
-            await publish_command(self.js, subject, command)
+            await publish_command(self.js, self.names, command)
         except Exception as exc:
             raise Unavailable("The job queue (NATS) is not reachable right now.") from exc
         if job_id is None or until is None:
             return True
         return await self.jobs.wait_for(job_id, until, self.settings.command_timeout)
+
+    async def emit(self, event: events.Event) -> None:
+        """Publish an event of a change the gateway stored (a pool, a webhook subscription),
+        retrying briefly; a failure is logged, never raised: the change is stored already."""
+        for delay in (*_EMIT_RETRY_DELAYS, None):
+            try:
+                await publish_event(self.js, self.names, event)
+                return
+            except Exception as exc:
+                if delay is None:
+                    log.error("event.publish_failed", event_id=event.event_id, **describe(exc))
+                    return
+                await asyncio.sleep(delay)
 
     async def probe(self, source: str, owner: str) -> ProbeResult:
         """The source as a transcoder probes it (core NATS request to any transcoder): 503 when
@@ -150,7 +194,7 @@ class Gateway:
             command = cmd.ClearCache(
                 command_id=request_id, by=by, at=time.time(), owner=owner, admin=admin
             )
-            await self.command(self.names.scheduler_command("cache_clear"), command)
+            await self.command(command)
             return await asyncio.wait_for(done, self.settings.command_timeout * 2)
         except TimeoutError:
             return None

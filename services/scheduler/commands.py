@@ -19,6 +19,7 @@ from services.scheduler.apply import Applier
 from services.scheduler.changes import ClearOutput
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.decide import decide_clear
+from services.scheduler.intake import Intake
 from services.scheduler.view import View
 from shared.jobs import state as jobstate
 from shared.jobs.store import RecordStore
@@ -30,7 +31,7 @@ log = structlog.get_logger("vidmesh.scheduler")
 
 
 class CommandHandler:
-    """Applies client intents (cancel, release, start, clear cache) to job records."""
+    """Applies client intents (submit, cancel, release, start, clear cache) to job records."""
 
     def __init__(
         self,
@@ -39,7 +40,9 @@ class CommandHandler:
         applier: Applier,
         settings: SchedulerSettings,
         wake: Callable[[], None],
+        intake: Intake,
     ) -> None:
+        self.intake = intake
         self.store = store
         self.view = view
         self.applier = applier
@@ -49,6 +52,9 @@ class CommandHandler:
     async def __call__(self, received: Received[cmd.SchedulerCommand]) -> Settle:
         command = received.message
         match command:
+            case cmd.SubmitJob():
+                if await self.intake.submit(command) is not None:
+                    self._wake_up()
             case cmd.CancelJob(job_id=job_id):
                 await self.cancel(job_id, release=False)
             case cmd.ReleaseJob(job_id=job_id):

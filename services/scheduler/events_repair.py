@@ -2,8 +2,8 @@
 leaves the change without its event. The scheduler sees every change through its job projection;
 once a job has stayed at a revision for a little while, it checks that the event for that revision
 is in the stream and publishes it if not (de-duplicated by its `Nats-Msg-Id` if it raced the
-writer). Waiting until the job is still at that revision keeps events in order per job: no later
-event of the job can exist yet.
+writer). It publishes through the record store, under the job's turn and only while the job is
+still at that revision, so events stay in order per job: no later event of the job can exist yet.
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ from __future__ import annotations
 import time
 
 import structlog
-from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from shared.jobs import events as record_events
+from shared.jobs.store import RecordStore, stored_event
 from shared.messages import events
-from shared.messages.records import JobRecord, JobStatus
+from shared.messages.records import JobRecord
 from shared.nats.projection import Projection
-from shared.nats.subjects import Names
-from shared.nats.topology import describe, publish_event
+from shared.nats.topology import describe
 
 log = structlog.get_logger("vidmesh.scheduler")
 
@@ -32,9 +30,10 @@ WINDOW_SECONDS = 600.0
 class EventRepair:
     """Publishes the event of a job revision whose writer died before publishing it."""
 
-    def __init__(self, js: JetStreamContext, names: Names, jobs: Projection[JobRecord]) -> None:
-        self.js = js
-        self.names = names
+    def __init__(self, store: RecordStore, jobs: Projection[JobRecord]) -> None:
+        self.store = store
+        self.js = store.js
+        self.names = store.names
         self.jobs = jobs
         self._checked: dict[str, int] = {}  # job id -> revision whose event is known to exist
 
@@ -52,8 +51,8 @@ class EventRepair:
             if age < SETTLE_SECONDS or age > WINDOW_SECONDS:
                 continue
             try:
-                if await self._missing(job, versioned.revision):
-                    await publish_event(self.js, self.names, _event(job, versioned.revision))
+                missing = await self._missing(job, versioned.revision)
+                if missing and await self.store.announce_current(job_id, versioned.revision):
                     repaired += 1
                     log.warning("event.repaired", job_id=job_id, revision=versioned.revision)
             except Exception as exc:
@@ -65,7 +64,7 @@ class EventRepair:
         return repaired
 
     async def _missing(self, job: JobRecord, revision: int) -> bool:
-        event = _event(job, revision)
+        event = stored_event(job, revision)
         subject = self.names.job_event(job.id, events.kind_of(event))
         try:
             last = await self.js.get_last_msg(self.names.events_stream, subject)
@@ -73,12 +72,3 @@ class EventRepair:
             return True
         found = events.DECODER.decode(last.data or b"{}")
         return not isinstance(found, events.JobEvent) or found.revision < revision
-
-
-def _event(job: JobRecord, revision: int) -> events.JobEvent:
-    # a job never changed since it was stored reads as accepted
-    created = job.updated_at == job.created_at and job.status in (
-        JobStatus.QUEUED,
-        JobStatus.PAUSED,
-    )
-    return record_events.job_event(job, revision, created=created)

@@ -18,6 +18,7 @@ from services.scheduler.commands import CommandHandler
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.dispatch import migrate_lease_sets
 from services.scheduler.events_repair import EventRepair
+from services.scheduler.intake import Intake
 from services.scheduler.metrics import observe_job, sample_forever
 from services.scheduler.reconcile import ReconcileLoop
 from services.scheduler.sharing import ShareChecks
@@ -65,7 +66,7 @@ class Scheduler(Service):
         self.access = AccessCheck(self.settings.policy, timeout=self.settings.share_check_timeout)
         self.sharing = ShareChecks(self.view, self.access, self._share_decided)
         self.applier = Applier(self.store, self.view, sharing=self.sharing)
-        self.event_repair = EventRepair(js, self.names, self.jobs)
+        self.event_repair = EventRepair(self.store, self.jobs)
         self.loop = ReconcileLoop(
             self.view, self.applier, self.settings, on_sweep=self.event_repair.run_once
         )
@@ -95,7 +96,10 @@ class Scheduler(Service):
             max_ack_pending=self.settings.command_slots * 4,
             max_attempts=self.settings.message_attempts,
         )
-        handler = CommandHandler(self.store, self.view, self.applier, self.settings, self.loop.wake)
+        intake = Intake(js, self.names, self.store, self.fleet_settings)
+        handler = CommandHandler(
+            self.store, self.view, self.applier, self.settings, self.loop.wake, intake
+        )
         slots = self.settings.command_slots
         self.consume(await consumer.open(js, "scheduler.commands", handler, slots=slots))
         self._loop_task = asyncio.create_task(self.loop.run_forever(), name="scheduler.reconcile")

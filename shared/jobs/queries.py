@@ -5,6 +5,7 @@ Pure like the rest of `shared.jobs.state`, which re-exports every name here; imp
 
 from __future__ import annotations
 
+from shared.jobs.transitions import ACTIVE
 from shared.messages.records import JobRecord, JobStatus, Rendition
 
 J = JobStatus
@@ -13,6 +14,31 @@ J = JobStatus
 def can_start(job: JobRecord) -> bool:
     """Whether the job may be started ahead of the queue (only a queued job can)."""
     return job.status is J.QUEUED
+
+
+def is_active(job: JobRecord) -> bool:
+    """Whether the job has not finished yet (so cancelling stops it)."""
+    return job.status in ACTIVE
+
+
+def can_retry(job: JobRecord) -> bool:
+    """Whether the job may be run again as it was (only a failed or cancelled job)."""
+    return job.status in (J.FAILED, J.CANCELLED)
+
+
+def can_restart(job: JobRecord) -> bool:
+    """Whether the job may be run again from scratch (only a finished one)."""
+    return job.status in (J.COMPLETED, J.FAILED, J.CANCELLED, J.REMOVED)
+
+
+def can_confirm_download(job: JobRecord) -> bool:
+    """Whether the client may confirm its download (only of a completed job)."""
+    return job.status is J.COMPLETED
+
+
+def can_release(job: JobRecord) -> bool:
+    """Whether the client's release changes anything (a removed job is released already)."""
+    return job.status is not J.REMOVED
 
 
 def holds_output(job: JobRecord, now: float) -> bool:

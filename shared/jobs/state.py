@@ -13,10 +13,15 @@ from typing import Any
 import msgspec
 
 from shared.jobs.queries import (
+    can_confirm_download,
+    can_release,
+    can_restart,
+    can_retry,
     can_start,
     counts_toward_device_limit,
     follows,
     holds_output,
+    is_active,
     purge_due,
 )
 from shared.jobs.renditions import (
@@ -50,6 +55,8 @@ from shared.jobs.transitions import (
 )
 from shared.media.presets import PresetSpec
 from shared.media.probe import ProbeResult
+from shared.media.profiles import get_container
+from shared.messages.commands import SubmitJob
 from shared.messages.records import (
     Destination,
     JobRecord,
@@ -74,7 +81,12 @@ __all__ = [
     "RENDITION_TRANSITIONS",
     "InvalidTransition",
     "attach",
+    "can_confirm_download",
+    "can_release",
+    "can_restart",
+    "can_retry",
     "can_start",
+    "submitted_job",
     "cancel",
     "cancel_rendition",
     "claim",
@@ -92,6 +104,7 @@ __all__ = [
     "follows",
     "hold",
     "holds_output",
+    "is_active",
     "mark_manual",
     "new_job",
     "new_rendition",
@@ -154,6 +167,7 @@ def new_job(
     destination: Destination | None = None,
     pool: str = "",
     notify_url: str = "",
+    request_sha256: str = "",
 ) -> JobRecord:
     """A job as accepted: queued (or paused, in a batch), not yet attached to a rendition."""
     return JobRecord(
@@ -174,10 +188,40 @@ def new_job(
         destination=destination,
         pool=pool,
         notify_url=notify_url,
+        request_sha256=request_sha256,
         status=J.PAUSED if paused else J.QUEUED,
         created_at=now,
         updated_at=now,
         duration_hint=duration_hint,
+    )
+
+
+def submitted_job(command: SubmitJob, spec: PresetSpec | None = None) -> JobRecord:
+    """The job a `SubmitJob` command asks for, as accepted (with `spec`, the command's spec
+    within the fleet's ceilings; without, as the face resolved it)."""
+    spec = spec or command.spec
+    return new_job(
+        job_id=command.job_id,
+        owner=command.owner,
+        owner_name=command.owner_name,
+        client=command.client,
+        device_id=command.device_id,
+        item_id=command.item_id,
+        item=command.item,
+        source=command.source,
+        profile=command.profile,
+        spec=spec,
+        container=get_container(spec.container).name,
+        duration_hint=command.duration_hint,
+        priority=command.priority,
+        output_name=command.output_name,
+        batch=command.batch,
+        paused=command.paused,
+        destination=command.destination,
+        pool=command.pool,
+        notify_url=command.notify_url,
+        request_sha256=command.request_sha256,
+        now=command.at,
     )
 
 
@@ -304,7 +348,7 @@ def rename(job: JobRecord, output_name: str, now: float) -> JobRecord:
 
 def retry_job(job: JobRecord, now: float) -> JobRecord:
     """Run a failed or cancelled job again (an output of the same request may be reused)."""
-    if job.status not in (J.FAILED, J.CANCELLED):
+    if not can_retry(job):
         raise InvalidTransition(
             f"job {job.id} is {job.status}; only a failed or cancelled job is retried"
         )
@@ -313,7 +357,7 @@ def retry_job(job: JobRecord, now: float) -> JobRecord:
 
 def restart_job(job: JobRecord, now: float, nonce: str) -> JobRecord:
     """Run a finished job again from scratch: a transcode of its own, whatever exists."""
-    if job.status not in (J.COMPLETED, J.FAILED, J.CANCELLED, J.REMOVED):
+    if not can_restart(job):
         raise InvalidTransition(f"job {job.id} is {job.status}; only a finished job is restarted")
     return _requeue(job, now, nonce=nonce)
 
@@ -342,7 +386,7 @@ def _requeue(job: JobRecord, now: float, *, nonce: str) -> JobRecord:
 
 def confirm_download(job: JobRecord, keep_seconds: float, now: float) -> JobRecord:
     """The client has its copy: the output stays `keep_seconds` from now (retention extends)."""
-    if job.status is not J.COMPLETED:
+    if not can_confirm_download(job):
         raise InvalidTransition(f"job {job.id} is {job.status}; only a completed job is confirmed")
     keep_until = max(job.keep_until or now, now + keep_seconds)
     return _move_job(job, J.COMPLETED, now, downloaded_at=now, keep_until=keep_until)

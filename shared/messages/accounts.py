@@ -1,4 +1,7 @@
-"""KV records of the native API: accounts, API keys, user presets, batches, idempotency keys."""
+"""KV records of the native API: accounts, API keys, user presets, batches.
+
+An Idempotency-Key needs no record of its own: it names the job it creates (see
+`services/gateway/submit.py`)."""
 
 from __future__ import annotations
 
@@ -98,12 +101,3 @@ class Batch(msgspec.Struct, frozen=True, kw_only=True):
     started: bool = False
     created_at: Timestamp
     started_at: Timestamp | None = None
-
-
-class IdempotencyRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """The job an Idempotency-Key created (key: a hash of owner and key; the bucket's TTL is
-    the replay window)."""
-
-    job_id: str
-    request_sha256: str
-    created_at: Timestamp

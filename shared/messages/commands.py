@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
-from shared.messages.records import Timestamp
+from shared.media.presets import PresetSpec
+from shared.messages.records import Destination, Timestamp
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -13,6 +16,43 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     command_id: str
     by: str = ""
     at: Timestamp
+
+
+class SubmitJob(Command, frozen=True, kw_only=True, tag="job.submit"):
+    """A new job, as a face accepted it from its caller: the scheduler's intake applies the
+    fleet's ceilings to `spec` and stores the record (`job_id` must be new; a job that exists
+    already is left as it is, so a redelivered or repeated submission changes nothing)."""
+
+    job_id: str
+    owner: str
+    owner_name: str = ""
+    # Which face took the request ("api", "streamyfin", ...).
+    client: str = "api"
+    source: str
+    # The preset's name and the spec the face resolved it to (before the fleet's ceilings).
+    profile: str = "optimized"
+    spec: PresetSpec
+    priority: int = 0
+    # The name the output is downloaded under ("" = the default).
+    output_name: str = ""
+    # A batch the job waits in, paused, until the batch is started.
+    batch: str = ""
+    paused: bool = False
+    destination: Destination | None = None
+    # The transcoder pool that runs it ("" = the default pool).
+    pool: str = ""
+    # Where the job's events are delivered as signed webhooks, and the signing secret of that
+    # subscription, sealed by the face (the caller saw it once, in the answer).
+    notify_url: str = ""
+    notify_secret: str = ""
+    # The Streamyfin app's device, the Jellyfin item and its duration.
+    device_id: str = ""
+    item_id: str = ""
+    item: dict[str, Any] | None = None
+    duration_hint: float | None = None
+    # SHA-256 of the request that carried an Idempotency-Key: the same key with another
+    # request is refused.
+    request_sha256: str = ""
 
 
 class CancelJob(Command, frozen=True, kw_only=True, tag="job.cancel"):
@@ -101,7 +141,8 @@ class DeleteBlobs(Command, frozen=True, kw_only=True, tag="blobs.delete"):
 
 
 SchedulerCommand = (
-    CancelJob
+    SubmitJob
+    | CancelJob
     | ReleaseJob
     | StartJob
     | RetryJob
@@ -120,8 +161,9 @@ STORAGE_DECODER = msgspec.json.Decoder(StorageCommand)
 ENCODER = msgspec.json.Encoder()
 
 
-def kind(command: Command) -> str:
-    """The last subject token for a command: its tag with dots turned into underscores."""
-    tag = msgspec.inspect.type_info(type(command))
+def kind(command: Command | type[Command]) -> str:
+    """The last subject token for a command (or command type): its tag with dots turned into
+    underscores."""
+    tag = msgspec.inspect.type_info(command if isinstance(command, type) else type(command))
     assert isinstance(tag, msgspec.inspect.StructType)
     return str(tag.tag).replace(".", "_")

@@ -95,6 +95,8 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     pool: str = ""
     # Where the job's events are delivered as signed webhooks ("" = nowhere).
     notify_url: str = ""
+    # SHA-256 of the request that carried an Idempotency-Key ("" = none was sent).
+    request_sha256: str = ""
     status: JobStatus = JobStatus.QUEUED
     created_at: Timestamp
     updated_at: Timestamp

@@ -253,9 +253,6 @@ class Names:
         return self.bucket("batches")
 
     @property
-    def idempotency_bucket(self) -> str:
-        return self.bucket("idempotency")
-
     @property
     def userstores_bucket(self) -> str:
         return self.bucket("userstores")
@@ -326,7 +323,6 @@ class Names:
             self.apikeys_bucket,
             self.presets_bucket,
             self.batches_bucket,
-            self.idempotency_bucket,
             self.userstores_bucket,
             self.pools_bucket,
             self.settings_bucket,

@@ -44,8 +44,6 @@ class Retention:
     commands_max_age: float = 7 * DAY
     progress_ttl: float = 3600.0
     workers_ttl: float = 30.0
-    # How long an Idempotency-Key returns the job it created.
-    idempotency_ttl: float = DAY
     # Transcode sessions (argv, stderr tail, throughput) stay this long for bug reports.
     sessions_ttl: float = 7 * DAY
     # Telemetry samples at first; then the statistics service follows `retention_hours`.
@@ -135,7 +133,6 @@ def _buckets(names: Names, replicas: int, retention: Retention) -> list[KeyValue
         kv(names.apikeys_bucket, "API keys (hashed)"),
         kv(names.presets_bucket, "user presets"),
         kv(names.batches_bucket, "batches of jobs"),
-        kv(names.idempotency_bucket, "Idempotency-Key -> job", retention.idempotency_ttl),
         kv(names.userstores_bucket, "users' storage configurations (credentials sealed)"),
         kv(names.pools_bucket, "transcoder pools"),
         kv(names.settings_bucket, "fleet-wide transcoding settings"),
@@ -163,7 +160,6 @@ class Buckets:
     apikeys: KeyValue
     presets: KeyValue
     batches: KeyValue
-    idempotency: KeyValue
     userstores: KeyValue
     pools: KeyValue
     settings: KeyValue
@@ -249,7 +245,6 @@ async def _ensure(
         apikeys=opened[names.apikeys_bucket],
         presets=opened[names.presets_bucket],
         batches=opened[names.batches_bucket],
-        idempotency=opened[names.idempotency_bucket],
         userstores=opened[names.userstores_bucket],
         pools=opened[names.pools_bucket],
         settings=opened[names.settings_bucket],

@@ -11,11 +11,6 @@ from shared.errors import BadRequest
 from shared.messages import events
 from shared.messages.webhooks import SubscriptionScope, WebhookSubscription
 
-# Re-exported for callers written before the split (a job's `notify_url` subscription).
-from shared.webhooks.secrets import SecretSealer
-from shared.webhooks.store import WebhookStore
-from shared.webhooks.subscriptions import job_subscription_id, new_subscription
-
 # The type of a test delivery (`POST .../webhooks/{id}/test`), always sent when asked for.
 TEST_TYPE = "webhook.test"
 # Events stamped this long before a subscription was created still reach it (clock skew).
@@ -81,10 +76,6 @@ __all__ = [  # what this module offers, the re-exports included
     "FAMILIES",
     "TEST_TYPE",
     "USER_FAMILIES",
-    "SecretSealer",
-    "WebhookStore",
-    "job_subscription_id",
-    "new_subscription",
     "validate_event_types",
     "wants",
 ]

@@ -130,7 +130,7 @@ async def cleanup(request: web.Request, body: CleanupRequest) -> web.Response:
         before=before,
         statuses=sorted(statuses),
     )
-    await gw.command(gw.names.scheduler_command("jobs_cleanup"), command)
+    await gw.command(command)
     accepted = CleanupAccepted(
         message="Cleanup requested", matched=matched, before=datetime.fromtimestamp(before, UTC)
     )

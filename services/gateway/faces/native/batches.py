@@ -15,8 +15,6 @@ from services.gateway.api import API, Access, Tag, caller
 from services.gateway.faces.native.jobs_common import (
     JobRequest,
     accept_job,
-    check_filename,
-    check_source,
     command_fields,
 )
 from services.gateway.faces.native.views import (
@@ -27,6 +25,7 @@ from services.gateway.faces.native.views import (
 )
 from services.gateway.http import ErrorBody, json_response
 from services.gateway.state import Gateway, gateway
+from services.gateway.submit import accepted, check_filename, check_source
 from shared.errors import (
     BadRequest,
     Conflict,
@@ -123,7 +122,9 @@ async def bulk_create(request: web.Request, body: _BulkEnvelope) -> web.Response
     for index, raw in enumerate(body.jobs):
         try:
             item = _decode_item(raw)
-            job = await accept_job(gw, who, item, paused=body.paused, batch=batch_id)
+            command = await accept_job(gw, who, item, paused=body.paused, batch=batch_id)
+            # one after the other: the jobs are accepted (and announced) in the items' order
+            job = await accepted(gw, command.job_id)
         except VidmeshError as exc:
             error = ErrorBody(code=exc.code, message=exc.message, status=exc.http_status)
             results.append(BulkItem(index=index, ok=False, job=None, error=error))
@@ -214,7 +215,6 @@ async def rename_outputs(request: web.Request, body: RenameRequest) -> web.Respo
     command = cmd.RenameOutputs(**command_fields(request), names=names)
     last = list(names)[-1]
     await gw.command(
-        gw.names.scheduler_command("batch_rename"),
         command,
         job_id=last,
         until=lambda j: j is None or j.output_name == names[last],
@@ -244,7 +244,6 @@ async def start_batch(request: web.Request) -> web.Response:
     command = cmd.StartBatch(**command_fields(request), batch_id=batch.id, job_ids=batch.job_ids)
     last = batch.job_ids[-1]
     await gw.command(
-        gw.names.scheduler_command("batch_start"),
         command,
         job_id=last,
         until=lambda j: j is None or j.status is not JobStatus.PAUSED,

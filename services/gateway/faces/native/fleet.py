@@ -173,7 +173,7 @@ async def _announce(
         concurrency=pool.concurrency,
         enabled=pool.enabled,
     )
-    await gw.store.emit(event)
+    await gw.emit(event)
 
 
 async def _pool(request: web.Request) -> Pool:
@@ -260,7 +260,7 @@ async def delete_pool(request: web.Request) -> web.Response:
         pool_id=pool.id,
         revision=revision,
     )
-    await gw.store.emit(deleted)
+    await gw.emit(deleted)
     return json_response(Message(message=f"pool {pool.id} deleted"))
 
 

@@ -10,16 +10,15 @@ from collections.abc import Callable
 
 import msgspec
 from aiohttp import web
-from nats.js.errors import KeyWrongLastSequenceError
 
 from services.gateway.api import API, Access, Tag, caller
 from services.gateway.faces.native.jobs_common import (
     JobQuery,
     JobRequest,
-    accept_job_notified,
     command_fields,
     page,
     send,
+    submission,
     visible_job,
 )
 from services.gateway.faces.native.views import (
@@ -31,11 +30,17 @@ from services.gateway.faces.native.views import (
 )
 from services.gateway.http import json_response
 from services.gateway.state import Gateway, gateway
+from services.gateway.submit import (
+    accepted,
+    idempotent_job_id,
+    new_job_id,
+    publish_submission,
+    submit,
+)
 from shared.errors import BadRequest, Conflict
 from shared.jobs import state as jobstate
 from shared.messages import commands as cmd
-from shared.messages.accounts import IdempotencyRecord
-from shared.messages.records import JobRecord, JobStatus
+from shared.messages.records import JobRecord
 
 TAG = Tag.JOBS
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -67,23 +72,22 @@ async def create_job(request: web.Request, body: JobRequest) -> web.Response:
     who = caller(request)
     key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
     if not key:
-        job, secret = await accept_job_notified(gw, who, body)
+        command, secret = await submission(gw, who, body, job_id=new_job_id())
+        job = await submit(gw, command)
         return json_response(_created(gw, job, who.user_id, secret), 201)
     if len(key) > 255:
         raise BadRequest(f"{IDEMPOTENCY_HEADER} must be at most 255 characters.")
-    slot = hashlib.sha256(f"{who.user_id}\n{key}".encode()).hexdigest()[:40]
+    # The key names the job: a repeat finds it (or its submission, de-duplicated on the way).
+    job_id = idempotent_job_id(who.user_id, key)
     fingerprint = hashlib.sha256(_BODY.encode(body)).hexdigest()
-    job_id = str(uuid.uuid4())
-    claim = IdempotencyRecord(job_id=job_id, request_sha256=fingerprint, created_at=time.time())
-    try:
-        await gw.idempotency.create(slot, claim)
-    except KeyWrongLastSequenceError:
-        return await _replay(request, gw, slot, fingerprint)
-    try:
-        job, secret = await accept_job_notified(gw, who, body, job_id=job_id)
-    except BaseException:
-        await gw.idempotency.delete(slot)
-        raise
+    existing = await gw.job(job_id)
+    if existing is not None:
+        return _replay(gw, existing, who.user_id, fingerprint)
+    command, secret = await submission(gw, who, body, job_id=job_id, request_sha256=fingerprint)
+    first = await publish_submission(gw, command)
+    job = await accepted(gw, job_id)
+    if not first or job.request_sha256 != fingerprint:
+        return _replay(gw, job, who.user_id, fingerprint)
     return json_response(_created(gw, job, who.user_id, secret), 201)
 
 
@@ -92,14 +96,11 @@ def _created(gw: Gateway, job: JobRecord, viewer: str, notify_secret: str | None
     return msgspec.structs.replace(view, notify_secret=notify_secret) if notify_secret else view
 
 
-async def _replay(request: web.Request, gw: Gateway, slot: str, fingerprint: str) -> web.Response:
-    found = await gw.idempotency.get(slot)
-    if found is None:
-        raise Conflict("That Idempotency-Key is being used right now; try again.")
-    if found.value.request_sha256 != fingerprint:
+def _replay(gw: Gateway, job: JobRecord, viewer: str, fingerprint: str) -> web.Response:
+    """The answer to a repeated Idempotency-Key: the job it created, or 409 for another request."""
+    if job.request_sha256 != fingerprint:
         raise Conflict(f"That {IDEMPOTENCY_HEADER} was used with a different request.")
-    job = await visible_job(request, found.value.job_id)
-    response = json_response(job_view(gw, job, caller(request).user_id), 201)
+    response = json_response(job_view(gw, job, viewer), 201)
     response.headers["Idempotent-Replayed"] = "true"
     return response
 
@@ -161,10 +162,10 @@ async def _answer(request: web.Request, job: JobRecord) -> web.Response:
 )
 async def cancel_job(request: web.Request) -> web.Response:
     job = await visible_job(request, request.match_info["job_id"], change=True)
-    if job.status not in jobstate.ACTIVE:
+    if not jobstate.is_active(job):
         raise Conflict(f"Job {job.id} has already finished ({job.status}).")
     command = cmd.CancelJob(**command_fields(request), job_id=job.id)
-    after = await send(gateway(request), "job_cancel", command, job.id, _moved_from(job))
+    after = await send(gateway(request), command, job.id, _moved_from(job))
     return await _answer(request, after)
 
 
@@ -179,12 +180,12 @@ async def cancel_job(request: web.Request) -> web.Response:
 async def delete_job(request: web.Request) -> web.Response:
     gw = gateway(request)
     job = await visible_job(request, request.match_info["job_id"], change=True)
-    if job.status in jobstate.ACTIVE:
+    if jobstate.is_active(job):
         command: cmd.Command = cmd.CancelJob(**command_fields(request), job_id=job.id)
-        job = await send(gw, "job_cancel", command, job.id, _moved_from(job))
+        job = await send(gw, command, job.id, _moved_from(job))
     elif jobstate.holds_output(job, time.time()):
         command = cmd.DeleteOutput(**command_fields(request), job_id=job.id)
-        job = await send(gw, "job_delete_output", command, job.id, _output_gone)
+        job = await send(gw, command, job.id, _output_gone)
     return await _answer(request, job)
 
 
@@ -202,7 +203,7 @@ async def delete_file(request: web.Request) -> web.Response:
     if not jobstate.holds_output(job, time.time()):
         raise Conflict(f"Job {job.id} has no stored output ({job.status}).")
     command = cmd.DeleteOutput(**command_fields(request), job_id=job.id)
-    after = await send(gateway(request), "job_delete_output", command, job.id, _output_gone)
+    after = await send(gateway(request), command, job.id, _output_gone)
     return await _answer(request, after)
 
 
@@ -217,15 +218,10 @@ async def delete_file(request: web.Request) -> web.Response:
 )
 async def restart_job(request: web.Request) -> web.Response:
     job = await visible_job(request, request.match_info["job_id"], change=True)
-    if job.status not in (
-        JobStatus.COMPLETED,
-        JobStatus.FAILED,
-        JobStatus.CANCELLED,
-        JobStatus.REMOVED,
-    ):
+    if not jobstate.can_restart(job):
         raise Conflict(f"Job {job.id} is still {job.status}; cancel it first.")
     command = cmd.RestartJob(**command_fields(request), job_id=job.id, nonce=uuid.uuid4().hex)
-    after = await send(gateway(request), "job_restart", command, job.id, _moved_from(job))
+    after = await send(gateway(request), command, job.id, _moved_from(job))
     return await _answer(request, after)
 
 
@@ -240,10 +236,10 @@ async def restart_job(request: web.Request) -> web.Response:
 )
 async def retry_job(request: web.Request) -> web.Response:
     job = await visible_job(request, request.match_info["job_id"], change=True)
-    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+    if not jobstate.can_retry(job):
         raise Conflict(f"Job {job.id} is {job.status}; only failed or cancelled jobs are retried.")
     command = cmd.RetryJob(**command_fields(request), job_id=job.id)
-    after = await send(gateway(request), "job_retry", command, job.id, _moved_from(job))
+    after = await send(gateway(request), command, job.id, _moved_from(job))
     return await _answer(request, after)
 
 
@@ -258,12 +254,11 @@ async def retry_job(request: web.Request) -> web.Response:
 )
 async def complete_job(request: web.Request) -> web.Response:
     job = await visible_job(request, request.match_info["job_id"], change=True)
-    if job.status is not JobStatus.COMPLETED:
+    if not jobstate.can_confirm_download(job):
         raise Conflict(f"Job {job.id} is {job.status}; only a completed job is confirmed.")
     command = cmd.ConfirmDownload(**command_fields(request), job_id=job.id)
     after = await send(
         gateway(request),
-        "job_confirm",
         command,
         job.id,
         lambda j: j is None or j.downloaded_at is not None,

@@ -17,9 +17,10 @@ from services.gateway.faces.native.jobs_common import command_fields
 from services.gateway.http import Message, json_response
 from services.gateway.state import Gateway, gateway
 from shared.errors import Conflict, NotFound
+from shared.jobs import state as jobstate
 from shared.messages import commands as cmd
 from shared.messages.fleet import SessionState, TranscodeSession, WorkerInfo
-from shared.messages.records import JobStatus, Progress
+from shared.messages.records import Progress
 from shared.nats.kv import valid_key
 
 TAG = Tag.TRANSCODING
@@ -157,10 +158,10 @@ async def cancel_session(request: web.Request) -> web.Response:
         raise Conflict(f"The session {s.id} is {s.state}, not running.")
     for job_id in s.jobs:
         job = await gw.job(job_id)
-        if job is None or job.status in (JobStatus.COMPLETED, JobStatus.REMOVED):
-            continue
+        if job is None or not jobstate.is_active(job):
+            continue  # nothing left to cancel
         command = cmd.CancelJob(job_id=job_id, **command_fields(request))
-        await gw.command(gw.names.scheduler_command("job_cancel"), command)
+        await gw.command(command)
     return json_response(Message(message=f"cancelling session {s.id}"), 202)
 
 

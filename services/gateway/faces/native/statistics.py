@@ -9,10 +9,10 @@ import msgspec
 from aiohttp import web
 
 from services.gateway.api import API, Access, Tag, caller
-from services.gateway.faces.native.jobs_common import check_pool, check_source
 from services.gateway.http import json_response
 from services.gateway.presets import resolve
 from services.gateway.state import Gateway, gateway
+from services.gateway.submit import check_pool, check_source
 from shared.errors import Unavailable, Unprocessable
 from shared.messages import telemetry as tm
 from shared.messages.fleet import DEFAULT_POOL, POOL_ID_PATTERN

@@ -208,7 +208,7 @@ async def create(request: web.Request, *, admin: bool, body: WebhookRequest) -> 
     )
     store = await _store(gw)
     revision = await store.subscriptions.create(sub.id, sub)
-    await gw.store.emit(ev.webhook_event(ev.WebhookCreated, sub, revision))
+    await gw.emit(ev.webhook_event(ev.WebhookCreated, sub, revision))
     return json_response(created_view(sub, secret), 201)
 
 
@@ -277,7 +277,7 @@ async def update(request: web.Request, *, admin: bool, body: WebhookRequest) -> 
     updated, revision, changed = await store.subscriptions.change(sub.id, change)
     assert updated is not None and revision is not None
     if changed:
-        await gateway(request).store.emit(ev.webhook_event(ev.WebhookUpdated, updated, revision))
+        await gateway(request).emit(ev.webhook_event(ev.WebhookUpdated, updated, revision))
     return json_response(webhook_view(updated))
 
 
@@ -295,7 +295,7 @@ async def delete(request: web.Request, *, admin: bool) -> web.Response:
     found = await store.subscriptions.get(sub.id)
     await store.subscriptions.delete(sub.id)
     revision = found.revision if found else 0
-    await gateway(request).store.emit(ev.webhook_event(ev.WebhookDeleted, sub, revision))
+    await gateway(request).emit(ev.webhook_event(ev.WebhookDeleted, sub, revision))
     return json_response(Message(message="Webhook deleted"))
 
 

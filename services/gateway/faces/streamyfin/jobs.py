@@ -16,10 +16,10 @@ import msgspec
 from aiohttp import web
 
 from services.gateway.downloads import serve_output
-from services.gateway.faces.native.jobs_common import check_public_source
 from services.gateway.http import json_response, read_json
 from services.gateway.jellyfin import JellyfinUser
 from services.gateway.state import Gateway, gateway
+from services.gateway.submit import accepted, check_public_source, new_job_id, publish_submission
 from shared import cardinality
 from shared.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from shared.jobs import state as jobstate
@@ -164,14 +164,16 @@ async def optimize_version(request: web.Request) -> web.Response:
                 spec, container=container.name, subtitles=container.keeps_subtitles
             )
         )
-    spec = await gw.fleet.within_ceilings(spec)
     # the Jellyfin server, or where the outbound policy allows (the transcoder checks again on
     # every connection ffmpeg makes)
     await check_public_source(gw, url)
     item = body.item
     item_id = body.itemId or (str(item.get("Id")) if item and item.get("Id") else "")
-    job = jobstate.new_job(
-        job_id=str(uuid.uuid4()),
+    command = cmd.SubmitJob(
+        command_id=uuid.uuid4().hex,
+        by=user.id,
+        at=time.time(),
+        job_id=new_job_id(),
         owner=user.id,
         owner_name=user.name,
         client="streamyfin",
@@ -181,14 +183,13 @@ async def optimize_version(request: web.Request) -> web.Response:
         source=url,
         profile=PROFILE,
         spec=spec,
-        container=container.name,
         duration_hint=duration_from_ticks(item.get("RunTimeTicks")) if item else None,
-        now=time.time(),
     )
     try:
-        await gw.store.create_job(job)
-    except Exception as exc:
+        await publish_submission(gw, command)
+    except Unavailable as exc:
         raise Unavailable("The job could not be stored: NATS is not reachable right now.") from exc
+    job = await accepted(gw, command.job_id)
     return json_response({"id": job.id}, status=201)
 
 
@@ -217,13 +218,12 @@ async def all_jobs(request: web.Request) -> web.Response:
 async def cancel_job(request: web.Request) -> web.Response:
     gw, user = await _caller(request)
     job = await _own_job(gw, user, request.match_info["id"])
-    if job.status is not JobStatus.REMOVED:
+    if jobstate.can_release(job):
         before = job.status
         command = cmd.ReleaseJob(
             command_id=uuid.uuid4().hex, by=user.id, at=time.time(), job_id=job.id
         )
         await gw.command(
-            gw.names.scheduler_command("job_release"),
             command,
             job_id=job.id,
             until=lambda j: j is None or j.status is not before,
@@ -248,7 +248,6 @@ async def start_job(request: web.Request) -> web.Response:
         )
     command = cmd.StartJob(command_id=uuid.uuid4().hex, by=user.id, at=time.time(), job_id=job.id)
     await gw.command(
-        gw.names.scheduler_command("job_start"),
         command,
         job_id=job.id,
         until=lambda j: j is None or j.manual_start or j.status is not JobStatus.QUEUED,

@@ -1,0 +1,101 @@
+"""Job intake: how a `SubmitJob` command becomes a job.
+
+Faces decide what needs the caller (who it is, the body's shape, the outbound policy for the
+source, that the caller's storage exists, which spec a preset name means) and publish the command;
+acceptance is decided here, once for every face: the fleet's quality ceilings cap the spec, the
+job's own webhook subscription (its `notify_url`) is stored, then the record is created.
+
+Idempotent by construction: the record is written create-only under the job id the face chose
+(derived from the caller's Idempotency-Key when one was sent), so a redelivered or repeated
+submission finds the job and changes nothing.
+
+Intake refuses nothing a caller could be told about: the ceilings lower a spec and never refuse
+it, and every check whose answer is a 4xx needs the caller and stays with the face. A refusal
+decided here would be stored as the job, `failed` with its reason, which every face already shows
+(its status, its JSON); a face waits for the job to exist, never for a reply.
+"""
+
+from __future__ import annotations
+
+import structlog
+from nats.js import JetStreamContext
+
+from shared.fleet import SETTINGS_KEY
+from shared.jobs import state as jobstate
+from shared.jobs.store import RecordStore
+from shared.media.presets import PresetSpec, within_ceilings
+from shared.messages import commands as cmd
+from shared.messages.fleet import TranscodingSettings
+from shared.messages.records import JobRecord
+from shared.messages.webhooks import SubscriptionScope, WebhookSubscription
+from shared.nats.kv import Stale
+from shared.nats.projection import Projection
+from shared.nats.subjects import Names
+from shared.webhooks.store import WebhookStore
+from shared.webhooks.subscriptions import job_subscription_id
+
+log = structlog.get_logger("vidmesh.scheduler")
+
+
+class Intake:
+    """Accepts submitted jobs: ceilings, spec, the `notify_url` subscription, the record."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        names: Names,
+        store: RecordStore,
+        fleet_settings: Projection[TranscodingSettings],
+    ) -> None:
+        self.js = js
+        self.names = names
+        self.store = store
+        self.fleet_settings = fleet_settings
+        self._webhooks: WebhookStore | None = None
+
+    async def submit(self, command: cmd.SubmitJob) -> JobRecord | None:
+        """Store the submitted job; None when it exists already (nothing is changed then)."""
+        if await self.store.jobs.get(command.job_id) is not None:
+            log.info("job.submitted_again", job_id=command.job_id)
+            return None
+        job = jobstate.submitted_job(command, await self.capped(command.spec))
+        if job.notify_url:
+            # Stored first, so the notifier finds it for the job's first event.
+            await self._subscribe(command)
+        try:
+            await self.store.create_job(job)
+        except Stale:
+            log.info("job.submitted_again", job_id=command.job_id)
+            return None
+        log.info("job.accepted", job_id=job.id, client=job.client, owner=job.owner)
+        return job
+
+    async def capped(self, spec: PresetSpec) -> PresetSpec:
+        """`spec` within the fleet's quality ceilings (maximum height and video bitrate), as
+        they are stored now (an operator's change applies to the next job at once)."""
+        found = await self.fleet_settings.store.get(SETTINGS_KEY)
+        settings = found.value if found else TranscodingSettings()
+        return within_ceilings(
+            spec,
+            max_height=settings.max_height,
+            max_video_bitrate_kbps=settings.max_video_bitrate_kbps,
+        )
+
+    async def _subscribe(self, command: cmd.SubmitJob) -> None:
+        """The job's own webhook subscription, signed with the secret the face sealed."""
+        if self._webhooks is None:
+            self._webhooks = await WebhookStore.open(self.js, self.names)
+        sub_id = job_subscription_id(command.job_id)
+        subscription = WebhookSubscription(
+            id=sub_id,
+            scope=SubscriptionScope.JOB,
+            owner=command.owner,
+            job_id=command.job_id,
+            url=command.notify_url,
+            event_types=["*"],
+            description=f"notify_url of job {command.job_id}",
+            secret=command.notify_secret,
+            created_at=command.at,
+            updated_at=command.at,
+        )
+        await self._webhooks.subscriptions.put(sub_id, subscription)
