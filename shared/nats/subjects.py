@@ -253,7 +253,6 @@ class Names:
         return self.bucket("batches")
 
     @property
-    @property
     def userstores_bucket(self) -> str:
         return self.bucket("userstores")
 
