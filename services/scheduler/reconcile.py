@@ -28,6 +28,11 @@ from shared.nats.topology import describe
 
 log = structlog.get_logger("vidmesh.scheduler")
 
+# After a failed step, seconds before the loop goes on (a failing NATS is not hammered).
+FAILURE_BACKOFF_SECONDS = 0.5
+# After a failed sweep, seconds before the next one (not a whole `sweep_interval`).
+SWEEP_RETRY_SECONDS = 5.0
+
 
 class ReconcileLoop:
     """What changed since the last pass, and the loop that decides and applies for it."""
@@ -100,6 +105,9 @@ class ReconcileLoop:
             self._dirty_leases.add(key)
 
     async def run_forever(self) -> None:
+        """Passes until cancelled. Each step of a pass (the sweep's extras, the pass itself) is
+        guarded alike: one that fails is logged, the loop backs off briefly and goes on, so no
+        exception ends scheduling."""
         next_sweep = 0.0
         while True:
             timeout = max(0.0, next_sweep - time.monotonic())
@@ -113,25 +121,27 @@ class ReconcileLoop:
                 self._dirty_jobs.update(key for key, _ in self.view.jobs.items())
                 self._dirty_renditions.update(key for key, _ in self.view.renditions.items())
                 next_sweep = time.monotonic() + self.settings.sweep_interval
-                await self._sweep()
-            try:
-                await self.run_pass()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("scheduler.pass_failed", **describe(exc))
-                await asyncio.sleep(0.5)
-                self._wake.set()
+                if self._on_sweep is not None and not await self._guarded(
+                    "scheduler.sweep_failed", self._on_sweep
+                ):
+                    # what the sweep repairs (the events) should not wait a whole interval more
+                    next_sweep = min(next_sweep, time.monotonic() + SWEEP_RETRY_SECONDS)
+                await self._guarded("leases.forget_failed", self._forget_released)
+            await self._guarded("scheduler.pass_failed", self.run_pass)
 
-    async def _sweep(self) -> None:
-        if self._on_sweep is not None:
-            await self._on_sweep()
+    async def _guarded(self, event: str, step: Callable[[], Awaitable[object]]) -> bool:
+        """Run one step of the loop; on an error log it, back off briefly and ask for another
+        pass. Whether the step succeeded."""
         try:
-            await self._forget_released()
+            await step()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("leases.forget_failed", **describe(exc))
+            log.exception(event, **describe(exc))
+            await asyncio.sleep(FAILURE_BACKOFF_SECONDS)
+            self._wake.set()
+            return False
+        return True
 
     async def _forget_released(self) -> None:
         """Purge old delete markers of released leases, now and then."""

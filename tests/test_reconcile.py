@@ -1,0 +1,86 @@
+"""The reconcile loop keeps scheduling whatever one of its steps raises: a failed sweep (the
+event repair) or a failed pass is logged, and the loop backs off briefly and goes on. No NATS: the
+loop runs over an empty view, with a sweep that fails."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+from structlog.testing import capture_logs
+
+from services.scheduler.apply import Applier
+from services.scheduler.config import SchedulerSettings
+from services.scheduler.reconcile import ReconcileLoop
+from services.scheduler.view import View
+from shared.jobs.store import RecordStore
+from shared.messages.records import JobRecord, Rendition
+from shared.nats.kv import TypedKV
+from shared.nats.projection import Projection
+from tests.harness import eventually
+
+
+def empty_view() -> View:
+    return View(
+        Projection(cast(TypedKV[JobRecord], None), "test.jobs"),
+        Projection(cast(TypedKV[Rendition], None), "test.renditions"),
+    )
+
+
+async def test_a_sweep_that_raises_does_not_stop_scheduling() -> None:
+    # Given a loop whose sweep (the event repair) raises every time
+    sweeps = 0
+
+    async def failing_repair() -> None:
+        nonlocal sweeps
+        sweeps += 1
+        raise RuntimeError("the events stream is gone")
+
+    view = empty_view()
+    loop = ReconcileLoop(
+        view,
+        Applier(cast(RecordStore, None), view),
+        SchedulerSettings(sweep_interval=0.05),
+        on_sweep=failing_repair,
+    )
+
+    # When it runs
+    with capture_logs() as logs:
+        task = asyncio.create_task(loop.run_forever())
+        try:
+            # Then it goes on with its passes, and sweeps again
+            await eventually(lambda: sweeps >= 3 and loop.passes >= 3, what="more passes")
+            assert not task.done()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    failures = [line for line in logs if line["event"] == "scheduler.sweep_failed"]
+    assert len(failures) >= 3 and failures[0]["log_level"] == "error"
+    assert task.cancelled()
+
+
+async def test_a_pass_that_raises_is_tried_again() -> None:
+    # Given a loop whose first pass raises
+    view = empty_view()
+    loop = ReconcileLoop(view, Applier(cast(RecordStore, None), view), SchedulerSettings())
+    real_pass = loop.run_pass
+    failed = False
+
+    async def pass_failing_once() -> None:
+        nonlocal failed
+        if not failed:
+            failed = True
+            raise RuntimeError("KV timed out")
+        await real_pass()
+
+    loop.run_pass = pass_failing_once  # type: ignore[method-assign]
+
+    # When it runs, Then the pass is tried again without any change waking it
+    task = asyncio.create_task(loop.run_forever())
+    try:
+        await eventually(lambda: loop.passes >= 1, what="a pass after the failed one")
+        assert failed and not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
