@@ -650,3 +650,46 @@ def test_a_pass_decides_at_most_one_change_per_job() -> None:
     changes = decide(view, NOW, settings(), jobs=[job.id for job in jobs] * 2)
     assert sorted(change.job_id for change in changes) == [f"j{n}" for n in range(5)]
     assert all(isinstance(change, Start) for change in changes)
+
+
+# ---- the view's indexes -------------------------------------------------------------------------
+
+
+def test_the_views_indexes_forget_each_rendition_device_owner_and_pool_once_its_jobs_go() -> None:
+    # Given jobs of many devices and owners, attached, waiting and pending, with leases
+    view = view_of()
+    assert view.leases is not None
+    renditions = []
+    for n in range(20):
+        job = a_job(f"j{n}", owner=f"u{n}", device=f"d{n}")
+        r = a_rendition(job, R.PENDING, pool=f"p{n}")
+        renditions.append(r.key)
+        view.renditions.apply(r.key, r, 1)
+        view.jobs.apply(job.id, on(job, r), 1)
+        view.jobs.apply(f"w{n}", a_job(f"w{n}", owner=f"u{n}", device=f"d{n}"), 1)
+        lease = Lease(generation=r.generation, since=NOW, rendition=r.key, pool=f"p{n}")
+        view.leases.leases.apply(slot_key(f"p{n}", 0), lease, 1)
+    assert view.active_count("u3") == 1 and view.pending_pools()
+
+    # When every job, rendition and lease is deleted
+    for n, key in enumerate(renditions):
+        view.leases.leases.apply(slot_key(f"p{n}", 0), None, 2)
+        view.jobs.apply(f"j{n}", None, 2)
+        view.jobs.apply(f"w{n}", None, 2)
+        view.renditions.apply(key, None, 2)
+
+    # Then no index keeps an empty entry behind
+    indexes: dict[str, dict[Any, Any]] = {
+        "by rendition": view._by_rendition,
+        "by device": view._by_device,
+        "admitted": view._admitted,
+        "waiting": view._waiting,
+        "pending": view._pending,
+        "leases of pool": view.leases.of_pool,
+        "lease keys of rendition": view.leases.keys_of,
+        "busy clients": view.leases.busy,
+        "slots": view.leases.slots,
+    }
+    assert {name: index for name, index in indexes.items() if index} == {}
+    assert view.active_count("u3") == 0 and view.waiting_in_order("u3") == []
+    assert view.pending_pools() == set() and view.jobs_of_rendition("x") == []

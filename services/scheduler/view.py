@@ -7,8 +7,9 @@ writes to NATS; the view changes as the projections do.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 from shared.fleet import SETTINGS_KEY
 from shared.jobs import state as jobstate
@@ -43,6 +44,27 @@ def waiting(job: JobRecord) -> bool:
     return job.status is JobStatus.QUEUED and job.rendition is None
 
 
+K = TypeVar("K", bound=Hashable)
+M = TypeVar("M", bound=Hashable)
+
+
+def index_add(index: dict[K, set[M]], key: K, member: M) -> None:
+    """Add `member` under `key`."""
+    index.setdefault(key, set()).add(member)
+
+
+def index_discard(index: dict[K, set[M]], key: K, member: M) -> None:
+    """Remove `member` from under `key`, and the key once nothing is left under it: an index
+    keeps only keys that hold something, or it would grow with every rendition, device and
+    owner ever seen."""
+    members = index.get(key)
+    if members is None:
+        return
+    members.discard(member)
+    if not members:
+        del index[key]
+
+
 def client_of(r: Rendition) -> Client:
     """The device the rendition was first asked for from, or else its owner."""
     return ("device", r.first_device) if r.first_device else ("owner", r.owner)
@@ -74,12 +96,13 @@ class View:
         self.renditions = renditions
         self.shares = shares or ShareAnswers()
         self.leases: LeaseView | None = None  # set once the leases are loaded
-        self._by_rendition: dict[str, set[str]] = defaultdict(set)
-        self._by_device: dict[str, set[str]] = defaultdict(set)
-        self._admitted: dict[str, set[str]] = defaultdict(set)
-        self._waiting: dict[str, set[str]] = defaultdict(set)
+        # Each index holds only keys with something under them (see `index_discard`).
+        self._by_rendition: dict[str, set[str]] = {}
+        self._by_device: dict[str, set[str]] = {}
+        self._admitted: dict[str, set[str]] = {}
+        self._waiting: dict[str, set[str]] = {}
         self._waiting_sorted: dict[str, list[JobRecord]] = {}
-        self._pending: dict[str, set[str]] = defaultdict(set)
+        self._pending: dict[str, set[str]] = {}
         jobs.listen(self._index)
         renditions.listen(self._index_rendition)
         for key, job in jobs.items():
@@ -90,27 +113,27 @@ class View:
     def _index(self, key: str, old: JobRecord | None, new: JobRecord | None) -> None:
         if old is not None:
             if old.rendition:
-                self._by_rendition[old.rendition].discard(key)
-            self._by_device[old.device_id].discard(key)
-            self._admitted[old.owner].discard(key)
-            self._waiting[old.owner].discard(key)
+                index_discard(self._by_rendition, old.rendition, key)
+            index_discard(self._by_device, old.device_id, key)
+            index_discard(self._admitted, old.owner, key)
+            index_discard(self._waiting, old.owner, key)
             self._waiting_sorted.pop(old.owner, None)
         if new is not None:
             if new.rendition:
-                self._by_rendition[new.rendition].add(key)
+                index_add(self._by_rendition, new.rendition, key)
             if device_limited(new):
-                self._by_device[new.device_id].add(key)
+                index_add(self._by_device, new.device_id, key)
             if admitted(new):
-                self._admitted[new.owner].add(key)
+                index_add(self._admitted, new.owner, key)
             elif waiting(new):
-                self._waiting[new.owner].add(key)
+                index_add(self._waiting, new.owner, key)
             self._waiting_sorted.pop(new.owner, None)
 
     def _index_rendition(self, key: str, old: Rendition | None, new: Rendition | None) -> None:
         if old is not None:
-            self._pending[old.pool].discard(key)
+            index_discard(self._pending, old.pool, key)
         if new is not None and new.state is RenditionState.PENDING:
-            self._pending[new.pool].add(key)
+            index_add(self._pending, new.pool, key)
 
     def pending_pools(self) -> set[str]:
         """Pools with a pending rendition."""
@@ -193,10 +216,11 @@ class LeaseView:
         self.renditions = renditions
         self.pools = pools
         self.fleet = fleet
-        self.of_pool: dict[str, dict[str, Lease]] = defaultdict(dict)
-        self.keys_of: dict[str, set[str]] = defaultdict(set)
-        self.busy: dict[str, Counter[Client]] = defaultdict(Counter)
-        self.slots: dict[str, set[int]] = defaultdict(set)
+        # Like the View's indexes, these hold only keys with something under them.
+        self.of_pool: dict[str, dict[str, Lease]] = {}
+        self.keys_of: dict[str, set[str]] = {}
+        self.busy: dict[str, Counter[Client]] = {}
+        self.slots: dict[str, set[int]] = {}
         self._client_of: dict[str, Client] = {}
         leases.listen(self._lease_changed)
         for key, lease in leases.items():
@@ -207,21 +231,33 @@ class LeaseView:
         if not pool:
             return
         if old is not None:
-            self.of_pool[pool].pop(key, None)
-            self.busy[pool][self._client_of.pop(key, NO_CLIENT)] -= 1
+            held = self.of_pool.get(pool, {})
+            held.pop(key, None)
+            if not held:
+                self.of_pool.pop(pool, None)
+            self._forget_busy(pool, self._client_of.pop(key, NO_CLIENT))
             if (slot := slot_of(key)) is not None:
-                self.slots[pool].discard(slot)
-            self.keys_of[old.rendition].discard(key)
-            if not self.keys_of[old.rendition]:
-                del self.keys_of[old.rendition]
+                index_discard(self.slots, pool, slot)
+            index_discard(self.keys_of, old.rendition, key)
         if new is not None:
-            self.of_pool[pool][key] = new
+            self.of_pool.setdefault(pool, {})[key] = new
             leased = self.renditions.get(new.rendition)
             self._client_of[key] = client_of(leased) if leased else NO_CLIENT
-            self.busy[pool][self._client_of[key]] += 1
+            self.busy.setdefault(pool, Counter())[self._client_of[key]] += 1
             if (slot := slot_of(key)) is not None:
-                self.slots[pool].add(slot)
-            self.keys_of[new.rendition].add(key)
+                index_add(self.slots, pool, slot)
+            index_add(self.keys_of, new.rendition, key)
+
+    def _forget_busy(self, pool: str, client: Client) -> None:
+        """One lease fewer for `client` in `pool`; a client (and a pool) with none is dropped."""
+        counts = self.busy.get(pool)
+        if counts is None:
+            return
+        counts[client] -= 1
+        if counts[client] <= 0:
+            del counts[client]
+        if not counts:
+            del self.busy[pool]
 
     def __len__(self) -> int:
         return len(self.leases)
