@@ -3,6 +3,8 @@ every other move is refused, and the derived rules say what users rely on."""
 
 from __future__ import annotations
 
+import typing
+
 import msgspec
 import pytest
 
@@ -140,3 +142,18 @@ def test_purge_waits_for_retention_and_for_the_output_to_be_let_go() -> None:
     assert not jobstate.purge_due(failed, 60, NOW + 59)
     assert jobstate.purge_due(failed, 60, NOW + 60)
     assert not jobstate.purge_due(a_job(JobStatus.RUNNING), 60, NOW + 10_000)
+
+
+def test_a_cleanup_takes_finished_and_removed_jobs_that_ended_before_its_time() -> None:
+    # The words a cleanup request may name are exactly the statuses a cleanup may take
+    assert set(typing.get_args(jobstate.CleanableStatus)) == {s.value for s in jobstate.CLEANABLE}
+    assert jobstate.cleanable([]) == jobstate.CLEANABLE
+    assert jobstate.cleanable(["failed", "queued", "nonsense"]) == {JobStatus.FAILED}
+
+    done = a_job(JobStatus.COMPLETED, finished_at=NOW)
+    removed = a_job(JobStatus.REMOVED, removed_at=NOW, finished_at=NOW - 100)
+    assert jobstate.cleanup_due(done, NOW + 1) and not jobstate.cleanup_due(done, NOW)
+    assert jobstate.cleanup_due(removed, NOW + 1) and not jobstate.cleanup_due(removed, NOW - 50)
+    assert not jobstate.cleanup_due(done, NOW + 1, {JobStatus.FAILED})
+    assert not jobstate.cleanup_due(a_job(JobStatus.FAILED), NOW + 1)  # never ended: no time
+    assert not jobstate.cleanup_due(a_job(JobStatus.RUNNING, finished_at=NOW), NOW + 1)

@@ -1,14 +1,24 @@
-"""Questions asked of a job record: may it start, does it hold an output, can it be purged.
+"""Questions asked of a job record: may it start, does it hold an output, can it be purged, does
+an operator's cleanup take it.
 
 Pure like the rest of `shared.jobs.state`, which re-exports every name here; import them from there.
 """
 
 from __future__ import annotations
 
-from shared.jobs.transitions import ACTIVE
+from collections.abc import Collection
+from typing import Literal
+
+from shared.jobs.transitions import ACTIVE, FINISHED
 from shared.messages.records import JobRecord, JobStatus, Rendition
 
 J = JobStatus
+
+# The statuses an operator's cleanup may name: the finished ones and removed.
+CLEANABLE = FINISHED | {J.REMOVED}
+# The same as the words a request names them by (a Literal, so request bodies and the OpenAPI
+# document list them; a test checks it matches CLEANABLE).
+CleanableStatus = Literal["completed", "failed", "cancelled", "removed"]
 
 
 def can_start(job: JobRecord) -> bool:
@@ -73,3 +83,17 @@ def purge_due(job: JobRecord, keep_seconds: float, now: float) -> bool:
     else:
         return False
     return now >= ended + keep_seconds and not holds_output(job, now)
+
+
+def cleanable(statuses: Collection[str]) -> frozenset[JobStatus]:
+    """The statuses a cleanup asked for by name takes (every cleanable one when none is named;
+    names of other statuses are ignored)."""
+    named = {J(s) for s in statuses if s in J.__members__.values()} & CLEANABLE
+    return frozenset(named) if named else CLEANABLE
+
+
+def cleanup_due(job: JobRecord, before: float, statuses: Collection[JobStatus] = CLEANABLE) -> bool:
+    """Whether an operator's cleanup of the jobs that ended before `before` takes this one: its
+    status is one of `statuses` and it has ended (finished or removed) before then."""
+    ended = job.removed_at or job.finished_at
+    return job.status in statuses and ended is not None and ended < before

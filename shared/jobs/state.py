@@ -13,11 +13,15 @@ from typing import Any
 import msgspec
 
 from shared.jobs.queries import (
+    CLEANABLE,
+    CleanableStatus,
     can_confirm_download,
     can_release,
     can_restart,
     can_retry,
     can_start,
+    cleanable,
+    cleanup_due,
     counts_toward_device_limit,
     follows,
     holds_output,
@@ -69,6 +73,7 @@ from shared.wire import JobError
 __all__ = [
     "ACTIVE",
     "CACHE_CLEARED",
+    "CLEANABLE",
     "CLEANED_UP",
     "DELETED",
     "DISMISSED",
@@ -79,6 +84,7 @@ __all__ = [
     "RENDITION_ENDED",
     "RENDITION_LIVE",
     "RENDITION_TRANSITIONS",
+    "CleanableStatus",
     "InvalidTransition",
     "attach",
     "can_confirm_download",
@@ -91,6 +97,8 @@ __all__ = [
     "cancel_rendition",
     "claim",
     "clean_up",
+    "cleanable",
+    "cleanup_due",
     "clear_output",
     "complete",
     "confirm_download",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 from aiohttp import web
@@ -20,7 +20,6 @@ from shared.jobs import state as jobstate
 from shared.messages import commands as cmd
 
 TAG = Tag.ADMIN
-Finished = Literal["completed", "failed", "cancelled", "removed"]
 
 
 class AdminJobQuery(JobQuery, kw_only=True, forbid_unknown_fields=True):
@@ -45,7 +44,7 @@ class CleanupRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Which finished jobs to clean up: those that ended more than `older_than_hours` ago."""
 
     older_than_hours: Annotated[float, msgspec.Meta(ge=0, le=100_000)] = 0.0
-    statuses: list[Finished] = []
+    statuses: list[jobstate.CleanableStatus] = []
 
 
 class CleanupAccepted(msgspec.Struct, kw_only=True):
@@ -117,18 +116,14 @@ async def summary(request: web.Request) -> web.Response:
 async def cleanup(request: web.Request, body: CleanupRequest) -> web.Response:
     gw = gateway(request)
     before = time.time() - body.older_than_hours * 3600
-    statuses = set(body.statuses) or {"completed", "failed", "cancelled", "removed"}
-    matched = sum(
-        1
-        for job in gw.jobs.values()
-        if job.status.value in statuses and (job.removed_at or job.finished_at or before) < before
-    )
+    statuses = jobstate.cleanable(body.statuses)
+    matched = sum(1 for job in gw.jobs.values() if jobstate.cleanup_due(job, before, statuses))
     command = cmd.CleanupJobs(
         command_id=uuid.uuid4().hex,
         by=caller(request).user_id,
         at=time.time(),
         before=before,
-        statuses=sorted(statuses),
+        statuses=sorted(status.value for status in statuses),
     )
     await gw.command(command)
     accepted = CleanupAccepted(
