@@ -247,10 +247,15 @@ def test_no_face_of_the_gateway_imports_another_face() -> None:
     assert wrong == []
 
 
-# What writes a job or rendition record: the record store, or a KV write on those buckets.
+# What writes a job or rendition record: the record store, or a write on anything that holds such
+# records: named for them (the buckets, the gateway's `job_records`) or typed for them.
 RECORD_WRITERS = {"create_job", "change_job", "delete_job", "change_rendition", "delete_rendition"}
 KV_WRITES = {"create", "put", "update", "change", "delete", "purge"}
-RECORD_BUCKETS = {"jobs", "renditions"}
+RECORD_NAMES = {"jobs", "renditions", "job_records", "rendition_records"}
+RECORD_TYPES = {"JobRecord", "Rendition"}
+# The gateway's only handle on the jobs bucket besides its projection, and the type it must have.
+GATEWAY_STATE = "services.gateway.state"
+READ_ONLY = "ReadOnlyKV"
 
 
 def _dotted(node: ast.expr) -> list[str]:
@@ -269,14 +274,58 @@ def _dotted(node: ast.expr) -> list[str]:
             return names[::-1]
 
 
-def _record_writes(module: Module) -> Iterator[str]:
-    for node in ast.walk(module.tree):
+def _mentions_records(node: ast.AST | None) -> bool:
+    """Whether an annotation or a value names a record type (`TypedKV[JobRecord]`,
+    `TypedKV(bucket, Rendition)`) or a records bucket (`buckets.jobs`)."""
+    if node is None:
+        return False
+    for inner in ast.walk(node):
+        if isinstance(inner, ast.Name) and inner.id in RECORD_TYPES:
+            return True
+        if isinstance(inner, ast.Attribute) and inner.attr in RECORD_TYPES | {"jobs", "renditions"}:
+            return True
+        if (  # a string annotation: "TypedKV[JobRecord]"
+            isinstance(inner, ast.Constant)
+            and isinstance(inner.value, str)
+            and any(t in inner.value for t in RECORD_TYPES)
+        ):
+            return True
+    return False
+
+
+def _target_name(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
+def _record_holders(tree: ast.AST) -> set[str]:
+    """The names that hold job or rendition records in this module: the known ones, and every
+    variable, attribute or argument annotated with or assigned something of those types."""
+    names = set(RECORD_NAMES)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AnnAssign) and (
+            _mentions_records(node.annotation) or _mentions_records(node.value)
+        ):
+            names.add(_target_name(node.target) or "")
+        elif isinstance(node, ast.Assign) and _mentions_records(node.value):
+            names.update(_target_name(t) or "" for t in node.targets)
+        elif isinstance(node, ast.arg) and _mentions_records(node.annotation):
+            names.add(node.arg)
+    return names - {""}
+
+
+def _record_writes(where: str, tree: ast.AST) -> Iterator[str]:
+    holders = _record_holders(tree)
+    for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue
         method = node.func.attr
         receiver = _dotted(node.func.value)
-        if method in RECORD_WRITERS or (method in KV_WRITES and RECORD_BUCKETS & set(receiver)):
-            yield f"{module.where}:{node.lineno} calls {'.'.join([*receiver, method])}()"
+        if method in RECORD_WRITERS or (method in KV_WRITES and holders & set(receiver)):
+            yield f"{where}:{node.lineno} calls {'.'.join([*receiver, method])}()"
 
 
 def test_no_gateway_module_writes_a_job_or_rendition_record() -> None:
@@ -290,8 +339,54 @@ def test_no_gateway_module_writes_a_job_or_rendition_record() -> None:
     ]
     for module in modules().values():
         if _under(module.name, "services.gateway"):
-            wrong += _record_writes(module)
+            wrong += _record_writes(module.where, module.tree)
     assert wrong == []
+
+
+def test_the_gateways_handle_on_job_records_can_only_read() -> None:
+    """By construction: the gateway's `job_records` is typed as a read-only view, and that type
+    has no method that writes."""
+    state = modules()[GATEWAY_STATE].tree
+    annotations = {
+        node.target.id: ast.unparse(node.annotation)
+        for node in ast.walk(state)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
+    assert annotations.get("job_records") == f"{READ_ONLY}[JobRecord]"
+    (view,) = (
+        node
+        for node in ast.walk(modules()["shared.nats.kv"].tree)
+        if isinstance(node, ast.ClassDef) and node.name == READ_ONLY
+    )
+    methods = {
+        node.name
+        for node in view.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and not node.name.startswith("_")
+    }
+    assert methods == {"get"}
+    assert [ast.unparse(base) for base in view.bases] == ["Generic[T]"]
+
+
+def test_the_reader_sees_a_record_write_by_any_name_that_holds_records() -> None:
+    """The write rule is only as good as its reader: a write is found on a known name, on a
+    variable typed or made for records, and through a projection's store."""
+    planted = ast.parse(
+        "async def handler(gw, kv: TypedKV[JobRecord], other: TypedKV[User]) -> None:\n"
+        "    await gw.job_records.put('j', record)\n"
+        "    await kv.delete('j')\n"
+        "    await gw.jobs.store.update('j', record, 3)\n"
+        "    mine = TypedKV(buckets.renditions, Rendition)\n"
+        "    await mine.create('k', record)\n"
+        "    await other.put('u', user)\n"
+    )
+    found = list(_record_writes("planted.py", planted))
+    assert found == [
+        "planted.py:2 calls gw.job_records.put()",
+        "planted.py:3 calls kv.delete()",
+        "planted.py:4 calls gw.jobs.store.update()",
+        "planted.py:6 calls mine.create()",
+    ]
 
 
 # Configuration

@@ -38,7 +38,7 @@ from shared.messages.accounts import (
     UsernameClaim,
 )
 from shared.messages.records import JobRecord, Progress, StorageSummary, Totals
-from shared.nats.kv import TypedKV
+from shared.nats.kv import ReadOnlyKV, TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import ensure_topology, retention_of
@@ -69,8 +69,7 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             replicas=settings.replicas,
             retention=retention_of(settings),
         )
-        job_records = TypedKV(buckets.jobs, JobRecord)
-        jobs = Projection(job_records, "gateway.jobs", nc=nc)
+        jobs = Projection(TypedKV(buckets.jobs, JobRecord), "gateway.jobs", nc=nc)
         progress = Projection(TypedKV(buckets.progress, Progress), "gateway.progress", nc=nc)
         users = Projection(TypedKV(buckets.users, User), "gateway.users", nc=nc)
         keys = Projection(TypedKV(buckets.apikeys, ApiKey), "gateway.apikeys", nc=nc)
@@ -106,7 +105,7 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             names=names,
             nc=nc,
             js=js,
-            job_records=job_records,
+            job_records=ReadOnlyKV(buckets.jobs, JobRecord),
             jobs=jobs,
             progress=progress,
             totals=TypedKV(buckets.stats, Totals),

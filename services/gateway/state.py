@@ -38,7 +38,7 @@ from shared.messages.records import (
     StorageSummary,
     Totals,
 )
-from shared.nats.kv import TypedKV
+from shared.nats.kv import ReadOnlyKV, TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import describe, publish_command, publish_event
@@ -57,7 +57,7 @@ class Gateway:
     names: Names
     nc: NATS
     js: JetStreamContext
-    job_records: TypedKV[JobRecord]  # read only: the scheduler writes jobs
+    job_records: ReadOnlyKV[JobRecord]  # the scheduler writes jobs; the gateway only reads
     jobs: Projection[JobRecord]
     progress: Projection[Progress]
     totals: TypedKV[Totals]

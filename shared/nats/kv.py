@@ -45,6 +45,20 @@ class Versioned(msgspec.Struct, Generic[T], frozen=True):
     revision: int
 
 
+class ReadOnlyKV(Generic[T]):
+    """A KV bucket of msgspec Structs that its holder may only read: `get` and nothing else.
+
+    For a process that must never write a bucket another service owns (the gateway reads job
+    records the scheduler writes): it has no write method, so such a write cannot be typed."""
+
+    def __init__(self, kv: KeyValue, type_: type[T]) -> None:
+        self._records = TypedKV(kv, type_)
+
+    async def get(self, key: str) -> Versioned[T] | None:
+        """The record at `key` and its revision, None when there is none."""
+        return await self._records.get(key)
+
+
 class TypedKV(Generic[T]):
     """A KV bucket whose values are msgspec Structs of one type."""
 
