@@ -61,6 +61,9 @@ class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # On SIGTERM, seconds the messages being handled may take to finish before they are cancelled
     # and handed back (the transcoder's running transcodes have `drain_seconds` instead).
     stop_grace_seconds: Annotated[float, msgspec.Meta(ge=0, le=300)] = 5.0
+    # On SIGTERM, after the grace, seconds the cancelled handlers get to hand their messages back
+    # before the stop goes on without them (the hard deadline of a stop).
+    stop_deadline_seconds: Annotated[float, msgspec.Meta(ge=0, le=300)] = 5.0
     # Deliveries of one command or event whose handler keeps failing before it is terminated with
     # an error line (the transcoder's work has `max_attempts` instead; webhook deliveries follow
     # `webhook_retry_schedule`).

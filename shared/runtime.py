@@ -2,8 +2,8 @@
 around it.
 
 A service offers `start()` (returns once it is ready), `shutdown()` (idempotent, waits), and
-`async with`. SIGTERM and SIGINT only set an event; the entry point then shuts the service down
-and drains the NATS connection.
+`async with`. SIGTERM and SIGINT only set an event; the entry point then shuts the service down,
+drains the NATS connection as the last step of that shutdown, and the summary line comes after.
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("vidmesh.runtime")
 
-# Seconds in-flight messages may finish on shutdown when a service names no grace of its own.
+# Seconds in-flight messages may finish on shutdown when a service names no grace of its own
+# (services take theirs from `stop_grace_seconds`).
 DEFAULT_GRACE = 5.0
-# Seconds cancelled handlers get to hand their messages back before the stop goes on without them.
-CANCEL_DEADLINE = 5.0
+# Seconds cancelled handlers get to hand their messages back before the stop goes on without them,
+# when a service names no deadline of its own (services take theirs from `stop_deadline_seconds`).
+DEFAULT_DEADLINE = 5.0
 
 S = TypeVar("S", bound=CommonSettings)
 
@@ -45,9 +47,10 @@ class Service:
     A subclass starts its consumers in `start()` and registers them with `consume()`; the base
     stops them in order on `shutdown()`: stop fetching (heartbeats of running work go on), let
     in-flight messages finish for one grace period (`grace`, from the settings), cancel what is
-    left under a hard deadline (the kit hands each cancelled message back), stop listening; then
-    `stop()` closes what the subclass opened, and one summary line says how it went. The entry
-    point drains the connection after that.
+    left under a hard deadline (`deadline`, from the settings; the kit hands each cancelled
+    message back), stop listening; then `stop()` closes what the subclass opened, the entry point's
+    `drain` (the NATS connection) runs, and one summary line says how it went: the last line, and
+    written even when a step before it raised.
     """
 
     name = "service"
@@ -56,8 +59,9 @@ class Service:
     # ack_waits (the transcoder's work), not for every stop of every service.
     wait_for_last_fetch = False
 
-    def __init__(self, *, grace: float = DEFAULT_GRACE) -> None:
+    def __init__(self, *, grace: float = DEFAULT_GRACE, deadline: float = DEFAULT_DEADLINE) -> None:
         self.grace = grace
+        self.deadline = deadline
         self.consumers: list[SlotLoops[Any]] = []
         self._shutdown_started = False
         self._shutdown_done = asyncio.Event()
@@ -80,28 +84,41 @@ class Service:
         """Whether the service does its job now (override for more than "started")."""
         return True
 
-    async def shutdown(self) -> None:
-        """Idempotent; every caller returns once the service has stopped."""
+    async def shutdown(self, *, drain: Callable[[], Awaitable[object]] | None = None) -> None:
+        """Idempotent; every caller returns once the service has stopped. `drain` (the entry
+        point's: drain the NATS connection) runs last, before the summary line; a step that
+        raises is logged in the summary and raised after it."""
         if self._shutdown_started:
             await self._shutdown_done.wait()
             return
         self._shutdown_started = True
+        in_time, cancelled = True, 0
+        failure: BaseException | None = None
         try:
             self.stopping()
             in_time, cancelled = await self._stop_consumers()
             await self.stop()
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
-            self._shutdown_done.set()
-        log.info(
-            "service.stopped",
-            service=self.name,
-            handled=sum(c.handled for c in self.consumers),
-            handed_back=sum(c.handed_back for c in self.consumers),
-            cancelled=cancelled,
-            finished_in_time=in_time,
-            grace_s=self.grace,
-            uptime_s=round(time.time() - self.started_at, 1),
-        )
+            try:
+                if drain is not None:
+                    await drain()
+            finally:
+                self._shutdown_done.set()
+                log.info(
+                    "service.stopped",
+                    service=self.name,
+                    handled=sum(c.handled for c in self.consumers),
+                    handed_back=sum(c.handed_back for c in self.consumers),
+                    cancelled=cancelled,
+                    finished_in_time=in_time,
+                    grace_s=self.grace,
+                    deadline_s=self.deadline,
+                    uptime_s=round(time.time() - self.started_at, 1),
+                    **({} if failure is None else {"stop_failed": True, **describe(failure)}),
+                )
 
     async def _stop_consumers(self) -> tuple[bool, int]:
         """Stop fetching, wait the grace, cancel under the deadline, stop listening: whether the
@@ -117,7 +134,7 @@ class Service:
                 await loops.wait_stopped(loops.fetch_timeout + 0.5)
         cancelled = 0
         for loops in self.consumers:
-            cancelled += await loops.cancel(CANCEL_DEADLINE)
+            cancelled += await loops.cancel(self.deadline)
         for loops in self.consumers:
             await loops.close()
         return in_time, cancelled
@@ -147,7 +164,8 @@ async def serve(
     name: str,
     build: Callable[[NATS], Awaitable[Service]],
 ) -> None:
-    """Connect, start the service, wait for SIGTERM/SIGINT, shut down, drain."""
+    """Connect, start the service, wait for SIGTERM/SIGINT, shut down, drain; the service's
+    summary line (service.stopped) comes last."""
     stop = asyncio.Event()
     install_stop_signals(stop)
     log.info("service.starting", service=name, settings=masked(settings))
@@ -155,24 +173,33 @@ async def serve(
     if metrics is not None:
         await metrics.start()  # alive from here; ready once the service is
     nc = await connect_with(settings, f"vidmesh-{name}")
-    try:
-        service = await build(nc)
-        async with service:
-            if metrics is not None:
-                metrics.ready = lambda: nc.is_connected and service.ready()
-            log.info("service.ready", service=name)
-            await stop.wait()
-            log.info("service.stopping", service=name)
-            if metrics is not None:
-                metrics.ready = lambda: False
-    finally:
+
+    async def drain() -> None:
         if metrics is not None:
             await metrics.stop()
-        # The service's summary line (service.stopped) came last; a drain speaks only on failure.
+        # A drain speaks only on failure: the summary line stays the last.
         try:
             await asyncio.wait_for(nc.drain(), 10)
         except Exception as exc:
             log.warning("service.drain_failed", service=name, **describe(exc))
+
+    started: Service | None = None
+    try:
+        service = await build(nc)
+        await service.start()
+        started = service
+        if metrics is not None:
+            metrics.ready = lambda: nc.is_connected and service.ready()
+        log.info("service.ready", service=name)
+        await stop.wait()
+        log.info("service.stopping", service=name)
+        if metrics is not None:
+            metrics.ready = lambda: False
+    finally:
+        if started is not None:
+            await started.shutdown(drain=drain)
+        else:
+            await drain()
 
 
 def main(settings: CommonSettings, name: str, build: Callable[[NATS], Awaitable[Service]]) -> None:

@@ -320,11 +320,11 @@ class Supervisor:
         for name in STOP_ORDER:
             child = self.children.get(name)
             if child is not None:
-                # the service's own grace, then time to cancel what is left and drain
+                # the service's own grace, its deadline for what it cancelled, then the drain
                 transcoder = name == "transcoder"
                 settings = self.settings
                 own = settings.drain_seconds if transcoder else settings.stop_grace_seconds
-                await child.stop(own + 10)
+                await child.stop(own + settings.stop_deadline_seconds + 10)
         if self.nats is not None:
             await self.nats.stop(grace=10.0)
         log.info("up.stopped")

@@ -179,9 +179,12 @@ async def _first_admin(settings: GatewaySettings, identity: Identity) -> None:
     log.info("gateway.admin", username=admin.username)
 
 
-async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start serving; returns the runner and the port actually bound (for port 0)."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+async def start_site(
+    app: web.Application, host: str, port: int, *, shutdown_timeout: float
+) -> tuple[web.AppRunner, int]:
+    """Start serving; returns the runner and the port actually bound (for port 0). On cleanup,
+    requests in flight get `shutdown_timeout` seconds to finish before they are cancelled."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

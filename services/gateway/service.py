@@ -1,4 +1,5 @@
-"""The gateway as a service: the HTTP application bound to a port, with a clean shutdown."""
+"""The gateway as a service: the HTTP application bound to a port, with a clean shutdown (requests
+in flight get `stop_grace_seconds`, like every service's messages)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ class GatewayService(Service):
     name = "gateway"
 
     def __init__(self, nc: NATS, settings: GatewaySettings) -> None:
-        super().__init__()
+        # One grace for every stop: in-flight requests get the same time as other services'
+        # messages (aiohttp's shutdown_timeout), then a summary line like theirs.
+        super().__init__(grace=settings.stop_grace_seconds, deadline=settings.stop_deadline_seconds)
         self.settings = settings
         self.app = create_app(settings, nc)
         self.runner: web.AppRunner | None = None
@@ -29,7 +32,9 @@ class GatewayService(Service):
         return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
-        self.runner, self.port = await start_site(self.app, self.settings.host, self.settings.port)
+        self.runner, self.port = await start_site(
+            self.app, self.settings.host, self.settings.port, shutdown_timeout=self.grace
+        )
         # `vidmesh up` reads this line to learn the port.
         print(f"vidmesh gateway listening on {self.url}", flush=True)
         log.info("gateway.listening", url=self.url)

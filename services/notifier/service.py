@@ -38,7 +38,7 @@ class Notifier(Service):
     name = "notifier"
 
     def __init__(self, nc: NATS, settings: NotifierSettings) -> None:
-        super().__init__(grace=settings.stop_grace_seconds)
+        super().__init__(grace=settings.stop_grace_seconds, deadline=settings.stop_deadline_seconds)
         self.nc = nc
         self.settings = settings
         self.names = Names(settings.namespace)

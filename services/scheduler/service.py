@@ -42,7 +42,7 @@ class Scheduler(Service):
     name = "scheduler"
 
     def __init__(self, nc: NATS, settings: SchedulerSettings) -> None:
-        super().__init__(grace=settings.stop_grace_seconds)
+        super().__init__(grace=settings.stop_grace_seconds, deadline=settings.stop_deadline_seconds)
         self.nc = nc
         self.settings = settings
         self.names = Names(settings.namespace)

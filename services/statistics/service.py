@@ -61,7 +61,7 @@ class Statistics(Service):
     name = "statistics"
 
     def __init__(self, nc: NATS, settings: StatisticsSettings) -> None:
-        super().__init__(grace=settings.stop_grace_seconds)
+        super().__init__(grace=settings.stop_grace_seconds, deadline=settings.stop_deadline_seconds)
         self.nc = nc
         self.settings = settings
         self.names = Names(settings.namespace)

@@ -34,7 +34,7 @@ class Storage(Service):
     name = "storage"
 
     def __init__(self, nc: NATS, settings: StorageSettings) -> None:
-        super().__init__(grace=settings.stop_grace_seconds)
+        super().__init__(grace=settings.stop_grace_seconds, deadline=settings.stop_deadline_seconds)
         self.nc = nc
         self.settings = settings
         self.names = Names(settings.namespace)

@@ -81,7 +81,7 @@ class Transcoder(Service):
         own_process: bool = False,
     ) -> None:
         # Running transcodes may finish for `drain_seconds` on a stop, then are handed back.
-        super().__init__(grace=settings.drain_seconds)
+        super().__init__(grace=settings.drain_seconds, deadline=settings.stop_deadline_seconds)
         self.nc = nc
         self.settings = settings
         self.names = Names(settings.namespace)
