@@ -66,7 +66,8 @@ class CommonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stop_deadline_seconds: Annotated[float, msgspec.Meta(ge=0, le=300)] = 5.0
     # Deliveries of one command or event whose handler keeps failing before it is terminated with
     # an error line (the transcoder's work has `max_attempts` instead; webhook deliveries follow
-    # `webhook_retry_schedule`).
+    # `webhook_retry_schedule`, their work messages are capped at this, at least 3, and handed on
+    # before the cap while they wait).
     message_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
     # How long the events stream keeps events (replay, SSE Last-Event-ID, webhooks catch-up).
     events_retention_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 7.0

@@ -440,6 +440,55 @@ async def test_a_slow_endpoint_holds_back_no_other_endpoint(
         await stop_system(system)
 
 
+async def test_waiting_for_a_busy_endpoint_and_retrying_never_reach_the_attempt_cap(
+    env: dict[str, str], http: aiohttp.ClientSession, jellyfin: JellyfinStandIn
+) -> None:
+    # Given work messages capped at 3 deliveries, one attempt at a time per endpoint, and an
+    # endpoint that answers only when told, then fails four requests
+    settings = {
+        **env,
+        **FAST,
+        "VIDMESH_MESSAGE_ATTEMPTS": "3",
+        "VIDMESH_WEBHOOK_ENDPOINT_CONCURRENCY": "1",
+        "VIDMESH_WEBHOOK_TIMEOUT": "20",
+    }
+    system = await start_system(settings)
+    endpoint = await Receiver(hold=asyncio.Event(), fail_first=4).start()
+    try:
+        admin = await Api(http, system.url).as_user("admin", ADMIN_PASSWORD, register=False)
+        ann = await admin.as_user("ann")
+        await subscribe(admin, endpoint, "/api/admin/webhooks")
+
+        with capture_logs() as logs:
+            # When three jobs are created while the endpoint holds its first request
+            source = jellyfin.stream_url("fits", ALICE)
+            for n in range(3):
+                await ann.ok("POST", "/api/jobs", 201, json={"source": f"{source}&n={n}"})
+
+            # Then the two waiting deliveries bounce past the cap, handed on to fresh messages
+            def handed_on() -> int:
+                return sum(1 for line in logs if line["event"] == "delivery.handed_on")
+
+            await eventually(lambda: handed_on() >= 4, timeout=20, what="deliveries handed on")
+
+            # ... and once the endpoint answers, each delivery arrives after the failures the
+            # schedule allows for (each had up to seven attempts)
+            assert endpoint.hold is not None
+            endpoint.hold.set()
+            await eventually(
+                lambda: len(endpoint.succeeded("job.accepted")) == 3,
+                timeout=30,
+                what="every delivery to succeed",
+            )
+        assert len(endpoint.of_type("job.accepted")) == 3 + 4
+        assert len({call.webhook_id for call in endpoint.succeeded("job.accepted")}) == 3
+        assert all(call.verified for call in endpoint.calls)
+        assert not [line for line in logs if line["event"] == "delivery.gave_up"]
+    finally:
+        await endpoint.stop()
+        await stop_system(system)
+
+
 async def test_killing_the_notifier_mid_retry_loses_no_delivery(
     env: dict[str, str],
     http: aiohttp.ClientSession,

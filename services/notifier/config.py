@@ -10,6 +10,9 @@ from shared.config import CommonSettings
 from shared.outbound import OutboundPolicy
 
 DAY = 86_400.0
+# The least attempt cap of the delivery consumer: a work message is handed on one delivery before
+# the cap, and the message taking over waits its first delivery out, so the cap needs room for two.
+MIN_DELIVERY_ATTEMPTS = 3
 # 11 attempts over a little more than 27 hours (at least 24.9 with the jitter).
 DEFAULT_SCHEDULE = "5,30,120,600,1800,3600,7200,14400,28800,43200"
 
@@ -60,6 +63,15 @@ class NotifierSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True)
         if not delays or any(delay <= 0 for delay in delays):
             raise ValueError("webhook_retry_schedule needs at least one positive number of seconds")
         return delays
+
+    @property
+    def delivery_attempts(self) -> int:
+        """The delivery consumer's attempt cap: deliveries of one work message whose handling
+        keeps failing (or never returns) before it is terminated. `message_attempts`, at least
+        `MIN_DELIVERY_ATTEMPTS`. It never cuts a delivery's retry schedule short: a work message
+        that waits (a retry, a busy endpoint) is handed on to a fresh one before it reaches the
+        cap (`services.notifier.deliver`)."""
+        return max(MIN_DELIVERY_ATTEMPTS, self.message_attempts)
 
     @property
     def policy(self) -> OutboundPolicy:

@@ -5,6 +5,14 @@ delay of the schedule, so a waiting retry survives any crash of the notifier (a 
 attempt was cut short by a crash comes back after `ack_wait`). The delivery record in KV says
 where the delivery is; the first work message to claim a delivery owns it, so a duplicate message
 never starts a second retry chain.
+
+A work message is naked again and again while its delivery waits (each retry of the schedule, and
+each bounce while its endpoint is busy, which no schedule bounds), but the consumer caps the
+deliveries of one message (`delivery_attempts`). So a message that would wait once more when it is
+one delivery short of the cap is handed on instead (`_hand_on`): the delivery is unclaimed, a
+fresh work message is published and this one acked; the fresh one waits out the time left and
+claims the delivery again. Only a message whose handling keeps failing (raises, or never returns)
+reaches the cap, as on every other consumer.
 """
 
 from __future__ import annotations
@@ -83,10 +91,19 @@ class Deliverer:
         self.client = client
         self.sealer = sealer
         self.limits = EndpointLimits(settings.webhook_endpoint_concurrency)
+        # One delivery before the cap: a failure while handing on leaves one more try.
+        self.hand_on_at = settings.delivery_attempts - 1
 
     async def handle(self, received: Received[WebhookWork]) -> Settle:
         """Attempt the delivery the work message asks for, if it still owes one; the settlement
-        spaces the next retry by the schedule."""
+        spaces the next retry by the schedule, or hands the delivery on to a fresh message when
+        this one is about to reach the attempt cap."""
+        settled = await self._deliver(received)
+        if settled.outcome is Outcome.RETRY and received.attempt >= self.hand_on_at:
+            return await self._hand_on(received)
+        return settled
+
+    async def _deliver(self, received: Received[WebhookWork]) -> Settle:
         work, seq = received.message, received.seq
         found = await self.store.deliveries.get(work.delivery_id)
         if found is None or found.value.status is not DeliveryStatus.PENDING:
@@ -104,7 +121,8 @@ class Deliverer:
             return Settle(Outcome.RETRY, due)  # back early (a restart): wait for its time
         endpoint = endpoint_of(sub.url)
         if not self.limits.try_acquire(endpoint):
-            return Settle(Outcome.RETRY, self._busy_delay(received.attempt))
+            bounces = work.delivered_before + received.attempt
+            return Settle(Outcome.RETRY, self._busy_delay(bounces))
         try:
             if delivery.work_seq == 0 and not await self._claim(delivery.id, seq):
                 return ACK
@@ -125,6 +143,35 @@ class Deliverer:
         finally:
             self.limits.release(endpoint)
         return await self._record(delivery.id, seq, sub, attempted, manual=work.manual)
+
+    async def _hand_on(self, received: Received[WebhookWork]) -> Settle:
+        """Unclaim the delivery, publish a fresh work message for it and ack this one (see the
+        module's docstring). Unclaimed first: should the publish fail or the process die, this
+        message, delivered again, still owns the delivery and hands it on again (the same message
+        id, which JetStream de-duplicates)."""
+        work, seq = received.message, received.seq
+
+        def unclaim(current: Delivery | None) -> Delivery | None:
+            if current is None or current.status is not DeliveryStatus.PENDING:
+                return None
+            if current.work_seq != seq:
+                return None
+            return msgspec.structs.replace(current, work_seq=0)
+
+        record, _, _ = await self.store.deliveries.change(work.delivery_id, unclaim)
+        if record is None or record.status is not DeliveryStatus.PENDING or record.work_seq != 0:
+            return ACK  # finished, expired, or owned by another work message
+        fresh = msgspec.structs.replace(
+            work, delivered_before=work.delivered_before + received.attempt
+        )
+        await self.store.enqueue(fresh, msg_id=f"{work.delivery_id}:handed-on:{seq}")
+        log.info(
+            "delivery.handed_on",
+            delivery_id=work.delivery_id,
+            seq=seq,
+            delivered=fresh.delivered_before,
+        )
+        return ACK
 
     async def _subscription(self, sub_id: str) -> WebhookSubscription | None:
         sub = self.subscriptions.get(sub_id)

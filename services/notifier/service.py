@@ -80,10 +80,12 @@ class Notifier(Service):
         self.consume(
             await events.open(js, "notifier.events", self.fanout.handle, slots=FANOUT_SLOTS)
         )
-        # Waiting retries are naked with a delay and count as pending: the cap is far above the
-        # slots (each slot still fetches one message only when it is free). A delivery's
-        # attempts are counted by its record and bounded by the retry schedule; its message is
-        # also bounced while its endpoint is busy, so deliveries of the message count neither.
+        # Waiting retries are naked with a delay and count as pending: max_ack_pending is far
+        # above the slots (each slot still fetches one message only when it is free). A
+        # delivery's attempts are counted by its record and bounded by the retry schedule; its
+        # message is also bounced while its endpoint is busy, so the attempt cap counts only
+        # the deliveries of one message, which is handed on to a fresh one before it reaches
+        # the cap while it waits (see `deliver.py`): only failing handling reaches it.
         work = Consumer.durable(
             self.names.webhooks_stream,
             self.names.webhook_delivery_consumer,
@@ -94,6 +96,7 @@ class Notifier(Service):
             # comes back soon after.
             ack_wait=self.settings.webhook_timeout * 2 + 5.0,
             max_ack_pending=self.settings.webhook_max_pending,
+            max_attempts=self.settings.delivery_attempts,
         )
         self.consume(
             await work.open(

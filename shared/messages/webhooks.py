@@ -104,10 +104,13 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
 
 class WebhookWork(msgspec.Struct, frozen=True, kw_only=True):
     """Asks the notifier to attempt a delivery (on `<ns>.webhook.deliver`); `manual`: one attempt
-    an operator or owner asked for, without a retry schedule."""
+    an operator or owner asked for, without a retry schedule; `delivered_before`: how often the
+    delivery's earlier work messages were delivered, when this one took over from them (a message
+    is handed on before it reaches the consumer's attempt cap)."""
 
     delivery_id: str
     manual: bool = False
+    delivered_before: int = 0
 
 
 class WebhookPing(msgspec.Struct, frozen=True, kw_only=True):
