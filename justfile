@@ -2,7 +2,8 @@
 
 set positional-arguments
 
-# lint, type-check shared/, check generated schemas, run the suite
+# lint, type-check shared/, services/ and vidmesh/ (mypy --strict), run the suite (which checks
+# the generated schemas too)
 test *args:
     ruff check .
     mypy shared services vidmesh
