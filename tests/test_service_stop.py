@@ -2,12 +2,15 @@
 settings, for every service (the gateway's requests included), and one summary line that is the
 last thing a stop writes, after the NATS connection drained, even when a step of the stop failed.
 
-No NATS: the services are built from their settings and not started; the stop runs without
-consumers, with a drain step that writes its own line.
+Most need no NATS: the services are built from their settings and not started; the stop runs
+without consumers, with a drain step that writes its own line. The last one stops a real service
+process with SIGTERM.
 """
 
 from __future__ import annotations
 
+import json
+import signal
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,7 +20,7 @@ from nats.aio.client import Client as NATS
 from structlog.testing import capture_logs
 
 from shared.runtime import Service
-from tests.harness import build_service
+from tests.harness import ServiceProcess, build_service, eventually
 
 SERVICES = ("scheduler", "storage", "statistics", "notifier", "transcoder", "gateway")
 
@@ -84,3 +87,33 @@ async def test_every_service_takes_its_grace_and_deadline_from_the_settings(
     }
     # the transcoder's running work has its own grace (drain_seconds); the deadline is shared
     assert found == {name: (7.0 if name == "transcoder" else 2.5, 1.5) for name in SERVICES}
+
+
+async def test_on_sigterm_a_service_process_drains_and_writes_the_summary_line_last(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given the statistics service running as its own process, with a deadline of 2 s
+    settings = {**env, "VIDMESH_STOP_DEADLINE_SECONDS": "2"}
+    service = ServiceProcess("statistics", settings, tmp_path / "statistics.log").start()
+    assert service.process is not None
+    try:
+        await eventually(lambda: '"service.ready"' in service.log(), what="statistics to start")
+
+        # When it gets SIGTERM
+        service.process.send_signal(signal.SIGTERM)
+        await service.exited_at(timeout=30)
+    finally:
+        if service.alive:
+            service.kill()
+
+    # Then it exits cleanly, and its last line is the summary, with the configured deadline
+    assert service.process.returncode == 0
+    lines = [json.loads(line) for line in service.log().splitlines() if line.startswith("{")]
+    events = [line["event"] for line in lines]
+    assert "service.stopping" in events and "service.drain_failed" not in events
+    last = lines[-1]
+    assert (last["event"], last["service"], last["deadline_s"]) == (
+        "service.stopped",
+        "statistics",
+        2.0,
+    )
