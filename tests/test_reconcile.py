@@ -49,14 +49,14 @@ async def test_a_sweep_that_raises_does_not_stop_scheduling() -> None:
         task = asyncio.create_task(loop.run_forever())
         try:
             # Then it goes on with its passes, and sweeps again
-            await eventually(lambda: sweeps >= 3 and loop.passes >= 3, what="more passes")
+            await eventually(lambda: sweeps >= 2 and loop.passes >= 2, what="more passes")
             assert not task.done()
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
     failures = [line for line in logs if line["event"] == "scheduler.sweep_failed"]
-    assert len(failures) >= 3 and failures[0]["log_level"] == "error"
+    assert len(failures) >= 2 and failures[0]["log_level"] == "error"
     assert task.cancelled()
 
 
