@@ -15,7 +15,6 @@ import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from services.gateway.config import GatewaySettings
 from services.gateway.feeds.hub import EventHub
@@ -41,10 +40,13 @@ from shared.messages.records import (
 from shared.nats.kv import ReadOnlyKV, TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
-from shared.nats.topology import describe, publish_command, publish_event
+from shared.nats.topology import describe, pending_submission, publish_command, publish_event
 from shared.outbound import OutboundRefused
 
 log = structlog.get_logger("vidmesh.gateway")
+
+# The 503 every NATS outage answers (the Streamyfin face words its own).
+NATS_UNREACHABLE = "The job queue (NATS) is not reachable right now."
 
 _EMIT_RETRY_DELAYS = (0.1, 0.5, 2.0)
 
@@ -94,23 +96,14 @@ class Gateway:
         self.jobs.apply(job_id, versioned.value, versioned.revision)
         return versioned.value
 
-    def submission_subject(self, job_id: str) -> str:
-        """The subject of a job's `SubmitJob` command (one per job, in the commands stream)."""
-        return self.names.scheduler_command(f"{cmd.kind(cmd.SubmitJob)}.{job_id}")
-
     async def _submitted(self, job_id: str) -> JobRecord | None:
         """A job submitted but not stored yet (the scheduler is busy or down), as its command,
         still waiting in the commands stream, asks for it; None when there is no such command."""
         try:
-            msg = await self.js.get_last_msg(
-                self.names.commands_stream, self.submission_subject(job_id)
-            )
-            command = cmd.SCHEDULER_DECODER.decode(msg.data or b"")
-        except (NotFoundError, msgspec.DecodeError):
-            return None
-        if not isinstance(command, cmd.SubmitJob):
-            return None
-        return jobstate.submitted_job(command)
+            command = await pending_submission(self.js, self.names, job_id)
+        except Exception as exc:
+            raise Unavailable(NATS_UNREACHABLE) from exc
+        return None if command is None else jobstate.submitted_job(command)
 
     def progress_of(self, job: JobRecord) -> Progress | None:
         """Live progress of a running job's rendition (this generation only)."""
@@ -135,9 +128,16 @@ class Gateway:
         try:
             await publish_command(self.js, self.names, command)
         except Exception as exc:
-            raise Unavailable("The job queue (NATS) is not reachable right now.") from exc
+            raise Unavailable(NATS_UNREACHABLE) from exc
         if job_id is None or until is None:
             return True
+        if self.jobs.get(job_id) is None:
+            # Submitted, not stored yet: the scheduler stores it before it acts on this command,
+            # so the effect shows on a stored job (absent is not yet, not deleted).
+            stored = until
+            return await self.jobs.wait_for(
+                job_id, lambda job: job is not None and stored(job), self.settings.command_timeout
+            )
         return await self.jobs.wait_for(job_id, until, self.settings.command_timeout)
 
     async def emit(self, event: events.Event) -> None:

@@ -14,7 +14,7 @@ import re
 import uuid
 
 from services.gateway.identity import Principal
-from services.gateway.state import Gateway
+from services.gateway.state import NATS_UNREACHABLE, Gateway
 from shared.blobs.users import SOURCE_SCHEMES, UserStore, record_key, user_ref
 from shared.errors import BadRequest, Unavailable
 from shared.media import is_http
@@ -132,20 +132,22 @@ def check_filename(name: str) -> str:
 async def publish_submission(gw: Gateway, command: cmd.SubmitJob) -> bool:
     """Hand a job to the scheduler; False when the commands stream already had a submission
     of this job (the same Idempotency-Key, sent again)."""
-    subject = gw.submission_subject(command.job_id)
     try:
-        return await publish_command(gw.js, subject, command, msg_id=f"submit:{command.job_id}")
+        return await publish_command(gw.js, gw.names, command, msg_id=f"submit:{command.job_id}")
     except Exception as exc:
-        raise Unavailable("The job queue (NATS) is not reachable right now.") from exc
+        raise Unavailable(NATS_UNREACHABLE) from exc
 
 
-async def accepted(gw: Gateway, job_id: str) -> JobRecord:
-    """The submitted job once the scheduler has stored it; after a bounded wait (the scheduler
-    is busy or down), the job as its submission, still in the commands stream, asks for it."""
-    await gw.jobs.wait_for(job_id, lambda job: job is not None, gw.settings.command_timeout)
+async def accepted(gw: Gateway, job_id: str, *, timeout: float | None = None) -> JobRecord:
+    """The submitted job once the scheduler has stored it; after a bounded wait (`timeout`,
+    the command timeout unless given: the scheduler is busy or down), the job as its
+    submission, still in the commands stream, asks for it."""
+    wait = gw.settings.command_timeout if timeout is None else timeout
+    if wait > 0:
+        await gw.jobs.wait_for(job_id, lambda job: job is not None, wait)
     job = await gw.job(job_id)
     if job is None:
-        raise Unavailable("The job queue (NATS) is not reachable right now.")
+        raise Unavailable(NATS_UNREACHABLE)
     return job
 
 

@@ -5,7 +5,11 @@ A handler changes the job record a command names and wakes the reconcile loop, w
 follows (a rendition nobody follows any more is cancelled, an output nobody holds is released, a
 job asked to start now is placed): handlers never decide scheduling themselves. A cache clear is
 the exception that proves it: its releases are decided by `decide.decide_clear` and applied here,
-so the files it frees are counted in its own request."""
+so the files it frees are counted in its own request.
+
+A command may reach its handler before the submission of the job it names (commands are handled
+several at a time): the job's pending `SubmitJob` is then taken from the commands stream and
+stored first (`Intake.submit_pending`), so no command for an accepted job is lost."""
 
 from __future__ import annotations
 
@@ -51,6 +55,9 @@ class CommandHandler:
 
     async def __call__(self, received: Received[cmd.SchedulerCommand]) -> Settle:
         command = received.message
+        # Commands are handled several at a time: one may overtake the submission of its job.
+        for job_id in jobs_named(command):
+            await self.intake.submit_pending(job_id)
         match command:
             case cmd.SubmitJob():
                 if await self.intake.submit(command) is not None:
@@ -124,13 +131,11 @@ class CommandHandler:
     async def clean_up(self, before: float, statuses: list[str]) -> None:
         """Finished jobs older than `before`: completed ones let their outputs go, the others
         (and those) have their records purged."""
-        known = {s for s in statuses if s in JobStatus.__members__.values()}
-        wanted = {JobStatus(s) for s in known} or jobstate.FINISHED | {JobStatus.REMOVED}
+        wanted = jobstate.cleanable(statuses)
         now = time.time()
         matched = 0
         for job in list(self.view.jobs.values()):
-            ended = job.removed_at or job.finished_at
-            if job.status not in wanted or ended is None or ended >= before:
+            if not jobstate.cleanup_due(job, before, wanted):
                 continue
             matched += 1
             cleared = await self.store.change_job(
@@ -183,6 +188,19 @@ class CommandHandler:
 
     def _wake_up(self) -> None:
         self._wake()
+
+
+def jobs_named(command: cmd.SchedulerCommand) -> list[str]:
+    """The jobs a command acts on (a submission names the job it creates, not one it acts on)."""
+    match command:
+        case cmd.SubmitJob() | cmd.CleanupJobs() | cmd.ClearCache():
+            return []
+        case cmd.StartBatch(job_ids=job_ids):
+            return list(job_ids)
+        case cmd.RenameOutputs(names=names):
+            return list(names)
+        case _:
+            return [command.job_id]
 
 
 def _restart(job: JobRecord, now: float, *, nonce: str) -> JobRecord:

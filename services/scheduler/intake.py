@@ -20,6 +20,7 @@ from __future__ import annotations
 import structlog
 from nats.js import JetStreamContext
 
+from shared.errors import VidmeshError
 from shared.fleet import SETTINGS_KEY
 from shared.jobs import state as jobstate
 from shared.jobs.store import RecordStore
@@ -28,11 +29,14 @@ from shared.messages import commands as cmd
 from shared.messages.fleet import TranscodingSettings
 from shared.messages.records import JobRecord
 from shared.messages.webhooks import SubscriptionScope, WebhookSubscription
+from shared.nats.handler import retryable
 from shared.nats.kv import Stale
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
+from shared.nats.topology import describe, pending_submission
 from shared.webhooks.store import WebhookStore
 from shared.webhooks.subscriptions import job_subscription_id
+from shared.wire import JobError
 
 log = structlog.get_logger("vidmesh.scheduler")
 
@@ -54,11 +58,22 @@ class Intake:
         self._webhooks: WebhookStore | None = None
 
     async def submit(self, command: cmd.SubmitJob) -> JobRecord | None:
-        """Store the submitted job; None when it exists already (nothing is changed then)."""
+        """Store the submitted job; None when it exists already (nothing is changed then).
+
+        A submission is never dropped: what may pass (a KV outage) raises, and the consumer
+        retries it until it is stored (its submissions are exempt from the attempt cap); a job
+        that can never be accepted as asked is stored `failed` with the reason, so its caller,
+        who was told it was accepted, sees it fail."""
         if await self.store.jobs.get(command.job_id) is not None:
             log.info("job.submitted_again", job_id=command.job_id)
             return None
-        job = jobstate.submitted_job(command, await self.capped(command.spec))
+        try:
+            job = jobstate.submitted_job(command, await self.capped(command.spec))
+        except Exception as exc:
+            if retryable(exc):
+                raise
+            job = refused(command, exc)
+            log.error("job.refused", job_id=command.job_id, **describe(exc))
         if job.notify_url:
             # Stored first, so the notifier finds it for the job's first event.
             await self._subscribe(command)
@@ -69,6 +84,19 @@ class Intake:
             return None
         log.info("job.accepted", job_id=job.id, client=job.client, owner=job.owner)
         return job
+
+    async def submit_pending(self, job_id: str) -> None:
+        """Before a command acts on job `job_id`: if it is not stored yet but its submission waits
+        in the commands stream (handled in another slot, or not yet), store it now, so the
+        command finds it. A job with neither a record nor a submission is left as it is."""
+        if self.store.job_view is not None and self.store.job_view.get(job_id) is not None:
+            return
+        if await self.store.jobs.get(job_id) is not None:
+            return
+        command = await pending_submission(self.js, self.names, job_id)
+        if command is not None:
+            log.info("job.submission_taken_ahead", job_id=job_id)
+            await self.submit(command)
 
     async def capped(self, spec: PresetSpec) -> PresetSpec:
         """`spec` within the fleet's quality ceilings (maximum height and video bitrate), as
@@ -99,3 +127,33 @@ class Intake:
             updated_at=command.at,
         )
         await self._webhooks.subscriptions.put(sub_id, subscription)
+
+
+def refused(command: cmd.SubmitJob, exc: Exception) -> JobRecord:
+    """The job a submission asked for, failed at once: it cannot be accepted as it was asked."""
+    reason = exc.message if isinstance(exc, VidmeshError) else str(exc) or type(exc).__name__
+    job = jobstate.new_job(
+        job_id=command.job_id,
+        owner=command.owner,
+        owner_name=command.owner_name,
+        client=command.client,
+        device_id=command.device_id,
+        item_id=command.item_id,
+        item=command.item,
+        source=command.source,
+        profile=command.profile,
+        priority=command.priority,
+        output_name=command.output_name,
+        batch=command.batch,
+        destination=command.destination,
+        pool=command.pool,
+        notify_url=command.notify_url,
+        request_sha256=command.request_sha256,
+        now=command.at,
+    )
+    error = JobError(
+        code="submission_refused",
+        reason=f"The job could not be accepted: {reason}",
+        detail=type(exc).__name__,
+    )
+    return jobstate.fail(job, error, command.at)

@@ -86,16 +86,7 @@ class Scheduler(Service):
         self.view.leases = LeaseView(self.leases, self.renditions, self.pools, self.fleet_settings)
         self.applier.leases = self.leases
         self.loop.watch_leases(self.leases)
-        consumer = Consumer.durable(
-            self.names.commands_stream,
-            self.names.scheduler_consumer,
-            self.names.scheduler_commands,
-            cmd.SCHEDULER_DECODER,
-            family="command",
-            ack_wait=30.0,
-            max_ack_pending=self.settings.command_slots * 4,
-            max_attempts=self.settings.message_attempts,
-        )
+        consumer = command_consumer(self.names, self.settings)
         intake = Intake(js, self.names, self.store, self.fleet_settings)
         handler = CommandHandler(
             self.store, self.view, self.applier, self.settings, self.loop.wake, intake
@@ -130,6 +121,23 @@ class Scheduler(Service):
         await self.sharing.close()
         await self.access.close()
         log.info("scheduler.stopped", passes=self.passes)
+
+
+def command_consumer(names: Names, settings: SchedulerSettings) -> Consumer[cmd.SchedulerCommand]:
+    """The scheduler's consumer of its commands: a command whose handling keeps failing stops
+    at the attempt cap, except a job's submission, retried until it is stored (its face has
+    answered 201 already)."""
+    return Consumer.durable(
+        names.commands_stream,
+        names.scheduler_consumer,
+        names.scheduler_commands,
+        cmd.SCHEDULER_DECODER,
+        family="command",
+        ack_wait=30.0,
+        max_ack_pending=settings.command_slots * 4,
+        max_attempts=settings.message_attempts,
+        uncapped=lambda command: isinstance(command, cmd.SubmitJob),
+    )
 
 
 def _observe_job(key: str, old: JobRecord | None, new: JobRecord | None) -> None:

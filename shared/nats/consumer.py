@@ -9,7 +9,9 @@ typed `Received`; the handler returns a `Settle` and never acknowledges anything
 - a message that does not decode is poison: terminated, with one error line;
 - an error that says it is not retryable (`shared.errors`) is terminated with one error line;
 - any other error is retried with backoff, until the consumer's attempt cap (if it has one):
-  then it is terminated with one error line;
+  then it is terminated with one error line; a message the consumer exempts from its cap
+  (`uncapped`: one that must never be dropped, such as a job's submission) is retried until
+  its handler succeeds;
 - a handler cancelled by a shutdown hands its message back at once (`CancelledError` never acks).
 
 Every handled message gets one info line: outcome, attempt, duration and its ids.
@@ -22,6 +24,7 @@ import contextlib
 import functools
 import time
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -92,6 +95,8 @@ class Consumer(Generic[T]):
 
     `family` names its messages in log lines (`command.poison`, `event.handled`...);
     `max_attempts` caps the deliveries of a message whose handler keeps failing (None: no cap);
+    `uncapped` says which messages the cap never applies to (their loss would lose what a client
+    was told is accepted: they are retried with backoff until handled);
     `skip_unknown` acks a message whose tag this version does not know (events: newer producers
     may add some) instead of treating it as poison.
     """
@@ -102,6 +107,7 @@ class Consumer(Generic[T]):
     family: str
     max_attempts: int | None = None
     skip_unknown: bool = False
+    uncapped: Callable[[T], bool] | None = None
 
     @classmethod
     def durable(
@@ -116,6 +122,7 @@ class Consumer(Generic[T]):
         max_ack_pending: int = 1000,
         max_attempts: int | None = None,
         skip_unknown: bool = False,
+        uncapped: Callable[[T], bool] | None = None,
     ) -> Consumer[T]:
         """Explicit acks, from the start of the stream, and never given up on by JetStream:
         the kit counts attempts (`max_attempts`) and settles every message itself."""
@@ -128,7 +135,13 @@ class Consumer(Generic[T]):
             max_deliver=-1,
             max_ack_pending=max_ack_pending,
         )
-        return cls(stream, config, decoder, family, max_attempts, skip_unknown)
+        return cls(stream, config, decoder, family, max_attempts, skip_unknown, uncapped)
+
+    def cap_for(self, message: T) -> int | None:
+        """How many deliveries `message` gets (None: as many as it takes)."""
+        if self.uncapped is not None and self.uncapped(message):
+            return None
+        return self.max_attempts
 
     async def open(
         self, js: JetStreamContext, name: str, handler: Handler[T], *, slots: int = 1
@@ -308,7 +321,7 @@ class SlotLoops(Generic[T]):
             return
         ids = ids_of(message)
         with bound_contextvars(**ids):
-            cap = self.consumer.max_attempts
+            cap = self.consumer.cap_for(message)
             if cap is not None and attempt > cap:
                 # Delivered past the cap without failing in a handler: its handling kills or
                 # hangs the process every time. Never again.
@@ -339,7 +352,7 @@ class SlotLoops(Generic[T]):
                 self.cancelled += 1
             raise
         except Exception as exc:
-            cap = self.consumer.max_attempts
+            cap = self.consumer.cap_for(received.message)
             if not retryable(exc):
                 log.error(f"{self.family}.not_retryable", **where, **describe(exc))
                 return TERM

@@ -94,9 +94,19 @@ class Names:
 
     def command_subject(self, command: commands.Command) -> str:
         """The subject of a command: the service that consumes it, then its tag
-        (`<ns>.cmd.<service>.<tag with dots as underscores>`)."""
+        (`<ns>.cmd.<service>.<tag with dots as underscores>`); a job's submission also names
+        its job (`submission_subject`), so it can be found while it waits in the stream."""
+        if isinstance(command, commands.SubmitJob):
+            return self.submission_subject(command.job_id)
         service, kind = _route(type(command))
         return f"{self.namespace}.cmd.{service}.{kind}"
+
+    def submission_subject(self, job_id: str) -> str:
+        """The subject of job `job_id`'s `SubmitJob` command
+        (`<ns>.cmd.scheduler.job_submit.<job id>`): one per job, so the gateway and the
+        scheduler read a submission not handled yet from the commands stream by its job id."""
+        service, kind = _route(commands.SubmitJob)
+        return f"{self.namespace}.cmd.{service}.{kind}.{job_id}"
 
     def commands_of(self, service: str) -> str:
         """Filter of the commands one service consumes."""
@@ -111,9 +121,6 @@ class Names:
     def storage_commands(self) -> str:
         """Filter of the commands the storage service consumes."""
         return f"{self.namespace}.cmd.storage.>"
-
-    def storage_command(self, kind: str) -> str:
-        return f"{self.namespace}.cmd.storage.{kind}"
 
     @property
     def work_all(self) -> str:

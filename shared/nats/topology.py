@@ -8,6 +8,7 @@ is declared by the one service that reads it.
 from __future__ import annotations
 
 import asyncio
+import re
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -283,21 +284,37 @@ def _event_subject(names: Names, event: events.Event) -> str:
 
 async def publish_command(
     js: JetStreamContext,
-    to: Names | str,
+    names: Names,
     command: commands.Command,
     *,
     msg_id: str | None = None,
 ) -> bool:
-    """Publish a command durably on the subject its tag gives (`to`: the namespace's names; a
-    subject string is still taken from callers that spell it). Returns False when JetStream saw
-    it already (same msg id)."""
-    subject = to.command_subject(command) if isinstance(to, Names) else to
+    """Publish a command durably on the subject its tag gives (`Names.command_subject`).
+    Returns False when JetStream saw it already (same msg id)."""
     ack = await js.publish(
-        subject,
+        names.command_subject(command),
         commands.ENCODER.encode(command),
         headers={"Nats-Msg-Id": msg_id or command.command_id},
     )
     return not ack.duplicate
+
+
+_SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+async def pending_submission(
+    js: JetStreamContext, names: Names, job_id: str
+) -> commands.SubmitJob | None:
+    """Job `job_id`'s `SubmitJob` command while it waits in the commands stream (the scheduler
+    has not handled it yet); None when there is none. Other errors (NATS unreachable) raise."""
+    if not _SUBJECT_TOKEN.match(job_id):
+        return None  # not a job id any face gives: no subject names it
+    try:
+        msg = await js.get_last_msg(names.commands_stream, names.submission_subject(job_id))
+        command = commands.SCHEDULER_DECODER.decode(msg.data or b"")
+    except (NotFoundError, msgspec.DecodeError):
+        return None
+    return command if isinstance(command, commands.SubmitJob) else None
 
 
 def encode(value: msgspec.Struct) -> bytes:

@@ -119,12 +119,16 @@ async def bulk_create(request: web.Request, body: _BulkEnvelope) -> web.Response
     who = caller(request)
     batch_id = uuid.uuid4().hex if body.paused else ""
     results: list[BulkItem] = []
+    # One deadline for the whole request: while the scheduler stores each job in turn, the jobs
+    # are accepted (and announced) in the items' order; once it has passed (the scheduler is
+    # down or slow), the remaining items are handed on without waiting.
+    deadline = time.monotonic() + gw.settings.command_timeout
     for index, raw in enumerate(body.jobs):
         try:
             item = _decode_item(raw)
             command = await accept_job(gw, who, item, paused=body.paused, batch=batch_id)
-            # one after the other: the jobs are accepted (and announced) in the items' order
-            job = await accepted(gw, command.job_id)
+            left = max(0.0, deadline - time.monotonic())
+            job = await accepted(gw, command.job_id, timeout=left)
         except VidmeshError as exc:
             error = ErrorBody(code=exc.code, message=exc.message, status=exc.http_status)
             results.append(BulkItem(index=index, ok=False, job=None, error=error))

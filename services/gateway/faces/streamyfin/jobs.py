@@ -43,6 +43,8 @@ STATUS_WORDS: dict[JobStatus, str] = {
 # What a device no longer sees in its own list (the original dropped these jobs outright).
 HIDDEN_FROM_DEVICE = frozenset({JobStatus.CANCELLED, JobStatus.REMOVED})
 PROFILE = "optimized"
+# The face's 503 when a job cannot be handed on (NATS unreachable).
+NOT_STORED = "The job could not be stored: NATS is not reachable right now."
 
 
 # Client-supplied strings that are stored (ids, names) are bounded: records stay small.
@@ -187,9 +189,9 @@ async def optimize_version(request: web.Request) -> web.Response:
     )
     try:
         await publish_submission(gw, command)
-    except Unavailable as exc:
-        raise Unavailable("The job could not be stored: NATS is not reachable right now.") from exc
-    job = await accepted(gw, command.job_id)
+        job = await accepted(gw, command.job_id)
+    except Unavailable as exc:  # publishing, or reading the job while it waits: the same words
+        raise Unavailable(NOT_STORED) from exc
     return json_response({"id": job.id}, status=201)
 
 
