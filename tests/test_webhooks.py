@@ -579,8 +579,8 @@ async def test_killing_the_notifier_mid_retry_loses_no_delivery(
 async def test_a_test_delivery_with_no_notifier_running_answers_503_and_is_never_sent_late(
     env: dict[str, str], http: aiohttp.ClientSession, receiver: Receiver
 ) -> None:
-    # Given a gateway but no notifier
-    system = await start_system({**env, **FAST}, "gateway")
+    # Given a gateway but no notifier (and a short wait for one to take a command)
+    system = await start_system({**env, **FAST, "VIDMESH_COMMAND_TIMEOUT": "1"}, "gateway")
     try:
         admin = await Api(http, system.url).as_user("admin", ADMIN_PASSWORD, register=False)
         sub = await subscribe(admin, receiver, "/api/admin/webhooks")

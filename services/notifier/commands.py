@@ -53,6 +53,8 @@ class NotifierCommands:
         if command.deadline is not None and time.time() > command.deadline:
             log.info("command.expired", deadline=command.deadline)
             return ACK
+        if command.reply_to:  # taken: the gateway now waits for the answer itself
+            await self.nc.publish(command.reply_to, b"")
         match command:
             case SendTestDelivery():
                 reply: msgspec.Struct = await self.send_test(command)

@@ -122,8 +122,9 @@ class WebhookPing(msgspec.Struct, frozen=True, kw_only=True):
 
 class SendTestDelivery(Command, frozen=True, kw_only=True, tag="webhook.test"):
     """Send a signed test delivery to a subscription now, keep it as a delivery, and reply with
-    what was sent and answered (`PingReply`) on `reply_to`. Dropped unanswered once `deadline`
-    has passed: nobody waits for it any more."""
+    what was sent and answered (`PingReply`) on `reply_to`, after an empty message there that says
+    the notifier has taken it. Dropped unanswered when it is taken after `deadline`: nobody waits
+    for it any more."""
 
     subscription_id: str
     reply_to: str = ""
@@ -134,8 +135,9 @@ class SendTestDelivery(Command, frozen=True, kw_only=True, tag="webhook.test"):
 
 class RetryDelivery(Command, frozen=True, kw_only=True, tag="webhook.retry_delivery"):
     """Attempt a finished delivery once more, now, with the same webhook-id (no retry schedule);
-    reply with the delivery as it is then (`RetryReply`) on `reply_to`. Dropped unanswered
-    once `deadline` has passed."""
+    reply with the delivery as it is then (`RetryReply`) on `reply_to`, after an empty message
+    there that says the notifier has taken it. Dropped unanswered when it is taken after
+    `deadline`."""
 
     delivery_id: str
     reply_to: str = ""

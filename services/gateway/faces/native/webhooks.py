@@ -63,6 +63,8 @@ USER = "/api/webhooks"
 
 # Seconds a test delivery (sent while its caller waits) may take.
 PING_TIMEOUT = 10.0
+# Seconds past a notifier command's deadline that its taking is still waited for.
+TAKE_MARGIN = 1.0
 
 Impl = Callable[..., Awaitable[web.Response]]
 R = TypeVar("R")
@@ -135,15 +137,22 @@ async def _ask_notifier(
     gw: Gateway, command: NotifierCommand, decoder: msgspec.json.Decoder[R], wait: float
 ) -> R:
     """Publish a notifier command that replies on its `reply_to`, and wait (bounded) for the
-    reply. The command carries the same deadline: a notifier that gets it later drops it."""
-    sub = await gw.nc.subscribe(command.reply_to, max_msgs=1)
+    notifier to take it (an empty message: the command's `deadline`, after which a notifier
+    drops it, is `command_timeout` away), then up to `wait` for its answer."""
+    sub = await gw.nc.subscribe(command.reply_to, max_msgs=2)
     try:
         try:
             await publish_command(gw.js, gw.names, command)
         except Exception as exc:
             raise Unavailable("The job queue (NATS) is not reachable right now.") from exc
         try:
-            reply = await sub.next_msg(timeout=wait)
+            # a moment past the deadline: a notifier that took it just in time is heard
+            reply = await sub.next_msg(timeout=gw.settings.command_timeout + TAKE_MARGIN)
+        except (TimeoutError, nats.errors.TimeoutError):
+            raise Unavailable("No notifier took the request in time; try again.") from None
+        try:
+            if not reply.data:
+                reply = await sub.next_msg(timeout=wait)
         except (TimeoutError, nats.errors.TimeoutError):
             raise Unavailable("The notifier did not answer in time; try again.") from None
         return decoder.decode(reply.data)
@@ -152,14 +161,14 @@ async def _ask_notifier(
             await sub.unsubscribe()
 
 
-def _command_fields(gw: Gateway, request: web.Request, wait: float) -> dict[str, Any]:
+def _command_fields(gw: Gateway, request: web.Request) -> dict[str, Any]:
     now = time.time()
     return {
         "command_id": uuid.uuid4().hex,
         "by": caller(request).user_id,
         "at": now,
         "reply_to": gw.nc.new_inbox(),
-        "deadline": now + wait,
+        "deadline": now + gw.settings.command_timeout,
     }
 
 
@@ -312,11 +321,11 @@ async def send_test(request: web.Request, *, admin: bool) -> web.Response:
     gw = gateway(request)
     store = await _store(gw)
     sub = await _find(request, store, admin)
-    wait = PING_TIMEOUT + gw.settings.command_timeout
     command = SendTestDelivery(
-        **_command_fields(gw, request, wait), subscription_id=sub.id, timeout=PING_TIMEOUT
+        **_command_fields(gw, request), subscription_id=sub.id, timeout=PING_TIMEOUT
     )
-    sent = await _ask_notifier(gw, command, PING_REPLY, wait)
+    # the attempt, and storing it as a delivery
+    sent = await _ask_notifier(gw, command, PING_REPLY, PING_TIMEOUT + gw.settings.command_timeout)
     if sent.missing:
         raise NotFound(f"No webhook {sub.id!r}.")
     if sent.refused:
@@ -368,9 +377,8 @@ async def retry(request: web.Request, *, admin: bool) -> web.Response:
     gw = gateway(request)
     store = await _store(gw)
     _, found = await _find_delivery(request, store, admin)
-    wait = gw.settings.command_timeout
-    command = RetryDelivery(**_command_fields(gw, request, wait), delivery_id=found.id)
-    retried = await _ask_notifier(gw, command, RETRY_REPLY, wait)
+    command = RetryDelivery(**_command_fields(gw, request), delivery_id=found.id)
+    retried = await _ask_notifier(gw, command, RETRY_REPLY, gw.settings.command_timeout)
     if retried.refused:
         raise Conflict(retried.refused)
     if retried.missing or retried.delivery is None:
