@@ -2,7 +2,8 @@
 
 - `state` (imported as `jobstate`): the job state machine, one pure module that every service
   calls to change a job, with `renditions` (the rendition state machine), `transitions` (the
-  transitions as data, the status sets) and `queries` (guards a face asks, such as `can_start`);
+  transitions as data, the status sets), `queries` (guards a face asks, such as `can_start`)
+  and `accepted` (the record a new job starts as, from its submission);
 - `store`: `RecordStore`, compare-and-set writes of job and rendition records, each followed by
   its event (only the scheduler writes jobs and renditions; transcoders write their renditions);
 - `events`: the events that report a record's change (record -> event builders).

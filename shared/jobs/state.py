@@ -3,15 +3,15 @@
 Nothing here does I/O or reads a clock: callers pass `now`. Every function returns a new record or
 raises `InvalidTransition`; the allowed moves are the tables in `shared.jobs.transitions`, and a
 test walks them. This module holds the job machine and re-exports the rendition machine
-(`shared.jobs.renditions`) and the job queries (`shared.jobs.queries`): callers import from here.
+(`shared.jobs.renditions`), the job queries (`shared.jobs.queries`) and the job as accepted
+(`shared.jobs.accepted`): callers import from here.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
+from shared.jobs.accepted import new_job, submitted_job
 from shared.jobs.queries import (
     CLEANABLE,
     CleanableStatus,
@@ -57,12 +57,8 @@ from shared.jobs.transitions import (
     RENDITION_TRANSITIONS,
     InvalidTransition,
 )
-from shared.media.presets import PresetSpec
 from shared.media.probe import ProbeResult
-from shared.media.profiles import get_container
-from shared.messages.commands import SubmitJob
 from shared.messages.records import (
-    Destination,
     JobRecord,
     JobStatus,
     Output,
@@ -151,86 +147,6 @@ def _move_job(job: JobRecord, to: JobStatus, now: float, **changes: object) -> J
     if to not in JOB_TRANSITIONS[job.status]:
         raise InvalidTransition(f"job {job.id} is {job.status}; it cannot become {to}")
     return msgspec.structs.replace(job, status=to, updated_at=now, **changes)
-
-
-def new_job(
-    *,
-    job_id: str,
-    owner: str,
-    source: str,
-    now: float,
-    owner_name: str = "",
-    client: str = "streamyfin",
-    device_id: str = "",
-    item_id: str = "",
-    item: dict[str, Any] | None = None,
-    profile: str = "optimized",
-    spec: PresetSpec | None = None,
-    container: str = "mp4",
-    duration_hint: float | None = None,
-    priority: int = 0,
-    output_name: str = "",
-    batch: str = "",
-    paused: bool = False,
-    destination: Destination | None = None,
-    pool: str = "",
-    notify_url: str = "",
-    request_sha256: str = "",
-) -> JobRecord:
-    """A job as accepted: queued (or paused, in a batch), not yet attached to a rendition."""
-    return JobRecord(
-        id=job_id,
-        owner=owner,
-        owner_name=owner_name,
-        client=client,
-        device_id=device_id,
-        item_id=item_id,
-        item=item,
-        source=source,
-        profile=profile,
-        spec=spec,
-        container=container,
-        priority=priority,
-        output_name=output_name,
-        batch=batch,
-        destination=destination,
-        pool=pool,
-        notify_url=notify_url,
-        request_sha256=request_sha256,
-        status=J.PAUSED if paused else J.QUEUED,
-        created_at=now,
-        updated_at=now,
-        duration_hint=duration_hint,
-    )
-
-
-def submitted_job(command: SubmitJob, spec: PresetSpec | None = None) -> JobRecord:
-    """The job a `SubmitJob` command asks for, as accepted (with `spec`, the command's spec
-    within the fleet's ceilings; without, as the face resolved it)."""
-    spec = spec or command.spec
-    return new_job(
-        job_id=command.job_id,
-        owner=command.owner,
-        owner_name=command.owner_name,
-        client=command.client,
-        device_id=command.device_id,
-        item_id=command.item_id,
-        item=command.item,
-        source=command.source,
-        profile=command.profile,
-        spec=spec,
-        container=get_container(spec.container).name,
-        duration_hint=command.duration_hint,
-        priority=command.priority,
-        output_name=command.output_name,
-        batch=command.batch,
-        paused=command.paused,
-        destination=command.destination,
-        pool=command.pool,
-        notify_url=command.notify_url,
-        request_sha256=command.request_sha256,
-        now=command.at,
-    )
 
 
 def hold(job: JobRecord, now: float) -> JobRecord:
