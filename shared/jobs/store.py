@@ -29,13 +29,12 @@ from nats.js import JetStreamContext
 from shared.jobs import events as record_events
 from shared.messages import events
 from shared.messages.records import JobRecord, JobStatus, Progress, Rendition
-from shared.nats.kv import Stale, TypedKV
+from shared.nats.kv import TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import Buckets, describe, publish_event
 
 _EMIT_RETRY_DELAYS = (0.1, 0.5, 2.0)
-_CAS_ROUNDS = 64
 # Seconds: a replaced revision younger than this has its event published again by the writer that
 # replaced it (the events stream de-duplicates for 120 s).
 PREDECESSOR_WINDOW = 60.0
@@ -92,26 +91,19 @@ class RecordStore:
 
         `fn` returns the new record, or None to leave it as it is (it may raise to refuse)."""
         async with self._turn(job_id):
-            for _ in range(_CAS_ROUNDS):
-                current = await self.jobs.get(job_id)
-                new = fn(current.value if current else None)
-                if new is None or (current is not None and new == current.value):
-                    return current.value if current else None
-                try:
-                    if current is None:
-                        revision = await self.jobs.create(job_id, new)
-                    else:
-                        revision = await self.jobs.update(job_id, new, current.revision)
-                except Stale:
-                    continue
-                if self.job_view is not None:
-                    self.job_view.apply(job_id, new, revision)
-                if current is not None:
-                    await self._announce_replaced(current.value, current.revision)
-                event = record_events.job_event(new, revision, created=current is None)
-                await self._announce(event, revision)
-                return new
-        raise RuntimeError(f"too much contention on job {job_id}")
+            done = await self.jobs.replace(job_id, fn)
+            if not done.changed or done.record is None or done.revision is None:
+                return done.record
+            if self.job_view is not None:
+                self.job_view.apply(job_id, done.record, done.revision)
+            if done.before is not None:
+                await self._announce_replaced(done.before.value, done.before.revision)
+            created = done.before is None
+            await self._announce(
+                record_events.job_event(done.record, done.revision, created=created),
+                done.revision,
+            )
+            return done.record
 
     async def delete_job(self, job: JobRecord, revision: int) -> None:
         """Delete a job record that is still at `revision`."""

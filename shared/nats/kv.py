@@ -45,6 +45,16 @@ class Versioned(msgspec.Struct, Generic[T], frozen=True):
     revision: int
 
 
+class Replaced(msgspec.Struct, Generic[T], frozen=True):
+    """What a compare-and-set change did: the record it replaced (None: there was none), the
+    record as it now is and its revision, and whether this change stored it."""
+
+    before: Versioned[T] | None
+    record: T | None
+    revision: int | None
+    changed: bool
+
+
 class ReadOnlyKV(Generic[T]):
     """A KV bucket of msgspec Structs that its holder may only read: `get` and nothing else.
 
@@ -205,15 +215,18 @@ class TypedKV(Generic[T]):
         `fn` returns the new record, or None to leave it as it is (it may raise to refuse).
         Returns (record, revision, changed).
         """
+        done = await self.replace(key, fn)
+        return done.record, done.revision, done.changed
+
+    async def replace(self, key: str, fn: Callable[[T | None], T | None]) -> Replaced[T]:
+        """`change`, saying also which version of the record the change replaced."""
         for _ in range(_MAX_CAS_ROUNDS):
             current = await self.get(key)
             new = fn(current.value if current else None)
             if new is None or (current is not None and new == current.value):
-                return (
-                    current.value if current else None,
-                    current.revision if current else None,
-                    False,
-                )
+                if current is None:
+                    return Replaced(before=None, record=None, revision=None, changed=False)
+                return Replaced(current, current.value, current.revision, changed=False)
             try:
                 if current is None:
                     revision = await self.create(key, new)
@@ -221,5 +234,5 @@ class TypedKV(Generic[T]):
                     revision = await self.update(key, new, current.revision)
             except Stale:
                 continue
-            return new, revision, True
+            return Replaced(before=current, record=new, revision=revision, changed=True)
         raise RuntimeError(f"too much contention on {self.kv._name}/{key}")
