@@ -1,29 +1,7 @@
 """Every route of the native face: importing this module registers them on the route table
 (services/gateway/api.py)."""
 
-from services.gateway.faces.native import (
-    accounts,
-    admin,
-    batches,
-    events,
-    files,
-    fleet,
-    fleet_health,
-    fleet_settings,
-    jobs,
-    machines,
-    presets,
-    sessions,
-    statistics,
-    storage,
-    storage_admin,
-    telemetry,
-    telemetry_settings,
-    users,
-    webhooks,
-)
-
-FACE = (
+from services.gateway.faces.native import (  # noqa: F401 (imported for their routes)
     accounts,
     admin,
     batches,
