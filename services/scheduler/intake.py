@@ -21,17 +21,14 @@ import structlog
 from nats.js import JetStreamContext
 
 from shared.errors import VidmeshError
-from shared.fleet import SETTINGS_KEY
+from shared.fleet import Fleet
 from shared.jobs import state as jobstate
 from shared.jobs.store import RecordStore
-from shared.media.presets import PresetSpec, within_ceilings
 from shared.messages import commands as cmd
-from shared.messages.fleet import TranscodingSettings
 from shared.messages.records import JobRecord
 from shared.messages.webhooks import SubscriptionScope, WebhookSubscription
 from shared.nats.handler import retryable
 from shared.nats.kv import Stale
-from shared.nats.projection import Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import describe, pending_submission
 from shared.webhooks.store import WebhookStore
@@ -49,12 +46,12 @@ class Intake:
         js: JetStreamContext,
         names: Names,
         store: RecordStore,
-        fleet_settings: Projection[TranscodingSettings],
+        fleet: Fleet,
     ) -> None:
         self.js = js
         self.names = names
         self.store = store
-        self.fleet_settings = fleet_settings
+        self.fleet = fleet
         self._webhooks: WebhookStore | None = None
 
     async def submit(self, command: cmd.SubmitJob) -> JobRecord | None:
@@ -68,7 +65,7 @@ class Intake:
             log.info("job.submitted_again", job_id=command.job_id)
             return None
         try:
-            job = jobstate.submitted_job(command, await self.capped(command.spec))
+            job = jobstate.submitted_job(command, await self.fleet.within_ceilings(command.spec))
         except Exception as exc:
             if retryable(exc):
                 raise
@@ -97,17 +94,6 @@ class Intake:
         if command is not None:
             log.info("job.submission_taken_ahead", job_id=job_id)
             await self.submit(command)
-
-    async def capped(self, spec: PresetSpec) -> PresetSpec:
-        """`spec` within the fleet's quality ceilings (maximum height and video bitrate), as
-        they are stored now (an operator's change applies to the next job at once)."""
-        found = await self.fleet_settings.store.get(SETTINGS_KEY)
-        settings = found.value if found else TranscodingSettings()
-        return within_ceilings(
-            spec,
-            max_height=settings.max_height,
-            max_video_bitrate_kbps=settings.max_video_bitrate_kbps,
-        )
 
     async def _subscribe(self, command: cmd.SubmitJob) -> None:
         """The job's own webhook subscription, signed with the secret the face sealed."""

@@ -23,6 +23,7 @@ from services.scheduler.metrics import observe_job, sample_forever
 from services.scheduler.reconcile import ReconcileLoop
 from services.scheduler.sharing import ShareChecks
 from services.scheduler.view import LeaseView, View
+from shared.fleet import Fleet
 from shared.jobs.store import RecordStore
 from shared.messages import commands as cmd
 from shared.messages.fleet import Pool, TranscodingSettings
@@ -87,7 +88,7 @@ class Scheduler(Service):
         self.applier.leases = self.leases
         self.loop.watch_leases(self.leases)
         consumer = command_consumer(self.names, self.settings)
-        intake = Intake(js, self.names, self.store, self.fleet_settings)
+        intake = Intake(js, self.names, self.store, Fleet(buckets))
         handler = CommandHandler(
             self.store, self.view, self.applier, self.settings, self.loop.wake, intake
         )
