@@ -40,15 +40,17 @@ from shared.messages.records import (
 from shared.nats.kv import ReadOnlyKV, TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
-from shared.nats.topology import describe, pending_submission, publish_command, publish_event
+from shared.nats.topology import (
+    announce,
+    pending_submission,
+    publish_command,
+)
 from shared.outbound import OutboundRefused
 
 log = structlog.get_logger("vidmesh.gateway")
 
 # The 503 every NATS outage answers (the Streamyfin face words its own).
 NATS_UNREACHABLE = "The job queue (NATS) is not reachable right now."
-
-_EMIT_RETRY_DELAYS = (0.1, 0.5, 2.0)
 
 
 @dataclass(slots=True)
@@ -143,15 +145,7 @@ class Gateway:
     async def emit(self, event: events.Event) -> None:
         """Publish an event of a change the gateway stored (a pool, a webhook subscription),
         retrying briefly; a failure is logged, never raised: the change is stored already."""
-        for delay in (*_EMIT_RETRY_DELAYS, None):
-            try:
-                await publish_event(self.js, self.names, event)
-                return
-            except Exception as exc:
-                if delay is None:
-                    log.error("event.publish_failed", event_id=event.event_id, **describe(exc))
-                    return
-                await asyncio.sleep(delay)
+        await announce(self.js, self.names, event)
 
     async def probe(self, source: str, owner: str) -> ProbeResult:
         """The source as a transcoder probes it (core NATS request to any transcoder): 503 when

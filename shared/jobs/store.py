@@ -32,9 +32,8 @@ from shared.messages.records import JobRecord, JobStatus, Progress, Rendition
 from shared.nats.kv import TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
-from shared.nats.topology import Buckets, describe, publish_event
+from shared.nats.topology import Buckets, announce
 
-_EMIT_RETRY_DELAYS = (0.1, 0.5, 2.0)
 # Seconds: a replaced revision younger than this has its event published again by the writer that
 # replaced it (the events stream de-duplicates for 120 s).
 PREDECESSOR_WINDOW = 60.0
@@ -66,16 +65,7 @@ class RecordStore:
         """Publish an event, retrying briefly; whether it was published. A failure is logged,
         never raised (the change is already stored, and the scheduler re-publishes a job event
         that never made it)."""
-        for delay in (*_EMIT_RETRY_DELAYS, None):
-            try:
-                await publish_event(self.js, self.names, event)
-                return True
-            except Exception as exc:
-                if delay is None:
-                    log.error("event.publish_failed", event_id=event.event_id, **describe(exc))
-                    return False
-                await asyncio.sleep(delay)
-        return False
+        return await announce(self.js, self.names, event)
 
     async def create_job(self, job: JobRecord) -> int:
         """Store a new job (its id must be new: raises `Stale` if it exists) and announce it."""

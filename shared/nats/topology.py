@@ -267,6 +267,25 @@ async def publish_event(js: JetStreamContext, names: Names, event: events.Event)
     )
 
 
+# Seconds between the tries of `announce` (an event whose change is stored already).
+_ANNOUNCE_RETRY_DELAYS = (0.1, 0.5, 2.0)
+
+
+async def announce(js: JetStreamContext, names: Names, event: events.Event) -> bool:
+    """Publish the event of a change that is stored already, retrying briefly; whether it was
+    published. A failure is logged, never raised: the change stands either way."""
+    for delay in (*_ANNOUNCE_RETRY_DELAYS, None):
+        try:
+            await publish_event(js, names, event)
+            return True
+        except Exception as exc:
+            if delay is None:
+                log.error("event.publish_failed", event_id=event.event_id, **describe(exc))
+                return False
+            await asyncio.sleep(delay)
+    return False
+
+
 def _event_subject(names: Names, event: events.Event) -> str:
     kind = events.kind_of(event)
     if isinstance(event, events.JobEvent):
