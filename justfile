@@ -3,11 +3,11 @@
 set positional-arguments
 
 # lint, type-check shared/, services/ and vidmesh/ (mypy --strict), run the suite (which checks
-# the generated schemas too)
+# the generated schemas too) in two worker processes, each test module whole in one of them
 test *args:
     ruff check .
     mypy shared services vidmesh
-    pytest "$@"
+    pytest -n 2 --dist loadfile "$@"
 
 # the tests that need no running system (no nats-server, services, vidmesh up or store servers)
 test-fast *args:

@@ -35,7 +35,7 @@ from tests.jellyfin_standin import JellyfinStandIn
 
 pytestmark = pytest.mark.slow
 
-JOBS_PER_FACE = 25
+JOBS_PER_FACE = 15
 BURNERS = 3
 FINISHED = {"job.completed", "job.failed", "job.cancelled"}
 

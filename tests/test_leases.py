@@ -112,7 +112,7 @@ async def test_the_leases_of_ended_renditions_leave_nothing_behind_in_the_bucket
     system = await start_system(env, "scheduler", "storage", "statistics", "notifier", "gateway")
     try:
         alice = Client(http, system.url, ALICE)
-        count = 12
+        count = 5
         ids = [
             await alice.submit(
                 jellyfin.stream_url("fits", ALICE, variant=str(n)), device=f"device-{n}"
