@@ -115,7 +115,7 @@ async def test_webhook_subscription_changes_are_events_without_their_secret(
         f"/api/admin/webhooks/{sub_id}",
         json={"url": "https://hooks.example.com/vidmesh", "enabled": False},
     )
-    await admin_api.ok("DELETE", f"/api/admin/webhooks/{sub_id}")
+    await admin_api.ok("DELETE", f"/api/admin/webhooks/{sub_id}", 204)
     js = system.nc.jetstream()
     sub = await js.subscribe(system.names.webhook_event(sub_id, "*"), ordered_consumer=True)
     seen = []

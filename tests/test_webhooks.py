@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
 from structlog.testing import capture_logs
 
+from shared.messages.webhooks import Delivery, DeliveryStatus
+from shared.webhooks.store import WebhookStore
 from tests.harness import (
     ADMIN_PASSWORD,
     ALICE,
@@ -159,6 +162,41 @@ async def events_fanned_out(system: System) -> bool:
     return info.num_pending == 0 and info.num_ack_pending == 0
 
 
+async def stored_deliveries(system: System, sub_id: str) -> int:
+    """How many deliveries of `sub_id` the deliveries bucket holds."""
+    store = await WebhookStore.open(system.nc.jetstream(), system.names)
+    return len(await store.deliveries.values(under=sub_id))
+
+
+async def seed_deliveries(system: System, sub_id: str, count: int) -> list[str]:
+    """Store `count` finished deliveries of `sub_id` from an hour ago (alternately succeeded and
+    failed, newest first) as the notifier would have; their ids, newest first."""
+    store = await WebhookStore.open(system.nc.jetstream(), system.names)
+    start = time.time() - 3600
+    records = []
+    for n in range(count):
+        at = start - n
+        status = DeliveryStatus.SUCCEEDED if n % 2 == 0 else DeliveryStatus.FAILED
+        body = {"type": "job.accepted", "timestamp": "2026-01-01T00:00:00Z", "data": {"n": n}}
+        records.append(
+            Delivery(
+                id=f"{sub_id}.{int(at * 1000):013d}-seed{n:04d}",
+                subscription_id=sub_id,
+                owner="admin",
+                event_type="job.accepted",
+                event_id=f"seed-{n}",
+                payload=json.dumps(body),
+                status=status,
+                attempt_count=1,
+                created_at=at,
+                updated_at=at,
+                finished_at=at,
+            )
+        )
+    await asyncio.gather(*(store.deliveries.create(r.id, r) for r in records))
+    return [r.id for r in records]
+
+
 async def delivery_of(api: Api, prefix: str, delivery_id: str, *statuses: str) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
         found: dict[str, Any] = await api.ok("GET", f"{prefix}/deliveries/{delivery_id}")
@@ -193,6 +231,17 @@ async def test_deliveries_are_signed_and_retried_with_the_same_id_until_they_suc
     found = await delivery_of(admin_api, "/api/admin/webhooks", calls[0].webhook_id, "succeeded")
     assert found["attempt_count"] == 3 and found["webhook_id"] == sub["id"]
     assert [a["status_code"] for a in found["attempts"]] == [500, 500, 200]
+    # ... with the request each attempt sent: its URL and headers (the signature, not the secret)
+    for sent, call in zip(found["attempts"], calls, strict=True):
+        headers = sent["request_headers"]
+        assert sent["url"] == receiver.url and headers["webhook-id"] == call.webhook_id
+        assert headers["webhook-signature"] == call.headers["webhook-signature"]
+        assert headers["webhook-timestamp"] == call.headers["webhook-timestamp"]
+        assert headers["User-Agent"] == call.headers["user-agent"]
+        assert sub["secret"] not in json.dumps(sent)
+    # ... and the subscription counts it among the last 24 hours' successes
+    (listed_sub,) = await admin_api.ok("GET", "/api/admin/webhooks")
+    assert listed_sub["deliveries_24h"] == {"succeeded": 1, "failed": 0, "pending": 0}
     listed = await admin_api.ok("GET", f"/api/admin/webhooks/{sub['id']}/deliveries")
     assert [d["id"] for d in listed] == [found["id"]]
 
@@ -247,13 +296,24 @@ async def test_users_subscribe_to_their_own_jobs_only(
     await ben.ok("GET", f"/api/webhooks/deliveries/{received[0].webhook_id}", 404)
     assert await ben.ok("GET", "/api/webhooks") == []
     await admin_api.ok("GET", f"/api/admin/webhooks/{sub['id']}", 404)
-    assert [s["id"] for s in await ann.ok("GET", "/api/webhooks")] == [sub["id"]]
+    (own,) = await ann.ok("GET", "/api/webhooks")
+    assert own["id"] == sub["id"]
+    assert own["deliveries_24h"] == {"succeeded": 1, "failed": 0, "pending": 0}
 
     # ... and a user cannot ask for events that are not about jobs
     status, body, _ = await ann.call(
         "POST", "/api/webhooks", json={"url": receiver.url, "event_types": ["rendition.failed"]}
     )
     assert status == 400 and "rendition.failed" in body["error"]["message"]
+
+    # When Ann deletes her subscription, it goes with its delivery history (204, no body)
+    assert await stored_deliveries(system, sub["id"]) == 1
+    await ben.ok("DELETE", f"/api/webhooks/{sub['id']}", 404)
+    status, body, _ = await ann.call("DELETE", f"/api/webhooks/{sub['id']}")
+    assert status == 204 and body in (None, "", b""), body
+    assert await ann.ok("GET", "/api/webhooks") == []
+    await ann.ok("GET", f"/api/webhooks/deliveries/{received[0].webhook_id}", 404)
+    assert await stored_deliveries(system, sub["id"]) == 0
 
 
 async def test_a_jobs_notify_url_gets_its_events_signed_with_the_secret_shown_once(
@@ -324,6 +384,42 @@ async def test_the_test_route_sends_a_signed_delivery_and_shows_request_and_resp
     assert failed["error"] == "HTTP 500"
     record = await admin_api.ok("GET", f"/api/admin/webhooks/deliveries/{failed['delivery_id']}")
     assert record["status"] == "failed" and record["event_type"] == "webhook.test"
+    assert record["attempts"][0]["request_headers"] == failed["request"]["headers"]
+
+    # Given 250 older deliveries in its history, half of them failed
+    older = await seed_deliveries(system, sub["id"], 250)
+    newest_first = [result["delivery_id"], failed["delivery_id"], *older]
+    newest_first.sort(reverse=True)
+    path = f"/api/admin/webhooks/{sub['id']}/deliveries"
+
+    # When the history is read 200 at a time, following the next link
+    async def read_all(query: str) -> tuple[list[str], int]:
+        ids: list[str] = []
+        pages = 0
+        following: str | None = f"{path}?{query}"
+        while following is not None:
+            status, page, response = await admin_api.call("GET", following)
+            assert status == 200, page
+            ids += [d["id"] for d in page]
+            pages += 1
+            link = response.links.get("next")
+            following = link["url"].path_qs if link else None
+        return ids, pages
+
+    # Then it pages past 200, newest first, each delivery once
+    assert await read_all("limit=200") == (newest_first, 2)
+    # ... also filtered by status (the link keeps the filter)
+    failures = [d for d in newest_first if d == failed["delivery_id"] or d in older[1::2]]
+    assert await read_all("status=failed&limit=100") == (failures, 2)
+    # ... and a cursor that is not one of its deliveries is refused
+    status, body, _ = await admin_api.call("GET", path, params={"before": "wh_other.1-x"})
+    assert status == 400 and "before" in body["error"]["message"], body
+
+    # When the subscription is deleted, it goes with its delivery history (204, no body)
+    status, body, _ = await admin_api.call("DELETE", f"/api/admin/webhooks/{sub['id']}")
+    assert status == 204 and body in (None, "", b""), body
+    await admin_api.ok("GET", path, 404)
+    assert await stored_deliveries(system, sub["id"]) == 0
 
 
 async def test_event_types_are_listed_with_their_payload_schemas(
@@ -351,7 +447,7 @@ async def test_an_endpoint_failing_every_delivery_is_disabled_then_retried_by_ha
     system: System, admin_api: Api, ann: Api, receiver: Receiver, jellyfin: JellyfinStandIn
 ) -> None:
     # Given a subscription whose receiver fails everything (disabled after 2 failed deliveries)
-    sub = await subscribe(admin_api, receiver, "/api/admin/webhooks")
+    sub = await subscribe(admin_api, receiver, "/api/admin/webhooks", description="ops")
     receiver.failing = True
     source = jellyfin.stream_url("fits", ALICE)
 
@@ -379,6 +475,10 @@ async def test_an_endpoint_failing_every_delivery_is_disabled_then_retried_by_ha
         "GET", f"/api/admin/webhooks/{sub['id']}/deliveries", params={"status": "failed"}
     )
     assert len(failed) == 2 and all(d["attempt_count"] == 7 for d in failed)
+    recent = {"succeeded": 0, "failed": 2, "pending": 0}
+    assert found["deliveries_24h"] == recent
+    (listed,) = await admin_api.ok("GET", "/api/admin/webhooks")
+    assert listed["deliveries_24h"] == recent
 
     # ... a disabled subscription's delivery cannot be retried
     status, _, _ = await admin_api.call(
@@ -386,11 +486,19 @@ async def test_an_endpoint_failing_every_delivery_is_disabled_then_retried_by_ha
     )
     assert status == 409
 
-    # When the endpoint is fixed and the subscription enabled again, a retry by hand delivers
+    # When the endpoint is fixed and the subscription enabled again (PUT with that field only:
+    # the others stay as they were), a retry by hand delivers
     receiver.failing = False
-    update = {"url": receiver.url, "event_types": ACCEPTED, "enabled": True}
-    enabled = await admin_api.ok("PUT", f"/api/admin/webhooks/{sub['id']}", json=update)
+    path = f"/api/admin/webhooks/{sub['id']}"
+    enabled = await admin_api.ok("PUT", path, json={"enabled": True})
     assert enabled["enabled"] and enabled["disabled_reason"] is None
+    assert enabled["url"] == receiver.url and enabled["event_types"] == ACCEPTED
+    assert enabled["description"] == "ops" and enabled["consecutive_failures"] == 0
+    described = await admin_api.ok("PUT", path, json={"description": "ops, fixed"})
+    assert (described["description"], described["enabled"]) == ("ops, fixed", True)
+    assert described["event_types"] == ACCEPTED and described["url"] == receiver.url
+    status, body, _ = await admin_api.call("PUT", path, json={"secret": "whsec_mine"})
+    assert status == 400 and "secret" in body["error"]["message"], body
     queued = await admin_api.ok(
         "POST", f"/api/admin/webhooks/deliveries/{failed[0]['id']}/retry", 202
     )
@@ -398,6 +506,8 @@ async def test_an_endpoint_failing_every_delivery_is_disabled_then_retried_by_ha
     done = await delivery_of(admin_api, "/api/admin/webhooks", failed[0]["id"], "succeeded")
     assert done["attempts"][-1]["manual"] is True and done["attempt_count"] == 8
     assert receiver.succeeded("job.accepted")[0].webhook_id == failed[0]["id"]
+    again = await admin_api.ok("GET", path)
+    assert again["deliveries_24h"] == {"succeeded": 1, "failed": 1, "pending": 0}
 
 
 async def test_a_slow_endpoint_holds_back_no_other_endpoint(

@@ -1,7 +1,8 @@
 """One signed delivery attempt (Standard Webhooks): a POST of the delivery's body with the headers
 `webhook-id` (the delivery id, the same on every retry), `webhook-timestamp` (the attempt, in Unix
 seconds) and `webhook-signature` ("v1,<base64 HMAC-SHA256 of id.timestamp.body>"), and the
-record kept of what came back."""
+record kept of it: the URL and headers sent (the signature, never the secret) and what came
+back."""
 
 from __future__ import annotations
 
@@ -54,9 +55,11 @@ async def attempt(
     timeout: float,
     manual: bool = False,
 ) -> Attempted:
-    """POST one signed delivery; never raises for what the receiver or the network did."""
+    """POST one signed delivery; never raises for what the receiver or the network did. The
+    record keeps the URL and every header sent (the client's User-Agent too)."""
     now = datetime.now(UTC)
     headers = signed_headers(secret, message_id, now, payload)
+    sent = {"User-Agent": client.user_agent, **headers}
     started = time.monotonic()
     exchange: Exchange | None = None
     error = ""
@@ -81,8 +84,10 @@ async def attempt(
         error=error,
         response=exchange.body[:RESPONSE_EXCERPT].decode(errors="replace") if exchange else "",
         manual=manual,
+        url=url,
+        request_headers=sent,
     )
-    return Attempted(headers=headers, exchange=exchange, record=record)
+    return Attempted(headers=sent, exchange=exchange, record=record)
 
 
 def keep_attempt(delivery: Delivery, record: DeliveryAttempt) -> list[DeliveryAttempt]:

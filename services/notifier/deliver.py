@@ -331,6 +331,7 @@ class Deliverer:
             )
 
     async def _retire_finished_job(self, sub: WebhookSubscription, record: Delivery) -> None:
-        """A job's subscription goes once the job's last event (job.purged) is delivered."""
+        """A job's subscription goes, with its deliveries, once the job's last event (job.purged)
+        is delivered."""
         if sub.scope is SubscriptionScope.JOB and record.event_type == "job.purged":
-            await self.store.subscriptions.delete(sub.id)
+            await self.store.delete_subscription(sub.id)

@@ -47,8 +47,9 @@ class Fanout:
             if wants(sub, tag, event):
                 await self.open_delivery(sub, tag, event)
             elif isinstance(event, ev.JobPurged) and sub.scope is SubscriptionScope.JOB:
-                # The job is gone and its endpoint gets nothing more: its subscription goes too.
-                await self.store.subscriptions.delete(sub.id)
+                # The job is gone and its endpoint gets nothing more: its subscription goes too,
+                # with its deliveries.
+                await self.store.delete_subscription(sub.id)
         return ACK
 
     async def _candidates(self, event: ev.Event) -> list[WebhookSubscription]:

@@ -71,6 +71,9 @@ class DeliveryAttempt(msgspec.Struct, frozen=True, kw_only=True):
     # The first bytes of the receiver's answer.
     response: str = ""
     manual: bool = False
+    # Where it was sent, and the request headers sent (the signature, never the secret).
+    url: str = ""
+    request_headers: dict[str, str] = {}
 
 
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):

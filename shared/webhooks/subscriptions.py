@@ -1,10 +1,13 @@
-"""New webhook subscriptions and their ids: an operator's or a user's (`wh_...`), or the one a
-job's `notify_url` makes (`whj_<job id>`)."""
+"""New webhook subscriptions and their ids (an operator's or a user's `wh_...`, or the one a
+job's `notify_url` makes, `whj_<job id>`), and changes to them."""
 
 from __future__ import annotations
 
 import os
 import time
+from typing import Any
+
+import msgspec
 
 from shared.messages.webhooks import SubscriptionScope, WebhookSubscription
 from shared.webhooks.secrets import SecretSealer, new_secret
@@ -48,3 +51,21 @@ def new_subscription(
         updated_at=now,
     )
     return sub, secret
+
+
+def changed_subscription(
+    current: WebhookSubscription, fields: dict[str, Any], *, enabled: bool | None, now: float
+) -> WebhookSubscription | None:
+    """`current` with the `fields` given changed (url, event_types, description) and enabled or
+    disabled when `enabled` says so; None when that changes nothing. Enabling clears why it was
+    disabled and its failures in a row; disabling says its owner did it."""
+    changes = dict(fields)
+    if enabled is not None:
+        changes["enabled"] = enabled
+    if enabled and not current.enabled:
+        changes.update(disabled_reason="", disabled_at=None, consecutive_failures=0)
+    elif enabled is False and current.enabled:
+        changes.update(disabled_reason="disabled by its owner", disabled_at=now)
+    if all(getattr(current, name) == value for name, value in changes.items()):
+        return None
+    return msgspec.structs.replace(current, **changes, updated_at=now)

@@ -19,6 +19,7 @@ from shared.messages.webhooks import (
     WebhookSubscription,
 )
 from shared.webhooks.catalogue import EVENT_TYPES, TEST_TYPE, USER_FAMILIES
+from shared.webhooks.store import DeliveryCounts
 
 EventTypeName = Annotated[
     str,
@@ -54,11 +55,46 @@ class WebhookRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True
 
 
+class WebhookUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A change to a subscription: only the fields given change (the secret never does)."""
+
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
+    event_types: (
+        Annotated[list[EventTypeName], msgspec.Meta(min_length=1, max_length=64)]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    description: Annotated[str, msgspec.Meta(max_length=500)] | msgspec.UnsetType = msgspec.UNSET
+    enabled: bool | msgspec.UnsetType = msgspec.UNSET
+
+
 class DeliveryQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Filters for a subscription's deliveries."""
+    """Filters and paging for a subscription's deliveries, newest first. A page that has more
+    after it answers with `Link: <...>; rel="next"`, the same query with `before` set."""
 
     status: DeliveryStatus | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+    before: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=255,
+                description="only deliveries older than this one (a delivery id): the last id "
+                "of the page before, as the next link gives it",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class RecentDeliveries(msgspec.Struct, kw_only=True):
+    """A subscription's deliveries over the last 24 hours: those that succeeded and those that
+    failed for good in that time, and those still owed now."""
+
+    succeeded: int
+    failed: int
+    pending: int
 
 
 class WebhookView(msgspec.Struct, kw_only=True):
@@ -80,6 +116,7 @@ class WebhookView(msgspec.Struct, kw_only=True):
     disabled_at: datetime | None
     last_success_at: datetime | None
     last_failure_at: datetime | None
+    deliveries_24h: RecentDeliveries
 
 
 class WebhookCreated(WebhookView, kw_only=True):
@@ -106,6 +143,10 @@ class AttemptView(msgspec.Struct, kw_only=True):
     error: str | None
     response: str
     manual: bool
+    # Where it was POSTed, and the headers sent (the signature, never the secret); None and
+    # empty for attempts recorded before vidmesh kept them.
+    url: str | None
+    request_headers: dict[str, str]
 
 
 class DeliveryView(msgspec.Struct, kw_only=True):
@@ -156,7 +197,8 @@ class WebhookTestResult(msgspec.Struct, kw_only=True):
     error: str | None
 
 
-def webhook_view(sub: WebhookSubscription) -> WebhookView:
+def webhook_view(sub: WebhookSubscription, recent: DeliveryCounts | None = None) -> WebhookView:
+    counts = recent or DeliveryCounts()
     return WebhookView(
         id=sub.id,
         url=sub.url,
@@ -172,6 +214,9 @@ def webhook_view(sub: WebhookSubscription) -> WebhookView:
         disabled_at=when(sub.disabled_at),
         last_success_at=when(sub.last_success_at),
         last_failure_at=when(sub.last_failure_at),
+        deliveries_24h=RecentDeliveries(
+            succeeded=counts.succeeded, failed=counts.failed, pending=counts.pending
+        ),
     )
 
 
@@ -202,6 +247,8 @@ def delivery_view(delivery: Delivery) -> DeliveryView:
                 error=a.error or None,
                 response=a.response,
                 manual=a.manual,
+                url=a.url or None,
+                request_headers=a.request_headers,
             )
             for a in delivery.attempts
         ],

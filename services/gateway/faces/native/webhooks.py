@@ -9,6 +9,7 @@ command whose reply it waits for (bounded).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -27,6 +28,7 @@ from services.gateway.faces.native.webhook_views import (
     WebhookCreated,
     WebhookRequest,
     WebhookTestResult,
+    WebhookUpdate,
     WebhookView,
     created_view,
     delivery_view,
@@ -34,9 +36,9 @@ from services.gateway.faces.native.webhook_views import (
     ping_result,
     webhook_view,
 )
-from services.gateway.http import Message, json_response
+from services.gateway.http import json_response
 from services.gateway.state import Gateway, gateway
-from shared.errors import Conflict, NotFound, Unavailable
+from shared.errors import BadRequest, Conflict, NotFound, Unavailable
 from shared.messages import events as ev
 from shared.messages.webhooks import (
     PING_REPLY,
@@ -55,7 +57,11 @@ from shared.webhooks.catalogue import validate_event_types
 from shared.webhooks.envelope import subscription_of
 from shared.webhooks.secrets import SecretSealer
 from shared.webhooks.store import WebhookStore
-from shared.webhooks.subscriptions import new_subscription, new_subscription_id
+from shared.webhooks.subscriptions import (
+    changed_subscription,
+    new_subscription,
+    new_subscription_id,
+)
 
 TAG = Tag.WEBHOOKS
 ADMIN = "/api/admin/webhooks"
@@ -161,6 +167,12 @@ async def _ask_notifier(
             await sub.unsubscribe()
 
 
+async def _shown(store: WebhookStore, sub: WebhookSubscription) -> web.Response:
+    """A subscription as shown, with its last 24 hours' delivery counts."""
+    recent = await store.recent_counts(sub.id)
+    return json_response(webhook_view(sub, recent.get(sub.id)))
+
+
 def _command_fields(gw: Gateway, request: web.Request) -> dict[str, Any]:
     now = time.time()
     return {
@@ -234,7 +246,9 @@ async def list_all(request: web.Request, *, admin: bool) -> web.Response:
     user_id = caller(request).user_id
     subs = [s for s in await store.all_subscriptions() if _visible(s, user_id, admin)]
     subs.sort(key=lambda s: (s.created_at, s.id))
-    return json_response([webhook_view(s) for s in subs])
+    counted = await asyncio.gather(*(store.recent_counts(s.id) for s in subs))
+    recent = {key: tally for found in counted for key, tally in found.items()}
+    return json_response([webhook_view(s, recent.get(s.id)) for s in subs])
 
 
 @both(
@@ -247,65 +261,61 @@ async def list_all(request: web.Request, *, admin: bool) -> web.Response:
 )
 async def get_one(request: web.Request, *, admin: bool) -> web.Response:
     store = await _store(gateway(request))
-    return json_response(webhook_view(await _find(request, store, admin)))
+    return await _shown(store, await _find(request, store, admin))
 
 
 @both(
     "PUT",
     "/{webhook_id}",
     "update_webhook",
-    admin="Replace a subscription's URL, event types, description and state",
-    user="Replace one of your subscriptions' URL, event types, description and state",
-    body=WebhookRequest,
+    admin="Change the fields given of a subscription (url, event_types, description, enabled)",
+    user="Change the fields given of one of your subscriptions (never its secret)",
+    body=WebhookUpdate,
     response=WebhookView,
 )
-async def update(request: web.Request, *, admin: bool, body: WebhookRequest) -> web.Response:
+async def update(request: web.Request, *, admin: bool, body: WebhookUpdate) -> web.Response:
     gw = gateway(request)
     store = await _store(gw)
     sub = await _find(request, store, admin)
-    check_url(body.url, _policy(gw), what="`url`")
-    types = validate_event_types(body.event_types, _scope(admin, sub))
+    fields: dict[str, Any] = {}
+    if body.url is not msgspec.UNSET:
+        check_url(body.url, _policy(gw), what="`url`")
+        fields["url"] = body.url
+    if body.event_types is not msgspec.UNSET:
+        fields["event_types"] = validate_event_types(body.event_types, _scope(admin, sub))
+    if body.description is not msgspec.UNSET:
+        fields["description"] = body.description
+    enabled = None if body.enabled is msgspec.UNSET else body.enabled
     now = time.time()
 
     def change(current: WebhookSubscription | None) -> WebhookSubscription | None:
         if current is None:
             raise NotFound(f"No webhook {sub.id!r}.")
-        fields: dict[str, Any] = {
-            "url": body.url,
-            "event_types": types,
-            "description": body.description,
-            "enabled": body.enabled,
-            "updated_at": now,
-        }
-        if body.enabled and not current.enabled:
-            fields.update(disabled_reason="", disabled_at=None, consecutive_failures=0)
-        elif not body.enabled and current.enabled:
-            fields.update(disabled_reason="disabled by its owner", disabled_at=now)
-        return msgspec.structs.replace(current, **fields)
+        return changed_subscription(current, fields, enabled=enabled, now=now)
 
     updated, revision, changed = await store.subscriptions.change(sub.id, change)
     assert updated is not None and revision is not None
     if changed:
-        await gateway(request).emit(ev.webhook_event(ev.WebhookUpdated, updated, revision))
-    return json_response(webhook_view(updated))
+        await gw.emit(ev.webhook_event(ev.WebhookUpdated, updated, revision))
+    return await _shown(store, updated)
 
 
 @both(
     "DELETE",
     "/{webhook_id}",
     "delete_webhook",
-    admin="Delete a subscription (deliveries still owed to it are dropped)",
-    user="Delete one of your subscriptions (deliveries still owed to it are dropped)",
-    response=Message,
+    admin="Delete a subscription and its delivery history (deliveries owed are dropped)",
+    user="Delete one of your subscriptions and its delivery history",
+    status=204,
 )
 async def delete(request: web.Request, *, admin: bool) -> web.Response:
     store = await _store(gateway(request))
     sub = await _find(request, store, admin)
     found = await store.subscriptions.get(sub.id)
-    await store.subscriptions.delete(sub.id)
+    await store.delete_subscription(sub.id)
     revision = found.revision if found else 0
     await gateway(request).emit(ev.webhook_event(ev.WebhookDeleted, sub, revision))
-    return json_response(Message(message="Webhook deleted"))
+    return web.Response(status=204)
 
 
 @both(
@@ -337,16 +347,24 @@ async def send_test(request: web.Request, *, admin: bool) -> web.Response:
     "GET",
     "/{webhook_id}/deliveries",
     "list_webhook_deliveries",
-    admin="A subscription's deliveries, newest first",
-    user="One of your subscriptions' deliveries, newest first",
+    admin="A subscription's deliveries, newest first, paged (Link: rel=next)",
+    user="One of your subscriptions' deliveries, newest first, paged (Link: rel=next)",
     query=DeliveryQuery,
     response=list[DeliveryView],
 )
 async def deliveries(request: web.Request, *, admin: bool, query: DeliveryQuery) -> web.Response:
     store = await _store(gateway(request))
     sub = await _find(request, store, admin)
-    found = await store.deliveries_of(sub.id, status=query.status, limit=query.limit)
-    return json_response([delivery_view(d) for d in found])
+    if query.before is not None and subscription_of(query.before) != sub.id:
+        raise BadRequest("`before` is not one of this webhook's deliveries.")
+    page = await store.delivery_page(
+        sub.id, status=query.status, limit=query.limit, before=query.before
+    )
+    headers = {}
+    if page.next_before is not None:
+        following = request.rel_url.update_query(before=page.next_before)
+        headers["Link"] = f'<{following}>; rel="next"'
+    return json_response([delivery_view(d) for d in page.items], headers=headers)
 
 
 @both(
