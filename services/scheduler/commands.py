@@ -64,8 +64,8 @@ class CommandHandler:
             case cmd.SubmitJob():
                 if await self.intake.submit(command) is not None:
                     self._wake_up()
-            case cmd.CancelJob(job_id=job_id):
-                await self.cancel(job_id, release=False)
+            case cmd.CancelJob(job_id=job_id, pending_only=pending_only):
+                await self.cancel(job_id, release=False, pending_only=pending_only)
             case cmd.ReleaseJob(job_id=job_id):
                 await self.cancel(job_id, release=True)
             case cmd.StartJob(job_id=job_id):
@@ -91,13 +91,13 @@ class CommandHandler:
                 await self.clear_cache(command)
         return ACK
 
-    async def cancel(self, job_id: str, *, release: bool) -> None:
+    async def cancel(self, job_id: str, *, release: bool, pending_only: bool = False) -> None:
         now = time.time()
         keep = self.settings.keep_seconds
         remove_now = self.settings.remove_file_after_right_download
 
         def change(job: JobRecord | None) -> JobRecord | None:
-            if job is None:
+            if job is None or (pending_only and job.status is JobStatus.RUNNING):
                 return None
             if release:
                 return jobstate.release(job, remove_file_now=remove_now, keep_seconds=keep, now=now)

@@ -16,14 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
-from typing import Annotated
 
 import msgspec
 from aiohttp import web
 
 from services.gateway.api import API, Access, Tag
 from services.gateway.faces.native.jobs_common import command_fields
+from services.gateway.faces.native.task_views import (
+    ReprocessRequest,
+    TaskPage,
+    TaskQuery,
+    TasksAccepted,
+    TaskSummary,
+    TaskView,
+    view,
+)
 from services.gateway.http import json_response
 from services.gateway.state import Gateway, gateway
 from shared import task_history as th
@@ -39,71 +46,6 @@ TAG = Tag.ADMIN
 BASE = "/api/admin/tasks"
 # The types whose work can run again (a probe's source and a cleanup's request are not kept).
 RERUNNABLE = (TaskType.TRANSCODE, TaskType.WEBHOOK_DELIVERY)
-
-
-class TaskQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Filters and paging for the task list: `page` counts from 1, `limit` tasks a page."""
-
-    status: TaskStatus | None = None
-    type: TaskType | None = None
-    owner: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    page: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1
-    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
-
-
-class TaskView(msgspec.Struct, kw_only=True):
-    """One task: what it is, where it is, and when things happened to it."""
-
-    id: str
-    type: TaskType
-    status: TaskStatus
-    # The id of what it works on: a job, a probe, a delivery, a cleanup command.
-    subject: str
-    owner: str
-    title: str
-    # Percent done, while a transcode runs.
-    progress: float | None = None
-    attempts: int
-    error: str = ""
-    # What a cleanup did: how many jobs it cleaned up.
-    result: int | None = None
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    duration_seconds: float | None = None
-
-
-class TaskPage(msgspec.Struct, kw_only=True):
-    """One page of tasks, newest first."""
-
-    items: list[TaskView]
-    total: int
-    page: int
-    limit: int
-    pages: int
-
-
-class TaskSummary(msgspec.Struct, kw_only=True):
-    """Tasks counted by status (pending, running, completed, failed, cancelled) and by type."""
-
-    total: int
-    by_status: dict[str, int]
-    by_type: dict[str, int]
-
-
-class ReprocessRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Run again every failed task of one type (`transcode` or `webhook_delivery`)."""
-
-    type: TaskType
-
-
-class TasksAccepted(msgspec.Struct, kw_only=True):
-    """What was asked for: `tasks` tasks, counted by type."""
-
-    message: str
-    tasks: int
-    by_type: dict[str, int]
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -144,37 +86,23 @@ async def _task(gw: Gateway, task_id: str) -> tuple[TaskRecord, float | None]:
     return _live(gw, found.value)
 
 
-def _stamp(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
-
-
-def view(task: TaskRecord, progress: float | None = None) -> TaskView:
-    started, finished = task.started_at, task.finished_at
-    return TaskView(
-        id=task.id,
-        type=task.type,
-        status=task.status,
-        subject=task.subject,
-        owner=task.owner,
-        title=task.title,
-        progress=progress,
-        attempts=task.attempts,
-        error=task.error,
-        result=task.result,
-        created_at=datetime.fromtimestamp(task.created_at, UTC),
-        updated_at=datetime.fromtimestamp(task.updated_at, UTC),
-        started_at=_stamp(started),
-        finished_at=_stamp(finished),
-        duration_seconds=round(finished - started, 3) if started and finished else None,
-    )
-
-
 # ---- acting on the work ----------------------------------------------------------------------
-async def _cancel(gw: Gateway, request: web.Request, job: JobRecord, *, wait: bool) -> None:
-    """Cancel a job's transcode (a running one's ffmpeg is stopped by the transcoder)."""
-    command = cmd.CancelJob(**command_fields(request), job_id=job.id)
-    until = (lambda j: j is None or not jobstate.is_active(j)) if wait else None
-    await gw.command(command, job_id=job.id, until=until)
+async def _cancel(
+    gw: Gateway, request: web.Request, job: JobRecord, *, pending_only: bool = False
+) -> None:
+    """Cancel a job's transcode (a running one's ffmpeg is stopped by the transcoder; with
+    `pending_only`, one that has started is left alone), and wait (bounded) to see it done."""
+    command = cmd.CancelJob(**command_fields(request), job_id=job.id, pending_only=pending_only)
+    done = _not_pending if pending_only else _finished
+    await gw.command(command, job_id=job.id, until=done)
+
+
+def _finished(job: JobRecord | None) -> bool:
+    return job is None or not jobstate.is_active(job)
+
+
+def _not_pending(job: JobRecord | None) -> bool:
+    return job is None or th.job_task_status(job.status) is not TaskStatus.PENDING
 
 
 async def _rerun(gw: Gateway, request: web.Request, task: TaskRecord, *, wait: bool) -> bool:
@@ -272,7 +200,9 @@ async def cancel_pending(request: web.Request) -> web.Response:
         if task.type is TaskType.TRANSCODE and task.status is TaskStatus.PENDING
     ]
     jobs = [gw.jobs.get(task.subject) for task in pending]
-    await asyncio.gather(*(_cancel(gw, request, job, wait=True) for job in jobs if job is not None))
+    await asyncio.gather(
+        *(_cancel(gw, request, job, pending_only=True) for job in jobs if job is not None)
+    )
     return _accepted("Pending tasks cancelled", pending)
 
 
@@ -367,7 +297,7 @@ async def cancel_task(request: web.Request) -> web.Response:
     job = await gw.job(task.subject)
     if job is None or not jobstate.is_active(job):
         raise Conflict(f"Task {task.id} has already finished.")
-    await _cancel(gw, request, job, wait=True)
+    await _cancel(gw, request, job)
     return web.Response(status=204)
 
 
