@@ -14,6 +14,7 @@ from tests.harness import (
     ALICE,
     Api,
     eventually,
+    ffmpeg_pids,
     free_port,
     start_system,
     stop_system,
@@ -50,14 +51,16 @@ async def test_an_administrator_follows_and_steers_background_work_as_tasks(
     system = await start_system({**env, **SETTINGS})
     try:
         admin = await Api(http, system.url).as_user("admin", ADMIN_PASSWORD, register=False)
-        await walk(admin, await Api(http, system.url).as_user("ann"), http, jellyfin)
+        ann = await Api(http, system.url).as_user("ann")
+        await walk(admin, ann, http, jellyfin, marker=str(system.data_dir))
     finally:
         await stop_system(system)
 
 
 async def walk(
-    admin: Api, ann: Api, http: aiohttp.ClientSession, jellyfin: JellyfinStandIn
+    admin: Api, ann: Api, http: aiohttp.ClientSession, jellyfin: JellyfinStandIn, *, marker: str
 ) -> None:
+    """The walk; `marker` names this system's ffmpeg processes (its data folder)."""
     # Tasks are for administrators only
     assert (await ann.call("GET", TASKS))[0] == 403
     assert (await ann.call("POST", f"{TASKS}/cancel-pending"))[0] == 403
@@ -148,9 +151,11 @@ async def walk(
     assert (await ann.ok("GET", f"/api/jobs/{running['id']}"))["status"] == "running"
     await task_is(admin, transcode[queued["id"]], "cancelled")
 
-    # Cancelling the running task stops its transcode; a finished task is not cancelled again
+    # Cancelling the running task stops its ffmpeg; a finished task is not cancelled again
+    await eventually(lambda: ffmpeg_pids(marker), what="the running task's ffmpeg")
     await admin.ok("DELETE", f"{TASKS}/{transcode[running['id']]}", 204)
     assert (await ann.ok("GET", f"/api/jobs/{running['id']}"))["status"] == "cancelled"
+    await eventually(lambda: not ffmpeg_pids(marker), timeout=5, what="its ffmpeg to stop")
     assert (await admin.call("DELETE", f"{TASKS}/{transcode[running['id']]}"))[0] == 409
     assert (await admin.call("DELETE", f"{TASKS}/{probe_ok['id']}"))[0] == 409
 
