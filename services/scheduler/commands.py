@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 
 import structlog
@@ -28,6 +29,7 @@ from services.scheduler.view import View
 from shared.jobs import state as jobstate
 from shared.jobs.store import RecordStore
 from shared.messages import commands as cmd
+from shared.messages import events
 from shared.messages.records import JobRecord, JobStatus
 from shared.nats.consumer import ACK, Received, Settle
 
@@ -62,8 +64,8 @@ class CommandHandler:
             case cmd.SubmitJob():
                 if await self.intake.submit(command) is not None:
                     self._wake_up()
-            case cmd.CancelJob(job_id=job_id):
-                await self.cancel(job_id, release=False)
+            case cmd.CancelJob(job_id=job_id, pending_only=pending_only):
+                await self.cancel(job_id, release=False, pending_only=pending_only)
             case cmd.ReleaseJob(job_id=job_id):
                 await self.cancel(job_id, release=True)
             case cmd.StartJob(job_id=job_id):
@@ -83,19 +85,19 @@ class CommandHandler:
             case cmd.RenameOutputs(names=names):
                 for job_id, name in names.items():
                     await self.change(job_id, partial(_rename, name=name))
-            case cmd.CleanupJobs(before=before, statuses=statuses):
-                await self.clean_up(before, statuses)
+            case cmd.CleanupJobs():
+                await self.clean_up(command)
             case cmd.ClearCache():
                 await self.clear_cache(command)
         return ACK
 
-    async def cancel(self, job_id: str, *, release: bool) -> None:
+    async def cancel(self, job_id: str, *, release: bool, pending_only: bool = False) -> None:
         now = time.time()
         keep = self.settings.keep_seconds
         remove_now = self.settings.remove_file_after_right_download
 
         def change(job: JobRecord | None) -> JobRecord | None:
-            if job is None:
+            if job is None or (pending_only and job.status is JobStatus.RUNNING):
                 return None
             if release:
                 return jobstate.release(job, remove_file_now=remove_now, keep_seconds=keep, now=now)
@@ -128,10 +130,13 @@ class CommandHandler:
         if job is not None:  # its old rendition, if no job holds its output now, goes on a pass
             self._wake_up()
 
-    async def clean_up(self, before: float, statuses: list[str]) -> None:
-        """Finished jobs older than `before`: completed ones let their outputs go, the others
-        (and those) have their records purged."""
+    async def clean_up(self, command: cmd.CleanupJobs) -> None:
+        """Finished jobs older than `command.before`: completed ones let their outputs go, the
+        others (and those) have their records purged; then say what it did (`cleanup.finished`:
+        the task history shows it)."""
+        before, statuses = command.before, command.statuses
         wanted = jobstate.cleanable(statuses)
+        started = events.now()
         now = time.time()
         matched = 0
         for job in list(self.view.jobs.values()):
@@ -147,6 +152,17 @@ class CommandHandler:
                 await self.store.delete_job(cleared, versioned.revision)
         log.info("jobs.cleaned_up", jobs=matched)
         self._wake_up()
+        finished = events.CleanupFinished(
+            event_id=f"cleanup:{command.command_id}",
+            time=events.now(),
+            cleanup_id=command.command_id,
+            by=command.by,
+            before=datetime.fromtimestamp(before, UTC),
+            statuses=sorted(status.value for status in wanted),
+            jobs=matched,
+            started_at=started,
+        )
+        await self.store.emit(finished)
 
     async def start(self, job_id: str) -> None:
         now = time.time()

@@ -1,5 +1,5 @@
-"""The statistics service: folds the event stream into totals that survive restarts, and samples
-telemetry (see `telemetry.py`).
+"""The statistics service: folds the event stream into totals that survive restarts, keeps the
+task history (see `tasks.py`), and samples telemetry (see `telemetry.py`).
 
 It reads every event once, in order, through one durable consumer; the totals record remembers
 the last stream sequence it folded, so a redelivered event is never counted twice.
@@ -12,6 +12,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from services.statistics.config import StatisticsSettings
+from services.statistics.tasks import TaskHistory
 from services.statistics.telemetry import Telemetry
 from shared import cardinality
 from shared.messages import events as ev
@@ -66,6 +67,7 @@ class Statistics(Service):
         self.settings = settings
         self.names = Names(settings.namespace)
         self._telemetry: Telemetry | None = None
+        self._tasks: TaskHistory | None = None
 
     async def start(self) -> None:
         js = self.nc.jetstream()
@@ -91,6 +93,10 @@ class Statistics(Service):
             skip_unknown=True,  # newer producers may add event types
         )
         self.consume(await consumer.open(js, "statistics.events", self._handle))
+        self._tasks = TaskHistory(
+            self.nc, self.names, buckets, max_attempts=self.settings.message_attempts
+        )
+        self.consume(await self._tasks.start())
 
     async def _handle(self, received: Received[ev.AnyEvent]) -> Settle:
         """Fold the event into the totals, once: the totals remember the last sequence folded."""
@@ -110,5 +116,7 @@ class Statistics(Service):
         return found.value if found else Totals()
 
     async def stop(self) -> None:
+        if self._tasks is not None:
+            await self._tasks.stop()
         if self._telemetry is not None:
             await self._telemetry.stop()

@@ -9,6 +9,7 @@ import shutil
 import socket
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,15 @@ from shared.messages.work import WORK_DECODER, TranscodeWork
 from shared.nats.consumer import Consumer, SlotLoops
 from shared.nats.kv import TypedKV
 from shared.nats.subjects import Names
-from shared.nats.topology import describe, ensure_topology, publish_event, retention_of
+from shared.nats.topology import (
+    announce,
+    describe,
+    ensure_topology,
+    publish_event,
+    retention_of,
+)
 from shared.runtime import Service
-from shared.sources import check_local_source, is_object_uri, scrub
+from shared.sources import check_local_source, is_object_uri, redact, scrub
 
 log = structlog.get_logger("vidmesh.transcoder")
 
@@ -194,7 +201,10 @@ class Transcoder(Service):
                 log.info("transcoder.orphan_handed_back", rendition=key, worker=r.worker)
 
     async def _answer_probe(self, msg: Msg) -> None:
-        """`POST /api/metadata`: probe a source for the gateway, without transcoding it."""
+        """`POST /api/metadata`: probe a source for the gateway, without transcoding it; then
+        say that it ran (`probe.finished`: the task history shows it)."""
+        started = ev.now()
+        request: rpc.ProbeRequest | None = None
         try:
             request = rpc.PROBE_REQUEST.decode(msg.data)
             source = request.source
@@ -216,6 +226,24 @@ class Transcoder(Service):
             reply = rpc.ProbeReply(error="The probe request was not understood.")
         if msg.reply:
             await msg.respond(rpc.ENCODER.encode(reply))
+        if request is not None:
+            await self._announce_probe(request, reply, started)
+
+    async def _announce_probe(
+        self, request: rpc.ProbeRequest, reply: rpc.ProbeReply, started: datetime
+    ) -> None:
+        probe_id = uuid.uuid4().hex
+        event = ev.ProbeFinished(
+            event_id=f"probe:{probe_id}",
+            time=ev.now(),
+            probe_id=probe_id,
+            owner=request.owner,
+            source=redact(request.source),
+            ok=reply.probe is not None,
+            error=reply.error,
+            started_at=started,
+        )
+        await announce(self.nc.jetstream(), self.names, event)
 
     def _tidy_scratch(self) -> None:
         self.scratch.mkdir(parents=True, exist_ok=True)

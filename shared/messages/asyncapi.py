@@ -46,6 +46,18 @@ _FAMILIES: dict[str, tuple[str, str, str, str]] = {
         "subscriptionId",
         "Webhook subscriptions created, changed, disabled by the notifier, and deleted.",
     ),
+    "probe": (
+        "probeEvents",
+        "{namespace}.evt.probe.{probeId}.{kind}",
+        "probeId",
+        "Sources probed without transcoding (`POST /api/metadata`): how each probe ended.",
+    ),
+    "cleanup": (
+        "cleanupEvents",
+        "{namespace}.evt.cleanup.{cleanupId}.{kind}",
+        "cleanupId",
+        "Cleanups of finished jobs, with how many jobs each cleaned up.",
+    ),
     "storage": (
         "storageEvents",
         "{namespace}.evt.storage.{kind}",
@@ -59,6 +71,8 @@ _ID_DESCRIPTIONS = {
     "workerId": "The transcoder instance's id (unique per process start).",
     "poolId": "The pool's id.",
     "subscriptionId": "The webhook subscription's id.",
+    "probeId": "The probe's id (32 hex digits).",
+    "cleanupId": "The id of the cleanup command.",
 }
 
 

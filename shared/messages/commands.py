@@ -56,9 +56,12 @@ class SubmitJob(Command, frozen=True, kw_only=True, tag="job.submit"):
 
 
 class CancelJob(Command, frozen=True, kw_only=True, tag="job.cancel"):
-    """Stop a job that has not finished. A finished job is left as it is."""
+    """Stop a job that has not finished. A finished job is left as it is; with `pending_only`,
+    so is a running one (cancelling every pending task leaves running ones alone, including one
+    that started after it was asked for)."""
 
     job_id: str
+    pending_only: bool = False
 
 
 class ReleaseJob(Command, frozen=True, kw_only=True, tag="job.release"):

@@ -11,6 +11,8 @@ Each event is published after the change it reports is stored, once per change: 
 - `<ns>.evt.worker.<worker_id>.<kind>`: online, offline, health_changed
 - `<ns>.evt.pool.<pool_id>.<kind>`: created, updated, deleted
 - `<ns>.evt.webhook.<subscription_id>.<kind>`: created, updated, disabled, deleted
+- `<ns>.evt.probe.<probe_id>.<kind>`: finished
+- `<ns>.evt.cleanup.<cleanup_id>.<kind>`: finished
 
 New fields get defaults; a field's type and an event's tag never change (schema_version counts
 compatible additions).
@@ -248,6 +250,32 @@ class WebhookDeleted(WebhookEvent, frozen=True, kw_only=True, tag="webhook.delet
     """A subscription was deleted."""
 
 
+class ProbeFinished(Event, frozen=True, kw_only=True, tag="probe.finished"):
+    """A transcoder probed a source for `POST /api/metadata`, and how that ended.
+
+    What it found is the caller's answer; this event says only that the probe ran."""
+
+    probe_id: str
+    owner: str = ""
+    # The source with its credentials masked.
+    source: str
+    ok: bool
+    error: str = ""
+    started_at: datetime
+
+
+class CleanupFinished(Event, frozen=True, kw_only=True, tag="cleanup.finished"):
+    """The scheduler cleaned up finished jobs (`POST /api/admin/jobs/cleanup`)."""
+
+    cleanup_id: str
+    by: str
+    # Jobs that had finished before this, with one of `statuses`, were cleaned up.
+    before: datetime
+    statuses: list[str] = []
+    jobs: int
+    started_at: datetime
+
+
 def webhook_event(kind: type[WebhookEvent], sub: Any, revision: int, **extra: Any) -> WebhookEvent:
     """The event for subscription `sub` (a WebhookSubscription) stored at `revision`."""
     return kind(
@@ -291,6 +319,8 @@ AnyEvent = (
     | WebhookUpdated
     | WebhookDisabled
     | WebhookDeleted
+    | ProbeFinished
+    | CleanupFinished
 )
 
 DECODER = msgspec.json.Decoder(AnyEvent)

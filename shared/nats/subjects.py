@@ -160,6 +160,14 @@ class Names:
     def pool_event(self, pool_id: str, kind: str) -> str:
         return f"{self.namespace}.evt.pool.{pool_id}.{kind}"
 
+    def probe_event(self, probe_id: str, kind: str) -> str:
+        """`<ns>.evt.probe.<probe_id>.<kind>`."""
+        return f"{self.namespace}.evt.probe.{probe_id}.{kind}"
+
+    def cleanup_event(self, cleanup_id: str, kind: str) -> str:
+        """`<ns>.evt.cleanup.<cleanup_id>.<kind>`."""
+        return f"{self.namespace}.evt.cleanup.{cleanup_id}.{kind}"
+
     def storage_event(self, kind: str) -> str:
         """`<ns>.evt.storage.<kind>`."""
         return f"{self.namespace}.evt.storage.{kind}"
@@ -188,6 +196,11 @@ class Names:
     @property
     def statistics_consumer(self) -> str:
         return "statistics"
+
+    @property
+    def task_history_consumer(self) -> str:
+        """The statistics service's consumer of the events stream that feeds the task history."""
+        return "task-history"
 
     @property
     def notifier_consumer(self) -> str:
@@ -293,6 +306,11 @@ class Names:
         return self.bucket("outputnames")
 
     @property
+    def tasks_bucket(self) -> str:
+        """The task history (the statistics service's projection; see shared.messages.tasks)."""
+        return self.bucket("tasks")
+
+    @property
     def logins_bucket(self) -> str:
         """Failed sign-ins per username and client address (the gateway's, with a TTL)."""
         return self.bucket("logins")
@@ -337,6 +355,7 @@ class Names:
             self.webhooks_bucket,
             self.deliveries_bucket,
             self.outputnames_bucket,
+            self.tasks_bucket,
             self.logins_bucket,
         ]
 

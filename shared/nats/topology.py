@@ -142,6 +142,7 @@ def _buckets(names: Names, replicas: int, retention: Retention) -> list[KeyValue
         kv(names.webhooks_bucket, "webhook subscriptions (signing secrets sealed)"),
         kv(names.deliveries_bucket, "webhook deliveries (with attempts)", retention.deliveries_ttl),
         kv(names.outputnames_bucket, "object names given to outputs in users' storage"),
+        kv(names.tasks_bucket, "task history (background work)", retention.events_max_age),
     ]
 
 
@@ -169,6 +170,7 @@ class Buckets:
     webhooks: KeyValue
     deliveries: KeyValue
     outputnames: KeyValue
+    tasks: KeyValue
 
 
 def retention_of(settings: CommonSettings) -> Retention:
@@ -254,6 +256,7 @@ async def _ensure(
         webhooks=opened[names.webhooks_bucket],
         deliveries=opened[names.deliveries_bucket],
         outputnames=opened[names.outputnames_bucket],
+        tasks=opened[names.tasks_bucket],
     )
 
 
@@ -298,6 +301,10 @@ def _event_subject(names: Names, event: events.Event) -> str:
         return names.pool_event(event.pool_id, kind)
     if isinstance(event, events.WebhookEvent):
         return names.webhook_event(event.subscription_id, kind)
+    if isinstance(event, events.ProbeFinished):
+        return names.probe_event(event.probe_id, kind)
+    if isinstance(event, events.CleanupFinished):
+        return names.cleanup_event(event.cleanup_id, kind)
     return names.storage_event(kind)
 
 

@@ -17,6 +17,7 @@ from services.gateway.faces.native import (  # noqa: F401 (imported for their ro
     statistics,
     storage,
     storage_admin,
+    tasks,
     telemetry,
     telemetry_settings,
     users,

@@ -1,0 +1,121 @@
+"""The task history: the statistics service keeps the tasks bucket (`<ns>-tasks`), vidmesh's
+background work as Odeion-style tasks (`shared.messages.tasks`; `shared.task_history` says how each
+kind of work becomes a task).
+
+Two feeds, each folded with compare-and-set writes that remember the last change folded, so a
+change seen twice is folded once:
+- the events stream, through its own durable consumer (`task-history`), in order: job events
+  (transcodes), `probe.finished` and `cleanup.finished`;
+- the deliveries bucket, through a watch: each change of a delivery record.
+
+The history is a view: the gateway reads it, and clears its finished tasks; jobs and deliveries
+are never changed from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from nats.aio.client import Client as NATS
+
+from shared import task_history
+from shared.messages import events as ev
+from shared.messages.tasks import ClearedMark, TaskRecord, TaskType
+from shared.messages.webhooks import Delivery
+from shared.nats.consumer import ACK, Consumer, Received, Settle, SlotLoops
+from shared.nats.kv import TypedKV
+from shared.nats.projection import Projection
+from shared.nats.subjects import Names
+from shared.nats.topology import Buckets, describe
+from shared.tasks import stop_tasks
+
+log = structlog.get_logger("vidmesh.statistics")
+
+
+class TaskHistory:
+    """Folds the events stream and the deliveries bucket into the tasks bucket."""
+
+    def __init__(self, nc: NATS, names: Names, buckets: Buckets, *, max_attempts: int) -> None:
+        self.nc = nc
+        self.names = names
+        self.tasks = TypedKV(buckets.tasks, TaskRecord)
+        self.marks = TypedKV(buckets.tasks, ClearedMark)
+        self.deliveries = Projection(
+            TypedKV(buckets.deliveries, Delivery), "task-history.deliveries", nc=nc
+        )
+        self.max_attempts = max_attempts
+        # Keys of the deliveries that changed, waiting to be folded.
+        self._changed: asyncio.Queue[str] = asyncio.Queue()
+        self._folder: asyncio.Task[None] | None = None
+
+    async def start(self) -> SlotLoops[ev.AnyEvent]:
+        """Start both feeds; returns the events consumer's loops (the service stops them)."""
+        self.deliveries.listen(self._on_delivery)
+        self._folder = asyncio.create_task(self._fold_deliveries(), name="task-history.deliveries")
+        await self.deliveries.start()
+        consumer = Consumer.durable(
+            self.names.events_stream,
+            self.names.task_history_consumer,
+            self.names.events_all,
+            ev.DECODER,
+            family="event",
+            ack_wait=30.0,
+            max_ack_pending=1,  # in stream order: a task's changes fold one after another
+            max_attempts=self.max_attempts,
+            skip_unknown=True,
+        )
+        return await consumer.open(self.nc.jetstream(), "statistics.task_history", self._handle)
+
+    async def stop(self) -> None:
+        await self.deliveries.stop()
+        await stop_tasks([self._folder] if self._folder is not None else [])
+        self._folder = None
+
+    async def _mark(self) -> ClearedMark | None:
+        found = await self.marks.get(task_history.CLEARED_KEY)
+        return found.value if found else None
+
+    async def _handle(self, received: Received[ev.AnyEvent]) -> Settle:
+        """Fold one event into the task it is news of (most events are of no task)."""
+        event, seq = received.message, received.seq
+        found = task_history.task_id_of(event)
+        if found is None:
+            return ACK
+        mark = await self._mark()
+        await self.tasks.change(
+            task_history.key_of(found),
+            lambda current: task_history.fold_event(current, event, seq, mark),
+        )
+        return ACK
+
+    def _on_delivery(self, key: str, old: Delivery | None, new: Delivery | None) -> None:
+        if new is not None:
+            self._changed.put_nowait(key)
+
+    async def _fold_deliveries(self) -> None:
+        """Fold each changed delivery into its task; a failed write is tried again shortly."""
+        while True:
+            key = await self._changed.get()
+            try:
+                await self._fold_delivery(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("task_history.delivery_failed", delivery_id=key, **describe(exc))
+                with contextlib.suppress(asyncio.QueueFull):
+                    self._changed.put_nowait(key)
+                await asyncio.sleep(1.0)
+
+    async def _fold_delivery(self, key: str) -> None:
+        versioned = self.deliveries.versioned(key)
+        if versioned is None:
+            return  # deleted meanwhile: its task stays as it was
+        mark = await self._mark()
+        await self.tasks.change(
+            task_history.key_of(task_history.task_id(TaskType.WEBHOOK_DELIVERY, key)),
+            lambda current: task_history.fold_delivery(
+                current, versioned.value, versioned.revision, mark
+            ),
+        )
