@@ -33,6 +33,8 @@ from shared.nats.subjects import Names
 log = structlog.get_logger("vidmesh.nats")
 
 DAY = 86_400.0
+# The OpenEncoder face's bucket: its counters of integer job and preset ids.
+OPENENCODER_BUCKET = "openencoder"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,7 @@ def _buckets(names: Names, replicas: int, retention: Retention) -> list[KeyValue
         kv(names.webhooks_bucket, "webhook subscriptions (signing secrets sealed)"),
         kv(names.deliveries_bucket, "webhook deliveries (with attempts)", retention.deliveries_ttl),
         kv(names.outputnames_bucket, "object names given to outputs in users' storage"),
+        kv(names.bucket(OPENENCODER_BUCKET), "the OpenEncoder face's counters of integer ids"),
     ]
 
 
@@ -169,6 +172,7 @@ class Buckets:
     webhooks: KeyValue
     deliveries: KeyValue
     outputnames: KeyValue
+    openencoder: KeyValue
 
 
 def retention_of(settings: CommonSettings) -> Retention:
@@ -254,6 +258,7 @@ async def _ensure(
         webhooks=opened[names.webhooks_bucket],
         deliveries=opened[names.deliveries_bucket],
         outputnames=opened[names.outputnames_bucket],
+        openencoder=opened[names.bucket(OPENENCODER_BUCKET)],
     )
 
 
