@@ -161,6 +161,10 @@ class Supervisor:
             explicit=self._explicit("VIDMESH_OPENENCODER_PORT"),
             what="OpenEncoder API",
         )
+        if openencoder_port == port:  # free until the gateway binds it: never both on one port
+            if self._explicit("VIDMESH_OPENENCODER_PORT"):
+                raise SystemExit(f"vidmesh up: the OpenEncoder API port {port} is the gateway's.")
+            openencoder_port = free_port()
         nats_port = choose_port(
             "127.0.0.1",
             self.settings.nats_port,
