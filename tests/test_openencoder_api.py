@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import pytest
 import pytest_asyncio
 
@@ -240,7 +241,7 @@ async def test_presets_built_in_own_and_a_refused_raw_option(encoder: Encoder) -
 
 
 async def test_a_job_from_a_media_root_into_the_callers_bucket_completes(
-    encoder: Encoder, seaweed: SeaweedS3
+    encoder: Encoder, seaweed: SeaweedS3, tmp_path: Path
 ) -> None:
     token = await _user(encoder, "jobs")
     # Given the caller's S3 storage, configured on the main port
@@ -279,8 +280,18 @@ async def test_a_job_from_a_media_root_into_the_callers_bucket_completes(
 
     await eventually(completed, timeout=90, what="the job to complete")
     # ... and its output is in the caller's bucket, under the folder `dest` named
-    stored = await open_store(seaweed.config(BUCKET)).list_blobs(f"{prefix}/")
-    assert any("/out/" in blob.key and blob.size > 0 for blob in stored), stored
+    bucket = open_store(seaweed.config(BUCKET))
+    stored = [b for b in await bucket.list_blobs(f"{prefix}/") if "/out/" in b.key and b.size]
+    assert len(stored) == 1, stored
+    # ... encoded as the preset's raw options said: H.264 Baseline at level 3.0, 360p at most
+    output = tmp_path / "output.mp4"
+    output.write_bytes(
+        b"".join([c async for c in bucket.read_range(stored[0].key, 0, stored[0].size)])
+    )
+    with av.open(str(output)) as container:
+        video = container.streams.video[0].codec_context
+        assert (video.name, video.profile, video.level) == ("h264", "Constrained Baseline", 30)
+        assert video.height <= 360
 
     # A finished job cannot be cancelled; it can be restarted
     await encoder.refused(409, "POST", f"/api/jobs/{first}/cancel", token)

@@ -2,8 +2,9 @@
 against an allow-list into the preset spec, and a spec written back as such options.
 
 No option reaches ffmpeg: each allowed one sets a field of the spec (whose values are enums and
-bounded numbers), is checked and left to the fleet (profile, level, keyframes, buffer), or is
-refused with a 400 that names it.
+bounded numbers), or is checked and left to the fleet (`-minrate`, `-keyint_min`, `-movflags`,
+`-pix_fmt yuv420p`: what the fleet does anyway), or is refused with a 400 that names it.
+`-b:v` caps the rate like `-maxrate` (the fleet encodes at a quality, CRF, within the cap).
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
 from shared.errors import BadRequest
 from shared.media import PresetSpec
-from shared.media.presets import validate_preset
+from shared.media.presets import H264Level, validate_preset
 from shared.media.profiles import CONTAINERS
 
 _VIDEO_CODECS = {
@@ -42,7 +43,7 @@ _SPEEDS |= {"veryslow"}
 _PROFILES = {"baseline", "main", "high"}
 _SCALE = re.compile(r"^scale=(-[12]|\d{2,5}):(\d{3,4})$")
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")
-_LEVEL = re.compile(r"^[1-6](?:\.[0-3])?$")
+_LEVELS = set(get_args(H264Level))
 _MAX_OPTIONS = 64
 
 
@@ -115,9 +116,9 @@ def _checked(check: Callable[[str, str], object]) -> Callable[[_Reading, str, st
     return handle
 
 
-def _level(option: str, value: str) -> None:
-    if not _LEVEL.match(value):
-        raise _refuse(f"{option} {value}", "give a level such as 3.1 or 4.0.")
+def _level(r: _Reading, option: str, value: str) -> None:
+    level = value if "." in value else f"{value}.0"  # x264 reads 3 as 3.0
+    r.video["level"] = _one_of(option, level, _LEVELS)
 
 
 _WITH_VALUE: dict[str, Callable[[_Reading, str, str], None]] = {
@@ -128,13 +129,13 @@ _WITH_VALUE: dict[str, Callable[[_Reading, str, str], None]] = {
     "-b:v": _bitrate,
     "-maxrate": _bitrate,
     "-minrate": _checked(_kbps),
-    "-bufsize": _checked(_kbps),
+    "-bufsize": lambda r, o, v: r.video.__setitem__("buffer_kbps", _kbps(o, v)),
     "-crf": lambda r, o, v: r.video.__setitem__("quality", _count(o, v, 1, 63)),
     "-preset": lambda r, o, v: r.video.__setitem__("speed", _one_of(o, v, _SPEEDS)),
-    "-profile:v": _checked(lambda o, v: _one_of(o, v, _PROFILES)),
-    "-level": _checked(_level),
-    "-level:v": _checked(_level),
-    "-g": _checked(lambda o, v: _count(o, v, 1, 1000)),
+    "-profile:v": lambda r, o, v: r.video.__setitem__("profile", _one_of(o, v, _PROFILES)),
+    "-level": _level,
+    "-level:v": _level,
+    "-g": lambda r, o, v: r.video.__setitem__("keyframe_interval", _count(o, v, 1, 1000)),
     "-keyint_min": _checked(lambda o, v: _count(o, v, 1, 1000)),
     "-pix_fmt": _checked(lambda o, v: _one_of(o, v, {"yuv420p"})),
     "-r": lambda r, o, v: r.video.__setitem__("max_fps", float(_count(o, v, 1, 240))),
@@ -206,10 +207,16 @@ def render_data(spec: PresetSpec) -> str:
     if video is not None:
         raw += [f"-vf scale=-2:{video.max_height}", f"-c:v {_VIDEO_ENCODER[video.codec]}"]
         if video.codec == "h264":
-            raw.append("-profile:v high")
+            raw.append(f"-profile:v {video.profile or 'high'}")
+            if video.level is not None:
+                raw.append(f"-level {video.level}")
         raw += [f"-crf {video.quality}", f"-preset {video.speed}", "-pix_fmt yuv420p"]
+        if video.keyframe_interval is not None:
+            raw.append(f"-g {video.keyframe_interval}")
         if video.max_bitrate_kbps is not None:
             raw.append(f"-maxrate {video.max_bitrate_kbps}k")
+        if video.buffer_kbps is not None:
+            raw.append(f"-bufsize {video.buffer_kbps}k")
         if video.max_fps is not None:
             raw.append(f"-r {round(video.max_fps)}")
     if audio is None:

@@ -27,15 +27,20 @@ from shared.messages.accounts import PresetRecord
 # OpenEncoder's built-in presets, with its names and parameters (ids 1-5, in this order).
 _BUILTIN_OPTIONS = {
     "h264_baseline_360p_600": ["-vf scale=-2:360", "-c:v libx264", "-profile:v baseline",
-                               "-b:v 600k", "-c:a aac", "-b:a 96k", "-f mp4"],
+                               "-level 3.0", "-g 72", "-b:v 600k", "-maxrate 600k",
+                               "-bufsize 600k", "-c:a aac", "-b:a 96k", "-f mp4"],
     "h264_main_480p_1000": ["-vf scale=-2:480", "-c:v libx264", "-profile:v main",
-                            "-b:v 1000k", "-c:a aac", "-b:a 128k", "-f mp4"],
+                            "-level 3.1", "-g 72", "-b:v 1000k", "-maxrate 1000k",
+                            "-bufsize 1000k", "-c:a aac", "-b:a 128k", "-f mp4"],
     "h264_main_720p_3000": ["-vf scale=-2:720", "-c:v libx264", "-profile:v main",
-                            "-b:v 3000k", "-c:a aac", "-b:a 128k", "-f mp4"],
+                            "-level 4.0", "-g 72", "-b:v 3000k", "-maxrate 3000k",
+                            "-bufsize 3000k", "-c:a aac", "-b:a 128k", "-f mp4"],
     "h264_main_1080p_6000": ["-vf scale=-2:1080", "-c:v libx264", "-profile:v main",
-                             "-b:v 6000k", "-c:a aac", "-b:a 192k", "-f mp4"],
-    "webm_vp9_720p_3000": ["-vf scale=-2:720", "-c:v libvpx-vp9", "-b:v 3000k",
-                           "-c:a libopus", "-b:a 128k", "-f webm"],
+                             "-level 4.2", "-g 72", "-b:v 6000k", "-maxrate 6000k",
+                             "-bufsize 6000k", "-c:a aac", "-b:a 192k", "-f mp4"],
+    "webm_vp9_720p_3000": ["-vf scale=-2:720", "-c:v libvpx-vp9", "-g 72", "-b:v 3000k",
+                           "-maxrate 3000k", "-bufsize 6000k", "-c:a libopus", "-b:a 128k",
+                           "-f webm"],
 }  # fmt: skip
 BUILTINS: dict[str, tuple[int, PresetSpec]] = {
     name: (number, parse_data(json.dumps({"raw": raw})))
