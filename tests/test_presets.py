@@ -533,3 +533,33 @@ def test_specs_stored_in_messages_take_unknown_fields_from_newer_writers() -> No
     assert spec.video is not None and spec.video.codec == "h264"
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(newer, type=PresetSpecInput)
+
+
+def test_profile_level_keyframes_and_buffer_reach_the_encoder_where_they_fit() -> None:
+    # Given a spec that names the H.264 profile, level, keyframe interval and buffer
+    spec = parse(
+        b'{"copy_when_compatible": false, "video": {"codec": "h264", "max_height": 360,'
+        b' "max_bitrate_kbps": 600, "buffer_kbps": 900, "profile": "baseline", "level": "3.0",'
+        b' "keyframe_interval": 72}}'
+    )
+    profile, container = preset_profile("named", spec), get_container("mp4")
+    plan = make_plan(None, profile, container)
+    argv = build_args("ffmpeg", "/media/a.mkv", "/out/o.mp4", plan, profile, container)
+    # Then the encoder gets each of them
+    for name, value in [
+        ("-profile:v", "baseline"),
+        ("-level:v", "3.0"),
+        ("-g", "72"),
+        ("-maxrate", "600000"),
+        ("-bufsize", "900000"),
+    ]:
+        assert argv[argv.index(name) + 1] == value, argv
+    # ... a spec that names none keeps the fingerprint it had before they existed
+    assert spec_fingerprint(builtin("optimized")) == "21263872b03dc227"
+    # ... and they are refused where they cannot apply
+    with pytest.raises(BadRequest, match="profile is for h264 video only"):
+        parse(b'{"copy_when_compatible": false, "video": {"codec": "hevc", "profile": "main"}}')
+    with pytest.raises(BadRequest, match="A copied stream keeps its own level"):
+        parse(b'{"video": {"codec": "h264", "level": "3.1"}}')
+    with pytest.raises(BadRequest, match="buffer_kbps needs max_bitrate_kbps"):
+        parse(b'{"video": {"codec": "h264", "buffer_kbps": 900}}')

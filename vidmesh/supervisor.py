@@ -41,6 +41,8 @@ class UpSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     host: str = "0.0.0.0"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 3000
     nats_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 4222
+    # The OpenEncoder API's own listener (a free port when 8081 is taken and was not asked for).
+    openencoder_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8081
     nats_server_bin: str = ""
     jellyfin_url: str = ""
     max_concurrent_jobs: Annotated[int, msgspec.Meta(ge=1)] = 1
@@ -137,6 +139,7 @@ class Supervisor:
         self.metrics_ports: dict[str, int] = {}
         self.nats: NatsServer | None = None
         self.gateway_url = ""
+        self.openencoder_url = ""
         self.admin = ("admin", "")
         self.generated: list[Path] = []
 
@@ -152,6 +155,16 @@ class Supervisor:
             explicit=self._explicit("VIDMESH_PORT", "PORT"),
             what="gateway",
         )
+        openencoder_port = choose_port(
+            host,
+            self.settings.openencoder_port,
+            explicit=self._explicit("VIDMESH_OPENENCODER_PORT"),
+            what="OpenEncoder API",
+        )
+        if openencoder_port == port:  # free until the gateway binds it: never both on one port
+            if self._explicit("VIDMESH_OPENENCODER_PORT"):
+                raise SystemExit(f"vidmesh up: the OpenEncoder API port {port} is the gateway's.")
+            openencoder_port = free_port()
         nats_port = choose_port(
             "127.0.0.1",
             self.settings.nats_port,
@@ -167,12 +180,14 @@ class Supervisor:
         )
         await self.nats.start()
         log.info("up.nats_ready", url=self.nats.url, store=str(self.data / "nats"))
-        env = self._child_env(port)
+        env = {**self._child_env(port), "VIDMESH_OPENENCODER_PORT": str(openencoder_port)}
         for name in SERVICES:
             child = Child(name, {**env, "VIDMESH_METRICS_PORT": str(self._metrics_port(name))})
             self.children[name] = child
             await child.start()
-        self.gateway_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '', '::') else host}:{port}"
+        local = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        self.gateway_url = f"http://{local}:{port}"
+        self.openencoder_url = f"http://{local}:{openencoder_port}"
         ready = await self._wait_ready(timeout=60.0)
         self._banner(ready)
         await self._supervise()
@@ -250,6 +265,8 @@ class Supervisor:
                 if "VIDMESH_ADMIN_PASSWORD" not in self.environ
                 else "from VIDMESH_ADMIN_PASSWORD"
             ),
+            f"  OpenEncoder API  {self.openencoder_url}/api  (OpenAPI: "
+            f"{self.openencoder_url}/openapi-openencoder.json; sign in with POST /api/login)",
             "  Metrics          "
             + "  ".join(f"{name} :{port}" for name, port in self.metrics_ports.items())
             + "   (/metrics, /livez, /readyz)",

@@ -84,6 +84,13 @@ class GatewaySettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     # The most transcoders one pool may be scaled to through /api/machines.
     max_transcoders_per_pool: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 20
 
+    # ---- OpenEncoder API (its own listener) ---------------------------------------------
+    # The port where `/api/` speaks OpenEncoder's shapes (unset: no such listener; 0: any).
+    openencoder_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    # The price of one transcoder that OpenEncoder's /api/machines/sizes shows (0: none set).
+    machine_price_monthly: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    machine_price_hourly: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
     @property
     def trusted_proxy_list(self) -> list[str]:
         return [item.strip() for item in self.trusted_proxies.split(",") if item.strip()]

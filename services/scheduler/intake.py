@@ -135,6 +135,7 @@ def refused(command: cmd.SubmitJob, exc: Exception) -> JobRecord:
         pool=command.pool,
         notify_url=command.notify_url,
         request_sha256=command.request_sha256,
+        openencoder_id=command.openencoder_id,
         now=command.at,
     )
     error = JobError(

@@ -36,6 +36,7 @@ def new_job(
     pool: str = "",
     notify_url: str = "",
     request_sha256: str = "",
+    openencoder_id: int | None = None,
 ) -> JobRecord:
     """A job as accepted: queued (or paused, in a batch), not yet attached to a rendition."""
     return JobRecord(
@@ -57,6 +58,7 @@ def new_job(
         pool=pool,
         notify_url=notify_url,
         request_sha256=request_sha256,
+        openencoder_id=openencoder_id,
         status=JobStatus.PAUSED if paused else JobStatus.QUEUED,
         created_at=now,
         updated_at=now,
@@ -89,5 +91,6 @@ def submitted_job(command: SubmitJob, spec: PresetSpec | None = None) -> JobReco
         pool=command.pool,
         notify_url=command.notify_url,
         request_sha256=command.request_sha256,
+        openencoder_id=command.openencoder_id,
         now=command.at,
     )

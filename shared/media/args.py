@@ -183,9 +183,15 @@ def _video_kwargs(
         kwargs["maxrate"] = profile.max_video_bitrate
         kwargs["bufsize"] = profile.bufsize or 2 * profile.max_video_bitrate
     if profile.video_codec == "h264":
-        kwargs["profile:v"] = profile.h264_profile
-        # h264_qsv has no level names: it takes level_idc (4.1 -> 41)
-        kwargs["level:v"] = _level_idc(profile) if name == "qsv" else profile.h264_level
+        # h264_vaapi names baseline as what it encodes: constrained baseline
+        vaapi_baseline = name == "vaapi" and profile.h264_profile == "baseline"
+        kwargs["profile:v"] = "constrained_baseline" if vaapi_baseline else profile.h264_profile
+        # h264_qsv has no level names and h264_vaapi names only some ("3", not "3.0"): both
+        # take level_idc (4.1 -> 41)
+        by_idc = name in ("qsv", "vaapi")
+        kwargs["level:v"] = _level_idc(profile) if by_idc else profile.h264_level
+    if profile.gop is not None:
+        kwargs["g"] = profile.gop
     if profile.encoder == "libx265" and name in ("cpu", "nvdec"):
         kwargs["x265-params"] = X265_PARAMS
     if profile.max_fps is not None:

@@ -20,6 +20,15 @@ Speed = Literal[
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
 ]
 
+H264Profile = Literal["baseline", "main", "high"]
+H264Level = Literal[
+    "1.0", "1.1", "1.2", "1.3", "2.0", "2.1", "2.2", "3.0", "3.1", "3.2",
+    "4.0", "4.1", "4.2", "5.0", "5.1", "5.2", "6.0", "6.1", "6.2",
+]  # fmt: skip
+# VideoSpec fields added later: left out of a fingerprint while unset, so a spec that does not
+# use them keeps the fingerprint (and the shared renditions) it had before they existed.
+_LATER_VIDEO_FIELDS = ("profile", "level", "keyframe_interval", "buffer_kbps")
+
 # x264/x265 name their speed/quality trade-offs; SVT-AV1 numbers them (higher is faster). This
 # SVT-AV1 maps M12/M13 onto M11 and calls M10+ "for automation tooling", so the scale ends at 11.
 SVT_AV1_PRESETS: dict[str, int] = {
@@ -79,6 +88,22 @@ class VideoSpec(msgspec.Struct, frozen=True, kw_only=True):
         bool,
         Meta(description="Deinterlace (bwdif) frames marked interlaced; progressive ones pass"),
     ] = False
+    profile: Annotated[
+        H264Profile | None,
+        Meta(description="H.264 profile (h264 only); null: high"),
+    ] = None
+    level: Annotated[
+        H264Level | None,
+        Meta(description="H.264 level (h264 only); null: the lowest that holds max_height"),
+    ] = None
+    keyframe_interval: Annotated[
+        Annotated[int, Meta(ge=1, le=1000)] | None,
+        Meta(description="Frames from one keyframe to the next at most; null: the encoder's"),
+    ] = None
+    buffer_kbps: Annotated[
+        Annotated[int, Meta(ge=100, le=400_000)] | None,
+        Meta(description="Rate-control buffer in kb with max_bitrate_kbps; null: twice the cap"),
+    ] = None
 
 
 class AudioSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -195,6 +220,7 @@ def validate_preset(spec: PresetSpec) -> PresetSpec:
         )
     if video is not None:
         _check_video_limits(video)
+        _check_video_options(video, spec.copy_when_compatible)
     if audio is not None and audio.codec == "opus":
         most = OPUS_MAX_KBPS_PER_CHANNEL * audio.channels
         if audio.bitrate_kbps > most:
@@ -221,9 +247,31 @@ def _check_video_limits(video: VideoSpec) -> None:
         )
 
 
+def _check_video_options(video: VideoSpec, copy_when_compatible: bool) -> None:
+    if video.codec != "h264":
+        for name in ("profile", "level"):
+            if getattr(video, name) is not None:
+                _refuse(f"{name} is for h264 video only, not {video.codec}.", f"video.{name}")
+    if video.buffer_kbps is not None and video.max_bitrate_kbps is None:
+        _refuse("buffer_kbps needs max_bitrate_kbps (the rate it buffers).", "video.buffer_kbps")
+    chosen = [name for name in ("profile", "level", "keyframe_interval") if getattr(video, name)]
+    if chosen and copy_when_compatible:
+        _refuse(
+            f"A copied stream keeps its own {', '.join(chosen)}: set copy_when_compatible to "
+            "false to encode with them.",
+            "copy_when_compatible",
+        )
+
+
 def spec_fingerprint(spec: PresetSpec) -> str:
     """A short stable hash of the spec's canonical JSON: equal specs, equal fingerprints."""
-    canonical = msgspec.json.encode(_normalized(spec), order="sorted")
+    shape = msgspec.to_builtins(_normalized(spec))
+    video = shape.get("video")
+    if isinstance(video, dict):
+        for name in _LATER_VIDEO_FIELDS:
+            if video.get(name) is None:
+                video.pop(name, None)
+    canonical = msgspec.json.encode(shape, order="sorted")
     return hashlib.sha256(_FINGERPRINT_VERSION + canonical).hexdigest()[:16]
 
 
@@ -247,12 +295,14 @@ def preset_profile(name: str, spec: PresetSpec) -> Profile:
             preset=_encoder_preset(video.codec, video.speed),
             crf=video.quality,
             max_video_bitrate=max_rate,
-            bufsize=2 * max_rate if max_rate is not None else None,
+            bufsize=_buffer(video, max_rate),
             max_width=max_width(video.max_height),
             max_height=video.max_height,
             max_fps=video.max_fps,
             deinterlace=video.deinterlace,
-            h264_level=_h264_level(video.max_height),
+            h264_profile=video.profile or "high",
+            h264_level=video.level or _h264_level(video.max_height),
+            gop=video.keyframe_interval,
         )
     if audio is not None:
         profile = msgspec.structs.replace(
@@ -276,6 +326,12 @@ def _normalized(spec: PresetSpec) -> PresetSpec:
         return msgspec.convert(msgspec.to_builtins(spec), PresetSpec)
     except (msgspec.ValidationError, TypeError) as exc:
         raise BadRequest(f"Invalid preset: {exc}", details={"error": str(exc)}) from exc
+
+
+def _buffer(video: VideoSpec, max_rate: int | None) -> int | None:
+    if max_rate is None:
+        return None
+    return video.buffer_kbps * 1000 if video.buffer_kbps is not None else 2 * max_rate
 
 
 def _encoder_preset(codec: str, speed: str) -> str:

@@ -36,6 +36,7 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     pix_fmt: str = "yuv420p"
     h264_profile: str = "high"
     h264_level: str = "4.1"
+    gop: int | None = None  # frames from one keyframe to the next at most (-g); None: encoder's
     audio_codec: str | None = "aac"  # None: the rendition has no audio
     audio_encoder: str = "aac"
     audio_bitrate: int = 160_000

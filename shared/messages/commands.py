@@ -53,6 +53,8 @@ class SubmitJob(Command, frozen=True, kw_only=True, tag="job.submit"):
     # SHA-256 of the request that carried an Idempotency-Key: the same key with another
     # request is refused.
     request_sha256: str = ""
+    # The integer id the OpenEncoder face gave the job (from its counter in NATS).
+    openencoder_id: int | None = None
 
 
 class CancelJob(Command, frozen=True, kw_only=True, tag="job.cancel"):

@@ -97,6 +97,8 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     notify_url: str = ""
     # SHA-256 of the request that carried an Idempotency-Key ("" = none was sent).
     request_sha256: str = ""
+    # The integer id the OpenEncoder face gave the job (None: another face took it).
+    openencoder_id: int | None = None
     status: JobStatus = JobStatus.QUEUED
     created_at: Timestamp
     updated_at: Timestamp

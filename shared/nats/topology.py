@@ -33,6 +33,8 @@ from shared.nats.subjects import Names
 log = structlog.get_logger("vidmesh.nats")
 
 DAY = 86_400.0
+# The OpenEncoder face's bucket: its counters of integer job and preset ids.
+OPENENCODER_BUCKET = "openencoder"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,8 @@ def _buckets(names: Names, replicas: int, retention: Retention) -> list[KeyValue
         kv(names.deliveries_bucket, "webhook deliveries (with attempts)", retention.deliveries_ttl),
         kv(names.outputnames_bucket, "object names given to outputs in users' storage"),
         kv(names.tasks_bucket, "task history (background work)", retention.events_max_age),
+
+        kv(names.bucket(OPENENCODER_BUCKET), "the OpenEncoder face's counters of integer ids"),
     ]
 
 
@@ -171,6 +175,8 @@ class Buckets:
     deliveries: KeyValue
     outputnames: KeyValue
     tasks: KeyValue
+
+    openencoder: KeyValue
 
 
 def retention_of(settings: CommonSettings) -> Retention:
@@ -257,6 +263,8 @@ async def _ensure(
         deliveries=opened[names.deliveries_bucket],
         outputnames=opened[names.outputnames_bucket],
         tasks=opened[names.tasks_bucket],
+
+        openencoder=opened[names.bucket(OPENENCODER_BUCKET)],
     )
 
 

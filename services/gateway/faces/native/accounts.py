@@ -9,13 +9,13 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
+from services.gateway import accounts
 from services.gateway.api import API, Access, Tag, caller
 from services.gateway.faces.native.views import ApiKeyView, UserView, key_view, user_view
 from services.gateway.http import Message, json_response
 from services.gateway.identity import TokenPair
-from services.gateway.login_limits import client_address
 from services.gateway.state import gateway
-from shared.errors import Forbidden, NotFound
+from shared.errors import NotFound
 from shared.messages.accounts import User, Username
 
 TAG = Tag.ACCOUNTS
@@ -104,14 +104,9 @@ def _tokens(user: User, pair: TokenPair) -> Tokens:
 
 
 async def _register(request: web.Request, body: RegisterRequest) -> User:
-    gw = gateway(request)
-    gw.identity.require_secret()
-    mode = gw.settings.registration
-    if mode == "closed":
-        raise Forbidden("Registration is closed on this server; ask an administrator.")
-    if mode == "invite" and body.invite_code not in gw.settings.invite_code_list:
-        raise Forbidden("A valid invite code is required to register.")
-    return await gw.identity.create_user(body.username, body.password, email=body.email)
+    return await accounts.register(
+        request, body.username, body.password, email=body.email, invite_code=body.invite_code
+    )
 
 
 @API.route(
@@ -148,14 +143,8 @@ async def register_compat(request: web.Request, body: RegisterRequest) -> web.Re
 
 
 async def _login(request: web.Request, body: LoginRequest) -> web.Response:
-    gw = gateway(request)
-    identity = gw.identity
-    identity.require_secret()
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    address = client_address(request.remote, forwarded, gw.settings.trusted_proxy_list)
-    async with gw.login_limits.attempt(body.username, address):
-        user = await identity.login(body.username, body.password)
-    return json_response(_tokens(user, identity.issue(user)))
+    user, pair = await accounts.sign_in(request, body.username, body.password)
+    return json_response(_tokens(user, pair))
 
 
 @API.route(

@@ -1,5 +1,5 @@
-"""Machines, OpenEncoder's resource, mapped onto this fleet: live transcoder instances, scaled
-per pool on Kubernetes (`/api/machines`)."""
+"""Machines as the native API shows them (`/api/machines`): live transcoder instances, scaled
+per pool on Kubernetes; the mapping onto the fleet is `services/gateway/machines.py`."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ from typing import Annotated, Literal
 import msgspec
 from aiohttp import web
 
+from services.gateway import machines
 from services.gateway.api import API, Access
 from services.gateway.http import json_response
-from services.gateway.kube import Cluster, NotInCluster
-from services.gateway.state import Gateway, gateway
-from shared.errors import BadRequest, Conflict, NotFound
+from services.gateway.state import gateway
 from shared.messages.fleet import POOL_ID_PATTERN, GpuState, WorkerInfo
-from shared.nats.kv import valid_key
 
 MACHINES = "machines"
 
@@ -117,18 +115,16 @@ async def list_machines(request: web.Request) -> web.Response:
 )
 async def machine_sizes(request: web.Request) -> web.Response:
     """Every pool as a size of machine, with its live transcoders."""
-    gw = gateway(request)
-    workers = await gw.fleet.live_workers()
     return json_response(
         [
             MachineSize(
-                slug=p.id,
-                device=p.device,
-                concurrency=p.concurrency or None,
-                enabled=p.enabled,
-                transcoders=sum(1 for w in workers if w.pool == p.id),
+                slug=size.pool.id,
+                device=size.pool.device,
+                concurrency=size.pool.concurrency or None,
+                enabled=size.pool.enabled,
+                transcoders=size.transcoders,
             )
-            for p in await gw.fleet.all_pools()
+            for size in await machines.sizes(gateway(request))
         ]
     )
 
@@ -143,31 +139,11 @@ async def machine_sizes(request: web.Request) -> web.Response:
 )
 async def machine_regions(request: web.Request) -> web.Response:
     """The one region: this Kubernetes namespace, or this machine outside one."""
-    cluster = gateway(request).cluster
-    if cluster is None:
-        region = MachineRegion(
-            slug="local",
-            name="this machine",
-            available=False,
-            scaling="not in a Kubernetes cluster: start `vidmesh transcoder` processes yourself",
-        )
-    else:
-        region = MachineRegion(
-            slug=cluster.namespace,
-            name=f"Kubernetes namespace {cluster.namespace}",
-            available=True,
-            scaling=f"Deployment {cluster.deployment('<pool>')} per pool",
-        )
+    found = machines.region(gateway(request))
+    region = MachineRegion(
+        slug=found.slug, name=found.name, available=found.available, scaling=found.scaling
+    )
     return json_response([region])
-
-
-def _cluster(gw: Gateway) -> Cluster:
-    if gw.cluster is None:
-        raise NotInCluster(
-            "Scaling transcoders needs Kubernetes: this gateway is not running in a cluster "
-            "(or VIDMESH_KUBERNETES_API is unset). Start `vidmesh transcoder` processes instead."
-        )
-    return gw.cluster
 
 
 @API.route(
@@ -183,18 +159,7 @@ def _cluster(gw: Gateway) -> Cluster:
 )
 async def add_machines(request: web.Request, body: MachinesRequest) -> web.Response:
     """Scale the pool's Deployment up by `count`, within the per-pool limit."""
-    gw = gateway(request)
-    cluster = _cluster(gw)
-    if await gw.fleet.pool(body.pool) is None:
-        raise BadRequest(f"There is no pool {body.pool!r}.", details={"field": "pool"})
-    current = await cluster.replicas(body.pool)
-    wanted = current + body.count
-    if wanted > gw.settings.max_transcoders_per_pool:
-        raise Conflict(
-            f"The pool {body.pool!r} would have {wanted} transcoders; the most is "
-            f"{gw.settings.max_transcoders_per_pool} (VIDMESH_MAX_TRANSCODERS_PER_POOL)."
-        )
-    replicas = await cluster.scale(body.pool, wanted)
+    current, replicas = await machines.add_transcoders(gateway(request), body.pool, body.count)
     return json_response(
         Scaled(message=f"pool {body.pool}: {current} -> {replicas}", pools={body.pool: replicas}),
         202,
@@ -214,16 +179,7 @@ async def add_machines(request: web.Request, body: MachinesRequest) -> web.Respo
 )
 async def remove_machines(request: web.Request, query: RemoveMachinesQuery) -> web.Response:
     """Scale one pool's Deployment (or every pool's) to zero."""
-    gw = gateway(request)
-    cluster = _cluster(gw)
-    pools = [query.pool] if query.pool else [p.id for p in await gw.fleet.all_pools()]
-    scaled: dict[str, int] = {}
-    for pool in pools:
-        try:
-            scaled[pool] = await cluster.scale(pool, 0)
-        except NotFound:
-            if query.pool:
-                raise
+    scaled = await machines.scale_to_zero(gateway(request), query.pool)
     return json_response(Scaled(message="scaled to zero", pools=scaled), 202)
 
 
@@ -239,16 +195,8 @@ async def remove_machines(request: web.Request, query: RemoveMachinesQuery) -> w
 )
 async def remove_machine(request: web.Request) -> web.Response:
     """Mark the transcoder's pod for removal and scale its pool down by one."""
-    gw = gateway(request)
-    cluster = _cluster(gw)
     machine_id = request.match_info["machine_id"]
-    found = await gw.fleet.workers.get(machine_id) if valid_key(machine_id) else None
-    if found is None:
-        raise NotFound(f"There is no live transcoder {machine_id!r}.")
-    worker = found.value
-    await cluster.mark_for_removal(worker.host)
-    current = await cluster.replicas(worker.pool)
-    replicas = await cluster.scale(worker.pool, max(current - 1, 0))
+    worker, replicas = await machines.remove_transcoder(gateway(request), machine_id)
     return json_response(
         Scaled(
             message=f"removing {worker.host} from pool {worker.pool}",
