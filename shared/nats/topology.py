@@ -145,7 +145,6 @@ def _buckets(names: Names, replicas: int, retention: Retention) -> list[KeyValue
         kv(names.deliveries_bucket, "webhook deliveries (with attempts)", retention.deliveries_ttl),
         kv(names.outputnames_bucket, "object names given to outputs in users' storage"),
         kv(names.tasks_bucket, "task history (background work)", retention.events_max_age),
-
         kv(names.bucket(OPENENCODER_BUCKET), "the OpenEncoder face's counters of integer ids"),
     ]
 
@@ -175,7 +174,6 @@ class Buckets:
     deliveries: KeyValue
     outputnames: KeyValue
     tasks: KeyValue
-
     openencoder: KeyValue
 
 
@@ -263,7 +261,6 @@ async def _ensure(
         deliveries=opened[names.deliveries_bucket],
         outputnames=opened[names.outputnames_bucket],
         tasks=opened[names.tasks_bucket],
-
         openencoder=opened[names.bucket(OPENENCODER_BUCKET)],
     )
 
