@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -29,10 +29,10 @@ _ERROR_WORDS = {
     409: "The object's state does not allow this",
     413: "The request body is too large",
     416: "The range cannot be satisfied",
-    504: "A long operation did not finish in time; try again",
     422: "The source is not media that can be read",
     429: "Too many attempts; wait the seconds Retry-After says",
     503: "A dependency is unavailable, or the feature is not configured",
+    504: "A long operation did not finish in time; try again",
 }
 _FILE_TYPES = ("video/mp4", "video/x-matroska", "video/webm", "audio/mp4")
 
@@ -46,7 +46,6 @@ class About:
     description: str
     security_schemes: dict[str, Any]
     error: Any = ErrorEnvelope
-    servers: list[dict[str, str]] = field(default_factory=list)
 
 
 NATIVE = About(
@@ -81,21 +80,21 @@ def document(operations: list[Operation] | None = None, about: About = NATIVE) -
         operation["security"] = [] if op.access in (Access.PUBLIC, Access.SIGNED) else security
         paths.setdefault(op.path, {})[op.method.lower()] = operation
     info = {"title": about.title, "version": VERSION, "description": about.description}
-    found: dict[str, Any] = {"openapi": "3.1.0", "info": info}
-    if about.servers:
-        found["servers"] = about.servers
-    found["paths"] = paths
-    found["components"] = {
-        "schemas": components,
-        "securitySchemes": about.security_schemes,
-        "responses": {
-            "Error": {
-                "description": "An error",
-                "content": {"application/json": {"schema": schema_of[error]}},
-            }
+    return {
+        "openapi": "3.1.0",
+        "info": info,
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": about.security_schemes,
+            "responses": {
+                "Error": {
+                    "description": "An error",
+                    "content": {"application/json": {"schema": schema_of[error]}},
+                }
+            },
         },
     }
-    return found
 
 
 def _operation(
