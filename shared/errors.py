@@ -96,6 +96,14 @@ class Unavailable(VidmeshError):
     retryable = True
 
 
+class GatewayTimeout(VidmeshError):
+    """A long operation the gateway waited on (probing a source) did not finish in time."""
+
+    http_status = 504
+    code = "gateway_timeout"
+    retryable = True
+
+
 class NotConfigured(VidmeshError):
     """A feature was asked for that the operator has not configured."""
 

@@ -101,7 +101,7 @@ async def test_user_routes_refuse_other_users_objects(
     preset = await ann.ok("POST", "/api/presets", 201, json={"name": "mine", "spec": SPEC})
     key = await ann.ok("POST", "/api/account/api-keys", 201, json={"name": "k"})
     batch = await ann.ok(
-        "POST", "/api/jobs/bulk", json={"jobs": [{"source": source + "&b=1"}], "paused": True}
+        "POST", "/api/jobs/bulk", 201, json={"jobs": [{"source": source + "&b=1"}], "paused": True}
     )
     ids = {
         "job_id": job["id"],

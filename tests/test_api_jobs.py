@@ -76,7 +76,7 @@ async def test_lists_filter_and_page_with_cursors(
     system: System, ann: Api, ben: Api, jellyfin: JellyfinStandIn
 ) -> None:
     sources = [{"source": url_of(jellyfin, "fits", n=str(n))} for n in range(5)]
-    bulk = await ann.ok("POST", "/api/jobs/bulk", json={"jobs": sources, "paused": True})
+    bulk = await ann.ok("POST", "/api/jobs/bulk", 201, json={"jobs": sources, "paused": True})
     assert bulk["created"] == 5
     await ben.ok("POST", "/api/jobs", 201, json={"source": url_of(jellyfin, "fits")})
     seen: list[str] = []
@@ -106,8 +106,8 @@ async def test_delete_cancels_an_active_job_or_lets_a_finished_output_go(
     job = await ann.ok("POST", "/api/jobs", 201, json={"source": url_of(jellyfin, "fits")})
     await ann.wait_job(job["id"], "completed")
     assert len(system.output_files()) == 1
-    gone = await ann.ok("DELETE", f"/api/jobs/{job['id']}")
-    assert gone["status"] == "removed"
+    await ann.ok("DELETE", f"/api/jobs/{job['id']}", 204)
+    assert (await ann.ok("GET", f"/api/jobs/{job['id']}"))["status"] == "removed"
     await eventually(lambda: not system.output_files(), what="the output file to be deleted")
     assert (await ann.call("GET", f"/api/jobs/{job['id']}/file"))[0] == 404
     status, _, _ = await ann.call("DELETE", f"/api/jobs/{job['id']}/file")

@@ -103,7 +103,7 @@ async def history(api: Api, job_id: str, query: str = "") -> list[dict[str, Any]
 async def paused_jobs(api: Api, jellyfin: JellyfinStandIn, count: int, tag: str) -> list[str]:
     """`count` jobs waiting in a paused batch: each adds one `job.accepted` event, no work."""
     jobs = [{"source": jellyfin.stream_url("fits", ALICE, n=f"{tag}{n}")} for n in range(count)]
-    made = await api.ok("POST", "/api/jobs/bulk", json={"jobs": jobs, "paused": True})
+    made = await api.ok("POST", "/api/jobs/bulk", 201, json={"jobs": jobs, "paused": True})
     return [item["job"]["id"] for item in made["results"]]
 
 
@@ -188,6 +188,7 @@ async def test_feeds_filter_by_job_and_by_event_type(
     made = await ann.ok(
         "POST",
         "/api/jobs/bulk",
+        201,
         json={"jobs": [{"source": jellyfin.stream_url("fits", ALICE, n=str(n))} for n in (1, 2)]},
     )
     first, second = (item["job"]["id"] for item in made["results"])

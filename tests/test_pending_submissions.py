@@ -126,7 +126,7 @@ async def test_a_batch_started_before_the_scheduler_stored_its_jobs_starts_every
 ) -> None:
     # Given a paused batch of jobs created while the scheduler is down
     jobs = [{"source": jellyfin.stream_url("fits", ALICE, n=str(n))} for n in range(3)]
-    result = await carl.ok("POST", "/api/jobs/bulk", json={"jobs": jobs, "paused": True})
+    result = await carl.ok("POST", "/api/jobs/bulk", 201, json={"jobs": jobs, "paused": True})
     assert result["created"] == 3
     ids = [item["job"]["id"] for item in result["results"]]
     batch_id = result["batch_id"]
@@ -156,7 +156,7 @@ async def test_bulk_creation_with_the_scheduler_down_is_bounded_by_one_deadline(
     # Given the scheduler is down, when five jobs are created in one request
     jobs = [{"source": jellyfin.stream_url("fits", ALICE, n=str(n))} for n in range(5)]
     began = time.monotonic()
-    result = await carl.ok("POST", "/api/jobs/bulk", json={"jobs": jobs})
+    result = await carl.ok("POST", "/api/jobs/bulk", 201, json={"jobs": jobs})
     took = time.monotonic() - began
 
     # Then every item is accepted, in one command timeout (not one per item)

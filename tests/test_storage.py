@@ -235,7 +235,7 @@ async def test_a_job_reads_an_s3_source_and_writes_to_the_users_bucket(
     body = await ann.ok("GET", f"/api/jobs/{job['id']}/file")
     assert hashlib.sha256(body).hexdigest() == done["output"]["sha256"]
     # The user's file is theirs: deleting the job's output here leaves it in their bucket
-    await ann.ok("DELETE", f"/api/jobs/{job['id']}")
+    await ann.ok("DELETE", f"/api/jobs/{job['id']}", 204)
     assert await mine.stat(f"{prefix}/out/movie.mp4") is not None
     # OpenEncoder's dest works too, and sources need configured storage
     openencoder = await ann.ok(

@@ -141,7 +141,7 @@ def _schemas(args: argparse.Namespace) -> None:
     from services.gateway import app, openapi  # noqa: F401  (app registers every route)
     from vidmesh import schemas
 
-    schemas.EXTRA["openapi.json"] = openapi.render
+    schemas.EXTRA.update(openapi.FILES)  # every face's OpenAPI document
     if args.check:
         stale = schemas.drift(args.dir)
         if stale:

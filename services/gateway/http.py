@@ -1,12 +1,17 @@
 """One place that turns errors into the JSON error envelope, whatever raised them.
 
 {"error": {"code": "not_found", "message": "...", "status": 404, "details": ...}}
+
+A face whose clients read the message at the top level (the Streamyfin app, as its original
+server answered) marks its handlers with `message_beside_error`: their errors also carry
+`"message"` beside the envelope.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 import nats.errors
@@ -58,11 +63,31 @@ def error_response(
     message: str,
     details: Any = None,
     headers: dict[str, str] | None = None,
+    *,
+    message_beside: bool = False,
 ) -> web.Response:
     error: dict[str, Any] = {"code": code, "message": message, "status": status, "details": details}
     if status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": 'MediaBrowser realm="vidmesh"'}
-    return json_response({"error": error}, status=status, headers=headers)
+    body: dict[str, Any] = {"error": error}
+    if message_beside:
+        body["message"] = message
+    return json_response(body, status=status, headers=headers)
+
+
+_MESSAGE_BESIDE = "_vidmesh_message_beside_error"
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[web.StreamResponse]])
+
+
+def message_beside_error(handler: HandlerT) -> HandlerT:
+    """Mark a route's handler: its errors carry `"message"` at the top level too, beside the
+    envelope (clients written for a server that answered `{"message": ...}` read it there)."""
+    setattr(handler, _MESSAGE_BESIDE, True)
+    return handler
+
+
+def _message_beside(request: web.Request) -> bool:
+    return bool(getattr(request.match_info.handler, _MESSAGE_BESIDE, False))
 
 
 # NATS out of reach for now (a retry may work); any other NATS error is a bug: a 500, logged.
@@ -80,16 +105,23 @@ NATS_AWAY = (
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    beside = _message_beside(request)
     try:
         return await handler(request)
     except KeyWrongLastSequenceError:
         return error_response(
-            409, "conflict", "The object changed while this request ran; try again."
+            409,
+            "conflict",
+            "The object changed while this request ran; try again.",
+            message_beside=beside,
         )
     except NATS_AWAY as exc:  # NATS did not answer in time, even after a failover
         log.warning("request.unavailable", path=request.path, code="unavailable", error=repr(exc))
         return error_response(
-            503, "unavailable", "The job queue (NATS) is not answering right now; try again."
+            503,
+            "unavailable",
+            "The job queue (NATS) is not answering right now; try again.",
+            message_beside=beside,
         )
     except VidmeshError as exc:
         if exc.http_status >= 500:
@@ -97,7 +129,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = (
             {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
         )
-        return error_response(exc.http_status, exc.code, exc.message, exc.details, headers)
+        return error_response(
+            exc.http_status, exc.code, exc.message, exc.details, headers, message_beside=beside
+        )
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
@@ -105,10 +139,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         message = (
             exc.reason if exc.status != 404 else f"No route for {request.method} {request.path}"
         )
-        return error_response(exc.status, code, message)
+        return error_response(exc.status, code, message, message_beside=beside)
     except Exception:
         log.exception("request.failed", method=request.method, path=request.path)
-        return error_response(500, "internal_error", "Something went wrong on our side.")
+        return error_response(
+            500, "internal_error", "Something went wrong on our side.", message_beside=beside
+        )
 
 
 async def read_json(
@@ -175,6 +211,13 @@ class ErrorEnvelope(msgspec.Struct, kw_only=True):
     """Every error response."""
 
     error: ErrorBody
+
+
+class ErrorWithMessage(msgspec.Struct, kw_only=True):
+    """Every error response of a face that also gives the message at the top level."""
+
+    error: ErrorBody
+    message: str
 
 
 class Message(msgspec.Struct, kw_only=True):

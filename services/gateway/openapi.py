@@ -1,11 +1,14 @@
-"""The OpenAPI 3.1 document of the native API, generated from the route table and the msgspec
-types (schemas/openapi.json holds a copy; a test fails when they drift), served at
-`/api/openapi.json`."""
+"""OpenAPI 3.1 documents, generated from route tables and the msgspec types: the native API's
+(with the download-jobs API's routes) at `/api/openapi.json`, and any other face's document from
+its own operations (the Streamyfin face serves `/openapi-streamyfin.json`). schemas/ holds a copy
+of each document registered in `FILES`; a test fails when they drift."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -15,7 +18,6 @@ from services.gateway.api import API, Access, Operation, Tag
 from services.gateway.http import ErrorEnvelope
 from shared.messages import asyncapi
 
-TITLE = "vidmesh native API"
 VERSION = "1.0.0"
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
 _ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 503)
@@ -30,14 +32,40 @@ _ERROR_WORDS = {
     422: "The source is not media that can be read",
     429: "Too many attempts; wait the seconds Retry-After says",
     503: "A dependency is unavailable, or the feature is not configured",
+    504: "A long operation did not finish in time; try again",
 }
 _FILE_TYPES = ("video/mp4", "video/x-matroska", "video/webm", "audio/mp4")
 
 
-def document(operations: list[Operation] | None = None) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class About:
+    """What a document says besides its routes: its title, how callers authenticate (every
+    scheme is accepted on every route that is not public) and the shape of its errors."""
+
+    title: str
+    description: str
+    security_schemes: dict[str, Any]
+    error: Any = ErrorEnvelope
+
+
+NATIVE = About(
+    title="vidmesh native API",
+    description="Accounts, API keys, jobs, presets, batches, metadata, storage and signed "
+    "downloads; the download-jobs API is the part under the base URL http://host:port/api "
+    '(/jobs, /jobs/bulk, /batch, /metadata, /usage, /user/*). Every error is {"error": '
+    '{"code", "message", "details"}}.',
+    security_schemes={
+        "bearer": {"type": "http", "scheme": "bearer", "description": "JWT or API key"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+    },
+)
+
+
+def document(operations: list[Operation] | None = None, about: About = NATIVE) -> dict[str, Any]:
     """The OpenAPI document for these operations (default: every native API route)."""
     ops = sorted(operations or API.operations, key=lambda op: (op.path, op.method))
-    types: list[Any] = [ErrorEnvelope]
+    error = about.error
+    types: list[Any] = [error]
     for op in ops:
         types += [t for t in (op.body, op.response, op.query) if t is not None]
     unique = list(dict.fromkeys(types))
@@ -45,28 +73,24 @@ def document(operations: list[Operation] | None = None) -> dict[str, Any]:
         unique, ref_template="#/components/schemas/{name}"
     )
     schema_of = dict(zip(unique, roots, strict=True))
+    security: list[dict[str, list[str]]] = [{name: []} for name in about.security_schemes]
     paths: dict[str, dict[str, Any]] = {}
     for op in ops:
-        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, schema_of, components)
+        operation = _operation(op, schema_of, components, schema_of[error])
+        operation["security"] = [] if op.access in (Access.PUBLIC, Access.SIGNED) else security
+        paths.setdefault(op.path, {})[op.method.lower()] = operation
+    info = {"title": about.title, "version": VERSION, "description": about.description}
     return {
         "openapi": "3.1.0",
-        "info": {
-            "title": TITLE,
-            "version": VERSION,
-            "description": "Accounts, API keys, jobs, presets, batches, metadata and signed "
-            'downloads. Every error is {"error": {"code", "message", "details"}}.',
-        },
+        "info": info,
         "paths": paths,
         "components": {
             "schemas": components,
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "JWT or API key"},
-                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
-            },
+            "securitySchemes": about.security_schemes,
             "responses": {
                 "Error": {
                     "description": "An error",
-                    "content": {"application/json": {"schema": schema_of[ErrorEnvelope]}},
+                    "content": {"application/json": {"schema": schema_of[error]}},
                 }
             },
         },
@@ -74,7 +98,7 @@ def document(operations: list[Operation] | None = None) -> dict[str, Any]:
 
 
 def _operation(
-    op: Operation, schema_of: dict[Any, Any], components: dict[str, Any]
+    op: Operation, schema_of: dict[Any, Any], components: dict[str, Any], error: Any
 ) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": op.operation_id,
@@ -82,12 +106,8 @@ def _operation(
         "tags": [op.tag],
         "x-access": op.access.value,
         "parameters": _parameters(op, schema_of, components),
-        "responses": _responses(op, schema_of),
+        "responses": _responses(op, schema_of, error),
     }
-    if op.access in (Access.PUBLIC, Access.SIGNED):
-        operation["security"] = []
-    else:
-        operation["security"] = [{"bearer": []}, {"apiKey": []}]
     if op.body is not None:
         operation["requestBody"] = {
             "required": True,
@@ -123,7 +143,7 @@ def _parameters(
     return params
 
 
-def _responses(op: Operation, schema_of: dict[Any, Any]) -> dict[str, Any]:
+def _responses(op: Operation, schema_of: dict[Any, Any], error: Any) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     if op.binary:
         content = {kind: {"schema": {"type": "string", "format": "binary"}} for kind in _FILE_TYPES}
@@ -142,17 +162,26 @@ def _responses(op: Operation, schema_of: dict[Any, Any]) -> dict[str, Any]:
         }
     else:
         responses[str(op.status)] = {"description": op.summary, "content": {"application/json": {}}}
-    for status in sorted({*_ERROR_STATUSES, *op.statuses} - {200, 201, 202, 206}):
+    for status in sorted({*_ERROR_STATUSES, *op.statuses} - {200, 201, 202, 204, 206}):
         responses[str(status)] = {
             "description": _ERROR_WORDS.get(status, "An error"),
-            "content": {"application/json": {"schema": schema_of[ErrorEnvelope]}},
+            "content": {"application/json": {"schema": error}},
         }
     return responses
 
 
 def render() -> str:
     """The document as committed to schemas/openapi.json."""
-    return json.dumps(document(), indent=2, sort_keys=True) + "\n"
+    return as_file(document())
+
+
+def as_file(found: dict[str, Any]) -> str:
+    """A document as committed to schemas/."""
+    return json.dumps(found, indent=2, sort_keys=True) + "\n"
+
+
+FILES: dict[str, Callable[[], str]] = {"openapi.json": render}
+"""File in schemas/ -> what makes it; a face with its own document adds it here."""
 
 
 @API.route("GET", "/api/openapi.json", access=Access.PUBLIC, tag=Tag.META, summary="This document")

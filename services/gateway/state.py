@@ -23,7 +23,7 @@ from services.gateway.jellyfin import JellyfinAuth
 from services.gateway.kube import Cluster
 from services.gateway.login_limits import LoginLimits
 from shared.blobs.users import Stores, UserStore
-from shared.errors import Unavailable, Unprocessable
+from shared.errors import GatewayTimeout, Unavailable, Unprocessable
 from shared.fleet import Fleet
 from shared.jobs import state as jobstate
 from shared.media.probe import ProbeResult
@@ -148,15 +148,19 @@ class Gateway:
         await announce(self.js, self.names, event)
 
     async def probe(self, source: str, owner: str) -> ProbeResult:
-        """The source as a transcoder probes it (core NATS request to any transcoder): 503 when
-        none answers in time, 422 when the source is not media it can read."""
+        """The source as a transcoder probes it (core NATS request to any transcoder): 504 when
+        the probe does not finish in time, 503 when no transcoder can take it, 422 when the
+        source is not media it can read."""
         payload = rpc.ENCODER.encode(rpc.ProbeRequest(source=source, owner=owner))
+        timeout = self.settings.metadata_timeout
         try:
-            reply = await self.nc.request(
-                self.names.probe_rpc, payload, timeout=self.settings.metadata_timeout
-            )
+            reply = await self.nc.request(self.names.probe_rpc, payload, timeout=timeout)
+        except TimeoutError as exc:  # nats.errors.TimeoutError is one
+            raise GatewayTimeout(
+                f"Probing the source did not finish within {timeout:g} seconds."
+            ) from exc
         except Exception as exc:
-            raise Unavailable("No transcoder answered the probe request in time.") from exc
+            raise Unavailable("No transcoder answered the probe request.") from exc
         answer = rpc.PROBE_REPLY.decode(reply.data)
         if answer.code == "source_refused":
             raise OutboundRefused(answer.error)

@@ -109,6 +109,7 @@ _ITEM = msgspec.json.Decoder(JobRequest)
     "/api/jobs/bulk",
     access=Access.USER,
     tag=TAG,
+    status=201,
     summary="Create many jobs; each is validated and reported on its own",
     body=BulkRequest,
     decode_as=_BulkEnvelope,
@@ -146,7 +147,7 @@ async def bulk_create(request: web.Request, body: _BulkEnvelope) -> web.Response
         batch_id=batch_id if created and batch_id else None,
         results=results,
     )
-    return json_response(result)
+    return json_response(result, 201)
 
 
 def _decode_item(raw: msgspec.Raw) -> JobRequest:
@@ -260,10 +261,11 @@ async def start_batch(request: web.Request) -> web.Response:
     "/api/metadata",
     access=Access.USER,
     tag=TAG,
-    summary="Probe a source without transcoding it",
+    summary="Probe a source without transcoding it (504 when the probe outlasts the "
+    "configured metadata timeout)",
     body=MetadataRequest,
     response=ProbeResult,
-    statuses=(422,),
+    statuses=(422, 504),
 )
 async def metadata(request: web.Request, body: MetadataRequest) -> web.Response:
     gw = gateway(request)

@@ -174,19 +174,20 @@ async def cancel_job(request: web.Request) -> web.Response:
     "/api/jobs/{job_id}",
     access=Access.USER,
     tag=TAG,
-    summary="Cancel a job, or let a finished job's output go",
-    response=JobView,
+    status=204,
+    summary="Cancel a job, or let a finished job's output go (204; the job reads as cancelled "
+    "or removed afterwards)",
 )
 async def delete_job(request: web.Request) -> web.Response:
     gw = gateway(request)
     job = await visible_job(request, request.match_info["job_id"], change=True)
     if jobstate.is_active(job):
         command: cmd.Command = cmd.CancelJob(**command_fields(request), job_id=job.id)
-        job = await send(gw, command, job.id, _moved_from(job))
+        await send(gw, command, job.id, _moved_from(job))
     elif jobstate.holds_output(job, time.time()):
         command = cmd.DeleteOutput(**command_fields(request), job_id=job.id)
-        job = await send(gw, command, job.id, _output_gone)
-    return await _answer(request, job)
+        await send(gw, command, job.id, _output_gone)
+    return web.Response(status=204)
 
 
 @API.route(

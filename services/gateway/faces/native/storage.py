@@ -2,6 +2,9 @@
 hosted download APIs). The operators' storage summary and cache maintenance are in
 `storage_admin.py`.
 
+Every route is served under `/api/user/...`, the download-jobs API's base URL, and at the root
+(`/user/...`) where it was first served; both take a bearer token or `x-api-key`.
+
 Credentials are accepted only after a real write and delete with them, stored sealed (AES-GCM
 under the operator's key), and never returned.
 """
@@ -9,13 +12,14 @@ under the operator's key), and never returned.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
-from services.gateway.api import API, Access, Tag, caller
+from services.gateway.api import API, Access, Handler, Tag, caller
 from services.gateway.http import Message, json_response
 from services.gateway.state import gateway
 from shared.blobs.backends import open_store
@@ -37,6 +41,24 @@ Token = Annotated[str, msgspec.Meta(max_length=4096, pattern=TOKEN_PATTERN)]
 Region = Annotated[str, msgspec.Meta(max_length=64, pattern=REGION_PATTERN)]
 Prefix = Annotated[str, msgspec.Meta(max_length=512, pattern=r"^[^\x00-\x1f\x7f]*$")]
 Endpoint = Annotated[str, msgspec.Meta(max_length=512, pattern=ENDPOINT_PATTERN)]
+
+
+def _route(
+    method: str, path: str, *, summary: str, **declared: Any
+) -> Callable[[Handler], Handler]:
+    """Declare `handler` at `/api{path}` and at `path` (its operation id there ends in
+    `_at_root`: ids are unique in the document)."""
+
+    def register(handler: Handler) -> Handler:
+        async def at_root(request: web.Request, **kwargs: Any) -> web.StreamResponse:
+            return await handler(request, **kwargs)
+
+        at_root.__name__ = f"{handler.__name__}_at_root"
+        API.route(method, f"/api{path}", summary=summary, **declared)(handler)
+        API.route(method, path, summary=f"{summary} (also at the root)", **declared)(at_root)
+        return handler
+
+    return register
 
 
 class S3Storage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -160,7 +182,7 @@ def _s3(body: S3Storage) -> StoreConfig:
     )
 
 
-@API.route(
+@_route(
     "POST",
     "/user/s3",
     access=Access.USER,
@@ -174,7 +196,7 @@ async def configure_s3(request: web.Request, body: S3Storage) -> web.Response:
     return await _configure(request, "s3", _s3(body))
 
 
-@API.route(
+@_route(
     "POST",
     "/user/bucket",
     access=Access.USER,
@@ -188,7 +210,7 @@ async def configure_bucket(request: web.Request, body: S3Storage) -> web.Respons
     return await _configure(request, "s3", _s3(body))
 
 
-@API.route(
+@_route(
     "POST",
     "/user/oss",
     access=Access.USER,
@@ -213,7 +235,7 @@ async def configure_oss(request: web.Request, body: OssStorage) -> web.Response:
     return await _configure(request, "oss", config)
 
 
-@API.route(
+@_route(
     "POST",
     "/user/gcs",
     access=Access.USER,
@@ -233,7 +255,7 @@ async def configure_gcs(request: web.Request, body: GcsStorage) -> web.Response:
     return await _configure(request, "gcs", config)
 
 
-@API.route(
+@_route(
     "POST",
     "/user/blob",
     access=Access.USER,
@@ -259,7 +281,7 @@ async def configure_blob(request: web.Request, body: AzureStorage) -> web.Respon
     return await _configure(request, "blob", config)
 
 
-@API.route(
+@_route(
     "GET",
     "/user/storage",
     access=Access.USER,
@@ -293,7 +315,7 @@ def _remover(slot: str, path_slot: str) -> None:
         return await _remove(request, slot)
 
     remove.__name__ = f"remove_{path_slot}"
-    API.route(
+    _route(
         "DELETE",
         f"/user/{path_slot}",
         access=Access.USER,

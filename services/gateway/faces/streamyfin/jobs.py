@@ -16,6 +16,15 @@ import msgspec
 from aiohttp import web
 
 from services.gateway.downloads import serve_output
+from services.gateway.faces.streamyfin.replies import (
+    Accepted,
+    CacheDeleted,
+    Cancelled,
+    Started,
+    Statistics,
+)
+from services.gateway.faces.streamyfin.table import route
+from services.gateway.faces.streamyfin.table import routes as routes  # what app.py serves
 from services.gateway.http import json_response, read_json
 from services.gateway.jellyfin import JellyfinUser
 from services.gateway.state import Gateway, gateway
@@ -27,8 +36,6 @@ from shared.media import builtin, get_container, validate_preset
 from shared.messages import commands as cmd
 from shared.messages.records import JobRecord, JobStatus, Totals
 from shared.sources import duration_from_ticks, rebase_on_jellyfin, redact, validate_http_url
-
-routes = web.RouteTableDef()
 
 STATUS_WORDS: dict[JobStatus, str] = {
     JobStatus.QUEUED: "queued",
@@ -99,6 +106,12 @@ class StreamyfinJob(msgspec.Struct, kw_only=True):
     shared: bool = False
 
 
+class DeviceQuery(msgspec.Struct, kw_only=True):
+    """`GET /all-jobs` query: one device's jobs."""
+
+    deviceId: str | None = None
+
+
 def to_streamyfin(gw: Gateway, job: JobRecord, viewer: JellyfinUser) -> StreamyfinJob:
     """The job in the original's shape; a URL's credentials show only to the job's owner."""
     progress, speed, eta = 0.0, None, None
@@ -144,7 +157,15 @@ async def _own_job(gw: Gateway, user: JellyfinUser, job_id: str) -> JobRecord:
     return job
 
 
-@routes.post("/optimize-version")
+@route(
+    "POST",
+    "/optimize-version",
+    status=201,
+    summary="Queue a video for optimization",
+    body=OptimizeRequest,
+    response=Accepted,
+    statuses=(413, 503),
+)
 async def optimize_version(request: web.Request) -> web.Response:
     gw, user = await _caller(request)
     body: OptimizeRequest = await read_json(
@@ -192,17 +213,24 @@ async def optimize_version(request: web.Request) -> web.Response:
         job = await accepted(gw, command.job_id)
     except Unavailable as exc:  # publishing, or reading the job while it waits: the same words
         raise Unavailable(NOT_STORED) from exc
-    return json_response({"id": job.id}, status=201)
+    return json_response(Accepted(id=job.id), status=201)
 
 
-@routes.get("/job-status/{id}")
+@route("GET", "/job-status/{id}", summary="A job", response=StreamyfinJob)
 async def job_status(request: web.Request) -> web.Response:
     gw, user = await _caller(request)
     job = await _own_job(gw, user, request.match_info["id"])
     return json_response(to_streamyfin(gw, job, user))
 
 
-@routes.get("/all-jobs")
+@route(
+    "GET",
+    "/all-jobs",
+    summary="Every job of the caller (of everyone, for an administrator); with `deviceId`, that "
+    "device's jobs still to be collected",
+    query=DeviceQuery,
+    response=list[StreamyfinJob],
+)
 async def all_jobs(request: web.Request) -> web.Response:
     gw, user = await _caller(request)
     device = request.query.get("deviceId")
@@ -216,7 +244,9 @@ async def all_jobs(request: web.Request) -> web.Response:
     return json_response([to_streamyfin(gw, job, user) for job in jobs])
 
 
-@routes.delete("/cancel-job/{id}")
+@route(
+    "DELETE", "/cancel-job/{id}", summary="Cancel a job, or let its output go", response=Cancelled
+)
 async def cancel_job(request: web.Request) -> web.Response:
     gw, user = await _caller(request)
     job = await _own_job(gw, user, request.match_info["id"])
@@ -232,15 +262,19 @@ async def cancel_job(request: web.Request) -> web.Response:
         )
     current = gw.jobs.get(job.id) or job
     return json_response(
-        {
-            "message": "Job cancelled successfully",
-            "id": job.id,
-            "status": STATUS_WORDS[current.status],
-        }
+        Cancelled(
+            message="Job cancelled successfully", id=job.id, status=STATUS_WORDS[current.status]
+        )
     )
 
 
-@routes.post("/start-job/{id}")
+@route(
+    "POST",
+    "/start-job/{id}",
+    summary="Start a queued job now",
+    response=Started,
+    statuses=(409,),
+)
 async def start_job(request: web.Request) -> web.Response:
     gw, user = await _caller(request)
     job = await _own_job(gw, user, request.match_info["id"])
@@ -254,10 +288,10 @@ async def start_job(request: web.Request) -> web.Response:
         job_id=job.id,
         until=lambda j: j is None or j.manual_start or j.status is not JobStatus.QUEUED,
     )
-    return json_response({"message": "Job started successfully", "id": job.id})
+    return json_response(Started(message="Job started successfully", id=job.id))
 
 
-@routes.get("/statistics")
+@route("GET", "/statistics", summary="Server statistics", response=Statistics)
 async def statistics(request: web.Request) -> web.Response:
     gw, _user = await _caller(request)
     totals_entry = await gw.totals.get("totals")
@@ -267,23 +301,23 @@ async def statistics(request: web.Request) -> web.Response:
     cache_bytes = storage.bytes if storage else 0
     counts = _count_statuses(gw)
     return json_response(
-        {
-            "cacheSize": human_size(cache_bytes),
-            "totalTranscodes": totals.jobs_accepted,
-            "activeJobs": counts.get(JobStatus.RUNNING, 0),
-            "completedJobs": totals.jobs_completed,
-            "uniqueDevices": cardinality.estimate(
+        Statistics(
+            cacheSize=human_size(cache_bytes),
+            totalTranscodes=totals.jobs_accepted,
+            activeJobs=counts.get(JobStatus.RUNNING, 0),
+            completedJobs=totals.jobs_completed,
+            uniqueDevices=cardinality.estimate(
                 cardinality.add(totals.unique_devices, totals.devices)
             ),
-            "cacheBytes": cache_bytes,
-            "cachedFiles": storage.files if storage else 0,
-            "queuedJobs": counts.get(JobStatus.QUEUED, 0) + counts.get(JobStatus.HELD, 0),
-            "failedJobs": totals.jobs_failed,
-            "cancelledJobs": totals.jobs_cancelled,
-            "renditionsEncoded": totals.renditions_succeeded,
-            "sharedOutputs": totals.shared_hits,
-            "mediaSecondsProcessed": round(totals.media_seconds, 1),
-        }
+            cacheBytes=cache_bytes,
+            cachedFiles=storage.files if storage else 0,
+            queuedJobs=counts.get(JobStatus.QUEUED, 0) + counts.get(JobStatus.HELD, 0),
+            failedJobs=totals.jobs_failed,
+            cancelledJobs=totals.jobs_cancelled,
+            renditionsEncoded=totals.renditions_succeeded,
+            sharedOutputs=totals.shared_hits,
+            mediaSecondsProcessed=round(totals.media_seconds, 1),
+        )
     )
 
 
@@ -304,7 +338,13 @@ def human_size(size: float) -> str:
     return f"{size:.2f} {units[unit]}"
 
 
-@routes.delete("/delete-cache")
+@route(
+    "DELETE",
+    "/delete-cache",
+    summary="Delete the caller's finished outputs (an administrator's: every one)",
+    response=CacheDeleted,
+    statuses=(202, 403),
+)
 async def delete_cache(request: web.Request) -> web.Response:
     gw, user = await _caller(request)
     if gw.settings.delete_cache_admin_only and not user.is_admin:
@@ -313,18 +353,24 @@ async def delete_cache(request: web.Request) -> web.Response:
     report = await gw.clear_cache(by=user.id, owner=user.id, admin=user.is_admin)
     if report is None:
         return json_response(
-            {"message": "Cache deletion requested; it is still running."}, status=202
+            CacheDeleted(message="Cache deletion requested; it is still running."), status=202
         )
     return json_response(
-        {
-            "message": "Cache deleted successfully",
-            "deletedFiles": report.blobs,
-            "freedBytes": report.bytes,
-        }
+        CacheDeleted(
+            message="Cache deleted successfully",
+            deletedFiles=report.blobs,
+            freedBytes=report.bytes,
+        )
     )
 
 
-@routes.get("/download/{id}")
+@route(
+    "GET",
+    "/download/{id}",
+    summary="Download the optimized file (Range requests; X-File-Checksum, X-File-Size)",
+    binary=True,
+    statuses=(206, 409, 416),
+)
 async def download(request: web.Request) -> web.StreamResponse:
     gw, user = await _caller(request)
     job = await _own_job(gw, user, request.match_info["id"])
