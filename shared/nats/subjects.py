@@ -293,6 +293,11 @@ class Names:
         return self.bucket("outputnames")
 
     @property
+    def serversettings_bucket(self) -> str:
+        """The server settings groups (general, paths, processing, kill switches): one record."""
+        return self.bucket("serversettings")
+
+    @property
     def logins_bucket(self) -> str:
         """Failed sign-ins per username and client address (the gateway's, with a TTL)."""
         return self.bucket("logins")
@@ -337,6 +342,7 @@ class Names:
             self.webhooks_bucket,
             self.deliveries_bucket,
             self.outputnames_bucket,
+            self.serversettings_bucket,
             self.logins_bucket,
         ]
 

@@ -142,6 +142,7 @@ def _buckets(names: Names, replicas: int, retention: Retention) -> list[KeyValue
         kv(names.webhooks_bucket, "webhook subscriptions (signing secrets sealed)"),
         kv(names.deliveries_bucket, "webhook deliveries (with attempts)", retention.deliveries_ttl),
         kv(names.outputnames_bucket, "object names given to outputs in users' storage"),
+        kv(names.serversettings_bucket, "server settings groups, applied without a restart"),
     ]
 
 
@@ -169,6 +170,7 @@ class Buckets:
     webhooks: KeyValue
     deliveries: KeyValue
     outputnames: KeyValue
+    serversettings: KeyValue
 
 
 def retention_of(settings: CommonSettings) -> Retention:
@@ -254,6 +256,7 @@ async def _ensure(
         webhooks=opened[names.webhooks_bucket],
         deliveries=opened[names.deliveries_bucket],
         outputnames=opened[names.outputnames_bucket],
+        serversettings=opened[names.serversettings_bucket],
     )
 
 

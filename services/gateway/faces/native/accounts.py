@@ -17,6 +17,7 @@ from services.gateway.login_limits import client_address
 from services.gateway.state import gateway
 from shared.errors import Forbidden, NotFound
 from shared.messages.accounts import User, Username
+from shared.settings import refuse_if_engaged
 
 TAG = Tag.ACCOUNTS
 Password = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -106,6 +107,7 @@ def _tokens(user: User, pair: TokenPair) -> Tokens:
 async def _register(request: web.Request, body: RegisterRequest) -> User:
     gw = gateway(request)
     gw.identity.require_secret()
+    refuse_if_engaged(gw.server.switch("registration"), "Registration")
     mode = gw.settings.registration
     if mode == "closed":
         raise Forbidden("Registration is closed on this server; ask an administrator.")
