@@ -213,6 +213,9 @@ async def test_settings_groups_apply_to_the_running_services_without_a_restart(
         first = await ann.ok("POST", "/api/jobs", 201, json={"source": slow_source(jellyfin, 1)})
         await ann.wait_job(first["id"], "running")
         second = await ann.ok("POST", "/api/jobs", 201, json={"source": slow_source(jellyfin, 2)})
+        # (still waiting after the scheduler has looked at every job twice more)
+        passes = system.scheduler.passes
+        await eventually(lambda: system.scheduler.passes >= passes + 2, what="two more passes")
         assert (await ann.ok("GET", f"/api/jobs/{second['id']}"))["status"] == "queued"
         await admin.ok("PUT", "/api/admin/settings/processing", json={"dispatch_concurrency": 2})
         await ann.wait_job(second["id"], "running")

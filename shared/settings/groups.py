@@ -30,7 +30,7 @@ FolderPath = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 
 class GeneralSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The server's identity: its name, and the base URL every generated link starts with
-    (signed download URLs...). Unset: the name "vidmesh", and the address the request came to."""
+    (signed download URLs...). Unset: no name, and the address the request came to."""
 
     server_name: ServerName | None = None
     # http(s)://host[:port][/path], as clients reach the server (behind a proxy: the proxy's).
