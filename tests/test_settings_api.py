@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
 
 from shared.errors import BadRequest
 from shared.nats.consumer import Consumer, RetryPolicy
@@ -41,6 +42,37 @@ def slow_source(jellyfin: JellyfinStandIn, n: int) -> str:
 
 def message_of(body: Any) -> str:
     return str(body["error"]["message"])
+
+
+class HookReceiver:
+    """A webhook endpoint on loopback that keeps the payloads it is sent."""
+
+    def __init__(self) -> None:
+        self.payloads: list[dict[str, Any]] = []
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> HookReceiver:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/hook"
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        self.payloads.append(await request.json())
+        return web.json_response({"received": True})
+
+    def job_ids(self) -> list[str]:
+        return [p["data"].get("job_id", "") for p in self.payloads]
 
 
 # ---- the parts that need no NATS ------------------------------------------------------------
@@ -124,7 +156,9 @@ async def test_settings_groups_apply_to_the_running_services_without_a_restart(
     clips: dict[str, Path],
 ) -> None:
     # Given a running system that dispatches two transcodes at once, and no media roots
-    system = await start_system({**env, "MAX_CONCURRENT_JOBS": "2", "VIDMESH_SLOTS": "2"})
+    tuned = {"MAX_CONCURRENT_JOBS": "2", "VIDMESH_SLOTS": "2"}
+    system = await start_system({**env, **tuned, "VIDMESH_OUTBOUND_ALLOW": "127.0.0.0/8"})
+    hooks = await HookReceiver().start()
     try:
         anonymous = Api(http, system.url)
         admin = await anonymous.as_user("admin", ADMIN_PASSWORD, register=False)
@@ -180,9 +214,10 @@ async def test_settings_groups_apply_to_the_running_services_without_a_restart(
                 "native": {"engaged": True, "reason": "native maintenance until 15:00"},
                 "streamyfin": {"engaged": True, "reason": "app uploads paused"},
                 "registration": {"engaged": True, "reason": "closed during the spam wave"},
+                "webhooks": {"engaged": True, "reason": "receiver migration"},
             },
         )
-        assert switches["native"]["engaged"] and not switches["webhooks"]["engaged"]
+        assert switches["native"]["engaged"] and not switches["openencoder"]["engaged"]
         status, body, _ = await ann.call("POST", "/api/jobs", json={"source": local})
         assert status == 503 and "native maintenance until 15:00" in message_of(body), body
         status, body, _ = await alice.request(
@@ -202,6 +237,9 @@ async def test_settings_groups_apply_to_the_running_services_without_a_restart(
         await anonymous.ok(
             "POST", "/api/auth/register", 201, json={"username": "carl", "password": "password-123"}
         )
+        # (webhooks stay held: the next job's delivery waits for the switch)
+        hook = {"url": hooks.url, "event_types": ["job.accepted"]}
+        subscription = await admin.ok("POST", "/api/admin/webhooks", 201, json=hook)
 
         # Processing: a concurrency of 1 holds the second job back, 2 lets it run
         processing = await admin.ok(
@@ -230,6 +268,21 @@ async def test_settings_groups_apply_to_the_running_services_without_a_restart(
             return info.config.ack_wait == 17
 
         await eventually(ack_wait, what="the scheduler's consumer to take the new ack wait")
+
+        # Webhooks: the held delivery was looked at, not attempted; switched on, it goes out
+        async def looked_at() -> bool:
+            info = await js.consumer_info(names.webhooks_stream, names.webhook_delivery_consumer)
+            return bool(info.num_redelivered >= 1)
+
+        await eventually(looked_at, what="the notifier to hold the delivery")
+        deliveries = f"/api/admin/webhooks/{subscription['id']}/deliveries"
+        held = [d for d in await admin.ok("GET", deliveries) if d["job_id"] == first["id"]]
+        assert held and held[0]["status"] == "pending" and held[0]["attempt_count"] == 0
+        assert first["id"] not in hooks.job_ids()
+        await admin.ok(
+            "PUT", "/api/admin/settings/killswitches", json={"webhooks": {"engaged": False}}
+        )
+        await eventually(lambda: first["id"] in hooks.job_ids(), what="the held delivery")
 
         # The aggregate change is all or nothing: one bad section, nothing changes
         status, body, _ = await admin.call(
@@ -265,4 +318,5 @@ async def test_settings_groups_apply_to_the_running_services_without_a_restart(
         assert changed["paths"]["media_roots"] == [str(clips["fits"].parent)]
         assert await admin.ok("GET", "/api/admin/settings") == changed
     finally:
+        await hooks.stop()
         await stop_system(system)

@@ -48,7 +48,7 @@ from shared.webhooks.store import WebhookStore
 log = structlog.get_logger("vidmesh.notifier")
 
 # Seconds between looks at the webhooks kill switch by a delivery it holds.
-HOLD_SECONDS = 5.0
+HOLD_SECONDS = 2.0
 
 
 @dataclass(slots=True)
