@@ -122,7 +122,6 @@ class Notifier(Service):
             ack_wait=MAX_TEST_SECONDS + 10.0,
             max_ack_pending=COMMAND_SLOTS,
             max_attempts=self.settings.message_attempts,
-            policy=server.retry_policy,
         )
         self.consume(
             await commands.open(js, "notifier.commands", self.commands.handle, slots=COMMAND_SLOTS)

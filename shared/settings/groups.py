@@ -21,7 +21,7 @@ SETTINGS_KEY = "server"
 Concurrency = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
 Attempts = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 BackoffSeconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
-AckWaitSeconds = Annotated[float, msgspec.Meta(ge=1, le=3600)]
+AckWaitSeconds = Annotated[float, msgspec.Meta(ge=5, le=3600)]
 Reason = Annotated[str, msgspec.Meta(max_length=500)]
 ServerName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 BaseUrl = Annotated[str, msgspec.Meta(max_length=2000, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")]
