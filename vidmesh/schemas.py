@@ -25,6 +25,7 @@ from shared.messages import (
     webhooks,
     work,
 )
+from shared.settings import groups as server_settings
 
 DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
     "events.json": (
@@ -60,7 +61,7 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
     ),
     "records.json": (
         "vidmesh KV records (jobs, renditions, progress, leases, totals, accounts, fleet, "
-        "webhooks)",
+        "webhooks, server settings)",
         [
             records.JobRecord,
             records.Rendition,
@@ -76,6 +77,7 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
             fleet.TranscodeSession,
             fleet.Capability,
             telemetry.TelemetrySettings,
+            server_settings.ServerSettings,
             accounts.User,
             accounts.UsernameClaim,
             accounts.ApiKey,

@@ -11,6 +11,7 @@ from services.gateway.login_limits import client_address
 from services.gateway.state import gateway
 from shared.errors import Forbidden
 from shared.messages.accounts import User
+from shared.settings import refuse_if_engaged
 
 
 async def register(
@@ -19,6 +20,7 @@ async def register(
     """A new account, if registration is open (or by invite, with a valid code)."""
     gw = gateway(request)
     gw.identity.require_secret()
+    refuse_if_engaged(gw.server.switch("registration"), "Registration")
     mode = gw.settings.registration
     if mode == "closed":
         raise Forbidden("Registration is closed on this server; ask an administrator.")

@@ -42,6 +42,7 @@ from shared.nats.kv import ReadOnlyKV, TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import ensure_topology, retention_of
+from shared.settings import LiveSettings
 
 log = structlog.get_logger("vidmesh.gateway")
 
@@ -78,6 +79,8 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
         projections: list[Projection[Any]] = [jobs, progress, users, keys, presets, batches]
         for projection in projections:
             await projection.start()
+        server = LiveSettings(buckets.serversettings, "gateway.serversettings", nc=nc)
+        await server.start()
         feeds = EventHub(js, names, queue_size=settings.feed_queue)
         await feeds.start()
         userstores = TypedKV(buckets.userstores, UserStore)
@@ -119,6 +122,7 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             fleet=Fleet(buckets),
             feeds=feeds,
             login_limits=login_limits,
+            server=server,
             cluster=Cluster.from_settings(settings),
         )
         log.info("gateway.ready", jobs=len(jobs), jellyfin=settings.jellyfin_url or None)
@@ -128,6 +132,7 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             await feeds.stop()
             for projection in projections:
                 await projection.stop()
+            await server.stop()
             await session.close()
             identity.close()
 

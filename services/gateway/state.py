@@ -46,6 +46,7 @@ from shared.nats.topology import (
     publish_command,
 )
 from shared.outbound import OutboundRefused
+from shared.settings import LiveSettings
 
 log = structlog.get_logger("vidmesh.gateway")
 
@@ -75,6 +76,7 @@ class Gateway:
     fleet: Fleet
     feeds: EventHub  # live events for the SSE and WebSocket feeds
     login_limits: LoginLimits  # failed sign-ins per username and client address
+    server: LiveSettings  # the server settings groups in force (kill switches, base URL, paths)
     cluster: Cluster | None = None  # the Kubernetes API, when running in a cluster
     started_at: float = field(default_factory=time.time)
 

@@ -23,6 +23,7 @@ from shared.messages.fleet import DEFAULT_POOL
 from shared.messages.records import Destination, JobRecord
 from shared.nats.topology import publish_command
 from shared.outbound import OutboundPolicy, OutboundRefused, check_url_resolved, policy_for
+from shared.settings import face_of, refuse_if_engaged
 from shared.sources import check_local_source, is_object_uri, validate_http_url
 
 _FILENAME = re.compile(r"^[^/\\\x00-\x1f]{1,200}$")
@@ -70,7 +71,7 @@ async def check_source(gw: Gateway, who: Principal, source: str) -> str:
         url = validate_http_url(source)
         await check_public_source(gw, url)
         return url
-    return check_local_source(source, gw.settings.media_root_list)
+    return check_local_source(source, gw.server.media_roots(gw.settings.media_root_list))
 
 
 async def check_public_source(gw: Gateway, url: str) -> None:
@@ -131,7 +132,9 @@ def check_filename(name: str) -> str:
 
 async def publish_submission(gw: Gateway, command: cmd.SubmitJob) -> bool:
     """Hand a job to the scheduler; False when the commands stream already had a submission
-    of this job (the same Idempotency-Key, sent again)."""
+    of this job (the same Idempotency-Key, sent again). A 503 with the operator's reason
+    while the kill switch of the face the job came from is engaged."""
+    refuse_if_engaged(gw.server.switch(face_of(command.client)), "Accepting new jobs")
     try:
         return await publish_command(gw.js, gw.names, command, msg_id=f"submit:{command.job_id}")
     except Exception as exc:

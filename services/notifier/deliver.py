@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -45,6 +46,9 @@ from shared.webhooks.secrets import SecretSealer, SecretUnavailable
 from shared.webhooks.store import WebhookStore
 
 log = structlog.get_logger("vidmesh.notifier")
+
+# Seconds between looks at the webhooks kill switch by a delivery it holds.
+HOLD_SECONDS = 2.0
 
 
 @dataclass(slots=True)
@@ -93,12 +97,16 @@ class Deliverer:
         self.limits = EndpointLimits(settings.webhook_endpoint_concurrency)
         # One delivery before the cap: a failure while handing on leaves one more try.
         self.hand_on_at = settings.delivery_attempts - 1
+        # Whether the webhooks kill switch holds deliveries now (set by the service).
+        self.held: Callable[[], bool] = lambda: False
 
     async def handle(self, received: Received[WebhookWork]) -> Settle:
         """Attempt the delivery the work message asks for, if it still owes one; the settlement
         spaces the next retry by the schedule, or hands the delivery on to a fresh message when
         this one is about to reach the attempt cap."""
-        settled = await self._deliver(received)
+        # Held by the kill switch: the message waits (handed on like any waiting one), unattempted.
+        held = self.held()
+        settled = Settle(Outcome.RETRY, HOLD_SECONDS) if held else await self._deliver(received)
         if settled.outcome is Outcome.RETRY and received.attempt >= self.hand_on_at:
             return await self._hand_on(received)
         return settled

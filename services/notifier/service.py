@@ -25,6 +25,7 @@ from shared.nats.subjects import Names
 from shared.nats.topology import ensure_topology, retention_of
 from shared.outbound import OutboundClient
 from shared.runtime import Service
+from shared.settings import LiveSettings
 from shared.webhooks.secrets import SecretSealer
 from shared.webhooks.store import WebhookStore
 
@@ -45,6 +46,7 @@ class Notifier(Service):
         self.sealer = SecretSealer(settings.storage_key)
         self.client = OutboundClient(settings.policy, user_agent=USER_AGENT)
         self._projection: Projection[WebhookSubscription] | None = None
+        self._server: LiveSettings | None = None
 
     async def start(self) -> None:
         js = self.nc.jetstream()
@@ -65,6 +67,10 @@ class Notifier(Service):
             )
         self.fanout = Fanout(store, subscriptions)
         self.deliverer = Deliverer(self.settings, store, subscriptions, self.client, self.sealer)
+        server = LiveSettings(buckets.serversettings, "notifier.serversettings", nc=self.nc)
+        await server.start()
+        self._server = server
+        self.deliverer.held = lambda: server.switch("webhooks").engaged
         self.commands = NotifierCommands(self.nc, store, self.client, self.sealer)
         events = Consumer.durable(
             self.names.events_stream,
@@ -76,6 +82,7 @@ class Notifier(Service):
             max_ack_pending=FANOUT_SLOTS,
             max_attempts=self.settings.message_attempts,
             skip_unknown=True,  # newer producers may add event types
+            policy=server.retry_policy,
         )
         self.consume(
             await events.open(js, "notifier.events", self.fanout.handle, slots=FANOUT_SLOTS)
@@ -137,4 +144,6 @@ class Notifier(Service):
     async def stop(self) -> None:
         if self._projection is not None:
             await self._projection.stop()
+        if self._server is not None:
+            await self._server.stop()
         await self.client.close()

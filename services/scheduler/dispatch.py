@@ -67,14 +67,15 @@ def decide_dispatch(
 ) -> list[Change]:
     """Leases to give back and to take, and work to publish, in every pool with pending work.
 
-    Each pool has its own lease keys and limit (its `concurrency`, or MAX_CONCURRENT_JOBS
-    when unset); a disabled pool is given nothing (its ended leases are still released). The
-    fleet's `global_concurrency` bounds the leases of all pools together (a soft bound: two
-    scheduler replicas leasing in different pools at the same instant may pass it by one each;
-    each pool's own limit is exact). The leases are read from a projection of the bucket, which
-    may lag; the create that claims a slot is what decides, so a lagging view costs a retry,
-    never a slot too many. Leases whose rendition ended are looked for among `recheck` (None:
-    every lease; leases of renditions that stay pending time out without any change).
+    Each pool has its own lease keys and limit (its `concurrency`, or else the processing
+    settings' dispatch concurrency, or else MAX_CONCURRENT_JOBS); a disabled pool is given
+    nothing (its ended leases are still released). The fleet's `global_concurrency` bounds the
+    leases of all pools together (a soft bound: two scheduler replicas leasing in different
+    pools at the same instant may pass it by one each; each pool's own limit is exact). The
+    leases are read from a projection of the bucket, which may lag; the create that claims a
+    slot is what decides, so a lagging view costs a retry, never a slot too many. Leases whose
+    rendition ended are looked for among `recheck` (None: every lease; leases of renditions that
+    stay pending time out without any change).
     """
     fleet = leases.settings()
     room: int | None = None
@@ -85,7 +86,8 @@ def decide_dispatch(
     leased = {pool for pool, held in leases.of_pool.items() if held}
     for pool_id in sorted({settings.pool} | view.pending_pools() | leased):
         pool = leases.pool(pool_id)
-        limit = pool.concurrency if pool and pool.concurrency else settings.max_concurrent_jobs
+        default = leases.dispatch_concurrency or settings.max_concurrent_jobs
+        limit = pool.concurrency if pool and pool.concurrency else default
         released = _release_ended(view, leases, pool_id, now, looked_at)
         changes.extend(released)
         if pool is not None and not pool.enabled:

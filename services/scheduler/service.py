@@ -34,6 +34,7 @@ from shared.nats.projection import Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import ensure_topology, retention_of
 from shared.runtime import Service
+from shared.settings import LiveSettings, ServerSettings
 from shared.tasks import stop_tasks
 
 log = structlog.get_logger("vidmesh.scheduler")
@@ -84,10 +85,18 @@ class Scheduler(Service):
         await migrate_lease_sets(lease_keys, TypedKV(buckets.leases, LeaseSet))
         self.leases = Projection(lease_keys, "scheduler.leases", nc=self.nc)
         await self.leases.start()
-        self.view.leases = LeaseView(self.leases, self.renditions, self.pools, self.fleet_settings)
+        self.lease_view = LeaseView(self.leases, self.renditions, self.pools, self.fleet_settings)
+        self.view.leases = self.lease_view
+        self.server_settings = LiveSettings(
+            buckets.serversettings, "scheduler.serversettings", nc=self.nc
+        )
+        self.server_settings.listen(self._settings_changed)
+        await self.server_settings.start()
+        self._settings_changed(self.server_settings.current)
         self.applier.leases = self.leases
         self.loop.watch_leases(self.leases)
         consumer = command_consumer(self.names, self.settings)
+        consumer.policy = self.server_settings.retry_policy
         intake = Intake(js, self.names, self.store, Fleet(buckets))
         handler = CommandHandler(
             self.store, self.view, self.applier, self.settings, self.loop.wake, intake
@@ -105,6 +114,11 @@ class Scheduler(Service):
             max_concurrent_jobs=self.settings.max_concurrent_jobs,
         )
 
+    def _settings_changed(self, settings: ServerSettings) -> None:
+        """A new dispatch concurrency applies from the next pass (a raised one at once)."""
+        self.lease_view.dispatch_concurrency = settings.processing.dispatch_concurrency
+        self.loop.wake()
+
     def _share_decided(self, job_id: str) -> None:
         self.loop.look_at_job(job_id)
 
@@ -119,6 +133,7 @@ class Scheduler(Service):
         projections = (self.jobs, self.renditions, self.pools, self.fleet_settings, self.leases)
         for projection in projections:
             await projection.stop()
+        await self.server_settings.stop()
         await self.sharing.close()
         await self.access.close()
         log.info("scheduler.stopped", passes=self.passes)

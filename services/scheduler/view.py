@@ -216,6 +216,9 @@ class LeaseView:
         self.renditions = renditions
         self.pools = pools
         self.fleet = fleet
+        # The processing settings' dispatch concurrency (None: MAX_CONCURRENT_JOBS), kept
+        # current by the scheduler's settings watch.
+        self.dispatch_concurrency: int | None = None
         # Like the View's indexes, these hold only keys with something under them.
         self.of_pool: dict[str, dict[str, Lease]] = {}
         self.keys_of: dict[str, set[str]] = {}

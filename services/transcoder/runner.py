@@ -57,6 +57,7 @@ from shared.messages.records import Output, Rendition
 from shared.messages.work import TranscodeWork
 from shared.nats.consumer import ABANDON, ACK, Received, Settle
 from shared.nats.topology import describe
+from shared.settings import LiveSettings
 from shared.sources import scrub
 from shared.tasks import stop_tasks
 from shared.wire import JobError
@@ -80,8 +81,11 @@ class WorkRunner:
         fleet: Fleet,
         output_names: OutputNames,
         access: SourceAccess,
+        paths: LiveSettings | None = None,
     ) -> None:
         self.node = node
+        # The paths settings group, where an operator may move media roots and scratch.
+        self.paths = paths
         self.output_names = output_names
         self.access = access
         self.fleet = fleet
@@ -96,6 +100,16 @@ class WorkRunner:
         )
         self.running: dict[str, Rendition] = {}
         self.running_jobs: dict[str, list[str]] = {}  # rendition key -> the jobs it serves
+
+    def media_roots(self) -> list[str]:
+        """The folders local sources may come from now (the paths settings', else configured)."""
+        configured = self.settings.media_root_list
+        return configured if self.paths is None else self.paths.media_roots(configured)
+
+    def scratch_folder(self) -> Path:
+        """This worker's scratch folder now: under the paths settings' folder, when set."""
+        moved = self.paths.current.paths.scratch_dir if self.paths is not None else None
+        return self.scratch if moved is None else Path(moved) / self.worker_id
 
     async def __call__(self, received: Received[TranscodeWork]) -> Settle:
         """Claim the rendition and run it; the kit has bound its key and generation to the log."""
@@ -206,7 +220,7 @@ class WorkRunner:
     ) -> Output:
         profile = preset_profile(work.profile, work.spec or builtin(work.profile))
         container = get_container(work.container)
-        source = await readable_source(work, self.stores, self.settings.media_root_list)
+        source = await readable_source(work, self.stores, self.media_roots())
         reporter.stage("probing")
         probe: ProbeResult | None = None
         try:
@@ -244,8 +258,9 @@ class WorkRunner:
             raise TranscodeFailed(
                 JobError(code="source_unsuitable", reason=exc.message, retryable=False)
             ) from exc
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        out = self.scratch / f"{r.key}-{r.generation}-{r.attempt}{container.extension}"
+        scratch = self.scratch_folder()
+        scratch.mkdir(parents=True, exist_ok=True)
+        out = scratch / f"{r.key}-{r.generation}-{r.attempt}{container.extension}"
         extension = container.extension.lstrip(".")
         choice = await self._pipeline(profile, plan, probe)
         ref, store, key = await self._target(work, r, extension)

@@ -47,6 +47,7 @@ from shared.nats.topology import (
     retention_of,
 )
 from shared.runtime import Service
+from shared.settings import LiveSettings
 from shared.sources import check_local_source, is_object_uri, redact, scrub
 
 log = structlog.get_logger("vidmesh.transcoder")
@@ -141,6 +142,8 @@ class Transcoder(Service):
         )
         await self.node.start(self.nc, self.names.capabilities_rpc(self.settings.pool))
         await asyncio.to_thread(self._tidy_scratch)
+        self.server = LiveSettings(buckets.serversettings, "transcoder.serversettings", nc=self.nc)
+        await self.server.start()
         self.runner = WorkRunner(
             self.store,
             self.stores,
@@ -152,6 +155,7 @@ class Transcoder(Service):
             fleet=Fleet(buckets),
             output_names=OutputNames(TypedKV(buckets.outputnames, OutputNameClaim)),
             access=self.access,
+            paths=self.server,
         )
         pool = self.settings.pool
         # Slots bound what runs; max_ack_pending only bounds un-acked items of all transcoders.
@@ -211,7 +215,7 @@ class Transcoder(Service):
             if is_object_uri(source):
                 source = await self.stores.object_source(request.owner, source, 600)
             elif not is_http(source):
-                source = check_local_source(source, self.settings.media_root_list, resolve=True)
+                source = check_local_source(source, self.runner.media_roots(), resolve=True)
             async with self.access.probe_proxy() as proxy:
                 options = self.access.probe_options(source, proxy)
                 probe = probe_async(source, timeout=self.settings.probe_timeout, options=options)
@@ -346,6 +350,8 @@ class Transcoder(Service):
             await self.workers.delete(self.worker_id)
         await self._announce(ev.WorkerOffline(**self._worker_fields()))
         await self.node.stop()
+        await self.server.stop()
         await asyncio.to_thread(shutil.rmtree, self.scratch, True)
+        await asyncio.to_thread(shutil.rmtree, self.runner.scratch_folder(), True)
         if self._fallback is not None:
             await self._fallback.close()

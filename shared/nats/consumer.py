@@ -14,6 +14,10 @@ typed `Received`; the handler returns a `Settle` and never acknowledges anything
   its handler succeeds;
 - a handler cancelled by a shutdown hands its message back at once (`CancelledError` never acks).
 
+A consumer given a live `policy` (the processing settings group) follows it while it runs: its
+attempt cap (a capped consumer's), the base of its retry backoff, and its ack wait (the consumer
+is declared again with the new one).
+
 Every handled message gets one info line: outcome, attempt, duration and its ids.
 """
 
@@ -45,6 +49,7 @@ from shared.nats.handler import (
     Handler,
     Outcome,
     Received,
+    RetryPolicy,
     Settle,
     backoff,
     ids_of,
@@ -68,6 +73,7 @@ __all__ = [
     "Handler",
     "Outcome",
     "Received",
+    "RetryPolicy",
     "Settle",
     "SlotLoops",
     "backoff",
@@ -98,7 +104,9 @@ class Consumer(Generic[T]):
     `uncapped` says which messages the cap never applies to (their loss would lose what a client
     was told is accepted: they are retried with backoff until handled);
     `skip_unknown` acks a message whose tag this version does not know (events: newer producers
-    may add some) instead of treating it as poison.
+    may add some) instead of treating it as poison;
+    `policy` gives the retry policy in force now (read at each message), where an operator may
+    change it while the service runs.
     """
 
     stream: str
@@ -108,6 +116,9 @@ class Consumer(Generic[T]):
     max_attempts: int | None = None
     skip_unknown: bool = False
     uncapped: Callable[[T], bool] | None = None
+    policy: Callable[[], RetryPolicy] | None = None
+    # The ack wait the service declared, while the policy's replaces it.
+    _declared_ack_wait: float | None = None
 
     @classmethod
     def durable(
@@ -123,6 +134,7 @@ class Consumer(Generic[T]):
         max_attempts: int | None = None,
         skip_unknown: bool = False,
         uncapped: Callable[[T], bool] | None = None,
+        policy: Callable[[], RetryPolicy] | None = None,
     ) -> Consumer[T]:
         """Explicit acks, from the start of the stream, and never given up on by JetStream:
         the kit counts attempts (`max_attempts`) and settles every message itself."""
@@ -135,20 +147,44 @@ class Consumer(Generic[T]):
             max_deliver=-1,
             max_ack_pending=max_ack_pending,
         )
-        return cls(stream, config, decoder, family, max_attempts, skip_unknown, uncapped)
+        return cls(stream, config, decoder, family, max_attempts, skip_unknown, uncapped, policy)
+
+    def retry_policy(self) -> RetryPolicy:
+        """The retry policy in force now (fields left None: the consumer's own)."""
+        return self.policy() if self.policy is not None else RetryPolicy()
 
     def cap_for(self, message: T) -> int | None:
-        """How many deliveries `message` gets (None: as many as it takes)."""
+        """How many deliveries `message` gets (None: as many as it takes); the policy's attempts
+        replace the cap of a consumer that has one."""
         if self.uncapped is not None and self.uncapped(message):
             return None
-        return self.max_attempts
+        if self.max_attempts is None:
+            return None
+        return self.retry_policy().attempts or self.max_attempts
+
+    def retry_delay(self, attempt: int) -> float | None:
+        """Seconds before a failed message is delivered again (None: the kit's backoff)."""
+        base = self.retry_policy().backoff_seconds
+        return None if base is None else backoff(attempt, base=base, cap=base + 60.0)
+
+    async def follow_ack_wait(self, js: JetStreamContext) -> None:
+        """Declare the consumer again when the policy's ack wait differs from its own (JetStream
+        applies it to the deliveries that follow)."""
+        wanted = self.retry_policy().ack_wait or self._declared_ack_wait
+        if wanted is None or wanted == self.config.ack_wait:
+            return
+        if self._declared_ack_wait is None:
+            self._declared_ack_wait = self.config.ack_wait
+        self.config = self.config.evolve(ack_wait=wanted)
+        await self.declare(js)
+        log.info("consumer.ack_wait_changed", consumer=self.config.durable_name, ack_wait=wanted)
 
     async def open(
         self, js: JetStreamContext, name: str, handler: Handler[T], *, slots: int = 1
     ) -> SlotLoops[T]:
         """Declare the consumer, bind to it, and start `slots` loops handling its messages."""
         await self.declare(js)
-        loops = SlotLoops(self, name, await self.subscribe(js), handler, slots=slots)
+        loops = SlotLoops(self, name, await self.subscribe(js), handler, slots=slots, js=js)
         loops.start()
         return loops
 
@@ -185,11 +221,14 @@ class SlotLoops(Generic[T]):
         *,
         slots: int = 1,
         fetch_timeout: float = 2.0,
+        js: JetStreamContext | None = None,
     ) -> None:
         self.consumer = consumer
         self.family = consumer.family
         self.name = name
         self.sub = sub
+        # Where the consumer is declared again when its policy's ack wait changes (slot 0 looks).
+        self.js = js
         self.handler = handler
         self.slots = slots
         self.fetch_timeout = fetch_timeout
@@ -266,6 +305,8 @@ class SlotLoops(Generic[T]):
     async def _slot(self, index: int) -> None:
         delay = 0.2
         while not self._stopping.is_set():
+            if index == 0 and self.js is not None and self.consumer.policy is not None:
+                await self._follow_policy(self.js)
             try:
                 msgs = await self.sub.fetch(1, timeout=self.fetch_timeout)
             except (TimeoutError, nats.errors.TimeoutError):
@@ -291,6 +332,14 @@ class SlotLoops(Generic[T]):
                     log.info("consumer.handed_back_on_stop", consumer=self.name)
                     continue
                 await self._handle(msg)
+
+    async def _follow_policy(self, js: JetStreamContext) -> None:
+        try:
+            await self.consumer.follow_ack_wait(js)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the next fetch cycle tries again
+            log.warning("consumer.redeclare_failed", consumer=self.name, **describe(exc))
 
     async def _handle(self, msg: Msg) -> None:
         self.busy += 1
@@ -360,7 +409,8 @@ class SlotLoops(Generic[T]):
                 log.error(f"{self.family}.gave_up", attempts_allowed=cap, **where, **describe(exc))
                 return TERM
             log.warning(f"{self.family}.failed", exc_info=True, **where, **describe(exc))
-            return RETRY
+            delay = self.consumer.retry_delay(attempt)
+            return RETRY if delay is None else Settle(Outcome.RETRY, delay=delay)
 
     async def _settle(self, msg: Msg, decided: Settle) -> None:
         try:

@@ -41,6 +41,15 @@ ABANDON = Settle(Outcome.ABANDON)
 HAND_BACK = Settle(Outcome.HAND_BACK)
 
 
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a running consumer retries, as the operator set it (None: the consumer's own)."""
+
+    attempts: int | None = None
+    backoff_seconds: float | None = None
+    ack_wait: float | None = None
+
+
 def backoff(num_delivered: int, *, base: float = 1.0, cap: float = 60.0) -> float:
     """Seconds before redelivery after `num_delivered` failed attempts."""
     return float(min(cap, base * 2 ** max(0, num_delivered - 1)))

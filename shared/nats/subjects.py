@@ -310,6 +310,10 @@ class Names:
         """The task history (the statistics service's projection; see shared.messages.tasks)."""
         return self.bucket("tasks")
 
+    def serversettings_bucket(self) -> str:
+        """The server settings groups (general, paths, processing, kill switches): one record."""
+        return self.bucket("serversettings")
+
     @property
     def logins_bucket(self) -> str:
         """Failed sign-ins per username and client address (the gateway's, with a TTL)."""
@@ -356,6 +360,7 @@ class Names:
             self.deliveries_bucket,
             self.outputnames_bucket,
             self.tasks_bucket,
+            self.serversettings_bucket,
             self.logins_bucket,
         ]
 

@@ -146,6 +146,7 @@ def _buckets(names: Names, replicas: int, retention: Retention) -> list[KeyValue
         kv(names.outputnames_bucket, "object names given to outputs in users' storage"),
         kv(names.tasks_bucket, "task history (background work)", retention.events_max_age),
         kv(names.bucket(OPENENCODER_BUCKET), "the OpenEncoder face's counters of integer ids"),
+        kv(names.serversettings_bucket, "server settings groups, applied without a restart"),
     ]
 
 
@@ -175,6 +176,7 @@ class Buckets:
     outputnames: KeyValue
     tasks: KeyValue
     openencoder: KeyValue
+    serversettings: KeyValue
 
 
 def retention_of(settings: CommonSettings) -> Retention:
@@ -262,6 +264,7 @@ async def _ensure(
         outputnames=opened[names.outputnames_bucket],
         tasks=opened[names.tasks_bucket],
         openencoder=opened[names.bucket(OPENENCODER_BUCKET)],
+        serversettings=opened[names.serversettings_bucket],
     )
 
 

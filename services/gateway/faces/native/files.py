@@ -13,6 +13,7 @@ from services.gateway.api import API, Access, Tag, caller
 from services.gateway.downloads import serve_output
 from services.gateway.faces.native.jobs_common import visible_job
 from services.gateway.http import json_response
+from services.gateway.links import absolute_url
 from services.gateway.state import gateway
 from shared.errors import Conflict, NotFound, Unauthorized
 from shared.jobs import state as jobstate
@@ -77,7 +78,7 @@ async def job_url(request: web.Request) -> web.Response:
     if minter is None:
         raise Unauthorized("This account no longer exists.")
     token, expires = gw.identity.sign_file_token(job.id, job.owner, minter, seconds)
-    url = str(request.url.with_path("/api/files").with_query({"token": token}))
+    url = absolute_url(request, "/api/files", {"token": token})
     assert job.output is not None
     store = await gw.stores.get(job.output.store)
     direct = await store.presign(job.output.blob, seconds)

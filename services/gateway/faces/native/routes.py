@@ -14,6 +14,7 @@ from services.gateway.faces.native import (  # noqa: F401 (imported for their ro
     machines,
     presets,
     sessions,
+    settings,
     statistics,
     storage,
     storage_admin,
