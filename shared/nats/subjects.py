@@ -310,6 +310,12 @@ class Names:
         """The task history (the statistics service's projection; see shared.messages.tasks)."""
         return self.bucket("tasks")
 
+    @property
+    def openencoder_bucket(self) -> str:
+        """The OpenEncoder face's counters of integer ids and their index (job and preset)."""
+        return self.bucket("openencoder")
+
+    @property
     def serversettings_bucket(self) -> str:
         """The server settings groups (general, paths, processing, kill switches): one record."""
         return self.bucket("serversettings")
@@ -360,6 +366,7 @@ class Names:
             self.deliveries_bucket,
             self.outputnames_bucket,
             self.tasks_bucket,
+            self.openencoder_bucket,
             self.serversettings_bucket,
             self.logins_bucket,
         ]

@@ -33,8 +33,6 @@ from shared.nats.subjects import Names
 log = structlog.get_logger("vidmesh.nats")
 
 DAY = 86_400.0
-# The OpenEncoder face's bucket: its counters of integer job and preset ids.
-OPENENCODER_BUCKET = "openencoder"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +143,7 @@ def _buckets(names: Names, replicas: int, retention: Retention) -> list[KeyValue
         kv(names.deliveries_bucket, "webhook deliveries (with attempts)", retention.deliveries_ttl),
         kv(names.outputnames_bucket, "object names given to outputs in users' storage"),
         kv(names.tasks_bucket, "task history (background work)", retention.events_max_age),
-        kv(names.bucket(OPENENCODER_BUCKET), "the OpenEncoder face's counters of integer ids"),
+        kv(names.openencoder_bucket, "the OpenEncoder face's counters of integer ids"),
         kv(names.serversettings_bucket, "server settings groups, applied without a restart"),
     ]
 
@@ -263,7 +261,7 @@ async def _ensure(
         deliveries=opened[names.deliveries_bucket],
         outputnames=opened[names.outputnames_bucket],
         tasks=opened[names.tasks_bucket],
-        openencoder=opened[names.bucket(OPENENCODER_BUCKET)],
+        openencoder=opened[names.openencoder_bucket],
         serversettings=opened[names.serversettings_bucket],
     )
 
