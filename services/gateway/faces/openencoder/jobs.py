@@ -218,9 +218,14 @@ async def encode_job_status(request: web.Request) -> web.Response:
     return json_response(JobStatusAnswer(status=200, job_status=word))
 
 
-async def _change(request: web.Request, command: cmd.Command, job: JobRecord) -> web.Response:
-    """Send the command and wait (bounded) to see the job move."""
-    await gateway(request).command(command, job_id=job.id, until=_moved_from(job))
+async def _change(
+    request: web.Request,
+    command: cmd.Command,
+    job: JobRecord,
+    until: Callable[[JobRecord | None], bool] | None = None,
+) -> web.Response:
+    """Send the command and wait (bounded) to see the job move (`until`, else any change)."""
+    await gateway(request).command(command, job_id=job.id, until=until or _moved_from(job))
     return json_response(Done(status=200))
 
 
@@ -245,7 +250,8 @@ async def cancel_encode_job(request: web.Request) -> web.Response:
     command = cmd.CancelJob(
         command_id=uuid.uuid4().hex, by=caller(request).user_id, at=time.time(), job_id=job.id
     )
-    return await _change(request, command, job)
+    # Not merely "changed": a job still waiting to be stored changes when the scheduler stores it
+    return await _change(request, command, job, lambda j: j is None or not jobstate.is_active(j))
 
 
 @ROUTES.route(
