@@ -90,7 +90,7 @@ def _operation(
         operation["security"] = [{"bearer": []}, {"apiKey": []}]
     if op.body is not None:
         operation["requestBody"] = {
-            "required": True,
+            "required": not op.body_optional,
             "content": {"application/json": {"schema": schema_of[op.body]}},
         }
     return operation
