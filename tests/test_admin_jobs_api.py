@@ -185,7 +185,7 @@ async def test_statuses_and_roles_are_the_documents(
     admin, mod, ann = people["admin"], people["mod"], people["ann"]
     fits = jellyfin.stream_url("fits", ALICE, n="roles")
     job = await ann.ok("POST", "/api/jobs", 201, json={"source": fits})
-    await ann.wait_job(job["id"], "completed")
+    finished = await ann.wait_job(job["id"], "completed")
     # Moderators read sessions and their export, system status, telemetry settings, estimates
     sessions = await mod.ok("GET", "/api/admin/transcode-sessions")
     session = next(s for s in sessions if job["id"] in s["jobs"])
@@ -203,5 +203,14 @@ async def test_statuses_and_roles_are_the_documents(
     assert (status, body) == (204, b"")
     key = await ann.ok("POST", "/api/account/api-keys", 201, json={"name": "walk"})
     await ann.ok("DELETE", f"/api/account/api-keys/{key['id']}", 204)
+    # Administrators see the data folder and the outputs per owner as treemaps, in real bytes
+    treemap = await admin.ok("GET", "/api/admin/storage/treemap")
+    (ann_box,) = [box for box in treemap["children"] if box["name"] == "ann"]
+    (output,) = [box for box in ann_box["children"] if job["id"] in box["name"]]
+    assert output["size"] == finished["output"]["size"] and treemap["size"] >= output["size"]
+    datadir = await admin.ok("GET", "/api/admin/storage/datadir")
+    blobs = next(box for box in datadir["children"] if box["name"] == "blobs")
+    assert blobs["size"] >= output["size"] and datadir["size"] >= blobs["size"]
+    assert (await mod.call("GET", "/api/admin/storage/datadir"))[0] == 403
     assert (await mod.call("DELETE", "/api/admin/maintenance/cache/transcode"))[0] == 403
     await admin.ok("DELETE", "/api/admin/maintenance/cache/transcode", 204)
