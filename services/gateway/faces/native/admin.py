@@ -208,7 +208,7 @@ async def request_cleanup(gw: Gateway, by: str, request: CleanupRequest) -> Clea
     "unfinished jobs) are skipped",
     body=AdminJobsRequest,
     response=AdminJobsCreated,
-    statuses=(404,),
+    statuses=(404, 409),
 )
 async def create_jobs(request: web.Request, body: AdminJobsRequest) -> web.Response:
     gw = gateway(request)
