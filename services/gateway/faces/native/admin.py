@@ -236,9 +236,14 @@ async def create_jobs(request: web.Request, body: AdminJobsRequest) -> web.Respo
         commands.append(msgspec.structs.replace(command, by=admin.user_id))
     for command in commands:
         await publish_submission(gw, command)
-    created = [
-        job_view(gw, await accepted(gw, command.job_id), admin.user_id) for command in commands
-    ]
+    # One wait for the whole request (while the scheduler is down, jobs answer as submitted).
+    deadline = time.monotonic() + gw.settings.command_timeout
+    created = []
+    for command in commands:
+        left = max(0.0, deadline - time.monotonic())
+        created.append(
+            job_view(gw, await accepted(gw, command.job_id, timeout=left), admin.user_id)
+        )
     return json_response(AdminJobsCreated(created=created, skipped=skipped), 201)
 
 
