@@ -74,20 +74,20 @@ async def test_administrators_act_on_any_accounts_jobs(
     slow = slow_source(jellyfin)
     fits = jellyfin.stream_url("fits", ALICE)
 
-    # Given jobs an administrator creates for Ann: the repeated one is skipped as a duplicate
-    jobs = [
-        {"source": fits, "destination": {"filename": "a.mp4"}},
-        {"source": slow},
-        {"source": slow},
-    ]
+    # Given jobs an administrator creates for Ann: a finished one, and a running one (one slot:
+    # the first finishes before the second starts); a repeated job is skipped as a duplicate
+    first = {"user_id": ann_id, "jobs": [{"source": fits, "destination": {"filename": "a.mp4"}}]}
+    (done,) = (await admin.ok("POST", "/api/admin/jobs", 201, json=first))["created"]
+    finished = await ann.wait_job(done["id"], "completed")
+    jobs = [{"source": slow}, {"source": slow}]
     made = await admin.ok("POST", "/api/admin/jobs", 201, json={"user_id": ann_id, "jobs": jobs})
-    done, running = made["created"]
+    (running,) = made["created"]
     assert running["owner"] == ann_id and done["owner"] == ann_id
     assert made["skipped"] == [
-        {"index": 2, "source": slow, "preset": "optimized", "duplicate_of": running["id"]}
+        {"index": 1, "source": slow, "preset": "optimized", "duplicate_of": running["id"]}
     ]
     again = await admin.ok(
-        "POST", "/api/admin/jobs", 201, json={"user_id": ann_id, "jobs": jobs[1:2]}
+        "POST", "/api/admin/jobs", 201, json={"user_id": ann_id, "jobs": jobs[:1]}
     )
     assert again["created"] == [] and again["skipped"][0]["duplicate_of"] == running["id"]
     assert {j["id"] for j in (await ann.ok("GET", "/api/jobs"))["items"]} == {
@@ -107,7 +107,6 @@ async def test_administrators_act_on_any_accounts_jobs(
     assert {j["id"] for j in listed["items"]} == {running["id"], done["id"]}
 
     # A signed URL downloads any finished job's output without headers
-    finished = await ann.wait_job(done["id"], "completed")
     assert (await admin.call("POST", f"/api/admin/jobs/{running['id']}/url"))[0] == 409
     assert (await mod.call("POST", f"/api/admin/jobs/{done['id']}/url"))[0] == 403
     signed = await admin.ok("POST", f"/api/admin/jobs/{done['id']}/url")
