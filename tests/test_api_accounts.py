@@ -199,7 +199,7 @@ async def test_api_keys_are_shown_once_stored_hashed_and_work_as_header_or_beare
     assert (await ben.call("GET", f"/api/admin/users/{me['id']}/api-keys"))[0] == 403
     seen = await admin_api.ok("GET", f"/api/admin/users/{me['id']}/api-keys")
     assert [k["id"] for k in seen] == [created["id"]]
-    await ann.ok("DELETE", f"/api/account/api-keys/{created['id']}")
+    await ann.ok("DELETE", f"/api/account/api-keys/{created['id']}", 204)
     assert (await Api(http, system.url, api_key=key).call("GET", "/api/users/me"))[0] == 401
 
 

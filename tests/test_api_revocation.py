@@ -136,7 +136,7 @@ async def test_deleting_the_api_key_ends_the_feeds_it_opened(
     sse = await open_sse(by_key)
     ws = await open_socket(http, gw.url, created["key"])
     other = await open_sse(ann)  # opened with a token: not affected
-    await ann.ok("DELETE", f"/api/account/api-keys/{created['id']}")
+    await ann.ok("DELETE", f"/api/account/api-keys/{created['id']}", 204)
     rest, code = await both_end(sse, ws)
     assert "event: error" in rest and code == 4401
     # (the token's feed goes on: it still gets keepalives)

@@ -89,7 +89,7 @@ async def test_pool_and_worker_changes_are_events_on_documented_subjects(
     assert json.loads(online.data or b"{}")["type"] == "worker.online"
     await admin_api.ok("POST", "/api/admin/transcoding/pools", 201, json={"id": "gpu"})
     await admin_api.ok("PUT", "/api/admin/transcoding/pools/gpu", json={"concurrency": 3})
-    await admin_api.ok("DELETE", "/api/admin/transcoding/pools/gpu")
+    await admin_api.ok("DELETE", "/api/admin/transcoding/pools/gpu", 204)
     sub = await js.subscribe(system.names.pool_event("gpu", "*"), ordered_consumer=True)
     seen = []
     for _ in range(3):

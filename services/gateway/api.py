@@ -78,6 +78,8 @@ class Operation:
     operation_id: str = ""
     # Also accept the token as `?token=` (only feeds a browser opens without headers: EventSource).
     query_token: bool = False
+    # The body may be left out: the handler then gets `body`'s defaults.
+    body_optional: bool = False
 
 
 @dataclass
@@ -103,6 +105,7 @@ class ApiRoutes:
         media_type: str = "",
         statuses: tuple[int, ...] = (),
         query_token: bool = False,
+        body_optional: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.operations.append(
@@ -123,6 +126,7 @@ class ApiRoutes:
                     statuses=statuses,
                     operation_id=handler.__name__,
                     query_token=query_token,
+                    body_optional=body_optional,
                 )
             )
             return handler
@@ -148,7 +152,9 @@ def _guarded(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamRespo
                 raise Forbidden(f"This needs the {_ROLE[op.access].value} role.")
             request[PRINCIPAL] = principal
         kwargs: dict[str, Any] = {}
-        if op.body is not None:
+        if op.body is not None and op.body_optional and not request.body_exists:
+            kwargs["body"] = msgspec.convert({}, op.decode_as or op.body)
+        elif op.body is not None:
             settings = gateway(request).settings
             kwargs["body"] = await read_json(
                 request,

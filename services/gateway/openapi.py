@@ -110,7 +110,7 @@ def _operation(
     }
     if op.body is not None:
         operation["requestBody"] = {
-            "required": True,
+            "required": not op.body_optional,
             "content": {"application/json": {"schema": schema_of[op.body]}},
         }
     return operation

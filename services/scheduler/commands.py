@@ -79,6 +79,8 @@ class CommandHandler:
                 await self.change(job_id, lambda j, now: jobstate.confirm_download(j, keep, now))
             case cmd.DeleteOutput(job_id=job_id):
                 await self.change(job_id, jobstate.delete_output)
+            case cmd.PurgeJob(job_id=job_id, remove_file=remove_file):
+                await self.purge(job_id, remove_file=remove_file)
             case cmd.StartBatch(job_ids=job_ids):
                 for job_id in job_ids:
                     await self.change(job_id, jobstate.unpause, only=JobStatus.PAUSED)
@@ -129,6 +131,26 @@ class CommandHandler:
             return
         if job is not None:  # its old rendition, if no job holds its output now, goes on a pass
             self._wake_up()
+
+    async def purge(self, job_id: str, *, remove_file: bool) -> None:
+        """Delete a finished job's record; with `remove_file`, one that still holds its output
+        lets it go first (its rendition is released on the loop's pass if no other job holds it)."""
+        now = time.time()
+
+        def let_go(job: JobRecord | None) -> JobRecord | None:
+            if job is None or not remove_file or not jobstate.holds_output(job, now):
+                return None
+            return jobstate.delete_output(job, now)
+
+        job = await self.store.change_job(job_id, let_go)
+        versioned = self.view.jobs.versioned(job_id)
+        if job is None or versioned is None:
+            return
+        if jobstate.is_active(job) or jobstate.holds_output(job, time.time()):
+            log.info("command.purge_refused", job_id=job_id, status=job.status)
+            return
+        await self.store.delete_job(job, versioned.revision)
+        self._wake_up()
 
     async def clean_up(self, command: cmd.CleanupJobs) -> None:
         """Finished jobs older than `command.before`: completed ones let their outputs go, the

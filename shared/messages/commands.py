@@ -103,6 +103,14 @@ class DeleteOutput(Command, frozen=True, kw_only=True, tag="job.delete_output"):
     job_id: str
 
 
+class PurgeJob(Command, frozen=True, kw_only=True, tag="job.purge"):
+    """An operator deletes a finished job's record. A job that still holds its output is
+    deleted only with `remove_file` (the output goes first); an unfinished job is left as it is."""
+
+    job_id: str
+    remove_file: bool = False
+
+
 class StartBatch(Command, frozen=True, kw_only=True, tag="batch.start"):
     """Move a batch's paused jobs into the queue."""
 
@@ -154,6 +162,7 @@ SchedulerCommand = (
     | RestartJob
     | ConfirmDownload
     | DeleteOutput
+    | PurgeJob
     | StartBatch
     | RenameOutputs
     | CleanupJobs

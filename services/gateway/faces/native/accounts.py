@@ -12,7 +12,7 @@ from aiohttp import web
 from services.gateway import accounts
 from services.gateway.api import API, Access, Tag, caller
 from services.gateway.faces.native.views import ApiKeyView, UserView, key_view, user_view
-from services.gateway.http import Message, json_response
+from services.gateway.http import json_response
 from services.gateway.identity import TokenPair
 from services.gateway.state import gateway
 from shared.errors import NotFound
@@ -260,8 +260,8 @@ async def list_api_keys(request: web.Request) -> web.Response:
     "/api/account/api-keys/{key_id}",
     access=Access.USER,
     tag=TAG,
+    status=204,
     summary="Revoke one of the caller's API keys",
-    response=Message,
 )
 async def delete_api_key(request: web.Request) -> web.Response:
     identity = gateway(request).identity
@@ -269,4 +269,4 @@ async def delete_api_key(request: web.Request) -> web.Response:
     if key is None or key.user_id != caller(request).user_id:
         raise NotFound(f"No API key {request.match_info['key_id']!r}.")
     await identity.delete_key(key)
-    return json_response(Message(message="API key revoked"))
+    return web.Response(status=204)

@@ -17,6 +17,7 @@ from services.gateway.links import absolute_url
 from services.gateway.state import gateway
 from shared.errors import Conflict, NotFound, Unauthorized
 from shared.jobs import state as jobstate
+from shared.messages.records import JobRecord
 
 TAG = Tag.FILES
 
@@ -69,8 +70,14 @@ async def job_file(request: web.Request, query: DownloadQuery) -> web.StreamResp
     statuses=(409,),
 )
 async def job_url(request: web.Request) -> web.Response:
-    gw = gateway(request)
     job = await visible_job(request, request.match_info["job_id"])
+    return json_response(await signed_url(request, job))
+
+
+async def signed_url(request: web.Request, job: JobRecord) -> SignedUrl:
+    """A signed URL for a finished job's output, minted by the caller (it ends with the
+    caller's access); 409 when the job holds no output."""
+    gw = gateway(request)
     if not jobstate.holds_output(job, time.time()):
         raise Conflict(f"Job {job.id} has no output to download ({job.status}).")
     seconds = gw.settings.signed_url_seconds
@@ -82,8 +89,7 @@ async def job_url(request: web.Request) -> web.Response:
     assert job.output is not None
     store = await gw.stores.get(job.output.store)
     direct = await store.presign(job.output.blob, seconds)
-    signed = SignedUrl(url=url, expires_at=datetime.fromtimestamp(expires, UTC), direct_url=direct)
-    return json_response(signed)
+    return SignedUrl(url=url, expires_at=datetime.fromtimestamp(expires, UTC), direct_url=direct)
 
 
 @API.route(

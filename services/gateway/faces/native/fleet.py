@@ -15,7 +15,7 @@ import msgspec
 from aiohttp import web
 
 from services.gateway.api import API, Access, Tag
-from services.gateway.http import Message, json_response
+from services.gateway.http import json_response
 from services.gateway.state import gateway
 from shared.errors import Conflict, NotFound
 from shared.messages import events as ev
@@ -235,8 +235,8 @@ async def update_pool(request: web.Request, body: PoolUpdate) -> web.Response:
     "/api/admin/transcoding/pools/{pool_id}",
     access=Access.ADMIN,
     tag=TAG,
+    status=204,
     summary="Delete a pool (409 while it has live leases; the default pool stays)",
-    response=Message,
 )
 async def delete_pool(request: web.Request) -> web.Response:
     """Delete a pool that holds no leases (never the default pool)."""
@@ -261,7 +261,7 @@ async def delete_pool(request: web.Request) -> web.Response:
         revision=revision,
     )
     await gw.emit(deleted)
-    return json_response(Message(message=f"pool {pool.id} deleted"))
+    return web.Response(status=204)
 
 
 @API.route(

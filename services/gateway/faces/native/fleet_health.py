@@ -81,7 +81,7 @@ async def list_gpus(request: web.Request) -> web.Response:
 @API.route(
     "GET",
     "/api/admin/system/status",
-    access=Access.ADMIN,
+    access=Access.MODERATOR,
     tag=Tag.TRANSCODING,
     summary="ffmpeg, capability probe and transcoder status",
     response=SystemStatus,

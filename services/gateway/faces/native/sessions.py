@@ -110,7 +110,7 @@ def _progress(gw: Gateway, s: TranscodeSession) -> Progress | None:
 @API.route(
     "GET",
     "/api/admin/transcode-sessions",
-    access=Access.ADMIN,
+    access=Access.MODERATOR,
     tag=TAG,
     summary="Transcode sessions, newest first",
     query=SessionQuery,
@@ -130,7 +130,7 @@ async def list_sessions(request: web.Request, query: SessionQuery) -> web.Respon
 @API.route(
     "GET",
     "/api/admin/transcode-sessions/{session_id}",
-    access=Access.ADMIN,
+    access=Access.MODERATOR,
     tag=TAG,
     summary="One session: source probe, exact ffmpeg argv, stderr tail, output, throughput",
     response=SessionDetail,
@@ -146,7 +146,6 @@ async def get_session(request: web.Request) -> web.Response:
     "/api/admin/transcode-sessions/{session_id}/cancel",
     access=Access.ADMIN,
     tag=TAG,
-    status=202,
     summary="Stop a running session: every job it serves is cancelled",
     response=Message,
 )
@@ -162,13 +161,13 @@ async def cancel_session(request: web.Request) -> web.Response:
             continue  # nothing left to cancel
         command = cmd.CancelJob(job_id=job_id, **command_fields(request))
         await gw.command(command)
-    return json_response(Message(message=f"cancelling session {s.id}"), 202)
+    return json_response(Message(message=f"cancelling session {s.id}"))
 
 
 @API.route(
     "GET",
     "/api/admin/transcode-sessions/{session_id}/export",
-    access=Access.ADMIN,
+    access=Access.MODERATOR,
     tag=TAG,
     summary="The session, its transcoder and its jobs as one JSON document for a bug report",
     response=SessionExport,

@@ -47,7 +47,7 @@ async def pool_metrics(request: web.Request) -> web.Response:
 @API.route(
     "POST",
     "/api/admin/jobs/estimate",
-    access=Access.ADMIN,
+    access=Access.MODERATOR,
     tag=Tag.TELEMETRY,
     summary="Expected wall time and output size of a job: the source is probed, copy or "
     "encode planned, and the pool's recent speed applied",

@@ -1,17 +1,22 @@
-"""Operators' storage face: what the service's store holds, and clearing the transcode cache.
+"""Operators' storage face: what the service's store holds (totals, the data folder and the
+outputs per owner as treemaps), and clearing the transcode cache.
 
 Each user's own storage is configured in `storage.py`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 from aiohttp import web
 
 from services.gateway.api import API, Access, caller
+from services.gateway.downloads import download_name
 from services.gateway.http import json_response
 from services.gateway.state import Gateway, gateway
 from shared.jobs import state as jobstate
@@ -36,6 +41,22 @@ class StorageSummaryView(msgspec.Struct, kw_only=True):
     cache_bytes: int
     outputs_held: int
     bytes_held: int
+
+
+class TreeNode(msgspec.Struct, kw_only=True):
+    """One box of a treemap: a folder, file or group, its size in bytes and number of files
+    with everything under it, and what it holds (largest first)."""
+
+    name: str
+    size: int
+    files: int
+    children: list[TreeNode] = []
+
+
+# How deep the data folder's tree is shown (deeper folders are counted in their parent), and how
+# many entries a walk looks at before it stops (a huge folder is shown partly, never hangs).
+DATADIR_DEPTH = 3
+DATADIR_MAX_ENTRIES = 200_000
 
 
 class CacheCleared(msgspec.Struct, kw_only=True):
@@ -88,12 +109,102 @@ async def summarise(gw: Gateway) -> StorageSummaryView:
 
 
 @API.route(
+    "GET",
+    "/api/admin/storage/datadir",
+    access=Access.ADMIN,
+    tag="admin",
+    summary="The data folder (VIDMESH_DATA_DIR) as a treemap of on-disk sizes, measured now",
+    response=TreeNode,
+)
+async def data_folder(request: web.Request) -> web.Response:
+    root = Path(gateway(request).settings.data_dir)
+    return json_response(await asyncio.to_thread(folder_tree, root))
+
+
+def folder_tree(root: Path) -> TreeNode:
+    """The folder's sizes down to DATADIR_DEPTH (links are not followed, unreadable entries are
+    skipped, and the walk stops after DATADIR_MAX_ENTRIES entries)."""
+    budget = [DATADIR_MAX_ENTRIES]
+
+    def measure(path: Path, name: str, depth: int) -> TreeNode:
+        size = files = 0
+        children: list[TreeNode] = []
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            entries = []
+        for entry in entries:
+            if budget[0] <= 0:
+                break
+            budget[0] -= 1
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    child = measure(Path(entry.path), entry.name, depth + 1)
+                    size, files = size + child.size, files + child.files
+                    if depth < DATADIR_DEPTH:
+                        children.append(child)
+                elif entry.is_file(follow_symlinks=False):
+                    length = entry.stat(follow_symlinks=False).st_size
+                    size, files = size + length, files + 1
+                    if depth < DATADIR_DEPTH:
+                        children.append(TreeNode(name=entry.name, size=length, files=1))
+            except OSError:
+                continue
+        children.sort(key=lambda node: (-node.size, node.name))
+        return TreeNode(name=name, size=size, files=files, children=children)
+
+    return measure(root, root.name or str(root), 1)
+
+
+@API.route(
+    "GET",
+    "/api/admin/storage/treemap",
+    access=Access.ADMIN,
+    tag="admin",
+    summary="The outputs jobs hold in the service's store, per owner and job, as a treemap",
+    response=TreeNode,
+)
+async def outputs_treemap(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    now = time.time()
+    # owner -> blob -> its box (an owner's jobs that share one output count it once)
+    owners: dict[str, dict[str, TreeNode]] = {}
+    for job in gw.jobs.values():
+        output = job.output
+        if output is None or output.store or not jobstate.holds_output(job, now):
+            continue
+        leaf = TreeNode(name=f"{download_name(job)} ({job.id})", size=output.size, files=1)
+        owners.setdefault(job.owner, {}).setdefault(output.blob, leaf)
+    children = []
+    for owner, blobs in owners.items():
+        user = gw.identity.users.get(owner)
+        leaves = sorted(blobs.values(), key=lambda node: (-node.size, node.name))
+        children.append(
+            TreeNode(
+                name=user.username if user else owner,
+                size=sum(leaf.size for leaf in leaves),
+                files=len(leaves),
+                children=leaves,
+            )
+        )
+    children.sort(key=lambda node: (-node.size, node.name))
+    total = TreeNode(
+        name="outputs",
+        size=sum(node.size for node in children),
+        files=sum(node.files for node in children),
+        children=children,
+    )
+    return json_response(total)
+
+
+@API.route(
     "DELETE",
     "/api/admin/maintenance/cache/transcode",
     access=Access.ADMIN,
     tag="admin",
-    summary="Delete every finished output in the service's store",
-    response=CacheCleared,
+    status=204,
+    summary="Delete every finished output in the service's store (204 once done; 202 with a "
+    "body when it is still running after the wait)",
 )
 async def clear_transcode_cache(request: web.Request) -> web.Response:
     gw = gateway(request)
@@ -107,7 +218,4 @@ async def clear_transcode_cache(request: web.Request) -> web.Response:
             freed_bytes=0,
         )
         return json_response(cleared, 202)
-    cleared = CacheCleared(
-        message="Cache cleared", done=True, deleted_files=report.blobs, freed_bytes=report.bytes
-    )
-    return json_response(cleared)
+    return web.Response(status=204)

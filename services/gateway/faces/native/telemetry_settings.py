@@ -26,7 +26,7 @@ class TelemetrySettingsUpdate(msgspec.Struct, kw_only=True, forbid_unknown_field
 @API.route(
     "GET",
     "/api/admin/settings/telemetry",
-    access=Access.ADMIN,
+    access=Access.MODERATOR,
     tag=Tag.TELEMETRY,
     summary="Telemetry settings: whether it is sampled, how often, and how long it is kept",
     response=tm.TelemetrySettings,

@@ -99,6 +99,9 @@ class JobView(msgspec.Struct, kw_only=True, omit_defaults=True):
     eta_seconds: float | None
     source: str
     preset: str
+    # The name the output is (or will be) downloaded under: the one asked for or given by a
+    # batch rename, else one made from the job's id and container.
+    filename: str
     spec: PresetSpec
     priority: int
     output: OutputView | None
@@ -197,6 +200,7 @@ def job_view(gw: Gateway, job: JobRecord, viewer_id: str) -> JobView:
         eta_seconds=live.eta if live else None,
         source=job.source if viewer_id == job.owner else redact(job.source),
         preset=job.profile,
+        filename=download_name(job),
         spec=job.spec or builtin(job.profile),
         priority=job.priority,
         output=OutputView(
