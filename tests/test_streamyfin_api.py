@@ -174,6 +174,9 @@ async def test_errors_carry_the_message_at_the_top_level_and_the_document_is_ser
         (app, "GET", "/download/no-such-job", None, 404),
         (app, "DELETE", "/cancel-job/no-such-job", None, 404),
         (app, "POST", "/start-job/no-such-job", None, 404),
+        # a method the route does not take
+        (app, "PUT", "/optimize-version", {"url": "http://example.com/a.mp4"}, 405),
+        (app, "POST", "/job-status/no-such-job", None, 405),
     ]
     for client, method, path, body, expected in calls:
         status, answer, _ = await client.request(method, path, json=body)

@@ -86,8 +86,21 @@ def message_beside_error(handler: HandlerT) -> HandlerT:
     return handler
 
 
-def _message_beside(request: web.Request) -> bool:
-    return bool(getattr(request.match_info.handler, _MESSAGE_BESIDE, False))
+async def _message_beside(request: web.Request) -> bool:
+    """Whether the route asked for is marked; for a method a path does not take (a 405, which
+    matches no handler), whether a route on that path is."""
+    if getattr(request.match_info.handler, _MESSAGE_BESIDE, False):
+        return True
+    refused = request.match_info.http_exception
+    if refused is None or refused.status != 405:
+        return False
+    for resource in request.app.router.resources():
+        matched, allowed = await resource.resolve(request)
+        if matched is None and allowed and any(
+            getattr(route.handler, _MESSAGE_BESIDE, False) for route in resource
+        ):
+            return True
+    return False
 
 
 # NATS out of reach for now (a retry may work); any other NATS error is a bug: a 500, logged.
@@ -105,7 +118,7 @@ NATS_AWAY = (
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    beside = _message_beside(request)
+    beside = await _message_beside(request)
     try:
         return await handler(request)
     except KeyWrongLastSequenceError:

@@ -11,8 +11,10 @@ import msgspec
 from shared.messages.tasks import TaskRecord, TaskStatus, TaskType
 
 
-class TaskQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Filters and paging for the task list: `page` counts from 1, `limit` tasks a page."""
+class TaskQuery(msgspec.Struct, kw_only=True):
+    """Filters and paging for the task list: `page` counts from 1, `limit` tasks a page. Other
+    parameters are ignored, as on the admin job list: Odeion's clients also filter by related
+    media, which vidmesh does not have."""
 
     status: TaskStatus | None = None
     type: TaskType | None = None
