@@ -220,6 +220,12 @@ async def test_settings_groups_apply_to_the_running_services_without_a_restart(
         assert switches["native"]["engaged"] and not switches["openencoder"]["engaged"]
         status, body, _ = await ann.call("POST", "/api/jobs", json={"source": local})
         assert status == 503 and "native maintenance until 15:00" in message_of(body), body
+        # ... a bulk request as a whole (not 201 with every item refused), the reason in details
+        status, body, _ = await ann.call(
+            "POST", "/api/jobs/bulk", json={"jobs": [{"source": local}]}
+        )
+        assert status == 503, body
+        assert body["error"]["details"]["reason"] == "native maintenance until 15:00", body
         status, body, _ = await alice.request(
             "POST", "/optimize-version", json={"url": slow_source(jellyfin, 0), "deviceId": "d"}
         )

@@ -36,6 +36,7 @@ from shared.media import ProbeResult
 from shared.messages import commands as cmd
 from shared.messages.accounts import Batch, Role
 from shared.messages.records import JobStatus
+from shared.settings import face_of, refuse_if_engaged
 
 TAG = Tag.BATCHES
 MAX_BULK = 100
@@ -118,6 +119,8 @@ _ITEM = msgspec.json.Decoder(JobRequest)
 async def bulk_create(request: web.Request, body: _BulkEnvelope) -> web.Response:
     gw = gateway(request)
     who = caller(request)
+    # With the face's kill switch engaged no item can be accepted: the whole request is refused
+    refuse_if_engaged(gw.server.switch(face_of("api")), "Accepting new jobs")
     batch_id = uuid.uuid4().hex if body.paused else ""
     results: list[BulkItem] = []
     # One deadline for the whole request: while the scheduler stores each job in turn, the jobs
@@ -131,7 +134,9 @@ async def bulk_create(request: web.Request, body: _BulkEnvelope) -> web.Response
             left = max(0.0, deadline - time.monotonic())
             job = await accepted(gw, command.job_id, timeout=left)
         except VidmeshError as exc:
-            error = ErrorBody(code=exc.code, message=exc.message, status=exc.http_status)
+            error = ErrorBody(
+                code=exc.code, message=exc.message, status=exc.http_status, details=exc.details
+            )
             results.append(BulkItem(index=index, ok=False, job=None, error=error))
             continue
         view = job_view(gw, job, who.user_id)
