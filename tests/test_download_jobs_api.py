@@ -22,6 +22,9 @@ from tests.storage_servers import SeaweedS3
 pytestmark = pytest.mark.slow
 
 METADATA_TIMEOUT = 3  # seconds: a tiny clip probes in a fraction of that
+# The transcoders' own probe limit, shorter: as with the defaults (15 s against 30 s), the
+# transcoder gives up first, and its answer must still be a 504
+PROBE_TIMEOUT = 2
 JOB_FIELDS = {"id", "status", "progress", "source", "preset", "output", "created_at", "error"}
 
 
@@ -40,6 +43,7 @@ async def up(
         VIDMESH_REGISTRATION="open",
         VIDMESH_OUTBOUND_ALLOW="127.0.0.0/8",
         VIDMESH_METADATA_TIMEOUT=str(METADATA_TIMEOUT),
+        VIDMESH_PROBE_TIMEOUT=str(PROBE_TIMEOUT),
     )
     # this checkout's code, whatever `vidmesh` script is installed
     run = Up(env=env, log_path=data.parent / "up.log", command=module_command(), cwd=REPO)

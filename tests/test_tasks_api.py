@@ -131,7 +131,9 @@ async def walk(
     assert (await admin.call("GET", f"{TASKS}?status=stuck"))[0] == 400
     assert (await admin.call("GET", f"{TASKS}?page=0"))[0] == 400
     # A filter vidmesh does not have (Odeion's related media) is ignored, not refused
-    assert set(await tasks_by_id(admin, "&status=failed&media_type=movie&media_id=7")) == set(failed)
+    assert set(await tasks_by_id(admin, "&status=failed&media_type=movie&media_id=7")) == set(
+        failed
+    )
 
     # The summary counts what the list shows
     summary = await admin.ok("GET", f"{TASKS}/summary")

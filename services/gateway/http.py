@@ -96,8 +96,10 @@ async def _message_beside(request: web.Request) -> bool:
         return False
     for resource in request.app.router.resources():
         matched, allowed = await resource.resolve(request)
-        if matched is None and allowed and any(
-            getattr(route.handler, _MESSAGE_BESIDE, False) for route in resource
+        if (
+            matched is None
+            and allowed
+            and any(getattr(route.handler, _MESSAGE_BESIDE, False) for route in resource)
         ):
             return True
     return False

@@ -153,8 +153,10 @@ class Gateway:
         """The source as a transcoder probes it (core NATS request to any transcoder): 504 when
         the probe does not finish in time, 503 when no transcoder can take it, 422 when the
         source is not media it can read."""
-        payload = rpc.ENCODER.encode(rpc.ProbeRequest(source=source, owner=owner))
         timeout = self.settings.metadata_timeout
+        # The transcoder gives up a little before this wait ends, so its answer says why
+        asked = rpc.ProbeRequest(source=source, owner=owner, timeout=max(1.0, timeout - 1.0))
+        payload = rpc.ENCODER.encode(asked)
         try:
             reply = await self.nc.request(self.names.probe_rpc, payload, timeout=timeout)
         except TimeoutError as exc:  # nats.errors.TimeoutError is one
@@ -166,6 +168,8 @@ class Gateway:
         answer = rpc.PROBE_REPLY.decode(reply.data)
         if answer.code == "source_refused":
             raise OutboundRefused(answer.error)
+        if answer.code == "timed_out":
+            raise GatewayTimeout("Probing the source timed out: the source did not answer in time.")
         if answer.probe is None:
             raise Unprocessable(answer.error or "The source could not be probed.")
         return answer.probe

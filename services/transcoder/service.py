@@ -218,13 +218,19 @@ class Transcoder(Service):
                 source = check_local_source(source, self.runner.media_roots(), resolve=True)
             async with self.access.probe_proxy() as proxy:
                 options = self.access.probe_options(source, proxy)
-                probe = probe_async(source, timeout=self.settings.probe_timeout, options=options)
+                limit = self.settings.probe_timeout
+                if request.timeout > 0:
+                    limit = min(limit, request.timeout)
+                probe = probe_async(source, timeout=limit, options=options)
                 reply = rpc.ProbeReply(probe=await proxy.guarded(probe))
         except SourceRefused as exc:
             reply = rpc.ProbeReply(error=exc.reason, code="source_refused")
         except (SourceError, BadRequest, StoreError) as exc:
+            timed_out = isinstance(exc.details, dict) and exc.details.get("timed_out") is True
             reply = rpc.ProbeReply(
-                error=scrub(exc.message), retryable=getattr(exc, "retryable_now", exc.retryable)
+                error=scrub(exc.message),
+                retryable=getattr(exc, "retryable_now", exc.retryable),
+                code="timed_out" if timed_out else "",
             )
         except msgspec.DecodeError:
             reply = rpc.ProbeReply(error="The probe request was not understood.")

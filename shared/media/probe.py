@@ -239,7 +239,7 @@ def _source_error(exc: av.error.FFmpegError, source: str, timeout: float) -> Sou
         return SourceError(
             f"The source server did not answer within {timeout:g} s; it will be tried again later.",
             retryable=True,
-            details=details,
+            details={**details, "timed_out": True},
         )
     if isinstance(exc, av.error.InvalidDataError):
         return SourceError(

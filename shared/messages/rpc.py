@@ -13,6 +13,9 @@ class ProbeRequest(msgspec.Struct, frozen=True, kw_only=True):
     source: str
     # Whose storage credentials read an object source (s3://, gs://, az://).
     owner: str = ""
+    # How long the asker waits, in seconds: the probe gives up by then (0: the transcoder's own
+    # limit alone).
+    timeout: float = 0.0
 
 
 class ProbeReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -21,7 +24,8 @@ class ProbeReply(msgspec.Struct, frozen=True, kw_only=True):
     probe: ProbeResult | None = None
     error: str = ""
     retryable: bool = False
-    # "source_refused": the source led to an address the outbound policy refuses
+    # "source_refused": the source led to an address the outbound policy refuses;
+    # "timed_out": the source did not answer in time
     code: str = ""
 
 
