@@ -265,6 +265,8 @@ class Supervisor:
                 if "VIDMESH_ADMIN_PASSWORD" not in self.environ
                 else "from VIDMESH_ADMIN_PASSWORD"
             ),
+            f"  Download jobs    {self.gateway_url}/api  (base URL; x-api-key from "
+            "POST /api/account/api-keys)",
             f"  OpenEncoder API  {self.openencoder_url}/api  (OpenAPI: "
             f"{self.openencoder_url}/openapi-openencoder.json; sign in with POST /api/login)",
             "  Metrics          "
