@@ -45,6 +45,11 @@ async def test_register_sign_in_read_me_and_refresh(
     assert status == 401 and body["error"]["code"] == "unauthorized"
     refresh_as_bearer = Api(http, system.url, token=tokens["refresh_token"])
     assert (await refresh_as_bearer.call("GET", "/api/users/me"))[0] == 401
+    # Odeion's clients refresh with no body, the refresh token as the Bearer token
+    again = await refresh_as_bearer.ok("POST", "/api/auth/refresh")
+    assert again["refresh_token"] and again["access_token"], again
+    status, body, _ = await carla.call("POST", "/api/auth/refresh")
+    assert status == 401 and body["error"]["code"] == "unauthorized", body
 
 
 async def test_openencoder_routes_answer_as_openencoder_clients_expect(

@@ -15,7 +15,7 @@ from services.gateway.faces.native.views import ApiKeyView, UserView, key_view, 
 from services.gateway.http import json_response
 from services.gateway.identity import TokenPair
 from services.gateway.state import gateway
-from shared.errors import NotFound
+from shared.errors import NotFound, Unauthorized
 from shared.messages.accounts import User, Username
 
 TAG = Tag.ACCOUNTS
@@ -39,9 +39,9 @@ class LoginRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class RefreshRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A refresh token from a sign-in."""
+    """A refresh token from a sign-in; left out, the one sent as `Authorization: Bearer`."""
 
-    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
 
 
 class PasswordChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -180,15 +180,24 @@ async def login_compat(request: web.Request, body: LoginRequest) -> web.Response
     "/api/auth/refresh",
     access=Access.PUBLIC,
     tag=TAG,
-    summary="New tokens for a refresh token",
+    summary="New tokens for a refresh token (in the body, or as the Bearer token)",
     body=RefreshRequest,
     response=Tokens,
+    body_optional=True,
 )
 async def refresh(request: web.Request, body: RefreshRequest) -> web.Response:
     identity = gateway(request).identity
     identity.require_secret()
-    user, pair = identity.refresh(body.refresh_token)
+    token = body.refresh_token or _bearer(request)
+    if not token:
+        raise Unauthorized("Send the refresh token, in the body or as `Authorization: Bearer`.")
+    user, pair = identity.refresh(token)
     return json_response(_tokens(user, pair))
+
+
+def _bearer(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def _me(request: web.Request) -> User:
