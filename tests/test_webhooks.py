@@ -403,6 +403,8 @@ async def test_the_test_route_sends_a_signed_delivery_and_shows_request_and_resp
             ids += [d["id"] for d in page]
             pages += 1
             link = response.links.get("next")
+            # an absolute link, on this server (or the general settings' base URL)
+            assert link is None or str(link["url"]).startswith(admin_api.base), link
             following = link["url"].path_qs if link else None
         return ids, pages
 

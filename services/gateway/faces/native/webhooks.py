@@ -37,6 +37,7 @@ from services.gateway.faces.native.webhook_views import (
     webhook_view,
 )
 from services.gateway.http import json_response
+from services.gateway.links import absolute_url
 from services.gateway.state import Gateway, gateway
 from shared.errors import BadRequest, Conflict, NotFound, Unavailable
 from shared.messages import events as ev
@@ -362,8 +363,8 @@ async def deliveries(request: web.Request, *, admin: bool, query: DeliveryQuery)
     )
     headers = {}
     if page.next_before is not None:
-        following = request.rel_url.update_query(before=page.next_before)
-        headers["Link"] = f'<{following}>; rel="next"'
+        query_next = {**request.query, "before": page.next_before}
+        headers["Link"] = f'<{absolute_url(request, request.path, query_next)}>; rel="next"'
     return json_response([delivery_view(d) for d in page.items], headers=headers)
 
 
