@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.harness import ALICE, BUCKET, REPO, Api, eventually
-from tests.harness.up import Up, module_command, up_env, without_settings
+from tests.harness import ALICE, BUCKET, Api, eventually
+from tests.harness.up import Up, checkout_up, up_env, without_settings
 from tests.jellyfin_standin import JellyfinStandIn
 from tests.storage_servers import SeaweedS3
 
@@ -45,15 +45,8 @@ async def up(
         VIDMESH_METADATA_TIMEOUT=str(METADATA_TIMEOUT),
         VIDMESH_PROBE_TIMEOUT=str(PROBE_TIMEOUT),
     )
-    # this checkout's code, whatever `vidmesh` script is installed
-    run = Up(env=env, log_path=data.parent / "up.log", command=module_command(), cwd=REPO)
-    run.start()
-    try:
-        await run.ready()
+    async with checkout_up(env, data.parent / "up.log") as run:
         yield run
-    finally:
-        run.kill_everything()
-        print(f"--- vidmesh up ---\n{run.tail(200)}")  # shown only when a test failed
 
 
 @pytest_asyncio.fixture(scope="module")

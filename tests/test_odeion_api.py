@@ -26,9 +26,9 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from tests.harness import ADMIN_PASSWORD, ALICE, REPO, Api, eventually
+from tests.harness import ADMIN_PASSWORD, ALICE, Api, eventually
 from tests.harness.environment import CAPABILITIES_FILE
-from tests.harness.up import Up, module_command, up_env, without_settings
+from tests.harness.up import Up, checkout_up, up_env, without_settings
 from tests.jellyfin_standin import JellyfinStandIn
 
 pytestmark = pytest.mark.slow  # the module's fixture runs `vidmesh up`
@@ -71,24 +71,17 @@ async def odeion(
         VIDMESH_PROGRESS_INTERVAL="0.25",
         VIDMESH_OUTBOUND_ALLOW="127.0.0.0/8",  # the webhook receiver below is local
     )
-    # This checkout's code (an installed `vidmesh` script may be another checkout's)
-    up = Up(env=env, log_path=root / "up.log", command=module_command(), cwd=REPO).start()
-    try:
-        async with aiohttp.ClientSession() as http:
-            await up.ready()
-            admin = await Api(http, up.url).as_user("admin", ADMIN_PASSWORD, register=False)
-            await admin.ok(
-                "POST",
-                "/api/admin/users",
-                201,
-                json={"username": "mona", "password": "password-123", "role": "moderator"},
-            )
-            moderator = await Api(http, up.url).as_user("mona", register=False)
-            user = await Api(http, up.url).as_user("ulla")
-            yield Odeion(up, http, admin, moderator, user)
-    finally:
-        up.kill_everything()
-        print(f"--- vidmesh up ---\n{up.tail(200)}")  # shown only when a test failed
+    async with checkout_up(env, root / "up.log") as up, aiohttp.ClientSession() as http:
+        admin = await Api(http, up.url).as_user("admin", ADMIN_PASSWORD, register=False)
+        await admin.ok(
+            "POST",
+            "/api/admin/users",
+            201,
+            json={"username": "mona", "password": "password-123", "role": "moderator"},
+        )
+        moderator = await Api(http, up.url).as_user("mona", register=False)
+        user = await Api(http, up.url).as_user("ulla")
+        yield Odeion(up, http, admin, moderator, user)
 
 
 @dataclass

@@ -24,8 +24,8 @@ from services.gateway.api import API
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
 from services.gateway.faces.streamyfin import table as streamyfin
-from tests.harness import ALICE, REPO, Client, eventually
-from tests.harness.up import Up, module_command, up_env, without_settings
+from tests.harness import ALICE, Client, eventually
+from tests.harness.up import Up, checkout_up, up_env, without_settings
 from tests.jellyfin_standin import JellyfinStandIn
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
@@ -88,15 +88,8 @@ async def up(
     data = tmp_path_factory.mktemp("streamyfin-api") / "data"
     data.mkdir()
     env = up_env(data, jellyfin.url, base=without_settings(os.environ))
-    # this checkout's code, whatever `vidmesh` script is installed
-    run = Up(env=env, log_path=data.parent / "up.log", command=module_command(), cwd=REPO)
-    run.start()
-    try:
-        await run.ready()
+    async with checkout_up(env, data.parent / "up.log") as run:
         yield run
-    finally:
-        run.kill_everything()
-        print(f"--- vidmesh up ---\n{run.tail(200)}")  # shown only when a test failed
 
 
 @pytest.mark.slow

@@ -11,11 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.config import ALIASES
+from tests.harness.environment import REPO
 from tests.harness.logs import log_tail, read_log
 from tests.harness.procfs import parent_of, processes_with_env
 from tests.harness.waiting import eventually, free_port, wait_ready
@@ -168,3 +169,17 @@ class Up:
         for pid in processes_with_env(self.marker):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.asynccontextmanager
+async def checkout_up(env: dict[str, str], log_path: Path) -> AsyncIterator[Up]:
+    """`vidmesh up` from this checkout's code (an installed `vidmesh` script may be another
+    checkout's), ready; killed with everything it started at the end, its log's tail printed
+    (pytest shows it when a test failed)."""
+    run = Up(env=env, log_path=log_path, command=module_command(), cwd=REPO).start()
+    try:
+        await run.ready()
+        yield run
+    finally:
+        run.kill_everything()
+        print(f"--- vidmesh up ---\n{run.tail(200)}")
