@@ -1,11 +1,14 @@
 """OpenEncoder's ids: integers from counters in NATS (one per kind, in the face's own bucket,
-advanced by compare-and-set, so two gateways never hand out the same one), and the 20-character
-`guid` a job carries beside its integer id (time-ordered, like the xid the original used)."""
+advanced by compare-and-set, so two gateways never hand out the same one), the 20-character
+`guid` a job carries beside its integer id (time-ordered, like the xid the original used), and
+how a path's id is read (ASCII digits only, bounded: "²" or a 5,000-digit number names nothing,
+it is no 500)."""
 
 from __future__ import annotations
 
 import base64
 import os
+import re
 import time
 import uuid
 
@@ -15,6 +18,14 @@ from shared.nats.kv import TypedKV
 
 JOBS = "jobs"
 PRESETS = "presets"
+
+_ID = re.compile(r"[0-9]{1,18}", re.ASCII)
+
+
+def parse_id(raw: str) -> int | None:
+    """The integer a path's id names; None (so: no such record) unless it is 1-18 ASCII
+    digits."""
+    return int(raw) if _ID.fullmatch(raw) else None
 
 
 class Counter(msgspec.Struct, frozen=True, kw_only=True):

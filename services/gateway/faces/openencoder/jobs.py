@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 
 from services.gateway.api import Access, caller
-from services.gateway.faces.openencoder.ids import JOBS, new_guid
+from services.gateway.faces.openencoder.ids import JOBS, new_guid, parse_id
 from services.gateway.faces.openencoder.presets import resolve_preset
 from services.gateway.faces.openencoder.table import ROUTES, Tag, counters
 from services.gateway.faces.openencoder.views import (
@@ -181,7 +181,7 @@ def _job(request: web.Request, *, change: bool = False) -> JobRecord:
     """The job the path names, if the caller may see it (its owner; moderators read any) or,
     with `change`, act on it (its owner; administrators act on any); else 404."""
     raw = request.match_info["job_id"]
-    number = int(raw) if raw.isdigit() and len(raw) <= 18 else None
+    number = parse_id(raw)
     who = caller(request)
     others = Role.ADMIN if change else Role.MODERATOR
     for job in gateway(request).jobs.values():
