@@ -342,13 +342,27 @@ async def test_a_job_from_a_media_root_into_the_callers_bucket_completes(
     # A finished job cannot be cancelled; it can be restarted
     await encoder.refused(409, "POST", f"/api/jobs/{first}/cancel", token)
     assert await encoder.ok("POST", f"/api/jobs/{first}/restart", token) == {"status": 200}
+    # While the face's kill switch is engaged, jobs are refused with its reason, and a refused
+    # job takes no id (the ids stay gap-free)
+    admin = await _admin(encoder)
+    switches = "/api/admin/settings/killswitches"
+    engage = {"openencoder": {"engaged": True, "reason": "encoders resting"}}
+    status, answer = await encoder.call("PUT", switches, admin, engage, base=encoder.up.url)
+    assert status == 200, answer
+    try:
+        refusal = await encoder.refused(503, "POST", "/api/jobs", token, json=job)
+        assert "encoders resting" in refusal
+    finally:
+        release = {"openencoder": {"engaged": False}}
+        status, answer = await encoder.call("PUT", switches, admin, release, base=encoder.up.url)
+        assert status == 200, answer
     # A second job (POST /api/jobs), cancelled while it waits or runs
     created = await encoder.ok("POST", "/api/jobs", token, json=job)
     assert created == {"message": "Job created", "status": 200}
     listed = await encoder.ok("GET", "/api/jobs", token)
     assert listed["count"] == 2 and listed["items"][1]["id"] == first  # newest first
     second = listed["items"][0]["id"]
-    assert second > first
+    assert second == first + 1
     assert await encoder.ok("POST", f"/api/jobs/{second}/cancel", token) == {"status": 200}
     status_now = await encoder.ok("GET", f"/api/jobs/{second}/status", token)
     assert status_now["job_status"] == "cancelled", status_now
@@ -373,14 +387,21 @@ async def _finished(encoder: Encoder, token: str, job_id: int) -> bool:
     return bool(answer["job_status"] == "completed")
 
 
+async def _admin(encoder: Encoder) -> str:
+    credentials = {"username": "admin", "password": ADMIN_PASSWORD}
+    return str((await encoder.ok("POST", "/api/login", json=credentials))["token"])
+
+
 async def test_machines_are_the_fleets_transcoders(encoder: Encoder) -> None:
-    admin = (
-        await encoder.ok(
-            "POST", "/api/login", json={"username": "admin", "password": ADMIN_PASSWORD}
-        )
-    )["token"]
+    admin = await _admin(encoder)
     listed = await encoder.ok("GET", "/api/machines", admin)
     assert listed["machines"], listed
+    # Integer ids, like the document's (and every id on this face), the same on every call
+    ids = [machine["id"] for machine in listed["machines"]]
+    assert all(isinstance(n, int) and not isinstance(n, bool) for n in ids), ids
+    assert len(set(ids)) == len(ids)
+    again = await encoder.ok("GET", "/api/machines", admin)
+    assert [machine["id"] for machine in again["machines"]] == ids
     for machine in listed["machines"]:
         assert machine["tags"] == ["openencoder"] and machine["provider"] == "local"
         assert machine["size_slug"] == "default" and machine["region"] == "local"
@@ -391,9 +412,10 @@ async def test_machines_are_the_fleets_transcoders(encoder: Encoder) -> None:
             {"name": "this machine", "slug": "local", "sizes": ["default"], "available": False}
         ]
     }
+    # Outside a cluster no machine can be added: neither the region nor its sizes are available
     sizes = await encoder.ok("GET", "/api/machines/sizes", admin)
     assert sizes == {
-        "sizes": [{"slug": "default", "available": True, "price_monthly": 0, "price_hourly": 0}]
+        "sizes": [{"slug": "default", "available": False, "price_monthly": 0, "price_hourly": 0}]
     }
     # Outside a cluster, machines cannot be added or removed: a clear 501
     body = {"provider": "digitalocean", "region": "sfo1", "size": "s-1vcpu-1gb", "count": 1}

@@ -33,6 +33,7 @@ from shared.jobs import state as jobstate
 from shared.messages import commands as cmd
 from shared.messages.accounts import Role
 from shared.messages.records import JobRecord
+from shared.settings import face_of, refuse_if_engaged
 from shared.sources import is_object_uri
 
 PAGE_SIZE = 20
@@ -104,6 +105,8 @@ async def _in_own_bucket(gw: Gateway, who: Principal, uri: str) -> str:
 async def _create(request: web.Request, body: EncodeRequest) -> web.Response:
     gw = gateway(request)
     who = caller(request)
+    # Refused before an id is taken, so refused jobs leave no gap in the ids (submit checks too)
+    refuse_if_engaged(gw.server.switch(face_of(CLIENT)), "Accepting new jobs")
     source = await check_source(gw, who, await _in_own_bucket(gw, who, body.source))
     destination = None
     if body.dest:
