@@ -2,7 +2,8 @@
 document (001_*) on the OpenEncoder port, with the document's bodies, reading back the
 document's fields: register and log in, presets (the built-in ones, a user's own, a refused raw
 option), a job from a media-root file into the caller's S3 bucket (`s3:///`) that completes,
-its list, status, cancel and restart, machines, and the `{"status", "message"}` error shape.
+its list, status, cancel and restart, machines, and the `{"status", "message"}` error shape on
+every route (405 and 413 too, ids no route knows, options out of bounds).
 
 One `vidmesh up` serves the whole module (the CI budget is tight)."""
 
@@ -48,7 +49,9 @@ BUILTINS = [
 ]
 # `vidmesh up` runs this checkout's code (`python -m vidmesh.cli` from the repository).
 REPO = Path(__file__).resolve().parent.parent
+SCHEMAS = REPO / "schemas"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+PUBLIC = {"/api/register", "/api/login"}  # all else needs a token
 
 
 @dataclass
@@ -68,6 +71,12 @@ class Encoder:
             method, (base or self.url) + path, json=json, headers=headers
         ) as response:
             return response.status, await response.json(content_type=None)
+
+    async def send(self, method: str, path: str, token: str, data: bytes) -> tuple[int, Any]:
+        """A raw JSON body, as sent."""
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        async with self.http.request(method, self.url + path, data=data, headers=headers) as r:
+            return r.status, await r.json(content_type=None)
 
     async def ok(self, method: str, path: str, token: str = "", json: Any = None) -> Any:
         status, body = await self.call(method, path, token, json)
@@ -166,6 +175,8 @@ async def test_the_banner_and_the_document_name_every_route(encoder: Encoder) ->
         "status",
         "message",
     }
+    # schemas/ holds a copy, kept current by `vidmesh schemas --write`
+    assert doc == json.loads((SCHEMAS / "openapi-openencoder.json").read_text())
     # the native document stays on the main port, without OpenEncoder's shapes
     status, native = await encoder.call("GET", "/api/openapi.json", base=encoder.up.url)
     assert status == 200 and "/api/job" not in native["paths"]
@@ -179,6 +190,31 @@ async def test_errors_read_as_openencoder_errors(encoder: Encoder) -> None:
     )
     await encoder.refused(400, "POST", "/api/register", json={"username": "x"})
     await encoder.refused(404, "GET", "/api/no-such-route")
+    # The document's own example password ("baz") breaks the account rule of every face: the
+    # 400 names the rule
+    baz = {"username": f"foo-{uuid.uuid4().hex[:6]}@bar.com", "password": "baz"}
+    assert "at least 8 characters" in await encoder.refused(400, "POST", "/api/register", json=baz)
+    # Every route of the document answers an unsigned (or bodiless) call in the same shape
+    doc = await encoder.ok("GET", "/openapi-openencoder.json")
+    for path, operations in doc["paths"].items():
+        for method in operations:
+            if path == "/openapi-openencoder.json":
+                continue
+            called = re.sub(r"\{[a-z_]+\}", "1", path)
+            await encoder.refused(400 if path in PUBLIC else 401, method.upper(), called)
+    await encoder.refused(405, "PATCH", "/api/jobs")
+    token = await _user(encoder, "errors")
+    status, body = await encoder.send("POST", "/api/presets", token, b"{" + b" " * 300_000 + b"}")
+    assert status == 413 and set(body) == {"status", "message"} and body["status"] == 413, body
+    # Ids no record has: "²" (a digit to str.isdigit(), not to int()) and 5,000 digits (past
+    # Python's int-string limit) are unknown ids, not 500s
+    for odd in ("%C2%B2", "9" * 5000, "-1", "1.0"):
+        await encoder.refused(404, "GET", f"/api/jobs/{odd}", token)
+        await encoder.refused(404, "GET", f"/api/jobs/{odd}/status", token)
+        await encoder.refused(404, "POST", f"/api/jobs/{odd}/cancel", token)
+        await encoder.refused(404, "GET", f"/api/presets/{odd}", token)
+        await encoder.refused(404, "PUT", f"/api/presets/{odd}", token, json={"active": False})
+        await encoder.refused(404, "POST", f"/api/preset/{odd}", token, json={"active": False})
 
 
 async def test_presets_built_in_own_and_a_refused_raw_option(encoder: Encoder) -> None:
@@ -235,6 +271,16 @@ async def test_presets_built_in_own_and_a_refused_raw_option(encoder: Encoder) -
     assert "-vf movie=/etc/passwd" in await encoder.refused(
         400, "POST", "/api/presets", token, json=filtered
     )
+    # Numbers an option cannot take (Unicode digits, 400 digits) are refused, the option named
+    huge = "9" * 400
+    for option in ("-g ²", "-r ²", "-crf ²", "-keyint_min ²", "-g 1" + huge, "-vf scale=-2:٣٦٠"):
+        odd = {**body, "name": "odd", "data": json.dumps({"raw": ["-c:v libx264", option]})}
+        assert option.split()[0] in await encoder.refused(
+            400, "POST", "/api/presets", token, json=odd
+        )
+    for option in ("-b:v", "-b:a", "-maxrate", "-bufsize", "-minrate"):
+        odd = {**body, "name": "odd", "data": json.dumps({"raw": [f"{option} {huge}k"]})}
+        assert option in await encoder.refused(400, "POST", "/api/presets", token, json=odd)
     assert (await encoder.ok("GET", "/api/presets", token))["count"] == 6
     await encoder.refused(403, "PUT", "/api/presets/1", token, json=body)
     await encoder.refused(404, "GET", "/api/presets/999999", token)
@@ -296,13 +342,27 @@ async def test_a_job_from_a_media_root_into_the_callers_bucket_completes(
     # A finished job cannot be cancelled; it can be restarted
     await encoder.refused(409, "POST", f"/api/jobs/{first}/cancel", token)
     assert await encoder.ok("POST", f"/api/jobs/{first}/restart", token) == {"status": 200}
+    # While the face's kill switch is engaged, jobs are refused with its reason, and a refused
+    # job takes no id (the ids stay gap-free)
+    admin = await _admin(encoder)
+    switches = "/api/admin/settings/killswitches"
+    engage = {"openencoder": {"engaged": True, "reason": "encoders resting"}}
+    status, answer = await encoder.call("PUT", switches, admin, engage, base=encoder.up.url)
+    assert status == 200, answer
+    try:
+        refusal = await encoder.refused(503, "POST", "/api/jobs", token, json=job)
+        assert "encoders resting" in refusal
+    finally:
+        release = {"openencoder": {"engaged": False}}
+        status, answer = await encoder.call("PUT", switches, admin, release, base=encoder.up.url)
+        assert status == 200, answer
     # A second job (POST /api/jobs), cancelled while it waits or runs
     created = await encoder.ok("POST", "/api/jobs", token, json=job)
     assert created == {"message": "Job created", "status": 200}
     listed = await encoder.ok("GET", "/api/jobs", token)
     assert listed["count"] == 2 and listed["items"][1]["id"] == first  # newest first
     second = listed["items"][0]["id"]
-    assert second > first
+    assert second == first + 1
     assert await encoder.ok("POST", f"/api/jobs/{second}/cancel", token) == {"status": 200}
     status_now = await encoder.ok("GET", f"/api/jobs/{second}/status", token)
     assert status_now["job_status"] == "cancelled", status_now
@@ -327,14 +387,21 @@ async def _finished(encoder: Encoder, token: str, job_id: int) -> bool:
     return bool(answer["job_status"] == "completed")
 
 
+async def _admin(encoder: Encoder) -> str:
+    credentials = {"username": "admin", "password": ADMIN_PASSWORD}
+    return str((await encoder.ok("POST", "/api/login", json=credentials))["token"])
+
+
 async def test_machines_are_the_fleets_transcoders(encoder: Encoder) -> None:
-    admin = (
-        await encoder.ok(
-            "POST", "/api/login", json={"username": "admin", "password": ADMIN_PASSWORD}
-        )
-    )["token"]
+    admin = await _admin(encoder)
     listed = await encoder.ok("GET", "/api/machines", admin)
     assert listed["machines"], listed
+    # Integer ids, like the document's (and every id on this face), the same on every call
+    ids = [machine["id"] for machine in listed["machines"]]
+    assert all(isinstance(n, int) and not isinstance(n, bool) for n in ids), ids
+    assert len(set(ids)) == len(ids)
+    again = await encoder.ok("GET", "/api/machines", admin)
+    assert [machine["id"] for machine in again["machines"]] == ids
     for machine in listed["machines"]:
         assert machine["tags"] == ["openencoder"] and machine["provider"] == "local"
         assert machine["size_slug"] == "default" and machine["region"] == "local"
@@ -345,9 +412,10 @@ async def test_machines_are_the_fleets_transcoders(encoder: Encoder) -> None:
             {"name": "this machine", "slug": "local", "sizes": ["default"], "available": False}
         ]
     }
+    # Outside a cluster no machine can be added: neither the region nor its sizes are available
     sizes = await encoder.ok("GET", "/api/machines/sizes", admin)
     assert sizes == {
-        "sizes": [{"slug": "default", "available": True, "price_monthly": 0, "price_hourly": 0}]
+        "sizes": [{"slug": "default", "available": False, "price_monthly": 0, "price_hourly": 0}]
     }
     # Outside a cluster, machines cannot be added or removed: a clear 501
     body = {"provider": "digitalocean", "region": "sfo1", "size": "s-1vcpu-1gb", "count": 1}

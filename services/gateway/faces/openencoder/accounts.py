@@ -1,6 +1,7 @@
 """OpenEncoder's accounts: `POST /api/register` and `POST /api/login`, on the same accounts as
-the native API (registration as `VIDMESH_REGISTRATION` allows it). The token goes back as
-`Authorization: Bearer <token>`."""
+the native API (registration as `VIDMESH_REGISTRATION` allows it, passwords of 8 characters or
+more, as on every face: the document's example password "baz" is refused with a 400 naming the
+rule). The token goes back as `Authorization: Bearer <token>`."""
 
 from __future__ import annotations
 
@@ -18,11 +19,22 @@ from shared.messages.accounts import Username
 Password = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
+NewPassword = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=256,
+        description="At least 8 characters: the account rule of every face of this server "
+        "(OpenEncoder's example password, 3 characters, is refused with a 400 that says so)",
+    ),
+]
+
+
 class Credentials(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A username (OpenEncoder's are e-mail addresses) and a password."""
+    """A username (OpenEncoder's are e-mail addresses) and a password of 8 characters or more."""
 
     username: Username
-    password: Password
+    password: NewPassword
 
 
 class LoginCredentials(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

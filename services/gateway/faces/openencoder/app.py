@@ -8,11 +8,10 @@ from aiohttp import web
 from services.gateway.config import GatewaySettings
 from services.gateway.faces.openencoder import accounts, jobs, machines, openapi, presets
 from services.gateway.faces.openencoder.errors import openencoder_errors
-from services.gateway.faces.openencoder.ids import Counter, Counters
+from services.gateway.faces.openencoder.ids import Counters
 from services.gateway.faces.openencoder.table import COUNTERS, ROUTES
 from services.gateway.http import error_middleware
 from services.gateway.state import GATEWAY
-from shared.nats.kv import TypedKV
 from shared.nats.topology import ensure_topology, retention_of
 
 # Importing the route modules registers their routes on ROUTES.
@@ -33,7 +32,7 @@ def create_app(main: web.Application, settings: GatewaySettings) -> web.Applicat
         buckets = await ensure_topology(
             gw.js, gw.names, replicas=settings.replicas, retention=retention_of(settings)
         )
-        app[COUNTERS] = Counters(TypedKV(buckets.openencoder, Counter))
+        app[COUNTERS] = Counters(buckets.openencoder)
 
     app.on_startup.append(attach)
     return app

@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 
 from services.gateway.api import Access, caller
-from services.gateway.faces.openencoder.ids import JOBS, new_guid
+from services.gateway.faces.openencoder.ids import JOBS, new_guid, parse_id
 from services.gateway.faces.openencoder.presets import resolve_preset
 from services.gateway.faces.openencoder.table import ROUTES, Tag, counters
 from services.gateway.faces.openencoder.views import (
@@ -33,6 +33,7 @@ from shared.jobs import state as jobstate
 from shared.messages import commands as cmd
 from shared.messages.accounts import Role
 from shared.messages.records import JobRecord
+from shared.settings import face_of, refuse_if_engaged
 from shared.sources import is_object_uri
 
 PAGE_SIZE = 20
@@ -104,6 +105,8 @@ async def _in_own_bucket(gw: Gateway, who: Principal, uri: str) -> str:
 async def _create(request: web.Request, body: EncodeRequest) -> web.Response:
     gw = gateway(request)
     who = caller(request)
+    # Refused before an id is taken, so refused jobs leave no gap in the ids (submit checks too)
+    refuse_if_engaged(gw.server.switch(face_of(CLIENT)), "Accepting new jobs")
     source = await check_source(gw, who, await _in_own_bucket(gw, who, body.source))
     destination = None
     if body.dest:
@@ -181,7 +184,7 @@ def _job(request: web.Request, *, change: bool = False) -> JobRecord:
     """The job the path names, if the caller may see it (its owner; moderators read any) or,
     with `change`, act on it (its owner; administrators act on any); else 404."""
     raw = request.match_info["job_id"]
-    number = int(raw) if raw.isdigit() and len(raw) <= 18 else None
+    number = parse_id(raw)
     who = caller(request)
     others = Role.ADMIN if change else Role.MODERATOR
     for job in gateway(request).jobs.values():

@@ -1,6 +1,9 @@
 """OpenEncoder's machines, on this fleet (`services/gateway/machines.py` does the mapping): a
 machine is a live transcoder, its size a pool, its region the Kubernetes namespace, its
-provider `kubernetes` (`local` outside a cluster, where adding machines is a 501)."""
+provider `kubernetes` (`local` outside a cluster, where adding machines is a 501, and neither
+the region nor its sizes are `available`). A machine's id is an integer, like every id on this
+face: the transcoder's number in the face's bucket (`ids.py`); a created machine's id is the
+number its transcoder will be listed under."""
 
 from __future__ import annotations
 
@@ -11,11 +14,12 @@ from aiohttp import web
 
 from services.gateway import machines
 from services.gateway.api import Access
-from services.gateway.faces.openencoder.table import ROUTES, Tag
+from services.gateway.faces.openencoder.ids import parse_id
+from services.gateway.faces.openencoder.table import ROUTES, Tag, counters
 from services.gateway.faces.openencoder.views import iso
 from services.gateway.http import json_response
 from services.gateway.state import Gateway, gateway
-from shared.errors import BadRequest
+from shared.errors import BadRequest, NotFound
 from shared.messages.fleet import DEFAULT_POOL, POOL_ID_PATTERN
 
 TAG = "openencoder"
@@ -24,7 +28,7 @@ TAG = "openencoder"
 class Machine(msgspec.Struct, kw_only=True):
     """A live transcoder: `size_slug` is its pool, `region` the namespace it runs in."""
 
-    id: str
+    id: int
     name: str
     status: str
     size_slug: str
@@ -43,7 +47,7 @@ class MachineList(msgspec.Struct, kw_only=True):
 class MachineRef(msgspec.Struct, kw_only=True):
     """A machine asked for or removed."""
 
-    id: str
+    id: int
     provider: str
 
 
@@ -79,7 +83,8 @@ class RegionList(msgspec.Struct, kw_only=True):
 
 
 class Size(msgspec.Struct, kw_only=True):
-    """A pool, as a size of machine (prices: VIDMESH_MACHINE_PRICE_*, 0 when not set)."""
+    """A pool, as a size of machine (prices: VIDMESH_MACHINE_PRICE_*, 0 when not set);
+    available when machines of it can be added (an enabled pool, in a cluster)."""
 
     slug: str
     available: bool
@@ -115,9 +120,10 @@ def _provider(gw: Gateway) -> str:
 async def list_encode_machines(request: web.Request) -> web.Response:
     gw = gateway(request)
     region, provider = machines.region(gw).slug, _provider(gw)
+    numbers = counters(request)
     found = [
         Machine(
-            id=w.id,
+            id=await numbers.machine(w.id, w.pool),
             name=w.host,
             status="draining" if w.draining else "active",
             size_slug=w.pool,
@@ -158,10 +164,11 @@ async def list_encode_regions(request: web.Request) -> web.Response:
 async def list_encode_sizes(request: web.Request) -> web.Response:
     gw = gateway(request)
     monthly, hourly = gw.settings.machine_price_monthly, gw.settings.machine_price_hourly
+    in_region = machines.region(gw).available  # outside a cluster, no size can be added
     sizes = [
         Size(
             slug=size.pool.id,
-            available=size.pool.enabled,
+            available=size.pool.enabled and in_region,
             price_monthly=monthly,
             price_hourly=hourly,
         )
@@ -195,10 +202,8 @@ async def create_encode_machines(request: web.Request, body: MachineRequest) -> 
             details={"field": "region"},
         )
     current, replicas = await machines.add_transcoders(gw, body.size, body.count)
-    added = [
-        MachineRef(id=f"{cluster.deployment(body.size)}-{n}", provider="kubernetes")
-        for n in range(current + 1, replicas + 1)
-    ]
+    numbers = await counters(request).reserve(body.size, max(replicas - current, 0))
+    added = [MachineRef(id=number, provider="kubernetes") for number in numbers]
     return json_response(MachinesAdded(machine=added))
 
 
@@ -207,14 +212,22 @@ async def create_encode_machines(request: web.Request, body: MachineRequest) -> 
     "/api/machines/{machine_id}",
     access=Access.ADMIN,
     tag=Tag.MACHINES,
-    summary="Remove one transcoder (its pool scales down by one)",
+    summary="Remove one transcoder, by its integer id (its pool scales down by one)",
     response=MachineRemoved,
-    statuses=(501,),
+    statuses=(404, 501),
 )
 async def delete_encode_machine(request: web.Request) -> web.Response:
     gw = gateway(request)
-    worker, _ = await machines.remove_transcoder(gw, request.match_info["machine_id"])
-    return json_response(MachineRemoved(machine=MachineRef(id=worker.id, provider="kubernetes")))
+    machines.cluster_of(gw)  # 501 outside a cluster, whatever the id
+    raw = request.match_info["machine_id"]
+    number, numbers = parse_id(raw), counters(request)
+    for worker in await gw.fleet.live_workers():
+        if number is not None and await numbers.machine(worker.id, worker.pool) == number:
+            await machines.remove_transcoder(gw, worker.id)
+            return json_response(
+                MachineRemoved(machine=MachineRef(id=number, provider="kubernetes"))
+            )
+    raise NotFound(f"There is no live machine {raw!r}.")
 
 
 async def _delete_all(request: web.Request) -> web.Response:

@@ -1,5 +1,6 @@
 """The OpenAPI document of the OpenEncoder face, `/openapi-openencoder.json` on its port: the
-native document's generator over this face's route table, with its title and its error shape."""
+native document's generator over this face's route table, with its title and its error shape.
+schemas/openapi-openencoder.json holds a copy (`vidmesh schemas --write`; a test fails on drift)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,14 @@ def document() -> dict[str, Any]:
     # The generator's error references name ErrorEnvelope: on this face, it is this shape.
     schemas["ErrorEnvelope"] = components["OpenEncoderError"]
     return doc
+
+
+def render() -> str:
+    """The document as committed to schemas/openapi-openencoder.json."""
+    return openapi.as_file(document())
+
+
+openapi.FILES["openapi-openencoder.json"] = render
 
 
 @ROUTES.route("GET", PATH, access=Access.PUBLIC, tag=Tag.META, summary="This document")

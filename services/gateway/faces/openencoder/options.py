@@ -41,8 +41,11 @@ _MUXER = {"mp4": "mp4", "fmp4": "mp4", "webm": "webm", "mkv": "matroska", "ts": 
 _SPEEDS = {"ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"}
 _SPEEDS |= {"veryslow"}
 _PROFILES = {"baseline", "main", "high"}
-_SCALE = re.compile(r"^scale=(-[12]|\d{2,5}):(\d{3,4})$")
-_RATE = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")
+# ASCII digits only, and few of them: int() refuses "²" (which str.isdigit() accepts) and a
+# number past Python's int-string limit, float() makes 1e400 infinite; each must be a 400.
+_SCALE = re.compile(r"^scale=(-[12]|[0-9]{2,5}):([0-9]{3,4})$", re.ASCII)
+_RATE = re.compile(r"^([0-9]{1,9}(?:\.[0-9]{1,6})?)([kKmM]?)$", re.ASCII)
+_COUNT = re.compile(r"^[0-9]{1,9}$", re.ASCII)
 _LEVELS = set(get_args(H264Level))
 _MAX_OPTIONS = 64
 
@@ -65,19 +68,25 @@ class _Reading:
 
 
 def _refuse(option: str, why: str) -> BadRequest:
+    if len(option) > 80:  # a 5,000-digit value is named, not repeated
+        option = option[:77] + "..."
     return BadRequest(f"Preset option {option!r} is not allowed: {why}", details={"option": option})
 
 
-def _kbps(option: str, value: str) -> int:
+def _kbps(option: str, value: str, low: int = 0, high: int = 400_000) -> int:
+    """A bit rate in kb/s, from `low` to `high`."""
     match = _RATE.match(value)
     if match is None:
         raise _refuse(f"{option} {value}", "give a bit rate such as 3000k or 3M.")
     number, unit = float(match.group(1)), match.group(2).lower()
-    return round(number * {"": 0.001, "k": 1, "m": 1000}[unit])
+    kbps = round(number * {"": 0.001, "k": 1, "m": 1000}[unit])
+    if not low <= kbps <= high:
+        raise _refuse(f"{option} {value}", f"give a bit rate from {low}k to {high}k.")
+    return kbps
 
 
 def _count(option: str, value: str, low: int, high: int) -> int:
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not _COUNT.match(value) or not low <= int(value) <= high:
         raise _refuse(f"{option} {value}", f"give a whole number from {low} to {high}.")
     return int(value)
 
@@ -103,7 +112,7 @@ def _video_codec(r: _Reading, option: str, value: str) -> None:
 
 def _bitrate(r: _Reading, option: str, value: str) -> None:
     # A target (-b:v) or a cap (-maxrate): both cap the rate; the larger one wins.
-    kbps = _kbps(option, value)
+    kbps = _kbps(option, value, 100, 200_000)
     r.video["max_bitrate_kbps"] = max(kbps, r.video.get("max_bitrate_kbps", 0))
 
 
@@ -129,7 +138,7 @@ _WITH_VALUE: dict[str, Callable[[_Reading, str, str], None]] = {
     "-b:v": _bitrate,
     "-maxrate": _bitrate,
     "-minrate": _checked(_kbps),
-    "-bufsize": lambda r, o, v: r.video.__setitem__("buffer_kbps", _kbps(o, v)),
+    "-bufsize": lambda r, o, v: r.video.__setitem__("buffer_kbps", _kbps(o, v, 100, 400_000)),
     "-crf": lambda r, o, v: r.video.__setitem__("quality", _count(o, v, 1, 63)),
     "-preset": lambda r, o, v: r.video.__setitem__("speed", _one_of(o, v, _SPEEDS)),
     "-profile:v": lambda r, o, v: r.video.__setitem__("profile", _one_of(o, v, _PROFILES)),
@@ -141,7 +150,7 @@ _WITH_VALUE: dict[str, Callable[[_Reading, str, str], None]] = {
     "-r": lambda r, o, v: r.video.__setitem__("max_fps", float(_count(o, v, 1, 240))),
     "-c:a": lambda r, o, v: r.audio.__setitem__("codec", _one_of(o, v, _AUDIO_CODECS)),
     "-acodec": lambda r, o, v: r.audio.__setitem__("codec", _one_of(o, v, _AUDIO_CODECS)),
-    "-b:a": lambda r, o, v: r.audio.__setitem__("bitrate_kbps", _kbps(o, v)),
+    "-b:a": lambda r, o, v: r.audio.__setitem__("bitrate_kbps", _kbps(o, v, 32, 512)),
     "-ac": lambda r, o, v: r.audio.__setitem__("channels", int(_one_of(o, v, {"1", "2", "6"}))),
     "-f": lambda r, o, v: setattr(r, "container", _one_of(o, v, _FORMATS)),
     "-movflags": _checked(lambda o, v: _one_of(o, v, {"+faststart", "faststart"})),

@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 
 from services.gateway.api import Access, caller
-from services.gateway.faces.openencoder.ids import PRESETS
+from services.gateway.faces.openencoder.ids import PRESETS, parse_id
 from services.gateway.faces.openencoder.options import output_name, parse_data, render_data
 from services.gateway.faces.openencoder.table import ROUTES, Tag, counters
 from services.gateway.http import json_response
@@ -128,7 +128,7 @@ def _record_item(record: PresetRecord) -> PresetItem:
 
 def _all(gw: Gateway, who: Principal) -> list[PresetItem]:
     builtins = [_item(n, name, name, spec, True) for name, (n, spec) in BUILTINS.items()]
-    own = [_record_item(r) for r in own_presets(gw, who.user_id) if r.id.isdigit()]
+    own = [_record_item(r) for r in own_presets(gw, who.user_id) if parse_id(r.id) is not None]
     return sorted(builtins + own, key=lambda item: item.id, reverse=True)
 
 
@@ -141,9 +141,10 @@ def resolve_preset(gw: Gateway, who: Principal, name: str) -> tuple[str, PresetS
 
 
 def _own(gw: Gateway, who: Principal, raw_id: str) -> PresetRecord:
-    if raw_id.isdigit() and int(raw_id) <= len(BUILTINS):
+    number = parse_id(raw_id)
+    if number is not None and number <= len(BUILTINS):
         raise Forbidden(f"Preset {raw_id} is built in; create your own instead.")
-    record = gw.presets.get(raw_id) if raw_id.isdigit() and len(raw_id) <= 18 else None
+    record = gw.presets.get(str(number)) if number is not None else None
     if record is None or record.owner != who.user_id:
         raise NotFound(f"No preset {raw_id!r}.")
     return record
@@ -213,7 +214,7 @@ async def get_encode_preset(request: web.Request) -> web.Response:
     raw_id = request.match_info["preset_id"]
     gw, who = gateway(request), caller(request)
     for name, (number, spec) in BUILTINS.items():
-        if raw_id == str(number):
+        if parse_id(raw_id) == number:
             detail = PresetDetail(
                 **msgspec.structs.asdict(_item(number, name, name, spec, True)),
                 output=output_name(name, spec),
