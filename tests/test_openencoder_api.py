@@ -25,7 +25,7 @@ import pytest_asyncio
 
 from shared.blobs.backends import open_store
 from tests.harness import ADMIN_PASSWORD, BUCKET, eventually, free_port
-from tests.harness.up import Up, module_command, up_env, without_settings
+from tests.harness.up import Up, checkout_up, up_env, without_settings
 from tests.storage_servers import SeaweedS3
 
 pytestmark = pytest.mark.slow
@@ -112,24 +112,18 @@ async def encoder(
         VIDMESH_PROGRESS_INTERVAL="0.25",
     )
     (root / "data").mkdir()
-    up = Up(env=env, log_path=root / "up.log", command=module_command(), cwd=REPO).start()
-    async with aiohttp.ClientSession() as http:
-        try:
-            await up.ready()
-            found = Encoder(up=up, url=f"http://127.0.0.1:{port}", http=http, media=clips["fits"])
+    async with checkout_up(env, root / "up.log") as up, aiohttp.ClientSession() as http:
+        found = Encoder(up=up, url=f"http://127.0.0.1:{port}", http=http, media=clips["fits"])
 
-            async def listening() -> bool:
-                try:
-                    status, _ = await found.call("GET", "/openapi-openencoder.json")
-                except aiohttp.ClientError:
-                    return False
-                return status == 200
+        async def listening() -> bool:
+            try:
+                status, _ = await found.call("GET", "/openapi-openencoder.json")
+            except aiohttp.ClientError:
+                return False
+            return status == 200
 
-            await eventually(listening, timeout=30, what="the OpenEncoder port")
-            yield found
-        finally:
-            up.kill_everything()
-            print(f"--- vidmesh up ---\n{up.tail(200)}")  # shown only when a test failed
+        await eventually(listening, timeout=30, what="the OpenEncoder port")
+        yield found
 
 
 async def _user(encoder: Encoder, name: str) -> str:
