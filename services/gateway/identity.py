@@ -137,8 +137,7 @@ class Identity:
             created_at=now,
             updated_at=now,
         )
-        revision = await self.users.store.create(user.id, user)
-        self.users.apply(user.id, user, revision)
+        await self.users.create(user.id, user)
         log.info("account.created", user_id=user.id, role=role.value)
         return user
 
@@ -318,8 +317,7 @@ class Identity:
             secret_sha256=hashlib.sha256(secret.encode()).hexdigest(),
             created_at=time.time(),
         )
-        revision = await self.keys.store.create(key_id, record)
-        self.keys.apply(key_id, record, revision)
+        await self.keys.create(key_id, record)
         return record, plaintext
 
     def keys_of(self, user_id: str) -> list[ApiKey]:

@@ -84,6 +84,18 @@ class Projection(Generic[T]):
                 self._waiters.pop(key, None)
 
     # ---- writing (from the watch, or read-your-writes after our own update) ------------------
+    async def create(self, key: str, value: T) -> int:
+        """Store a new record (raises `Stale` if the key exists) and see it here at once."""
+        revision = await self.store.create(key, value)
+        self.apply(key, value, revision)
+        return revision
+
+    async def update(self, key: str, value: T, revision: int) -> int:
+        """Compare-and-set the record stored at `revision` and see the new one here at once."""
+        stored = await self.store.update(key, value, revision)
+        self.apply(key, value, stored)
+        return stored
+
     def apply(self, key: str, value: T | None, revision: int) -> None:
         """Take a value we know is stored at `revision`; older news than we have is ignored."""
         known = self._records.get(key)

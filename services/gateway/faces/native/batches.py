@@ -144,8 +144,7 @@ async def bulk_create(request: web.Request, body: _BulkEnvelope) -> web.Response
     created = [r.job.id for r in results if r.job is not None]
     if batch_id and created:
         batch = Batch(id=batch_id, owner=who.user_id, job_ids=created, created_at=time.time())
-        revision = await gw.batches.store.create(batch_id, batch)
-        gw.batches.apply(batch_id, batch, revision)
+        await gw.batches.create(batch_id, batch)
     result = BulkResult(
         created=len(created),
         failed=len(results) - len(created),
@@ -249,8 +248,7 @@ async def start_batch(request: web.Request) -> web.Response:
     started = msgspec.structs.replace(batch, started=True, started_at=time.time())
     versioned = gw.batches.versioned(batch.id)
     assert versioned is not None
-    revision = await gw.batches.store.update(batch.id, started, versioned.revision)
-    gw.batches.apply(batch.id, started, revision)
+    await gw.batches.update(batch.id, started, versioned.revision)
     command = cmd.StartBatch(**command_fields(request), batch_id=batch.id, job_ids=batch.job_ids)
     last = batch.job_ids[-1]
     await gw.command(

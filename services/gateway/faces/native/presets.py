@@ -97,8 +97,7 @@ async def create_preset(request: web.Request, body: PresetRequest) -> web.Respon
         created_at=now,
         updated_at=now,
     )
-    revision = await gw.presets.store.create(record.id, record)
-    gw.presets.apply(record.id, record, revision)
+    await gw.presets.create(record.id, record)
     return json_response(preset_view(record), 201)
 
 
@@ -145,8 +144,7 @@ async def update_preset(request: web.Request, body: PresetRequest) -> web.Respon
     )
     versioned = gw.presets.versioned(record.id)
     assert versioned is not None
-    revision = await gw.presets.store.update(record.id, updated, versioned.revision)
-    gw.presets.apply(record.id, updated, revision)
+    await gw.presets.update(record.id, updated, versioned.revision)
     return json_response(preset_view(updated))
 
 

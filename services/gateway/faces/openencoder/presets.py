@@ -184,8 +184,7 @@ async def create_encode_preset(request: web.Request, body: PresetRequest) -> web
         created_at=now,
         updated_at=now,
     )
-    revision = await gw.presets.store.create(record.id, record)
-    gw.presets.apply(record.id, record, revision)
+    await gw.presets.create(record.id, record)
     return json_response(_record_item(record))
 
 
@@ -243,8 +242,7 @@ async def _update(request: web.Request, body: PresetChange) -> web.Response:
     )
     versioned = gw.presets.versioned(record.id)
     assert versioned is not None
-    revision = await gw.presets.store.update(record.id, updated, versioned.revision)
-    gw.presets.apply(record.id, updated, revision)
+    await gw.presets.update(record.id, updated, versioned.revision)
     return json_response(_record_item(updated))
 
 
