@@ -318,8 +318,8 @@ async def any_job_url(request: web.Request) -> web.Response:
     "/api/admin/jobs/{job_id}",
     access=Access.ADMIN,
     tag=TAG,
-    summary="Cancel an unfinished job; delete a finished job's record (and its output with "
-    "remove_file=true)",
+    summary="Cancel an unfinished job; delete a finished job's record and the output it holds "
+    "(remove_file=true is accepted: an output never outlives its record here)",
     query=DeleteQuery,
     response=AdminJobDeleted,
     statuses=(409,),
@@ -334,18 +334,23 @@ async def delete_any_job(request: web.Request, query: DeleteQuery) -> web.Respon
         return json_response(
             AdminJobDeleted(id=job.id, outcome="cancelled", file_removed=False, job=view)
         )
-    holds = jobstate.holds_output(job, time.time())
-    if holds and not query.remove_file:
-        # The record is what keeps the output stored: it cannot go and leave the file.
-        raise Conflict(
-            f"Job {job.id} still holds its output; delete it with remove_file=true, "
-            "or let the output go first (DELETE /api/jobs/{id}/file).",
-        )
+    now = time.time()
+    holds = jobstate.holds_output(job, now)
+    # The record is what keeps an output stored, so the output goes with it (`query.remove_file`
+    # or not: a file no record names could never be reached or removed again), unless another
+    # job still holds it; an output in the user's own storage stays there.
+    shared = holds and any(
+        other.id != job.id
+        and other.rendition == job.rendition
+        and (jobstate.is_active(other) or jobstate.holds_output(other, now))
+        for other in gw.jobs.values()
+    )
     command = cmd.PurgeJob(**command_fields(request), job_id=job.id, remove_file=holds)
     await gw.command(command, job_id=job.id, until=_gone)
     if gw.jobs.get(job.id) is not None:
         raise Conflict(f"Job {job.id} changed meanwhile and was not deleted; try again.")
-    return json_response(AdminJobDeleted(id=job.id, outcome="deleted", file_removed=holds))
+    removed = holds and not shared and not job.destination
+    return json_response(AdminJobDeleted(id=job.id, outcome="deleted", file_removed=removed))
 
 
 def _finished(job: JobRecord | None) -> bool:
