@@ -105,6 +105,18 @@ async def test_administrators_act_on_any_accounts_jobs(
     assert (await mod.call("GET", "/api/admin/jobs/no-such-job"))[0] == 404
     listed = await mod.ok("GET", f"/api/admin/jobs?owner={ann_id}&media_file_id=7&destination=x")
     assert {j["id"] for j in listed["items"]} == {running["id"], done["id"]}
+    # ... and takes the media server's names: user_id / user for the owner, pages and offsets
+    for who in (f"user_id={ann_id}", f"user={ann_id}"):
+        assert (await mod.ok("GET", f"/api/admin/jobs?{who}"))["items"] == listed["items"]
+    first = await mod.ok("GET", f"/api/admin/jobs?user_id={ann_id}&limit=1&page=1")
+    second = await mod.ok("GET", f"/api/admin/jobs?user_id={ann_id}&limit=1&page=2")
+    third = await mod.ok("GET", f"/api/admin/jobs?user_id={ann_id}&limit=1&offset=2")
+    assert [j["id"] for j in first["items"] + second["items"]] == [j["id"] for j in listed["items"]]
+    assert third["items"] == [] and third["next_cursor"] is None
+    # `pending` is the media server's word for `queued`; a status that is neither is refused
+    pending = await mod.ok("GET", "/api/admin/jobs?status=pending")
+    assert all(j["status"] == "queued" for j in pending["items"]), pending
+    assert (await mod.call("GET", "/api/admin/jobs?status=stuck"))[0] == 400
 
     # A signed URL downloads any finished job's output without headers
     assert (await admin.call("POST", f"/api/admin/jobs/{running['id']}/url"))[0] == 409

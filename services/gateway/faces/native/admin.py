@@ -44,6 +44,9 @@ class AdminJobQuery(JobQuery, kw_only=True, forbid_unknown_fields=False):
     does not know (another server's, e.g. a media file) are ignored, not refused."""
 
     owner: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    # The media server's names for `owner`
+    user_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    user: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
 
 class JobsSummary(msgspec.Struct, kw_only=True):
@@ -126,7 +129,8 @@ class AdminJobDeleted(msgspec.Struct, kw_only=True):
 )
 async def all_jobs(request: web.Request, query: AdminJobQuery) -> web.Response:
     gw = gateway(request)
-    jobs = [job for job in gw.jobs.values() if query.owner is None or job.owner == query.owner]
+    owner = query.owner or query.user_id or query.user
+    jobs = [job for job in gw.jobs.values() if owner is None or job.owner == owner]
     return json_response(page(gw, jobs, query, caller(request).user_id))
 
 

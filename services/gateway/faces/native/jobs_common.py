@@ -221,25 +221,40 @@ def command_fields(request: web.Request) -> CommandFields:
     return {"command_id": uuid.uuid4().hex, "by": caller(request).user_id, "at": time.time()}
 
 
-class JobQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Filters and paging for job lists."""
+StatusFilter = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=f"^({'|'.join([*(s.value for s in JobStatus), 'pending'])})$",
+        description="a job status, or `pending` (the same as `queued`)",
+    ),
+]
 
-    status: JobStatus | None = None
+
+class JobQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Filters and paging for job lists: a `cursor` from the last page's `next_cursor`, or a
+    `page` (from 1) or `offset` of `limit` jobs, as media server clients page."""
+
+    # a job status, or `pending`: the media server's word for a job that waits (`queued`)
+    status: StatusFilter | None = None
     preset: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
     cursor: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+    page: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    offset: Annotated[int, msgspec.Meta(ge=0, le=100_000_000)] | None = None
 
 
 def page(gw: Gateway, jobs: list[JobRecord], query: JobQuery, viewer: str) -> JobPage:
     """Filter, order newest first, and cut one page after the cursor."""
     after = query.created_after.timestamp() if query.created_after else None
     before = query.created_before.timestamp() if query.created_before else None
+    wanted = query.status
+    status = None if wanted is None else JobStatus("queued" if wanted == "pending" else wanted)
     chosen = [
         job
         for job in jobs
-        if (query.status is None or job.status is query.status)
+        if (status is None or job.status is status)
         and (query.preset is None or job.profile == query.preset)
         and (after is None or job.created_at >= after)
         and (before is None or job.created_at < before)
@@ -248,8 +263,11 @@ def page(gw: Gateway, jobs: list[JobRecord], query: JobQuery, viewer: str) -> Jo
     if query.cursor:
         mark = _decode_cursor(query.cursor)
         chosen = [job for job in chosen if (job.created_at, job.id) < mark]
-    items = chosen[: query.limit]
-    more = len(chosen) > query.limit
+    skip = (
+        query.offset if query.offset is not None else (query.page or 1) * query.limit - query.limit
+    )
+    items = chosen[skip : skip + query.limit]
+    more = len(chosen) > skip + query.limit
     next_cursor = _encode_cursor(items[-1]) if more and items else None
     return JobPage(
         count=len(items),
