@@ -226,6 +226,9 @@ async def test_settings_groups_apply_to_the_running_services_without_a_restart(
         )
         assert status == 503, body
         assert body["error"]["details"]["reason"] == "native maintenance until 15:00", body
+        # ... and no job is queued again either (a restart of a finished one)
+        status, body, _ = await ann.call("POST", f"/api/jobs/{done['id']}/restart")
+        assert status == 503 and "native maintenance until 15:00" in message_of(body), body
         status, body, _ = await alice.request(
             "POST", "/optimize-version", json={"url": slow_source(jellyfin, 0), "deviceId": "d"}
         )

@@ -130,11 +130,17 @@ def check_filename(name: str) -> str:
     return name
 
 
+def refuse_new_work(gw: Gateway, client: str) -> None:
+    """A 503 with the operator's reason while the kill switch of the face `client` names is
+    engaged: no new job, and no job queued again (a retry, a restart, a batch's start)."""
+    refuse_if_engaged(gw.server.switch(face_of(client)), "Accepting new jobs")
+
+
 async def publish_submission(gw: Gateway, command: cmd.SubmitJob) -> bool:
     """Hand a job to the scheduler; False when the commands stream already had a submission
     of this job (the same Idempotency-Key, sent again). A 503 with the operator's reason
     while the kill switch of the face the job came from is engaged."""
-    refuse_if_engaged(gw.server.switch(face_of(command.client)), "Accepting new jobs")
+    refuse_new_work(gw, command.client)
     try:
         return await publish_command(gw.js, gw.names, command, msg_id=f"submit:{command.job_id}")
     except Exception as exc:

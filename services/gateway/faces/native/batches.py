@@ -25,7 +25,7 @@ from services.gateway.faces.native.views import (
 )
 from services.gateway.http import ErrorBody, json_response
 from services.gateway.state import Gateway, gateway
-from services.gateway.submit import accepted, check_filename, check_source
+from services.gateway.submit import accepted, check_filename, check_source, refuse_new_work
 from shared.errors import (
     BadRequest,
     Conflict,
@@ -36,7 +36,6 @@ from shared.media import ProbeResult
 from shared.messages import commands as cmd
 from shared.messages.accounts import Batch, Role
 from shared.messages.records import JobStatus
-from shared.settings import face_of, refuse_if_engaged
 
 TAG = Tag.BATCHES
 MAX_BULK = 100
@@ -120,7 +119,7 @@ async def bulk_create(request: web.Request, body: _BulkEnvelope) -> web.Response
     gw = gateway(request)
     who = caller(request)
     # With the face's kill switch engaged no item can be accepted: the whole request is refused
-    refuse_if_engaged(gw.server.switch(face_of("api")), "Accepting new jobs")
+    refuse_new_work(gw, "api")
     batch_id = uuid.uuid4().hex if body.paused else ""
     results: list[BulkItem] = []
     # One deadline for the whole request: while the scheduler stores each job in turn, the jobs
@@ -245,6 +244,7 @@ async def start_batch(request: web.Request) -> web.Response:
     batch = _batch(request, change=True)
     if batch.started:
         raise Conflict("The batch has already started.")
+    refuse_new_work(gw, "api")
     started = msgspec.structs.replace(batch, started=True, started_at=time.time())
     versioned = gw.batches.versioned(batch.id)
     assert versioned is not None

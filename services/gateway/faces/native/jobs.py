@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable
 
 import msgspec
 from aiohttp import web
@@ -16,6 +15,7 @@ from services.gateway.faces.native.jobs_common import (
     JobQuery,
     JobRequest,
     command_fields,
+    moved_from,
     page,
     send,
     submission,
@@ -35,6 +35,7 @@ from services.gateway.submit import (
     idempotent_job_id,
     new_job_id,
     publish_submission,
+    refuse_new_work,
     submit,
 )
 from shared.errors import BadRequest, Conflict
@@ -165,7 +166,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     if not jobstate.is_active(job):
         raise Conflict(f"Job {job.id} has already finished ({job.status}).")
     command = cmd.CancelJob(**command_fields(request), job_id=job.id)
-    after = await send(gateway(request), command, job.id, _moved_from(job))
+    after = await send(gateway(request), command, job.id, moved_from(job))
     return await _answer(request, after)
 
 
@@ -183,7 +184,7 @@ async def delete_job(request: web.Request) -> web.Response:
     job = await visible_job(request, request.match_info["job_id"], change=True)
     if jobstate.is_active(job):
         command: cmd.Command = cmd.CancelJob(**command_fields(request), job_id=job.id)
-        await send(gw, command, job.id, _moved_from(job))
+        await send(gw, command, job.id, moved_from(job))
     elif jobstate.holds_output(job, time.time()):
         command = cmd.DeleteOutput(**command_fields(request), job_id=job.id)
         await send(gw, command, job.id, _output_gone)
@@ -221,8 +222,9 @@ async def restart_job(request: web.Request) -> web.Response:
     job = await visible_job(request, request.match_info["job_id"], change=True)
     if not jobstate.can_restart(job):
         raise Conflict(f"Job {job.id} is still {job.status}; cancel it first.")
+    refuse_new_work(gateway(request), "api")
     command = cmd.RestartJob(**command_fields(request), job_id=job.id, nonce=uuid.uuid4().hex)
-    after = await send(gateway(request), command, job.id, _moved_from(job))
+    after = await send(gateway(request), command, job.id, moved_from(job))
     return await _answer(request, after)
 
 
@@ -239,8 +241,9 @@ async def retry_job(request: web.Request) -> web.Response:
     job = await visible_job(request, request.match_info["job_id"], change=True)
     if not jobstate.can_retry(job):
         raise Conflict(f"Job {job.id} is {job.status}; only failed or cancelled jobs are retried.")
+    refuse_new_work(gateway(request), "api")
     command = cmd.RetryJob(**command_fields(request), job_id=job.id)
-    after = await send(gateway(request), command, job.id, _moved_from(job))
+    after = await send(gateway(request), command, job.id, moved_from(job))
     return await _answer(request, after)
 
 
@@ -298,11 +301,6 @@ async def usage(request: web.Request) -> web.Response:
             bytes_stored=sum(stored.values()),
         )
     )
-
-
-def _moved_from(job: JobRecord) -> Callable[[JobRecord | None], bool]:
-    before = (job.status, job.updated_at)
-    return lambda j: j is None or (j.status, j.updated_at) != before
 
 
 def _output_gone(job: JobRecord | None) -> bool:
