@@ -197,6 +197,10 @@ async def walk(
     assert (await admin.call("GET", f"{TASKS}/movie/42"))[0] == 404
     assert (await admin.call("GET", f"{TASKS}/transcode.nope"))[0] == 404
     assert (await admin.call("GET", f"{TASKS}/nothing"))[0] == 404
+    # ids no task could have (NATS refuses such keys) are unknown tasks too, not errors
+    for odd in ("transcode.%2e%2e", "transcode.a%20b", "transcode.a*", "webhook_delivery.a>"):
+        assert (await admin.call("GET", f"{TASKS}/{odd}"))[0] == 404, odd
+        assert (await admin.call("DELETE", f"{TASKS}/{odd}"))[0] == 404, odd
 
     # Clearing old tasks empties the history of finished work; the user's jobs stay
     await admin.ok("DELETE", f"{TASKS}/clear-old", 204)

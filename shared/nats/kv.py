@@ -35,7 +35,12 @@ def _deleted(msg: Msg) -> bool:
 
 def valid_key(key: str) -> bool:
     """Whether `key` can name a KV entry (NATS refuses others): check ids from URLs with it."""
-    return bool(_KEY.match(key)) and not key.startswith(".") and not key.endswith(".")
+    return (
+        bool(_KEY.match(key))
+        and not key.startswith(".")
+        and not key.endswith(".")
+        and ".." not in key  # an empty token
+    )
 
 
 class Versioned(msgspec.Struct, Generic[T], frozen=True):

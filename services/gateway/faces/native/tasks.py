@@ -40,7 +40,7 @@ from shared.messages import commands as cmd
 from shared.messages.records import JobRecord
 from shared.messages.tasks import ClearedMark, TaskRecord, TaskStatus, TaskType
 from shared.messages.webhooks import RetryDelivery
-from shared.nats.kv import TypedKV
+from shared.nats.kv import TypedKV, valid_key
 
 TAG = Tag.ADMIN
 BASE = "/api/admin/tasks"
@@ -78,7 +78,7 @@ async def _tasks(gw: Gateway) -> list[tuple[TaskRecord, float | None]]:
 
 
 async def _task(gw: Gateway, task_id: str) -> tuple[TaskRecord, float | None]:
-    if th.parse_task_id(task_id) is None:
+    if th.parse_task_id(task_id) is None or not valid_key(th.key_of(task_id)):
         raise NotFound(f"No task {task_id!r}: task ids look like `transcode.<job id>`.")
     found = await (await _history(gw)).get(th.key_of(task_id))
     if found is None:
