@@ -51,6 +51,9 @@ class TreeNode(msgspec.Struct, kw_only=True):
     size: int
     files: int
     children: list[TreeNode] = []
+    # The walk stopped at its limit of entries before it read everything (the data folder's
+    # root only): the sizes count what was read.
+    truncated: bool = False
 
 
 # How deep the data folder's tree is shown (deeper folders are counted in their parent), and how
@@ -125,35 +128,46 @@ def folder_tree(root: Path) -> TreeNode:
     """The folder's sizes down to DATADIR_DEPTH (links are not followed, unreadable entries are
     skipped, and the walk stops after DATADIR_MAX_ENTRIES entries)."""
     budget = [DATADIR_MAX_ENTRIES]
+    stopped = [False]
 
     def measure(path: Path, name: str, depth: int) -> TreeNode:
         size = files = 0
         children: list[TreeNode] = []
         try:
-            entries = list(os.scandir(path))
+            entries = os.scandir(path)
         except OSError:
-            entries = []
-        for entry in entries:
-            if budget[0] <= 0:
-                break
-            budget[0] -= 1
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    child = measure(Path(entry.path), entry.name, depth + 1)
-                    size, files = size + child.size, files + child.files
-                    if depth < DATADIR_DEPTH:
-                        children.append(child)
-                elif entry.is_file(follow_symlinks=False):
-                    length = entry.stat(follow_symlinks=False).st_size
-                    size, files = size + length, files + 1
-                    if depth < DATADIR_DEPTH:
-                        children.append(TreeNode(name=entry.name, size=length, files=1))
-            except OSError:
-                continue
+            return TreeNode(name=name, size=0, files=0)
+        with entries:
+            for entry in entries:
+                if budget[0] <= 0:
+                    stopped[0] = True
+                    break
+                budget[0] -= 1
+                size, files = _add(entry, depth, children, size, files)
         children.sort(key=lambda node: (-node.size, node.name))
         return TreeNode(name=name, size=size, files=files, children=children)
 
-    return measure(root, root.name or str(root), 1)
+    def _add(
+        entry: os.DirEntry[str], depth: int, children: list[TreeNode], size: int, files: int
+    ) -> tuple[int, int]:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                child = measure(Path(entry.path), entry.name, depth + 1)
+                if depth < DATADIR_DEPTH:
+                    children.append(child)
+                return size + child.size, files + child.files
+            if entry.is_file(follow_symlinks=False):
+                length = entry.stat(follow_symlinks=False).st_size
+                if depth < DATADIR_DEPTH:
+                    children.append(TreeNode(name=entry.name, size=length, files=1))
+                return size + length, files + 1
+        except OSError:
+            pass
+        return size, files
+
+    tree = measure(root, root.name or str(root), 1)
+    tree.truncated = stopped[0]
+    return tree
 
 
 @API.route(
