@@ -304,7 +304,11 @@ async def test_settings_groups_apply_to_the_running_services_without_a_restart(
             },
         )
         assert status == 400 and "processing" in message_of(body), body
-        await admin.ok("PUT", "/api/admin/settings", 400, json={"general": {}, "colours": {}})
+        refused = await admin.ok(
+            "PUT", "/api/admin/settings", 400, json={"general": {}, "colours": {}}
+        )
+        assert "telemetry" in refused["error"]["message"], refused  # every group is named
+        await admin.ok("PUT", "/api/admin/settings", 400, json={"telemetry": None})
         unchanged = await admin.ok("GET", "/api/admin/settings")
         assert unchanged["general"]["server_name"] == "Media"
         assert (

@@ -37,14 +37,21 @@ def updated_group(current: msgspec.Struct, group: str, changes: object) -> msgsp
 
 
 def apply_sections(
-    current: ServerSettings, sections: dict[str, Any], *, now: float | None = None
+    current: ServerSettings,
+    sections: dict[str, Any],
+    *,
+    now: float | None = None,
+    also: tuple[str, ...] = (),
 ) -> ServerSettings:
     """The record with every named group updated; `BadRequest` (and nothing applied) when one
-    section is unknown or malformed. Sections outside the record (telemetry) are the caller's."""
+    section is unknown or malformed. Sections outside the record (`also`: telemetry) are the
+    caller's, and named among the groups when one is unknown."""
     groups: dict[str, msgspec.Struct] = {}
     for group, changes in sections.items():
+        if group in also:
+            continue
         if group not in GROUPS:
-            known = ", ".join(sorted(GROUPS))
+            known = ", ".join(sorted([*GROUPS, *also]))
             raise BadRequest(f"There is no settings group {group!r}; groups: {known}.")
         groups[group] = updated_group(getattr(current, group), group, changes)
     stamp = time.time() if now is None else now

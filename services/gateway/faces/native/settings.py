@@ -86,7 +86,7 @@ async def update_all_settings(request: web.Request, body: dict[str, Any]) -> web
     """Every group after the change; nothing is changed when one section is refused."""
     gw = gateway(request)
     sections = dict(body)
-    telemetry_changes = _telemetry_changes(sections.pop(TELEMETRY, None))
+    telemetry_changes = _telemetry_changes(sections.pop(TELEMETRY)) if TELEMETRY in sections else {}
     before, after = await _change(gw, sections)
     try:
         telemetry = await _change_telemetry(gw, telemetry_changes)
@@ -111,7 +111,9 @@ def _all(settings: ServerSettings, telemetry: tm.TelemetrySettings) -> AllSettin
 def _telemetry_changes(section: object) -> dict[str, Any]:
     """The telemetry fields a section changes, checked before anything is written."""
     if section is None:
-        return {}
+        raise BadRequest(
+            "`telemetry` must be an object of its settings.", details={"group": TELEMETRY}
+        )
     try:
         update = msgspec.convert(section, TelemetrySettingsUpdate)
     except msgspec.ValidationError as exc:
@@ -140,7 +142,7 @@ async def _change_telemetry(gw: Gateway, changes: dict[str, Any]) -> tm.Telemetr
 
 async def _change(gw: Gateway, sections: dict[str, Any]) -> tuple[ServerSettings, ServerSettings]:
     """Apply the sections to the stored groups (validated whole first, folders included)."""
-    trial = apply_sections(gw.server.current, sections)
+    trial = apply_sections(gw.server.current, sections, also=(TELEMETRY,))
     if "paths" in sections:
         problems = await asyncio.to_thread(path_problems, trial.paths)
         if problems:
