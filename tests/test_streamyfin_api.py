@@ -176,6 +176,9 @@ async def test_errors_carry_the_message_at_the_top_level_and_the_document_is_ser
         assert status == expected, (method, path, status, answer)
         assert answer["message"] == answer["error"]["message"] != "", (method, path, answer)
         assert answer["error"]["status"] == expected
+    # ... and a 405 says which methods the path takes
+    _, _, response = await app.request("PUT", "/optimize-version", json={})
+    assert response.headers.get("Allow") == "POST", dict(response.headers)
     # ... while the native API's errors keep the envelope alone
     status, answer, _ = await app.request("GET", "/api/jobs")
     assert status == 401 and set(answer) == {"error"}, answer

@@ -154,7 +154,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         message = (
             exc.reason if exc.status != 404 else f"No route for {request.method} {request.path}"
         )
-        return error_response(exc.status, code, message, message_beside=beside)
+        # keep what the exception says besides (a 405's Allow: the methods the path takes)
+        kept = {name: exc.headers[name] for name in ("Allow",) if name in exc.headers}
+        return error_response(
+            exc.status, code, message, headers=kept or None, message_beside=beside
+        )
     except Exception:
         log.exception("request.failed", method=request.method, path=request.path)
         return error_response(
