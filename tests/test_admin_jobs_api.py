@@ -97,6 +97,11 @@ async def test_administrators_act_on_any_accounts_jobs(
     assert (await mod.call("POST", "/api/admin/jobs", json={"jobs": jobs}))[0] == 403
     nobody = {"user_id": "nobody", "jobs": jobs}
     assert (await admin.call("POST", "/api/admin/jobs", json=nobody))[0] == 404
+    # A job the account could not submit refuses the whole request, saying which one it was
+    bad = {"user_id": ann_id, "jobs": [{"source": slow}, {"source": "/etc/passwd"}]}
+    status, refused, _ = await admin.call("POST", "/api/admin/jobs", json=bad)
+    assert status == 400 and refused["error"]["details"]["index"] == 1, refused
+    assert refused["error"]["message"].startswith("jobs[1]: "), refused
 
     # Moderators read any job, and the list ignores filters it does not know
     seen = await mod.ok("GET", f"/api/admin/jobs/{done['id']}")

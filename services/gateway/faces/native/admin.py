@@ -29,7 +29,7 @@ from services.gateway.http import json_response
 from services.gateway.identity import Principal
 from services.gateway.state import Gateway, gateway
 from services.gateway.submit import accepted, new_job_id, publish_submission
-from shared.errors import BadRequest, Conflict, NotFound
+from shared.errors import BadRequest, Conflict, NotFound, VidmeshError
 from shared.jobs import state as jobstate
 from shared.messages import commands as cmd
 from shared.messages.records import JobRecord
@@ -208,8 +208,8 @@ async def request_cleanup(gw: Gateway, by: str, request: CleanupRequest) -> Clea
     access=Access.ADMIN,
     tag=TAG,
     status=201,
-    summary="Create jobs for an account; duplicates (the same source and preset as one of its "
-    "unfinished jobs) are skipped",
+    summary="Create jobs for an account; duplicates (the same source, preset and destination as "
+    "one of its unfinished jobs) are skipped",
     body=AdminJobsRequest,
     response=AdminJobsCreated,
     statuses=(404, 409),
@@ -229,8 +229,13 @@ async def create_jobs(request: web.Request, body: AdminJobsRequest) -> web.Respo
                 "with POST /api/webhooks instead.",
                 details={"field": f"jobs[{index}].notify_url"},
             )
-        command, _ = await submission(gw, owner, job_request, job_id=new_job_id())
-        same = (command.source, command.profile)
+        try:
+            command, _ = await submission(gw, owner, job_request, job_id=new_job_id())
+        except VidmeshError as exc:  # say which job of the request it was
+            exc.message = f"jobs[{index}]: {exc.message}"
+            exc.details = {"index": index, **(exc.details if isinstance(exc.details, dict) else {})}
+            raise
+        same = _work_of(command)
         if same in wanted:
             skipped.append(
                 SkippedJob(index=index, source=same[0], preset=same[1], duplicate_of=wanted[same])
@@ -263,10 +268,19 @@ def _owner(gw: Gateway, admin: Principal, user_id: str | None) -> Principal:
     return Principal(user.id, user.username, user.role, "admin")
 
 
-def _unfinished_work(gw: Gateway, owner: str) -> dict[tuple[str, str], str]:
-    """(source, preset) -> job id, for the owner's jobs that have not finished."""
+Work = tuple[str, str, str]
+
+
+def _work_of(job: cmd.SubmitJob | JobRecord) -> Work:
+    """What makes two jobs the same work: the source, the preset and where the output goes."""
+    where = msgspec.json.encode(job.destination).decode() if job.destination else ""
+    return (job.source, job.profile, where)
+
+
+def _unfinished_work(gw: Gateway, owner: str) -> dict[Work, str]:
+    """The work -> job id, for the owner's jobs that have not finished."""
     return {
-        (job.source, job.profile): job.id
+        _work_of(job): job.id
         for job in gw.jobs.values()
         if job.owner == owner and jobstate.is_active(job)
     }
