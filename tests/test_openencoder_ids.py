@@ -44,6 +44,36 @@ def test_bit_rates_in_bounds_are_read() -> None:
     assert spec.audio.bitrate_kbps == 96
 
 
+# OpenEncoder's own presets, as its database ships them: a client copies these.
+OPENENCODER_PRESETS = {
+    "h264_baseline_360p_600": ["-vf scale=-2:360", "-c:v libx264", "-profile:v baseline",
+        "-level:v 3.0", "-x264opts scenecut=0:open_gop=0:min-keyint=72:keyint=72",
+        "-minrate 600k", "-maxrate 600k", "-bufsize 600k", "-b:v 600k", "-y"],
+    "h264_main_1080p_6000": ["-vf scale=-2:1080", "-c:v libx264", "-profile:v main",
+        "-level:v 4.2", "-x264opts scenecut=0:open_gop=0:min-keyint=72:keyint=72",
+        "-minrate 6000k", "-maxrate 6000k", "-bufsize 6000k", "-b:v 6000k", "-y"],
+    "webm_vp9_720p_3000": ["-vf scale=-2:720", "-c:v libvpx-vp9", "-level:v 4.0", "-b:v 3000k",
+        "-pix_fmt yuv420p", "-f webm", "-y"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(OPENENCODER_PRESETS))
+def test_openencoders_own_presets_are_read(name: str) -> None:
+    spec = parse_data(json.dumps({"raw": OPENENCODER_PRESETS[name]}))
+    assert spec.video is not None and spec.video.max_height == int(name.split("_")[2][:-1])
+    if spec.video.codec == "h264":
+        assert spec.video.keyframe_interval == 72 and spec.video.level is not None
+    else:
+        assert spec.container == "webm"
+
+
+@pytest.mark.parametrize("raw", ["-x264opts nal-hrd=cbr", "-x264opts keyint", "-x264opts keyint=0"])
+def test_x264opts_takes_only_its_known_keys_in_bounds(raw: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        parse_data(json.dumps({"raw": [raw]}))
+    assert "-x264opts" in refused.value.message
+
+
 async def test_a_machine_keeps_its_number_and_takes_the_one_its_creation_answered(
     nats_server: NatsServer,
 ) -> None:

@@ -5,6 +5,9 @@ No option reaches ffmpeg: each allowed one sets a field of the spec (whose value
 bounded numbers), or is checked and left to the fleet (`-minrate`, `-keyint_min`, `-movflags`,
 `-pix_fmt yuv420p`: what the fleet does anyway), or is refused with a 400 that names it.
 `-b:v` caps the rate like `-maxrate` (the fleet encodes at a quality, CRF, within the cap).
+OpenEncoder's own presets read as they are: their `-x264opts scenecut=0:open_gop=0:min-keyint=72:
+keyint=72` sets the keyframe interval (the other keys are checked and left to the fleet), and a
+VP9 preset's `-level:v` (a VP9 level) is checked and dropped with VP9 itself.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class _Reading:
     audio: dict[str, Any] = field(default_factory=dict)
     no_audio: bool = False
     vp9: bool = False  # asked for VP9: webm unless a format is given
+    # -x264opts keyint=..., used when -g does not say
+    keyint: int | None = None
 
 
 def _refuse(option: str, why: str) -> BadRequest:
@@ -130,6 +135,30 @@ def _level(r: _Reading, option: str, value: str) -> None:
     r.video["level"] = _one_of(option, level, _LEVELS)
 
 
+# -x264opts keys: each value's bounds; `keyint` sets the keyframe interval, the rest are checked
+# and left to the fleet (it places keyframes itself, on closed GOPs).
+_X264_KEYS = {
+    "keyint": (1, 1000),
+    "min-keyint": (1, 1000),
+    "scenecut": (0, 100),
+    "open_gop": (0, 1),
+    "bframes": (0, 16),
+    "ref": (1, 16),
+}
+
+
+def _x264opts(r: _Reading, option: str, value: str) -> None:
+    for pair in value.split(":"):
+        key, equals, number = pair.partition("=")
+        if key not in _X264_KEYS or not equals:
+            known = ", ".join(f"{k}=N" for k in sorted(_X264_KEYS))
+            raise _refuse(f"{option} {pair}", f"the allowed keys are {known}.")
+        low, high = _X264_KEYS[key]
+        count = _count(f"{option} {key}", number, low, high)
+        if key == "keyint":
+            r.keyint = count
+
+
 _WITH_VALUE: dict[str, Callable[[_Reading, str, str], None]] = {
     "-vf": _scale,
     "-filter:v": _scale,
@@ -145,6 +174,8 @@ _WITH_VALUE: dict[str, Callable[[_Reading, str, str], None]] = {
     "-level": _level,
     "-level:v": _level,
     "-g": lambda r, o, v: r.video.__setitem__("keyframe_interval", _count(o, v, 1, 1000)),
+    "-x264opts": _x264opts,
+    "-x264-params": _x264opts,
     "-keyint_min": _checked(lambda o, v: _count(o, v, 1, 1000)),
     "-pix_fmt": _checked(lambda o, v: _one_of(o, v, {"yuv420p"})),
     "-r": lambda r, o, v: r.video.__setitem__("max_fps", float(_count(o, v, 1, 240))),
@@ -194,6 +225,10 @@ def parse_data(data: str) -> PresetSpec:
 
 
 def _spec(r: _Reading) -> PresetSpec:
+    if r.keyint is not None:
+        r.video.setdefault("keyframe_interval", r.keyint)
+    if r.vp9:
+        r.video.pop("level", None)  # a VP9 level says nothing of the AV1 encoded instead
     container = r.container or ("webm" if r.vp9 else "mp4")
     default_audio = "opus" if container == "webm" else "aac"
     shape: dict[str, Any] = {
