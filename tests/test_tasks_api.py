@@ -85,6 +85,10 @@ async def walk(
     queued = await ann.ok(
         "POST", "/api/jobs", 201, json={"source": jellyfin.stream_url("hevc", ALICE)}
     )
+    # A job's task is there as soon as the job is: read at once, not only once the history
+    # has folded the job's events in
+    first_look = await admin.ok("GET", f"{TASKS}/transcode.{queued['id']}")
+    assert first_look["status"] == "pending" and first_look["subject"] == queued["id"]
 
     # Then each shows up as a task, with its status in the media server's words
     transcode = {job["id"]: f"transcode.{job['id']}" for job in (failing, running, queued)}

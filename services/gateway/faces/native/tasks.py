@@ -81,9 +81,26 @@ async def _task(gw: Gateway, task_id: str) -> tuple[TaskRecord, float | None]:
     if th.parse_task_id(task_id) is None or not valid_key(th.key_of(task_id)):
         raise NotFound(f"No task {task_id!r}: task ids look like `transcode.<job id>`.")
     found = await (await _history(gw)).get(th.key_of(task_id))
-    if found is None:
+    if found is not None:
+        return _live(gw, found.value)
+    # The history is folded from the events a moment after a job is stored: a job that exists
+    # has its task already, as the job shows it
+    parsed = th.parse_task_id(task_id)
+    job = await gw.job(parsed[1]) if parsed and parsed[0] is TaskType.TRANSCODE else None
+    status = th.job_task_status(job.status) if job is not None else None
+    if job is None or status is None:
         raise NotFound(f"No task {task_id!r}.")
-    return _live(gw, found.value)
+    first = TaskRecord(
+        id=task_id,
+        type=TaskType.TRANSCODE,
+        subject=job.id,
+        status=status,
+        owner=job.owner,
+        title=f"{job.profile} ({job.container})",
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+    )
+    return _live(gw, first)
 
 
 # ---- acting on the work ----------------------------------------------------------------------
