@@ -294,7 +294,7 @@ async def test_sources_and_destinations_need_the_callers_own_storage(
         {"source": "http://example.com/a.mp4", "dest": "s3:///out/"},
     ):
         status, error, _ = await ben.call("POST", "/api/jobs", json=body)
-        assert status == 400 and "POST /user/" in error["error"]["message"], body
+        assert status == 400 and "POST /api/user/" in error["error"]["message"], body
 
 
 async def test_azure_blob_storage_as_a_destination(

@@ -96,7 +96,7 @@ def _policy(allow: str, jellyfin_url: str) -> OutboundPolicy:
 async def _configured(gw: Gateway, who: Principal, slot: str, *, for_what: str) -> UserStore:
     found = await gw.userstores.get(record_key(who.user_id, slot))
     if found is None:
-        raise BadRequest(f"Configure your {slot} storage (POST /user/{slot}) to {for_what}.")
+        raise BadRequest(f"Configure your {slot} storage (POST /api/user/{slot}) to {for_what}.")
     return found.value
 
 

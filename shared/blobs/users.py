@@ -203,7 +203,7 @@ class Stores:
         found = await self.records.get(record_key(owner, slot))
         if found is None:
             raise BadRequest(
-                f"Configure your {slot} storage (POST /user/{slot}) to read {slot} sources."
+                f"Configure your {slot} storage (POST /api/user/{slot}) to read {slot} sources."
             )
         config = self.sealer.unseal(found.value.sealed, record_key(owner, slot))
         return await self._open_user(msgspec.structs.replace(config, bucket=bucket, prefix=""))

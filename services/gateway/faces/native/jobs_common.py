@@ -38,7 +38,7 @@ from shared.webhooks.subscriptions import job_subscription_id
 
 class Destination(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Where the output goes: the name it is downloaded under, and optionally one of the
-    caller's own storages (configured with POST /user/<store>) and a prefix in it."""
+    caller's own storages (configured with POST /api/user/<store>) and a prefix in it."""
 
     filename: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     store: Literal["s3", "gcs", "blob", "oss"] | None = None
