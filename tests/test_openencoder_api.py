@@ -197,6 +197,8 @@ async def test_errors_read_as_openencoder_errors(encoder: Encoder) -> None:
             called = re.sub(r"\{[a-z_]+\}", "1", path)
             await encoder.refused(400 if path in PUBLIC else 401, method.upper(), called)
     await encoder.refused(405, "PATCH", "/api/jobs")
+    async with encoder.http.patch(encoder.url + "/api/jobs") as response:  # ... saying what to use
+        assert set(response.headers.get("Allow", "").split(",")) >= {"GET", "POST"}, response
     token = await _user(encoder, "errors")
     status, body = await encoder.send("POST", "/api/presets", token, b"{" + b" " * 300_000 + b"}")
     assert status == 413 and set(body) == {"status", "message"} and body["status"] == 413, body

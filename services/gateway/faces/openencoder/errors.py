@@ -10,7 +10,7 @@ from aiohttp.typedefs import Handler
 
 from services.gateway.http import json_response
 
-_KEPT_HEADERS = ("Retry-After",)
+_KEPT_HEADERS = ("Retry-After", "Allow")
 
 
 class OpenEncoderError(msgspec.Struct, kw_only=True):
