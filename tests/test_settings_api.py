@@ -93,8 +93,10 @@ def test_a_partial_change_keeps_the_other_fields_and_null_gives_back_the_environ
     )
     assert second.processing.dispatch_concurrency == 3
     assert second.processing.retry_attempts is None
-    # a switch's reason stays until it is changed
+    # a switch's reason stays until it is changed; null puts it back to none
     assert second.killswitches.native == Killswitch(engaged=False, reason="upgrade")
+    third = apply_sections(second, {"killswitches": {"native": {"reason": None}}})
+    assert third.killswitches.native == Killswitch()
 
 
 @pytest.mark.parametrize(

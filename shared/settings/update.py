@@ -15,12 +15,16 @@ from shared.settings.groups import GROUPS, PathsSettings, ServerSettings
 
 
 def merged(current: Any, changes: Any) -> Any:
-    """`changes` laid over `current` (both plain JSON values): objects merge key by key, any
-    other value (a list, a string, null) replaces what was there."""
+    """`changes` laid over `current` (both plain JSON values): objects merge key by key, null
+    puts a key back to its default (the environment's value; a switch's reason: none), any other
+    value (a list, a string) replaces what was there."""
     if isinstance(current, dict) and isinstance(changes, dict):
         out = dict(current)
         for key, value in changes.items():
-            out[key] = merged(current.get(key), value)
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = merged(current.get(key), value)
         return out
     return changes
 
