@@ -90,6 +90,9 @@ class PresetRecord(msgspec.Struct, frozen=True, kw_only=True):
     spec: PresetSpec
     created_at: Timestamp
     updated_at: Timestamp
+    # The options as an OpenEncoder client sent them (its `data`), echoed back to it; the fleet
+    # reads only `spec`, the allow-listed reading of them. Empty for native presets.
+    data: str = ""
 
 
 class Batch(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,7 +5,6 @@ counter and are stored as native presets (same store, same spec)."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated
 
@@ -24,27 +23,30 @@ from shared.errors import Conflict, Forbidden, NotFound
 from shared.media import BUILTIN_PRESETS, PresetSpec
 from shared.messages.accounts import PresetRecord
 
-# OpenEncoder's built-in presets, with its names and parameters (ids 1-5, in this order).
+# OpenEncoder's built-in presets, with its names and parameters (ids 1-5, in this order): the
+# data its own database ships, read like any client's.
 _BUILTIN_OPTIONS = {
     "h264_baseline_360p_600": ["-vf scale=-2:360", "-c:v libx264", "-profile:v baseline",
-                               "-level 3.0", "-g 72", "-b:v 600k", "-maxrate 600k",
-                               "-bufsize 600k", "-c:a aac", "-b:a 96k", "-f mp4"],
+        "-level:v 3.0", "-x264opts scenecut=0:open_gop=0:min-keyint=72:keyint=72",
+        "-minrate 600k", "-maxrate 600k", "-bufsize 600k", "-b:v 600k", "-y"],
     "h264_main_480p_1000": ["-vf scale=-2:480", "-c:v libx264", "-profile:v main",
-                            "-level 3.1", "-g 72", "-b:v 1000k", "-maxrate 1000k",
-                            "-bufsize 1000k", "-c:a aac", "-b:a 128k", "-f mp4"],
+        "-level:v 3.1", "-x264opts scenecut=0:open_gop=0:min-keyint=72:keyint=72",
+        "-minrate 1000k", "-maxrate 1000k", "-bufsize 1000k", "-b:v 1000k", "-y"],
     "h264_main_720p_3000": ["-vf scale=-2:720", "-c:v libx264", "-profile:v main",
-                            "-level 4.0", "-g 72", "-b:v 3000k", "-maxrate 3000k",
-                            "-bufsize 3000k", "-c:a aac", "-b:a 128k", "-f mp4"],
+        "-level:v 4.0", "-x264opts scenecut=0:open_gop=0:min-keyint=72:keyint=72",
+        "-minrate 3000k", "-maxrate 3000k", "-bufsize 3000k", "-b:v 3000k", "-y"],
     "h264_main_1080p_6000": ["-vf scale=-2:1080", "-c:v libx264", "-profile:v main",
-                             "-level 4.2", "-g 72", "-b:v 6000k", "-maxrate 6000k",
-                             "-bufsize 6000k", "-c:a aac", "-b:a 192k", "-f mp4"],
-    "webm_vp9_720p_3000": ["-vf scale=-2:720", "-c:v libvpx-vp9", "-g 72", "-b:v 3000k",
-                           "-maxrate 3000k", "-bufsize 6000k", "-c:a libopus", "-b:a 128k",
-                           "-f webm"],
+        "-level:v 4.2", "-x264opts scenecut=0:open_gop=0:min-keyint=72:keyint=72",
+        "-minrate 6000k", "-maxrate 6000k", "-bufsize 6000k", "-b:v 6000k", "-y"],
+    "webm_vp9_720p_3000": ["-vf scale=-2:720", "-c:v libvpx-vp9", "-level:v 4.0", "-b:v 3000k",
+        "-pix_fmt yuv420p", "-f webm", "-y"],
 }  # fmt: skip
+_BUILTIN_DATA = {
+    name: msgspec.json.encode({"raw": raw}).decode() for name, raw in _BUILTIN_OPTIONS.items()
+}
 BUILTINS: dict[str, tuple[int, PresetSpec]] = {
-    name: (number, parse_data(json.dumps({"raw": raw})))
-    for number, (name, raw) in enumerate(_BUILTIN_OPTIONS.items(), start=1)
+    name: (number, parse_data(_BUILTIN_DATA[name]))
+    for number, name in enumerate(_BUILTIN_OPTIONS, start=1)
 }
 
 PresetName = Annotated[
@@ -116,18 +118,22 @@ class PresetAnswer(msgspec.Struct, kw_only=True):
     status: int
 
 
-def _item(number: int, name: str, description: str, spec: PresetSpec, active: bool) -> PresetItem:
-    return PresetItem(
-        id=number, name=name, description=description, data=render_data(spec), active=active
-    )
+def _item(number: int, name: str, description: str, data: str, active: bool) -> PresetItem:
+    return PresetItem(id=number, name=name, description=description, data=data, active=active)
+
+
+def _builtin_item(name: str) -> PresetItem:
+    return _item(BUILTINS[name][0], name, name, _BUILTIN_DATA[name], True)
 
 
 def _record_item(record: PresetRecord) -> PresetItem:
-    return _item(int(record.id), record.name, record.description, record.spec, record.active)
+    """A preset as its creator sent it (`data` as sent; one made elsewhere: its spec's options)."""
+    data = record.data or render_data(record.spec)
+    return _item(int(record.id), record.name, record.description, data, record.active)
 
 
 def _all(gw: Gateway, who: Principal) -> list[PresetItem]:
-    builtins = [_item(n, name, name, spec, True) for name, (n, spec) in BUILTINS.items()]
+    builtins = [_builtin_item(name) for name in BUILTINS]
     own = [_record_item(r) for r in own_presets(gw, who.user_id) if parse_id(r.id) is not None]
     return sorted(builtins + own, key=lambda item: item.id, reverse=True)
 
@@ -183,6 +189,7 @@ async def create_encode_preset(request: web.Request, body: PresetRequest) -> web
         spec=spec,
         created_at=now,
         updated_at=now,
+        data=body.data,
     )
     await gw.presets.create(record.id, record)
     return json_response(_record_item(record))
@@ -215,8 +222,7 @@ async def get_encode_preset(request: web.Request) -> web.Response:
     for name, (number, spec) in BUILTINS.items():
         if parse_id(raw_id) == number:
             detail = PresetDetail(
-                **msgspec.structs.asdict(_item(number, name, name, spec, True)),
-                output=output_name(name, spec),
+                **msgspec.structs.asdict(_builtin_item(name)), output=output_name(name, spec)
             )
             return json_response(PresetAnswer(preset=detail, status=200))
     record = _own(gw, who, raw_id)
@@ -238,6 +244,7 @@ async def _update(request: web.Request, body: PresetChange) -> web.Response:
         description=body.description if body.description is not None else record.description,
         active=body.active if body.active is not None else record.active,
         spec=parse_data(body.data) if body.data is not None else record.spec,
+        data=body.data if body.data is not None else record.data,
         updated_at=time.time(),
     )
     versioned = gw.presets.versioned(record.id)
