@@ -2,13 +2,17 @@
 
 Reads are answered from memory, so a request never scans KV. After a reconnect the watch is
 restarted and the copy re-synchronised, dropping keys deleted in the meantime.
+
+Named secondary indexes (a key function: record -> the index keys it files under) are kept exact
+on every change, whichever way it arrives (the watch, read-your-writes `apply()`, a resync), so a
+read can take the records under one key and cost what it returns, never a walk over every record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
 
 import msgspec
@@ -23,16 +27,29 @@ T = TypeVar("T", bound=msgspec.Struct)
 
 log = structlog.get_logger("vidmesh.projection")
 
+# An index's key function: the keys a record is filed under (none: not in that index).
+KeyFn = Callable[[T], Iterable[Hashable]]
+
 
 class Projection(Generic[T]):
     """Records of one bucket by key, with their revisions; call `start()` before reading."""
 
-    def __init__(self, store: TypedKV[T], name: str, *, nc: NATS | None = None) -> None:
+    def __init__(
+        self,
+        store: TypedKV[T],
+        name: str,
+        *,
+        nc: NATS | None = None,
+        indexes: Mapping[str, KeyFn[T]] | None = None,
+    ) -> None:
         self.store = store
         self.name = name
         self.nc = nc
         self.ready = asyncio.Event()
         self._records: dict[str, Versioned[T]] = {}
+        self._key_fns: dict[str, KeyFn[T]] = dict(indexes or {})
+        # index name -> index key -> the record keys filed under it
+        self._indexes: dict[str, dict[Hashable, set[str]]] = {name: {} for name in self._key_fns}
         self._listeners: list[Callable[[str, T | None, T | None], None]] = []
         self._waiters: dict[str, list[tuple[Callable[[T | None], bool], asyncio.Future[None]]]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -57,6 +74,37 @@ class Projection(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._records)
+
+    # ---- indexed reading ---------------------------------------------------------------
+    def find(self, index: str, key: Hashable) -> list[T]:
+        """The records filed under `key` in `index` (in no particular order: sort the answer)."""
+        ids = self._indexes[index].get(key)
+        if not ids:
+            return []
+        records = self._records
+        return [records[record_key].value for record_key in ids]
+
+    def find_any(self, index: str, keys: Iterable[Hashable]) -> list[T]:
+        """The records filed under any of `keys` in `index` (each once)."""
+        found: dict[str, T] = {}
+        bucket = self._indexes[index]
+        records = self._records
+        for key in keys:
+            for record_key in bucket.get(key, ()):
+                found[record_key] = records[record_key].value
+        return list(found.values())
+
+    def keys_of(self, index: str, key: Hashable) -> Collection[str]:
+        """The record keys filed under `key` in `index` (a copy)."""
+        return frozenset(self._indexes[index].get(key, ()))
+
+    def count(self, index: str, key: Hashable) -> int:
+        """How many records are filed under `key` in `index`."""
+        return len(self._indexes[index].get(key, ()))
+
+    def counts(self, index: str) -> dict[Hashable, int]:
+        """Index key -> how many records are filed under it (keys with none left out)."""
+        return {key: len(ids) for key, ids in self._indexes[index].items()}
 
     def listen(self, fn: Callable[[str, T | None, T | None], None]) -> None:
         """Call `fn(key, old, new)` on every change (new is None when the key was deleted)."""
@@ -108,7 +156,25 @@ class Projection(Generic[T]):
             del self._records[key]
         else:
             self._records[key] = Versioned(value, revision)
+        self._reindex(key, old, value)
         self._notify(key, old, value)
+
+    def _reindex(self, key: str, old: T | None, new: T | None) -> None:
+        """File `key` under the new record's index keys and take it out of the old one's."""
+        for name, key_fn in self._key_fns.items():
+            before = tuple(key_fn(old)) if old is not None else ()
+            after = tuple(key_fn(new)) if new is not None else ()
+            if before == after:
+                continue
+            index = self._indexes[name]
+            for gone in set(before).difference(after):
+                ids = index.get(gone)
+                if ids is not None:
+                    ids.discard(key)
+                    if not ids:
+                        del index[gone]
+            for added in set(after).difference(before):
+                index.setdefault(added, set()).add(key)
 
     def _notify(self, key: str, old: T | None, new: T | None) -> None:
         for fn in self._listeners:
@@ -178,6 +244,7 @@ class Projection(Generic[T]):
                         initial = False
                         for gone in set(self._records) - seen:
                             old = self._records.pop(gone).value
+                            self._reindex(gone, old, None)
                             self._notify(gone, old, None)
                         self.ready.set()
                     continue
@@ -204,4 +271,5 @@ class Projection(Generic[T]):
         if known is None or known.revision > revision:
             return
         del self._records[key]
+        self._reindex(key, known.value, None)
         self._notify(key, known.value, None)
