@@ -205,3 +205,33 @@ async def test_the_watch_and_read_your_writes_build_the_same_indexes(
     finally:
         await js.delete_key_value(bucket)
         await nc.close()
+
+
+def test_what_is_derived_from_a_job_is_made_again_once_it_changes_and_forgotten_when_it_goes() -> (
+    None
+):
+    jobs = detached()
+    jobs.apply("j1", job("j1"), 1)
+    made: list[str] = []
+
+    def render(record: JobRecord) -> str:
+        made.append(record.status.value)
+        return f"{record.id}:{record.status.value}"
+
+    held = jobs.get("j1")
+    assert held is not None
+    assert jobs.derived("j1", held, "render", render) == "j1:queued"
+    assert jobs.derived("j1", held, "render", render) == "j1:queued"
+    assert made == ["queued"]  # once per stored version
+
+    jobs.apply("j1", changed(held, status=JobStatus.COMPLETED), 2)
+    now = jobs.get("j1")
+    assert now is not None
+    assert jobs.derived("j1", now, "render", render) == "j1:completed"
+    # a record that is not the one held (an older copy) is derived for itself, never mixed up
+    assert jobs.derived("j1", held, "render", render) == "j1:queued"
+    assert jobs.derived("j1", now, "render", render) == "j1:completed"
+    assert made == ["queued", "completed", "queued"]
+
+    jobs.apply("j1", None, 3)
+    assert jobs._derived["render"] == {}  # nothing kept for a job that is gone

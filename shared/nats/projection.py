@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import msgspec
 import structlog
@@ -24,6 +24,7 @@ from shared.nats.kv import TypedKV, Versioned
 from shared.tasks import stop_tasks
 
 T = TypeVar("T", bound=msgspec.Struct)
+R = TypeVar("R")
 
 log = structlog.get_logger("vidmesh.projection")
 
@@ -50,6 +51,8 @@ class Projection(Generic[T]):
         self._key_fns: dict[str, KeyFn[T]] = dict(indexes or {})
         # index name -> index key -> the record keys filed under it
         self._indexes: dict[str, dict[Hashable, set[str]]] = {name: {} for name in self._key_fns}
+        # derivation name -> record key -> (the record it was derived from, what was derived)
+        self._derived: dict[str, dict[str, tuple[T, object]]] = {}
         self._listeners: list[Callable[[str, T | None, T | None], None]] = []
         self._waiters: dict[str, list[tuple[Callable[[T | None], bool], asyncio.Future[None]]]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -106,6 +109,19 @@ class Projection(Generic[T]):
         """Index key -> how many records are filed under it (keys with none left out)."""
         return {key: len(ids) for key, ids in self._indexes[index].items()}
 
+    def derived(self, key: str, record: T, name: str, make: Callable[[T], R]) -> R:
+        """`make(record)`, computed once per stored version of the record at `key` and kept
+        until the record changes or goes: for what every read derives again (a rendering)."""
+        memo = self._derived.setdefault(name, {})
+        found = memo.get(key)
+        if found is not None and found[0] is record:
+            return cast(R, found[1])
+        value = make(record)
+        held = self._records.get(key)
+        if held is not None and held.value is record:  # what is held here is forgotten in time
+            memo[key] = (record, value)
+        return value
+
     def listen(self, fn: Callable[[str, T | None, T | None], None]) -> None:
         """Call `fn(key, old, new)` on every change (new is None when the key was deleted)."""
         self._listeners.append(fn)
@@ -160,7 +176,10 @@ class Projection(Generic[T]):
         self._notify(key, old, value)
 
     def _reindex(self, key: str, old: T | None, new: T | None) -> None:
-        """File `key` under the new record's index keys and take it out of the old one's."""
+        """File `key` under the new record's index keys and take it out of the old one's, and
+        forget what was derived from the old one."""
+        for memo in self._derived.values():
+            memo.pop(key, None)
         for name, key_fn in self._key_fns.items():
             before = tuple(key_fn(old)) if old is not None else ()
             after = tuple(key_fn(new)) if new is not None else ()

@@ -51,6 +51,7 @@ STATUS_WORDS: dict[JobStatus, str] = {
 HIDDEN_FROM_DEVICE = frozenset({JobStatus.CANCELLED, JobStatus.REMOVED})
 SHOWN_TO_DEVICE = tuple(status for status in JobStatus if status not in HIDDEN_FROM_DEVICE)
 PROFILE = "optimized"
+_JSON = msgspec.json.Encoder()
 # The face's 503 when a job cannot be handed on (NATS unreachable).
 NOT_STORED = "The job could not be stored: NATS is not reachable right now."
 
@@ -237,7 +238,19 @@ async def all_jobs(request: web.Request) -> web.Response:
     device = request.query.get("deviceId")
     jobs = _listed(gw, user, device)
     jobs.sort(key=lambda job: (job.created_at, job.id))
-    return json_response([to_streamyfin(gw, job, user) for job in jobs])
+    body = b"[" + b",".join(_rendered(gw, job, user) for job in jobs) + b"]"
+    return web.Response(body=body, content_type="application/json")
+
+
+def _rendered(gw: Gateway, job: JobRecord, viewer: JellyfinUser) -> bytes:
+    """The job as `/all-jobs` lists it, JSON-encoded; rendered once per stored version of a job
+    that is not running (a running job's progress moves between versions)."""
+    if job.status is JobStatus.RUNNING:
+        return _JSON.encode(to_streamyfin(gw, job, viewer))
+    view = "owner" if viewer.id == job.owner else "other"  # only the owner sees credentials
+    return gw.jobs.derived(
+        job.id, job, f"streamyfin.{view}", lambda j: _JSON.encode(to_streamyfin(gw, j, viewer))
+    )
 
 
 def _listed(gw: Gateway, user: JellyfinUser, device: str | None) -> list[JobRecord]:
