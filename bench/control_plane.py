@@ -281,6 +281,8 @@ async def phase(
     cpu_before = process_cpu_seconds(up.pid)
     submitted = await submit(up.url, silent_port, devices, JOBS_PER_DEVICE, args.submitters)
     cpu_submitting = cpu_spent(cpu_before, process_cpu_seconds(up.pid))
+    held = len(held_devices) * JOBS_PER_DEVICE
+    print(f"{held:,} jobs held ({submitted.rps:.1f} submissions/s)", flush=True)
     found = await answers(up.url, held_devices, JOBS_PER_DEVICE)
     names = sorted(found)
     await poll(up.url, names, 1.0, args.pollers)  # warm-up (token cache, connections)

@@ -235,3 +235,43 @@ def test_what_is_derived_from_a_job_is_made_again_once_it_changes_and_forgotten_
 
     jobs.apply("j1", None, 3)
     assert jobs._derived["render"] == {}  # nothing kept for a job that is gone
+
+
+def test_an_answer_kept_for_index_keys_is_made_again_when_any_job_under_them_moves() -> None:
+    jobs = detached()
+    jobs.apply("j1", job("j1", device_id="phone"), 1)
+    jobs.apply("j2", job("j2", device_id="tablet"), 1)
+    keys = (("phone", JobStatus.QUEUED), ("phone", JobStatus.COMPLETED))
+    made: list[list[str]] = []
+
+    def answer() -> tuple[list[str], bool]:
+        found = sorted(record.id for record in jobs.find_any(BY_DEVICE, keys))
+        made.append(found)
+        return found, True
+
+    assert jobs.derived_under(BY_DEVICE, keys, "list", answer) == ["j1"]
+    assert jobs.derived_under(BY_DEVICE, keys, "list", answer) == ["j1"]
+    assert len(made) == 1  # kept
+
+    # another device's job changing leaves it kept
+    jobs.apply("j2", job("j2", device_id="tablet", status=JobStatus.COMPLETED), 2)
+    assert jobs.derived_under(BY_DEVICE, keys, "list", answer) == ["j1"] and len(made) == 1
+
+    # a job coming under one of the keys, one changing under them, one leaving: made again
+    jobs.apply("j2", job("j2", device_id="phone", status=JobStatus.COMPLETED), 3)
+    assert jobs.derived_under(BY_DEVICE, keys, "list", answer) == ["j1", "j2"]
+    jobs.apply("j1", job("j1", device_id="phone", owner="bob"), 2)  # same keys, other owner
+    jobs.derived_under(BY_DEVICE, keys, "list", answer)
+    assert len(made) == 3
+    jobs.apply("j1", None, 3)
+    assert jobs.derived_under(BY_DEVICE, keys, "list", answer) == ["j2"]
+    assert len(made) == 4
+
+    # an answer its maker says not to keep is made every time
+    def moving() -> tuple[str, bool]:
+        made.append([])
+        return "running", False
+
+    jobs.derived_under(BY_DEVICE, keys, "moving", moving)
+    jobs.derived_under(BY_DEVICE, keys, "moving", moving)
+    assert len(made) == 6

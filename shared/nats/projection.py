@@ -28,6 +28,9 @@ R = TypeVar("R")
 
 log = structlog.get_logger("vidmesh.projection")
 
+# Answers derived from the records under index keys that are kept at most (then all forgotten).
+MAX_DERIVED_UNDER = 4096
+
 # An index's key function: the keys a record is filed under (none: not in that index).
 KeyFn = Callable[[T], Iterable[Hashable]]
 
@@ -53,6 +56,12 @@ class Projection(Generic[T]):
         self._indexes: dict[str, dict[Hashable, set[str]]] = {name: {} for name in self._key_fns}
         # derivation name -> record key -> (the record it was derived from, what was derived)
         self._derived: dict[str, dict[str, tuple[T, object]]] = {}
+        # what was derived from the records under some index keys, and, by (index, index key),
+        # which of those to forget when a record under that key changes
+        self._derived_under: dict[tuple[str, tuple[Hashable, ...], str], object] = {}
+        self._derived_by_key: dict[
+            tuple[str, Hashable], set[tuple[str, tuple[Hashable, ...], str]]
+        ] = {}
         self._listeners: list[Callable[[str, T | None, T | None], None]] = []
         self._waiters: dict[str, list[tuple[Callable[[T | None], bool], asyncio.Future[None]]]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -147,6 +156,30 @@ class Projection(Generic[T]):
             if not waiters:
                 self._waiters.pop(key, None)
 
+    def derived_under(
+        self,
+        index: str,
+        keys: tuple[Hashable, ...],
+        name: str,
+        make: Callable[[], tuple[R, bool]],
+    ) -> R:
+        """What `make()` derives from the records filed under `keys` in `index` (an answer
+        rendered whole), kept until a record filed under one of them changes, comes or goes;
+        `make` returns the value and whether it may be kept (not when it also depends on
+        something else that moves). At most MAX_DERIVED_UNDER are kept."""
+        memo_key = (index, keys, name)
+        if memo_key in self._derived_under:
+            return cast(R, self._derived_under[memo_key])
+        value, keep = make()
+        if keep:
+            if len(self._derived_under) >= MAX_DERIVED_UNDER:
+                self._derived_under.clear()
+                self._derived_by_key.clear()
+            self._derived_under[memo_key] = value
+            for index_key in keys:
+                self._derived_by_key.setdefault((index, index_key), set()).add(memo_key)
+        return value
+
     # ---- writing (from the watch, or read-your-writes after our own update) ------------------
     async def create(self, key: str, value: T) -> int:
         """Store a new record (raises `Stale` if the key exists) and see it here at once."""
@@ -177,12 +210,16 @@ class Projection(Generic[T]):
 
     def _reindex(self, key: str, old: T | None, new: T | None) -> None:
         """File `key` under the new record's index keys and take it out of the old one's, and
-        forget what was derived from the old one."""
+        forget what was derived from the old one, or from the records under its keys."""
         for memo in self._derived.values():
             memo.pop(key, None)
         for name, key_fn in self._key_fns.items():
             before = tuple(key_fn(old)) if old is not None else ()
             after = tuple(key_fn(new)) if new is not None else ()
+            if self._derived_by_key:
+                for index_key in (*before, *after):
+                    for memo_key in self._derived_by_key.pop((name, index_key), ()):
+                        self._derived_under.pop(memo_key, None)
             if before == after:
                 continue
             index = self._indexes[name]

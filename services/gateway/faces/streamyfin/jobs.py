@@ -236,10 +236,23 @@ async def job_status(request: web.Request) -> web.Response:
 async def all_jobs(request: web.Request) -> web.Response:
     gw, user = await _caller(request)
     device = request.query.get("deviceId")
+    if device:  # polled every 2 s by every device: its answer is kept until one of its jobs moves
+        keys = tuple((device, status) for status in SHOWN_TO_DEVICE)
+        viewer = f"streamyfin.all-jobs:{user.id}:{user.is_admin}"
+        body = gw.jobs.derived_under(BY_DEVICE, keys, viewer, lambda: _answer(gw, user, device))
+    else:
+        body, _ = _answer(gw, user, device)
+    return web.Response(body=body, content_type="application/json")
+
+
+def _answer(gw: Gateway, user: JellyfinUser, device: str | None) -> tuple[bytes, bool]:
+    """`/all-jobs` as JSON, oldest first, and whether it may be kept: not while a job in it
+    runs (its progress moves without a change to the job), nor when it is empty (any device id
+    can be asked for)."""
     jobs = _listed(gw, user, device)
     jobs.sort(key=lambda job: (job.created_at, job.id))
     body = b"[" + b",".join(_rendered(gw, job, user) for job in jobs) + b"]"
-    return web.Response(body=body, content_type="application/json")
+    return body, bool(jobs) and all(job.status is not JobStatus.RUNNING for job in jobs)
 
 
 def _rendered(gw: Gateway, job: JobRecord, viewer: JellyfinUser) -> bytes:
