@@ -30,11 +30,11 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from aiohttp import web
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._all_jobs_stub import stub  # noqa: E402
 from bench._system import (  # noqa: E402
     BenchError,
     cpu_spent,
@@ -224,51 +224,6 @@ async def poll(base: str, devices: list[str], seconds: float, concurrency: int) 
         return timed(latencies, time.perf_counter() - started, load_then)
 
 
-# ---- the stub: the same route, the same answers, from a dict, in its own process --------------
-def run_stub(answers_file: str) -> None:
-    """The child: serve `GET /all-jobs?deviceId=` from a dict of each device's jobs, print its
-    port, and run until killed."""
-    held: dict[str, list[Any]] = json.loads(Path(answers_file).read_text())
-
-    async def all_jobs(request: web.Request) -> web.Response:
-        if not request.headers.get("Authorization"):
-            return web.json_response({"error": "unauthorized"}, status=401)
-        jobs = held.get(request.query.get("deviceId", ""), [])
-        return web.Response(body=msgspec.json.encode(jobs), content_type="application/json")
-
-    async def serve() -> None:
-        app = web.Application()
-        app.router.add_get("/all-jobs", all_jobs)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        print(port, flush=True)
-        await asyncio.Event().wait()
-
-    asyncio.run(serve())
-
-
-@contextlib.asynccontextmanager
-async def stub(found: dict[str, bytes], run_dir: Path) -> Any:
-    path = run_dir / f"stub-{len(found)}.json"
-    path.write_text(json.dumps({device: json.loads(body) for device, body in found.items()}))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--stub", str(path), stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), 60)
-        if not line.strip().isdigit():
-            raise BenchError(f"the stub did not start: {line!r}")
-        yield f"http://127.0.0.1:{int(line)}"
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
 # ---- one phase: jobs held -> submissions, answers, /all-jobs against the stub -------------------
 async def phase(
     args: argparse.Namespace,
@@ -445,6 +400,11 @@ def report(results: dict[str, Any]) -> None:
         f"\n/all-jobs at {large['jobs_held']:,} / at {small['jobs_held']:,} jobs: "
         f"{scale:.3f}   {verdict(scale, SCALE_GOAL)}"
     )
+    stub_scale = median_run(large["stub"]).rps / median_run(small["stub"]).rps
+    print(
+        f"  the stub's own: {stub_scale:.3f}; vidmesh's over the stub's (the machine's pace at "
+        f"each size taken out): {scale / stub_scale:.3f}"
+    )
     print("\nRSS (MiB)      " + "".join(f"{name:>12}" for name in SERVICES))
     rss = results["rss_mib"]
     for held, values in rss.items():
@@ -462,6 +422,7 @@ def report(results: dict[str, Any]) -> None:
     )
     results["ratios"] = {
         "all_jobs_large_over_small": scale,
+        "stub_large_over_small": stub_scale,
         "per_job_bytes": per_job,
         **{
             f"all_jobs_over_stub_{held['jobs_held']}": median_run(held["vidmesh"]).rps
@@ -491,9 +452,6 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--stub":
-        run_stub(sys.argv[2])
-        sys.exit(0)
     try:
         asyncio.run(main(parse()))
     except BenchError as exc:

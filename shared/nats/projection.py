@@ -6,6 +6,8 @@ restarted and the copy re-synchronised, dropping keys deleted in the meantime.
 Named secondary indexes (a key function: record -> the index keys it files under) are kept exact
 on every change, whichever way it arrives (the watch, read-your-writes `apply()`, a resync), so a
 read can take the records under one key and cost what it returns, never a walk over every record.
+What a read derives again and again (a record rendered, a whole answer) can be kept beside them
+and is forgotten as soon as a record it came from changes.
 """
 
 from __future__ import annotations
