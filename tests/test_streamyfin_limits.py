@@ -56,6 +56,13 @@ async def test_max_concurrent_jobs_queues_the_rest_and_start_job_starts_one_now(
         await stop_system(system)
 
 
+async def device_list(client: Client, device: str) -> set[str]:
+    """The ids `GET /all-jobs?deviceId=` lists, as the device polls it."""
+    status, jobs, _ = await client.request("GET", f"/all-jobs?deviceId={device}")
+    assert status == 200, jobs
+    return {job["id"] for job in jobs}
+
+
 async def test_jobs_over_the_device_limit_wait_and_continue_by_themselves(
     env: dict[str, str], http: aiohttp.ClientSession, jellyfin: JellyfinStandIn
 ) -> None:
@@ -73,9 +80,15 @@ async def test_jobs_over_the_device_limit_wait_and_continue_by_themselves(
         await alice.wait_status(other_device, "completed", timeout=60)
         assert (await alice.job(second))["status"] == "pending downloads limit"
 
+        # Each device's list is exactly its own jobs, whatever their status
+        assert await device_list(alice, "phone") == {first, second}
+        assert await device_list(alice, "tablet") == {other_device}
+
         # When the device confirms its download, the waiting job continues on its own
         await alice.request("DELETE", f"/cancel-job/{first}")
         await alice.wait_status(second, "completed", timeout=60)
+        # and the downloaded job leaves the device's list
+        assert await device_list(alice, "phone") == {second}
     finally:
         await stop_system(system)
 

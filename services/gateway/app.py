@@ -26,7 +26,7 @@ from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
 from services.gateway.kube import Cluster
 from services.gateway.login_limits import LoginLimits, trusted_networks
-from services.gateway.state import GATEWAY, Gateway
+from services.gateway.state import GATEWAY, Gateway, job_projection
 from shared.blobs.users import Sealer, Stores, UserStore
 from shared.fleet import Fleet
 from shared.messages.accounts import (
@@ -70,7 +70,7 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             replicas=settings.replicas,
             retention=retention_of(settings),
         )
-        jobs = Projection(TypedKV(buckets.jobs, JobRecord), "gateway.jobs", nc=nc)
+        jobs = job_projection(TypedKV(buckets.jobs, JobRecord), nc)
         progress = Projection(TypedKV(buckets.progress, Progress), "gateway.progress", nc=nc)
         users = Projection(TypedKV(buckets.users, User), "gateway.users", nc=nc)
         keys = Projection(TypedKV(buckets.apikeys, ApiKey), "gateway.apikeys", nc=nc)

@@ -38,7 +38,7 @@ from shared.messages.records import (
     Totals,
 )
 from shared.nats.kv import ReadOnlyKV, TypedKV
-from shared.nats.projection import Projection
+from shared.nats.projection import KeyFn, Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import (
     announce,
@@ -52,6 +52,34 @@ log = structlog.get_logger("vidmesh.gateway")
 
 # The 503 every NATS outage answers (the Streamyfin face words its own).
 NATS_UNREACHABLE = "The job queue (NATS) is not reachable right now."
+
+# The job projection's indexes: each list a face answers reads the jobs under one key of one of
+# them, so its cost grows with its answer, never with every job held.
+BY_OWNER = "owner"  # user id
+BY_DEVICE = "device"  # (Streamyfin deviceId, status): a device's list skips statuses it hides
+BY_STATUS = "status"  # JobStatus
+BY_CLIENT = "client"  # the face that took the job (its counts summarise all jobs)
+BY_BATCH = "batch"  # batch id, for jobs in one
+BY_RENDITION = "rendition"  # rendition id, for jobs given one (who else holds an output)
+BY_OPENENCODER_ID = "openencoder_id"  # the OpenEncoder face's integer id, for jobs it took
+
+JOB_INDEXES: dict[str, KeyFn[JobRecord]] = {
+    BY_OWNER: lambda job: (job.owner,),
+    BY_DEVICE: lambda job: ((job.device_id, job.status),) if job.device_id else (),
+    BY_STATUS: lambda job: (job.status,),
+    BY_CLIENT: lambda job: (job.client,),
+    BY_BATCH: lambda job: (job.batch,) if job.batch else (),
+    BY_RENDITION: lambda job: (job.rendition,) if job.rendition else (),
+    BY_OPENENCODER_ID: lambda job: () if job.openencoder_id is None else (job.openencoder_id,),
+}
+
+# The statuses of the jobs that may hold their output (`jobstate.holds_output` decides which do).
+MAY_HOLD_OUTPUT = (JobStatus.COMPLETED, JobStatus.REMOVED)
+
+
+def job_projection(store: TypedKV[JobRecord], nc: NATS | None = None) -> Projection[JobRecord]:
+    """The gateway's copy of the job records, with `JOB_INDEXES` kept exact."""
+    return Projection(store, "gateway.jobs", nc=nc, indexes=JOB_INDEXES)
 
 
 @dataclass(slots=True)

@@ -23,11 +23,20 @@ from services.gateway.faces.native.jobs_common import (
     send,
     submission,
     visible_job,
+    wanted_status,
 )
 from services.gateway.faces.native.views import JobPage, JobView, job_view
 from services.gateway.http import json_response
 from services.gateway.identity import Principal
-from services.gateway.state import Gateway, gateway
+from services.gateway.state import (
+    BY_CLIENT,
+    BY_OWNER,
+    BY_RENDITION,
+    BY_STATUS,
+    MAY_HOLD_OUTPUT,
+    Gateway,
+    gateway,
+)
 from services.gateway.submit import accepted, new_job_id, publish_submission
 from shared.errors import BadRequest, Conflict, NotFound, VidmeshError
 from shared.jobs import state as jobstate
@@ -130,7 +139,13 @@ class AdminJobDeleted(msgspec.Struct, kw_only=True):
 async def all_jobs(request: web.Request, query: AdminJobQuery) -> web.Response:
     gw = gateway(request)
     owner = query.owner or query.user_id or query.user
-    jobs = [job for job in gw.jobs.values() if owner is None or job.owner == owner]
+    status = wanted_status(query)
+    if owner is not None:
+        jobs = gw.jobs.find(BY_OWNER, owner)
+    elif status is not None:
+        jobs = gw.jobs.find(BY_STATUS, status)
+    else:
+        jobs = list(gw.jobs.values())
     return json_response(page(gw, jobs, query, caller(request).user_id))
 
 
@@ -145,12 +160,10 @@ async def all_jobs(request: web.Request, query: AdminJobQuery) -> web.Response:
 async def summary(request: web.Request) -> web.Response:
     gw = gateway(request)
     now = time.time()
-    by_status: dict[str, int] = {}
-    by_client: dict[str, int] = {}
+    by_status = {str(status): count for status, count in gw.jobs.counts(BY_STATUS).items()}
+    by_client = {str(client): count for client, count in gw.jobs.counts(BY_CLIENT).items()}
     held: dict[str, int] = {}
-    for job in gw.jobs.values():
-        by_status[job.status.value] = by_status.get(job.status.value, 0) + 1
-        by_client[job.client] = by_client.get(job.client, 0) + 1
+    for job in gw.jobs.find_any(BY_STATUS, MAY_HOLD_OUTPUT):
         if job.output is not None and jobstate.holds_output(job, now):
             held[job.output.blob] = job.output.size
     disk = await gw.storage.get("summary")
@@ -188,7 +201,8 @@ async def request_cleanup(gw: Gateway, by: str, request: CleanupRequest) -> Clea
     """Ask the scheduler to clean up the finished jobs `request` names; how many qualify now."""
     before = time.time() - request.older_than_hours * 3600
     statuses = jobstate.cleanable(request.statuses)
-    matched = sum(1 for job in gw.jobs.values() if jobstate.cleanup_due(job, before, statuses))
+    candidates = gw.jobs.find_any(BY_STATUS, statuses)
+    matched = sum(1 for job in candidates if jobstate.cleanup_due(job, before, statuses))
     command = cmd.CleanupJobs(
         command_id=uuid.uuid4().hex,
         by=by,
@@ -280,9 +294,7 @@ def _work_of(job: cmd.SubmitJob | JobRecord) -> Work:
 def _unfinished_work(gw: Gateway, owner: str) -> dict[Work, str]:
     """The work -> job id, for the owner's jobs that have not finished."""
     return {
-        _work_of(job): job.id
-        for job in gw.jobs.values()
-        if job.owner == owner and jobstate.is_active(job)
+        _work_of(job): job.id for job in gw.jobs.find(BY_OWNER, owner) if jobstate.is_active(job)
     }
 
 
@@ -358,10 +370,8 @@ async def delete_any_job(request: web.Request, query: DeleteQuery) -> web.Respon
     # or not: a file no record names could never be reached or removed again), unless another
     # job still holds it; an output in the user's own storage stays there.
     shared = holds and any(
-        other.id != job.id
-        and other.rendition == job.rendition
-        and (jobstate.is_active(other) or jobstate.holds_output(other, now))
-        for other in gw.jobs.values()
+        other.id != job.id and (jobstate.is_active(other) or jobstate.holds_output(other, now))
+        for other in gw.jobs.find(BY_RENDITION, job.rendition)
     )
     command = cmd.PurgeJob(**command_fields(request), job_id=job.id, remove_file=holds)
     await gw.command(command, job_id=job.id, until=_gone)

@@ -29,7 +29,7 @@ from services.gateway.faces.native.views import (
     status_view,
 )
 from services.gateway.http import json_response
-from services.gateway.state import Gateway, gateway
+from services.gateway.state import BY_OWNER, Gateway, gateway
 from services.gateway.submit import (
     accepted,
     idempotent_job_id,
@@ -118,8 +118,7 @@ def _replay(gw: Gateway, job: JobRecord, viewer: str, fingerprint: str) -> web.R
 async def list_jobs(request: web.Request, query: JobQuery) -> web.Response:
     gw = gateway(request)
     who = caller(request)
-    own = [job for job in gw.jobs.values() if job.owner == who.user_id]
-    return json_response(page(gw, own, query, who.user_id))
+    return json_response(page(gw, gw.jobs.find(BY_OWNER, who.user_id), query, who.user_id))
 
 
 @API.route(
@@ -285,9 +284,7 @@ async def usage(request: web.Request) -> web.Response:
     by_status: dict[str, int] = {}
     minutes = 0.0
     stored: dict[str, int] = {}
-    for job in gw.jobs.values():
-        if job.owner != who.user_id:
-            continue
+    for job in gw.jobs.find(BY_OWNER, who.user_id):
         by_status[job.status.value] = by_status.get(job.status.value, 0) + 1
         if job.output is not None:
             minutes += (job.output.duration or 0.0) / 60

@@ -245,12 +245,17 @@ class JobQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     offset: Annotated[int, msgspec.Meta(ge=0, le=100_000_000)] | None = None
 
 
+def wanted_status(query: JobQuery) -> JobStatus | None:
+    """The status a list asks for (`pending` is the media server's word for `queued`)."""
+    wanted = query.status
+    return None if wanted is None else JobStatus("queued" if wanted == "pending" else wanted)
+
+
 def page(gw: Gateway, jobs: list[JobRecord], query: JobQuery, viewer: str) -> JobPage:
     """Filter, order newest first, and cut one page after the cursor."""
     after = query.created_after.timestamp() if query.created_after else None
     before = query.created_before.timestamp() if query.created_before else None
-    wanted = query.status
-    status = None if wanted is None else JobStatus("queued" if wanted == "pending" else wanted)
+    status = wanted_status(query)
     chosen = [
         job
         for job in jobs

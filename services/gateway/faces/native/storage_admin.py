@@ -18,7 +18,7 @@ from aiohttp import web
 from services.gateway.api import API, Access, caller
 from services.gateway.downloads import download_name
 from services.gateway.http import json_response
-from services.gateway.state import Gateway, gateway
+from services.gateway.state import BY_STATUS, MAY_HOLD_OUTPUT, Gateway, gateway
 from shared.jobs import state as jobstate
 from shared.messages.records import StorageSummary
 
@@ -90,7 +90,7 @@ async def summarise(gw: Gateway) -> StorageSummaryView:
     summary: StorageSummary | None = measured.value if measured else None
     held: dict[str, int] = {}
     now = time.time()
-    for job in gw.jobs.values():
+    for job in gw.jobs.find_any(BY_STATUS, MAY_HOLD_OUTPUT):
         if job.output is not None and not job.output.store and jobstate.holds_output(job, now):
             held[job.output.blob] = job.output.size
     service = gw.stores.service
@@ -183,7 +183,9 @@ async def outputs_treemap(request: web.Request) -> web.Response:
     now = time.time()
     # owner -> blob -> its box (an owner's jobs that share one output count it once)
     owners: dict[str, dict[str, TreeNode]] = {}
-    for job in gw.jobs.values():
+    holders = gw.jobs.find_any(BY_STATUS, MAY_HOLD_OUTPUT)
+    holders.sort(key=lambda job: (job.created_at, job.id))  # the oldest job names a shared output
+    for job in holders:
         output = job.output
         if output is None or output.store or not jobstate.holds_output(job, now):
             continue

@@ -25,7 +25,7 @@ from services.gateway.faces.openencoder.views import (
 )
 from services.gateway.http import json_response
 from services.gateway.identity import Principal
-from services.gateway.state import Gateway, gateway
+from services.gateway.state import BY_OPENENCODER_ID, BY_OWNER, Gateway, gateway
 from services.gateway.submit import check_source, destination_of, submit
 from shared.blobs.users import SOURCE_SCHEMES, record_key
 from shared.errors import BadRequest, Conflict, NotFound
@@ -160,7 +160,7 @@ async def create_encode_job_singular(request: web.Request, body: EncodeRequest) 
 
 def _own_jobs(gw: Gateway, who: Principal) -> list[JobRecord]:
     """The caller's jobs taken through this face, newest first."""
-    own = [j for j in gw.jobs.values() if j.owner == who.user_id and j.openencoder_id is not None]
+    own = [j for j in gw.jobs.find(BY_OWNER, who.user_id) if j.openencoder_id is not None]
     return sorted(own, key=lambda job: job.openencoder_id or 0, reverse=True)
 
 
@@ -187,11 +187,10 @@ def _job(request: web.Request, *, change: bool = False) -> JobRecord:
     number = parse_id(raw)
     who = caller(request)
     others = Role.ADMIN if change else Role.MODERATOR
-    for job in gateway(request).jobs.values():
-        if job.openencoder_id is not None and job.openencoder_id == number:
-            if job.owner == who.user_id or who.at_least(others):
-                return job
-            break
+    numbered = gateway(request).jobs.find(BY_OPENENCODER_ID, number) if number is not None else []
+    for job in sorted(numbered, key=lambda job: (job.created_at, job.id))[:1]:
+        if job.owner == who.user_id or who.at_least(others):
+            return job
     raise NotFound(f"No job {raw!r}.")
 
 

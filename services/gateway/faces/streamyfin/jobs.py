@@ -27,7 +27,7 @@ from services.gateway.faces.streamyfin.table import route
 from services.gateway.faces.streamyfin.table import routes as routes  # what app.py serves
 from services.gateway.http import json_response, read_json
 from services.gateway.jellyfin import JellyfinUser
-from services.gateway.state import Gateway, gateway
+from services.gateway.state import BY_DEVICE, BY_OWNER, BY_STATUS, Gateway, gateway
 from services.gateway.submit import accepted, check_public_source, new_job_id, publish_submission
 from shared import cardinality
 from shared.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
@@ -49,7 +49,9 @@ STATUS_WORDS: dict[JobStatus, str] = {
 }
 # What a device no longer sees in its own list (the original dropped these jobs outright).
 HIDDEN_FROM_DEVICE = frozenset({JobStatus.CANCELLED, JobStatus.REMOVED})
+SHOWN_TO_DEVICE = tuple(status for status in JobStatus if status not in HIDDEN_FROM_DEVICE)
 PROFILE = "optimized"
+_JSON = msgspec.json.Encoder()
 # The face's 503 when a job cannot be handed on (NATS unreachable).
 NOT_STORED = "The job could not be stored: NATS is not reachable right now."
 
@@ -234,14 +236,46 @@ async def job_status(request: web.Request) -> web.Response:
 async def all_jobs(request: web.Request) -> web.Response:
     gw, user = await _caller(request)
     device = request.query.get("deviceId")
-    jobs = [
-        job
-        for job in gw.jobs.values()
-        if (user.is_admin or job.owner == user.id)
-        and (device is None or (job.device_id == device and job.status not in HIDDEN_FROM_DEVICE))
-    ]
-    jobs.sort(key=lambda job: job.created_at)
-    return json_response([to_streamyfin(gw, job, user) for job in jobs])
+    if device:  # polled every 2 s by every device: its answer is kept until one of its jobs moves
+        keys = tuple((device, status) for status in SHOWN_TO_DEVICE)
+        viewer = f"streamyfin.all-jobs:{user.id}:{user.is_admin}"
+        body = gw.jobs.derived_under(BY_DEVICE, keys, viewer, lambda: _answer(gw, user, device))
+    else:
+        body, _ = _answer(gw, user, device)
+    return web.Response(body=body, content_type="application/json")
+
+
+def _answer(gw: Gateway, user: JellyfinUser, device: str | None) -> tuple[bytes, bool]:
+    """`/all-jobs` as JSON, oldest first, and whether it may be kept: not while a job in it
+    runs (its progress moves without a change to the job), nor when it is empty (any device id
+    can be asked for)."""
+    jobs = _listed(gw, user, device)
+    jobs.sort(key=lambda job: (job.created_at, job.id))
+    body = b"[" + b",".join(_rendered(gw, job, user) for job in jobs) + b"]"
+    return body, bool(jobs) and all(job.status is not JobStatus.RUNNING for job in jobs)
+
+
+def _rendered(gw: Gateway, job: JobRecord, viewer: JellyfinUser) -> bytes:
+    """The job as `/all-jobs` lists it, JSON-encoded; rendered once per stored version of a job
+    that is not running (a running job's progress moves between versions)."""
+    if job.status is JobStatus.RUNNING:
+        return _JSON.encode(to_streamyfin(gw, job, viewer))
+    view = "owner" if viewer.id == job.owner else "other"  # only the owner sees credentials
+    return gw.jobs.derived(
+        job.id, job, f"streamyfin.{view}", lambda j: _JSON.encode(to_streamyfin(gw, j, viewer))
+    )
+
+
+def _listed(gw: Gateway, user: JellyfinUser, device: str | None) -> list[JobRecord]:
+    """The jobs `/all-jobs` lists, read from the projection's indexes: a device's jobs it still
+    shows, or the caller's jobs (an administrator's list: everyone's)."""
+    if device:  # polled every 2 s by every device: the device's jobs only, never every job
+        jobs = gw.jobs.find_any(BY_DEVICE, ((device, status) for status in SHOWN_TO_DEVICE))
+    else:
+        jobs = list(gw.jobs.values()) if user.is_admin else gw.jobs.find(BY_OWNER, user.id)
+        if device is not None:  # `deviceId=` (empty) names the jobs submitted without one
+            jobs = [job for job in jobs if not job.device_id and job.status in SHOWN_TO_DEVICE]
+    return jobs if user.is_admin else [job for job in jobs if job.owner == user.id]
 
 
 @route(
@@ -322,10 +356,7 @@ async def statistics(request: web.Request) -> web.Response:
 
 
 def _count_statuses(gw: Gateway) -> dict[JobStatus, int]:
-    counts: dict[JobStatus, int] = {}
-    for job in gw.jobs.values():
-        counts[job.status] = counts.get(job.status, 0) + 1
-    return counts
+    return {status: gw.jobs.count(BY_STATUS, status) for status in JobStatus}
 
 
 def human_size(size: float) -> str:

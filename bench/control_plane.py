@@ -1,0 +1,459 @@
+"""The control plane under load, as Streamyfin devices drive it: submissions per second
+(`POST /optimize-version`, `--submitters` concurrent clients) and `GET /all-jobs?deviceId=` per
+second (`--pollers` concurrent clients) with 2,000 jobs held and with 20,000, each device holding
+40 jobs; against a stub of the same route serving the same answers from a dict (the ceiling,
+measured in the same run), and the original Streamyfin optimize server's figures measured in
+issue 15 (printed as the reference). Also the RSS of the gateway, scheduler and statistics
+service before and after each load.
+
+Sources never answer (a local TCP listener that accepts and stays silent, allowed through
+`VIDMESH_OUTBOUND_ALLOW`), so no encode competes for the cores. Ratios are measurements: the exit
+code is 0 whatever they are, non-zero only when the benchmark could not measure.
+
+    python bench/control_plane.py [--jobs 20000] [--seconds 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench._all_jobs_stub import stub  # noqa: E402
+from bench._system import (  # noqa: E402
+    BenchError,
+    cpu_spent,
+    process_cpu_seconds,
+    up_env,
+    vidmesh_up,
+)
+from tests.harness.logs import log_tail  # noqa: E402
+from tests.harness.up import Up  # noqa: E402
+from tests.jellyfin_standin import JellyfinStandIn  # noqa: E402
+
+WORK = REPO / "bench" / ".work"
+RESULT_JSON = WORK / "control_plane.json"
+JOBS_PER_DEVICE = 40
+SCALE_GOAL = 0.9  # /all-jobs req/s with 10x the jobs held / with 1x
+STUB_GOAL = 0.7  # vidmesh /all-jobs req/s / the stub's
+ORIGINAL_GOAL = 2.0  # vidmesh /all-jobs req/s / the original's
+# The original Streamyfin optimize server (in-memory jobs), 2,000 jobs from 50 devices, measured
+# in issue 15 on the 2-core development machine: (low, high) of its runs.
+ORIGINAL = {
+    "submit_rps": (830.0, 936.0),
+    "submit_p99_ms": (133.0, 162.0),
+    "all_jobs_rps": (1523.0, 1539.0),
+    "all_jobs_p99_ms": (34.0, 36.0),
+}
+SERVICES = ("gateway", "scheduler", "statistics")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident set size of `pid` in MiB (None when it is gone or not on Linux)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+class Silent:
+    """A TCP listener that accepts every connection and never answers: a source that keeps a
+    transcoder's probe waiting, so nothing is encoded while the control plane is measured."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self._held: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self._held.append(writer)
+
+        self.server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        for writer in self._held:
+            writer.close()
+        if self.server is not None:
+            self.server.close()
+
+
+def device_name(n: int) -> str:
+    return f"bench-device-{n:04d}"
+
+
+def token_of(device: str) -> str:
+    return f"token-{device}"
+
+
+class Timed(msgspec.Struct):
+    """Requests per second and latency of one load."""
+
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    load: float
+
+    def line(self) -> str:
+        return f"{self.rps:8.1f} req/s  p50 {self.p50_ms:6.1f} ms  p99 {self.p99_ms:6.1f} ms"
+
+
+def timed(latencies: list[float], seconds: float, load_then: float) -> Timed:
+    return Timed(
+        requests=len(latencies),
+        seconds=round(seconds, 3),
+        rps=len(latencies) / seconds,
+        p50_ms=pct(latencies, 0.5) * 1000,
+        p99_ms=pct(latencies, 0.99) * 1000,
+        load=round(load_then, 2),
+    )
+
+
+async def submit(
+    base: str, silent_port: int, devices: range, per_device: int, concurrency: int
+) -> Timed:
+    """`per_device` jobs for each of `devices`, interleaved, by `concurrency` clients; each must
+    be answered 201 (accepted, stored durably)."""
+    work = iter(
+        (device_name(d), n)
+        for n, d in itertools.product(range(per_device), devices)  # device by device, in turns
+    )
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(base_url=base, connector=connector) as s:
+
+        async def client() -> None:
+            for device, n in work:
+                item = f"{device}-item-{n}"
+                body = {
+                    "url": f"http://127.0.0.1:{silent_port}/media/{item}.mkv",
+                    "deviceId": device,
+                    "itemId": item,
+                    "item": {"Id": item, "Name": f"Item {n}", "Type": "Movie"},
+                }
+                headers = {"Authorization": token_of(device)}
+                started = time.perf_counter()
+                async with s.post("/optimize-version", json=body, headers=headers) as response:
+                    await response.read()
+                    if response.status != 201:
+                        text = (await response.text())[:300]
+                        raise BenchError(
+                            f"POST /optimize-version answered {response.status}: {text}"
+                        )
+                latencies.append(time.perf_counter() - started)
+
+        load_then = load()
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return timed(latencies, time.perf_counter() - started, load_then)
+
+
+async def answers(base: str, devices: range, per_device: int) -> dict[str, bytes]:
+    """Each device's `/all-jobs?deviceId=` answer, checked to list exactly its jobs."""
+    found: dict[str, bytes] = {}
+    async with aiohttp.ClientSession(base_url=base) as s:
+        for d in devices:
+            device = device_name(d)
+            headers = {"Authorization": token_of(device)}
+            async with s.get("/all-jobs", params={"deviceId": device}, headers=headers) as r:
+                body = await r.read()
+                if r.status != 200:
+                    raise BenchError(f"GET /all-jobs answered {r.status}")
+            jobs = json.loads(body)
+            if len(jobs) != per_device or any(job["deviceId"] != device for job in jobs):
+                raise BenchError(
+                    f"{device}: /all-jobs listed {len(jobs)} jobs, not its {per_device}"
+                )
+            found[device] = body
+    return found
+
+
+async def poll(base: str, devices: list[str], seconds: float, concurrency: int) -> Timed:
+    """`GET /all-jobs?deviceId=` as fast as `concurrency` clients can for `seconds`, each client
+    going round the devices from its own starting point."""
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(base_url=base, connector=connector) as s:
+        deadline = time.perf_counter() + seconds
+
+        async def client(start: int) -> None:
+            for n in itertools.count(start):
+                if time.perf_counter() >= deadline:
+                    return
+                device = devices[n % len(devices)]
+                headers = {"Authorization": token_of(device)}
+                began = time.perf_counter()
+                async with s.get("/all-jobs", params={"deviceId": device}, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise BenchError(f"GET /all-jobs answered {r.status}")
+                latencies.append(time.perf_counter() - began)
+
+        load_then = load()
+        started = time.perf_counter()
+        step = max(1, len(devices) // concurrency)
+        await asyncio.gather(*(client(i * step) for i in range(concurrency)))
+        return timed(latencies, time.perf_counter() - started, load_then)
+
+
+# ---- one phase: jobs held -> submissions, answers, /all-jobs against the stub -------------------
+async def phase(
+    args: argparse.Namespace,
+    up: Up,
+    silent_port: int,
+    devices: range,
+    held_devices: range,
+    run_dir: Path,
+) -> dict[str, Any]:
+    cpu_before = process_cpu_seconds(up.pid)
+    submitted = await submit(up.url, silent_port, devices, JOBS_PER_DEVICE, args.submitters)
+    cpu_submitting = cpu_spent(cpu_before, process_cpu_seconds(up.pid))
+    held = len(held_devices) * JOBS_PER_DEVICE
+    print(f"{held:,} jobs held ({submitted.rps:.1f} submissions/s)", flush=True)
+    found = await answers(up.url, held_devices, JOBS_PER_DEVICE)
+    names = sorted(found)
+    await poll(up.url, names, 1.0, args.pollers)  # warm-up (token cache, connections)
+    vidmesh_runs: list[Timed] = []
+    stub_runs: list[Timed] = []
+    cpu_polling: dict[str, float] = {}
+    async with stub(found, run_dir) as stub_url:
+        await poll(stub_url, names, 1.0, args.pollers)
+        for n in range(args.rounds):  # alternating, vidmesh first
+            cpu_before = process_cpu_seconds(up.pid)
+            profiler = await profile(args, up, n, len(found) * JOBS_PER_DEVICE)
+            vidmesh_runs.append(await poll(up.url, names, args.seconds, args.pollers))
+            if profiler is not None:
+                await profiler.wait()
+            spent = cpu_spent(cpu_before, process_cpu_seconds(up.pid))
+            for name, seconds in spent.items():
+                cpu_polling[name] = round(cpu_polling.get(name, 0.0) + seconds, 2)
+            stub_runs.append(await poll(stub_url, names, args.seconds, args.pollers))
+    return {
+        "jobs_held": len(held_devices) * JOBS_PER_DEVICE,
+        "devices": len(held_devices),
+        "submitted": submitted,
+        "cpu_s_submitting": cpu_submitting,
+        "vidmesh": vidmesh_runs,
+        "stub": stub_runs,
+        "cpu_s_polling": cpu_polling,
+    }
+
+
+async def profile(
+    args: argparse.Namespace, up: Up, run: int, held: int
+) -> asyncio.subprocess.Process | None:
+    """With `--profile`, py-spy samples the gateway through the first /all-jobs run of each
+    phase (collapsed stacks in bench/.work/; the profiler's cost shows in that run's figure)."""
+    if not args.profile or run != 0:
+        return None
+    pid = up.children()["gateway"]
+    out = WORK / f"control_plane-gateway-{held}.txt"
+    return await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+        "--duration", str(max(1, int(args.seconds))), "--format", "raw", "--output", str(out),
+        "--nonblocking", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def median_run(runs: list[Timed]) -> Timed:
+    return sorted(runs, key=lambda run: run.rps)[len(runs) // 2]
+
+
+def rss_now(children: dict[str, int]) -> dict[str, float | None]:
+    return {name: rss_mib(children[name]) if name in children else None for name in SERVICES}
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    WORK.mkdir(parents=True, exist_ok=True)
+    large_devices = args.jobs // JOBS_PER_DEVICE
+    small_devices = max(1, large_devices // 10)
+    if large_devices <= small_devices:
+        raise BenchError(f"--jobs {args.jobs} is too few: at least {JOBS_PER_DEVICE * 20}")
+    standin = JellyfinStandIn()
+    for d in range(large_devices):
+        standin.add_user(token_of(device_name(d)), f"user-{d:04d}")
+    await standin.start()
+    silent = Silent()
+    await silent.start()
+    run_dir = Path(tempfile.mkdtemp(prefix="control-plane-", dir=WORK))
+    env = up_env(run_dir / "data", standin.url)
+    env["VIDMESH_OUTBOUND_ALLOW"] = "127.0.0.1/32"
+    results: dict[str, Any] = {"args": vars(args), "original": ORIGINAL}
+    try:
+        async with vidmesh_up(env, run_dir / "up.log") as up:
+            children = up.children()
+            missing = [name for name in SERVICES if name not in children]
+            if missing:
+                raise BenchError(f"vidmesh up runs no {', '.join(missing)} process")
+            rss = {"0": rss_now(children)}
+            small = await phase(
+                args, up, silent.port, range(small_devices), range(small_devices), run_dir
+            )
+            rss[str(small["jobs_held"])] = rss_now(children)
+            large = await phase(
+                args,
+                up,
+                silent.port,
+                range(small_devices, large_devices),
+                range(large_devices),
+                run_dir,
+            )
+            rss[str(large["jobs_held"])] = rss_now(children)
+    except BenchError:
+        print(log_tail(run_dir / "up.log"), file=sys.stderr)
+        raise
+    finally:
+        await silent.stop()
+        await standin.stop()
+    results.update(phases=[small, large], rss_mib=rss)
+    report(results)
+    RESULT_JSON.write_text(json.dumps(msgspec.to_builtins(results), indent=2))
+    print(f"results: {RESULT_JSON.relative_to(REPO)}")
+    if not args.keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return results
+
+
+def _cpu(spent: dict[str, float]) -> str:
+    busy = sorted(spent.items(), key=lambda item: -item[1])
+    return ", ".join(f"{name} {seconds:.2f}" for name, seconds in busy if seconds >= 0.01)
+
+
+def verdict(ratio: float, goal: float) -> str:
+    return f"goal >= {goal:g}   {'PASS' if ratio >= goal else 'MISS'}"
+
+
+def report(results: dict[str, Any]) -> None:
+    small, large = results["phases"]
+    original = results["original"]
+    low_submit, high_submit = original["submit_rps"]
+    low_poll, high_poll = original["all_jobs_rps"]
+    args = results["args"]
+    print(
+        f"control plane: {args['submitters']} submitters, {args['pollers']} pollers, "
+        f"{JOBS_PER_DEVICE} jobs per device, {os.cpu_count()} cores"
+    )
+    print(
+        f"original (issue 15, same 2-core machine): submissions {low_submit:g}-{high_submit:g}/s "
+        f"(p99 {original['submit_p99_ms'][0]:g}-{original['submit_p99_ms'][1]:g} ms), "
+        f"/all-jobs {low_poll:g}-{high_poll:g} req/s "
+        f"(p99 {original['all_jobs_p99_ms'][0]:g}-{original['all_jobs_p99_ms'][1]:g} ms)"
+    )
+    medians = {}
+    for held in (small, large):
+        sub: Timed = held["submitted"]
+        mine, ceiling = median_run(held["vidmesh"]), median_run(held["stub"])
+        medians[held["jobs_held"]] = mine
+        print(f"\n{held['jobs_held']:,} jobs held, {held['devices']} devices")
+        print(
+            f"  POST /optimize-version  {sub.rps:8.1f} /s     p50 {sub.p50_ms:6.1f} ms  "
+            f"p99 {sub.p99_ms:6.1f} ms  ({sub.requests} jobs, load {sub.load:.2f})"
+        )
+        print(
+            f"    / original {sub.rps / high_submit:.2f}-{sub.rps / low_submit:.2f}   "
+            f"p99 / original's {sub.p99_ms / original['submit_p99_ms'][1]:.2f}"
+            f"-{sub.p99_ms / original['submit_p99_ms'][0]:.2f}"
+        )
+        print(f"    CPU s while submitting: {_cpu(held['cpu_s_submitting'])}")
+        print(f"  GET /all-jobs vidmesh  {mine.line()}  (load {mine.load:.2f})")
+        runs = len(held["vidmesh"])
+        print(f"    CPU s while polled ({runs} runs): {_cpu(held['cpu_s_polling'])}")
+        print(f"  GET /all-jobs stub     {ceiling.line()}  (load {ceiling.load:.2f})")
+        of_stub = mine.rps / ceiling.rps
+        print(f"    vidmesh / stub {of_stub:.3f}   {verdict(of_stub, STUB_GOAL)}")
+        versus = mine.rps / high_poll
+        print(
+            f"    vidmesh / original {versus:.2f}-{mine.rps / low_poll:.2f}   "
+            f"{verdict(versus, ORIGINAL_GOAL)} (the original's best run)"
+        )
+    small_rps, large_rps = medians[small["jobs_held"]].rps, medians[large["jobs_held"]].rps
+    scale = large_rps / small_rps
+    print(
+        f"\n/all-jobs at {large['jobs_held']:,} / at {small['jobs_held']:,} jobs: "
+        f"{scale:.3f}   {verdict(scale, SCALE_GOAL)}"
+    )
+    stub_scale = median_run(large["stub"]).rps / median_run(small["stub"]).rps
+    print(
+        f"  the stub's own: {stub_scale:.3f}; vidmesh's over the stub's (the machine's pace at "
+        f"each size taken out): {scale / stub_scale:.3f}"
+    )
+    print("\nRSS (MiB)      " + "".join(f"{name:>12}" for name in SERVICES))
+    rss = results["rss_mib"]
+    for held, values in rss.items():
+        cells = "".join(f"{v:12.1f}" if v is not None else f"{'-':>12}" for v in values.values())
+        print(f"  {int(held):>6,} jobs" + cells)
+    idle, full = rss["0"], rss[str(large["jobs_held"])]
+    per_job = {
+        name: (full[name] - idle[name]) * 1024 * 1024 / large["jobs_held"]
+        for name in SERVICES
+        if full[name] is not None and idle[name] is not None
+    }
+    print(
+        "  per job above idle: "
+        + ", ".join(f"{name} {value / 1024:.2f} KiB" for name, value in per_job.items())
+    )
+    results["ratios"] = {
+        "all_jobs_large_over_small": scale,
+        "stub_large_over_small": stub_scale,
+        "per_job_bytes": per_job,
+        **{
+            f"all_jobs_over_stub_{held['jobs_held']}": median_run(held["vidmesh"]).rps
+            / median_run(held["stub"]).rps
+            for held in (small, large)
+        },
+    }
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--jobs", type=int, default=20_000, help="jobs held at the end (default 20000; the first "
+        "phase holds a tenth), 40 per device"
+    )  # fmt: skip
+    parser.add_argument("--seconds", type=float, default=5.0, help="each /all-jobs run (5)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs per phase (2)")
+    parser.add_argument("--submitters", type=int, default=64, help="concurrent submitters (64)")
+    parser.add_argument("--pollers", type=int, default=32, help="concurrent pollers (32)")
+    parser.add_argument("--quick", action="store_true", help="--jobs 2000 --seconds 2 --rounds 1")
+    parser.add_argument("--keep", action="store_true", help="keep the data folder")
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway's polls")
+    args = parser.parse_args()
+    if args.quick:
+        args.jobs, args.seconds, args.rounds = 2000, 2.0, 1
+    return args
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main(parse()))
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        sys.exit(2)
