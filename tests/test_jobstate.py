@@ -55,7 +55,7 @@ def test_rendition_moves_exactly_as_the_table_allows(
 
 
 def test_every_status_has_a_streamyfin_word() -> None:
-    from services.gateway.faces.streamyfin.jobs import STATUS_WORDS
+    from services.gateway.faces.streamyfin.job_view import STATUS_WORDS
 
     assert set(STATUS_WORDS) == set(JobStatus)
     assert set(STATUS_WORDS.values()) == set(

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
 from services.gateway.downloads import serve_output
+from services.gateway.faces.streamyfin.job_view import STATUS_WORDS, StreamyfinJob, to_streamyfin
 from services.gateway.faces.streamyfin.replies import (
     Accepted,
     CacheDeleted,
@@ -35,18 +35,8 @@ from shared.jobs import state as jobstate
 from shared.media import builtin, get_container, validate_preset
 from shared.messages import commands as cmd
 from shared.messages.records import JobRecord, JobStatus, Totals
-from shared.sources import duration_from_ticks, rebase_on_jellyfin, redact, validate_http_url
+from shared.sources import duration_from_ticks, rebase_on_jellyfin, validate_http_url
 
-STATUS_WORDS: dict[JobStatus, str] = {
-    JobStatus.QUEUED: "queued",
-    JobStatus.PAUSED: "queued",  # native API batches; the original had no such state
-    JobStatus.HELD: "pending downloads limit",
-    JobStatus.RUNNING: "optimizing",
-    JobStatus.COMPLETED: "completed",
-    JobStatus.FAILED: "failed",
-    JobStatus.CANCELLED: "cancelled",
-    JobStatus.REMOVED: "ready-for-removal",
-}
 # What a device no longer sees in its own list (the original dropped these jobs outright).
 HIDDEN_FROM_DEVICE = frozenset({JobStatus.CANCELLED, JobStatus.REMOVED})
 SHOWN_TO_DEVICE = tuple(status for status in JobStatus if status not in HIDDEN_FROM_DEVICE)
@@ -87,64 +77,10 @@ def check_item_names(item: dict[str, Any] | None) -> None:
             )
 
 
-class StreamyfinJob(msgspec.Struct, kw_only=True):
-    """A job as the Streamyfin app reads it (plus a few fields it ignores)."""
-
-    id: str
-    status: str
-    progress: float
-    speed: float | None
-    outputPath: str
-    inputUrl: str
-    deviceId: str
-    itemId: str
-    item: dict[str, Any]
-    timestamp: str
-    size: int
-    checksum: str | None
-    fileExtension: str
-    eta: float | None = None
-    error: str | None = None
-    shared: bool = False
-
-
 class DeviceQuery(msgspec.Struct, kw_only=True):
     """`GET /all-jobs` query: one device's jobs."""
 
     deviceId: str | None = None
-
-
-def to_streamyfin(gw: Gateway, job: JobRecord, viewer: JellyfinUser) -> StreamyfinJob:
-    """The job in the original's shape; a URL's credentials show only to the job's owner."""
-    progress, speed, eta = 0.0, None, None
-    live = gw.progress_of(job)
-    if live is not None:
-        progress, speed, eta = live.percent, live.speed, live.eta
-    elif job.output is not None:
-        progress = 100.0
-    output = job.output
-    return StreamyfinJob(
-        id=job.id,
-        status=STATUS_WORDS[job.status],
-        progress=progress,
-        speed=speed,
-        outputPath=output.blob if output else "",
-        inputUrl=job.source if viewer.id == job.owner else redact(job.source),
-        deviceId=job.device_id,
-        itemId=job.item_id,
-        item=job.item or {},
-        timestamp=_iso(job.created_at),
-        size=output.size if output else 0,
-        checksum=output.sha256 if output else None,
-        fileExtension=get_container(job.container).extension.lstrip("."),
-        eta=eta,
-        error=job.error.reason if job.error else None,
-        shared=job.shared,
-    )
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def _caller(request: web.Request) -> tuple[Gateway, JellyfinUser]:
