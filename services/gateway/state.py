@@ -237,6 +237,13 @@ class Gateway:
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
+def moved_from(job: JobRecord) -> Callable[[JobRecord | None], bool]:
+    """An `until` for `Gateway.command`: whether a command's effect shows (the job changed
+    status or was updated, or is gone)."""
+    before = (job.status, job.updated_at)
+    return lambda j: j is None or (j.status, j.updated_at) != before
+
+
 def _plausible_id(job_id: str) -> bool:
     """Whether `job_id` could be a KV key at all (others are simply not found)."""
     return bool(_ID.match(job_id))

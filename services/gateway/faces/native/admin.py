@@ -18,7 +18,6 @@ from services.gateway.faces.native.jobs_common import (
     JobQuery,
     JobRequest,
     command_fields,
-    moved_from,
     page,
     send,
     submission,
@@ -36,6 +35,7 @@ from services.gateway.state import (
     MAY_HOLD_OUTPUT,
     Gateway,
     gateway,
+    moved_from,
 )
 from services.gateway.submit import accepted, new_job_id, publish_submission
 from shared.errors import BadRequest, Conflict, NotFound, VidmeshError

@@ -15,7 +15,6 @@ from services.gateway.faces.native.jobs_common import (
     JobQuery,
     JobRequest,
     command_fields,
-    moved_from,
     page,
     send,
     submission,
@@ -29,7 +28,7 @@ from services.gateway.faces.native.views import (
     status_view,
 )
 from services.gateway.http import json_response
-from services.gateway.state import BY_OWNER, Gateway, gateway
+from services.gateway.state import BY_OWNER, Gateway, gateway, moved_from
 from services.gateway.submit import (
     accepted,
     idempotent_job_id,

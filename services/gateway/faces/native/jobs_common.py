@@ -197,12 +197,6 @@ async def send(
     return gw.jobs.get(job_id) or await _gone(gw, job_id)
 
 
-def moved_from(job: JobRecord) -> Callable[[JobRecord | None], bool]:
-    """Whether a command's effect shows: the job changed status or was updated (or is gone)."""
-    before = (job.status, job.updated_at)
-    return lambda j: j is None or (j.status, j.updated_at) != before
-
-
 async def _gone(gw: Gateway, job_id: str) -> JobRecord:
     job = await gw.job(job_id)
     if job is None:

@@ -25,7 +25,7 @@ from services.gateway.faces.openencoder.views import (
 )
 from services.gateway.http import json_response
 from services.gateway.identity import Principal
-from services.gateway.state import BY_OPENENCODER_ID, BY_OWNER, Gateway, gateway
+from services.gateway.state import BY_OPENENCODER_ID, BY_OWNER, Gateway, gateway, moved_from
 from services.gateway.submit import check_source, destination_of, submit
 from shared.blobs.users import SOURCE_SCHEMES, record_key
 from shared.errors import BadRequest, Conflict, NotFound
@@ -227,13 +227,8 @@ async def _change(
     until: Callable[[JobRecord | None], bool] | None = None,
 ) -> web.Response:
     """Send the command and wait (bounded) to see the job move (`until`, else any change)."""
-    await gateway(request).command(command, job_id=job.id, until=until or _moved_from(job))
+    await gateway(request).command(command, job_id=job.id, until=until or moved_from(job))
     return json_response(Done(status=200))
-
-
-def _moved_from(job: JobRecord) -> Callable[[JobRecord | None], bool]:
-    before = (job.status, job.updated_at)
-    return lambda j: j is None or (j.status, j.updated_at) != before
 
 
 @ROUTES.route(
