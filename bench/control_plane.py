@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._all_jobs_stub import stub  # noqa: E402
+from bench._control_plane_report import ORIGINAL, SERVICES, report  # noqa: E402
 from bench._system import (  # noqa: E402
     BenchError,
     cpu_spent,
@@ -42,6 +43,7 @@ from bench._system import (  # noqa: E402
     up_env,
     vidmesh_up,
 )
+from bench._timing import Timed, timed  # noqa: E402
 from tests.harness.logs import log_tail  # noqa: E402
 from tests.harness.up import Up  # noqa: E402
 from tests.jellyfin_standin import JellyfinStandIn  # noqa: E402
@@ -49,23 +51,6 @@ from tests.jellyfin_standin import JellyfinStandIn  # noqa: E402
 WORK = REPO / "bench" / ".work"
 RESULT_JSON = WORK / "control_plane.json"
 JOBS_PER_DEVICE = 40
-SCALE_GOAL = 0.9  # /all-jobs req/s with 10x the jobs held / with 1x
-STUB_GOAL = 0.7  # vidmesh /all-jobs req/s / the stub's
-ORIGINAL_GOAL = 2.0  # vidmesh /all-jobs req/s / the original's
-# The original Streamyfin optimize server (in-memory jobs), 2,000 jobs from 50 devices, measured
-# in issue 15 on the 2-core development machine: (low, high) of its runs.
-ORIGINAL = {
-    "submit_rps": (830.0, 936.0),
-    "submit_p99_ms": (133.0, 162.0),
-    "all_jobs_rps": (1523.0, 1539.0),
-    "all_jobs_p99_ms": (34.0, 36.0),
-}
-SERVICES = ("gateway", "scheduler", "statistics")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def load() -> float:
@@ -110,31 +95,6 @@ def device_name(n: int) -> str:
 
 def token_of(device: str) -> str:
     return f"token-{device}"
-
-
-class Timed(msgspec.Struct):
-    """Requests per second and latency of one load."""
-
-    requests: int
-    seconds: float
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    load: float
-
-    def line(self) -> str:
-        return f"{self.rps:8.1f} req/s  p50 {self.p50_ms:6.1f} ms  p99 {self.p99_ms:6.1f} ms"
-
-
-def timed(latencies: list[float], seconds: float, load_then: float) -> Timed:
-    return Timed(
-        requests=len(latencies),
-        seconds=round(seconds, 3),
-        rps=len(latencies) / seconds,
-        p50_ms=pct(latencies, 0.5) * 1000,
-        p99_ms=pct(latencies, 0.99) * 1000,
-        load=round(load_then, 2),
-    )
 
 
 async def submit(
@@ -283,10 +243,6 @@ async def profile(
     )  # fmt: skip
 
 
-def median_run(runs: list[Timed]) -> Timed:
-    return sorted(runs, key=lambda run: run.rps)[len(runs) // 2]
-
-
 def rss_now(children: dict[str, int]) -> dict[str, float | None]:
     return {name: rss_mib(children[name]) if name in children else None for name in SERVICES}
 
@@ -306,7 +262,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = Path(tempfile.mkdtemp(prefix="control-plane-", dir=WORK))
     env = up_env(run_dir / "data", standin.url)
     env["VIDMESH_OUTBOUND_ALLOW"] = "127.0.0.1/32"
-    results: dict[str, Any] = {"args": vars(args), "original": ORIGINAL}
+    results: dict[str, Any] = {
+        "args": {**vars(args), "jobs_per_device": JOBS_PER_DEVICE},
+        "original": ORIGINAL,
+    }
     try:
         async with vidmesh_up(env, run_dir / "up.log") as up:
             children = up.children()
@@ -340,96 +299,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     if not args.keep:
         shutil.rmtree(run_dir, ignore_errors=True)
     return results
-
-
-def _cpu(spent: dict[str, float]) -> str:
-    busy = sorted(spent.items(), key=lambda item: -item[1])
-    return ", ".join(f"{name} {seconds:.2f}" for name, seconds in busy if seconds >= 0.01)
-
-
-def verdict(ratio: float, goal: float) -> str:
-    return f"goal >= {goal:g}   {'PASS' if ratio >= goal else 'MISS'}"
-
-
-def report(results: dict[str, Any]) -> None:
-    small, large = results["phases"]
-    original = results["original"]
-    low_submit, high_submit = original["submit_rps"]
-    low_poll, high_poll = original["all_jobs_rps"]
-    args = results["args"]
-    print(
-        f"control plane: {args['submitters']} submitters, {args['pollers']} pollers, "
-        f"{JOBS_PER_DEVICE} jobs per device, {os.cpu_count()} cores"
-    )
-    print(
-        f"original (issue 15, same 2-core machine): submissions {low_submit:g}-{high_submit:g}/s "
-        f"(p99 {original['submit_p99_ms'][0]:g}-{original['submit_p99_ms'][1]:g} ms), "
-        f"/all-jobs {low_poll:g}-{high_poll:g} req/s "
-        f"(p99 {original['all_jobs_p99_ms'][0]:g}-{original['all_jobs_p99_ms'][1]:g} ms)"
-    )
-    medians = {}
-    for held in (small, large):
-        sub: Timed = held["submitted"]
-        mine, ceiling = median_run(held["vidmesh"]), median_run(held["stub"])
-        medians[held["jobs_held"]] = mine
-        print(f"\n{held['jobs_held']:,} jobs held, {held['devices']} devices")
-        print(
-            f"  POST /optimize-version  {sub.rps:8.1f} /s     p50 {sub.p50_ms:6.1f} ms  "
-            f"p99 {sub.p99_ms:6.1f} ms  ({sub.requests} jobs, load {sub.load:.2f})"
-        )
-        print(
-            f"    / original {sub.rps / high_submit:.2f}-{sub.rps / low_submit:.2f}   "
-            f"p99 / original's {sub.p99_ms / original['submit_p99_ms'][1]:.2f}"
-            f"-{sub.p99_ms / original['submit_p99_ms'][0]:.2f}"
-        )
-        print(f"    CPU s while submitting: {_cpu(held['cpu_s_submitting'])}")
-        print(f"  GET /all-jobs vidmesh  {mine.line()}  (load {mine.load:.2f})")
-        runs = len(held["vidmesh"])
-        print(f"    CPU s while polled ({runs} runs): {_cpu(held['cpu_s_polling'])}")
-        print(f"  GET /all-jobs stub     {ceiling.line()}  (load {ceiling.load:.2f})")
-        of_stub = mine.rps / ceiling.rps
-        print(f"    vidmesh / stub {of_stub:.3f}   {verdict(of_stub, STUB_GOAL)}")
-        versus = mine.rps / high_poll
-        print(
-            f"    vidmesh / original {versus:.2f}-{mine.rps / low_poll:.2f}   "
-            f"{verdict(versus, ORIGINAL_GOAL)} (the original's best run)"
-        )
-    small_rps, large_rps = medians[small["jobs_held"]].rps, medians[large["jobs_held"]].rps
-    scale = large_rps / small_rps
-    print(
-        f"\n/all-jobs at {large['jobs_held']:,} / at {small['jobs_held']:,} jobs: "
-        f"{scale:.3f}   {verdict(scale, SCALE_GOAL)}"
-    )
-    stub_scale = median_run(large["stub"]).rps / median_run(small["stub"]).rps
-    print(
-        f"  the stub's own: {stub_scale:.3f}; vidmesh's over the stub's (the machine's pace at "
-        f"each size taken out): {scale / stub_scale:.3f}"
-    )
-    print("\nRSS (MiB)      " + "".join(f"{name:>12}" for name in SERVICES))
-    rss = results["rss_mib"]
-    for held, values in rss.items():
-        cells = "".join(f"{v:12.1f}" if v is not None else f"{'-':>12}" for v in values.values())
-        print(f"  {int(held):>6,} jobs" + cells)
-    idle, full = rss["0"], rss[str(large["jobs_held"])]
-    per_job = {
-        name: (full[name] - idle[name]) * 1024 * 1024 / large["jobs_held"]
-        for name in SERVICES
-        if full[name] is not None and idle[name] is not None
-    }
-    print(
-        "  per job above idle: "
-        + ", ".join(f"{name} {value / 1024:.2f} KiB" for name, value in per_job.items())
-    )
-    results["ratios"] = {
-        "all_jobs_large_over_small": scale,
-        "stub_large_over_small": stub_scale,
-        "per_job_bytes": per_job,
-        **{
-            f"all_jobs_over_stub_{held['jobs_held']}": median_run(held["vidmesh"]).rps
-            / median_run(held["stub"]).rps
-            for held in (small, large)
-        },
-    }
 
 
 def parse() -> argparse.Namespace:

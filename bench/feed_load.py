@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._system import BenchError, up_env, vidmesh_up  # noqa: E402
+from bench._timing import pct  # noqa: E402
 from tests.harness.logs import log_tail  # noqa: E402
 from tests.jellyfin_standin import JellyfinStandIn  # noqa: E402
 from tests.media_clips import make_clip  # noqa: E402
@@ -207,11 +208,6 @@ async def make_events(base: str, token: str, source: str, count: int) -> None:
                     raise BenchError(f"POST /api/jobs/bulk answered {response.status}")
             left -= n
             await asyncio.sleep(0.05)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
