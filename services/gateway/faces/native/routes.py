@@ -22,5 +22,6 @@ from services.gateway.faces.native import (  # noqa: F401 (imported for their ro
     telemetry,
     telemetry_settings,
     users,
+    webhook_deliveries,
     webhooks,
 )
