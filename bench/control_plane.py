@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -136,6 +137,22 @@ async def submit(
         return timed(latencies, time.perf_counter() - started, load_then)
 
 
+async def settled(base: str, token: str, total: int) -> float:
+    """Seconds from now until the whole pipeline has taken every job in: the scheduler stored
+    it and the statistics service counted its acceptance (`GET /statistics`); a 201 comes once
+    a job is durable in JetStream, before either."""
+    started = time.perf_counter()
+    deadline = started + 300
+    async with aiohttp.ClientSession(base_url=base, headers={"Authorization": token}) as s:
+        while time.perf_counter() < deadline:
+            async with s.get("/statistics") as response:
+                counted = (await response.json())["totalTranscodes"]
+            if counted >= total:
+                return time.perf_counter() - started
+            await asyncio.sleep(0.05)
+    raise BenchError(f"only {counted} of {total} jobs counted after 300 s")
+
+
 async def answers(base: str, devices: range, per_device: int) -> dict[str, bytes]:
     """Each device's `/all-jobs?deviceId=` answer, checked to list exactly its jobs."""
     found: dict[str, bytes] = {}
@@ -194,9 +211,14 @@ async def phase(
     run_dir: Path,
 ) -> dict[str, Any]:
     cpu_before = process_cpu_seconds(up.pid)
+    profilers = await profile_submissions(args, up, len(held_devices) * JOBS_PER_DEVICE)
     submitted = await submit(up.url, silent_port, devices, JOBS_PER_DEVICE, args.submitters)
-    cpu_submitting = cpu_spent(cpu_before, process_cpu_seconds(up.pid))
     held = len(held_devices) * JOBS_PER_DEVICE
+    settle_s = await settled(up.url, token_of(device_name(devices[0])), held)
+    cpu_submitting = cpu_spent(cpu_before, process_cpu_seconds(up.pid))
+    for profiler in profilers:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes what it sampled when interrupted
+        await profiler.wait()
     print(f"{held:,} jobs held ({submitted.rps:.1f} submissions/s)", flush=True)
     found = await answers(up.url, held_devices, JOBS_PER_DEVICE)
     names = sorted(found)
@@ -220,6 +242,7 @@ async def phase(
         "jobs_held": len(held_devices) * JOBS_PER_DEVICE,
         "devices": len(held_devices),
         "submitted": submitted,
+        "settle_s": settle_s,
         "cpu_s_submitting": cpu_submitting,
         "vidmesh": vidmesh_runs,
         "stub": stub_runs,
@@ -241,6 +264,37 @@ async def profile(
         "--duration", str(max(1, int(args.seconds))), "--format", "raw", "--output", str(out),
         "--nonblocking", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
+
+
+async def profile_submissions(
+    args: argparse.Namespace, up: Up, held: int
+) -> list[asyncio.subprocess.Process]:
+    """With `--profile`, py-spy samples every service while the larger phase's jobs are submitted
+    (collapsed stacks in bench/.work/control_plane-submit-<service>.txt)."""
+    if not args.profile or held < args.jobs:
+        return []
+    py_spy = str(Path(sys.executable).parent / "py-spy")
+    started = []
+    for name, pid in sorted(up.children().items()):
+        out = WORK / f"control_plane-submit-{name}.txt"
+        started.append(
+            await asyncio.create_subprocess_exec(
+                py_spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "50",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+                "--nonblocking",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+        )
+    return started
 
 
 def rss_now(children: dict[str, int]) -> dict[str, float | None]:
@@ -313,7 +367,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--pollers", type=int, default=32, help="concurrent pollers (32)")
     parser.add_argument("--quick", action="store_true", help="--jobs 2000 --seconds 2 --rounds 1")
     parser.add_argument("--keep", action="store_true", help="keep the data folder")
-    parser.add_argument("--profile", action="store_true", help="py-spy the gateway's polls")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the services while the larger phase submits, and the gateway's polls",
+    )
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.seconds, args.rounds = 2000, 2.0, 1

@@ -1,8 +1,12 @@
 """What every face does to submit a job: the checks that need the caller (the source it may read,
 its own storages, the pool, the download name), and handing the job to the scheduler.
 
-A face does not store a job: it publishes a `SubmitJob` command, de-duplicated by the job's id,
-and waits until the scheduler's intake has stored the job. With an Idempotency-Key the job id is
+A face does not store a job: it publishes a `SubmitJob` command, de-duplicated by the job's id.
+Once JetStream has stored the command (its PubAck), the job is accepted durably: the scheduler's
+intake stores the record from it, retrying until it can, and may cap its spec by the fleet's
+ceilings. Until the record is stored, this replica shows the job as its submission asks for it
+(a provisional record, replaced by the stored one as the KV watch brings it), so the caller's
+next read finds it without anyone waiting on the scheduler. With an Idempotency-Key the job id is
 derived from (owner, key), so a repeated request names the same job: the commands stream drops
 the repeated command and the create-only write keeps the first job.
 """
@@ -17,6 +21,7 @@ from services.gateway.identity import Principal
 from services.gateway.state import NATS_UNREACHABLE, Gateway
 from shared.blobs.users import SOURCE_SCHEMES, UserStore, record_key, user_ref
 from shared.errors import BadRequest, Unavailable
+from shared.jobs import state as jobstate
 from shared.media import is_http
 from shared.messages import commands as cmd
 from shared.messages.fleet import DEFAULT_POOL
@@ -26,6 +31,8 @@ from shared.outbound import OutboundPolicy, OutboundRefused, check_url_resolved,
 from shared.settings import face_of, refuse_if_engaged
 from shared.sources import check_local_source, is_object_uri, validate_http_url
 
+# The revision of a job shown as its stored submission asks for it: any stored record replaces it.
+PROVISIONAL = 0
 _FILENAME = re.compile(r"^[^/\\\x00-\x1f]{1,200}$")
 # Job ids derived from an Idempotency-Key live in their own UUID namespace.
 _IDEMPOTENT_IDS = uuid.UUID("4f1c6a52-8f0e-4f7e-9a55-0b3c2d8e1a77")
@@ -142,15 +149,20 @@ async def publish_submission(gw: Gateway, command: cmd.SubmitJob) -> bool:
     while the kill switch of the face the job came from is engaged."""
     refuse_new_work(gw, command.client)
     try:
-        return await publish_command(gw.js, gw.names, command, msg_id=f"submit:{command.job_id}")
+        first = await publish_command(gw.js, gw.names, command, msg_id=f"submit:{command.job_id}")
     except Exception as exc:
         raise Unavailable(NATS_UNREACHABLE) from exc
+    if first:
+        gw.jobs.apply(command.job_id, jobstate.submitted_job(command), PROVISIONAL)
+    return first
 
 
 async def accepted(gw: Gateway, job_id: str, *, timeout: float | None = None) -> JobRecord:
-    """The submitted job once the scheduler has stored it; after a bounded wait (`timeout`,
-    the command timeout unless given: the scheduler is busy or down), the job as its
-    submission, still in the commands stream, asks for it."""
+    """The submitted job: as this replica shows it once its submission is published (stored, or
+    provisional); else, for a submission seen before (a repeated Idempotency-Key), once the
+    scheduler has stored it or, after a bounded wait (`timeout`, the command timeout unless
+    given: the scheduler is busy or down), as its submission, still in the commands stream,
+    asks for it."""
     wait = gw.settings.command_timeout if timeout is None else timeout
     if wait > 0:
         await gw.jobs.wait_for(job_id, lambda job: job is not None, wait)

@@ -10,6 +10,7 @@ only one work message own a delivery.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 import structlog
 
@@ -31,6 +32,9 @@ from shared.webhooks.subscriptions import job_subscription_id
 
 log = structlog.get_logger("vidmesh.notifier")
 
+# Jobs remembered to have no subscription of their own.
+_REMEMBERED = 20_000
+
 
 class Fanout:
     """Turns events into deliveries."""
@@ -38,6 +42,8 @@ class Fanout:
     def __init__(self, store: WebhookStore, subscriptions: Projection[WebhookSubscription]) -> None:
         self.store = store
         self.subscriptions = subscriptions
+        # Jobs found to have no subscription of their own, the latest last.
+        self._without_own: OrderedDict[str, None] = OrderedDict()
 
     async def handle(self, received: Received[ev.AnyEvent]) -> Settle:
         """Open a delivery of the event for every subscription that wants it."""
@@ -61,12 +67,17 @@ class Fanout:
         ]
         if isinstance(event, ev.JobEvent):
             # A job's own subscription is written just before the job: read it from KV when the
-            # projection has not seen it yet.
+            # projection has not seen it yet. A job found to have none never gets one (it is
+            # written only before the job is), so it is not looked for again.
             key = job_subscription_id(event.job_id)
-            if self.subscriptions.get(key) is None:
+            if self.subscriptions.get(key) is None and event.job_id not in self._without_own:
                 stored = await self.store.subscriptions.get(key)
                 if stored is not None:
                     found.append(stored.value)
+                else:
+                    self._without_own[event.job_id] = None
+                    while len(self._without_own) > _REMEMBERED:
+                        self._without_own.popitem(last=False)
         return found
 
     async def open_delivery(self, sub: WebhookSubscription, tag: str, event: ev.Event) -> None:

@@ -32,6 +32,8 @@ from shared.webhooks.store import WebhookStore
 log = structlog.get_logger("vidmesh.notifier")
 
 FANOUT_SLOTS = 4
+# Events a fan-out slot fetches at once while they wait (most match no subscription).
+FANOUT_BATCH = 16
 COMMAND_SLOTS = 4
 
 
@@ -79,13 +81,14 @@ class Notifier(Service):
             ev.DECODER,
             family="event",
             ack_wait=30.0,
-            max_ack_pending=FANOUT_SLOTS,
+            max_ack_pending=FANOUT_SLOTS * FANOUT_BATCH,
             max_attempts=self.settings.message_attempts,
             skip_unknown=True,  # newer producers may add event types
             policy=server.retry_policy,
         )
+        fanout = self.fanout.handle
         self.consume(
-            await events.open(js, "notifier.events", self.fanout.handle, slots=FANOUT_SLOTS)
+            await events.open(js, "notifier.events", fanout, slots=FANOUT_SLOTS, batch=FANOUT_BATCH)
         )
         # Waiting retries are naked with a delay and count as pending: max_ack_pending is far
         # above the slots (each slot still fetches one message only when it is free). A

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import msgspec
 import structlog
@@ -132,7 +132,11 @@ def _lease_pending(
     auto = set(leases.slots.get(pool_id, ())) - {slot_of(key) for key in gone}
     changes: list[Change] = []
     added = 0
-    for r in pending_in_order(view, leases, pool_id):
+    # With no automatic slot free (as with a long queue), only a manual start or a rendition
+    # leased earlier can be dispatched: the rest of the queue is not even ordered.
+    slot_free = len(auto) < limit and (room is None or room > 0)
+    only = None if slot_free else (lambda r: r.manual or bool(leases.keys_of.get(r.key)))
+    for r in pending_in_order(view, leases, pool_id, only=only):
         if any(key in held for key in leases.keys_of.get(r.key, ())):
             changes.append(publish(view, r, now))  # leased earlier but never dispatched: again
             continue
@@ -163,10 +167,15 @@ def still_held(view: View, lease: Lease, now: float) -> bool:
     return r.state is R.PENDING and now - lease.since < STALE_LEASE_SECONDS
 
 
-def pending_in_order(view: View, leases: LeaseView, pool_id: str) -> list[Rendition]:
-    """Pending renditions someone waits for: manual starts first, then the highest priority,
-    then the least busy client (see `client_of`), then the oldest."""
-    pending = [r for r in view.pending_in(pool_id) if view.followers(r)]
+def pending_in_order(
+    view: View, leases: LeaseView, pool_id: str, *, only: Callable[[Rendition], bool] | None = None
+) -> list[Rendition]:
+    """Pending renditions someone waits for (of those `only` passes): manual starts first, then
+    the highest priority, then the least busy client (see `client_of`), then the oldest."""
+    candidates = view.pending_in(pool_id)
+    if only is not None:
+        candidates = [r for r in candidates if only(r)]
+    pending = [r for r in candidates if view.followers(r)]
     busy = leases.busy.get(pool_id) or Counter()
     return sorted(
         pending,

@@ -61,7 +61,7 @@ class Intake:
         retries it until it is stored (its submissions are exempt from the attempt cap); a job
         that can never be accepted as asked is stored `failed` with the reason, so its caller,
         who was told it was accepted, sees it fail."""
-        if await self.store.jobs.get(command.job_id) is not None:
+        if await self._stored(command):
             log.info("job.submitted_again", job_id=command.job_id)
             return None
         try:
@@ -81,6 +81,18 @@ class Intake:
             return None
         log.info("job.accepted", job_id=job.id, client=job.client, owner=job.owner)
         return job
+
+    async def _stored(self, command: cmd.SubmitJob) -> bool:
+        """Whether the job is stored already, as far as it matters before storing it: the
+        record is written create-only, so a job the projection has not seen yet is found by
+        that write; only a job with its own webhook subscription, stored before the record,
+        is looked up in the bucket first (a repeat must not write it again)."""
+        view = self.store.job_view
+        if view is not None and view.get(command.job_id) is not None:
+            return True
+        if view is None or command.notify_url:
+            return await self.store.jobs.get(command.job_id) is not None
+        return False
 
     async def submit_pending(self, job_id: str) -> None:
         """Before a command acts on job `job_id`: if it is not stored yet but its submission waits

@@ -39,6 +39,9 @@ from shared.tasks import stop_tasks
 
 log = structlog.get_logger("vidmesh.scheduler")
 
+# Commands a slot fetches at once while they wait (each is quick: a few KV writes).
+COMMAND_BATCH = 8
+
 
 class Scheduler(Service):
     name = "scheduler"
@@ -102,7 +105,9 @@ class Scheduler(Service):
             self.store, self.view, self.applier, self.settings, self.loop.wake, intake
         )
         slots = self.settings.command_slots
-        self.consume(await consumer.open(js, "scheduler.commands", handler, slots=slots))
+        self.consume(
+            await consumer.open(js, "scheduler.commands", handler, slots=slots, batch=COMMAND_BATCH)
+        )
         self._loop_task = asyncio.create_task(self.loop.run_forever(), name="scheduler.reconcile")
         self._metrics_task = asyncio.create_task(
             sample_forever(js, self.names, self.view), name="scheduler.metrics"
@@ -150,7 +155,7 @@ def command_consumer(names: Names, settings: SchedulerSettings) -> Consumer[cmd.
         cmd.SCHEDULER_DECODER,
         family="command",
         ack_wait=30.0,
-        max_ack_pending=settings.command_slots * 4,
+        max_ack_pending=settings.command_slots * COMMAND_BATCH,
         max_attempts=settings.message_attempts,
         uncapped=lambda command: isinstance(command, cmd.SubmitJob),
     )

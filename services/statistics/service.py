@@ -17,8 +17,9 @@ from services.statistics.telemetry import Telemetry
 from shared import cardinality
 from shared.messages import events as ev
 from shared.messages.records import Totals
-from shared.nats.consumer import ACK, Consumer, Received, Settle
-from shared.nats.kv import TypedKV
+from shared.nats.consumer import Consumer, Received
+from shared.nats.in_order import open_in_order
+from shared.nats.kv import TypedKV, Versioned
 from shared.nats.subjects import Names
 from shared.nats.topology import ensure_topology, retention_of
 from shared.runtime import Service
@@ -26,6 +27,8 @@ from shared.runtime import Service
 log = structlog.get_logger("vidmesh.statistics")
 
 TOTALS_KEY = "totals"
+# Events folded together at most (one totals write for each batch).
+BATCH = 256
 
 
 def fold(totals: Totals, event: ev.Event, seq: int) -> Totals:
@@ -68,6 +71,8 @@ class Statistics(Service):
         self.names = Names(settings.namespace)
         self._telemetry: Telemetry | None = None
         self._tasks: TaskHistory | None = None
+        # The totals as this process last stored them (its next write starts from them).
+        self._known: Versioned[Totals] | None = None
 
     async def start(self) -> None:
         js = self.nc.jetstream()
@@ -87,29 +92,33 @@ class Statistics(Service):
             ev.DECODER,
             family="event",
             ack_wait=30.0,
-            # One at a time, in stream order: totals fold events sequentially.
-            max_ack_pending=1,
             max_attempts=self.settings.message_attempts,
             skip_unknown=True,  # newer producers may add event types
         )
-        self.consume(await consumer.open(js, "statistics.events", self._handle))
+        # In stream order, a batch at a time: the totals are written once per batch.
+        self.consume(
+            await open_in_order(consumer, js, "statistics.events", self._fold, batch=BATCH)
+        )
         self._tasks = TaskHistory(
             self.nc, self.names, buckets, max_attempts=self.settings.message_attempts
         )
         self.consume(await self._tasks.start())
 
-    async def _handle(self, received: Received[ev.AnyEvent]) -> Settle:
-        """Fold the event into the totals, once: the totals remember the last sequence folded."""
-        event, seq = received.message, received.seq
+    async def _fold(self, batch: list[Received[ev.AnyEvent]]) -> None:
+        """Fold a batch of events (in stream order) into the totals, each once: the totals
+        remember the last sequence folded."""
 
         def apply(current: Totals | None) -> Totals | None:
-            totals = current or Totals()
-            if seq <= totals.last_seq:
-                return None
-            return fold(totals, event, seq)
+            totals = start = current or Totals()
+            for received in batch:
+                if received.seq > totals.last_seq:
+                    totals = fold(totals, received.message, received.seq)
+            return None if totals is start else totals
 
-        await self.totals.change(TOTALS_KEY, apply)
-        return ACK
+        known, self._known = self._known, None  # read again after a failure
+        done = await self.totals.replace(TOTALS_KEY, apply, known=known)
+        if done.record is not None and done.revision is not None:
+            self._known = Versioned(done.record, done.revision)
 
     async def _read_totals(self) -> Totals:
         found = await self.totals.get(TOTALS_KEY)

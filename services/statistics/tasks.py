@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
+from collections.abc import Callable
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -24,14 +26,22 @@ from shared import task_history
 from shared.messages import events as ev
 from shared.messages.tasks import ClearedMark, TaskRecord, TaskType
 from shared.messages.webhooks import Delivery
-from shared.nats.consumer import ACK, Consumer, Received, Settle, SlotLoops
-from shared.nats.kv import TypedKV
+from shared.nats.consumer import Consumer, Received, SlotLoops
+from shared.nats.in_order import open_in_order
+from shared.nats.kv import TypedKV, Versioned
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import Buckets, describe
 from shared.tasks import stop_tasks
 
 log = structlog.get_logger("vidmesh.statistics")
+
+# Events folded together at most.
+BATCH = 256
+# Tasks whose last write this process remembers (its next write of one starts from it).
+_REMEMBERED = 4096
+# The news that opens a task.
+_CREATES = (ev.JobAccepted, ev.ProbeFinished, ev.CleanupFinished)
 
 
 class TaskHistory:
@@ -49,6 +59,7 @@ class TaskHistory:
         # Keys of the deliveries that changed, waiting to be folded.
         self._changed: asyncio.Queue[str] = asyncio.Queue()
         self._folder: asyncio.Task[None] | None = None
+        self._written: OrderedDict[str, Versioned[TaskRecord]] = OrderedDict()
 
     async def start(self) -> SlotLoops[ev.AnyEvent]:
         """Start both feeds; returns the events consumer's loops (the service stops them)."""
@@ -62,11 +73,12 @@ class TaskHistory:
             ev.DECODER,
             family="event",
             ack_wait=30.0,
-            max_ack_pending=1,  # in stream order: a task's changes fold one after another
             max_attempts=self.max_attempts,
             skip_unknown=True,
         )
-        return await consumer.open(self.nc.jetstream(), "statistics.task_history", self._handle)
+        # in stream order, a batch at a time: each task's changes fold one after another
+        js = self.nc.jetstream()
+        return await open_in_order(consumer, js, "statistics.task_history", self._fold, batch=BATCH)
 
     async def stop(self) -> None:
         await self.deliveries.stop()
@@ -77,18 +89,50 @@ class TaskHistory:
         found = await self.marks.get(task_history.CLEARED_KEY)
         return found.value if found else None
 
-    async def _handle(self, received: Received[ev.AnyEvent]) -> Settle:
-        """Fold one event into the task it is news of (most events are of no task)."""
-        event, seq = received.message, received.seq
-        found = task_history.task_id_of(event)
-        if found is None:
-            return ACK
+    async def _fold(self, batch: list[Received[ev.AnyEvent]]) -> None:
+        """Fold a batch of events (in stream order) into the tasks they are news of (most events
+        are of no task): one write per task, the tasks written side by side."""
+        news: dict[str, list[Received[ev.AnyEvent]]] = {}
+        for received in batch:
+            found = task_history.task_id_of(received.message)
+            if found is not None:
+                news.setdefault(task_history.key_of(found), []).append(received)
+        if not news:
+            return
         mark = await self._mark()
-        await self.tasks.change(
-            task_history.key_of(found),
-            lambda current: task_history.fold_event(current, event, seq, mark),
+
+        def folding(
+            items: list[Received[ev.AnyEvent]],
+        ) -> Callable[[TaskRecord | None], TaskRecord | None]:
+            def apply(current: TaskRecord | None) -> TaskRecord | None:
+                task = current
+                for received in items:
+                    folded = task_history.fold_event(task, received.message, received.seq, mark)
+                    if folded is not None:
+                        task = folded
+                return None if task is current else task
+
+            return apply
+
+        writes = [self._write(key, folding(items), items[0].message) for key, items in news.items()]
+        # every write has ended before the batch is settled (or handed back for another try)
+        for outcome in await asyncio.gather(*writes, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _write(
+        self, key: str, apply: Callable[[TaskRecord | None], TaskRecord | None], first: ev.Event
+    ) -> None:
+        """Store a task's change, starting from the task as this process last wrote it, or from
+        none when its first news is what creates a task (a guess: compare-and-set checks it)."""
+        known = self._written.pop(key, None)
+        done = await self.tasks.replace(
+            key, apply, known=known, absent=known is None and isinstance(first, _CREATES)
         )
-        return ACK
+        if done.record is not None and done.revision is not None:
+            self._written[key] = Versioned(done.record, done.revision)
+            while len(self._written) > _REMEMBERED:
+                self._written.popitem(last=False)
 
     def _on_delivery(self, key: str, old: Delivery | None, new: Delivery | None) -> None:
         if new is not None:

@@ -1,9 +1,11 @@
 """The consumer kit: bounded intake from a durable pull consumer, and the one shape of a handler.
 
-N slot loops each fetch one message when they are free (N is what the service can run at once;
-nothing waits in a buffer while its ack_wait runs). The kit decodes each message with the
-consumer's msgspec Decoder, binds the ids it carries to the log context, and hands the handler a
-typed `Received`; the handler returns a `Settle` and never acknowledges anything itself.
+N slot loops each fetch a message when they are free (N is what the service can run at once;
+nothing waits in a buffer while its ack_wait runs); a consumer of quick messages (commands,
+events) may let each slot fetch a few at once (`batch`), handled one after another, so a busy
+stream costs fewer pull requests and their acks go out together. The kit decodes each message
+with the consumer's msgspec Decoder, binds the ids it carries to the log context, and hands the
+handler a typed `Received`; the handler returns a `Settle` and never acknowledges anything itself.
 `settle()` is the one place that acks, naks or terminates:
 
 - a message that does not decode is poison: terminated, with one error line;
@@ -61,6 +63,9 @@ from shared.nats.topology import describe
 log = structlog.get_logger("vidmesh.consumer")
 
 T = TypeVar("T")
+
+# Seconds a slot waits for the further messages of a batch the consumer said were waiting.
+_MORE_TIMEOUT = 0.05
 
 # The handler's contract, for the services that import it with the kit.
 __all__ = [
@@ -180,11 +185,19 @@ class Consumer(Generic[T]):
         log.info("consumer.ack_wait_changed", consumer=self.config.durable_name, ack_wait=wanted)
 
     async def open(
-        self, js: JetStreamContext, name: str, handler: Handler[T], *, slots: int = 1
+        self,
+        js: JetStreamContext,
+        name: str,
+        handler: Handler[T],
+        *,
+        slots: int = 1,
+        batch: int = 1,
     ) -> SlotLoops[T]:
-        """Declare the consumer, bind to it, and start `slots` loops handling its messages."""
+        """Declare the consumer, bind to it, and start `slots` loops handling its messages, each
+        fetching up to `batch` at a time."""
         await self.declare(js)
-        loops = SlotLoops(self, name, await self.subscribe(js), handler, slots=slots, js=js)
+        sub = await self.subscribe(js)
+        loops = SlotLoops(self, name, sub, handler, slots=slots, batch=batch, js=js)
         loops.start()
         return loops
 
@@ -210,7 +223,8 @@ class Consumer(Generic[T]):
 
 
 class SlotLoops(Generic[T]):
-    """Run `slots` loops that each fetch one message, handle it, settle it, and repeat."""
+    """Run `slots` loops that each fetch up to `batch` messages, handle and settle each, and
+    repeat."""
 
     def __init__(
         self,
@@ -220,6 +234,7 @@ class SlotLoops(Generic[T]):
         handler: Handler[T],
         *,
         slots: int = 1,
+        batch: int = 1,
         fetch_timeout: float = 2.0,
         js: JetStreamContext | None = None,
     ) -> None:
@@ -231,6 +246,7 @@ class SlotLoops(Generic[T]):
         self.js = js
         self.handler = handler
         self.slots = slots
+        self.batch = batch
         self.fetch_timeout = fetch_timeout
         self.busy = 0
         # What the stop summary reports: messages settled, handed back on stop, cancelled.
@@ -309,6 +325,8 @@ class SlotLoops(Generic[T]):
                 await self._follow_policy(self.js)
             try:
                 msgs = await self.sub.fetch(1, timeout=self.fetch_timeout)
+                if self.batch > 1:
+                    msgs += await self._more(msgs[-1])
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except asyncio.CancelledError:
@@ -324,14 +342,43 @@ class SlotLoops(Generic[T]):
                 continue
             delay = 0.2
             self._fetch_failing = False
-            for msg in msgs:
-                if self._stopping.is_set():  # arrived on a fetch made before the stop: not ours
-                    with contextlib.suppress(Exception):
-                        await msg.nak()
-                    self.handed_back += 1
-                    log.info("consumer.handed_back_on_stop", consumer=self.name)
-                    continue
+            await self._handle_fetched(msgs)
+
+    async def _handle_fetched(self, msgs: list[Msg]) -> None:
+        """Handle and settle what one fetch brought, one after another."""
+        for n, msg in enumerate(msgs):
+            if self._stopping.is_set():  # arrived on a fetch made before the stop: not ours
+                await self._hand_back_on_stop(msgs[n:])
+                return
+            try:
                 await self._handle(msg)
+            except asyncio.CancelledError:
+                # the rest of the batch goes back now, not after its ack wait
+                await asyncio.shield(self._hand_back(msgs[n + 1 :]))
+                raise
+
+    async def _hand_back_on_stop(self, msgs: list[Msg]) -> None:
+        await self._hand_back(msgs)
+        log.info("consumer.handed_back_on_stop", consumer=self.name, messages=len(msgs))
+
+    async def _hand_back(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        self.handed_back += len(msgs)
+
+    async def _more(self, last: Msg) -> list[Msg]:
+        """Up to `batch - 1` more messages, when the consumer says more wait after `last`.
+
+        Asked without waiting: a fetch of several that waits for them keeps its caller until
+        all arrive or its timeout ends (nats-py), so a lone message would wait that long."""
+        waiting = last.metadata.num_pending or 0
+        if waiting <= 0:
+            return []
+        try:
+            return await self.sub.fetch(min(self.batch - 1, waiting), timeout=_MORE_TIMEOUT)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []  # another slot took them
 
     async def _follow_policy(self, js: JetStreamContext) -> None:
         try:
@@ -351,8 +398,10 @@ class SlotLoops(Generic[T]):
             if self.busy == 0:
                 self._idle.set()
 
-    async def _handle_one(self, msg: Msg) -> None:
-        started = time.monotonic()
+    def _decoded(self, msg: Msg) -> Received[T] | Settle:
+        """The message decoded for its handler, or how to settle it without one: poison
+        (terminated), a kind this version does not know (acknowledged, where the consumer skips
+        those), or delivered past its attempt cap (terminated); each said in one log line."""
         attempt = msg.metadata.num_delivered or 1
         seq = msg.metadata.sequence.stream
         where = {"consumer": self.name, "attempt": attempt}
@@ -361,23 +410,30 @@ class SlotLoops(Generic[T]):
         except msgspec.DecodeError as exc:
             if self.consumer.skip_unknown and self.consumer.is_unknown_kind(msg.data):
                 log.debug(f"{self.family}.skipped_unknown", subject=msg.subject, **where)
-                await self._settle(msg, ACK)
-                return
+                return ACK
             log.error(
                 f"{self.family}.poison", subject=msg.subject, seq=seq, error=str(exc), **where
             )
-            await self._settle(msg, TERM)
+            return TERM
+        cap = self.consumer.cap_for(message)
+        if cap is not None and attempt > cap:
+            # Delivered past the cap without failing in a handler: its handling kills or
+            # hangs the process every time. Never again.
+            ids = ids_of(message)
+            log.error(f"{self.family}.gave_up", seq=seq, attempts_allowed=cap, **where, **ids)
+            return TERM
+        return Received(message, msg.subject, seq, attempt, msg)
+
+    async def _handle_one(self, msg: Msg) -> None:
+        started = time.monotonic()
+        received = self._decoded(msg)
+        if isinstance(received, Settle):
+            await self._settle(msg, received)
             return
-        ids = ids_of(message)
+        where = {"consumer": self.name, "attempt": received.attempt}
+        ids = ids_of(received.message)
         with bound_contextvars(**ids):
-            cap = self.consumer.cap_for(message)
-            if cap is not None and attempt > cap:
-                # Delivered past the cap without failing in a handler: its handling kills or
-                # hangs the process every time. Never again.
-                log.error(f"{self.family}.gave_up", seq=seq, attempts_allowed=cap, **where, **ids)
-                await self._settle(msg, TERM)
-                return
-            decided = await self._decide(msg, Received(message, msg.subject, seq, attempt, msg))
+            decided = await self._decide(msg, received)
             await self._settle(msg, decided)
             log.info(
                 f"{self.family}.handled",

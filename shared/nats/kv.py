@@ -223,11 +223,26 @@ class TypedKV(Generic[T]):
         done = await self.replace(key, fn)
         return done.record, done.revision, done.changed
 
-    async def replace(self, key: str, fn: Callable[[T | None], T | None]) -> Replaced[T]:
-        """`change`, saying also which version of the record the change replaced."""
+    async def replace(
+        self,
+        key: str,
+        fn: Callable[[T | None], T | None],
+        *,
+        known: Versioned[T] | None = None,
+        absent: bool = False,
+    ) -> Replaced[T]:
+        """`change`, saying also which version of the record the change replaced. A caller that
+        knows the record (`known`, as it last stored or read it) or knows there is none
+        (`absent`) saves the first read; a guess proved wrong by the compare-and-set costs a
+        read and another round, and "nothing to change" is decided on a read, never a guess."""
+        guess = known is not None or absent
         for _ in range(_MAX_CAS_ROUNDS):
-            current = await self.get(key)
+            current = known if guess else await self.get(key)
             new = fn(current.value if current else None)
+            if guess and (new is None or (current is not None and new == current.value)):
+                guess = False  # "nothing to change" is taken from the bucket only
+                continue
+            guess = False
             if new is None or (current is not None and new == current.value):
                 if current is None:
                     return Replaced(before=None, record=None, revision=None, changed=False)

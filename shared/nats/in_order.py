@@ -1,0 +1,170 @@
+"""Folding a stream in order, a batch at a time: for a consumer whose handler keeps a running
+result (totals, a history) that remembers the last stream sequence it took in.
+
+One loop fetches what waits (up to `batch` messages), decodes them as the consumer kit does
+(poison, unknown kinds and messages past their cap are logged and passed over), and hands the
+rest to the fold together, in stream order; the fold stores its result once for the whole batch,
+then one acknowledgement of the batch's last message settles all of it (the consumer acks all
+up to a message). So a busy stream costs one write and one ack per batch instead of one each
+per message, and the order holds: nothing of a batch is acknowledged before its result is
+stored, and a batch that fails is held here for its backoff and then handed back whole, so
+JetStream delivers it again before anything after it (max_ack_pending is the batch, and
+redeliveries come first). A fold that keeps failing on a batch of several is tried one message
+at a time until past that batch, so the one that fails meets the consumer's attempt cap alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from shared.nats.consumer import Consumer, SlotLoops
+from shared.nats.handler import ACK, HAND_BACK, Received, Settle, backoff, retryable, settle
+from shared.nats.topology import describe
+
+log = structlog.get_logger("vidmesh.consumer")
+
+T = TypeVar("T")
+
+Fold = Callable[[list[Received[T]]], Awaitable[None]]
+
+# Seconds a failed batch is held at most before it is handed back (inside any ack wait).
+_MAX_HOLD = 10.0
+
+
+async def open_in_order(
+    consumer: Consumer[T], js: JetStreamContext, name: str, fold: Fold[T], *, batch: int
+) -> InOrderLoops[T]:
+    """Declare `consumer` to ack all up to a message, with `batch` messages pending at most;
+    bind to it, and start folding."""
+    await declare_ack_all(consumer, js, batch)
+    loops = InOrderLoops(consumer, name, await consumer.subscribe(js), fold, batch=batch, js=js)
+    loops.start()
+    return loops
+
+
+async def declare_ack_all(consumer: Consumer[T], js: JetStreamContext, batch: int) -> None:
+    """Declare the consumer with AckPolicy.ALL. A consumer that exists keeps where it starts
+    from; one declared before with explicit acks (its ack policy cannot be changed in place) is
+    declared again from the first message it had not acknowledged."""
+    config = consumer.config.evolve(ack_policy=AckPolicy.ALL, max_ack_pending=batch)
+    assert config.durable_name is not None
+    try:
+        info = await js.consumer_info(consumer.stream, config.durable_name)
+    except NotFoundError:
+        info = None
+    if info is not None and info.config.ack_policy is not AckPolicy.ALL:
+        start = (info.ack_floor.stream_seq if info.ack_floor else 0) or 0
+        await js.delete_consumer(consumer.stream, config.durable_name)
+        config = config.evolve(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start + 1
+        )
+        log.info("consumer.now_acks_all", consumer=config.durable_name, from_seq=start + 1)
+    elif info is not None:
+        config = config.evolve(
+            deliver_policy=info.config.deliver_policy, opt_start_seq=info.config.opt_start_seq
+        )
+    consumer.config = config
+    await consumer.declare(js)
+
+
+class InOrderLoops(SlotLoops[T]):
+    """One slot loop whose fetched messages are folded together (see the module)."""
+
+    def __init__(
+        self,
+        consumer: Consumer[T],
+        name: str,
+        sub: JetStreamContext.PullSubscription,
+        fold: Fold[T],
+        *,
+        batch: int,
+        js: JetStreamContext | None = None,
+    ) -> None:
+        super().__init__(consumer, name, sub, _unused, slots=1, batch=batch, js=js)
+        self.fold = fold
+        self._full_batch = batch
+        # One message at a time until past this stream sequence (a batch that kept failing).
+        self._alone_until = 0
+
+    async def _handle_fetched(self, msgs: list[Msg]) -> None:
+        if self._stopping.is_set():
+            await self._hand_back_on_stop(msgs)
+            return
+        self.busy += 1
+        self._idle.clear()
+        try:
+            await self._fold_batch(sorted(msgs, key=lambda msg: msg.metadata.sequence.stream))
+        finally:
+            self.busy -= 1
+            if self.busy == 0:
+                self._idle.set()
+
+    async def _fold_batch(self, msgs: list[Msg]) -> None:
+        started = time.monotonic()
+        taken = [
+            received for received in map(self._decoded, msgs) if isinstance(received, Received)
+        ]
+        last = msgs[-1].metadata.sequence.stream
+        attempt = max((received.attempt for received in taken), default=1)
+        where = {"consumer": self.name, "attempt": attempt, "messages": len(msgs), "seq": last}
+        try:
+            if taken:
+                await self.fold(taken)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._hand_back(msgs))
+            if self._cancelling:
+                self.cancelled += len(msgs)
+            raise
+        except Exception as exc:
+            await self._failed(msgs, taken, exc, attempt, where)
+            return
+        # the last acknowledges all before it (what was passed over too)
+        await self._settle(msgs[-1], ACK)
+        self.handled += len(msgs) - 1
+        if last >= self._alone_until:
+            self.batch = self._full_batch
+        log.info(
+            f"{self.family}.handled",
+            outcome=ACK.outcome.value,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            **where,
+        )
+
+    async def _failed(
+        self,
+        msgs: list[Msg],
+        taken: list[Received[T]],
+        exc: Exception,
+        attempt: int,
+        where: dict[str, object],
+    ) -> None:
+        if len(msgs) == 1:
+            cap = self.consumer.cap_for(taken[0].message)
+            if not retryable(exc) or (cap is not None and attempt >= cap):
+                log.error(f"{self.family}.gave_up", attempts_allowed=cap, **where, **describe(exc))
+                await self._settle(msgs[0], ACK)  # never again; what follows goes on
+                return
+        elif not retryable(exc) or attempt >= 2:
+            # find the one that fails: one at a time until past this batch
+            self._alone_until = max(self._alone_until, msgs[-1].metadata.sequence.stream)
+            self.batch = 1
+        log.warning(f"{self.family}.failed", exc_info=True, **where, **describe(exc))
+        base = self.consumer.retry_policy().backoff_seconds or 1.0
+        await asyncio.sleep(min(_MAX_HOLD, backoff(attempt, base=base)))
+        for msg in msgs:  # delivered again at once, before what follows
+            with contextlib.suppress(Exception):
+                await settle(msg, HAND_BACK)
+
+
+async def _unused(received: Received[Any]) -> Settle:  # pragma: no cover
+    raise AssertionError("an in-order fold takes its messages together")
