@@ -55,12 +55,7 @@ class Fleet:
 
     async def within_ceilings(self, spec: PresetSpec) -> PresetSpec:
         """A new job's spec, capped to the fleet's quality ceilings."""
-        settings = await self.transcoding_settings()
-        return within_ceilings(
-            spec,
-            max_height=settings.max_height,
-            max_video_bitrate_kbps=settings.max_video_bitrate_kbps,
-        )
+        return capped(spec, await self.transcoding_settings())
 
     async def live_workers(self) -> list[WorkerInfo]:
         return sorted(await _values(self.workers), key=lambda w: (w.pool, w.host, w.id))
@@ -72,6 +67,15 @@ class Fleet:
         """The pool's leases (one KV key each), ordered by rendition."""
         found = await leases_of(self.leases, pool_id)
         return sorted(found.values(), key=lambda lease: lease.rendition)
+
+
+def capped(spec: PresetSpec, settings: TranscodingSettings) -> PresetSpec:
+    """`spec` within the quality ceilings of the fleet's `settings`."""
+    return within_ceilings(
+        spec,
+        max_height=settings.max_height,
+        max_video_bitrate_kbps=settings.max_video_bitrate_kbps,
+    )
 
 
 async def _values(kv: TypedKV[T]) -> list[T]:

@@ -218,6 +218,8 @@ _USERINFO_IN_TEXT = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/?#\s'\"<>]+@")
 def scrub(text: str) -> str:
     """Mask credentials in URLs inside free text (ffmpeg's messages quote the source URL): secret
     query parameters (signed-URL signatures and credentials among them) and user:password@."""
+    if "=" not in text and "://" not in text:
+        return text  # neither a query parameter nor a URL's userinfo (most log values)
     return _USERINFO_IN_TEXT.sub(r"\1***@", _SECRET_IN_TEXT.sub(r"\1***", text))
 
 

@@ -17,14 +17,17 @@ decided here would be stored as the job, `failed` with its reason, which every f
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 from nats.js import JetStreamContext
 
 from shared.errors import VidmeshError
-from shared.fleet import Fleet
+from shared.fleet import capped
 from shared.jobs import state as jobstate
 from shared.jobs.store import RecordStore
 from shared.messages import commands as cmd
+from shared.messages.fleet import TranscodingSettings
 from shared.messages.records import JobRecord
 from shared.messages.webhooks import SubscriptionScope, WebhookSubscription
 from shared.nats.handler import retryable
@@ -39,14 +42,17 @@ log = structlog.get_logger("vidmesh.scheduler")
 
 
 class Intake:
-    """Accepts submitted jobs: ceilings, spec, the `notify_url` subscription, the record."""
+    """Accepts submitted jobs: ceilings, spec, the `notify_url` subscription, the record.
+
+    `fleet` gives the fleet's transcoding settings in force (the scheduler's projection of
+    them, kept by a watch: a change is seen before a submission sent after it arrives)."""
 
     def __init__(
         self,
         js: JetStreamContext,
         names: Names,
         store: RecordStore,
-        fleet: Fleet,
+        fleet: Callable[[], TranscodingSettings],
     ) -> None:
         self.js = js
         self.names = names
@@ -65,7 +71,7 @@ class Intake:
             log.info("job.submitted_again", job_id=command.job_id)
             return None
         try:
-            job = jobstate.submitted_job(command, await self.fleet.within_ceilings(command.spec))
+            job = jobstate.submitted_job(command, capped(command.spec, self.fleet()))
         except Exception as exc:
             if retryable(exc):
                 raise

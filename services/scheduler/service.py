@@ -23,7 +23,7 @@ from services.scheduler.metrics import observe_job, sample_forever
 from services.scheduler.reconcile import ReconcileLoop
 from services.scheduler.sharing import ShareChecks
 from services.scheduler.view import LeaseView, View
-from shared.fleet import Fleet
+from shared.fleet import SETTINGS_KEY
 from shared.jobs.store import RecordStore
 from shared.messages import commands as cmd
 from shared.messages.fleet import Pool, TranscodingSettings
@@ -100,7 +100,7 @@ class Scheduler(Service):
         self.loop.watch_leases(self.leases)
         consumer = command_consumer(self.names, self.settings)
         consumer.policy = self.server_settings.retry_policy
-        intake = Intake(js, self.names, self.store, Fleet(buckets))
+        intake = Intake(js, self.names, self.store, self._transcoding_settings)
         handler = CommandHandler(
             self.store, self.view, self.applier, self.settings, self.loop.wake, intake
         )
@@ -123,6 +123,9 @@ class Scheduler(Service):
         """A new dispatch concurrency applies from the next pass (a raised one at once)."""
         self.lease_view.dispatch_concurrency = settings.processing.dispatch_concurrency
         self.loop.wake()
+
+    def _transcoding_settings(self) -> TranscodingSettings:
+        return self.fleet_settings.get(SETTINGS_KEY) or TranscodingSettings()
 
     def _share_decided(self, job_id: str) -> None:
         self.loop.look_at_job(job_id)

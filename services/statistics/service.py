@@ -7,6 +7,8 @@ the last stream sequence it folded, so a redelivered event is never counted twic
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
@@ -85,6 +87,8 @@ class Statistics(Service):
         self.totals = TypedKV(buckets.stats, Totals)
         self._telemetry = Telemetry(self.nc, self.names, buckets, self._read_totals)
         await self._telemetry.start()
+        self._tasks = TaskHistory(self.nc, self.names, buckets)
+        await self._tasks.start()
         consumer = Consumer.durable(
             self.names.events_stream,
             self.names.statistics_consumer,
@@ -95,18 +99,27 @@ class Statistics(Service):
             max_attempts=self.settings.message_attempts,
             skip_unknown=True,  # newer producers may add event types
         )
-        # In stream order, a batch at a time: the totals are written once per batch.
-        self.consume(
-            await open_in_order(consumer, js, "statistics.events", self._fold, batch=BATCH)
+        # In stream order, a batch at a time, for the totals and the task history together (the
+        # task history had a consumer of its own: this one starts where the later of the two
+        # had got to, and folding an event again changes nothing).
+        replaces = [self.names.task_history_consumer]
+        loops = await open_in_order(
+            consumer, js, "statistics.events", self._fold, batch=BATCH, replaces=replaces
         )
-        self._tasks = TaskHistory(
-            self.nc, self.names, buckets, max_attempts=self.settings.message_attempts
-        )
-        self.consume(await self._tasks.start())
+        self.consume(loops)
 
     async def _fold(self, batch: list[Received[ev.AnyEvent]]) -> None:
-        """Fold a batch of events (in stream order) into the totals, each once: the totals
-        remember the last sequence folded."""
+        """Fold a batch of events (in stream order) into the totals and the task history."""
+        assert self._tasks is not None
+        folds = (self._fold_totals(batch), self._tasks.fold(batch))
+        # both have ended before the batch is settled (or handed back for another try)
+        for outcome in await asyncio.gather(*folds, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _fold_totals(self, batch: list[Received[ev.AnyEvent]]) -> None:
+        """Fold a batch of events into the totals, each once: the totals remember the last
+        sequence folded."""
 
         def apply(current: Totals | None) -> Totals | None:
             totals = start = current or Totals()

@@ -4,8 +4,8 @@ kind of work becomes a task).
 
 Two feeds, each folded with compare-and-set writes that remember the last change folded, so a
 change seen twice is folded once:
-- the events stream, through its own durable consumer (`task-history`), in order: job events
-  (transcodes), `probe.finished` and `cleanup.finished`;
+- the events stream, in order, a batch at a time, through the statistics service's consumer
+  (`fold`): job events (transcodes), `probe.finished` and `cleanup.finished`;
 - the deliveries bucket, through a watch: each change of a delivery record.
 
 The history is a view: the gateway reads it, and clears its finished tasks; jobs and deliveries
@@ -26,8 +26,7 @@ from shared import task_history
 from shared.messages import events as ev
 from shared.messages.tasks import ClearedMark, TaskRecord, TaskType
 from shared.messages.webhooks import Delivery
-from shared.nats.consumer import Consumer, Received, SlotLoops
-from shared.nats.in_order import open_in_order
+from shared.nats.consumer import Received
 from shared.nats.kv import TypedKV, Versioned
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
@@ -36,8 +35,6 @@ from shared.tasks import stop_tasks
 
 log = structlog.get_logger("vidmesh.statistics")
 
-# Events folded together at most.
-BATCH = 256
 # Tasks whose last write this process remembers (its next write of one starts from it).
 _REMEMBERED = 4096
 # The news that opens a task.
@@ -47,7 +44,7 @@ _CREATES = (ev.JobAccepted, ev.ProbeFinished, ev.CleanupFinished)
 class TaskHistory:
     """Folds the events stream and the deliveries bucket into the tasks bucket."""
 
-    def __init__(self, nc: NATS, names: Names, buckets: Buckets, *, max_attempts: int) -> None:
+    def __init__(self, nc: NATS, names: Names, buckets: Buckets) -> None:
         self.nc = nc
         self.names = names
         self.tasks = TypedKV(buckets.tasks, TaskRecord)
@@ -55,30 +52,17 @@ class TaskHistory:
         self.deliveries = Projection(
             TypedKV(buckets.deliveries, Delivery), "task-history.deliveries", nc=nc
         )
-        self.max_attempts = max_attempts
         # Keys of the deliveries that changed, waiting to be folded.
         self._changed: asyncio.Queue[str] = asyncio.Queue()
         self._folder: asyncio.Task[None] | None = None
         self._written: OrderedDict[str, Versioned[TaskRecord]] = OrderedDict()
 
-    async def start(self) -> SlotLoops[ev.AnyEvent]:
-        """Start both feeds; returns the events consumer's loops (the service stops them)."""
+    async def start(self) -> None:
+        """Start following the deliveries (the events come through the statistics service's
+        consumer, which hands each batch to `fold`)."""
         self.deliveries.listen(self._on_delivery)
         self._folder = asyncio.create_task(self._fold_deliveries(), name="task-history.deliveries")
         await self.deliveries.start()
-        consumer = Consumer.durable(
-            self.names.events_stream,
-            self.names.task_history_consumer,
-            self.names.events_all,
-            ev.DECODER,
-            family="event",
-            ack_wait=30.0,
-            max_attempts=self.max_attempts,
-            skip_unknown=True,
-        )
-        # in stream order, a batch at a time: each task's changes fold one after another
-        js = self.nc.jetstream()
-        return await open_in_order(consumer, js, "statistics.task_history", self._fold, batch=BATCH)
 
     async def stop(self) -> None:
         await self.deliveries.stop()
@@ -89,7 +73,7 @@ class TaskHistory:
         found = await self.marks.get(task_history.CLEARED_KEY)
         return found.value if found else None
 
-    async def _fold(self, batch: list[Received[ev.AnyEvent]]) -> None:
+    async def fold(self, batch: list[Received[ev.AnyEvent]]) -> None:
         """Fold a batch of events (in stream order) into the tasks they are news of (most events
         are of no task): one write per task, the tasks written side by side."""
         news: dict[str, list[Received[ev.AnyEvent]]] = {}

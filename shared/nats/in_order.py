@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from shared.nats.consumer import Consumer, SlotLoops
@@ -42,39 +42,68 @@ _MAX_HOLD = 10.0
 
 
 async def open_in_order(
-    consumer: Consumer[T], js: JetStreamContext, name: str, fold: Fold[T], *, batch: int
+    consumer: Consumer[T],
+    js: JetStreamContext,
+    name: str,
+    fold: Fold[T],
+    *,
+    batch: int,
+    replaces: Sequence[str] = (),
 ) -> InOrderLoops[T]:
     """Declare `consumer` to ack all up to a message, with `batch` messages pending at most;
-    bind to it, and start folding."""
-    await declare_ack_all(consumer, js, batch)
+    bind to it, and start folding. `replaces` names durable consumers of the same stream whose
+    folds this one now makes (see `declare_ack_all`)."""
+    await declare_ack_all(consumer, js, batch, replaces=replaces)
     loops = InOrderLoops(consumer, name, await consumer.subscribe(js), fold, batch=batch, js=js)
     loops.start()
     return loops
 
 
-async def declare_ack_all(consumer: Consumer[T], js: JetStreamContext, batch: int) -> None:
+async def declare_ack_all(
+    consumer: Consumer[T], js: JetStreamContext, batch: int, *, replaces: Sequence[str] = ()
+) -> None:
     """Declare the consumer with AckPolicy.ALL. A consumer that exists keeps where it starts
-    from; one declared before with explicit acks (its ack policy cannot be changed in place) is
-    declared again from the first message it had not acknowledged."""
+    from. One declared before with explicit acks (its ack policy cannot be changed in place),
+    or one that takes over the folds of the consumers `replaces` names, is declared again from
+    the first message that one of them had not acknowledged, and those are deleted: its folds
+    remember what they took in, so what one of them had folded already changes nothing."""
     config = consumer.config.evolve(ack_policy=AckPolicy.ALL, max_ack_pending=batch)
     assert config.durable_name is not None
-    try:
-        info = await js.consumer_info(consumer.stream, config.durable_name)
-    except NotFoundError:
-        info = None
-    if info is not None and info.config.ack_policy is not AckPolicy.ALL:
-        start = (info.ack_floor.stream_seq if info.ack_floor else 0) or 0
-        await js.delete_consumer(consumer.stream, config.durable_name)
+    found = {
+        name: await _info(js, consumer.stream, name) for name in (config.durable_name, *replaces)
+    }
+    existing = {name: info for name, info in found.items() if info is not None}
+    own = existing.get(config.durable_name)
+    if own is not None and own.config.ack_policy == AckPolicy.ALL and len(existing) == 1:
         config = config.evolve(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start + 1
+            deliver_policy=own.config.deliver_policy, opt_start_seq=own.config.opt_start_seq
         )
-        log.info("consumer.now_acks_all", consumer=config.durable_name, from_seq=start + 1)
-    elif info is not None:
-        config = config.evolve(
-            deliver_policy=info.config.deliver_policy, opt_start_seq=info.config.opt_start_seq
+    elif existing:
+        start = min(_acked(info) for info in existing.values()) + 1
+        for name in existing:
+            await js.delete_consumer(consumer.stream, name)
+        config = config.evolve(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+        log.info(
+            "consumer.now_acks_all",
+            consumer=config.durable_name,
+            from_seq=start,
+            replaced=list(existing),
         )
     consumer.config = config
     await consumer.declare(js)
+
+
+async def _info(js: JetStreamContext, stream: str, name: str) -> ConsumerInfo | None:
+    try:
+        info: ConsumerInfo = await js.consumer_info(stream, name)
+    except NotFoundError:
+        return None
+    return info
+
+
+def _acked(info: ConsumerInfo) -> int:
+    """The stream sequence up to which the consumer had acknowledged everything."""
+    return (info.ack_floor.stream_seq if info.ack_floor else 0) or 0
 
 
 class InOrderLoops(SlotLoops[T]):

@@ -199,7 +199,8 @@ class Names:
 
     @property
     def task_history_consumer(self) -> str:
-        """The statistics service's consumer of the events stream that feeds the task history."""
+        """The consumer that fed the task history before the statistics service's consumer took
+        its events in too (deleted on start, see `shared.nats.in_order`)."""
         return "task-history"
 
     @property
