@@ -81,7 +81,10 @@ class RecordStore:
 
         `fn` returns the new record, or None to leave it as it is (it may raise to refuse)."""
         async with self._turn(job_id):
-            done = await self.jobs.replace(job_id, fn)
+            # from the job as our projection has it (our own writes at once): compare-and-set
+            # checks the guess, and a wrong one costs a read
+            known = self.job_view.versioned(job_id) if self.job_view is not None else None
+            done = await self.jobs.replace(job_id, fn, known=known)
             if not done.changed or done.record is None or done.revision is None:
                 return done.record
             if self.job_view is not None:
@@ -150,7 +153,9 @@ class RecordStore:
         self, key: str, fn: RenditionFn, *, wall_seconds: float = 0.0
     ) -> tuple[Rendition | None, bool]:
         """Apply `fn` with compare-and-set; returns (record as it now is, whether we changed it)."""
-        record, revision, changed = await self.renditions.change(key, fn)
+        known = self.rendition_view.versioned(key) if self.rendition_view is not None else None
+        done = await self.renditions.replace(key, fn, known=known)
+        record, revision, changed = done.record, done.revision, done.changed
         if changed and record is not None and revision is not None:
             if self.rendition_view is not None:
                 self.rendition_view.apply(key, record, revision)
