@@ -21,8 +21,9 @@ from services.scheduler.apply import Applier
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.decide import decide
 from services.scheduler.dispatch import FORGET_RELEASED_SECONDS, STALE_LEASE_SECONDS
-from services.scheduler.view import View
-from shared.messages.records import JobRecord, Lease, Rendition
+from services.scheduler.view import View, admitted, waiting
+from shared.jobs.queries import counts_toward_device_limit
+from shared.messages.records import JobRecord, JobStatus, Lease, Rendition
 from shared.nats.projection import Projection
 from shared.nats.topology import describe
 
@@ -75,14 +76,16 @@ class ReconcileLoop:
     def _job_changed(self, key: str, old: JobRecord | None, new: JobRecord | None) -> None:
         self._dirty_jobs.add(key)
         for record in (old, new):
-            if record is None:
-                continue
-            if record.rendition:
+            if record is not None and record.rendition:
                 self._dirty_renditions.add(record.rendition)
-            # A change of one job can free (or fill) its device's share: look at its held jobs,
-            # and at its user's waiting jobs the active limit has room for.
-            self._dirty_jobs.update(j.id for j in self.view.held_in_order(record.device_id))
-            self._dirty_jobs.update(j.id for j in self._admissible_next(record.owner))
+        if old is not None:
+            # A job that leaves its device's share, or the device's held jobs, may let one of
+            # them go: look at them; one that leaves its user's admitted or waiting jobs may
+            # let the next waiting one in. A job that fills a share is looked at itself.
+            if _frees_device_room(old, new):
+                self._dirty_jobs.update(j.id for j in self.view.held_in_order(old.device_id))
+            if _frees_user_room(old, new):
+                self._dirty_jobs.update(j.id for j in self._admissible_next(old.owner))
         self._wake.set()
 
     def _admissible_next(self, owner: str) -> list[JobRecord]:
@@ -183,3 +186,21 @@ class ReconcileLoop:
         if not applied.ok:
             self._wake.set()
         self.passes += 1
+
+
+def _frees_device_room(old: JobRecord, new: JobRecord | None) -> bool:
+    """Whether a job's change may let one of its device's held jobs go: it no longer occupies
+    the device's share, or it is no longer one of the held."""
+    held = JobStatus.HELD
+    if new is None or new.device_id != old.device_id:
+        return counts_toward_device_limit(old) or old.status is held
+    left = counts_toward_device_limit(old) and not counts_toward_device_limit(new)
+    return left or (old.status is held and new.status is not held)
+
+
+def _frees_user_room(old: JobRecord, new: JobRecord | None) -> bool:
+    """Whether a job's change may let its user's next waiting job in: it is no longer admitted,
+    or no longer one of the waiting."""
+    if new is None or new.owner != old.owner:
+        return admitted(old) or waiting(old)
+    return (admitted(old) and not admitted(new)) or (waiting(old) and not waiting(new))
