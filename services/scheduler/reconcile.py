@@ -3,17 +3,21 @@
 Every change of a job, rendition or lease (seen through the projections, our own writes at once)
 marks what it may affect and wakes the loop; each pass takes what was marked, asks `decide` what
 should change (a pure function of the view), and has `apply` write it by compare-and-set. Every
-`sweep_interval` a pass looks at everything, for expiry, purges and anything a lost message left
-undone. Every step is idempotent: after a crash the scheduler looks at everything again and
-carries on.
+`sweep_interval` a pass also looks at the jobs whose time ran out (outputs to expire, records to
+purge: a time index kept from the changes), and, for anything a lost message left undone, at
+the next records in turns, a bounded number each sweep, so a sweep's work does not grow with
+every job queued. Every step is idempotent: after a crash the scheduler looks at every job
+again (its projection, loading, reports each as changed) and carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
@@ -33,6 +37,8 @@ log = structlog.get_logger("vidmesh.scheduler")
 FAILURE_BACKOFF_SECONDS = 0.5
 # After a failed sweep, seconds before the next one (not a whole `sweep_interval`).
 SWEEP_RETRY_SECONDS = 5.0
+# Jobs (and renditions) a sweep looks at besides those whose time ran out.
+SWEEP_SLICE = 2_000
 
 
 class ReconcileLoop:
@@ -57,6 +63,11 @@ class ReconcileLoop:
         self._next_full_check = 0.0
         self._next_forget = 0.0
         self.passes = 0
+        # (when, job id): jobs whose time runs out then (an output to expire, a record to purge)
+        self._due: list[tuple[float, str]] = []
+        # What each sweep looks at besides what is due: the next records, in turns.
+        self._job_turns: Turns = Turns(SWEEP_SLICE)
+        self._rendition_turns: Turns = Turns(SWEEP_SLICE)
         view.jobs.listen(self._job_changed)
         view.renditions.listen(self._rendition_changed)
 
@@ -75,6 +86,9 @@ class ReconcileLoop:
 
     def _job_changed(self, key: str, old: JobRecord | None, new: JobRecord | None) -> None:
         self._dirty_jobs.add(key)
+        due = None if new is None else due_at(new, self.settings.keep_seconds)
+        if due is not None:
+            heapq.heappush(self._due, (due, key))
         for record in (old, new):
             if record is not None and record.rendition:
                 self._dirty_renditions.add(record.rendition)
@@ -121,8 +135,9 @@ class ReconcileLoop:
                     await self._wake.wait()
             self._wake.clear()
             if time.monotonic() >= next_sweep:
-                self._dirty_jobs.update(key for key, _ in self.view.jobs.items())
-                self._dirty_renditions.update(key for key, _ in self.view.renditions.items())
+                self._dirty_jobs.update(self._due_jobs(time.time()))
+                self._dirty_jobs.update(self._job_turns.next(self.view.jobs))
+                self._dirty_renditions.update(self._rendition_turns.next(self.view.renditions))
                 next_sweep = time.monotonic() + self.settings.sweep_interval
                 if self._on_sweep is not None and not await self._guarded(
                     "scheduler.sweep_failed", self._on_sweep
@@ -131,6 +146,14 @@ class ReconcileLoop:
                     next_sweep = min(next_sweep, time.monotonic() + SWEEP_RETRY_SECONDS)
                 await self._guarded("leases.forget_failed", self._forget_released)
             await self._guarded("scheduler.pass_failed", self.run_pass)
+
+    def _due_jobs(self, now: float) -> list[str]:
+        """The jobs whose time ran out by `now` (each looked at again; one that changed since is
+        decided as it is now)."""
+        found = []
+        while self._due and self._due[0][0] <= now:
+            found.append(heapq.heappop(self._due)[1])
+        return found
 
     async def _guarded(self, event: str, step: Callable[[], Awaitable[object]]) -> bool:
         """Run one step of the loop; on an error log it, back off briefly and ask for another
@@ -204,3 +227,34 @@ def _frees_user_room(old: JobRecord, new: JobRecord | None) -> bool:
     if new is None or new.owner != old.owner:
         return admitted(old) or waiting(old)
     return (admitted(old) and not admitted(new)) or (waiting(old) and not waiting(new))
+
+
+def due_at(job: JobRecord, keep_seconds: float) -> float | None:
+    """When a job's time runs out, if it can: a completed job's output expires at its
+    `keep_until`; an ended job's record may be purged `keep_seconds` after it ended."""
+    if job.status is JobStatus.COMPLETED:
+        return job.keep_until
+    if job.status is JobStatus.REMOVED:
+        return (job.removed_at or job.updated_at) + keep_seconds
+    if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        return (job.finished_at or job.updated_at) + keep_seconds
+    return None
+
+
+class Turns:
+    """The keys of a projection, `size` at a time, round and round: what a sweep looks at
+    besides what is due, so its work does not grow with every record held (each record is still
+    looked at every len/size sweeps)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._keys: list[str] = []
+        self._at = 0
+
+    def next(self, records: Projection[Any]) -> list[str]:
+        if self._at >= len(self._keys):
+            self._keys = [key for key, _ in records.items()]  # a new round
+            self._at = 0
+        turn = self._keys[self._at : self._at + self.size]
+        self._at += self.size
+        return turn
