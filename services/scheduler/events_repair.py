@@ -28,39 +28,52 @@ WINDOW_SECONDS = 600.0
 
 
 class EventRepair:
-    """Publishes the event of a job revision whose writer died before publishing it."""
+    """Publishes the event of a job revision whose writer died before publishing it.
+
+    Only what changed is looked at: the projection reports each change (each job when it loads),
+    and a revision whose event this process published itself needs no check."""
 
     def __init__(self, store: RecordStore, jobs: Projection[JobRecord]) -> None:
         self.store = store
         self.js = store.js
         self.names = store.names
         self.jobs = jobs
-        self._checked: dict[str, int] = {}  # job id -> revision whose event is known to exist
+        self._unchecked: set[str] = set()  # jobs whose latest revision has not been checked
+        jobs.listen(self._changed)
+
+    def _changed(self, key: str, old: JobRecord | None, new: JobRecord | None) -> None:
+        if new is None:
+            self._unchecked.discard(key)
+        else:
+            self._unchecked.add(key)
 
     async def run_once(self) -> int:
         """Check every settled, unchecked revision; returns how many events were re-published."""
         now = time.time()
         repaired = 0
-        live = set()
-        for job_id, job in self.jobs.items():
-            live.add(job_id)
+        for job_id in list(self._unchecked):
             versioned = self.jobs.versioned(job_id)
-            if versioned is None or self._checked.get(job_id) == versioned.revision:
+            if versioned is None:
+                self._unchecked.discard(job_id)
                 continue
+            job, revision = versioned.value, versioned.revision
             age = now - job.updated_at
-            if age < SETTLE_SECONDS or age > WINDOW_SECONDS:
+            if age < SETTLE_SECONDS:
+                continue  # looked at on a later sweep
+            if age > WINDOW_SECONDS or self.store.announced(job_id, revision):
+                self._unchecked.discard(job_id)
                 continue
             try:
-                missing = await self._missing(job, versioned.revision)
-                if missing and await self.store.announce_current(job_id, versioned.revision):
+                missing = await self._missing(job, revision)
+                if missing and await self.store.announce_current(job_id, revision):
                     repaired += 1
-                    log.warning("event.repaired", job_id=job_id, revision=versioned.revision)
+                    log.warning("event.repaired", job_id=job_id, revision=revision)
             except Exception as exc:
                 log.debug("event.repair_failed", job_id=job_id, **describe(exc))
                 continue
-            self._checked[job_id] = versioned.revision
-        for gone in set(self._checked) - live:
-            del self._checked[gone]
+            now_at = self.jobs.versioned(job_id)
+            if now_at is not None and now_at.revision == revision:
+                self._unchecked.discard(job_id)  # not changed again meanwhile
         return repaired
 
     async def _missing(self, job: JobRecord, revision: int) -> bool:

@@ -132,6 +132,10 @@ class RecordStore:
             else:
                 self._job_locks[job_id] = (lock, users - 1)
 
+    def announced(self, job_id: str, revision: int) -> bool:
+        """Whether this process published the event of the job's `revision` itself."""
+        return self._announced.get(job_id) == revision
+
     async def _announce(self, event: events.JobEvent, revision: int) -> None:
         if not await self.emit(event):
             return  # the next writer of the job publishes it first (or the repair does)
