@@ -6,6 +6,9 @@
 - `kv`: typed KV records with compare-and-set (`TypedKV`, `Versioned`);
 - `projection`: an in-memory copy of a bucket kept current by a watch (`Projection`);
 - `consumer`: the consumer kit (bounded intake from a pull consumer, one place that settles);
+- `slots`: the kit's slot loops (fetch, decode, handle, settle);
+- `in_order`: folding a stream in order a batch at a time, one ack per batch;
+- `handler`: a handler's shape (`Received`, `Settle`) and how a settlement is carried out;
 - `leases`: the pools' dispatch leases, one KV key per slot.
 
 The main names are re-exported here; code inside vidmesh imports from the module that defines them.

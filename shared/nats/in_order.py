@@ -27,8 +27,9 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from shared.nats.consumer import Consumer, SlotLoops
+from shared.nats.consumer import Consumer
 from shared.nats.handler import ACK, HAND_BACK, Received, Settle, backoff, retryable, settle
+from shared.nats.slots import SlotLoops
 from shared.nats.topology import describe
 
 log = structlog.get_logger("vidmesh.consumer")
