@@ -269,6 +269,12 @@ class Projection(Generic[T]):
         forget what was derived from the old one, or from the records under its keys."""
         for memo in self._derived.values():
             memo.pop(key, None)
+        if old is None and new is not None and not self._derived_by_key:
+            for name, key_fn in self._key_fns.items():  # a new record: only filed in
+                index = self._indexes[name]
+                for added in key_fn(new):
+                    _file_in(index, added, key)
+            return
         for name, key_fn in self._key_fns.items():
             before = tuple(key_fn(old)) if old is not None else ()
             after = tuple(key_fn(new)) if new is not None else ()
