@@ -83,7 +83,7 @@ MAY_HOLD_OUTPUT = (JobStatus.COMPLETED, JobStatus.REMOVED)
 
 def job_projection(store: TypedKV[JobRecord], nc: NATS | None = None) -> Projection[JobRecord]:
     """The gateway's copy of the job records, with `JOB_INDEXES` kept exact; every job kept is
-    held, so they are held packed (a third of a KiB each, not 4)."""
+    held, so they are held packed (about 0.4 KiB each, not 4 decoded)."""
     packing = Packing(JobRecord, _job_shapes())
     return Projection(store, "gateway.jobs", nc=nc, indexes=JOB_INDEXES, packing=packing)
 

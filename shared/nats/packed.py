@@ -1,10 +1,10 @@
 """How a projection holds its records: as decoded Structs (`Plain`), or packed (`Packed`), each
 record's JSON deflated against a preset dictionary of sample records and decoded again on read,
-with the records read or changed last kept decoded.
+with the records decoded or changed last kept decoded too.
 
 A job record decodes to about 4 KiB of Python objects, and its JSON (every field, nulls included)
 is about 2.5 KiB; deflated against a dictionary that already holds the field names and the shapes
-of the values it is about 0.3 KiB. A gateway holds every job ever kept, so `Packed` is what keeps
+of the values it is about 0.4 KiB. A gateway holds every job ever kept, so `Packed` is what keeps
 its memory from growing with history; a read costs a decompression and a decode (~10 µs) unless
 the record is among the `recent` ones.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -66,6 +66,32 @@ class Packing(Generic[T]):
         return self._decoder.decode(self._inflate.copy().decompress(packed))
 
 
+class Records(Protocol[T]):
+    """Records by key, with their revisions, as a projection holds them."""
+
+    def versioned(self, key: str) -> Versioned[T] | None: ...
+
+    def get(self, key: str) -> T | None: ...
+
+    def revision(self, key: str) -> int | None: ...
+
+    def is_current(self, key: str, record: T) -> bool:
+        """Whether `record` is the very object held for `key` (not an older or another copy)."""
+        ...
+
+    def put(self, key: str, value: T, revision: int, data: bytes | None = None) -> None:
+        """Hold `value` (whose JSON, when known, is `data`) at `revision`."""
+        ...
+
+    def pop(self, key: str) -> None: ...
+
+    def keys(self) -> list[str]: ...
+
+    def items(self) -> Iterator[tuple[str, T]]: ...
+
+    def __len__(self) -> int: ...
+
+
 class Plain(Generic[T]):
     """Records kept decoded, by key, with their revisions."""
 
@@ -84,12 +110,10 @@ class Plain(Generic[T]):
         return found.revision if found else None
 
     def is_current(self, key: str, record: T) -> bool:
-        """Whether `record` is the very object held for `key` (not an older or another copy)."""
         found = self._records.get(key)
         return found is not None and found.value is record
 
     def put(self, key: str, value: T, revision: int, data: bytes | None = None) -> None:
-        """Hold `value` (whose JSON, when known, is `data`) at `revision`."""
         self._records[key] = Versioned(value, revision)
 
     def pop(self, key: str) -> None:
@@ -101,15 +125,12 @@ class Plain(Generic[T]):
     def items(self) -> Iterator[tuple[str, T]]:
         return ((k, v.value) for k, v in list(self._records.items()))
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._records
-
     def __len__(self) -> int:
         return len(self._records)
 
 
-class Packed(Plain[T]):
-    """Records kept packed (see `Packing`), the last `recent` read or changed kept decoded too."""
+class Packed(Generic[T]):
+    """Records kept packed (see `Packing`); the last `recent` decoded or changed kept decoded."""
 
     def __init__(self, packing: Packing[T], recent: int = RECENT) -> None:
         self.packing = packing
@@ -160,9 +181,6 @@ class Packed(Plain[T]):
         for key, held in list(self._packed.items()):
             found = decoded.get(key)
             yield key, unpack(memoryview(held)[:-_REVISION]) if found is None else found
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._packed
 
     def __len__(self) -> int:
         return len(self._packed)
