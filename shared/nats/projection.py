@@ -7,13 +7,18 @@ Named secondary indexes (a key function: record -> the index keys it files under
 on every change, whichever way it arrives (the watch, read-your-writes `apply()`, a resync), so a
 read can take the records under one key and cost what it returns, never a walk over every record.
 What a read derives again and again (a record rendered, a whole answer) can be kept beside them
-and is forgotten as soon as a record it came from changes.
+(a bounded number) and is forgotten as soon as a record it came from changes.
+
+The records are held decoded, or packed (`shared.nats.packed`) for a bucket whose history grows
+with use, such as the jobs a gateway lists: then memory grows by about 0.4 KiB a record
+beside the indexes, and a read decodes what it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from typing import Generic, TypeVar, cast
 
@@ -23,6 +28,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KV_DEL, KV_PURGE
 
 from shared.nats.kv import TypedKV, Versioned
+from shared.nats.packed import Packed, Packing, Plain, Records
 from shared.tasks import stop_tasks
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -32,9 +38,46 @@ log = structlog.get_logger("vidmesh.projection")
 
 # Answers derived from the records under index keys that are kept at most (then all forgotten).
 MAX_DERIVED_UNDER = 4096
+# What is derived from single records kept at most, per derivation (the oldest forgotten first).
+MAX_DERIVED = 4096
 
 # An index's key function: the keys a record is filed under (none: not in that index).
 KeyFn = Callable[[T], Iterable[Hashable]]
+# The record keys filed under one index key: one key alone (most renditions have one job), or a
+# set of them.
+Members = str | set[str]
+
+
+def _members(found: Members | None) -> Collection[str]:
+    if found is None:
+        return ()
+    return (found,) if isinstance(found, str) else found
+
+
+def _file_in(index: dict[Hashable, Members], index_key: Hashable, key: str) -> None:
+    found = index.get(index_key)
+    if found is None:
+        index[index_key] = key
+    elif isinstance(found, str):
+        if found != key:
+            index[index_key] = {found, key}
+    else:
+        found.add(key)
+
+
+def _file_out(index: dict[Hashable, Members], index_key: Hashable, key: str) -> None:
+    found = index.get(index_key)
+    if found is None:
+        return
+    if isinstance(found, str):
+        if found == key:
+            del index[index_key]
+        return
+    found.discard(key)
+    if len(found) == 1:
+        index[index_key] = next(iter(found))  # one key alone again
+    elif not found:
+        del index[index_key]
 
 
 class Projection(Generic[T]):
@@ -47,17 +90,19 @@ class Projection(Generic[T]):
         *,
         nc: NATS | None = None,
         indexes: Mapping[str, KeyFn[T]] | None = None,
+        packing: Packing[T] | None = None,
     ) -> None:
         self.store = store
         self.name = name
         self.nc = nc
         self.ready = asyncio.Event()
-        self._records: dict[str, Versioned[T]] = {}
+        self._records: Records[T] = Plain() if packing is None else Packed(packing)
         self._key_fns: dict[str, KeyFn[T]] = dict(indexes or {})
         # index name -> index key -> the record keys filed under it
-        self._indexes: dict[str, dict[Hashable, set[str]]] = {name: {} for name in self._key_fns}
-        # derivation name -> record key -> (the record it was derived from, what was derived)
-        self._derived: dict[str, dict[str, tuple[T, object]]] = {}
+        self._indexes: dict[str, dict[Hashable, Members]] = {name: {} for name in self._key_fns}
+        # derivation name -> record key -> (the revision it was derived from, what was derived),
+        # oldest first
+        self._derived: dict[str, OrderedDict[str, tuple[int, object]]] = {}
         # what was derived from the records under some index keys, and, by (index, index key),
         # which of those to forget when a record under that key changes
         self._derived_under: dict[tuple[str, tuple[Hashable, ...], str], object] = {}
@@ -74,17 +119,16 @@ class Projection(Generic[T]):
 
     # ---- reading -----------------------------------------------------------------------
     def get(self, key: str) -> T | None:
-        found = self._records.get(key)
-        return found.value if found else None
-
-    def versioned(self, key: str) -> Versioned[T] | None:
         return self._records.get(key)
 
+    def versioned(self, key: str) -> Versioned[T] | None:
+        return self._records.versioned(key)
+
     def values(self) -> Iterator[T]:
-        return (v.value for v in list(self._records.values()))
+        return (record for _, record in self._records.items())
 
     def items(self) -> Iterator[tuple[str, T]]:
-        return ((k, v.value) for k, v in list(self._records.items()))
+        return self._records.items()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -92,45 +136,48 @@ class Projection(Generic[T]):
     # ---- indexed reading ---------------------------------------------------------------
     def find(self, index: str, key: Hashable) -> list[T]:
         """The records filed under `key` in `index` (in no particular order: sort the answer)."""
-        ids = self._indexes[index].get(key)
-        if not ids:
-            return []
-        records = self._records
-        return [records[record_key].value for record_key in ids]
+        get = self._records.get
+        return [cast(T, get(record_key)) for record_key in _members(self._indexes[index].get(key))]
 
     def find_any(self, index: str, keys: Iterable[Hashable]) -> list[T]:
         """The records filed under any of `keys` in `index` (each once)."""
         found: dict[str, T] = {}
         bucket = self._indexes[index]
-        records = self._records
+        get = self._records.get
         for key in keys:
-            for record_key in bucket.get(key, ()):
-                found[record_key] = records[record_key].value
+            for record_key in _members(bucket.get(key)):
+                if record_key not in found:
+                    found[record_key] = cast(T, get(record_key))
         return list(found.values())
 
     def keys_of(self, index: str, key: Hashable) -> Collection[str]:
         """The record keys filed under `key` in `index` (a copy)."""
-        return frozenset(self._indexes[index].get(key, ()))
+        return frozenset(_members(self._indexes[index].get(key)))
 
     def count(self, index: str, key: Hashable) -> int:
         """How many records are filed under `key` in `index`."""
-        return len(self._indexes[index].get(key, ()))
+        return len(_members(self._indexes[index].get(key)))
 
     def counts(self, index: str) -> dict[Hashable, int]:
         """Index key -> how many records are filed under it (keys with none left out)."""
-        return {key: len(ids) for key, ids in self._indexes[index].items()}
+        return {key: len(_members(ids)) for key, ids in self._indexes[index].items()}
 
     def derived(self, key: str, record: T, name: str, make: Callable[[T], R]) -> R:
         """`make(record)`, computed once per stored version of the record at `key` and kept
-        until the record changes or goes: for what every read derives again (a rendering)."""
-        memo = self._derived.setdefault(name, {})
+        until the record changes or goes (at most MAX_DERIVED per `name`, the oldest forgotten
+        first): for what every read derives again (a rendering)."""
+        memo = self._derived.setdefault(name, OrderedDict())
+        records = self._records
+        current = records.is_current(key, record)  # not an older copy, nor another record
         found = memo.get(key)
-        if found is not None and found[0] is record:
+        if current and found is not None and found[0] == records.revision(key):
             return cast(R, found[1])
         value = make(record)
-        held = self._records.get(key)
-        if held is not None and held.value is record:  # what is held here is forgotten in time
-            memo[key] = (record, value)
+        revision = records.revision(key)
+        if current and revision is not None:  # what is kept here is forgotten in time
+            if key not in memo and len(memo) >= MAX_DERIVED:
+                memo.popitem(last=False)
+            memo[key] = (revision, value)
         return value
 
     def listen(self, fn: Callable[[str, T | None, T | None], None]) -> None:
@@ -197,16 +244,23 @@ class Projection(Generic[T]):
 
     def apply(self, key: str, value: T | None, revision: int) -> None:
         """Take a value we know is stored at `revision`; older news than we have is ignored."""
-        known = self._records.get(key)
-        if known is not None and known.revision >= revision:
+        self._take(key, value, revision, None)
+
+    def _take(self, key: str, value: T | None, revision: int, data: bytes | None) -> None:
+        """`apply`, with the value's JSON when the watch delivered it (packed as it came)."""
+        records = self._records
+        known = records.revision(key)
+        if known is not None and known >= revision:
             return
-        old = known.value if known else None
+        # the record replaced: only what files it, or is told of it, needs it decoded
+        wanted = self._key_fns or self._listeners
+        old = records.get(key) if known is not None and wanted else None
         if value is None:
             if known is None:
                 return
-            del self._records[key]
+            records.pop(key)
         else:
-            self._records[key] = Versioned(value, revision)
+            records.put(key, value, revision, data)
         self._reindex(key, old, value)
         self._notify(key, old, value)
 
@@ -215,6 +269,12 @@ class Projection(Generic[T]):
         forget what was derived from the old one, or from the records under its keys."""
         for memo in self._derived.values():
             memo.pop(key, None)
+        if old is None and new is not None and not self._derived_by_key:
+            for name, key_fn in self._key_fns.items():  # a new record: only filed in
+                index = self._indexes[name]
+                for added in key_fn(new):
+                    _file_in(index, added, key)
+            return
         for name, key_fn in self._key_fns.items():
             before = tuple(key_fn(old)) if old is not None else ()
             after = tuple(key_fn(new)) if new is not None else ()
@@ -226,13 +286,9 @@ class Projection(Generic[T]):
                 continue
             index = self._indexes[name]
             for gone in set(before).difference(after):
-                ids = index.get(gone)
-                if ids is not None:
-                    ids.discard(key)
-                    if not ids:
-                        del index[gone]
+                _file_out(index, gone, key)
             for added in set(after).difference(before):
-                index.setdefault(added, set()).add(key)
+                _file_in(index, added, key)
 
     def _notify(self, key: str, old: T | None, new: T | None) -> None:
         for fn in self._listeners:
@@ -295,15 +351,17 @@ class Projection(Generic[T]):
         self._watcher = watcher
         seen: set[str] = set()
         initial = True
+        packing = self._records.packing if isinstance(self._records, Packed) else None
+        # the JSON of a packed record is packed as it came, never encoded again
+        decode = self.store.decode if packing is None else packing.decode
         try:
             async for entry in watcher:
                 if entry is None:
                     if initial:
                         initial = False
-                        for gone in set(self._records) - seen:
-                            old = self._records.pop(gone).value
-                            self._reindex(gone, old, None)
-                            self._notify(gone, old, None)
+                        for gone in set(self._records.keys()) - seen:
+                            self._drop(gone, None)
+                        seen = set()  # not needed any more: a set as large as the bucket
                         self.ready.set()
                     continue
                 key = entry.key
@@ -313,21 +371,25 @@ class Projection(Generic[T]):
                     self._drop(key, entry.revision or 0)
                     continue
                 try:
-                    value = self.store.decode(entry.value)
+                    value = decode(entry.value)
                 except msgspec.DecodeError:
                     log.error("projection.undecodable", projection=self.name, key=key)
                     continue
-                self.apply(key, value, entry.revision or 0)
+                data = None if packing is None else entry.value
+                self._take(key, value, entry.revision or 0, data)
         finally:
             self._watcher = None
             if not self._restart:
                 with contextlib.suppress(Exception):
                     await watcher.stop()  # type: ignore[no-untyped-call]
 
-    def _drop(self, key: str, revision: int) -> None:
-        known = self._records.get(key)
-        if known is None or known.revision > revision:
+    def _drop(self, key: str, revision: int | None) -> None:
+        """Forget `key`, deleted at `revision` (None: whatever is held, gone from the bucket)."""
+        records = self._records
+        known = records.revision(key)
+        if known is None or (revision is not None and known > revision):
             return
-        del self._records[key]
-        self._reindex(key, known.value, None)
-        self._notify(key, known.value, None)
+        old = records.get(key)
+        records.pop(key)
+        self._reindex(key, old, None)
+        self._notify(key, old, None)
