@@ -243,7 +243,9 @@ class Projection(Generic[T]):
         return stored
 
     def apply(self, key: str, value: T | None, revision: int) -> None:
-        """Take a value we know is stored at `revision`; older news than we have is ignored."""
+        """Take a value we know is stored at `revision`; older news than we have is ignored.
+        Revision 0 is a record not stored yet, shown as what is about to be stored asks for it
+        (a submitted job): any stored revision replaces it, and a resync keeps it."""
         self._take(key, value, revision, None)
 
     def _take(self, key: str, value: T | None, revision: int, data: bytes | None) -> None:
@@ -360,7 +362,8 @@ class Projection(Generic[T]):
                     if initial:
                         initial = False
                         for gone in set(self._records.keys()) - seen:
-                            self._drop(gone, None)
+                            if self._records.revision(gone):  # 0: not stored yet, kept
+                                self._drop(gone, None)
                         seen = set()  # not needed any more: a set as large as the bucket
                         self.ready.set()
                     continue
