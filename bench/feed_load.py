@@ -19,13 +19,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -35,7 +36,9 @@ sys.path.insert(0, str(REPO))
 from bench._sse_feeds import SseFeeds  # noqa: E402
 from bench._system import BenchError, up_env, vidmesh_up  # noqa: E402
 from bench._timing import pct  # noqa: E402
+from tests.harness import procfs  # noqa: E402
 from tests.harness.logs import log_tail  # noqa: E402
+from tests.harness.up import Up  # noqa: E402
 from tests.jellyfin_standin import JellyfinStandIn  # noqa: E402
 from tests.media_clips import make_clip  # noqa: E402
 
@@ -46,13 +49,23 @@ LATENCY_GOALS_MS = {0.5: 20.0, 0.99: 100.0}  # event latency quantile -> at most
 TOKEN = "bench-feeds"
 
 
-async def all_jobs_rps(base: str, seconds: float, concurrency: int) -> float:
-    """`GET /all-jobs` as fast as `concurrency` clients can for `seconds`; requests per second."""
+class AllJobsRun(NamedTuple):
+    """One `/all-jobs` load: requests per second, and the gateway's own CPU time per request,
+    which other work on a shared machine moves far less than the rate."""
+
+    rps: float
+    gateway_cpu_us: float  # NaN where the process's CPU time cannot be read (not Linux)
+
+
+async def all_jobs_run(up: Up, seconds: float, concurrency: int) -> AllJobsRun:
+    """`GET /all-jobs` as fast as `concurrency` clients can for `seconds`."""
+    gateway = up.children().get("gateway")
+    cpu_before = procfs.cpu_seconds(gateway) if gateway else None
     headers = {"Authorization": TOKEN}
     done = 0
     deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(base_url=base, headers=headers, connector=connector) as s:
+    async with aiohttp.ClientSession(base_url=up.url, headers=headers, connector=connector) as s:
 
         async def client() -> None:
             nonlocal done
@@ -65,7 +78,12 @@ async def all_jobs_rps(base: str, seconds: float, concurrency: int) -> float:
 
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
-        return done / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+    cpu_after = procfs.cpu_seconds(gateway) if gateway else None
+    cpu_us = math.nan
+    if cpu_before is not None and cpu_after is not None and done:
+        cpu_us = (cpu_after - cpu_before) / done * 1e6
+    return AllJobsRun(done / elapsed, cpu_us)
 
 
 class FeedHolder:
@@ -169,15 +187,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         async with vidmesh_up(env, run_dir / "up.log") as up:
             token = await sign_in(up.url, run_dir / "data")
-            await all_jobs_rps(up.url, 1.0, args.concurrency)  # warm-up
-            baseline = [
-                await all_jobs_rps(up.url, args.seconds, args.concurrency) for _ in range(2)
-            ]
+            await all_jobs_run(up, 1.0, args.concurrency)  # warm-up
+            baseline = [await all_jobs_run(up, args.seconds, args.concurrency) for _ in range(2)]
             holder = await FeedHolder.start(up.url, token, args.feeds, args.events)
             try:
-                loaded = [
-                    await all_jobs_rps(up.url, args.seconds, args.concurrency) for _ in range(2)
-                ]
+                loaded = [await all_jobs_run(up, args.seconds, args.concurrency) for _ in range(2)]
                 source = standin.stream_url("clip", TOKEN)
                 load = os.getloadavg()[0]
                 await make_events(up.url, token, source, args.events)
@@ -186,19 +200,23 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 holder.stop()
             # and again with the feeds closed: the load of a shared machine drifts
-            baseline += [
-                await all_jobs_rps(up.url, args.seconds, args.concurrency) for _ in range(2)
-            ]
+            baseline += [await all_jobs_run(up, args.seconds, args.concurrency) for _ in range(2)]
     except BenchError:
         print(log_tail(run_dir / "up.log"), file=sys.stderr)
         raise
     finally:
         await standin.stop()
-    ratio = statistics.median(loaded) / statistics.median(baseline)
+    without_rps = statistics.median(run.rps for run in baseline)
+    with_rps = statistics.median(run.rps for run in loaded)
+    ratio = with_rps / without_rps
+    without_cpu = statistics.median(run.gateway_cpu_us for run in baseline)
+    with_cpu = statistics.median(run.gateway_cpu_us for run in loaded)
     results.update(
-        rps_without_feeds=baseline,
-        rps_with_feeds=loaded,
+        rps_without_feeds=[run.rps for run in baseline],
+        rps_with_feeds=[run.rps for run in loaded],
         ratio=ratio,
+        gateway_cpu_us_per_request_without_feeds=[run.gateway_cpu_us for run in baseline],
+        gateway_cpu_us_per_request_with_feeds=[run.gateway_cpu_us for run in loaded],
         events_received=received,
         latency_p50_ms=pct(latencies, 0.5) * 1000,
         latency_p99_ms=pct(latencies, 0.99) * 1000,
@@ -213,9 +231,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         of_goal = f"{ms / goal:.2f} of it"
         print(f"    p{q * 100:g} {ms:7.1f} ms   goal <= {goal:g} ms   {of_goal}   {verdict}")
     print(f"    max {results['latency_max_ms']:7.1f} ms")
-    print(f"  GET /all-jobs without feeds: {statistics.median(baseline):8.1f} req/s  {baseline}")
-    print(f"  GET /all-jobs with feeds:    {statistics.median(loaded):8.1f} req/s  {loaded}")
+    for name, rps, cpu, runs in (
+        ("without feeds:", without_rps, without_cpu, baseline),
+        ("with feeds:   ", with_rps, with_cpu, loaded),
+    ):
+        each = ", ".join(f"{run.rps:.0f}" for run in runs)
+        print(f"  GET /all-jobs {name} {rps:8.1f} req/s ({each}), gateway CPU {cpu:.0f} µs/request")
     print(f"  ratio {ratio:.3f}   goal >= {GOAL}   {'PASS' if ratio >= GOAL else 'MISS'}")
+    print(f"  (gateway CPU per request, with feeds / without: {with_cpu / without_cpu:.3f})")
     RESULT_JSON.write_text(json.dumps(results, indent=2))
     print(f"results: {RESULT_JSON.relative_to(REPO)}")
     with contextlib.suppress(OSError):
