@@ -1,2 +1,3 @@
-"""Live event feeds: the hub (one subscription to the events stream), one connection per
-client, who may see which event, and the two carriers (SSE and WebSocket)."""
+"""Live event feeds: the hub (one subscription to the events stream), each feed's place in it
+(subscriber: its queue, and the hub's direct writes), one connection per client, who may see which
+event, and the two carriers (SSE and WebSocket)."""

@@ -15,7 +15,8 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from services.gateway.feeds.hub import EventHub, FeedClosed, Subscriber
+from services.gateway.feeds.hub import EventHub
+from services.gateway.feeds.subscriber import FeedClosed, Sink, Subscriber
 from services.gateway.feeds.visibility import StoredEvent
 from services.gateway.identity import Identity, Principal
 from shared.errors import VidmeshError
@@ -34,8 +35,10 @@ class ErrorPayload(msgspec.Struct, kw_only=True):
     reason: str
 
 
-class Feed(Protocol):
-    """What a feed connection writes to its client."""
+class Feed(Sink, Protocol):
+    """What a feed connection writes to its client: events and keep-alives, waiting for a client
+    that reads slowly; and, as the hub's `Sink`, events framed once for every such connection,
+    written only if the socket takes them at once."""
 
     async def send(self, items: list[StoredEvent]) -> None: ...
 
@@ -52,13 +55,13 @@ async def forward_events(
     idle: float,
 ) -> None:
     """Replay what the client missed (after `resume_after`, up to `upto`), then hand on live
-    events, which wait in the queue meanwhile; no gap, no event twice."""
-    sent = 0
+    events, which wait in the queue meanwhile; no gap, no event twice. Once replayed, the hub
+    writes live events straight to the client while this waits with nothing queued."""
     ahead = resume_after if resume_after is not None and resume_after > upto else None
     if ahead is not None and ahead > await hub.stream_last_seq():  # an id of an older stream
         resume_after = None
     if resume_after is not None:
-        sent = max(resume_after, upto)
+        sub.sent = max(resume_after, upto)
         if resume_after < upto:
             subjects = hub.replay_subjects(sub.filter)
             reader = hub.read(subjects=subjects, after_seq=resume_after, upto=upto)
@@ -67,14 +70,19 @@ async def forward_events(
                     missed = [item for item in page if sub.filter.matches(item)]
                     if missed:
                         await feed.send(missed)
+    loop = asyncio.get_running_loop()
+    sub.active_at = loop.time()
+    sub.sink = feed
     while True:
         batch = await sub.next_batch(idle)
-        fresh = [item for item in batch if item.seq > sent and sub.filter.wants(item)]
+        fresh = [item for item in batch if item.seq > sub.sent and sub.filter.wants(item)]
         if fresh:
             await feed.send(fresh)
-            sent = fresh[-1].seq
+            sub.sent = fresh[-1].seq
+            sub.active_at = loop.time()
         elif not batch:
             await feed.idle()
+            sub.active_at = loop.time()
 
 
 async def guard_feed(

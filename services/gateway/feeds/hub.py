@@ -1,10 +1,12 @@
 """Event feeds: the gateway's one subscription to the events stream, fanned out to its SSE and
 WebSocket subscribers.
 
-One JetStream ordered consumer on `<ns>.evt.>` delivers every event stored after start-up. Each
-event is decoded once and its frames encoded once (`visibility.py`, with the rules on who sees
-what). Every subscriber has a filter and a bounded queue; one that would overflow is closed with its
-reason, so a slow client never holds up the others nor grows memory. Stored ranges (a replay after a
+One JetStream ordered consumer on `<ns>.evt.>` delivers every event stored after start-up, to a
+callback: each event is decoded once (`visibility.py`, with the rules on who sees what) and the
+events that arrive together are handed out together, as soon as the loop is free, with no wait
+of its own: under load the batches grow, so a burst costs each subscriber one write, not one per
+event. Who may see an event is decided by index (administrators, moderators, each owner's feeds),
+never by testing every feed (`subscriber.py` delivers). Stored ranges (a replay after a
 reconnect, a job's history) are read with a short-lived consumer that is deleted afterwards.
 """
 
@@ -13,8 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 
 import structlog
@@ -22,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from services.gateway.feeds.subscriber import Subscriber, offer_all
 from services.gateway.feeds.visibility import FeedFilter, StoredEvent, stored_event
 from shared.messages.accounts import Role
 from shared.nats.subjects import Names
@@ -33,64 +35,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PAGE = 256  # messages fetched per request when reading a stored range
 
 
-class FeedClosed(Exception):
-    """The hub closed a subscriber: it fell too far behind (`error`), its caller is no longer
-    allowed (`unauthorized`), or the gateway stops."""
-
-    def __init__(self, reason: str, *, error: bool, unauthorized: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.error = error
-        self.unauthorized = unauthorized
-
-
-class Subscriber:
-    """One feed connection's place in the hub: its filter and its bounded queue."""
-
-    def __init__(self, wanted: FeedFilter, limit: int) -> None:
-        self.filter = wanted
-        self.limit = limit
-        self.closed: FeedClosed | None = None
-        self.on_close: Callable[[], object] | None = None
-        self._queue: deque[StoredEvent] = deque()
-        self._ready = asyncio.Event()
-
-    def offer(self, item: StoredEvent) -> None:
-        """Queue an event the subscriber wants; close it instead of letting the queue grow."""
-        if self.closed is not None or not self.filter.wants(item):
-            return
-        if len(self._queue) >= self.limit:
-            self.close(f"too slow: more than {self.limit} events were waiting for this client")
-            return
-        self._queue.append(item)
-        self._ready.set()
-
-    def close(self, reason: str, *, error: bool = True, unauthorized: bool = False) -> None:
-        """Close with `reason`, dropping what is queued; a second close changes nothing."""
-        if self.closed is not None:
-            return
-        self.closed = FeedClosed(reason, error=error, unauthorized=unauthorized)
-        self._queue.clear()
-        self._ready.set()
-        if self.on_close is not None:
-            self.on_close()
-
-    async def next_batch(self, idle: float) -> list[StoredEvent]:
-        """Every queued event, waiting for one at most `idle` seconds (then []); raises
-        `FeedClosed` once the subscriber is closed."""
-        if not self._queue and self.closed is None:
-            self._ready.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(idle):
-                    await self._ready.wait()
-        if self.closed is not None:
-            closed = self.closed
-            raise FeedClosed(closed.reason, error=closed.error, unauthorized=closed.unauthorized)
-        batch = list(self._queue)
-        self._queue.clear()
-        return batch
-
-
 class EventHub:
     """The events stream, read once per gateway and fanned out to feed subscribers."""
 
@@ -99,12 +43,14 @@ class EventHub:
         self.names = names
         self.queue_size = queue_size
         self.last_seq = 0  # the stream sequence of the last event handed to subscribers
+        self._received = 0  # the stream sequence of the last event received (handed out or pending)
+        self._pending: list[StoredEvent] = []  # received, handed out at the next flush
+        self._flush_soon: asyncio.Handle | None = None
         self._subscribers: set[Subscriber] = set()
-        self._by_owner: dict[str, set[Subscriber]] = {}
-        self._all_jobs: set[Subscriber] = set()
-        self._admins: set[Subscriber] = set()
+        self._admins: set[Subscriber] = set()  # every event
+        self._moderators: set[Subscriber] = set()  # every job's events
+        self._by_owner: dict[str, set[Subscriber]] = {}  # their own jobs' events
         self._sub: JetStreamContext.PushSubscription | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self._subscribers)
@@ -114,19 +60,19 @@ class EventHub:
         """A new subscriber; it receives events handed out from now on (after `last_seq`)."""
         sub = Subscriber(wanted, self.queue_size)
         self._subscribers.add(sub)
-        if wanted.all_jobs:
-            self._all_jobs.add(sub)
-        else:
-            self._by_owner.setdefault(wanted.user_id, set()).add(sub)
         if wanted.role is Role.ADMIN:
             self._admins.add(sub)
+        elif wanted.all_jobs:
+            self._moderators.add(sub)
+        else:
+            self._by_owner.setdefault(wanted.user_id, set()).add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
         """Forget a subscriber (its connection ended)."""
         self._subscribers.discard(sub)
-        self._all_jobs.discard(sub)
         self._admins.discard(sub)
+        self._moderators.discard(sub)
         owned = self._by_owner.get(sub.filter.user_id)
         if owned is not None:
             owned.discard(sub)
@@ -138,31 +84,40 @@ class EventHub:
         for sub in list(self._subscribers):
             sub.close(reason, error=False)
 
-    def _hand_out(self, item: StoredEvent) -> None:
-        if item.owner is None:
-            for sub in self._admins:
-                sub.offer(item)
+    def _hand_out(self, items: list[StoredEvent]) -> None:
+        """Offer events, oldest first, to the subscribers that may see them."""
+        now = asyncio.get_running_loop().time()
+        offer_all(self._admins, items, now)
+        jobs = [item for item in items if item.owner is not None]
+        if not jobs:
             return
-        for sub in self._by_owner.get(item.owner, ()):
-            sub.offer(item)
-        for sub in self._all_jobs:
-            sub.offer(item)
+        offer_all(self._moderators, jobs, now)
+        if not self._by_owner:
+            return
+        owners: dict[str, list[StoredEvent]] = {}
+        for item in jobs:
+            assert item.owner is not None
+            owners.setdefault(item.owner, []).append(item)
+        for owner, owned in owners.items():
+            subscribers = self._by_owner.get(owner)
+            if subscribers:
+                offer_all(subscribers, owned, now)
 
     # ---- the live subscription -----------------------------------------------------------
     async def start(self) -> None:
         """Follow the events stream from its current end."""
         info = await self.js.stream_info(self.names.events_stream)
-        self.last_seq = info.state.last_seq
+        self.last_seq = self._received = info.state.last_seq
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.last_seq + 1
         )
         self._sub = await self.js.subscribe(
             self.names.events_all,
             stream=self.names.events_stream,
+            cb=self._receive,
             ordered_consumer=True,
             config=config,
         )
-        self._task = asyncio.create_task(self._follow(self._sub), name="feeds:hub")
         log.info("feeds.following", stream=self.names.events_stream, after=self.last_seq)
 
     async def stop(self) -> None:
@@ -171,43 +126,51 @@ class EventHub:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._sub = self._task = None
-
-    async def _follow(self, sub: JetStreamContext.PushSubscription) -> None:
-        async for msg in sub.messages:
-            try:
-                await self._take(msg)
-            except Exception as exc:
-                log.warning("feeds.event_failed", subject=msg.subject, **describe(exc))
+        if self._flush_soon is not None:
+            self._flush_soon.cancel()
+        self._sub = self._flush_soon = None
         log.info("feeds.stopped", last_seq=self.last_seq)
 
-    async def _take(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
-        if seq <= self.last_seq:  # seen already (the ordered consumer was re-created)
-            return
-        if seq > self.last_seq + 1:
-            await self._fill_gap(seq)
-        item = stored_event(seq, msg.data)
-        if item is None:
-            log.warning("feeds.undecodable", seq=seq, subject=msg.subject)
-        else:
-            self._hand_out(item)
-        self.last_seq = seq
-        # Let every feed take the event before the next one: a burst is no backlog.
-        await asyncio.sleep(0)
+    async def _receive(self, msg: Msg) -> None:
+        """Take one event from the live subscription; it is handed out with the others that
+        arrived with it, once the subscription has nothing more at hand."""
+        try:
+            seq = msg.metadata.sequence.stream
+            if seq <= self._received:  # seen already (the ordered consumer was re-created)
+                return
+            if seq > self._received + 1:
+                self._flush()
+                await self._fill_gap(seq)
+            self._received = seq
+            item = stored_event(seq, msg.data)
+            if item is None:
+                log.warning("feeds.undecodable", seq=seq, subject=msg.subject)
+            else:
+                self._pending.append(item)
+            if self._flush_soon is None:
+                self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
+        except Exception as exc:
+            log.warning("feeds.event_failed", subject=msg.subject, **describe(exc))
+
+    def _flush(self) -> None:
+        """Hand out what was received since the last flush."""
+        self._flush_soon = None
+        items, self._pending = self._pending, []
+        try:
+            if items:
+                self._hand_out(items)
+        except Exception as exc:
+            log.warning("feeds.hand_out_failed", **describe(exc))
+        self.last_seq = self._received
 
     async def _fill_gap(self, seq: int) -> None:
         """Hand out what the live subscription skipped (dropped as a slow consumer)."""
         log.info("feeds.gap", after=self.last_seq, before=seq)
         async with contextlib.aclosing(self.read(after_seq=self.last_seq, upto=seq - 1)) as pages:
             async for page in pages:
-                for item in page:
-                    self._hand_out(item)
-                    self.last_seq = item.seq
+                self._hand_out(page)
+                self.last_seq = self._received = page[-1].seq
+        self.last_seq = self._received = seq - 1
 
     # ---- stored ranges -------------------------------------------------------------------
     async def stream_last_seq(self) -> int:

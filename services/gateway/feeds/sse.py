@@ -7,11 +7,11 @@ stream sequence numbers, so `Last-Event-ID` replays exactly what a client missed
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Annotated
 
 import msgspec
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from services.gateway.api import API, Access, Tag, authenticate, caller
 from services.gateway.feeds.connection import (
@@ -22,7 +22,7 @@ from services.gateway.feeds.connection import (
     guard_feed,
     run_feed,
 )
-from services.gateway.feeds.hub import FeedClosed
+from services.gateway.feeds.subscriber import FeedClosed, Framing
 from services.gateway.feeds.visibility import MAX_SEQ, StoredEvent, feed_filter
 from services.gateway.http import error_response
 from services.gateway.state import gateway
@@ -135,10 +135,34 @@ async def event_stream(request: web.Request, query: FeedQuery) -> web.StreamResp
     return response
 
 
+def sse_blocks(items: Sequence[StoredEvent]) -> bytes:
+    """Events as SSE blocks, for a response without chunked encoding (HTTP/1.0)."""
+    return b"".join(item.sse for item in items)
+
+
+def sse_chunk(items: Sequence[StoredEvent]) -> bytes:
+    """Events as SSE blocks in one HTTP/1.1 chunk, as aiohttp frames a chunked response."""
+    body = b"".join(item.sse for item in items)
+    return b"%x\r\n%s\r\n" % (len(body), body)
+
+
 class _SseFeed:
     def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
         self.request = request
         self.response = response
+        chunked = response.headers.get(hdrs.TRANSFER_ENCODING, "").lower() == "chunked"
+        self.framing: Framing = sse_chunk if chunked else sse_blocks
+        self._transport = request.transport
+        self._protocol = request.protocol
+
+    def write_now(self, data: bytes) -> bool:
+        """Write framed events if the socket takes them without waiting (as the response's
+        own writer would, which waits only while the transport is paused)."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._protocol.writing_paused:
+            return False
+        transport.write(data)
+        return True
 
     async def send(self, items: list[StoredEvent]) -> None:
         await self.response.write(b"".join(item.sse for item in items))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
+from collections.abc import Sequence
 from typing import Annotated
 
 import msgspec
@@ -22,7 +24,7 @@ from services.gateway.feeds.connection import (
     guard_feed,
     run_feed,
 )
-from services.gateway.feeds.hub import FeedClosed, Subscriber
+from services.gateway.feeds.subscriber import FeedClosed, Framing, Subscriber
 from services.gateway.feeds.visibility import MAX_JOB_IDS, StoredEvent, feed_filter
 from services.gateway.http import error_response
 from services.gateway.identity import Principal
@@ -140,10 +142,43 @@ async def event_socket(request: web.Request) -> web.StreamResponse:
 
 
 # ---- one socket connection -----------------------------------------------------------------
+def text_frames(items: Sequence[StoredEvent]) -> bytes:
+    """Events as unmasked, uncompressed WebSocket text frames (RFC 6455 5.2), one per event,
+    as the server's writer frames them."""
+    return b"".join(_text_frame(item.ws) for item in items)
+
+
+def _text_frame(payload: bytes) -> bytes:
+    size = len(payload)
+    if size < 126:
+        return struct.pack("!BB", 0x81, size) + payload
+    if size < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
 class _SocketFeed:
+    framing: Framing = staticmethod(text_frames)
+
     def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
         self.request = request
         self.ws = ws
+        self._transport = request.transport
+        self._protocol = request.protocol
+
+    def write_now(self, data: bytes) -> bool:
+        """Write framed events if the socket takes them without waiting and is not closing
+        (frames are whole: nothing else is written in between)."""
+        transport = self._transport
+        if (
+            self.ws.closed
+            or transport is None
+            or transport.is_closing()
+            or self._protocol.writing_paused
+        ):
+            return False
+        transport.write(data)
+        return True
 
     async def send(self, items: list[StoredEvent]) -> None:
         for item in items:
