@@ -52,6 +52,8 @@ from tests.jellyfin_standin import JellyfinStandIn  # noqa: E402
 WORK = REPO / "bench" / ".work"
 RESULT_JSON = WORK / "control_plane.json"
 JOBS_PER_DEVICE = 40
+# Native API users whose jobs (`POST /api/jobs`) come after each phase's Streamyfin jobs.
+NATIVE_USERS = 8
 
 
 def load() -> float:
@@ -137,6 +139,50 @@ async def submit(
         return timed(latencies, time.perf_counter() - started, load_then)
 
 
+async def native_users(base: str, count: int) -> list[str]:
+    """`count` native API users, registered and signed in: their access tokens."""
+    tokens = []
+    async with aiohttp.ClientSession(base_url=base) as s:
+        for n in range(count):
+            account = {"username": f"bench-api-{n:02d}", "password": "bench-password"}
+            async with s.post("/api/auth/register", json=account) as response:
+                if response.status not in (201, 409):
+                    raise BenchError(f"POST /api/auth/register answered {response.status}")
+            async with s.post("/api/auth/login", json=account) as response:
+                if response.status != 200:
+                    raise BenchError(f"POST /api/auth/login answered {response.status}")
+                tokens.append((await response.json())["access_token"])
+    return tokens
+
+
+async def submit_native(
+    base: str, silent_port: int, tokens: list[str], count: int, concurrency: int, tag: str
+) -> Timed:
+    """`count` jobs through the native API (`POST /api/jobs`) by `concurrency` clients, the users
+    in turns; each must be answered 201 (accepted, stored durably)."""
+    work = iter(range(count))
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(base_url=base, connector=connector) as s:
+
+        async def client() -> None:
+            for n in work:
+                body = {"source": f"http://127.0.0.1:{silent_port}/media/api-{tag}-{n}.mkv"}
+                headers = {"Authorization": f"Bearer {tokens[n % len(tokens)]}"}
+                started = time.perf_counter()
+                async with s.post("/api/jobs", json=body, headers=headers) as response:
+                    await response.read()
+                    if response.status != 201:
+                        text = (await response.text())[:300]
+                        raise BenchError(f"POST /api/jobs answered {response.status}: {text}")
+                latencies.append(time.perf_counter() - started)
+
+        load_then = load()
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return timed(latencies, time.perf_counter() - started, load_then)
+
+
 async def settled(base: str, token: str, total: int) -> float:
     """Seconds from now until the whole pipeline has taken every job in: the scheduler stored
     it and the statistics service counted its acceptance (`GET /statistics`); a 201 comes once
@@ -209,13 +255,20 @@ async def phase(
     devices: range,
     held_devices: range,
     run_dir: Path,
+    tokens: list[str],
+    native_before: int,
 ) -> dict[str, Any]:
     cpu_before = process_cpu_seconds(up.pid)
     profilers = await profile_submissions(args, up, len(held_devices) * JOBS_PER_DEVICE)
     submitted = await submit(up.url, silent_port, devices, JOBS_PER_DEVICE, args.submitters)
-    held = len(held_devices) * JOBS_PER_DEVICE
-    settle_s = await settled(up.url, token_of(device_name(devices[0])), held)
+    held = len(held_devices) * JOBS_PER_DEVICE + native_before
+    token = token_of(device_name(devices[0]))
+    settle_s = await settled(up.url, token, held)
     cpu_submitting = cpu_spent(cpu_before, process_cpu_seconds(up.pid))
+    native = await submit_native(
+        up.url, silent_port, tokens, args.native, args.submitters, tag=str(held)
+    )
+    native_settle_s = await settled(up.url, token, held + args.native)
     for profiler in profilers:
         profiler.send_signal(signal.SIGINT)  # py-spy writes what it sampled when interrupted
         await profiler.wait()
@@ -240,9 +293,12 @@ async def phase(
             stub_runs.append(await poll(stub_url, names, args.seconds, args.pollers))
     return {
         "jobs_held": len(held_devices) * JOBS_PER_DEVICE,
+        "jobs_total": held + args.native,
         "devices": len(held_devices),
         "submitted": submitted,
         "settle_s": settle_s,
+        "native": native,
+        "native_settle_s": native_settle_s,
         "cpu_s_submitting": cpu_submitting,
         "vidmesh": vidmesh_runs,
         "stub": stub_runs,
@@ -316,6 +372,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = Path(tempfile.mkdtemp(prefix="control-plane-", dir=WORK))
     env = up_env(run_dir / "data", standin.url)
     env["VIDMESH_OUTBOUND_ALLOW"] = "127.0.0.1/32"
+    env["VIDMESH_REGISTRATION"] = "open"
     results: dict[str, Any] = {
         "args": {**vars(args), "jobs_per_device": JOBS_PER_DEVICE},
         "original": ORIGINAL,
@@ -327,10 +384,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             if missing:
                 raise BenchError(f"vidmesh up runs no {', '.join(missing)} process")
             rss = {"0": rss_now(children)}
+            tokens = await native_users(up.url, NATIVE_USERS)
             small = await phase(
-                args, up, silent.port, range(small_devices), range(small_devices), run_dir
+                args,
+                up,
+                silent.port,
+                range(small_devices),
+                range(small_devices),
+                run_dir,
+                tokens,
+                native_before=0,
             )
-            rss[str(small["jobs_held"])] = rss_now(children)
+            rss[str(small["jobs_total"])] = rss_now(children)
             large = await phase(
                 args,
                 up,
@@ -338,8 +403,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 range(small_devices, large_devices),
                 range(large_devices),
                 run_dir,
+                tokens,
+                native_before=args.native,
             )
-            rss[str(large["jobs_held"])] = rss_now(children)
+            rss[str(large["jobs_total"])] = rss_now(children)
     except BenchError:
         print(log_tail(run_dir / "up.log"), file=sys.stderr)
         raise
@@ -365,6 +432,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per phase (2)")
     parser.add_argument("--submitters", type=int, default=64, help="concurrent submitters (64)")
     parser.add_argument("--pollers", type=int, default=32, help="concurrent pollers (32)")
+    parser.add_argument(
+        "--native", type=int, default=1000, help="POST /api/jobs submissions after each phase's"
+        " Streamyfin ones (1000)"
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="--jobs 2000 --seconds 2 --rounds 1")
     parser.add_argument("--keep", action="store_true", help="keep the data folder")
     parser.add_argument(
