@@ -134,6 +134,7 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
                 await projection.stop()
             await server.stop()
             await session.close()
+            await app[GATEWAY].stores.close()
             identity.close()
 
     async def close_feeds(app: web.Application) -> None:

@@ -11,6 +11,7 @@ to a short-lived signed URL of the store itself.
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import time
 from pathlib import Path
@@ -111,9 +112,11 @@ async def _stream_remote(
     await response.prepare(request)
     _count(response.status, 0, "object")
     if request.method != "HEAD" and end > start:
-        async for chunk in store.read_range(output.blob, start, end):
-            await response.write(chunk)
-            m.BYTES_SERVED.labels("object").inc(len(chunk))
+        served = m.BYTES_SERVED.labels("object")  # looked up once, not per chunk
+        async with contextlib.aclosing(store.read_range(output.blob, start, end)) as chunks:
+            async for chunk in chunks:
+                await response.write(chunk)
+                served.inc(len(chunk))
     await response.write_eof()
     return response
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from shared.blobs.config import StoreConfig, check_config
 from shared.blobs.objects import ObjectBlobStore
+from shared.blobs.signed_reads import SignedReads
 from shared.blobs.store import BlobStore, LocalBlobStore
 
 
-def open_store(config: StoreConfig) -> BlobStore:
-    """The blob store a configuration names: a LocalBlobStore or an ObjectBlobStore.
+def open_store(config: StoreConfig, reads: SignedReads | None = None) -> BlobStore:
+    """The blob store a configuration names: a LocalBlobStore or an ObjectBlobStore (whose S3
+    ranges are read through `reads` when given, else through obstore).
 
     Raises BadRequest for a configuration that cannot work, StoreError when the backend refuses
     it. Nothing is contacted yet: `check_writable()` does that.
@@ -21,4 +23,4 @@ def open_store(config: StoreConfig) -> BlobStore:
     check_config(config)
     if config.kind == "local":
         return LocalBlobStore(config.path)
-    return ObjectBlobStore(config)
+    return ObjectBlobStore(config, reads)

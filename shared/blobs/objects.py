@@ -11,9 +11,10 @@ Never `repr()` or log an obstore store object (an AzureStore's repr panics insid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import mimetypes
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -26,6 +27,7 @@ from obstore.store import AzureStore, GCSStore, S3Store
 
 from shared.blobs.config import StoreConfig, store_name
 from shared.blobs.errors import first_line_without_query, http_status, is_absent, store_error
+from shared.blobs.signed_reads import SignedReads
 from shared.blobs.store import (
     CHUNK,
     PROBE_DATA,
@@ -50,6 +52,8 @@ C = TypeVar("C")
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # the longest S3 SigV4 allows
 _HASH_IN_THREAD = 256 * 1024  # hashing a chunk this big would hold the event loop too long
 _UPLOAD_CONCURRENCY = 4
+# A signed URL the process reads itself: as long as S3 tolerates clocks apart (15 minutes)
+_SIGNED_READ_SECONDS = 15 * 60
 
 
 def _quoted(etag: str) -> str:
@@ -149,7 +153,7 @@ def _azure_settings(config: StoreConfig) -> dict[str, Any]:
 class ObjectBlobStore:
     """A blob store in a bucket (S3, GCS) or container (Azure), under an optional key prefix."""
 
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(self, config: StoreConfig, reads: SignedReads | None = None) -> None:
         self.name = store_name(config)
         # the bucket itself, whatever part of it this store's prefix names
         self._bucket = store_name(msgspec.structs.replace(config, prefix=""))
@@ -159,6 +163,9 @@ class ObjectBlobStore:
         self._part_size = config.part_size_mib << 20
         # Signing needs the account key; a SAS-token store would have to hand out its own token.
         self._can_sign = not (config.kind == "azure" and not config.account_key)
+        self._max_retries = config.max_retries
+        # S3 ranges read over a signed URL in this event loop (see shared.blobs.signed_reads)
+        self._reads = reads if config.kind == "s3" else None
 
     def __repr__(self) -> str:
         return f"ObjectBlobStore({self.name})"
@@ -267,12 +274,20 @@ class ObjectBlobStore:
             raise store_error(self.name, exc, "list blobs") from exc
         return found
 
-    async def read_range(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes [start, end) of a blob, streamed in chunks of about 1 MiB, never all in memory.
-        A range past the end yields what there is."""
+    async def read_range(self, key: str, start: int, end: int) -> AsyncGenerator[bytes, None]:
+        """Bytes [start, end) of a blob, streamed, never all in memory. A range past the end
+        yields what there is. An S3 store given SignedReads reads it in this event loop over a
+        signed URL, chunks as they arrive; otherwise obstore streams it in chunks of 1 MiB."""
         check_range(start, end)
         full = self._full(key)
         if start == end:
+            return
+        if self._reads is not None:
+            url = await self._sign(full, _SIGNED_READ_SECONDS, "read a blob")
+            read = self._reads.read(self.name, key, url, start, end, max_retries=self._max_retries)
+            async with contextlib.aclosing(read):
+                async for chunk in read:
+                    yield chunk
             return
         try:
             result = await obs.get_async(self._client, full, options={"range": (start, end)})
@@ -295,10 +310,13 @@ class ObjectBlobStore:
             raise BadRequest(f"A signed URL lasts 1 to {MAX_PRESIGN_SECONDS} seconds.")
         if not self._can_sign:
             return None
+        return await self._sign(full, seconds, "sign a URL")
+
+    async def _sign(self, full: str, seconds: int, doing: str) -> str:
         try:
             return await obs.sign_async(self._client, "GET", full, timedelta(seconds=seconds))
         except (BaseError, OSError) as exc:
-            raise store_error(self.name, exc, "sign a URL") from exc
+            raise store_error(self.name, exc, doing) from exc
 
     async def check_writable(self) -> None:
         """Write, read back and delete a small probe object; a StoreError says why not."""

@@ -16,7 +16,7 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
@@ -81,7 +81,7 @@ class BlobStore(Protocol):
         equal for every store that names the same object, however its prefix splits the key."""
         ...
 
-    def read_range(self, key: str, start: int, end: int) -> AsyncIterator[bytes]: ...
+    def read_range(self, key: str, start: int, end: int) -> AsyncGenerator[bytes, None]: ...
 
     async def presign(self, key: str, seconds: int) -> str | None: ...
 
@@ -289,7 +289,7 @@ class LocalBlobStore:
                     )
         return found
 
-    async def read_range(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+    async def read_range(self, key: str, start: int, end: int) -> AsyncGenerator[bytes, None]:
         """Bytes [start, end) of a blob in chunks of up to 1 MiB (fewer if the blob is shorter)."""
         check_range(start, end)
         path = self._path(key)

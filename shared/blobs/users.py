@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.blobs.backends import open_store
 from shared.blobs.config import StoreConfig, parse_store_url
+from shared.blobs.signed_reads import SignedReads
 from shared.blobs.store import BlobStore
 from shared.config import CommonSettings
 from shared.errors import BadRequest, NotConfigured, StoreError
@@ -134,12 +135,14 @@ def service_config(settings: CommonSettings) -> StoreConfig:
 
 
 class Stores:
-    """Opens (and keeps) the service store and users' stores by reference."""
+    """Opens (and keeps) the service store and users' stores by reference. Their S3 ranges are
+    read through one connection pool, opened on the first read; `close()` closes it."""
 
     def __init__(
         self, settings: CommonSettings, records: TypedKV[UserStore] | None, sealer: Sealer
     ) -> None:
-        self.service: BlobStore = open_store(service_config(settings))
+        self.reads = SignedReads()
+        self.service: BlobStore = open_store(service_config(settings), self.reads)
         self.records = records
         self.sealer = sealer
         # users name their endpoints: no Jellyfin exception here, only the operator's networks
@@ -158,7 +161,10 @@ class Stores:
             await self.check_endpoint(config)
         except BadRequest as exc:
             raise StoreError(exc.message, retryable=False) from None
-        return open_store(config)
+        return open_store(config, self.reads)
+
+    async def close(self) -> None:
+        await self.reads.close()
 
     def forget(self, key: str) -> None:
         """Drop a user's opened store (its configuration changed); `key` is its record key."""
