@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import msgspec
 import structlog
@@ -135,8 +135,7 @@ def _lease_pending(
     # With no automatic slot free (as with a long queue), only a manual start or a rendition
     # leased earlier can be dispatched: the rest of the queue is not even ordered.
     slot_free = len(auto) < limit and (room is None or room > 0)
-    only = None if slot_free else (lambda r: r.manual or bool(leases.keys_of.get(r.key)))
-    for r in pending_in_order(view, leases, pool_id, only=only):
+    for r in pending_in_order(view, leases, pool_id, slot_free=slot_free):
         if any(key in held for key in leases.keys_of.get(r.key, ())):
             changes.append(publish(view, r, now))  # leased earlier but never dispatched: again
             continue
@@ -168,13 +167,15 @@ def still_held(view: View, lease: Lease, now: float) -> bool:
 
 
 def pending_in_order(
-    view: View, leases: LeaseView, pool_id: str, *, only: Callable[[Rendition], bool] | None = None
+    view: View, leases: LeaseView, pool_id: str, *, slot_free: bool = True
 ) -> list[Rendition]:
-    """Pending renditions someone waits for (of those `only` passes): manual starts first, then
-    the highest priority, then the least busy client (see `client_of`), then the oldest."""
-    candidates = view.pending_in(pool_id)
-    if only is not None:
-        candidates = [r for r in candidates if only(r)]
+    """Pending renditions someone waits for (with no `slot_free`, only those that need none):
+    manual starts first, then the highest priority, then the least busy client (see
+    `client_of`), then the oldest."""
+    if slot_free:
+        candidates = view.pending_in(pool_id)
+    else:
+        candidates = view.pending_taking_no_slot(pool_id, leases.keys_of)
     pending = [r for r in candidates if view.followers(r)]
     busy = leases.busy.get(pool_id) or Counter()
     return sorted(

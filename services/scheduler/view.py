@@ -8,7 +8,7 @@ writes to NATS; the view changes as the projections do.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import TypeVar
 
 from shared.fleet import SETTINGS_KEY
@@ -103,6 +103,7 @@ class View:
         self._waiting: dict[str, set[str]] = {}
         self._waiting_sorted: dict[str, list[JobRecord]] = {}
         self._pending: dict[str, set[str]] = {}
+        self._pending_manual: dict[str, set[str]] = {}  # started by hand: they take no slot
         jobs.listen(self._index)
         renditions.listen(self._index_rendition)
         for key, job in jobs.items():
@@ -132,8 +133,11 @@ class View:
     def _index_rendition(self, key: str, old: Rendition | None, new: Rendition | None) -> None:
         if old is not None:
             index_discard(self._pending, old.pool, key)
+            index_discard(self._pending_manual, old.pool, key)
         if new is not None and new.state is RenditionState.PENDING:
             index_add(self._pending, new.pool, key)
+            if new.manual:
+                index_add(self._pending_manual, new.pool, key)
 
     def pending_pools(self) -> set[str]:
         """Pools with a pending rendition."""
@@ -142,6 +146,15 @@ class View:
     def pending_in(self, pool: str) -> list[Rendition]:
         """The pool's pending renditions (waiting for a lease)."""
         found = (self.renditions.get(key) for key in self._pending.get(pool, ()))
+        return [r for r in found if r is not None]
+
+    def pending_taking_no_slot(self, pool: str, leased: Iterable[str]) -> list[Rendition]:
+        """The pool's pending renditions that need no free slot: started by hand, or among
+        `leased` (leased already, their work not published yet); found without looking at the
+        rest of the queue."""
+        pending = self._pending.get(pool, set())
+        keys = self._pending_manual.get(pool, set()) | {key for key in leased if key in pending}
+        found = (self.renditions.get(key) for key in keys)
         return [r for r in found if r is not None]
 
     def jobs_of_rendition(self, key: str) -> list[JobRecord]:
