@@ -18,6 +18,7 @@ from tests.harness import ALICE, Client, eventually
 from tests.harness.procfs import age_of, processes_with_env, running
 from tests.harness.up import Up
 from tests.jellyfin_standin import JellyfinStandIn
+from vidmesh.supervisor import BACKGROUND
 
 
 async def _completed_job(client: Client, jellyfin: JellyfinStandIn) -> str:
@@ -61,7 +62,14 @@ async def test_up_runs_supervises_stops_and_keeps_jobs(
         pid = first.children().get("statistics")
         return pid if pid is not None and pid != before["statistics"] else None
 
-    await eventually(restarted, timeout=15, what="a new statistics process")
+    again = await eventually(restarted, timeout=15, what="a new statistics process")
+    # ... still yielding the CPU to the gateway and the scheduler, as the other background
+    # services do (VIDMESH_UP_BACKGROUND_NICE)
+    now = {**before, "statistics": again}
+    niceness = {name: os.getpriority(os.PRIO_PROCESS, pid) for name, pid in now.items()}
+    front = niceness["gateway"]
+    assert niceness["scheduler"] == front and niceness["transcoder"] == front, niceness
+    assert all(niceness[name] == min(front + 5, 19) for name in BACKGROUND), niceness
 
     def lines() -> list[str]:
         return first.log().splitlines()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import os
 import secrets
 import signal
 import socket
@@ -32,6 +34,10 @@ log = structlog.get_logger("vidmesh.up")
 
 # Start order; stop order is the reverse of `STOP_ORDER`'s position.
 SERVICES = ("scheduler", "storage", "statistics", "notifier", "transcoder", "gateway")
+# The services whose work may lag a little behind a busy machine without a client waiting on it
+# (totals and the task history, webhook fan-out, blob deletion): on one machine they yield the
+# CPU to the gateway and the scheduler (`VIDMESH_UP_BACKGROUND_NICE`).
+BACKGROUND = ("statistics", "notifier", "storage")
 STOP_ORDER = ("gateway", "scheduler", "statistics", "notifier", "storage", "transcoder")
 
 
@@ -48,6 +54,8 @@ class UpSettings(CommonSettings, kw_only=True, forbid_unknown_fields=True):
     max_concurrent_jobs: Annotated[int, msgspec.Meta(ge=1)] = 1
     # Seconds the transcoder may spend finishing work on Ctrl-C before handing it back.
     drain_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    # The niceness of the BACKGROUND services (0: the same as every other).
+    up_background_nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 5
 
 
 def port_free(host: str, port: int) -> bool:
@@ -92,6 +100,7 @@ class Child:
     restarts: int = 0
     stopping: bool = False
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    nice: int = 0  # added to its niceness (the CPU goes to others first when it is short)
 
     async def start(self) -> None:
         self.exited.clear()
@@ -102,7 +111,7 @@ class Child:
             env=dict(self.env),
             stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches only `vidmesh up`, which stops us in order
-            preexec_fn=die_with_parent,
+            preexec_fn=functools.partial(_child_setup, self.nice),
         )
         self.started = time.monotonic()
         asyncio.create_task(self._watch(self.process))
@@ -125,6 +134,14 @@ class Child:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
+
+
+def _child_setup(nice: int) -> None:
+    """In a service's process before exec: die with `vidmesh up`, at its niceness."""
+    die_with_parent()
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
 
 
 class Supervisor:
@@ -183,6 +200,8 @@ class Supervisor:
         env = {**self._child_env(port), "VIDMESH_OPENENCODER_PORT": str(openencoder_port)}
         for name in SERVICES:
             child = Child(name, {**env, "VIDMESH_METRICS_PORT": str(self._metrics_port(name))})
+            if name in BACKGROUND:
+                child.nice = self.settings.up_background_nice
             self.children[name] = child
             await child.start()
         local = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
