@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -188,6 +189,7 @@ async def serve(
         service = await build(nc)
         await service.start()
         started = service
+        settle_garbage_collector()
         if metrics is not None:
             metrics.ready = lambda: nc.is_connected and service.ready()
         log.info("service.ready", service=name)
@@ -207,6 +209,23 @@ def main(settings: CommonSettings, name: str, build: Callable[[NATS], Awaitable[
     vlog.configure(settings.log_level, settings.log_format, service=name)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings, name, build))
+
+
+# Allocations between two collections of the youngest generation (Python's default is 700): a
+# service allocates and frees many small objects per message, and each collection costs a pause.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def settle_garbage_collector() -> None:
+    """Once started: what the service holds for good (modules, settings, the records loaded so
+    far) leaves the collector's generations (`gc.freeze`), so a full collection walks only what
+    came since, and the youngest generation is collected less often. A full collection of a
+    gateway holding 20,000 jobs paused it for up to 94 ms, which every request in flight waited
+    out."""
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
 def run_service(
