@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -108,3 +109,17 @@ def read_stages(
                 if event == "ffmpeg.done":
                     ffmpeg_s = entry.get("seconds")
     return stages, ffmpeg_s
+
+
+def load() -> float:
+    """The machine's 1-minute load average."""
+    return os.getloadavg()[0]
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident set size of `pid` in MiB (None when it is gone or not on Linux)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None

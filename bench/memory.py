@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from bench._job_records import (  # noqa: E402
     job_record,
     owner_of,
 )
-from bench._system import BenchError  # noqa: E402
+from bench._system import BenchError, load, rss_mib  # noqa: E402
 from services.gateway.faces.streamyfin.jobs import SHOWN_TO_DEVICE  # noqa: E402
 from shared.nats.subjects import Names  # noqa: E402
 from shared.nats.topology import ensure_topology  # noqa: E402
@@ -58,16 +57,12 @@ SETTLE_TIMEOUT = 60.0
 WRITE_BATCH = 2_000
 
 
-def load() -> float:
-    return os.getloadavg()[0]
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size of `pid` in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"no VmRSS for {pid}")
+def rss_of(pid: int) -> float:
+    """Resident set size of `pid` in MiB; a benchmark error when it has none."""
+    found = rss_mib(pid)
+    if found is None:
+        raise BenchError(f"no VmRSS for {pid}")
+    return found
 
 
 def token_of(owner: str) -> str:
@@ -173,10 +168,10 @@ async def measure(env: dict[str, str], root: Path, jobs: int, now: float) -> dic
         processes = [gateway, *others]
         await settled(processes)
         pids = {p.name: p.process.pid for p in processes if p.process is not None}
-        rss = {name: rss_mib(pid) for name, pid in pids.items()}
+        rss = {name: rss_of(pid) for name, pid in pids.items()}
         shown = shown_per_device(jobs, now)
         lists_s = await every_device_list(deployment.url, shown)
-        rss_lists = {name: rss_mib(pid) for name, pid in pids.items()}
+        rss_lists = {name: rss_of(pid) for name, pid in pids.items()}
         return {
             "jobs": jobs,
             "gateway_ready_s": round(ready_s, 2),
