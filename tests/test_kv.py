@@ -1,5 +1,6 @@
 """Typed KV buckets: reading every record at once gives each key's latest value, never a deleted
-one, whatever the bucket's history."""
+one, whatever the bucket's history; a compare-and-set change started from a guess is decided on
+the bucket's record whenever the guess was wrong."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import msgspec
 import nats
 import pytest
 
-from shared.nats.kv import Stale, TypedKV
+from shared.nats.kv import Stale, TypedKV, Versioned
 from tests.harness import new_namespace
 from vidmesh.natsserver import NatsServer
 
@@ -68,6 +69,38 @@ async def test_a_write_sent_again_after_it_landed_is_recognised_not_a_conflict(
         await notes.delete("a", second)
         await notes.delete("a", second)
         assert await notes.get("a") is None
+    finally:
+        await js.delete_key_value(bucket)
+        await nc.close()
+
+
+async def test_a_change_from_a_stale_guess_is_decided_on_the_bucket_as_it_is(
+    nats_server: NatsServer,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    bucket = f"{new_namespace()}-notes"
+    try:
+        notes = TypedKV(await js.create_key_value(bucket=bucket, history=5), Note)
+        first = await notes.create("n", Note(text="draft"))
+        stale = Versioned(Note(text="draft"), first)
+        await notes.update("n", Note(text="ready"), first)  # another writer moved it on
+
+        def publish(note: Note | None) -> Note | None:
+            if note is None or note.text != "ready":
+                raise ValueError("only a ready note is published")
+            return Note(text="published")
+
+        # a refusal on the stale copy is not the answer: the bucket's record is
+        done = await notes.replace("n", publish, known=stale)
+        assert done.changed and done.record == Note(text="published")
+        # "nothing to change" on a stale copy is not the answer either
+        unchanged = await notes.replace("n", lambda _note: None, known=stale)
+        assert not unchanged.changed and unchanged.record == Note(text="published")
+        # and a guess that there is none, when there is one, costs a read, not the record
+        guessed = await notes.replace("n", lambda _note: Note(text="new"), absent=True)
+        assert guessed.changed and guessed.before is not None
+        assert guessed.before.value == Note(text="published")
     finally:
         await js.delete_key_value(bucket)
         await nc.close()

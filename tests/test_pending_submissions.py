@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from structlog.testing import capture_logs
 
+from services.gateway.state import GATEWAY
 from services.scheduler import SchedulerSettings
 from services.scheduler.intake import refused
 from services.scheduler.service import command_consumer
@@ -33,10 +34,12 @@ from shared.nats.consumer import ACK, Received, Settle
 from shared.nats.subjects import Names
 from shared.nats.topology import ensure_topology, pending_submission, publish_command
 from tests.harness import (
+    ADMIN_PASSWORD,
     ALICE,
     Api,
     Client,
     System,
+    build_service,
     drop_namespace,
     eventually,
     new_namespace,
@@ -325,3 +328,38 @@ def test_a_submissions_subject_names_its_job_for_the_gateway_and_the_scheduler_a
     cancel = cmd.CancelJob(command_id="c", at=0, job_id="job-7")
     assert names.command_subject(cancel) == "vm.cmd.scheduler.job_cancel"
     assert names.scheduler_commands == "vm.cmd.scheduler.>"
+
+
+async def test_a_job_accepted_by_one_gateway_is_shown_by_the_others_at_once_within_ceilings(
+    down: System, http: aiohttp.ClientSession, jellyfin: JellyfinStandIn
+) -> None:
+    # Given the fleet's quality ceilings, and a second gateway beside the first
+    admin = await Api(http, down.url).as_user("admin", ADMIN_PASSWORD, register=False)
+    ceilings = {"max_height": 144, "max_video_bitrate_kbps": 500}
+    await admin.ok("PUT", "/api/admin/transcoding/settings", json=ceilings)
+    first = down.gateway.app[GATEWAY]
+    await eventually(lambda: first.transcoding().max_height == 144, what="the ceilings seen")
+    second = build_service("gateway", down.nc, down.env)
+    await second.start()
+    try:
+        # When a job is accepted by the first (the scheduler is down: nothing stores it yet)
+        on_first, on_second = Client(http, down.url, ALICE), Client(http, second.url, ALICE)
+        job_id = await on_first.submit(jellyfin.stream_url("fits", ALICE), device="dev-2")
+        ann = await Api(http, down.url).as_user("ann")
+        created = await ann.ok(
+            "POST", "/api/jobs", 201, json={"source": jellyfin.stream_url("fits", ALICE)}
+        )
+
+        # Then the second lists it too, and both show the spec within the ceilings
+        async def listed() -> bool:
+            _, jobs, _ = await on_second.request("GET", "/all-jobs", params={"deviceId": "dev-2"})
+            return [job["id"] for job in jobs] == [job_id]
+
+        await eventually(listed, what="the job listed by the second gateway")
+        video = created["spec"]["video"]
+        assert (video["max_height"], video["max_bitrate_kbps"]) == (144, 500)
+        on_second_api = Api(http, second.url, token=ann.token)
+        again = (await on_second_api.ok("GET", f"/api/jobs/{created['id']}"))["spec"]["video"]
+        assert (again["max_height"], again["max_bitrate_kbps"]) == (144, 500)
+    finally:
+        await second.shutdown()

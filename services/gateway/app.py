@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from services.gateway.jellyfin import JellyfinAuth
 from services.gateway.kube import Cluster
 from services.gateway.login_limits import LoginLimits, trusted_networks
 from services.gateway.state import GATEWAY, Gateway, job_projection
+from services.gateway.submit import follow_submissions
 from shared.blobs.users import Sealer, Stores, UserStore
 from shared.fleet import Fleet
 from shared.messages.accounts import (
@@ -37,6 +39,7 @@ from shared.messages.accounts import (
     User,
     UsernameClaim,
 )
+from shared.messages.fleet import TranscodingSettings
 from shared.messages.records import JobRecord, Progress, StorageSummary, Totals
 from shared.nats.kv import ReadOnlyKV, TypedKV
 from shared.nats.projection import Projection
@@ -76,7 +79,18 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
         keys = Projection(TypedKV(buckets.apikeys, ApiKey), "gateway.apikeys", nc=nc)
         presets = Projection(TypedKV(buckets.presets, PresetRecord), "gateway.presets", nc=nc)
         batches = Projection(TypedKV(buckets.batches, Batch), "gateway.batches", nc=nc)
-        projections: list[Projection[Any]] = [jobs, progress, users, keys, presets, batches]
+        fleet_settings = Projection(
+            TypedKV(buckets.settings, TranscodingSettings), "gateway.fleet_settings", nc=nc
+        )
+        projections: list[Projection[Any]] = [
+            jobs,
+            progress,
+            users,
+            keys,
+            presets,
+            batches,
+            fleet_settings,
+        ]
         for projection in projections:
             await projection.start()
         server = LiveSettings(buckets.serversettings, "gateway.serversettings", nc=nc)
@@ -120,15 +134,19 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             presets=presets,
             batches=batches,
             fleet=Fleet(buckets),
+            fleet_settings=fleet_settings,
             feeds=feeds,
             login_limits=login_limits,
             server=server,
             cluster=Cluster.from_settings(settings),
         )
+        submissions = await follow_submissions(app[GATEWAY])
         log.info("gateway.ready", jobs=len(jobs), jellyfin=settings.jellyfin_url or None)
         try:
             yield
         finally:
+            with contextlib.suppress(Exception):
+                await submissions.unsubscribe()
             await feeds.stop()
             for projection in projections:
                 await projection.stop()

@@ -24,13 +24,14 @@ from services.gateway.kube import Cluster
 from services.gateway.login_limits import LoginLimits
 from shared.blobs.users import Stores, UserStore
 from shared.errors import GatewayTimeout, Unavailable, Unprocessable
-from shared.fleet import Fleet
+from shared.fleet import SETTINGS_KEY, Fleet
 from shared.jobs import state as jobstate
 from shared.media.presets import builtin
 from shared.media.probe import ProbeResult, StreamInfo
 from shared.messages import commands as cmd
 from shared.messages import events, rpc
 from shared.messages.accounts import Batch, PresetRecord
+from shared.messages.fleet import TranscodingSettings
 from shared.messages.records import (
     JobRecord,
     JobStatus,
@@ -185,11 +186,16 @@ class Gateway:
     presets: Projection[PresetRecord]
     batches: Projection[Batch]
     fleet: Fleet
+    fleet_settings: Projection[TranscodingSettings]  # the quality ceilings new jobs are capped to
     feeds: EventHub  # live events for the SSE and WebSocket feeds
     login_limits: LoginLimits  # failed sign-ins per username and client address
     server: LiveSettings  # the server settings groups in force (kill switches, base URL, paths)
     cluster: Cluster | None = None  # the Kubernetes API, when running in a cluster
     started_at: float = field(default_factory=time.time)
+
+    def transcoding(self) -> TranscodingSettings:
+        """The fleet's transcoding settings in force (the quality ceilings among them)."""
+        return self.fleet_settings.get(SETTINGS_KEY) or TranscodingSettings()
 
     async def job(self, job_id: str) -> JobRecord | None:
         """A job by id: from memory, or from KV when this replica has not seen it yet, or as its

@@ -4,23 +4,30 @@ its own storages, the pool, the download name), and handing the job to the sched
 A face does not store a job: it publishes a `SubmitJob` command, de-duplicated by the job's id.
 Once JetStream has stored the command (its PubAck), the job is accepted durably: the scheduler's
 intake stores the record from it, retrying until it can, and may cap its spec by the fleet's
-ceilings. Until the record is stored, this replica shows the job as its submission asks for it
-(a provisional record, replaced by the stored one as the KV watch brings it), so the caller's
-next read finds it without anyone waiting on the scheduler. With an Idempotency-Key the job id is
+ceilings. Until the record is stored, every gateway shows the job as its submission asks for it (a
+provisional record, replaced by the stored one as the KV watch brings it; the gateway that took
+it tells the others at once), so the caller's next read finds it, on whichever replica, without
+anyone waiting on the scheduler. With an Idempotency-Key the job id is
 derived from (owner, key), so a repeated request names the same job: the commands stream drops
 the repeated command and the create-only write keeps the first job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import uuid
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from services.gateway.identity import Principal
 from services.gateway.state import NATS_UNREACHABLE, Gateway
 from shared.blobs.users import SOURCE_SCHEMES, UserStore, record_key, user_ref
 from shared.errors import BadRequest, Unavailable
+from shared.fleet import capped
 from shared.jobs import state as jobstate
 from shared.media import is_http
 from shared.messages import commands as cmd
@@ -153,8 +160,32 @@ async def publish_submission(gw: Gateway, command: cmd.SubmitJob) -> bool:
     except Exception as exc:
         raise Unavailable(NATS_UNREACHABLE) from exc
     if first:
-        gw.jobs.apply(command.job_id, jobstate.submitted_job(command), PROVISIONAL)
+        show_submitted(gw, command)
+        with contextlib.suppress(Exception):  # the others wait for the record instead
+            await gw.nc.publish(gw.names.submitted_notice, cmd.ENCODER.encode(command))
     return first
+
+
+def show_submitted(gw: Gateway, command: cmd.SubmitJob) -> None:
+    """Show a job accepted a moment ago as its submission asks for it, within the fleet's
+    quality ceilings as the scheduler will store it, until the stored record replaces it."""
+    spec = capped(command.spec, gw.transcoding())
+    gw.jobs.apply(command.job_id, jobstate.submitted_job(command, spec), PROVISIONAL)
+
+
+async def follow_submissions(gw: Gateway) -> Subscription:
+    """Show the jobs the other gateways accept too, the moment they are accepted (each gateway
+    tells the others: `Names.submitted_notice`)."""
+
+    async def shown(msg: Msg) -> None:
+        try:
+            command = cmd.SCHEDULER_DECODER.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        if isinstance(command, cmd.SubmitJob):
+            show_submitted(gw, command)
+
+    return await gw.nc.subscribe(gw.names.submitted_notice, cb=shown)
 
 
 async def accepted(gw: Gateway, job_id: str, *, timeout: float | None = None) -> JobRecord:
@@ -170,6 +201,17 @@ async def accepted(gw: Gateway, job_id: str, *, timeout: float | None = None) ->
     if job is None:
         raise Unavailable(NATS_UNREACHABLE)
     return job
+
+
+async def stored(gw: Gateway, job_id: str, timeout: float) -> bool:
+    """Wait (at most `timeout`) until the scheduler has stored the job, not only accepted it;
+    whether it has."""
+
+    def is_stored(_job: JobRecord | None) -> bool:
+        found = gw.jobs.versioned(job_id)
+        return found is not None and found.revision > PROVISIONAL
+
+    return timeout > 0 and await gw.jobs.wait_for(job_id, is_stored, timeout)
 
 
 async def submit(gw: Gateway, command: cmd.SubmitJob) -> JobRecord:

@@ -8,6 +8,8 @@ the last stream sequence it folded, so a redelivered event is never counted twic
 from __future__ import annotations
 
 import asyncio
+import socket
+import uuid
 
 import msgspec
 import structlog
@@ -22,6 +24,7 @@ from shared.messages.records import Totals
 from shared.nats.consumer import Consumer, Received
 from shared.nats.in_order import open_in_order
 from shared.nats.kv import TypedKV, Versioned
+from shared.nats.lead import Lead
 from shared.nats.subjects import Names
 from shared.nats.topology import ensure_topology, retention_of
 from shared.runtime import Service
@@ -29,6 +32,8 @@ from shared.runtime import Service
 log = structlog.get_logger("vidmesh.statistics")
 
 TOTALS_KEY = "totals"
+# The key of the stats bucket whose holder folds the events (one replica at a time).
+FOLD_LEAD_KEY = "fold-lead"
 # Events folded together at most (one totals write for each batch).
 BATCH = 256
 
@@ -75,6 +80,7 @@ class Statistics(Service):
         self._tasks: TaskHistory | None = None
         # The totals as this process last stored them (its next write starts from them).
         self._known: Versioned[Totals] | None = None
+        self._lead: Lead | None = None
 
     async def start(self) -> None:
         js = self.nc.jetstream()
@@ -103,8 +109,17 @@ class Statistics(Service):
         # task history had a consumer of its own: this one starts where the later of the two
         # had got to, and folding an event again changes nothing).
         replaces = [self.names.task_history_consumer]
+        # replicas fold one at a time (see `shared.nats.in_order`)
+        self._lead = Lead(buckets.stats, FOLD_LEAD_KEY, f"{socket.gethostname()}-{uuid.uuid4()}")
+        self._lead.start()
         loops = await open_in_order(
-            consumer, js, "statistics.events", self._fold, batch=BATCH, replaces=replaces
+            consumer,
+            js,
+            "statistics.events",
+            self._fold,
+            batch=BATCH,
+            replaces=replaces,
+            lead=self._lead,
         )
         self.consume(loops)
 
@@ -138,6 +153,8 @@ class Statistics(Service):
         return found.value if found else Totals()
 
     async def stop(self) -> None:
+        if self._lead is not None:
+            await self._lead.stop()  # given back: another replica takes it at once
         if self._tasks is not None:
             await self._tasks.stop()
         if self._telemetry is not None:

@@ -145,6 +145,12 @@ class Consumer(Generic[T]):
         )
         return cls(stream, config, decoder, family, max_attempts, skip_unknown, uncapped, policy)
 
+    @property
+    def name(self) -> str:
+        """The durable consumer's name."""
+        assert self.config.durable_name is not None
+        return self.config.durable_name
+
     def retry_policy(self) -> RetryPolicy:
         """The retry policy in force now (fields left None: the consumer's own)."""
         return self.policy() if self.policy is not None else RetryPolicy()

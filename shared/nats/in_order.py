@@ -9,8 +9,9 @@ up to a message). So a busy stream costs one write and one ack per batch instead
 per message, and the order holds: nothing of a batch is acknowledged before its result is
 stored, and a batch that fails is held here for its backoff and then handed back whole, so
 JetStream delivers it again before anything after it (max_ack_pending is the batch, and
-redeliveries come first). A fold that keeps failing on a batch of several is tried one message
-at a time until past that batch, so the one that fails meets the consumer's attempt cap alone.
+redeliveries come first). Replicas sharing the consumer fold one at a time: only the holder of
+a lead (`shared.nats.lead`) fetches. A fold that keeps failing on a batch of several is tried
+one message at a time until past that batch, so the one that fails meets its attempt cap alone.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from nats.js.errors import NotFoundError
 
 from shared.nats.consumer import Consumer
 from shared.nats.handler import ACK, HAND_BACK, Received, Settle, backoff, retryable, settle
+from shared.nats.lead import Lead
 from shared.nats.slots import SlotLoops
 from shared.nats.topology import describe
 
@@ -50,12 +52,15 @@ async def open_in_order(
     *,
     batch: int,
     replaces: Sequence[str] = (),
+    lead: Lead | None = None,
 ) -> InOrderLoops[T]:
     """Declare `consumer` to ack all up to a message, with `batch` messages pending at most;
-    bind to it, and start folding. `replaces` names durable consumers of the same stream whose
-    folds this one now makes (see `declare_ack_all`)."""
+    bind to it, and start folding, while this process holds `lead` where replicas share the
+    consumer. `replaces` names durable consumers of the same stream whose folds this one now
+    makes (see `declare_ack_all`)."""
     await declare_ack_all(consumer, js, batch, replaces=replaces)
-    loops = InOrderLoops(consumer, name, await consumer.subscribe(js), fold, batch=batch, js=js)
+    sub = await consumer.subscribe(js)
+    loops = InOrderLoops(consumer, name, sub, fold, batch=batch, js=js, lead=lead)
     loops.start()
     return loops
 
@@ -119,12 +124,61 @@ class InOrderLoops(SlotLoops[T]):
         *,
         batch: int,
         js: JetStreamContext | None = None,
+        lead: Lead | None = None,
     ) -> None:
         super().__init__(consumer, name, sub, _unused, slots=1, batch=batch, js=js)
         self.fold = fold
+        self.lead = lead
+        self._leading = False  # holding the lead, and nothing left out with an earlier holder
+        self._outstanding_until: float | None = None
+        self.declared = consumer
         self._full_batch = batch
         # One message at a time until past this stream sequence (a batch that kept failing).
         self._alone_until = 0
+
+    async def _may_fetch(self) -> bool:
+        """Only the holder of the lead folds: two replicas folding batches side by side would
+        each skip what the other folded later, and one's ack would settle the other's batch."""
+        lead = self.lead
+        if lead is None or (lead.held and self._leading):
+            return True
+        if lead.held:
+            # Just taken: what the last holder fetched and never settled is delivered again
+            # once its ack wait ends, before anything after it; folding what comes after it
+            # first would skip it, and this holder's ack would settle it unfolded.
+            self._leading = await self._nothing_outstanding()
+            return False
+        self._leading = False
+        lead.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.fetch_timeout):
+                await lead.changed.wait()
+        return False
+
+    async def _nothing_outstanding(self) -> bool:
+        """Whether no message is out with an earlier holder, or its ack wait has passed since
+        this holder found it so (they come first then); else wait a while (False)."""
+        now = time.monotonic()
+        if self._outstanding_until is None:
+            try:
+                info = await self.js_of().consumer_info(self.declared.stream, self.declared.name)
+            except Exception:
+                await asyncio.sleep(1.0)
+                return False
+            if not info.num_ack_pending:
+                return True
+            ack_wait = self.declared.config.ack_wait or 30.0
+            self._outstanding_until = now + ack_wait
+            log.info("lead.waits_for_outstanding", consumer=self.name, s=ack_wait)
+        if now >= self._outstanding_until:
+            self._outstanding_until = None
+            return True
+        await asyncio.sleep(min(1.0, self._outstanding_until - now))
+        return False
+
+    def js_of(self) -> JetStreamContext:
+        assert self.js is not None
+        return self.js
 
     async def _handle_fetched(self, msgs: list[Msg]) -> None:
         if self._stopping.is_set():
@@ -157,6 +211,11 @@ class InOrderLoops(SlotLoops[T]):
             raise
         except Exception as exc:
             await self._failed(msgs, taken, exc, attempt, where)
+            return
+        if self.lead is not None and not self.lead.held:
+            # lost the lead while folding: the next holder folds the batch again (what this
+            # one stored of it changes nothing the second time), so it is not acknowledged
+            await self._hand_back(msgs)
             return
         # the last acknowledges all before it (what was passed over too)
         await self._settle(msgs[-1], ACK)

@@ -234,11 +234,18 @@ class TypedKV(Generic[T]):
         """`change`, saying also which version of the record the change replaced. A caller that
         knows the record (`known`, as it last stored or read it) or knows there is none
         (`absent`) saves the first read; a guess proved wrong by the compare-and-set costs a
-        read and another round, and "nothing to change" is decided on a read, never a guess."""
+        read and another round, and "nothing to change" (or `fn` refusing) is decided on a read,
+        never on a guess."""
         guess = known is not None or absent
         for _ in range(_MAX_CAS_ROUNDS):
             current = known if guess else await self.get(key)
-            new = fn(current.value if current else None)
+            try:
+                new = fn(current.value if current else None)
+            except Exception:
+                if not guess:
+                    raise
+                guess = False  # a refusal, too, is taken from the bucket only
+                continue
             if guess and (new is None or (current is not None and new == current.value)):
                 guess = False  # "nothing to change" is taken from the bucket only
                 continue

@@ -161,6 +161,8 @@ class SlotLoops(Generic[T]):
         while not self._stopping.is_set():
             if index == 0 and self.js is not None and self.consumer.policy is not None:
                 await self._follow_policy(self.js)
+            if not await self._may_fetch():
+                continue
             try:
                 msgs = await self.sub.fetch(1, timeout=self.fetch_timeout)
                 if self.batch > 1:
@@ -204,6 +206,10 @@ class SlotLoops(Generic[T]):
             with contextlib.suppress(Exception):
                 await msg.nak()
         self.handed_back += len(msgs)
+
+    async def _may_fetch(self) -> bool:
+        """Whether to fetch now (a loop that must wait its turn says no, after a while)."""
+        return True
 
     async def _more(self, last: Msg) -> list[Msg]:
         """Up to `batch - 1` more messages, when the consumer says more wait after `last`.

@@ -340,6 +340,13 @@ class Names:
         """The transcoder running a session stops it (core NATS, no reply needed)."""
         return f"{self.namespace}.rpc.session-cancel.{session_id}"
 
+    @property
+    def submitted_notice(self) -> str:
+        """A gateway tells the others of each job it accepted, the moment it is accepted (core
+        NATS: each shows the job until the scheduler's record comes; a lost notice only means
+        waiting for the record)."""
+        return f"{self.namespace}.rpc.job-submitted"
+
     def statistics_rpc(self, kind: str) -> str:
         """The statistics service answers here (queue group `statistics`): `pools`, `estimate`."""
         return f"{self.namespace}.rpc.statistics.{kind}"

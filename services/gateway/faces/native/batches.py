@@ -25,7 +25,7 @@ from services.gateway.faces.native.views import (
 )
 from services.gateway.http import ErrorBody, json_response
 from services.gateway.state import Gateway, gateway
-from services.gateway.submit import accepted, check_filename, check_source, refuse_new_work
+from services.gateway.submit import accepted, check_filename, check_source, refuse_new_work, stored
 from shared.errors import (
     BadRequest,
     Conflict,
@@ -123,15 +123,16 @@ async def bulk_create(request: web.Request, body: _BulkEnvelope) -> web.Response
     batch_id = uuid.uuid4().hex if body.paused else ""
     results: list[BulkItem] = []
     # One deadline for the whole request: while the scheduler stores each job in turn, the jobs
-    # are accepted (and announced) in the items' order; once it has passed (the scheduler is
-    # down or slow), the remaining items are handed on without waiting.
+    # are stored (and announced) in the items' order, each before the next is handed on; once
+    # it has passed (the scheduler is down or slow), the remaining items are handed on without
+    # waiting.
     deadline = time.monotonic() + gw.settings.command_timeout
     for index, raw in enumerate(body.jobs):
         try:
             item = _decode_item(raw)
             command = await accept_job(gw, who, item, paused=body.paused, batch=batch_id)
-            left = max(0.0, deadline - time.monotonic())
-            job = await accepted(gw, command.job_id, timeout=left)
+            await stored(gw, command.job_id, timeout=max(0.0, deadline - time.monotonic()))
+            job = await accepted(gw, command.job_id, timeout=0)
         except VidmeshError as exc:
             error = ErrorBody(
                 code=exc.code, message=exc.message, status=exc.http_status, details=exc.details
