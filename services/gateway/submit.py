@@ -182,8 +182,8 @@ async def follow_submissions(gw: Gateway) -> Subscription:
             command = cmd.SCHEDULER_DECODER.decode(msg.data)
         except msgspec.DecodeError:
             return
-        if isinstance(command, cmd.SubmitJob):
-            show_submitted(gw, command)
+        if isinstance(command, cmd.SubmitJob) and gw.jobs.versioned(command.job_id) is None:
+            show_submitted(gw, command)  # not this gateway's own, nor stored already
 
     return await gw.nc.subscribe(gw.names.submitted_notice, cb=shown)
 
