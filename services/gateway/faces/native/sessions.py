@@ -20,7 +20,7 @@ from shared.errors import Conflict, NotFound
 from shared.jobs import state as jobstate
 from shared.messages import commands as cmd
 from shared.messages.fleet import SessionState, TranscodeSession, WorkerInfo
-from shared.messages.records import Progress
+from shared.messages.records import JobRecord, Progress
 from shared.nats.kv import valid_key
 
 TAG = Tag.TRANSCODING
@@ -155,13 +155,17 @@ async def cancel_session(request: web.Request) -> web.Response:
     s = await _session(request)
     if s.state != "running":
         raise Conflict(f"The session {s.id} is {s.state}, not running.")
-    for job_id in s.jobs:
-        job = await gw.job(job_id)
-        if job is None or not jobstate.is_active(job):
-            continue  # nothing left to cancel
-        command = cmd.CancelJob(job_id=job_id, **command_fields(request))
-        await gw.command(command)
+    active = [job_id for job_id in s.jobs if _active(await gw.job(job_id))]
+    if not active:
+        # its jobs have ended (cancelled, say): the transcoder is stopping it
+        raise Conflict(f"The session {s.id} is ending: none of its jobs is active.")
+    for job_id in active:
+        await gw.command(cmd.CancelJob(job_id=job_id, **command_fields(request)))
     return json_response(Message(message=f"cancelling session {s.id}"))
+
+
+def _active(job: JobRecord | None) -> bool:
+    return job is not None and jobstate.is_active(job)
 
 
 @API.route(
