@@ -4,13 +4,15 @@ a job's time went."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from tests.harness import procfs
 from tests.harness.up import Up, module_command
@@ -123,3 +125,12 @@ def rss_mib(pid: int) -> float | None:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return None
+
+
+def run_bench(main: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    """A benchmark's entry point: run it; one that could not measure exits 2 with why."""
+    try:
+        asyncio.run(main())
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -49,6 +49,7 @@ from bench._system import (  # noqa: E402
     cpu_spent,
     process_cpu_seconds,
     rss_mib,
+    run_bench,
     up_env,
     vidmesh_up,
 )
@@ -265,8 +266,4 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main(parse()))
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_bench(lambda: main(parse()))

@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 # bench/ and tests/ are not installed; this reuses the tests' Jellyfin stand-in and S3 server
 sys.path.insert(0, str(REPO))
 
-from bench._system import BenchError, up_env, vidmesh_up  # noqa: E402
+from bench._system import BenchError, run_bench, up_env, vidmesh_up  # noqa: E402
 from shared.blobs.backends import open_store  # noqa: E402
 from tests.harness import free_port, procfs  # noqa: E402
 from tests.harness.logs import log_tail  # noqa: E402
@@ -390,8 +390,4 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main(parse()))
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_bench(lambda: main(parse()))

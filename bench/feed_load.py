@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._sse_feeds import SseFeeds  # noqa: E402
-from bench._system import BenchError, up_env, vidmesh_up  # noqa: E402
+from bench._system import BenchError, run_bench, up_env, vidmesh_up  # noqa: E402
 from bench._timing import pct  # noqa: E402
 from tests.harness import procfs  # noqa: E402
 from tests.harness.logs import log_tail  # noqa: E402
@@ -262,8 +262,4 @@ if __name__ == "__main__":
         _, _, url, key, n, total = sys.argv
         asyncio.run(hold(url, key, int(n), int(total)))
         sys.exit(0)
-    try:
-        asyncio.run(main(parse()))
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_bench(lambda: main(parse()))

@@ -38,7 +38,7 @@ from bench._job_records import (  # noqa: E402
     job_record,
     owner_of,
 )
-from bench._system import BenchError, load, rss_mib  # noqa: E402
+from bench._system import BenchError, load, rss_mib, run_bench  # noqa: E402
 from services.gateway.faces.streamyfin.jobs import SHOWN_TO_DEVICE  # noqa: E402
 from shared.nats.subjects import Names  # noqa: E402
 from shared.nats.topology import ensure_topology  # noqa: E402
@@ -289,8 +289,4 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main(parse()))
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_bench(lambda: main(parse()))

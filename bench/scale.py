@@ -34,7 +34,7 @@ import nats
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._system import BenchError, up_env, vidmesh_up  # noqa: E402
+from bench._system import BenchError, run_bench, up_env, vidmesh_up  # noqa: E402
 from tests.harness.logs import log_tail  # noqa: E402
 from tests.jellyfin_standin import JellyfinStandIn  # noqa: E402
 from tests.media_clips import make_clip  # noqa: E402
@@ -232,8 +232,4 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main(parse()))
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_bench(lambda: main(parse()))
