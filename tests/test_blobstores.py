@@ -34,12 +34,11 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from shared.blobs.backends import open_store
 from shared.blobs.config import StoreConfig, parse_store_url, redacted
 from shared.blobs.objects import store_error
-from shared.blobs.store import BlobStore, LocalBlobStore
+from shared.blobs.store import LocalBlobStore
 from shared.errors import BadRequest, NotFound, StoreError
+from tests.blob_ranges import MIB, check_ranges, read_all
 from tests.harness import BUCKET, free_ports
 from tests.storage_servers import AzuriteBlob, SeaweedS3
-
-MIB = 1 << 20
 
 
 class Backend(NamedTuple):
@@ -84,11 +83,6 @@ def payload(size: int, seed: int = 7) -> bytes:
 
 def files_under(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
-
-
-async def read_all(store: BlobStore, key: str, start: int, end: int) -> tuple[bytes, int]:
-    chunks = [chunk async for chunk in store.read_range(key, start, end)]
-    return b"".join(chunks), len(chunks)
 
 
 async def test_put_file_records_the_size_and_sha256_of_what_was_stored(
@@ -146,14 +140,8 @@ async def test_read_range_streams_exactly_the_bytes_asked_for(
     source = tmp_path / "r.bin"
     source.write_bytes(data)
     key = (await store.put_file("outputs/r.bin", source)).key
-    n = len(data)
 
-    assert (await read_all(store, key, 0, n))[0] == data
-    assert (await read_all(store, key, n - 1, n))[0] == data[-1:]  # the last byte
-    middle, chunks = await read_all(store, key, 1000, 1000 + 2 * MIB + 3)
-    assert middle == data[1000 : 1000 + 2 * MIB + 3] and chunks > 1  # streamed, not one blob
-    assert (await read_all(store, key, 7, 7))[0] == b""
-    assert (await read_all(store, key, n - 10, n + 100))[0] == data[-10:]  # past the end: the rest
+    await check_ranges(store, key, data)
     with pytest.raises(NotFound):
         await read_all(store, "outputs/missing.bin", 0, 10)
 

@@ -21,12 +21,11 @@ from shared.blobs.config import StoreConfig
 from shared.blobs.signed_reads import SignedReads
 from shared.blobs.store import BlobStore
 from shared.errors import NotFound, StoreError
+from tests.blob_ranges import MIB, check_ranges, read_all
 from tests.harness import BUCKET, eventually, free_ports
 from tests.storage_servers import SeaweedS3
 
 pytestmark = pytest.mark.slow  # SeaweedFS is a server the session starts
-
-MIB = 1 << 20
 
 
 @pytest_asyncio.fixture
@@ -39,11 +38,6 @@ async def reads() -> AsyncIterator[SignedReads]:
 @pytest.fixture
 def config(seaweed: SeaweedS3) -> StoreConfig:
     return seaweed.config(BUCKET, f"t-{uuid.uuid4().hex[:10]}/signed")
-
-
-async def read_all(store: BlobStore, key: str, start: int, end: int) -> tuple[bytes, int]:
-    chunks = [chunk async for chunk in store.read_range(key, start, end)]
-    return b"".join(chunks), len(chunks)
 
 
 async def stored(store: BlobStore, tmp_path: Path, size: int) -> tuple[str, bytes]:
@@ -70,12 +64,7 @@ async def test_signed_reads_stream_exactly_the_bytes_asked_for(
     key, data = await stored(store, tmp_path, 3 * MIB + 17)
     n = len(data)
 
-    assert (await read_all(store, key, 0, n))[0] == data
-    assert (await read_all(store, key, n - 1, n))[0] == data[-1:]  # the last byte
-    middle, chunks = await read_all(store, key, 1000, 1000 + 2 * MIB + 3)
-    assert middle == data[1000 : 1000 + 2 * MIB + 3] and chunks > 1  # streamed, not one blob
-    assert (await read_all(store, key, 7, 7))[0] == b""
-    assert (await read_all(store, key, n - 10, n + 100))[0] == data[-10:]  # past the end: the rest
+    await check_ranges(store, key, data)
     assert (await read_all(store, key, n, n + 100))[0] == b""  # starting at the end: nothing
     with pytest.raises(NotFound):
         await read_all(store, "outputs/missing.bin", 0, 10)
