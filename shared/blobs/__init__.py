@@ -2,6 +2,7 @@
 
 - `store`: the `BlobStore` interface and the local-directory backend;
 - `objects`: S3-compatible stores, Google Cloud Storage and Azure Blob, through obstore;
+- `signed_reads`: an S3 store's ranges read over a URL it signs, in the caller's event loop;
 - `config`: `StoreConfig`, one typed configuration for every backend, parsed from a store URL;
 - `backends`: `open_store`, the store a configuration names;
 - `users`: which store an output lives in (`Stores`), and users' sealed storage (`UserStore`);

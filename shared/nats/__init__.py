@@ -8,6 +8,8 @@
 - `consumer`: the consumer kit (bounded intake from a pull consumer, one place that settles);
 - `slots`: the kit's slot loops (fetch, decode, handle, settle);
 - `in_order`: folding a stream in order a batch at a time, one ack per batch;
+- `lead`: one holder at a time of a named lead, for work replicas must not do side by side;
+- `packed`: how a projection holds its records (decoded, or packed: compressed JSON);
 - `handler`: a handler's shape (`Received`, `Settle`) and how a settlement is carried out;
 - `leases`: the pools' dispatch leases, one KV key per slot.
 
