@@ -3,13 +3,14 @@ name or id into the validated spec a job keeps."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 import msgspec
 
 from services.gateway.identity import Principal
 from services.gateway.state import Gateway
-from shared.errors import NotFound
+from shared.errors import Conflict, NotFound
 from shared.media import BUILTIN_PRESETS, PresetSpec
 from shared.messages.accounts import PresetRecord
 
@@ -67,6 +68,24 @@ def preset_view(record: PresetRecord) -> PresetView:
 def own_presets(gw: Gateway, user_id: str) -> list[PresetRecord]:
     found = [p for p in gw.presets.values() if p.owner == user_id]
     return sorted(found, key=lambda p: p.created_at)
+
+
+def check_name(
+    gw: Gateway, user_id: str, name: str, *, keep_id: str = "", reserved: Collection[str] = ()
+) -> None:
+    """A name the user may give a preset: not a built-in's (nor one the face keeps, `reserved`),
+    nor that of another of the user's presets (`keep_id`: the preset being renamed)."""
+    if name in BUILTIN_PRESETS or name in reserved:
+        raise Conflict(f"{name!r} is the name of a built-in preset.")
+    if any(p.name == name and p.id != keep_id for p in own_presets(gw, user_id)):
+        raise Conflict(f"You already have a preset named {name!r}.")
+
+
+async def store_change(gw: Gateway, changed: PresetRecord) -> None:
+    """Store a changed preset over the version this gateway holds (compare-and-set)."""
+    versioned = gw.presets.versioned(changed.id)
+    assert versioned is not None
+    await gw.presets.update(changed.id, changed, versioned.revision)
 
 
 def resolve(gw: Gateway, who: Principal, name_or_id: str) -> tuple[str, PresetSpec]:

@@ -12,9 +12,16 @@ from aiohttp import web
 
 from services.gateway.api import API, Access, Tag, caller
 from services.gateway.http import Message, json_response
-from services.gateway.presets import PresetView, builtin_views, own_presets, preset_view
+from services.gateway.presets import (
+    PresetView,
+    builtin_views,
+    check_name,
+    own_presets,
+    preset_view,
+    store_change,
+)
 from services.gateway.state import Gateway, gateway
-from shared.errors import Conflict, Forbidden, NotFound
+from shared.errors import Forbidden, NotFound
 from shared.media import BUILTIN_PRESETS, PresetSpecInput, validate_preset
 from shared.messages.accounts import PresetRecord
 
@@ -49,13 +56,6 @@ def _own(gw: Gateway, user_id: str, preset_id: str) -> PresetRecord:
     return record
 
 
-def _check_name(gw: Gateway, user_id: str, name: str, keep_id: str = "") -> None:
-    if name in BUILTIN_PRESETS:
-        raise Conflict(f"{name!r} is the name of a built-in preset.")
-    if any(p.name == name and p.id != keep_id for p in own_presets(gw, user_id)):
-        raise Conflict(f"You already have a preset named {name!r}.")
-
-
 @API.route(
     "GET",
     "/api/presets",
@@ -84,7 +84,7 @@ async def list_presets(request: web.Request) -> web.Response:
 async def create_preset(request: web.Request, body: PresetRequest) -> web.Response:
     gw = gateway(request)
     user_id = caller(request).user_id
-    _check_name(gw, user_id, body.name)
+    check_name(gw, user_id, body.name)
     spec = validate_preset(body.spec)
     now = time.time()
     record = PresetRecord(
@@ -132,7 +132,7 @@ async def update_preset(request: web.Request, body: PresetRequest) -> web.Respon
     gw = gateway(request)
     user_id = caller(request).user_id
     record = _own(gw, user_id, request.match_info["preset_id"])
-    _check_name(gw, user_id, body.name, keep_id=record.id)
+    check_name(gw, user_id, body.name, keep_id=record.id)
     spec = validate_preset(body.spec)
     updated = msgspec.structs.replace(
         record,
@@ -142,9 +142,7 @@ async def update_preset(request: web.Request, body: PresetRequest) -> web.Respon
         spec=spec,
         updated_at=time.time(),
     )
-    versioned = gw.presets.versioned(record.id)
-    assert versioned is not None
-    await gw.presets.update(record.id, updated, versioned.revision)
+    await store_change(gw, updated)
     return json_response(preset_view(updated))
 
 

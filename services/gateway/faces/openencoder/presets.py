@@ -17,10 +17,10 @@ from services.gateway.faces.openencoder.options import output_name, parse_data, 
 from services.gateway.faces.openencoder.table import ROUTES, Tag, counters
 from services.gateway.http import json_response
 from services.gateway.identity import Principal
-from services.gateway.presets import own_presets, resolve
+from services.gateway.presets import check_name, own_presets, resolve, store_change
 from services.gateway.state import Gateway, gateway
-from shared.errors import Conflict, Forbidden, NotFound
-from shared.media import BUILTIN_PRESETS, PresetSpec
+from shared.errors import Forbidden, NotFound
+from shared.media import PresetSpec
 from shared.messages.accounts import PresetRecord
 
 # OpenEncoder's built-in presets, with its names and parameters (ids 1-5, in this order): the
@@ -156,13 +156,6 @@ def _own(gw: Gateway, who: Principal, raw_id: str) -> PresetRecord:
     return record
 
 
-def _check_name(gw: Gateway, who: Principal, name: str, keep_id: str = "") -> None:
-    if name in BUILTINS or name in BUILTIN_PRESETS:
-        raise Conflict(f"{name!r} is the name of a built-in preset.")
-    if any(p.name == name and p.id != keep_id for p in own_presets(gw, who.user_id)):
-        raise Conflict(f"You already have a preset named {name!r}.")
-
-
 @ROUTES.route(
     "POST",
     "/api/presets",
@@ -176,7 +169,7 @@ def _check_name(gw: Gateway, who: Principal, name: str, keep_id: str = "") -> No
 async def create_encode_preset(request: web.Request, body: PresetRequest) -> web.Response:
     gw = gateway(request)
     who = caller(request)
-    _check_name(gw, who, body.name)
+    check_name(gw, who.user_id, body.name, reserved=BUILTINS)
     spec = parse_data(body.data)
     number = await counters(request).next(PRESETS, after=len(BUILTINS))
     now = time.time()
@@ -237,7 +230,7 @@ async def _update(request: web.Request, body: PresetChange) -> web.Response:
     gw, who = gateway(request), caller(request)
     record = _own(gw, who, request.match_info["preset_id"])
     name = body.name if body.name is not None else record.name
-    _check_name(gw, who, name, keep_id=record.id)
+    check_name(gw, who.user_id, name, keep_id=record.id, reserved=BUILTINS)
     updated = msgspec.structs.replace(
         record,
         name=name,
@@ -247,9 +240,7 @@ async def _update(request: web.Request, body: PresetChange) -> web.Response:
         data=body.data if body.data is not None else record.data,
         updated_at=time.time(),
     )
-    versioned = gw.presets.versioned(record.id)
-    assert versioned is not None
-    await gw.presets.update(record.id, updated, versioned.revision)
+    await store_change(gw, updated)
     return json_response(_record_item(updated))
 
 
