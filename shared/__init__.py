@@ -11,6 +11,6 @@
   (the outbound policy), `sources`, `fleet` (the fleet's KV records: pools, settings, live
   transcoders, sessions, capability probes), `cardinality` (distinct counts in bounded space),
   `gpu` (reading the GPUs) with `_gpuhealth` (GPU health as data, and its verdict), `metrics`,
-  `runtime` (a service's lifecycle and entry point), and two leaves that import nothing of
-  vidmesh: `wire` (JobError) and `tasks`.
+  `runtime` (a service's lifecycle and entry point), and three leaves that import nothing of
+  vidmesh: `wire` (JobError), `tasks` and `recent` (a map that keeps its latest entries).
 """

@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 
 import aiohttp
@@ -22,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from shared.errors import NotConfigured, Unauthorized, Unavailable
+from shared.recent import Recent
 
 log = structlog.get_logger("vidmesh.gateway.auth")
 
@@ -99,7 +99,7 @@ class JellyfinAuth:
         self.session = session
         self.cache_seconds = cache_seconds
         self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self._cache: OrderedDict[str, tuple[float, JellyfinUser | None]] = OrderedDict()
+        self._cache: Recent[str, tuple[float, JellyfinUser | None]] = Recent(_MAX_CACHED)
         self._inflight: dict[str, asyncio.Future[JellyfinUser | None]] = {}
 
     @property
@@ -149,10 +149,7 @@ class JellyfinAuth:
             self._inflight.pop(key, None)
 
     def _remember(self, key: str, expires: float, user: JellyfinUser | None) -> None:
-        self._cache[key] = (expires, user)
-        self._cache.move_to_end(key)
-        while len(self._cache) > _MAX_CACHED:
-            self._cache.popitem(last=False)
+        self._cache.remember(key, (expires, user))
 
     async def _ask_jellyfin(self, token: str) -> JellyfinUser | None:
         headers = {

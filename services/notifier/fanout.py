@@ -10,7 +10,6 @@ only one work message own a delivery.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 
 import structlog
 
@@ -25,6 +24,7 @@ from shared.messages.webhooks import (
 from shared.nats.consumer import ACK, Received, Settle
 from shared.nats.kv import Stale
 from shared.nats.projection import Projection
+from shared.recent import Recent
 from shared.webhooks.catalogue import wants
 from shared.webhooks.envelope import delivery_id, payload_of
 from shared.webhooks.store import WebhookStore
@@ -43,7 +43,7 @@ class Fanout:
         self.store = store
         self.subscriptions = subscriptions
         # Jobs found to have no subscription of their own, the latest last.
-        self._without_own: OrderedDict[str, None] = OrderedDict()
+        self._without_own: Recent[str, None] = Recent(_REMEMBERED)
 
     async def handle(self, received: Received[ev.AnyEvent]) -> Settle:
         """Open a delivery of the event for every subscription that wants it."""
@@ -75,9 +75,7 @@ class Fanout:
                 if stored is not None:
                     found.append(stored.value)
                 else:
-                    self._without_own[event.job_id] = None
-                    while len(self._without_own) > _REMEMBERED:
-                        self._without_own.popitem(last=False)
+                    self._without_own.remember(event.job_id, None)
         return found
 
     async def open_delivery(self, sub: WebhookSubscription, tag: str, event: ev.Event) -> None:

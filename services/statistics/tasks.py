@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import OrderedDict
 from collections.abc import Callable
 
 import structlog
@@ -31,6 +30,7 @@ from shared.nats.kv import TypedKV, Versioned
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import Buckets, describe
+from shared.recent import Recent
 from shared.tasks import stop_tasks
 
 log = structlog.get_logger("vidmesh.statistics")
@@ -55,7 +55,7 @@ class TaskHistory:
         # Keys of the deliveries that changed, waiting to be folded.
         self._changed: asyncio.Queue[str] = asyncio.Queue()
         self._folder: asyncio.Task[None] | None = None
-        self._written: OrderedDict[str, Versioned[TaskRecord]] = OrderedDict()
+        self._written: Recent[str, Versioned[TaskRecord]] = Recent(_REMEMBERED)
 
     async def start(self) -> None:
         """Start following the deliveries (the events come through the statistics service's
@@ -114,9 +114,7 @@ class TaskHistory:
             key, apply, known=known, absent=known is None and isinstance(first, _CREATES)
         )
         if done.record is not None and done.revision is not None:
-            self._written[key] = Versioned(done.record, done.revision)
-            while len(self._written) > _REMEMBERED:
-                self._written.popitem(last=False)
+            self._written.remember(key, Versioned(done.record, done.revision))
 
     def _on_delivery(self, key: str, old: Delivery | None, new: Delivery | None) -> None:
         if new is not None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
 import structlog
@@ -33,6 +32,7 @@ from shared.nats.kv import TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import Buckets, announce
+from shared.recent import Recent
 
 # Seconds: a replaced revision younger than this has its event published again by the writer that
 # replaced it (the events stream de-duplicates for 120 s).
@@ -59,7 +59,7 @@ class RecordStore:
         self.rendition_view: Projection[Rendition] | None = None
         self._job_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         # job id -> the last revision whose event this process published
-        self._announced: OrderedDict[str, int] = OrderedDict()
+        self._announced: Recent[str, int] = Recent(_ANNOUNCED_MAX)
 
     async def emit(self, event: events.Event) -> bool:
         """Publish an event, retrying briefly; whether it was published. A failure is logged,
@@ -139,10 +139,7 @@ class RecordStore:
     async def _announce(self, event: events.JobEvent, revision: int) -> None:
         if not await self.emit(event):
             return  # the next writer of the job publishes it first (or the repair does)
-        self._announced[event.job_id] = revision
-        self._announced.move_to_end(event.job_id)
-        while len(self._announced) > _ANNOUNCED_MAX:
-            self._announced.popitem(last=False)
+        self._announced.remember(event.job_id, revision)
 
     async def _announce_replaced(self, job: JobRecord, revision: int) -> None:
         """Make sure the event of the revision just replaced is in the stream before the new

@@ -131,7 +131,7 @@ class InOrderLoops(SlotLoops[T]):
         self.lead = lead
         self._leading = False  # holding the lead, and nothing left out with an earlier holder
         self._outstanding_until: float | None = None
-        self.declared = consumer
+        self._declared = consumer  # as declared (the loops see it through a protocol)
         self._full_batch = batch
         # One message at a time until past this stream sequence (a batch that kept failing).
         self._alone_until = 0
@@ -160,14 +160,15 @@ class InOrderLoops(SlotLoops[T]):
         this holder found it so (they come first then); else wait a while (False)."""
         now = time.monotonic()
         if self._outstanding_until is None:
+            assert self.js is not None  # open_in_order gives it
             try:
-                info = await self.js_of().consumer_info(self.declared.stream, self.declared.name)
+                info = await self.js.consumer_info(self._declared.stream, self._declared.name)
             except Exception:
                 await asyncio.sleep(1.0)
                 return False
             if not info.num_ack_pending:
                 return True
-            ack_wait = self.declared.config.ack_wait or 30.0
+            ack_wait = self._declared.config.ack_wait or 30.0
             self._outstanding_until = now + ack_wait
             log.info("lead.waits_for_outstanding", consumer=self.name, s=ack_wait)
         if now >= self._outstanding_until:
@@ -176,22 +177,12 @@ class InOrderLoops(SlotLoops[T]):
         await asyncio.sleep(min(1.0, self._outstanding_until - now))
         return False
 
-    def js_of(self) -> JetStreamContext:
-        assert self.js is not None
-        return self.js
-
     async def _handle_fetched(self, msgs: list[Msg]) -> None:
         if self._stopping.is_set():
             await self._hand_back_on_stop(msgs)
             return
-        self.busy += 1
-        self._idle.clear()
-        try:
+        with self._busy():
             await self._fold_batch(sorted(msgs, key=lambda msg: msg.metadata.sequence.stream))
-        finally:
-            self.busy -= 1
-            if self.busy == 0:
-                self._idle.set()
 
     async def _fold_batch(self, msgs: list[Msg]) -> None:
         started = time.monotonic()

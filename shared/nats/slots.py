@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Generic, Protocol, TypeVar
 
 import msgspec
@@ -233,10 +233,16 @@ class SlotLoops(Generic[T]):
             log.warning("consumer.redeclare_failed", consumer=self.name, **describe(exc))
 
     async def _handle(self, msg: Msg) -> None:
+        with self._busy():
+            await self._handle_one(msg)
+
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        """Counts as handling (`wait_idle` waits for it) while the block runs."""
         self.busy += 1
         self._idle.clear()
         try:
-            await self._handle_one(msg)
+            yield
         finally:
             self.busy -= 1
             if self.busy == 0:
