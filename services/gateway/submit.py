@@ -155,14 +155,17 @@ async def publish_submission(gw: Gateway, command: cmd.SubmitJob) -> bool:
     of this job (the same Idempotency-Key, sent again). A 503 with the operator's reason
     while the kill switch of the face the job came from is engaged."""
     refuse_new_work(gw, command.client)
+    data = cmd.ENCODER.encode(command)  # for the commands stream and the other gateways
     try:
-        first = await publish_command(gw.js, gw.names, command, msg_id=f"submit:{command.job_id}")
+        first = await publish_command(
+            gw.js, gw.names, command, msg_id=f"submit:{command.job_id}", data=data
+        )
     except Exception as exc:
         raise Unavailable(NATS_UNREACHABLE) from exc
     if first:
         show_submitted(gw, command)
         with contextlib.suppress(Exception):  # the others wait for the record instead
-            await gw.nc.publish(gw.names.submitted_notice, cmd.ENCODER.encode(command))
+            await gw.nc.publish(gw.names.submitted_notice, data)
     return first
 
 

@@ -320,12 +320,14 @@ async def publish_command(
     command: commands.Command,
     *,
     msg_id: str | None = None,
+    data: bytes | None = None,
 ) -> bool:
-    """Publish a command durably on the subject its tag gives (`Names.command_subject`).
-    Returns False when JetStream saw it already (same msg id)."""
+    """Publish a command durably on the subject its tag gives (`Names.command_subject`);
+    `data`: the command as the caller has encoded it already. Returns False when JetStream saw
+    it already (same msg id)."""
     ack = await js.publish(
         names.command_subject(command),
-        commands.ENCODER.encode(command),
+        data if data is not None else commands.ENCODER.encode(command),
         headers={"Nats-Msg-Id": msg_id or command.command_id},
     )
     return not ack.duplicate
