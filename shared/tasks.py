@@ -1,5 +1,5 @@
 """Stopping asyncio tasks for good: the one helper every loop, consumer and projection uses to
-cancel what it started.
+cancel what it started; and running several side by side until every one has ended.
 
 A leaf module (it imports nothing of vidmesh), so the NATS wiring in `shared.nats` and the service
 lifecycle in `shared.runtime` can both use it without importing each other.
@@ -8,6 +8,7 @@ lifecycle in `shared.runtime` can both use it without importing each other.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import structlog
@@ -26,3 +27,11 @@ async def stop_tasks(tasks: list[asyncio.Task[Any]]) -> None:
         if pending:
             log.warning("tasks.cancel_ignored", tasks=[t.get_name() for t in pending])
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def all_ended(*steps: Awaitable[object]) -> None:
+    """Run `steps` side by side; once every one has ended, raise the first one's error, if any
+    (none is left running behind a failure, as with a plain gather)."""
+    for outcome in await asyncio.gather(*steps, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome

@@ -10,7 +10,6 @@ another replica got in first is not retried here: `Applied.ok` is False and the 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from shared.messages.work import ENCODER
 from shared.nats.kv import Stale
 from shared.nats.projection import Projection
 from shared.nats.topology import publish_command
+from shared.tasks import all_ended
 
 log = structlog.get_logger("vidmesh.scheduler")
 
@@ -99,12 +99,7 @@ class Applier:
         # side by side: their writes and events go out together instead of one after another
         for start in range(0, len(alone), _SIDE_BY_SIDE):
             chunk = alone[start : start + _SIDE_BY_SIDE]
-            done = await asyncio.gather(
-                *(self._apply(change, now, applied) for change in chunk), return_exceptions=True
-            )
-            for outcome in done:
-                if isinstance(outcome, BaseException):
-                    raise outcome  # once every one of the chunk has ended
+            await all_ended(*(self._apply(change, now, applied) for change in chunk))
         return applied
 
     async def _apply(self, change: Change, now: float, applied: Applied) -> None:

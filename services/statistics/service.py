@@ -7,7 +7,6 @@ the last stream sequence it folded, so a redelivered event is never counted twic
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import uuid
 
@@ -28,6 +27,7 @@ from shared.nats.lead import Lead
 from shared.nats.subjects import Names
 from shared.nats.topology import ensure_topology, retention_of
 from shared.runtime import Service
+from shared.tasks import all_ended
 
 log = structlog.get_logger("vidmesh.statistics")
 
@@ -126,11 +126,8 @@ class Statistics(Service):
     async def _fold(self, batch: list[Received[ev.AnyEvent]]) -> None:
         """Fold a batch of events (in stream order) into the totals and the task history."""
         assert self._tasks is not None
-        folds = (self._fold_totals(batch), self._tasks.fold(batch))
         # both have ended before the batch is settled (or handed back for another try)
-        for outcome in await asyncio.gather(*folds, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await all_ended(self._fold_totals(batch), self._tasks.fold(batch))
 
     async def _fold_totals(self, batch: list[Received[ev.AnyEvent]]) -> None:
         """Fold a batch of events into the totals, each once: the totals remember the last

@@ -31,7 +31,7 @@ from shared.nats.projection import Projection
 from shared.nats.subjects import Names
 from shared.nats.topology import Buckets, describe
 from shared.recent import Recent
-from shared.tasks import stop_tasks
+from shared.tasks import all_ended, stop_tasks
 
 log = structlog.get_logger("vidmesh.statistics")
 
@@ -98,11 +98,10 @@ class TaskHistory:
 
             return apply
 
-        writes = [self._write(key, folding(items), items[0].message) for key, items in news.items()]
         # every write has ended before the batch is settled (or handed back for another try)
-        for outcome in await asyncio.gather(*writes, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await all_ended(
+            *(self._write(key, folding(items), items[0].message) for key, items in news.items())
+        )
 
     async def _write(
         self, key: str, apply: Callable[[TaskRecord | None], TaskRecord | None], first: ev.Event
