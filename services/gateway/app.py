@@ -18,6 +18,7 @@ from nats.js.kv import KeyValue
 from services.gateway import health, openapi
 from services.gateway.api import API
 from services.gateway.config import GatewaySettings
+from services.gateway.faces import dashboard
 from services.gateway.faces.native import routes as native
 from services.gateway.faces.streamyfin import jobs as streamyfin
 from services.gateway.feeds import sse, websocket
@@ -60,6 +61,8 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
     trusted_networks(settings.trusted_proxy_list)  # a wrong entry stops the start
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app.add_routes(health.routes)
+    app[dashboard.DASHBOARD] = dashboard.Dashboard.load()
+    app.add_routes(dashboard.routes)
     app.add_routes(streamyfin.routes)
     API.install(app)
     sealer = Sealer(settings.storage_key)

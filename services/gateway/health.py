@@ -10,13 +10,14 @@ from services.gateway.state import gateway
 routes = web.RouteTableDef()
 
 
-@routes.get("/")
-async def root(request: web.Request) -> web.Response:
+def describe_server(request: web.Request) -> web.Response:
+    """What this server is, for a client that asks `/` for JSON (a browser gets the dashboard)."""
     gw = gateway(request)
     return json_response(
         {
             "name": "vidmesh",
-            "apis": ["streamyfin"],
+            "apis": ["streamyfin", "native", "download-jobs", "openencoder"],
+            "dashboard": "/",
             "jellyfin": bool(gw.settings.jellyfin_url),
         }
     )
