@@ -10,6 +10,7 @@ from services.gateway.faces.native import (  # noqa: F401 (imported for their ro
     fleet,
     fleet_health,
     fleet_settings,
+    job_sessions,
     jobs,
     machines,
     presets,

@@ -100,6 +100,11 @@ async def _session(request: web.Request) -> TranscodeSession:
     return found.value
 
 
+def session_detail(gw: Gateway, s: TranscodeSession) -> SessionDetail:
+    """The session as `GET /api/admin/transcode-sessions/{id}` shows it (a job's page too)."""
+    return SessionDetail(session=s, progress=_progress(gw, s))
+
+
 def _progress(gw: Gateway, s: TranscodeSession) -> Progress | None:
     live = gw.progress.get(s.rendition) if s.state == "running" else None
     if live is None or (live.generation, live.attempt) != (s.generation, s.attempt):
@@ -137,8 +142,7 @@ async def list_sessions(request: web.Request, query: SessionQuery) -> web.Respon
 )
 async def get_session(request: web.Request) -> web.Response:
     """The session in full, with its live progress while it runs."""
-    s = await _session(request)
-    return json_response(SessionDetail(session=s, progress=_progress(gateway(request), s)))
+    return json_response(session_detail(gateway(request), await _session(request)))
 
 
 @API.route(
