@@ -3,7 +3,7 @@
 // `mount(main, ctx)` returning its cleanup; `ctx` gives it the user, the feed and toasts.
 
 import { api, onSignedOut } from "./lib/api.js";
-import { clear, h } from "./lib/dom.js";
+import { clear, fill, h } from "./lib/dom.js";
 import { Feed } from "./lib/feed.js";
 import * as session from "./lib/session.js";
 
@@ -53,7 +53,7 @@ function showConnection(state) {
 
 function buildShell() {
   const nav = document.getElementById("nav");
-  clear(nav).append(h("ul", {}, ROUTES.filter((r) => r.nav && session.atLeast(user, r.role)).map((r) =>
+  fill(nav, h("ul", {}, ROUTES.filter((r) => r.nav && session.atLeast(user, r.role)).map((r) =>
     h("li", {}, h("a", { href: r.href }, r.nav)))));
   document.getElementById("whoami").textContent = `${user.username} (${user.role})`;
   document.getElementById("topbar").hidden = false;
@@ -77,7 +77,7 @@ async function render() {
   if (!route) { navigate(HOME); return; }
   markCurrent();
   if (!session.atLeast(user, route.role)) {
-    clear(main).append(h("h1", { tabIndex: -1 }, "Not allowed"), h("p", {}, "This page is for administrators."));
+    fill(main, h("h1", { tabIndex: -1 }, "Not allowed"), h("p", {}, "This page is for administrators."));
     return;
   }
   const params = hash.match(route.match).slice(1).map(decodeURIComponent);
@@ -111,7 +111,7 @@ async function start() {
     user = await api("/api/users/me");
   } catch (exc) {
     if (exc.status === 401 || exc.status === 403) { session.forget(); showSignIn("Your session has ended; sign in again."); return; }
-    clear(main).append(h("h1", {}, "vidmesh"), h("p", { role: "alert" }, exc.message),
+    fill(main, h("h1", {}, "vidmesh"), h("p", { role: "alert" }, exc.message),
       h("button", { type: "button", on: { click: start } }, "Try again"));
     return;
   }

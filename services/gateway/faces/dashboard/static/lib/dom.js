@@ -80,3 +80,9 @@ export function table(caption, headers, rows, props = {}) {
 export function heading(text, ...rest) {
   return h("div", { class: "page-head" }, h("h1", { tabIndex: -1 }, text), ...rest);
 }
+
+/** Replace `el`'s children (null, false and undefined are left out, as in h()). */
+export function fill(el, ...children) {
+  el.replaceChildren();
+  return append(el, children);
+}

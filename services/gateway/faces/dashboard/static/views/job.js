@@ -2,7 +2,7 @@
 // attempt's pipeline and ffmpeg command), its event history and, when it failed, why.
 
 import { api } from "../lib/api.js";
-import { clear, facts, h, heading, table } from "../lib/dom.js";
+import { facts, fill, h, heading, table } from "../lib/dom.js";
 import * as fmt from "../lib/format.js";
 import {
   actionsFor, confirmAction, fetchJob, jobName, progressBar, startDownload, statusBadge,
@@ -36,10 +36,10 @@ export function mount(main, ctx) {
   function renderOverview() {
     document.title = `${jobName(job)} · vidmesh`;
     const focusedAction = document.activeElement?.dataset?.action;
-    clear(head).append(heading(jobName(job), actionBar()));
+    fill(head, heading(jobName(job), actionBar()));
     if (focusedAction) head.querySelector(`[data-action="${focusedAction}"]`)?.focus();
     const output = job.output;
-    clear(overview).append(
+    fill(overview,
       h("h2", { id: "overview-title" }, "Overview"),
       job.error ? h("div", { class: "error-box", role: "alert" },
         h("strong", {}, "Failed: "), job.error.reason, " ", h("span", { class: "muted" }, `(${job.error.code})`)) : null,
@@ -65,7 +65,7 @@ export function mount(main, ctx) {
 
   function renderProbe() {
     const p = job.probe;
-    clear(probe).append(h("h2", { id: "probe-title" }, "Source probe"));
+    fill(probe, h("h2", { id: "probe-title" }, "Source probe"));
     if (!p) { probe.append(h("p", { class: "empty" }, "The source has not been probed yet.")); return; }
     probe.append(
       facts([["Container", p.container], ["Duration", fmt.seconds(p.duration)], ["Bit rate", p.bit_rate ? `${Math.round(p.bit_rate / 1000)} kb/s` : null], ["Size", p.size ? fmt.bytes(p.size) : null]]),
@@ -82,16 +82,16 @@ export function mount(main, ctx) {
     try {
       sessions = await api(`/api/jobs/${id}/sessions`);
     } catch (exc) {
-      clear(attempts).append(h("h2", { id: "attempts-title" }, "How it ran"), h("p", { class: "empty" }, exc.status === 404 ? "Not available." : exc.message));
+      fill(attempts, h("h2", { id: "attempts-title" }, "How it ran"), h("p", { class: "empty" }, exc.status === 404 ? "Not available." : exc.message));
       return;
     }
-    clear(attempts).append(h("h2", { id: "attempts-title" }, "How it ran"));
+    fill(attempts, h("h2", { id: "attempts-title" }, "How it ran"));
     if (!sessions.length) { attempts.append(h("p", { class: "empty" }, "No transcode has started yet.")); return; }
-    for (const s of sessions) {
+    for (const { session: s } of sessions) {
       attempts.append(h("article", { class: "attempt" },
         h("h3", {}, `Attempt ${s.attempt}`, " ", h("span", { class: ["badge", s.state] }, s.state)),
         facts([
-          ["Pipeline", [s.pipeline, s.pipeline_reason ?? s.reason].filter(Boolean).join(": ")],
+          ["Pipeline", [s.pipeline, s.pipeline_reason].filter(Boolean).join(": ")],
           ["Fell back from", s.fell_back_from || null],
           ["Transcoder", [s.host, s.worker].filter(Boolean).join(" · ")],
           ["Pool", s.pool],
@@ -105,7 +105,7 @@ export function mount(main, ctx) {
   }
 
   async function renderHistory() {
-    clear(history).append(h("h2", { id: "history-title" }, "Event history"));
+    fill(history, h("h2", { id: "history-title" }, "Event history"));
     let items;
     try {
       items = await api(`/api/jobs/${id}/events`, { query: { limit: 500 } });
@@ -128,8 +128,8 @@ export function mount(main, ctx) {
     try {
       job = await fetchJob(user, jobId);
     } catch (exc) {
-      clear(head).append(heading("Job not found"));
-      clear(overview).append(h("p", { role: "alert" }, exc.status === 404 ? "There is no such job, or it is not yours." : exc.message));
+      fill(head, heading("Job not found"));
+      fill(overview, h("p", { role: "alert" }, exc.status === 404 ? "There is no such job, or it is not yours." : exc.message));
       return;
     }
     renderOverview();
