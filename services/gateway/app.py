@@ -23,6 +23,7 @@ from services.gateway.faces.native import routes as native
 from services.gateway.faces.streamyfin import jobs as streamyfin
 from services.gateway.feeds import sse, websocket
 from services.gateway.feeds.hub import EventHub
+from services.gateway.feeds.progress import ProgressRelay
 from services.gateway.http import error_middleware
 from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
@@ -143,6 +144,7 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             server=server,
             cluster=Cluster.from_settings(settings),
         )
+        relay = ProgressRelay(app[GATEWAY])  # live progress to the feeds that ask for it
         submissions = await follow_submissions(app[GATEWAY])
         log.info("gateway.ready", jobs=len(jobs), jellyfin=settings.jellyfin_url or None)
         try:
@@ -150,6 +152,7 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
         finally:
             with contextlib.suppress(Exception):
                 await submissions.unsubscribe()
+            relay.stop()
             await feeds.stop()
             for projection in projections:
                 await projection.stop()

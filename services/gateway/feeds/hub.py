@@ -8,6 +8,7 @@ of its own: under load the batches grow, so a burst costs each subscriber one wr
 event. Who may see an event is decided by index (administrators, moderators, each owner's feeds),
 never by testing every feed (`subscriber.py` delivers). Stored ranges (a replay after a
 reconnect, a job's history) are read with a short-lived consumer that is deleted afterwards.
+Live progress, which is not in the stream, reaches the same subscribers through `progress.py`.
 """
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ class EventHub:
             owned.discard(sub)
             if not owned:
                 del self._by_owner[sub.filter.user_id]
+
+    def watching(self, owner: str) -> tuple[Subscriber, ...]:
+        """The subscribers that may see `owner`'s jobs: administrators, moderators, the owner's."""
+        return (*self._admins, *self._moderators, *self._by_owner.get(owner, ()))
+
+    def wants_progress(self) -> bool:
+        """Whether any subscriber asked for live progress (`job.progress`)."""
+        return any(sub.filter.progress for sub in self._subscribers)
 
     def close_all(self, reason: str) -> None:
         """Close every subscriber (the gateway stops; clients reconnect elsewhere)."""

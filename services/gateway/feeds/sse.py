@@ -1,7 +1,8 @@
 """Live events as Server-Sent Events (`GET /api/events`).
 
 The feed shows what the caller may see, narrowed to some jobs and event types. SSE ids are
-stream sequence numbers, so `Last-Event-ID` replays exactly what a client missed.
+stream sequence numbers, so `Last-Event-ID` replays exactly what a client missed; live progress
+(`event: job.progress`, asked for by name) has no id, so it leaves that pointer where it was.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from services.gateway.feeds.connection import (
     guard_feed,
     run_feed,
 )
-from services.gateway.feeds.subscriber import FeedClosed, Framing
+from services.gateway.feeds.subscriber import FeedClosed, Framed, Framing
 from services.gateway.feeds.visibility import MAX_SEQ, StoredEvent, feed_filter
 from services.gateway.http import error_response
 from services.gateway.state import gateway
@@ -89,7 +90,9 @@ class FeedQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     statuses=(406,),
     summary="Live events as Server-Sent Events (text/event-stream): `id` is the "
     "event's stream sequence, `event` its type, `data` the event; Last-Event-ID replays what "
-    "was missed; a client too far behind, or whose credentials stop being valid (expired, "
+    "was missed; `types=job.progress` adds running jobs' live progress as `event: job.progress` "
+    "(`data`: job_id, status, stage, progress, speed, fps, eta_seconds; no `id`, never "
+    "replayed); a client too far behind, or whose credentials stop being valid (expired, "
     "revoked, account changed), gets `event: error` and is disconnected",
 )
 async def event_stream(request: web.Request, query: FeedQuery) -> web.StreamResponse:
@@ -135,12 +138,12 @@ async def event_stream(request: web.Request, query: FeedQuery) -> web.StreamResp
     return response
 
 
-def sse_blocks(items: Sequence[StoredEvent]) -> bytes:
+def sse_blocks(items: Sequence[Framed]) -> bytes:
     """Events as SSE blocks, for a response without chunked encoding (HTTP/1.0)."""
     return b"".join(item.sse for item in items)
 
 
-def sse_chunk(items: Sequence[StoredEvent]) -> bytes:
+def sse_chunk(items: Sequence[Framed]) -> bytes:
     """Events as SSE blocks in one HTTP/1.1 chunk, as aiohttp frames a chunked response."""
     body = b"".join(item.sse for item in items)
     return b"%x\r\n%s\r\n" % (len(body), body)

@@ -8,6 +8,10 @@ queue is closed with its reason, so a slow client never holds up the others nor 
 
 A batch is framed once per filter and framing (`Selection`): every feed that asks for the same
 events over the same carrier gets the same bytes.
+
+A frame that is not a stored event (a job's live progress, `Unstored`) is written the same way
+to a connection that waits, and otherwise dropped: it never queues (a newer one follows soon),
+so it never closes a feed nor holds up its events.
 """
 
 from __future__ import annotations
@@ -20,7 +24,22 @@ from typing import Protocol
 
 from services.gateway.feeds.visibility import FeedFilter, StoredEvent
 
-Framing = Callable[[Sequence[StoredEvent]], bytes]
+
+class Framed(Protocol):
+    """What a carrier frames: a stored event (`StoredEvent`) or a frame that is not (`Unstored`)."""
+
+    @property
+    def sse(self) -> bytes:
+        """The SSE block."""
+        ...
+
+    @property
+    def ws(self) -> bytes:
+        """The WebSocket frame's text."""
+        ...
+
+
+Framing = Callable[[Sequence[Framed]], bytes]
 """How a carrier writes events on the wire (SSE blocks, WebSocket frames, ...)."""
 
 
@@ -64,6 +83,24 @@ class Selection:
         return data
 
 
+class Unstored:
+    """A frame that is not an event of the stream (a job's live progress), framed once per
+    framing; it has no sequence number and is never replayed."""
+
+    __slots__ = ("_frames", "sse", "ws")
+
+    def __init__(self, *, sse: bytes, ws: bytes) -> None:
+        self.sse = sse
+        self.ws = ws
+        self._frames: dict[Framing, bytes] = {}
+
+    def frames(self, framing: Framing) -> bytes:
+        data = self._frames.get(framing)
+        if data is None:
+            data = self._frames[framing] = framing((self,))
+        return data
+
+
 class Subscriber:
     """One feed connection's place in the hub: its filter, its bounded queue, and the sink the
     hub may write to while the connection waits with nothing queued."""
@@ -103,6 +140,21 @@ class Subscriber:
             return
         self._queue.extend(items)
         self._ready.set()
+
+    def offer_unstored(self, frame: Unstored, now: float) -> bool:
+        """Write `frame` straight to the client when its connection waits with nothing queued
+        and its socket takes it at once; else drop it. Whether it was written."""
+        sink = self.sink
+        if (
+            self.closed is None
+            and self._waiting
+            and sink is not None
+            and not self._queue
+            and sink.write_now(frame.frames(sink.framing))
+        ):
+            self.active_at = now
+            return True
+        return False
 
     def close(self, reason: str, *, error: bool = True, unauthorized: bool = False) -> None:
         """Close with `reason`, dropping what is queued; a second close changes nothing."""

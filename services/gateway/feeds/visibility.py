@@ -3,7 +3,7 @@
 A stored event is decoded once and its SSE and WebSocket frames are encoded once
 (`StoredEvent`), whoever receives them. A `FeedFilter` holds one caller's visibility rules (their
 own jobs; every job for moderators; every event for administrators) and the jobs and event types
-that caller asked to follow.
+that caller asked to follow, live progress (`job.progress`) among them when named.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ EVENT_TYPES: frozenset[str] = frozenset(
     str(kind.__struct_config__.tag) for kind in get_args(events.AnyEvent)
 )
 """Every event tag (`job.completed`, ...); a feed filters on these or on a family (`job.*`)."""
+PROGRESS = "job.progress"
+"""Live progress of running jobs: not an event of the stream, sent only to feeds that name it."""
 # Event sequence numbers a client may send: JSON-safe integers.
 MAX_SEQ = 1 << 53
 
@@ -103,6 +105,16 @@ class FeedFilter:
         """Whether this caller may see `item` and asked for it."""
         return self.sees(item) and self.wants(item)
 
+    @property
+    def progress(self) -> bool:
+        """Whether this caller asked for live progress (by name: no family includes it)."""
+        return PROGRESS in self.types
+
+    def wants_progress(self, job_id: str) -> bool:
+        """Whether this caller asked for the live progress of job `job_id` (who may see the
+        job is the hub's index)."""
+        return PROGRESS in self.types and (not self.job_ids or job_id in self.job_ids)
+
 
 def feed_filter(
     user_id: str, role: Role, *, job_ids: Iterable[str] = (), types: Iterable[str] = ()
@@ -121,13 +133,14 @@ def feed_filter(
             continue
         if kind.endswith(".*") and kind[:-2] in _FAMILIES:
             families.append(kind[:-1])
-        elif kind in EVENT_TYPES:
+        elif kind in EVENT_TYPES or kind == PROGRESS:
             exact.add(kind)
         else:
             known = ", ".join(sorted(f"{family}.*" for family in _FAMILIES))
             raise BadRequest(
-                f"Unknown event type {kind!r}: use a tag such as job.completed, or {known}.",
-                details={"types": sorted(EVENT_TYPES)},
+                f"Unknown event type {kind!r}: use a tag such as job.completed, or {known}, "
+                f"or {PROGRESS}.",
+                details={"types": sorted(EVENT_TYPES | {PROGRESS})},
             )
     return FeedFilter(
         user_id=user_id, role=role, job_ids=jobs, types=frozenset(exact), families=tuple(families)

@@ -1,7 +1,8 @@
 """Live events over a WebSocket (`GET /api/ws`), with in-band authentication.
 
 The first frame names the caller (`c2s_auth`); `c2s_subscribe` frames then narrow the feed to
-some jobs and event types. Events come as `s2c_event` frames.
+some jobs and event types. Events come as `s2c_event` frames, and running jobs' live progress as
+`s2c_progress` frames to a connection whose types name `job.progress`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from services.gateway.feeds.connection import (
     guard_feed,
     run_feed,
 )
-from services.gateway.feeds.subscriber import FeedClosed, Framing, Subscriber
+from services.gateway.feeds.subscriber import FeedClosed, Framed, Framing, Subscriber
 from services.gateway.feeds.visibility import MAX_JOB_IDS, StoredEvent, feed_filter
 from services.gateway.http import error_response
 from services.gateway.identity import Principal
@@ -90,8 +91,10 @@ _ENCODER = msgspec.json.Encoder()
     statuses=(426,),
     summary="Live events over a WebSocket; authentication is in-band: the first frame must be "
     '{"type":"c2s_auth","payload":{"token":...}}, then c2s_subscribe narrows the feed; events '
-    'come as {"type":"s2c_event","payload":{"seq","event"}}; the socket closes with 4401 when '
-    "the credentials stop being valid (expired, revoked, account changed)",
+    'come as {"type":"s2c_event","payload":{"seq","event"}}; with job.progress among the types, '
+    'running jobs\' live progress comes as {"type":"s2c_progress","payload":{"job_id","status",'
+    '"stage","progress","speed","fps","eta_seconds"}} (not stored, never replayed); the socket '
+    "closes with 4401 when the credentials stop being valid (expired, revoked, account changed)",
 )
 async def event_socket(request: web.Request) -> web.StreamResponse:
     """Authenticate the socket's first frame, then send the events the caller may see."""
@@ -142,7 +145,7 @@ async def event_socket(request: web.Request) -> web.StreamResponse:
 
 
 # ---- one socket connection -----------------------------------------------------------------
-def text_frames(items: Sequence[StoredEvent]) -> bytes:
+def text_frames(items: Sequence[Framed]) -> bytes:
     """Events as unmasked, uncompressed WebSocket text frames (RFC 6455 5.2), one per event,
     as the server's writer frames them."""
     return b"".join(_text_frame(item.ws) for item in items)
