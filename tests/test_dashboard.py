@@ -195,9 +195,9 @@ async def test_a_job_submitted_in_the_page_reaches_100_percent_live_and_download
     async with page.expect_download() as download_info:
         await row.get_by_role("button", name=re.compile("^Download")).click()
     download = await download_info.value
-    saved = Path(await download.path())
-    assert hashlib.sha256(saved.read_bytes()).hexdigest() == job["output"]["sha256"]
-    assert saved.stat().st_size == job["output"]["size"]
+    saved = await asyncio.to_thread(Path(await download.path()).read_bytes)
+    assert hashlib.sha256(saved).hexdigest() == job["output"]["sha256"]
+    assert len(saved) == job["output"]["size"]
     await screenshot(page, "jobs")
 
     # the job's page: its probe, how it ran (the ffmpeg command) and its history
@@ -295,3 +295,47 @@ async def test_a_lost_connection_is_shown_and_recovered(context: BrowserContext,
         e for e in watch.errors if "ERR_CONNECTION_REFUSED" not in e and "WebSocket" not in e
     ]
     watch.assert_clean()
+
+
+async def test_the_page_and_its_modules_carry_security_and_cache_headers(up: Up) -> None:
+    """Given a browser asking for `/`: the page comes with a CSP that allows only the server's
+    own scripts (no inline script) and the other security headers, and is revalidated by its
+    ETag (304); its modules live under a versioned path cached for a year, an older version is
+    served uncached, an unknown file is a JSON 404, and a client asking for JSON gets what this
+    server is instead of the page."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(up.url + "/", headers={"Accept": "text/html,*/*"}) as r:
+            assert r.status == 200 and r.content_type == "text/html"
+            page = await r.text()
+            headers = r.headers
+        csp = headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "unsafe-" not in csp
+        assert "frame-ancestors 'none'" in csp and "connect-src 'self'" in csp
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["X-Frame-Options"] == "DENY"
+        assert headers["Referrer-Policy"] == "no-referrer"
+        assert headers["Cache-Control"] == "no-cache"
+        assert not re.search(r"<script(?![^>]*\bsrc=)", page), "an inline script"
+        assert not re.search(r"\sstyle=|<style", page), "an inline style"
+        assert not re.search(r"(src|href)=\"(https?:)?//", page), "a resource from another host"
+
+        async with http.get(up.url + "/", headers={"If-None-Match": headers["ETag"]}) as r:
+            assert r.status == 304
+
+        module = re.search(r'src="(/dashboard/([0-9a-f]+)/app\.js)"', page)
+        assert module, page
+        path, version = module.groups()
+        async with http.get(up.url + path) as r:
+            assert r.status == 200 and r.content_type == "text/javascript"
+            assert "immutable" in r.headers["Cache-Control"]
+            assert "max-age=31536000" in r.headers["Cache-Control"]
+            assert r.headers["Content-Security-Policy"] == csp
+        async with http.get(up.url + "/dashboard/0000000000/app.js") as r:
+            assert r.status == 200 and r.headers["Cache-Control"] == "no-cache"
+        for missing in (f"/dashboard/{version}/nope.js", f"/dashboard/{version}/%2e%2e/pages.py"):
+            async with http.get(up.url + missing) as r:
+                assert r.status == 404, missing
+                assert (await r.json())["error"]["code"] == "not_found"
+
+        async with http.get(up.url + "/", headers={"Accept": "application/json"}) as r:
+            assert r.status == 200 and (await r.json())["name"] == "vidmesh"

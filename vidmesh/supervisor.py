@@ -277,6 +277,7 @@ class Supervisor:
             f"  Jellyfin         {jellyfin}",
             f"  NATS             {self.nats.url}   (scale out: VIDMESH_NATS_URL={self.nats.url} "
             "vidmesh transcoder)",
+            f"  Dashboard        {self.gateway_url}/   (in a browser; sign in as below)",
             f"  Native API       {self.gateway_url}/api/  (OpenAPI: /api/openapi.json)",
             f"    sign in        POST /api/auth/login  username {self.admin[0]!r}  password "
             + (
