@@ -15,7 +15,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    WebSocketRoute,
+    async_playwright,
+    expect,
+)
 
 from tests.harness import ADMIN_PASSWORD, Api, eventually
 from tests.harness.browser import CHROMIUM_ARGS, PageWatch, chromium_path, screenshot
@@ -339,3 +346,28 @@ async def test_the_page_and_its_modules_carry_security_and_cache_headers(up: Up)
 
         async with http.get(up.url + "/", headers={"Accept": "application/json"}) as r:
             assert r.status == 200 and (await r.json())["name"] == "vidmesh"
+
+
+async def test_where_websockets_are_blocked_the_page_goes_live_over_server_sent_events(
+    context: BrowserContext, up: Up, media: Path, user_api: Api
+) -> None:
+    """Given a network that refuses WebSockets (a proxy that does not pass them), the page
+    falls back to the SSE feed: it is live, and a job submitted elsewhere appears in the table
+    and reaches 100 % without a reload."""
+
+    async def refuse(socket: WebSocketRoute) -> None:
+        await socket.close(code=1006)
+
+    await context.route_web_socket(re.compile(r"/api/ws$"), refuse)
+    page, watch = await open_page(context, up)
+    await sign_in(page, USER, USER_PASSWORD)
+    await expect(page.locator("#connection")).to_have_attribute("data-transport", "sse")
+    job = await user_api.ok(
+        "POST", "/api/jobs", 201, json={"source": str(media / "film.mp4"), "preset": "h264-720p"}
+    )
+    row = job_row(page, job["id"])
+    await expect(row).to_be_visible()
+    await expect(row.locator(".badge")).to_have_text("completed", timeout=120_000)
+    await expect(row.locator(".pct")).to_have_text("100 %")
+    watch.errors = [e for e in watch.errors if "WebSocket" not in e]
+    watch.assert_clean()
