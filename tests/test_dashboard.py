@@ -371,3 +371,32 @@ async def test_where_websockets_are_blocked_the_page_goes_live_over_server_sent_
     await expect(row.locator(".pct")).to_have_text("100 %")
     watch.errors = [e for e in watch.errors if "WebSocket" not in e]
     watch.assert_clean()
+
+
+async def test_text_a_user_typed_is_shown_as_text_never_run(
+    context: BrowserContext, up: Up, user_api: Api
+) -> None:
+    """Given a preset description, an API key name and a webhook description that hold markup
+    with script, the pages show them literally and no script of theirs runs."""
+    attack = '<img src=x onerror="window.__attacked=1"><script>window.__attacked=2</script>'
+    await user_api.ok(
+        "POST",
+        "/api/presets",
+        201,
+        json={"name": "shown-as-text", "description": attack, "spec": {"container": "mp4"}},
+    )
+    await user_api.ok("POST", "/api/account/api-keys", 201, json={"name": attack[:60]})
+    await user_api.ok(
+        "POST",
+        "/api/webhooks",
+        201,
+        json={"url": "https://hooks.example.com/", "event_types": ["job.*"], "description": attack},
+    )
+    page, watch = await open_page(context, up)
+    await sign_in(page, USER, USER_PASSWORD)
+    for name, shown in (("presets", attack), ("keys", attack[:60]), ("webhooks", attack)):
+        await page.goto(f"{up.url}/#/{name}")
+        await expect(page.get_by_text(shown, exact=True).first).to_be_visible()
+        assert await page.evaluate("window.__attacked === undefined"), name
+        assert await page.locator("main img[src='x'], main script").count() == 0, name
+    watch.assert_clean()

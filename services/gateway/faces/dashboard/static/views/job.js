@@ -5,7 +5,7 @@ import { api } from "../lib/api.js";
 import { facts, fill, h, heading, table } from "../lib/dom.js";
 import * as fmt from "../lib/format.js";
 import {
-  actionsFor, confirmAction, fetchJob, jobName, progressBar, startDownload, statusBadge,
+  UNFINISHED, actionsFor, confirmAction, fetchJob, jobName, progressBar, startDownload, statusBadge,
 } from "../lib/jobs.js";
 
 export const title = "Job";
@@ -163,7 +163,7 @@ export function mount(main, ctx) {
 
   function onProgress(e) {
     const p = e.detail;
-    if (p.job_id !== jobId || !job || p.status !== "running") return;
+    if (p.job_id !== jobId || !job || p.status !== "running" || !UNFINISHED.has(job.status)) return;
     job = { ...job, status: p.status, stage: p.stage ?? job.stage, progress: Math.max(job.progress ?? 0, p.progress ?? 0), speed: p.speed, fps: p.fps, eta_seconds: p.eta_seconds };
     renderOverview();
   }

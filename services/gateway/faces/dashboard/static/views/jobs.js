@@ -5,7 +5,7 @@ import { api } from "../lib/api.js";
 import { field, h, heading, select } from "../lib/dom.js";
 import * as fmt from "../lib/format.js";
 import {
-  STATUSES, actionsFor, confirmAction, fetchJob, jobName, progressBar, seesAll, startDownload, statusBadge,
+  STATUSES, UNFINISHED, actionsFor, confirmAction, fetchJob, jobName, progressBar, seesAll, startDownload, statusBadge,
 } from "../lib/jobs.js";
 
 export const title = "Jobs";
@@ -225,7 +225,8 @@ export function mount(main, ctx) {
   function onProgress(e) {
     const p = e.detail;
     const row = rows.get(p.job_id);
-    if (!row || p.status !== "running") return;
+    // A frame that arrives after the job ended (the feed is not ordered with the events) is old.
+    if (!row || p.status !== "running" || !UNFINISHED.has(row.job.status)) return;
     const job = { ...row.job, status: p.status, stage: p.stage ?? row.job.stage, progress: Math.max(row.job.progress ?? 0, p.progress ?? 0), speed: p.speed, fps: p.fps, eta_seconds: p.eta_seconds };
     if (row.job.status !== "running") { show(job); return; }
     // In place, so the bar moves smoothly and focus stays where it is.
