@@ -675,3 +675,16 @@ def test_default_profile_is_h264_aac_stereo_capped_at_1080p_faststart() -> None:
     ):
         i = argv.index(option[0])
         assert argv[i : i + 2] == option
+
+
+def test_progress_does_not_drop_to_zero_when_ffmpeg_flushes_with_out_time_na() -> None:
+    """During the encoder's final flush ffmpeg prints `out_time=N/A` (read as 0 s): the job's
+    progress stays where it was instead of dropping from 99.5 % to 0 % just before it ends."""
+    from services.transcoder.progress import ProgressReporter
+
+    reporter = ProgressReporter(None, key="k", generation=1, attempt=1, interval=1)  # type: ignore[arg-type]
+    reporter.set_total(20.0, estimated=False)
+    reporter.on_ffmpeg(parse_progress({"out_time_us": "19900000", "speed": "3x"}))
+    assert reporter.latest.percent == 99.5
+    reporter.on_ffmpeg(parse_progress({"out_time_us": "N/A", "out_time": "N/A", "speed": "3x"}))
+    assert reporter.latest.percent == 99.5 and reporter.latest.out_time == 19.9

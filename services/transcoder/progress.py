@@ -70,17 +70,19 @@ class ProgressReporter:
         self._replace(stage=stage)
 
     def on_ffmpeg(self, report: FfmpegProgress) -> None:
-        """Called for every progress block ffmpeg prints."""
+        """Called for every progress block ffmpeg prints. The output time never goes back: during
+        the encoder's final flush ffmpeg reports `out_time=N/A`, which reads as 0."""
+        out_time = max(self._latest.out_time, report.out_time)
         speed = report.speed
         remaining = None
         if self.total and speed and speed > 0:
-            remaining = max(0.0, (self.total - report.out_time) / speed)
+            remaining = max(0.0, (self.total - out_time) / speed)
         self._replace(
             stage="encoding",
-            percent=percent_done(report.out_time, self.total),
+            percent=percent_done(out_time, self.total),
             speed=speed,
             fps=report.fps,
-            out_time=report.out_time,
+            out_time=out_time,
             total=self.total,
             estimated=self.estimated,
             bytes_written=report.total_size,
