@@ -176,6 +176,7 @@ def test_cpu_pipeline_gives_todays_argv_byte_for_byte() -> None:
         *("-progress", "pipe:1", "-nostats", "-stats_period", "0.5", "-i", "in.mkv"),
         *("-map", "0:V:0?", "-map", "0:a:0?", "-f", "mp4", "-ac", "2", "-b:a", "160k"),
         *("-bufsize", "16000000", "-c:a", "aac", "-c:v", "libx264", "-crf", "23"),
+        *("-enc_time_base:v", "demux", "-fps_mode:v", "passthrough"),  # the source's frame timing
         *("-level:v", "4.1", "-maxrate", "8000000", "-movflags", "+faststart"),
         *("-pix_fmt", "yuv420p", "-preset", "veryfast", "-profile:v", "high", "-sn", "-vf"),
         "scale='min(iw,1920)':'min(ih,1080)':force_original_aspect_ratio=decrease"

@@ -97,8 +97,10 @@ PINNED = (
 )
 HTTP_IN = "-reconnect 1 -reconnect_delay_max 5 -reconnect_on_network_error 1 -rw_timeout 30000000"
 URL = "http://jf:8096/Videos/1/stream?api_key=x"
+# since issue 17 also -enc_time_base:v demux -fps_mode:v passthrough: the source's frame timing
 ENCODE = (
-    "-f mp4 -ac 2 -b:a 160k -bufsize 16000000 -c:a aac -c:v libx264 -crf 23 -level:v 4.1 "
+    "-f mp4 -ac 2 -b:a 160k -bufsize 16000000 -c:a aac -c:v libx264 -crf 23 "
+    "-enc_time_base:v demux -fps_mode:v passthrough -level:v 4.1 "
     "-maxrate 8000000 -movflags +faststart -pix_fmt yuv420p -preset veryfast -profile:v high -sn"
 )
 
@@ -295,13 +297,13 @@ FLAGS = {
     "-reconnect", "-reconnect_delay_max", "-reconnect_on_network_error", "-rw_timeout", "-map",
     "-f", "-c:v", "-c:a", "-c:s", "-preset", "-crf", "-maxrate", "-bufsize", "-pix_fmt",
     "-profile:v", "-level:v", "-tag:v", "-x265-params", "-fpsmax", "-vf", "-b:a", "-ac", "-sn",
-    "-vn", "-an", "-movflags",
+    "-vn", "-an", "-movflags", "-fps_mode:v", "-enc_time_base:v",
 }  # fmt: skip
 WORDS = {
     "error", "pipe:1", "0:V:0?", "0:a:0?", "0:s?", "mp4", "matroska", "webm", "ipod", "copy",
     "srt", "libx264", "libx265", "libsvtav1", "aac", "libopus", "yuv420p", "high", "hvc1",
     "log-level=error", "+faststart", "ultrafast", "superfast", "veryfast", "faster", "fast",
-    "medium", "slow", "slower", "veryslow",
+    "medium", "slow", "slower", "veryslow", "passthrough", "demux",
 }  # fmt: skip
 NUMBER = re.compile(r"\d+(\.\d+)?k?|\d+/\d+")
 SCALE = (
@@ -563,3 +565,31 @@ def test_profile_level_keyframes_and_buffer_reach_the_encoder_where_they_fit() -
         parse(b'{"video": {"codec": "h264", "level": "3.1"}}')
     with pytest.raises(BadRequest, match="buffer_kbps needs max_bitrate_kbps"):
         parse(b'{"video": {"codec": "h264", "buffer_kbps": 900}}')
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+async def test_a_variable_frame_rate_source_keeps_every_frame_and_its_timestamps(
+    container: str, tmp_path: Path
+) -> None:
+    """Given a source whose first 2 s run at 24 fps and next 2 s at 30 fps (108 frames), an
+    encode keeps all 108 frames at their own times, in MP4 as in Matroska, rather than making
+    it constant 24 fps and dropping frames."""
+    source = tmp_path / "vfr.mkv"
+    parts = "[0:v][1:v]concat=n=2:v=1[v]"
+    parts_in = [f"testsrc2=size=320x180:rate={rate}:duration=2" for rate in (24, 30)]
+    argv = [ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", parts_in[0], "-f", "lavfi"]
+    argv += ["-i", parts_in[1], "-filter_complex", parts, "-map", "[v]", "-fps_mode", "vfr"]
+    argv += ["-c:v", "libx264", "-preset", "ultrafast", str(source)]
+    assert (await run_ffmpeg(argv)).returncode == 0
+
+    def times(path: Path) -> list[float]:
+        with av.open(str(path)) as clip:
+            return [float(f.time) for f in clip.decode(video=0) if f.time is not None]
+
+    spec = PresetSpec(container=container, video=VideoSpec(codec="h264", max_height=144))
+    with await _encode(f"vfr-{container}", spec, source, tmp_path) as out:
+        out.close()
+    before = times(source)
+    after = times(tmp_path / f"vfr-{container}{get_container(container).extension}")
+    assert len(before) == 108 and len(after) == 108
+    assert after == pytest.approx(before, abs=0.002)

@@ -197,6 +197,11 @@ def _video_kwargs(
     if profile.max_fps is not None:
         # a cap: a source below it keeps its own rate
         kwargs["fpsmax"] = rate_text(profile.max_fps)
+    else:
+        # the source's frames with their own timestamps: left to itself ffmpeg makes an MP4 (a
+        # muxer that declares no variable frame rate) constant-rate, dropping or repeating frames
+        kwargs["fps_mode:v"] = "passthrough"
+        kwargs["enc_time_base:v"] = "demux"  # else times are rounded to the first rate's ticks
     filters = (
         _cpu_filters(plan, profile) if hardware is None else _gpu_filters(plan, profile, hardware)
     )
