@@ -19,6 +19,7 @@ from playwright.async_api import (
     Browser,
     BrowserContext,
     Page,
+    Route,
     WebSocketRoute,
     async_playwright,
     expect,
@@ -338,7 +339,7 @@ async def test_the_page_and_its_modules_carry_security_and_cache_headers(up: Up)
             assert "max-age=31536000" in r.headers["Cache-Control"]
             assert r.headers["Content-Security-Policy"] == csp
         async with http.get(up.url + "/dashboard/0000000000/app.js") as r:
-            assert r.status == 200 and r.headers["Cache-Control"] == "no-cache"
+            assert r.status == 404 and "reload" in (await r.json())["error"]["message"]
         for missing in (f"/dashboard/{version}/nope.js", f"/dashboard/{version}/%2e%2e/pages.py"):
             async with http.get(up.url + missing) as r:
                 assert r.status == 404, missing
@@ -400,3 +401,24 @@ async def test_text_a_user_typed_is_shown_as_text_never_run(
         assert await page.evaluate("window.__attacked === undefined"), name
         assert await page.locator("main img[src='x'], main script").count() == 0, name
     watch.assert_clean()
+
+
+async def test_a_page_of_an_older_release_offers_a_reload_instead_of_breaking(
+    context: BrowserContext, up: Up
+) -> None:
+    """Given a page loaded before an upgrade (its modules' version is no longer served), when
+    the user opens a page it has not loaded yet, it says so and offers a Reload that works."""
+    page, watch = await open_page(context, up)
+    await sign_in(page, USER, USER_PASSWORD)
+    await page.route(re.compile(r"/dashboard/[0-9a-f]+/views/keys\.js$"), _gone)
+    await page.get_by_role("link", name="API keys").click()
+    await expect(page.get_by_role("heading", name="This page could not be loaded")).to_be_focused()
+    await page.unroute(re.compile(r"/dashboard/[0-9a-f]+/views/keys\.js$"))
+    await page.get_by_role("button", name="Reload").click()
+    await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    watch.errors = [e for e in watch.errors if "404" not in e]
+    watch.assert_clean()
+
+
+async def _gone(route: Route) -> None:
+    await route.fulfill(status=404, content_type="application/json", body='{"error": {}}')

@@ -5,7 +5,7 @@ The files are read once, when the application starts, into memory: a request can
 that was there, never a path on disk. `<version>` is a digest of every file, so a module's URL
 changes whenever any file does: modules are cached for a year (`immutable`), the page itself is
 revalidated on every load (`no-cache` with an ETag), and a browser never mixes modules of two
-releases. A request for an older version gets today's file, uncached.
+releases: a module of another version is a 404 that says to reload (the page then offers it).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from services.gateway.health import describe_server
+from shared.errors import NotFound
 
 ASSETS = "/dashboard"
 STATIC = Path(__file__).parent / "static"
@@ -101,7 +102,8 @@ routes = web.RouteTableDef()
 
 def _send(request: web.Request, asset: Asset, cache: str) -> web.Response:
     headers = {**SECURITY_HEADERS, "Cache-Control": cache, "ETag": asset.etag, "Vary": "Accept"}
-    if asset.etag in request.headers.get("If-None-Match", ""):
+    wanted = request.headers.get("If-None-Match", "")
+    if asset.etag in wanted or wanted.strip() == "*":
         return web.Response(status=304, headers=headers)
     response = web.Response(body=asset.body, headers=headers)
     response.headers["Content-Type"] = asset.content_type
@@ -119,7 +121,10 @@ def _wants_json(request: web.Request) -> bool:
 async def page(request: web.Request) -> web.StreamResponse:
     """The dashboard; a client that asks for JSON gets what this server is instead."""
     if _wants_json(request):
-        return describe_server(request)
+        described = describe_server(request)
+        described.headers["Vary"] = "Accept"
+        described.headers["Cache-Control"] = "no-cache"
+        return described
     return _send(request, request.app[DASHBOARD].page, _REVALIDATE)
 
 
@@ -129,5 +134,7 @@ async def asset(request: web.Request) -> web.StreamResponse:
     found = dashboard.files.get(request.match_info["name"])
     if found is None:
         raise web.HTTPNotFound()
-    current = request.match_info["version"] == dashboard.version
-    return _send(request, found, _IMMUTABLE if current else _REVALIDATE)
+    if request.match_info["version"] != dashboard.version:
+        # A page of another release: today's module could import what its own modules lack.
+        raise NotFound("The dashboard was updated since this page was loaded; reload the page.")
+    return _send(request, found, _IMMUTABLE)

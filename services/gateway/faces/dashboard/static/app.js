@@ -81,7 +81,19 @@ async function render() {
     return;
   }
   const params = hash.match(route.match).slice(1).map(decodeURIComponent);
-  const view = await route.load();
+  let view;
+  try {
+    view = await route.load();
+  } catch {
+    // The server is away, or it runs a newer release than this page (whose modules it no
+    // longer serves): a reload fetches the page that goes with it.
+    if (token !== rendering) return;
+    fill(main, h("h1", { tabIndex: -1 }, "This page could not be loaded"),
+      h("p", { role: "alert" }, "The server may have been updated, or it cannot be reached just now."),
+      h("button", { type: "button", class: "primary", on: { click: () => location.reload() } }, "Reload"));
+    main.querySelector("h1").focus();
+    return;
+  }
   if (token !== rendering) return;
   clear(main);
   document.title = `${view.title ?? route.nav ?? "vidmesh"} · vidmesh`;
@@ -91,6 +103,7 @@ async function render() {
 }
 
 function showSignIn(message) {
+  rendering += 1; // a page still loading is not shown over the sign-in form
   feed?.stop();
   feed = null;
   user = null;

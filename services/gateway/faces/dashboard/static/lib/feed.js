@@ -10,6 +10,14 @@ import * as session from "./session.js";
 const TYPES = ["job.*", "rendition.*", "worker.*", "pool.*", "webhook.*", "job.progress"];
 const MAX_BACKOFF_MS = 15000;
 
+async function serverAnswers() {
+  try {
+    return (await fetch("/healthz", { cache: "no-store", credentials: "omit" })).ok;
+  } catch {
+    return false;
+  }
+}
+
 export class Feed extends EventTarget {
   constructor() {
     super();
@@ -112,10 +120,18 @@ export class Feed extends EventTarget {
       if (this._socket !== ws || this.state === "stopped") return;
       if (c.code === 4401 || c.code === 1008) {
         // The token expired or was refused: a fresh one, then connect again at once.
-        if (await refresh()) { this._attempt = 0; this._retry("signing in again"); return; }
+        const again = Date.now() - (this._refreshedAt ?? 0) < 10000; // refused twice: back off
+        if (await refresh()) {
+          this._refreshedAt = Date.now();
+          if (again) this._retry("signing in again");
+          else this._connectWs();
+          return;
+        }
         if (!session.load()) { this.stop(); return; }
       }
-      if (!authorized) this._wsFailures += 1;
+      // A WebSocket that cannot open while the server answers HTTP (a proxy that does not pass
+      // WebSockets) counts toward the SSE fallback; a server that is away does not.
+      if (!authorized && (await serverAnswers())) this._wsFailures += 1;
       this._retry(c.reason || "the connection closed");
     });
   }

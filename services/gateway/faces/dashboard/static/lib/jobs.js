@@ -1,5 +1,5 @@
-// What the job pages share: which routes act on a job (the owner's own routes, or an
-// administrator's on anyone's), and how a job's status and progress are shown.
+// What the job pages share: what a reader may do with a job and through which routes, and how
+// a job's status and progress are shown.
 
 import { api } from "./api.js";
 import { h } from "./dom.js";
@@ -13,32 +13,21 @@ export function seesAll(user) {
   return atLeast(user, "moderator");
 }
 
-function mine(user, job) {
-  return job.owner === user.id;
-}
-
-/** What `user` may do with `job`, each as a function that calls the API. */
+/** What `user` may do with `job`, each as a function that calls the API. The job routes serve
+ * the owner and administrators alike (moderators read and download any job, change none); a
+ * cancel of a job that has just finished is refused (409), never taken for a delete. */
 export function actionsFor(user, job) {
-  const own = mine(user, job);
-  const admin = atLeast(user, "admin");
+  const own = job.owner === user.id;
+  const act = own || atLeast(user, "admin");
+  const read = own || seesAll(user);
   const id = encodeURIComponent(job.id);
   const acts = {};
-  if (UNFINISHED.has(job.status)) {
-    if (own) acts.cancel = () => api(`/api/jobs/${id}/cancel`, { method: "POST" });
-    else if (admin) acts.cancel = () => api(`/api/admin/jobs/${id}`, { method: "DELETE" });
+  if (act && UNFINISHED.has(job.status)) acts.cancel = () => api(`/api/jobs/${id}/cancel`, { method: "POST" });
+  if (act && (job.status === "failed" || job.status === "cancelled")) {
+    acts.retry = () => api(`/api/jobs/${id}/retry`, { method: "POST" });
   }
-  if (job.status === "failed" || job.status === "cancelled") {
-    if (own) acts.retry = () => api(`/api/jobs/${id}/retry`, { method: "POST" });
-    else if (admin) acts.retry = () => api(`/api/admin/jobs/${id}/retry`, { method: "POST" });
-  }
-  if (job.status === "completed" && job.output) {
-    if (own) acts.download = () => api(`/api/jobs/${id}/url`, { method: "POST" });
-    else if (admin) acts.download = () => api(`/api/admin/jobs/${id}/url`, { method: "POST" });
-  }
-  if (!UNFINISHED.has(job.status)) {
-    if (own) acts.remove = () => api(`/api/jobs/${id}`, { method: "DELETE" });
-    else if (admin) acts.remove = () => api(`/api/admin/jobs/${id}`, { method: "DELETE" });
-  }
+  if (read && job.status === "completed" && job.output) acts.download = () => api(`/api/jobs/${id}/url`, { method: "POST" });
+  if (act && !UNFINISHED.has(job.status)) acts.remove = () => api(`/api/jobs/${id}`, { method: "DELETE" });
   return acts;
 }
 

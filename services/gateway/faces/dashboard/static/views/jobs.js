@@ -80,7 +80,7 @@ export function mount(main, ctx) {
 
   function renderRow(job) {
     const tr = h("tr", { dataset: { jobId: job.id, status: job.status } },
-      h("td", {}, h("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, jobName(job))),
+      h("td", { class: "job-name" }, h("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, jobName(job))),
       h("td", {}, statusBadge(job)),
       h("td", {}, progressBar(job)),
       cell(job.speed ? `${fmt.number(job.speed, 2)}×` : fmt.DASH, "num"),
@@ -130,7 +130,10 @@ export function mount(main, ctx) {
 
   function count() {
     const shown = [...rows.values()].filter((r) => !r.tr.hidden).length;
-    summary.textContent = rows.size === 0 ? "No jobs yet." : `${shown} of ${rows.size} jobs shown${cursor ? " (more to load)" : ""}.`;
+    const filtered = statusFilter.value || presetFilter.value;
+    summary.textContent = rows.size === 0
+      ? (filtered ? "No jobs match the filters." : "No jobs yet.")
+      : `${shown} of ${rows.size} jobs shown${cursor ? " (more to load)" : ""}.`;
   }
 
   // ---- reading ----------------------------------------------------------------------------------
