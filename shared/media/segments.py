@@ -145,7 +145,8 @@ def segment_args(
     (SEGMENT_CONTAINER) at `output`, with the encoder settings `build_args` gives the plan.
 
     Input seeking lands on the segment's keyframe (ffmpeg decodes from the keyframe at or before
-    it and drops what precedes `start`); `-frames:v` stops after the segment's last frame. Each
+    it and drops what precedes `start`); `-frames:v` stops after the segment's last frame (under a
+    frame-rate cap, whose frames are not the source's, output `-t` stops at its end). Each
     segment starts with a key frame and closes its GOPs, so it decodes without the one before.
     ValueError when the plan does not encode video.
     """
