@@ -27,6 +27,7 @@ from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
 from services.gateway.kube import Cluster
 from services.gateway.login_limits import LoginLimits, trusted_networks
+from services.gateway.revocations import Revocations
 from services.gateway.state import GATEWAY, Gateway, job_projection
 from services.gateway.submit import follow_submissions
 from shared.blobs.users import Sealer, Stores, UserStore
@@ -36,6 +37,7 @@ from shared.messages.accounts import (
     Batch,
     LoginFailures,
     PresetRecord,
+    RevokedToken,
     User,
     UsernameClaim,
 )
@@ -44,7 +46,7 @@ from shared.messages.records import JobRecord, Progress, StorageSummary, Totals
 from shared.nats.kv import ReadOnlyKV, TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
-from shared.nats.topology import ensure_expiring_bucket, ensure_topology, retention_of
+from shared.nats.topology import DAY, ensure_expiring_bucket, ensure_topology, retention_of
 from shared.settings import LiveSettings
 
 log = structlog.get_logger("vidmesh.gateway")
@@ -84,6 +86,11 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
         fleet_settings = Projection(
             TypedKV(buckets.settings, TranscodingSettings), "gateway.fleet_settings", nc=nc
         )
+        revoked = Projection(
+            TypedKV(await _revoked_bucket(js, names, settings), RevokedToken),
+            "gateway.revoked",
+            nc=nc,
+        )
         projections: list[Projection[Any]] = [
             jobs,
             progress,
@@ -92,6 +99,7 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             presets,
             batches,
             fleet_settings,
+            revoked,
         ]
         for projection in projections:
             await projection.start()
@@ -101,7 +109,12 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
         await feeds.start()
         userstores = TypedKV(buckets.userstores, UserStore)
         identity = Identity(
-            settings, users, TypedKV(buckets.usernames, UsernameClaim), keys, settings.jwt_secret
+            settings,
+            users,
+            TypedKV(buckets.usernames, UsernameClaim),
+            keys,
+            Revocations(revoked),
+            settings.jwt_secret,
         )
         await _first_admin(settings, identity)
         login_limits = LoginLimits(
@@ -177,6 +190,20 @@ async def _login_bucket(js: JetStreamContext, names: Names, settings: GatewaySet
         "failed sign-ins per username and client address",
         ttl=settings.login_window_minutes * 60,
         replicas=settings.replicas,
+    )
+
+
+async def _revoked_bucket(
+    js: JetStreamContext, names: Names, settings: GatewaySettings
+) -> KeyValue:
+    """The signed-out tokens, each kept as long as the longest-lived token may live."""
+    return await ensure_expiring_bucket(
+        js,
+        names.revoked_bucket,
+        "tokens signed out before their expiry",
+        ttl=max(settings.refresh_token_days * DAY, settings.access_token_minutes * 60),
+        replicas=settings.replicas,
+        may_shorten=False,
     )
 
 
