@@ -84,6 +84,7 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
             accounts.PresetRecord,
             accounts.Batch,
             accounts.LoginFailures,
+            accounts.RevokedToken,
             stores.UserStore,
             webhooks.WebhookSubscription,
             webhooks.Delivery,

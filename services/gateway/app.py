@@ -11,8 +11,6 @@ import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from services.gateway import health, openapi
@@ -29,6 +27,7 @@ from services.gateway.identity import Identity
 from services.gateway.jellyfin import JellyfinAuth
 from services.gateway.kube import Cluster
 from services.gateway.login_limits import LoginLimits, trusted_networks
+from services.gateway.revocations import Revocations
 from services.gateway.state import GATEWAY, Gateway, job_projection
 from services.gateway.submit import follow_submissions
 from shared.blobs.users import Sealer, Stores, UserStore
@@ -38,6 +37,7 @@ from shared.messages.accounts import (
     Batch,
     LoginFailures,
     PresetRecord,
+    RevokedToken,
     User,
     UsernameClaim,
 )
@@ -46,7 +46,7 @@ from shared.messages.records import JobRecord, Progress, StorageSummary, Totals
 from shared.nats.kv import ReadOnlyKV, TypedKV
 from shared.nats.projection import Projection
 from shared.nats.subjects import Names
-from shared.nats.topology import ensure_topology, retention_of
+from shared.nats.topology import DAY, ensure_expiring_bucket, ensure_topology, retention_of
 from shared.settings import LiveSettings
 
 log = structlog.get_logger("vidmesh.gateway")
@@ -86,6 +86,11 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
         fleet_settings = Projection(
             TypedKV(buckets.settings, TranscodingSettings), "gateway.fleet_settings", nc=nc
         )
+        revoked = Projection(
+            TypedKV(await _revoked_bucket(js, names, settings), RevokedToken),
+            "gateway.revoked",
+            nc=nc,
+        )
         projections: list[Projection[Any]] = [
             jobs,
             progress,
@@ -94,6 +99,7 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
             presets,
             batches,
             fleet_settings,
+            revoked,
         ]
         for projection in projections:
             await projection.start()
@@ -103,7 +109,12 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
         await feeds.start()
         userstores = TypedKV(buckets.userstores, UserStore)
         identity = Identity(
-            settings, users, TypedKV(buckets.usernames, UsernameClaim), keys, settings.jwt_secret
+            settings,
+            users,
+            TypedKV(buckets.usernames, UsernameClaim),
+            keys,
+            Revocations(revoked),
+            settings.jwt_secret,
         )
         await _first_admin(settings, identity)
         login_limits = LoginLimits(
@@ -173,27 +184,27 @@ def create_app(settings: GatewaySettings, nc: NATS) -> web.Application:
 async def _login_bucket(js: JetStreamContext, names: Names, settings: GatewaySettings) -> KeyValue:
     """The failed sign-in counts; each is forgotten a window after its last change (the
     configured window applies to a bucket made with another one too)."""
-    window = settings.login_window_minutes * 60
-    try:
-        bucket = await js.key_value(names.logins_bucket)
-    except NotFoundError:
-        config = KeyValueConfig(
-            bucket=names.logins_bucket,
-            description="failed sign-ins per username and client address",
-            history=1,
-            ttl=window,
-            storage=StorageType.FILE,
-            replicas=settings.replicas,
-        )
-        try:
-            return await js.create_key_value(config)
-        except BadRequestError:  # another gateway made it just now
-            bucket = await js.key_value(names.logins_bucket)
-    info = await js.stream_info(f"KV_{names.logins_bucket}")
-    if abs((info.config.max_age or 0) - window) > 0.001:
-        await js.update_stream(info.config.evolve(max_age=window))
-        log.info("gateway.login_window", minutes=settings.login_window_minutes)
-    return bucket
+    return await ensure_expiring_bucket(
+        js,
+        names.logins_bucket,
+        "failed sign-ins per username and client address",
+        ttl=settings.login_window_minutes * 60,
+        replicas=settings.replicas,
+    )
+
+
+async def _revoked_bucket(
+    js: JetStreamContext, names: Names, settings: GatewaySettings
+) -> KeyValue:
+    """The signed-out tokens, each kept as long as the longest-lived token may live."""
+    return await ensure_expiring_bucket(
+        js,
+        names.revoked_bucket,
+        "tokens signed out before their expiry",
+        ttl=max(settings.refresh_token_days * DAY, settings.access_token_minutes * 60),
+        replicas=settings.replicas,
+        may_shorten=False,
+    )
 
 
 async def _first_admin(settings: GatewaySettings, identity: Identity) -> None:

@@ -1,9 +1,10 @@
 """Who is calling the native API: accounts with argon2 passwords, JWTs (HS256) and API keys.
 
 Access tokens are short-lived; a refresh token mints new ones. Changing a password raises the
-account's token version, so every token minted before stops working. API keys look like
-`vmk_<id>_<secret>`; only the SHA-256 of the secret is stored (the secret is random, so a fast
-hash is enough), and the key is shown once.
+account's token version, so every token minted before stops working; signing out revokes the
+session's own tokens only (`revocations`). API keys look like `vmk_<id>_<secret>`; only the
+SHA-256 of the secret is stored (the secret is random, so a fast hash is enough), and the key is
+shown once.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from nats.js.errors import KeyWrongLastSequenceError
 
 from services.gateway.config import GatewaySettings
+from services.gateway.revocations import Revocations
 from services.gateway.signed_tokens import TokenSigner
 from shared.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from shared.messages.accounts import RANK, ApiKey, Role, User, UsernameClaim
@@ -48,6 +50,7 @@ class Principal:
     role: Role
     via: str  # "token" | "api_key"
     expires_at: float = 0.0  # when the access token expires (0: an API key, no expiry)
+    token_id: str = ""  # the access token's `jti` ("": an API key)
 
     def at_least(self, role: Role) -> bool:
         return RANK[self.role] >= RANK[role]
@@ -74,12 +77,14 @@ class Identity:
         users: Projection[User],
         usernames: TypedKV[UsernameClaim],
         keys: Projection[ApiKey],
+        revocations: Revocations,
         secret: str,
     ) -> None:
         self.settings = settings
         self.users = users
         self.usernames = usernames
         self.keys = keys
+        self.revocations = revocations
         self.tokens = TokenSigner(secret)
         self.hasher = PasswordHasher()
         # argon2 is slow and large on purpose: a few at a time, in threads of their own, so a
@@ -91,6 +96,7 @@ class Identity:
         self._account_watchers: dict[str, set[asyncio.Event]] = {}
         users.listen(lambda user_id, old, new: self._changed(user_id))
         keys.listen(self._key_changed)
+        revocations.listen(self._changed)
 
     def close(self) -> None:
         self._hashing.shutdown(wait=False, cancel_futures=True)
@@ -226,8 +232,9 @@ class Identity:
 
     # ---- open feeds --------------------------------------------------------------------
     def watch_account(self, user_id: str) -> asyncio.Event:
-        """An event set whenever the account or one of its API keys changes (in any replica:
-        the projections follow the KV buckets); `unwatch_account` when done."""
+        """An event set whenever the account or one of its API keys changes, or one of its
+        tokens is signed out (in any replica: the projections follow the KV buckets);
+        `unwatch_account` when done."""
         changed = asyncio.Event()
         self._account_watchers.setdefault(user_id, set()).add(changed)
         return changed
@@ -297,11 +304,35 @@ class Identity:
         user = self.users.get(str(claims["sub"]))
         if user is None or user.disabled or claims.get("ver") != user.token_version:
             raise Unauthorized("The token no longer grants access (account changed).")
+        if self.revocations.is_revoked(claims.get("jti")):
+            raise Unauthorized("The token has been signed out.")
         return user
 
     def refresh(self, refresh_token: str) -> tuple[User, TokenPair]:
         user = self.user_of(self.tokens.decode(refresh_token, "refresh"))
         return user, self.issue(user)
+
+    async def sign_out(self, who: Principal, refresh_token: str | None) -> None:
+        """End the caller's session: the access token it called with and, when given, its
+        refresh token stop working on every replica. A refresh token that is not the caller's
+        own is refused (400) and nothing is revoked."""
+        if who.via != "token" or not who.token_id:
+            raise BadRequest(
+                "API keys are not signed out: delete the key (DELETE /api/account/api-keys/{id})."
+            )
+        ending = [(who.token_id, who.expires_at)]
+        if refresh_token:
+            try:
+                claims = self.tokens.decode(refresh_token, "refresh")
+            except Unauthorized as exc:
+                raise BadRequest(f"refresh_token: {exc.message}") from None
+            if claims.get("sub") != who.user_id:
+                raise BadRequest("refresh_token: this is another account's refresh token.")
+            ending.append((str(claims.get("jti", "")), _float(claims["exp"])))
+        for token_id, expires_at in ending:
+            if token_id:
+                await self.revocations.revoke(token_id, who.user_id, expires_at)
+        log.info("account.signed_out", user_id=who.user_id, refresh=refresh_token is not None)
 
     # ---- API keys ----------------------------------------------------------------------
     async def create_key(self, user: User, name: str) -> tuple[ApiKey, str]:
@@ -357,9 +388,14 @@ class Identity:
             return Principal(user.id, user.username, user.role, "api_key")
         claims = self.tokens.decode(value, "access")
         user = self.user_of(claims)
-        expires = claims["exp"]
-        expires_at = float(expires) if isinstance(expires, int | float) else 0.0
-        return Principal(user.id, user.username, user.role, "token", expires_at)
+        token_id = str(claims.get("jti", ""))
+        return Principal(
+            user.id, user.username, user.role, "token", _float(claims["exp"]), token_id
+        )
+
+
+def _float(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _active_admin(user: User) -> bool:

@@ -79,6 +79,13 @@ class LoginFailures(msgspec.Struct, frozen=True, kw_only=True):
     nonce: str = ""
 
 
+class RevokedToken(msgspec.Struct, frozen=True, kw_only=True):
+    """A token signed out before its expiry (key: the token's `jti`); refused until it expires."""
+
+    user_id: str
+    expires_at: Timestamp
+
+
 class PresetRecord(msgspec.Struct, frozen=True, kw_only=True):
     """A user's preset (key: its id)."""
 

@@ -326,6 +326,11 @@ class Names:
         """Failed sign-ins per username and client address (the gateway's, with a TTL)."""
         return self.bucket("logins")
 
+    @property
+    def revoked_bucket(self) -> str:
+        """Ids of tokens signed out before their expiry (the gateway's, with a TTL)."""
+        return self.bucket("revoked")
+
     # ---- request/reply -------------------------------------------------------------------
     @property
     def probe_rpc(self) -> str:
@@ -377,6 +382,7 @@ class Names:
             self.openencoder_bucket,
             self.serversettings_bucket,
             self.logins_bucket,
+            self.revoked_bucket,
         ]
 
     def all_streams(self) -> list[str]:

@@ -266,6 +266,42 @@ async def _ensure(
     )
 
 
+async def ensure_expiring_bucket(
+    js: JetStreamContext,
+    bucket: str,
+    description: str,
+    *,
+    ttl: float,
+    replicas: int,
+    may_shorten: bool = True,
+) -> KeyValue:
+    """A bucket of one service whose TTL is that service's setting: created when missing (by
+    this or another replica); an existing one takes the configured TTL when it differs, a
+    shorter one only if `may_shorten` (what must outlive a token must also outlive the tokens
+    minted under a longer setting)."""
+    try:
+        opened = await js.key_value(bucket)
+    except NotFoundError:
+        config = KeyValueConfig(
+            bucket=bucket,
+            description=description,
+            history=1,
+            ttl=ttl,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        )
+        try:
+            return await js.create_key_value(config)
+        except BadRequestError:  # another replica made it just now
+            opened = await js.key_value(bucket)
+    info = await js.stream_info(f"KV_{bucket}")
+    kept = info.config.max_age or 0.0
+    if abs(kept - ttl) > 0.001 and (may_shorten or ttl > kept):
+        await js.update_stream(info.config.evolve(max_age=ttl))
+        log.info("nats.bucket_ttl", bucket=bucket, seconds=ttl)
+    return opened
+
+
 async def publish_event(js: JetStreamContext, names: Names, event: events.Event) -> None:
     """Publish an event on its documented subject, de-duplicated by its event id."""
     subject = _event_subject(names, event)

@@ -44,6 +44,12 @@ class RefreshRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
 
 
+class LogoutRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The session's refresh token, to end it too; left out, only the access token ends."""
+
+    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+
+
 class PasswordChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The current password and the new one (8 characters at least)."""
 
@@ -193,6 +199,21 @@ async def refresh(request: web.Request, body: RefreshRequest) -> web.Response:
         raise Unauthorized("Send the refresh token, in the body or as `Authorization: Bearer`.")
     user, pair = identity.refresh(token)
     return json_response(_tokens(user, pair))
+
+
+@API.route(
+    "POST",
+    "/api/auth/logout",
+    access=Access.USER,
+    tag=TAG,
+    status=204,
+    summary="Sign out: the access token (and the refresh token sent) stop working everywhere",
+    body=LogoutRequest,
+    body_optional=True,
+)
+async def logout(request: web.Request, body: LogoutRequest) -> web.Response:
+    await gateway(request).identity.sign_out(caller(request), body.refresh_token)
+    return web.Response(status=204)
 
 
 def _bearer(request: web.Request) -> str:
