@@ -138,8 +138,8 @@ async def test_sign_in_survives_a_reload_and_sign_out_ends_it(
     context: BrowserContext, up: Up
 ) -> None:
     """Given an account, when its owner signs in with the keyboard, they see their jobs; a wrong
-    password says so; a reload keeps them signed in; signing out brings the sign-in form back
-    and a reload does not undo it."""
+    password says so; a reload keeps them signed in; signing out brings the sign-in form back,
+    a reload does not undo it, and the session's tokens no longer work anywhere."""
     page, watch = await open_page(context, up)
     await screenshot(page, "sign-in")
     await page.get_by_label("Username").fill(USER)
@@ -159,10 +159,21 @@ async def test_sign_in_survives_a_reload_and_sign_out_ends_it(
     await expect(page.get_by_role("heading", name="Your jobs")).to_be_visible()
     await expect(page.locator("#connection")).to_have_text("Live")
 
+    kept = await page.evaluate("JSON.parse(sessionStorage.getItem('vidmesh.session'))")
     await page.get_by_role("button", name="Sign out").click()
     await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
     await page.reload()
     await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    # signing out ended the session on the server: a copy of its tokens is worth nothing
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            up.url + "/api/users/me", headers={"Authorization": f"Bearer {kept['access']}"}
+        ) as r:
+            assert r.status == 401
+        async with http.post(
+            up.url + "/api/auth/refresh", json={"refresh_token": kept["refresh"]}
+        ) as r:
+            assert r.status == 401
     watch.errors = [e for e in watch.errors if "401" not in e]  # the wrong password's answer
     watch.assert_clean()
 

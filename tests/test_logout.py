@@ -120,7 +120,7 @@ async def test_a_refresh_token_that_is_not_the_callers_own_is_refused_and_ends_n
     # When Ann signs out sending Ben's refresh token, her own access token, or no token at all
     for sent, says in (
         (ben.refresh_token, "another account"),
-        (ann.api.token, "not an refresh token"),
+        (ann.api.token, "not a refresh token"),
         ("not-a-token", "not valid"),
     ):
         status, body, _ = await ann.api.call(

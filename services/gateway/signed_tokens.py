@@ -45,5 +45,5 @@ class TokenSigner:
         except jwt.InvalidTokenError:
             raise Unauthorized("The token is not valid.") from None
         if claims.get("typ") != typ:
-            raise Unauthorized(f"This is not an {typ} token.")
+            raise Unauthorized(f"This is not {'an' if typ[0] in 'aeiou' else 'a'} {typ} token.")
         return claims

@@ -2,7 +2,7 @@
 // live feed and a router over `#/...` addresses. Each page is a module in views/ with
 // `mount(main, ctx)` returning its cleanup; `ctx` gives it the user, the feed and toasts.
 
-import { api, onSignedOut } from "./lib/api.js";
+import { api, onSignedOut, signOut } from "./lib/api.js";
 import { clear, fill, h } from "./lib/dom.js";
 import { Feed } from "./lib/feed.js";
 import * as session from "./lib/session.js";
@@ -137,8 +137,11 @@ async function start() {
   render();
 }
 
-document.getElementById("sign-out").addEventListener("click", () => {
-  session.forget();
+const signOutButton = document.getElementById("sign-out");
+signOutButton.addEventListener("click", async () => {
+  signOutButton.disabled = true;
+  await signOut();
+  signOutButton.disabled = false;
   showSignIn("Signed out.");
 });
 window.addEventListener("hashchange", () => { if (user) render(); });

@@ -95,6 +95,16 @@ export async function signIn(username, password) {
   return session.keep(await r.json());
 }
 
+/** Sign out: end this session on the server (its access and refresh tokens stop working on
+ * every gateway), then forget it here, whatever the server answered. */
+export async function signOut() {
+  const s = session.load();
+  try {
+    if (s) await api("/api/auth/logout", { method: "POST", body: { refresh_token: s.refresh } });
+  } catch { /* the session ends here all the same */ }
+  session.forget();
+}
+
 /** The URL of the next page from a `Link: <...>; rel="next"` header, or null. */
 export function nextLink(response) {
   const link = response.headers.get("Link") ?? "";
