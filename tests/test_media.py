@@ -688,3 +688,19 @@ def test_progress_does_not_drop_to_zero_when_ffmpeg_flushes_with_out_time_na() -
     assert reporter.latest.percent == 99.5
     reporter.on_ffmpeg(parse_progress({"out_time_us": "N/A", "out_time": "N/A", "speed": "3x"}))
     assert reporter.latest.percent == 99.5 and reporter.latest.out_time == 19.9
+
+
+def test_a_retryable_failure_with_no_attempt_left_says_it_is_final() -> None:
+    """A job that failed for good does not tell its user that it will be retried."""
+    from shared.media.failures import gave_up
+    from shared.wire import JobError
+
+    error = JobError(
+        code="source_unreachable",
+        reason="The source server answered 502 Bad Gateway; it will be retried.",
+        retryable=True,
+    )
+    assert gave_up(error, 3).reason == (
+        "The source server answered 502 Bad Gateway; tried 3 times, given up."
+    )
+    assert gave_up(error, 1).reason.endswith("tried once, given up.")

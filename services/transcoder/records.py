@@ -21,6 +21,7 @@ from services.transcoder.progress import ProgressReporter
 from shared.blobs.users import Stores
 from shared.jobs import state as jobstate
 from shared.jobs.store import RecordStore
+from shared.media.failures import gave_up
 from shared.media.probe import ProbeResult
 from shared.messages.records import Output, Rendition, RenditionState
 from shared.messages.work import TranscodeWork
@@ -119,6 +120,8 @@ class RenditionRecords:
         error = scrub_error(error)  # the job record, its events and this log line show it
         now = time.time()
         again = error.retryable and r.attempt < self.max_attempts
+        if error.retryable and not again:
+            error = gave_up(error, r.attempt)
 
         def record(current: Rendition | None) -> Rendition | None:
             if not self._owns(current, r):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import msgspec
+
 from shared.wire import JobError
 
 _HTTP_STATUS = re.compile(r"Server returned (\d{3}|\dXX)\b([^\r\n]*)")
@@ -151,3 +153,13 @@ def _http_failure(status: str, answer: str, stderr_tail: str) -> JobError:
         reason=f"The source server rejected the request ({answer}); check the source URL.",
         detail=stderr_tail,
     )
+
+
+RETRIED = "; it will be retried."
+
+
+def gave_up(error: JobError, attempts: int) -> JobError:
+    """A retryable failure that has no attempt left, in words that say it is final."""
+    reason = error.reason.removesuffix(RETRIED).removesuffix(".")
+    tried = "once" if attempts == 1 else f"{attempts} times"
+    return msgspec.structs.replace(error, reason=f"{reason}; tried {tried}, given up.")
