@@ -1,5 +1,5 @@
-"""The job and rendition state machines, walked exhaustively: every move the tables allow works,
-every other move is refused, and the derived rules say what users rely on."""
+"""The job, rendition and part state machines, walked exhaustively: every move the tables allow
+works, every other move is refused, and the derived rules say what users rely on."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from shared.jobs import state as jobstate
 from shared.jobs.state import InvalidTransition
-from shared.messages.records import JobStatus, Output, Rendition, RenditionState
+from shared.messages.records import JobStatus, Output, Part, Rendition, RenditionState
 from shared.wire import JobError
 
 NOW = 1_000_000.0
@@ -26,6 +26,19 @@ def a_job(status: JobStatus = JobStatus.QUEUED, **changes: object) -> jobstate.J
 def a_rendition(state: RenditionState = RenditionState.PENDING) -> Rendition:
     r = jobstate.new_rendition("k1", a_job(), NOW)
     return msgspec.structs.replace(r, state=state)
+
+
+def a_part() -> Part:
+    return Part(
+        key="k1.1.v0000",
+        rendition="k1",
+        generation=1,
+        name="v0000",
+        kind="video",
+        pool="default",
+        created_at=NOW,
+        updated_at=NOW,
+    )
 
 
 @pytest.mark.parametrize("start", list(JobStatus))
@@ -52,6 +65,20 @@ def test_rendition_moves_exactly_as_the_table_allows(
     else:
         with pytest.raises(InvalidTransition):
             jobstate._move_rendition(r, target, NOW)
+
+
+@pytest.mark.parametrize("start", list(RenditionState))
+@pytest.mark.parametrize("target", list(RenditionState))
+def test_a_part_of_a_split_rendition_moves_exactly_as_the_rendition_table_allows(
+    start: RenditionState, target: RenditionState
+) -> None:
+    part = msgspec.structs.replace(a_part(), state=start)
+    if target in jobstate.RENDITION_TRANSITIONS[start]:
+        moved = jobstate._move_part(part, target, NOW + 1)
+        assert moved.state is target and moved.updated_at == NOW + 1
+    else:
+        with pytest.raises(InvalidTransition):
+            jobstate._move_part(part, target, NOW + 1)
 
 
 def test_every_status_has_a_streamyfin_word() -> None:

@@ -39,7 +39,7 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
     "work.json": (
         "vidmesh work items, published on <namespace>.work.<pool> (transcodes) and "
         "<namespace>.webhook.deliver (webhook delivery attempts)",
-        [work.TranscodeWork, webhooks.WebhookWork],
+        [work.TranscodeWork, work.SegmentWork, work.JoinWork, webhooks.WebhookWork],
     ),
     "rpc.json": (
         "vidmesh request/reply messages (core NATS): <namespace>.rpc.probe, "
@@ -60,12 +60,13 @@ DOCUMENTS: dict[str, tuple[str, list[Any]]] = {
         [telemetry.TelemetrySample],
     ),
     "records.json": (
-        "vidmesh KV records (jobs, renditions, progress, leases, totals, accounts, fleet, "
-        "webhooks, server settings)",
+        "vidmesh KV records (jobs, renditions, parts of split renditions, progress, leases, "
+        "totals, accounts, fleet, webhooks, server settings)",
         [
             records.JobRecord,
             records.Rendition,
             records.Progress,
+            records.Part,
             records.Lease,
             records.LeaseSet,
             records.Totals,

@@ -11,7 +11,7 @@ import msgspec
 
 from shared.jobs.transitions import RENDITION_ENDED, RENDITION_TRANSITIONS, InvalidTransition
 from shared.media.presets import builtin, spec_fingerprint
-from shared.messages.records import JobRecord, Output, Rendition, RenditionState
+from shared.messages.records import JobRecord, Output, Rendition, RenditionState, Split
 from shared.sources import is_object_uri, rendition_key
 from shared.wire import JobError
 
@@ -120,6 +120,30 @@ def retry(r: Rendition, error: JobError, now: float) -> Rendition:
 def succeed(r: Rendition, output: Output, now: float) -> Rendition:
     """The transcode finished and its output is stored."""
     return _move_rendition(r, R.DONE, now, output=output, finished_at=now, last_error=None)
+
+
+def split_rendition(r: Rendition, split: Split, now: float) -> Rendition:
+    """The transcoder that claimed the rendition divided its work into parts: it stays running,
+    with no worker of its own, until its join."""
+    if r.state is not R.RUNNING or r.split is not None:
+        raise InvalidTransition(f"rendition {r.key} is {r.state}; only a running one is split")
+    return _move_rendition(r, R.RUNNING, now, split=split, worker=None, ack_subject="")
+
+
+def split_live(r: Rendition, generation: int) -> bool:
+    """Whether the rendition's work is its parts of `generation`: running, split, not renewed."""
+    return r.state is R.RUNNING and r.split is not None and r.generation == generation
+
+
+def joined(r: Rendition, generation: int, output: Output, now: float) -> Rendition:
+    """The join of a split rendition's parts stored its output (only once: it must still be
+    running split at the join's generation)."""
+    if not split_live(r, generation):
+        raise InvalidTransition(
+            f"rendition {r.key} is {r.state} at generation {r.generation}; "
+            f"the join of generation {generation} cannot finish it"
+        )
+    return succeed(r, output, now)
 
 
 def fail_rendition(r: Rendition, error: JobError, now: float) -> Rendition:

@@ -3,8 +3,9 @@
 Nothing here does I/O or reads a clock: callers pass `now`. Every function returns a new record or
 raises `InvalidTransition`; the allowed moves are the tables in `shared.jobs.transitions`, and a
 test walks them. This module holds the job machine and re-exports the rendition machine
-(`shared.jobs.renditions`), the job queries (`shared.jobs.queries`) and the job as accepted
-(`shared.jobs.accepted`): callers import from here.
+(`shared.jobs.renditions`), the part machine of split renditions (`shared.jobs.parts`), the job
+queries (`shared.jobs.queries`) and the job as accepted (`shared.jobs.accepted`): callers import
+from here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,25 @@ from __future__ import annotations
 import msgspec
 
 from shared.jobs.accepted import new_job, submitted_job
+from shared.jobs.parts import (
+    _move_part as _move_part,  # the guarded step the transition-table test walks
+)
+from shared.jobs.parts import (
+    can_claim_part,
+    cancel_part,
+    claim_part,
+    dispatch_part,
+    fail_part,
+    new_parts,
+    part_failed,
+    part_key,
+    part_order,
+    part_owned_by,
+    ready_to_join,
+    retry_part,
+    succeed_part,
+    video_part_name,
+)
 from shared.jobs.queries import (
     CLEANABLE,
     CleanableStatus,
@@ -36,6 +56,7 @@ from shared.jobs.renditions import (
     claim,
     dispatch,
     fail_rendition,
+    joined,
     mark_manual,
     new_rendition,
     own_rendition_key,
@@ -45,6 +66,8 @@ from shared.jobs.renditions import (
     rendition_key_of,
     renew,
     retry,
+    split_live,
+    split_rendition,
     succeed,
     undispatch,
 )
@@ -83,6 +106,23 @@ __all__ = [
     "CleanableStatus",
     "InvalidTransition",
     "attach",
+    "can_claim_part",
+    "cancel_part",
+    "claim_part",
+    "dispatch_part",
+    "fail_part",
+    "joined",
+    "new_parts",
+    "part_failed",
+    "part_key",
+    "part_order",
+    "part_owned_by",
+    "ready_to_join",
+    "retry_part",
+    "split_live",
+    "split_rendition",
+    "succeed_part",
+    "video_part_name",
     "can_confirm_download",
     "can_release",
     "can_restart",

@@ -86,6 +86,8 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     pipelines: list[PipelineState] = []
     capabilities_probed_at: Timestamp | None = None
     capabilities_ready: bool = False
+    # What this transcoder can do beyond whole transcodes ("parts": runs a split rendition's parts).
+    features: list[str] = []
 
 
 class ThroughputSample(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -100,9 +102,10 @@ SessionState = Literal["running", "succeeded", "failed", "cancelled", "stopped"]
 
 
 class TranscodeSession(msgspec.Struct, kw_only=True):
-    """One attempt of one rendition on one transcoder: what ran and how it went."""
+    """One attempt of one rendition (or of one of its parts) on one transcoder: what ran and how
+    it went."""
 
-    id: str  # <rendition key>-<generation>-<attempt>
+    id: str  # <rendition key>-<generation>-<attempt>, or ...-<generation>-<part>-<attempt>
     rendition: str
     generation: int
     attempt: int
@@ -125,6 +128,8 @@ class TranscodeSession(msgspec.Struct, kw_only=True):
     started_at: Timestamp
     updated_at: Timestamp
     ended_at: Timestamp | None = None
+    part: str = ""  # the part this attempt ran ("" for a whole transcode or its planning)
+    split: int = 0  # the attempt split the rendition into this many video parts
 
 
 PoolInput = Annotated[str, msgspec.Meta(pattern=POOL_ID_PATTERN)]

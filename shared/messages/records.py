@@ -9,7 +9,7 @@ reports its outcome on it, and writes live progress.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -119,6 +119,26 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     error: JobError | None = None
 
 
+class Split(msgspec.Struct, frozen=True, kw_only=True):
+    """How a split rendition's work was divided into parts (bucket `parts`): set once, by the
+    transcoder that claimed the rendition and planned it."""
+
+    segments: Annotated[int, msgspec.Meta(ge=1, description="Video parts, v0000 onwards")]
+    audio: bool  # whether an audio part exists (the plan keeps audio)
+    seconds: Annotated[
+        float, msgspec.Meta(gt=0, description="The source's duration: what progress measures")
+    ]
+    # What the parts read: "" is the rendition's source; else the blob key of its stored copy.
+    source: str = ""
+    encoder: Annotated[
+        str, msgspec.Meta(min_length=1, description="The video encoder every segment uses")
+    ]
+    segment_seconds: Annotated[
+        float, msgspec.Meta(gt=0, description="The segment length it was planned with")
+    ]
+    at: Timestamp
+
+
 class Rendition(msgspec.Struct, frozen=True, kw_only=True):
     """One transcode: a source, a profile and a container, shared by every job that asks for it."""
 
@@ -152,10 +172,68 @@ class Rendition(msgspec.Struct, frozen=True, kw_only=True):
     probe: ProbeResult | None = None
     last_error: JobError | None = None
     output: Output | None = None
+    # Set: its work is its parts (bucket `parts`) and it has no worker of its own.
+    split: Split | None = None
+
+
+PartKind = Literal["video", "audio", "join"]
+
+PartName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern="^(v[0-9]{4,}|audio|join)$",
+        description="v0000 onwards for a span of video, `audio`, or `join`",
+    ),
+]
+
+
+class Part(msgspec.Struct, frozen=True, kw_only=True):
+    """One piece of a split rendition's work, with a rendition's states and moves: a span of its
+    video, its whole audio, or the join of them all into its output. Key
+    `<rendition>.<generation>.<name>`; written by transcoders (claim, outcome) and the scheduler
+    (dispatch, cancel), always by compare-and-set."""
+
+    key: str
+    rendition: str
+    generation: int
+    name: PartName
+    kind: PartKind
+    # Video only: the segment's number, the time of its first frame (a keyframe of the source),
+    # where the next segment starts (None: at the end) and its exact frame count.
+    index: Annotated[int, msgspec.Meta(ge=0)] = 0
+    start: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    end: float | None = None
+    frames: Annotated[int, msgspec.Meta(ge=0)] = 0
+    pool: str  # the pool it is leased in
+    state: RenditionState = RenditionState.PENDING
+    dispatch_seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+    attempt: Annotated[int, msgspec.Meta(ge=0)] = 0
+    worker: str | None = None
+    # The claimed work item's acknowledgement subject, as on a rendition.
+    ack_subject: str = ""
+    pipeline: str = ""  # what its last attempt ran on ("cpu", "nvdec")
+    output: Output | None = None  # its stored file, under parts/
+    last_error: JobError | None = None
+    created_at: Timestamp
+    updated_at: Timestamp
+    dispatched_at: Timestamp | None = None
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+
+
+class PartLive(msgspec.Struct, frozen=True, kw_only=True):
+    """A running part's latest report, inside its rendition's progress."""
+
+    out_time: Annotated[float, msgspec.Meta(ge=0, description="Seconds of the part encoded")]
+    speed: float | None = None
+    fps: float | None = None
+    attempt: Annotated[int, msgspec.Meta(ge=0)] = 0
+    at: Timestamp
 
 
 class Progress(msgspec.Struct, frozen=True, kw_only=True):
-    """Live progress of a running rendition, written by its transcoder about once a second."""
+    """Live progress of a running rendition, written by its transcoder about once a second (by
+    each of its running parts' transcoders, folded together, when it is split)."""
 
     key: str
     generation: int
@@ -170,12 +248,19 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
     bytes_written: int = 0
     eta: float | None = None
     updated_at: Timestamp
+    # A split rendition: its video parts, how many are done, the media seconds they cover, and
+    # the parts running now (by name). All zero or empty for a whole-file transcode.
+    segments: Annotated[int, msgspec.Meta(ge=0)] = 0
+    segments_done: Annotated[int, msgspec.Meta(ge=0)] = 0
+    done_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    running: dict[str, PartLive] = {}
 
 
 class Lease(msgspec.Struct, frozen=True, kw_only=True):
-    """A rendition's claim on one of a pool's concurrency slots: one KV key per lease,
-    `<pool>.slot.<n>` (n below the pool's limit) or `<pool>.manual.<rendition>` for a manual start
-    beyond it (see `shared.nats.leases`), created and deleted only by compare-and-set."""
+    """A rendition's (or one of its parts') claim on one of a pool's concurrency slots: one KV
+    key per lease, `<pool>.slot.<n>` (n below the pool's limit) or `<pool>.manual.<rendition>`
+    for a manual start beyond it (see `shared.nats.leases`), created and deleted only by
+    compare-and-set."""
 
     generation: int
     since: Timestamp
@@ -183,6 +268,8 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
     # The rendition holding the slot, and its pool ("" only inside an old LeaseSet).
     rendition: str = ""
     pool: str = ""
+    # "" leases the whole rendition; else the name of the part of it that holds the slot.
+    part: str = ""
 
 
 class LeaseSet(msgspec.Struct, frozen=True, kw_only=True):

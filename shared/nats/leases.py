@@ -27,6 +27,14 @@ def manual_key(pool: str, rendition: str) -> str:
     return f"{pool}.{MANUAL}.{rendition}"
 
 
+def holder(lease: Lease) -> str:
+    """What holds the lease: its rendition, or one part of it (`<rendition>.<generation>.<part>`,
+    the part's key)."""
+    if not lease.part:
+        return lease.rendition
+    return f"{lease.rendition}.{lease.generation}.{lease.part}"
+
+
 def pool_of(key: str) -> str:
     """The pool a lease key belongs to ("" for a key of the old layout)."""
     pool, dot, _ = key.partition(".")

@@ -242,6 +242,11 @@ class Names:
         return self.bucket("leases")
 
     @property
+    def parts_bucket(self) -> str:
+        """The parts of split renditions (video segments, audio, join), one key each."""
+        return self.bucket("parts")
+
+    @property
     def stats_bucket(self) -> str:
         return self.bucket("stats")
 
@@ -362,6 +367,7 @@ class Names:
             self.renditions_bucket,
             self.progress_bucket,
             self.leases_bucket,
+            self.parts_bucket,
             self.stats_bucket,
             self.workers_bucket,
             self.storage_bucket,

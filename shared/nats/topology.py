@@ -126,6 +126,8 @@ def _buckets(names: Names, replicas: int, retention: Retention) -> list[KeyValue
         kv(names.renditions_bucket, "renditions (one transcode shared by jobs)"),
         kv(names.progress_bucket, "live progress of running renditions", retention.progress_ttl),
         kv(names.leases_bucket, "concurrency leases per pool"),
+        # no TTL: a part may wait in a long queue for longer than any TTL
+        kv(names.parts_bucket, "parts of split renditions (segments, audio, join)"),
         kv(names.stats_bucket, "totals folded from the event stream"),
         kv(names.workers_bucket, "live transcoder instances", retention.workers_ttl),
         kv(names.storage_bucket, "blob store summary"),
@@ -156,6 +158,7 @@ class Buckets:
     renditions: KeyValue
     progress: KeyValue
     leases: KeyValue
+    parts: KeyValue
     stats: KeyValue
     workers: KeyValue
     storage: KeyValue
@@ -244,6 +247,7 @@ async def _ensure(
         renditions=opened[names.renditions_bucket],
         progress=opened[names.progress_bucket],
         leases=opened[names.leases_bucket],
+        parts=opened[names.parts_bucket],
         stats=opened[names.stats_bucket],
         workers=opened[names.workers_bucket],
         storage=opened[names.storage_bucket],

@@ -1,0 +1,139 @@
+"""Progress of a split rendition: its running parts' ffmpeg reports folded into the rendition's one
+`Progress` record, so every face reads the whole job's progress as it reads a whole transcode's.
+
+Each part runner reads the record, folds its latest report in and writes it back by
+compare-and-set; these folds are pure. The measure is video time: seconds of finished video parts
+plus what each running video part has encoded, over the source's duration. The audio and the join
+are not measured (the audio goes first and is quick; the join shows as stage `storing`). Time and
+percentage never go back: a retried part starts again from 0, a taken-over part's late writer
+reports an older attempt, ffmpeg's final flush reads as 0; none of them lowers the number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from services.transcoder.progress import percent_done
+from shared.media import FfmpegProgress
+from shared.messages.records import Part, PartLive, Progress, Rendition, Split
+
+# A running part not heard from for this many ack_waits stopped: its transcoder died, and its
+# work will be redelivered (the caller passes `stale_after = STALE_ACK_WAITS * ack_wait`).
+STALE_ACK_WAITS = 3
+
+
+def fold_running(
+    previous: Progress | None,
+    r: Rendition,
+    part: Part,
+    report: FfmpegProgress,
+    now: float,
+    *,
+    stale_after: float,
+) -> Progress:
+    """The rendition's progress with one running part's latest report (`out_time` counted from
+    the part's start) folded in."""
+    split = _split_of(r)
+    base = _base(previous, r, split, now)
+    running = _fresh(base.running, now, stale_after)
+    if part.kind == "video":
+        current = running.get(part.name)
+        if current is None or current.attempt <= part.attempt:
+            out_time = min(max(0.0, report.out_time), _span(part, split))
+            if current is not None and current.attempt == part.attempt:
+                out_time = max(out_time, current.out_time)  # ffmpeg's flush reads as 0
+            running[part.name] = PartLive(
+                out_time=out_time,
+                speed=report.speed,
+                fps=report.fps,
+                attempt=part.attempt,
+                at=now,
+            )
+        # else: a late report of an attempt that was taken over; the newer one stands
+    return _summary(base, split, running, base.done_seconds, base.segments_done, now)
+
+
+def fold_finished(
+    previous: Progress | None, r: Rendition, part: Part, now: float, *, stale_after: float
+) -> Progress:
+    """The rendition's progress once `part` is stored: a video part's span counts as done.
+    Fold it once, after the part's record says done (a second fold would count it twice)."""
+    split = _split_of(r)
+    base = _base(previous, r, split, now)
+    running = _fresh(base.running, now, stale_after)
+    running.pop(part.name, None)
+    done_seconds, segments_done = base.done_seconds, base.segments_done
+    if part.kind == "video":
+        done_seconds = min(split.seconds, done_seconds + _span(part, split))
+        segments_done = min(split.segments, segments_done + 1)
+    return _summary(base, split, running, done_seconds, segments_done, now)
+
+
+def _split_of(r: Rendition) -> Split:
+    if r.split is None:
+        raise ValueError(f"rendition {r.key} is not split: its progress is its transcoder's")
+    return r.split
+
+
+def _base(previous: Progress | None, r: Rendition, split: Split, now: float) -> Progress:
+    """The record to fold into: the one read, unless it is missing or of another generation."""
+    if previous is not None and (previous.key, previous.generation) == (r.key, r.generation):
+        return previous
+    return Progress(
+        key=r.key,
+        generation=r.generation,
+        attempt=r.attempt,
+        stage="encoding",
+        total=split.seconds,
+        segments=split.segments,
+        updated_at=now,
+    )
+
+
+def _fresh(running: dict[str, PartLive], now: float, stale_after: float) -> dict[str, PartLive]:
+    """The running parts heard from lately (a dead transcoder's part stops counting)."""
+    return {name: live for name, live in running.items() if now - live.at <= stale_after}
+
+
+def _span(part: Part, split: Split) -> float:
+    """Media seconds a video part covers: to the next segment's start, or to the end."""
+    end = split.seconds if part.end is None else part.end
+    return max(0.0, end - part.start)
+
+
+def _summary(
+    base: Progress,
+    split: Split,
+    running: dict[str, PartLive],
+    done_seconds: float,
+    segments_done: int,
+    now: float,
+) -> Progress:
+    measured = done_seconds + sum(live.out_time for live in running.values())
+    out_time = max(base.out_time, min(split.seconds, measured))
+    speed = _total(live.speed for live in running.values())
+    eta = max(0.0, (split.seconds - out_time) / speed) if speed else None
+    return msgspec.structs.replace(
+        base,
+        stage="storing" if base.stage == "storing" else "encoding",
+        percent=max(base.percent, percent_done(out_time, split.seconds)),
+        speed=speed,
+        fps=_total(live.fps for live in running.values()),
+        out_time=out_time,
+        total=split.seconds,
+        estimated=False,
+        eta=eta,
+        segments=split.segments,
+        segments_done=segments_done,
+        done_seconds=done_seconds,
+        running=running,
+        updated_at=now,
+    )
+
+
+def _total(values: Iterable[float | None]) -> float | None:
+    """Σ of the known, positive values (media seconds per second add up across parts)."""
+    known = [v for v in values if v is not None and v > 0]
+    return round(sum(known), 3) if known else None
