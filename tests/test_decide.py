@@ -932,3 +932,16 @@ def test_a_join_that_made_its_rendition_done_is_given_time_to_record_itself_done
         decide(view_of([], [finished], parts=ended), later, settings(), jobs=[]), DropParts
     )
     assert "parts/join" not in drop.blobs
+
+
+def test_the_views_part_indexes_forget_each_rendition_and_pool_once_its_parts_go() -> None:
+    job, r, parts = split_film()
+    view = view_of([job], [r], parts=parts)
+    assert view.parts is not None and view.pending_pools() == {"default"}
+    # the join waits until every other part is stored
+    waiting = {p.name for _, p in view.pending_parts_in("default")}
+    assert waiting == {"audio", "v0000", "v0001", "v0002"}
+    for p in parts:
+        view.parts.apply(p.key, None, 2)
+    assert view._parts_of == {} and view._pending_parts == {}
+    assert view.all_parts_of(r.key) == [] and view.pending_pools() == set()
