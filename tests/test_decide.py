@@ -12,19 +12,23 @@ import pytest
 from services.scheduler import decide as decisions
 from services.scheduler.changes import (
     CancelOrphan,
+    CancelParts,
     Change,
     Claim,
     ClearOutput,
     Complete,
     DeleteRendition,
     Detach,
+    DropParts,
     Expire,
     Fail,
+    FailSplit,
     Hold,
     MarkManual,
     Place,
     PlaceOwn,
     Publish,
+    PublishPart,
     Purge,
     Release,
     ReleaseOutput,
@@ -35,7 +39,9 @@ from services.scheduler.changes import (
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.decide import ORPHAN_GRACE, decide, decide_clear
 from services.scheduler.dispatch import STALE_LEASE_SECONDS
+from services.scheduler.parts import JOIN_SETTLE_SECONDS, failed_with
 from services.scheduler.view import LeaseView, View
+from shared.blobs.store import source_copy_key
 from shared.fleet import SETTINGS_KEY
 from shared.jobs import state as jobstate
 from shared.messages.fleet import Pool, TranscodingSettings
@@ -45,9 +51,12 @@ from shared.messages.records import (
     JobStatus,
     Lease,
     Output,
+    Part,
     Rendition,
     RenditionState,
+    Split,
 )
+from shared.messages.work import JoinWork, SegmentWork
 from shared.nats.kv import TypedKV
 from shared.nats.leases import manual_key, slot_key
 from shared.nats.projection import Projection
@@ -84,9 +93,12 @@ def view_of(
     leases: dict[str, Lease] | None = None,
     pools: list[Pool] = (),  # type: ignore[assignment]
     fleet: TranscodingSettings | None = None,
+    parts: list[Part] = (),  # type: ignore[assignment]
 ) -> View:
     view = View(
-        projection({job.id: job for job in jobs}), projection({r.key: r for r in renditions})
+        projection({job.id: job for job in jobs}),
+        projection({r.key: r for r in renditions}),
+        parts=projection({p.key: p for p in parts}),
     )
     view.leases = LeaseView(
         projection(leases or {}),
@@ -693,3 +705,243 @@ def test_the_views_indexes_forget_each_rendition_device_owner_and_pool_once_its_
     assert {name: index for name, index in indexes.items() if index} == {}
     assert view.active_count("u3") == 0 and view.waiting_in_order("u3") == []
     assert view.pending_pools() == set() and view.jobs_of_rendition("x") == []
+
+
+# ---- split renditions: their parts leased, published, joined, failed, cancelled, dropped -------
+
+
+class Segment(msgspec.Struct, frozen=True):
+    index: int
+    start: float
+    end: float | None
+    frames: int
+
+
+def split_film(
+    job_id: str = "film",
+    *,
+    segments: int = 3,
+    age: float = 60.0,
+    pool: str = "default",
+    **changes: Any,
+) -> tuple[JobRecord, Rendition, list[Part]]:
+    """A running job whose rendition a transcoder split into an audio part, `segments` spans of
+    video and a join, all pending."""
+    job, r = pending(job_id, age=age, pool=pool, **changes)
+    split = Split(
+        segments=segments,
+        audio=True,
+        seconds=60.0 * segments,
+        encoder="libx264",
+        segment_seconds=60.0,
+        at=NOW - 30,
+    )
+    r = msgspec.structs.replace(r, state=R.RUNNING, split=split, worker=None)
+    spans = [
+        Segment(n, 60.0 * n, 60.0 * (n + 1) if n + 1 < segments else None, 1440)
+        for n in range(segments)
+    ]
+    return on(job, r, J.RUNNING), r, jobstate.new_parts(r, split, spans, NOW - 30)
+
+
+def done(p: Part) -> Part:
+    output = Output(blob=f"parts/{p.name}", size=1, sha256="0" * 64, container="mp4", mime="x")
+    return msgspec.structs.replace(p, state=R.DONE, output=output, attempt=1)
+
+
+def named(parts: list[Part], *names: str) -> list[Part]:
+    return [p for p in parts if p.name in names]
+
+
+def parts_out(changes: list[Change]) -> list[str]:
+    """The parts whose work is published, by name, in order."""
+    out = []
+    for change in changes:
+        then = change.then if isinstance(change, Claim) else change
+        if isinstance(then, PublishPart):
+            out.append(then.part.name)
+    return out
+
+
+def part_lease(r: Rendition, name: str, **changes: Any) -> Lease:
+    return Lease(
+        generation=r.generation, since=NOW - 5, rendition=r.key, pool=r.pool, part=name, **changes
+    )
+
+
+def test_a_split_renditions_parts_are_leased_under_the_pools_limit_audio_first() -> None:
+    # Given a film split into audio, three spans of video and a join, in a pool of two slots
+    job, r, parts = split_film()
+    view = view_of([job], [r], parts=parts)
+
+    # When the scheduler looks
+    changes = decide(view, NOW, settings(max_concurrent_jobs=2))
+
+    # Then the audio and the first span take the two slots, as segment work of the film
+    assert parts_out(changes) == ["audio", "v0000"]
+    claims = of_kind(changes, Claim)
+    assert [c.key for c in claims] == [slot_key("default", 0), slot_key("default", 1)]
+    assert [c.lease.part for c in claims] == ["audio", "v0000"]
+    work = claims[1].then.work
+    assert isinstance(work, SegmentWork) and work.kind == "video" and work.encoder == "libx264"
+    assert (work.key, work.part, work.start, work.end, work.jobs) == (
+        r.key,
+        "v0000",
+        0.0,
+        60.0,
+        ["film"],
+    )
+    assert work.dispatch_seq == 1
+
+
+def test_a_split_renditions_own_lease_is_released_and_its_parts_take_slots_of_their_own() -> None:
+    # Given the film's planner still holding the pool's one slot after it split the film
+    job, r, parts = split_film()
+    lease = Lease(generation=1, since=NOW - 5, rendition=r.key, pool="default")
+    view = view_of([job], [r], parts=parts, leases={slot_key("default", 0): lease})
+
+    # When the scheduler looks
+    changes = decide(view, NOW, settings(max_concurrent_jobs=1))
+
+    # Then the rendition's lease goes, and its first part takes the slot
+    assert changes[0] == Release(slot_key("default", 0), 1)
+    assert parts_out(changes) == ["audio"]
+
+
+def test_a_parts_lease_is_held_while_it_runs_and_released_once_it_is_stored() -> None:
+    job, r, parts = split_film()
+    running = [
+        msgspec.structs.replace(p, state=R.RUNNING) if p.name == "audio" else p for p in parts
+    ]
+    leases = {slot_key("default", 0): part_lease(r, "audio")}
+    view = view_of([job], [r], parts=running, leases=leases)
+    assert decide(view, NOW, settings(max_concurrent_jobs=1)) == []
+
+    stored = [done(p) if p.name == "audio" else p for p in parts]
+    view = view_of([job], [r], parts=stored, leases=leases)
+    changes = decide(view, NOW, settings(max_concurrent_jobs=1))
+    assert changes[0] == Release(slot_key("default", 0), 1)
+    assert parts_out(changes) == ["v0000"]
+
+
+def test_the_join_is_published_only_when_every_other_part_is_stored() -> None:
+    # Given a film whose audio and first two spans are stored and whose last span still runs
+    job, r, parts = split_film()
+    last = named(parts, "v0002")[0]
+    stored = [done(p) for p in named(parts, "audio", "v0000", "v0001")]
+    running = msgspec.structs.replace(last, state=R.RUNNING)
+    join = named(parts, "join")
+    leases = {slot_key("default", 0): part_lease(r, "v0002")}
+
+    # Then the join waits, though a slot is free
+    view = view_of([job], [r], parts=[*stored, running, *join], leases=leases)
+    assert parts_out(decide(view, NOW, settings(max_concurrent_jobs=2))) == []
+
+    # When the last span is stored too, the join is published, once, as join work
+    view = view_of([job], [r], parts=[*stored, done(last), *join], leases=leases)
+    changes = decide(view, NOW, settings(max_concurrent_jobs=2))
+    assert parts_out(changes) == ["join"]
+    [claim] = of_kind(changes, Claim)
+    assert isinstance(claim.then.work, JoinWork) and claim.then.work.key == r.key
+
+
+def test_another_clients_job_goes_ahead_of_a_films_next_segment() -> None:
+    # Given a film of one client split into parts, and a younger job of another client
+    film_job, film, parts = split_film(age=100)
+    job, other = pending("other", age=10)
+    view = view_of([film_job, job], [film, other], parts=parts)
+
+    # When two slots are free
+    changes = decide(view, NOW, settings(max_concurrent_jobs=2))
+
+    # Then the film's first part and the other client's job take them; the film's next waits
+    assert parts_out(changes) == ["audio"]
+    assert [c.then.work.key for c in of_kind(changes, Claim)] == [film.key, other.key]
+
+
+def test_a_started_by_hand_film_runs_one_part_beyond_the_limit_the_rest_in_slots() -> None:
+    job, r, parts = split_film(manual=True)
+    changes = decide(view_of([job], [r], parts=parts), NOW, settings(max_concurrent_jobs=1))
+    claims = of_kind(changes, Claim)
+    assert [c.lease.part for c in claims] == ["audio", "v0000"]
+    assert claims[0].key == manual_key("default", parts[0].key) and claims[0].lease.manual
+    assert claims[1].key == slot_key("default", 0) and not claims[1].lease.manual
+
+
+def test_a_part_that_failed_for_good_fails_its_rendition_with_its_error() -> None:
+    job, r, parts = split_film()
+    failed = msgspec.structs.replace(parts[2], state=R.FAILED, last_error=ERROR)
+    view = view_of([job], [r], parts=[*parts[:2], failed, *parts[3:]])
+    changes = decide(view, NOW, settings(), jobs=[])
+    assert FailSplit(r.key, r.generation, failed.key) in changes
+    assert failed_with(view, FailSplit(r.key, r.generation, failed.key)) == ERROR
+
+
+def test_an_ended_renditions_live_parts_are_cancelled_then_dropped_with_their_files() -> None:
+    # Given a cancelled film with a stored span, a running one and others waiting
+    job, r, parts = split_film()
+    cancelled = msgspec.structs.replace(r, state=R.CANCELLED, finished_at=NOW - 1)
+    stored = done(named(parts, "v0000")[0])
+    running = msgspec.structs.replace(named(parts, "v0001")[0], state=R.RUNNING)
+    rest = named(parts, "audio", "v0002", "join")
+    view = view_of([], [cancelled], parts=[stored, running, *rest])
+
+    # When the scheduler looks, its live parts are cancelled (their transcoders stop)
+    [cancel] = decide(view, NOW, settings(), jobs=[])
+    assert cancel == CancelParts(r.key, 1, tuple(sorted(p.key for p in [running, *rest])))
+
+    # Then, all ended, their files and the stored source go to storage and the records go
+    ended = [msgspec.structs.replace(p, state=R.CANCELLED) for p in [running, *rest]]
+    view = view_of([], [cancelled], parts=[stored, *ended])
+    [drop] = decide(view, NOW, settings(), jobs=[])
+    assert isinstance(drop, DropParts)
+    assert drop.blobs == tuple(sorted(["parts/v0000", source_copy_key(r.key, 1)]))
+    assert sorted(key for key, _ in drop.revisions) == sorted(p.key for p in parts)
+
+
+def test_parts_of_a_renewed_or_vanished_generation_are_cancelled() -> None:
+    job, r, parts = split_film()
+    renewed = msgspec.structs.replace(r, generation=2, state=R.PENDING, split=None)
+    for current in (renewed, None):
+        view = view_of([], [current] if current else [], parts=parts)
+        [cancel] = of_kind(decide(view, NOW, settings(), jobs=[]), CancelParts)
+        assert cancel.generation == 1 and len(cancel.parts) == len(parts)
+
+
+def test_parts_made_before_their_rendition_is_marked_split_are_left_alone() -> None:
+    # The planner creates the parts first, then marks the rendition split
+    job, r, parts = split_film()
+    planning = msgspec.structs.replace(r, split=None, worker="t1")
+    assert decide(view_of([job], [planning], parts=parts), NOW, settings(), jobs=[]) == []
+
+
+def test_a_join_that_made_its_rendition_done_is_given_time_to_record_itself_done() -> None:
+    job, r, parts = split_film()
+    finished = msgspec.structs.replace(r, state=R.DONE, output=OUTPUT, finished_at=NOW)
+    joining = [
+        msgspec.structs.replace(p, state=R.RUNNING) if p.name == "join" else done(p) for p in parts
+    ]
+    view = view_of([on(job, r, J.COMPLETED)], [finished], parts=joining)
+    assert of_kind(decide(view, NOW + 1, settings(), jobs=[]), CancelParts) == []
+    later = NOW + JOIN_SETTLE_SECONDS
+    [cancel] = of_kind(decide(view, later, settings(), jobs=[]), CancelParts)
+    assert cancel.parts == (joining[-1].key,)
+    # ...and the join's file, the rendition's output, is never among the parts' blobs
+    ended = [*joining[:-1], done(joining[-1])]
+    [drop] = of_kind(
+        decide(view_of([], [finished], parts=ended), later, settings(), jobs=[]), DropParts
+    )
+    assert "parts/join" not in drop.blobs
+
+
+def test_the_views_part_indexes_forget_each_rendition_and_pool_once_its_parts_go() -> None:
+    job, r, parts = split_film()
+    view = view_of([job], [r], parts=parts)
+    assert view.parts is not None and view.pending_pools() == {"default"}
+    # the join waits until every other part is stored
+    waiting = {p.name for _, p in view.pending_parts_in("default")}
+    assert waiting == {"audio", "v0000", "v0001", "v0002"}
+    for p in parts:
+        view.parts.apply(p.key, None, 2)
+    assert view._parts_of == {} and view._pending_parts == {}
+    assert view.all_parts_of(r.key) == [] and view.pending_pools() == set()

@@ -17,21 +17,26 @@ from dataclasses import dataclass, field
 import structlog
 
 from services.scheduler import decide
+from services.scheduler.apply_parts import PartWrites
 from services.scheduler.changes import (
     CancelOrphan,
+    CancelParts,
     Change,
     Claim,
     ClearOutput,
     Complete,
     DeleteRendition,
     Detach,
+    DropParts,
     Expire,
     Fail,
+    FailSplit,
     Hold,
     MarkManual,
     Place,
     PlaceOwn,
     Publish,
+    PublishPart,
     Purge,
     Release,
     ReleaseOutput,
@@ -86,6 +91,7 @@ class Applier:
         self.view = view
         self.leases = leases
         self.sharing = sharing
+        self.parts = PartWrites(store, view, self._delete_part_blobs)
 
     async def apply(self, changes: list[Change], now: float) -> Applied:
         """Carry out `changes` (at most one per record, see `merged`) as decided at `now`."""
@@ -168,16 +174,26 @@ class Applier:
             case DeleteRendition(key=key, revision=revision):
                 await self.store.delete_rendition(key, revision)
             case Claim(key=key, lease=lease, then=work):
-                if await self._claim(key, lease):
-                    await self._publish(work, now)
-                else:
+                if not await self._claim(key, lease):
                     applied.ok = False  # another replica got in first: look again
+                elif isinstance(work, PublishPart):
+                    await self.parts.publish(work, now)
+                else:
+                    await self._publish(work, now)
             case Release(key=key, revision=revision):
                 if not await self._release(key, revision):
                     applied.ok = False
                     applied.again.add(key)
             case Publish():
                 await self._publish(change, now)
+            case PublishPart():
+                await self.parts.publish(change, now)
+            case FailSplit():
+                await self.parts.fail_split(change, now)
+            case CancelParts():
+                await self.parts.cancel(change, now)
+            case DropParts():
+                await self.parts.drop(change)
 
     # ---- jobs -----------------------------------------------------------------------------
     async def _job(self, job_id: str, fn: JobFn) -> None:
@@ -260,6 +276,9 @@ class Applier:
             sweep_orphans=sweep_orphans,
         )
         await publish_command(self.store.js, self.store.names, command, msg_id=msg_id)
+
+    async def _delete_part_blobs(self, blobs: list[str], reason: str, msg_id: str) -> None:
+        await self.delete_blobs(blobs, reason=reason, msg_id=msg_id)
 
     # ---- leases and work ------------------------------------------------------------------
     async def _claim(self, key: str, lease: Lease) -> bool:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.messages.records import JobRecord, Lease, Rendition
-from shared.messages.work import TranscodeWork
+from shared.messages.records import JobRecord, Lease, Part, Rendition
+from shared.messages.work import JoinWork, SegmentWork, TranscodeWork
 
 # ---- jobs ---------------------------------------------------------------------------------------
 
@@ -160,13 +160,22 @@ class Publish:
 
 
 @dataclass(frozen=True, slots=True)
+class PublishPart:
+    """A part's work item goes to its pool, then the part is marked dispatched."""
+
+    rendition: Rendition
+    part: Part
+    work: SegmentWork | JoinWork
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
-    """A lease key is created for a pending rendition (refused if another replica has it); once
-    it is ours, the work is published."""
+    """A lease key is created for a pending rendition or part (refused if another replica has
+    it); once it is ours, the work is published."""
 
     key: str
     lease: Lease
-    then: Publish
+    then: Publish | PublishPart
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +185,40 @@ class Release:
 
     key: str
     revision: int
+
+
+# ---- parts of split renditions --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FailSplit:
+    """A part of a split rendition failed for good: the rendition fails with its error."""
+
+    key: str
+    generation: int
+    part: str  # the failed part's key
+
+
+@dataclass(frozen=True, slots=True)
+class CancelParts:
+    """The rendition ended, moved on to another generation or is gone: its parts of
+    `generation` that are still live are cancelled (their transcoders stop)."""
+
+    key: str
+    generation: int
+    parts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DropParts:
+    """Every part of an ended generation has ended: their files (and the stored copy of the
+    source) go to the storage service, then the part records are deleted at the revisions
+    read."""
+
+    key: str
+    generation: int
+    blobs: tuple[str, ...]
+    revisions: tuple[tuple[str, int], ...]
 
 
 JobChange = (
@@ -192,13 +235,15 @@ JobChange = (
     | ClearOutput
 )
 RenditionChange = MarkManual | CancelOrphan | ReleaseOutput | DeleteRendition
-LeaseChange = Publish | Claim | Release
-Change = JobChange | RenditionChange | LeaseChange
+LeaseChange = Publish | PublishPart | Claim | Release
+PartChange = FailSplit | CancelParts | DropParts
+Change = JobChange | RenditionChange | LeaseChange | PartChange
 
 
 def target(change: Change) -> tuple[str, str]:
-    """The record a change writes first: ("job", id), ("rendition", key), ("lease", key), or
-    ("work", key) for a rendition's work item."""
+    """The record a change writes first: ("job", id), ("rendition", key), ("lease", key),
+    ("work", key) for a rendition's work item, or ("part", key) for a part's work item and for
+    the parts of one generation of a rendition (`<rendition>.<generation>`)."""
     match change:
         case Place(job=job) | PlaceOwn(job=job) | Purge(job=job):
             return "job", job.id
@@ -222,6 +267,14 @@ def target(change: Change) -> tuple[str, str]:
             return "rendition", key
         case Publish(rendition=r):
             return "work", r.key
+        case PublishPart(part=p):
+            return "part", p.key
+        case FailSplit(key=key):
+            return "rendition", key
+        case (
+            CancelParts(key=key, generation=generation) | DropParts(key=key, generation=generation)
+        ):
+            return "part", f"{key}.{generation}"
         case Claim(key=key) | Release(key=key):
             return "lease", key
 

@@ -4,7 +4,8 @@
 changes (`services.scheduler.changes`) that bring them to where they should be: jobs held for
 their device's limit or admitted in order under their user's limit, placed on a rendition (shared
 with every job that asks for the same output), following their rendition's state, expiring and
-purged; renditions nobody wants cancelled or released; leases taken and given back, and work
+purged; renditions nobody wants cancelled or released; the parts of split renditions failed,
+cancelled and dropped (`services.scheduler.parts`); leases taken and given back, and work
 published (`services.scheduler.dispatch`). It does no I/O and reads no clock; `apply` carries the
 changes out, and the guards here (`joined`, `orphaned`, `releasable`) are what it decides again
 with on the record it reads when a compare-and-set was lost. The state machine's rules are
@@ -38,6 +39,7 @@ from services.scheduler.changes import (
 )
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.dispatch import decide_dispatch
+from services.scheduler.parts import decide_parts
 from services.scheduler.view import View, device_limited
 from shared.jobs import state as jobstate
 from shared.messages.records import JobRecord, JobStatus, Rendition, RenditionState
@@ -64,12 +66,15 @@ def decide(
     The decisions read the view as it is: a job placed here counts toward its device's and its
     user's limits for the jobs after it, so one pass never admits more than the limits allow.
     """
-    keys = sorted(renditions if renditions is not None else (k for k, _ in view.renditions.items()))
+    if renditions is None:  # every rendition, and any whose parts outlived it
+        renditions = {k for k, _ in view.renditions.items()} | view.renditions_with_parts()
+    keys = sorted(renditions)
     ids = jobs if jobs is not None else (k for k, _ in view.jobs.items())
     changes: list[Change] = []
     for key in keys:
         if (change := decide_rendition(view, key, now, settings)) is not None:
             changes.append(change)
+        changes.extend(decide_parts(view, key, now))
     placed = Placed()
     for job_id in sorted(ids, key=lambda job_id: _created_at(view, job_id)):
         if (change := decide_job(view, job_id, now, settings, placed)) is not None:

@@ -1,4 +1,5 @@
-"""Dispatch: give pending renditions a pool's concurrency slots and publish them as work.
+"""Dispatch: give pending renditions (and the pending parts of split renditions) a pool's
+concurrency slots and publish them as work.
 
 `decide_dispatch` is the pure part of `decide`: which leases to take and give back, and which
 work to publish; `apply` creates and deletes the lease keys and publishes.
@@ -22,6 +23,12 @@ clients or leases, and scheduler replicas never exceed a pool's limit together:
 A work item is published before its rendition is marked dispatched, with a message id derived
 from the dispatch, so a crash in between only means a de-duplicated re-publish.
 
+A split rendition's parts are work items of their own (see `services.scheduler.parts`): each
+takes a lease (`Lease.part`) under the same limit, room and slots, in the same order as the
+renditions, its rendition's client counting for it; the split rendition itself holds none. A
+manual rendition's parts go first, at most one of them at a time on a manual key beyond the
+limit.
+
 Upgrading from the one-record layout (a `LeaseSet` per pool under the key `<pool>`): the
 scheduler turns each live holder into a lease key when it starts, then deletes the old record at
 the revision it read. Renditions that held old leases keep running and keep their slots; none is
@@ -38,13 +45,15 @@ from collections.abc import Iterable
 import msgspec
 import structlog
 
-from services.scheduler.changes import Change, Claim, Publish, Release
+from services.scheduler.changes import Change, Claim, Publish, PublishPart, Release
 from services.scheduler.config import SchedulerSettings
+from services.scheduler.parts import part_rank, publish_part
 from services.scheduler.view import LeaseView, View, client_of
-from shared.messages.records import Lease, LeaseSet, Rendition, RenditionState
+from shared.jobs import state as jobstate
+from shared.messages.records import Lease, LeaseSet, Part, Rendition, RenditionState
 from shared.messages.work import TranscodeWork
 from shared.nats.kv import Stale, TypedKV
-from shared.nats.leases import manual_key, pool_of, slot_key, slot_of
+from shared.nats.leases import holder, manual_key, pool_of, slot_key, slot_of
 
 log = structlog.get_logger("vidmesh.scheduler")
 
@@ -103,14 +112,14 @@ def decide_dispatch(
 def _release_ended(
     view: View, leases: LeaseView, pool_id: str, now: float, looked_at: set[str] | None
 ) -> list[Release]:
-    """The pool's leases whose rendition no longer holds them, and a rendition's second lease
-    (the lowest key stays)."""
+    """The pool's leases whose holder (rendition or part) no longer holds them, and a holder's
+    second lease (the lowest key stays)."""
     held = leases.of_pool.get(pool_id, {})
     candidates = set(held) if looked_at is None else {k for k in looked_at if k in held}
     released: list[Release] = []
     for key in sorted(candidates):
         lease = held[key]
-        first = min(leases.keys_of.get(lease.rendition) or {key})
+        first = min(leases.keys_of.get(holder(lease)) or {key})
         if still_held(view, lease, now) and first == key:
             continue
         revision = leases.revision(key)
@@ -135,35 +144,96 @@ def _lease_pending(
     # With no automatic slot free (as with a long queue), only a manual start or a rendition
     # leased earlier can be dispatched: the rest of the queue is not even ordered.
     slot_free = len(auto) < limit and (room is None or room > 0)
-    for r in pending_in_order(view, leases, pool_id, slot_free=slot_free):
-        if any(key in held for key in leases.keys_of.get(r.key, ())):
-            changes.append(publish(view, r, now))  # leased earlier but never dispatched: again
+    # Split renditions with a part on a manual key: their other parts wait for slots.
+    manual_parts = {
+        lease.rendition
+        for key, lease in leases.of_pool.get(pool_id, {}).items()
+        if key in held and lease.part and lease.manual
+    }
+    for r, p in work_in_order(view, leases, pool_id, slot_free=slot_free):
+        holding = r.key if p is None else p.key
+        if any(key in held for key in leases.keys_of.get(holding, ())):
+            changes.append(_publish(view, r, p, now))  # leased earlier, never dispatched: again
             continue
         lease = Lease(
-            generation=r.generation, since=now, manual=r.manual, rendition=r.key, pool=pool_id
+            generation=r.generation if p is None else p.generation,
+            since=now,
+            manual=r.manual,
+            rendition=r.key,
+            pool=pool_id,
+            part="" if p is None else p.name,
         )
-        if r.manual:
-            key = manual_key(pool_id, r.key)
+        if r.manual and (p is None or r.key not in manual_parts):
+            key = manual_key(pool_id, holding)
+            if p is not None:
+                manual_parts.add(r.key)
         elif len(auto) < limit and (room is None or added < room):
             free = next(n for n in range(limit) if n not in auto)
             key = slot_key(pool_id, free)
             auto.add(free)
             added += 1
+            lease = msgspec.structs.replace(lease, manual=False)
         else:
             continue
-        changes.append(Claim(key, lease, publish(view, r, now)))
+        changes.append(Claim(key, lease, _publish(view, r, p, now)))
     return changes, added
 
 
+def _publish(view: View, r: Rendition, p: Part | None, now: float) -> Publish | PublishPart:
+    return publish(view, r, now) if p is None else publish_part(view, r, p, now)
+
+
 def still_held(view: View, lease: Lease, now: float) -> bool:
-    """Whether the lease's rendition (this generation) still holds it: dispatched or running,
-    or pending and leased a moment ago (its work about to be published)."""
+    """Whether the lease's holder (this generation) still holds it: dispatched or running, or
+    pending and leased a moment ago (its work about to be published). A split rendition holds
+    no lease (its parts do), and a part holds one only while its rendition runs split."""
     r = view.renditions.get(lease.rendition)
     if r is None or r.generation != lease.generation:
         return False
-    if r.state in (R.DISPATCHED, R.RUNNING):
+    if lease.part:
+        found = view.parts.get(holder(lease)) if view.parts is not None else None
+        if found is None or not jobstate.split_live(r, found.generation):
+            return False
+        state, since = found.state, lease.since
+    elif r.split is not None:
+        return False
+    else:
+        state, since = r.state, lease.since
+    if state in (R.DISPATCHED, R.RUNNING):
         return True
-    return r.state is R.PENDING and now - lease.since < STALE_LEASE_SECONDS
+    return state is R.PENDING and now - since < STALE_LEASE_SECONDS
+
+
+def work_in_order(
+    view: View, leases: LeaseView, pool_id: str, *, slot_free: bool = True
+) -> list[tuple[Rendition, Part | None]]:
+    """The pool's pending renditions (`pending_in_order`) and pending parts someone waits for,
+    together in that order: a part goes by its rendition's manual start, priority, client's
+    leases (plus its place among the rendition's waiting parts, see `part_rank`) and age, then
+    in work order. With no `slot_free`, only the parts that need none: leased already, or of a
+    rendition started by hand."""
+    busy = leases.busy.get(pool_id) or Counter()
+    renditions = pending_in_order(view, leases, pool_id, slot_free=slot_free)
+    found: list[tuple[tuple[object, ...], Rendition, Part | None]] = [
+        ((not r.manual, -r.priority, busy.get(client_of(r), 0), r.created_at, r.key, -1), r, None)
+        for r in renditions
+    ]
+    waiting: dict[str, list[tuple[Rendition, Part]]] = {}
+    for r, p in view.pending_parts_in(pool_id):
+        if slot_free or r.manual or p.key in leases.keys_of:
+            waiting.setdefault(r.key, []).append((r, p))
+    for pairs in waiting.values():
+        r = pairs[0][0]
+        if not view.followers(r):
+            continue
+        rank = part_rank(p for _, p in pairs)
+        client = busy.get(client_of(r), 0)
+        for _, p in pairs:
+            order = jobstate.part_order(p)
+            key = (not r.manual, -r.priority, client + rank[p.key], r.created_at, r.key, *order)
+            found.append((key, r, p))
+    found.sort(key=lambda item: item[0])
+    return [(r, p) for _, r, p in found]
 
 
 def pending_in_order(

@@ -27,7 +27,7 @@ from services.scheduler.decide import decide
 from services.scheduler.dispatch import FORGET_RELEASED_SECONDS, STALE_LEASE_SECONDS
 from services.scheduler.view import View, admitted, waiting
 from shared.jobs.queries import counts_toward_device_limit
-from shared.messages.records import JobRecord, JobStatus, Lease, Rendition
+from shared.messages.records import JobRecord, JobStatus, Lease, Part, Rendition
 from shared.nats.projection import Projection
 from shared.nats.topology import describe
 
@@ -70,6 +70,8 @@ class ReconcileLoop:
         self._rendition_turns: Turns = Turns(SWEEP_SLICE)
         view.jobs.listen(self._job_changed)
         view.renditions.listen(self._rendition_changed)
+        if view.parts is not None:
+            view.parts.listen(self._part_changed)
 
     def watch_leases(self, leases: Projection[Lease]) -> None:
         """Look at a lease again when it changes (its rendition's changes too, see below)."""
@@ -115,6 +117,18 @@ class ReconcileLoop:
         self._dirty_jobs.update(job.id for job in self.view.jobs_of_rendition(key))
         if self.view.leases is not None:
             self._dirty_leases.update(self.view.leases.keys_of.get(key, ()))
+            for p in self.view.all_parts_of(key):
+                self._dirty_leases.update(self.view.leases.keys_of.get(p.key, ()))
+        self._wake.set()
+
+    def _part_changed(self, key: str, old: Part | None, new: Part | None) -> None:
+        """A part's change may fail, finish or free its rendition's work (its join may go out
+        now), and may end its lease."""
+        for record in (old, new):
+            if record is not None:
+                self._dirty_renditions.add(record.rendition)
+        if self.view.leases is not None:
+            self._dirty_leases.update(self.view.leases.keys_of.get(key, ()))
         self._wake.set()
 
     def _lease_changed(self, key: str, old: Lease | None, new: Lease | None) -> None:
@@ -145,6 +159,7 @@ class ReconcileLoop:
                     # what the sweep repairs (the events) should not wait a whole interval more
                     next_sweep = min(next_sweep, time.monotonic() + SWEEP_RETRY_SECONDS)
                 await self._guarded("leases.forget_failed", self._forget_released)
+                await self._guarded("parts.forget_failed", self._forget_dropped_parts)
             await self._guarded("scheduler.pass_failed", self.run_pass)
 
     def _due_jobs(self, now: float) -> list[str]:
@@ -178,6 +193,15 @@ class ReconcileLoop:
         forgotten = await leases.store.forget_deleted(FORGET_RELEASED_SECONDS)
         if forgotten:
             log.info("leases.forgotten", keys=forgotten)
+
+    async def _forget_dropped_parts(self) -> None:
+        """Purge old delete markers of dropped parts, once a sweep (parts come and go by the
+        hundred with every long film)."""
+        if self.view.parts is None:
+            return
+        forgotten = await self.view.parts.store.forget_deleted(FORGET_RELEASED_SECONDS)
+        if forgotten:
+            log.info("parts.forgotten", keys=forgotten)
 
     async def run_pass(self) -> None:
         """One pass over everything that changed since the last: decide, then apply."""

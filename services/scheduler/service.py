@@ -27,7 +27,7 @@ from shared.fleet import SETTINGS_KEY
 from shared.jobs.store import RecordStore
 from shared.messages import commands as cmd
 from shared.messages.fleet import Pool, TranscodingSettings
-from shared.messages.records import JobRecord, Lease, LeaseSet
+from shared.messages.records import JobRecord, Lease, LeaseSet, Part
 from shared.nats.consumer import Consumer
 from shared.nats.kv import TypedKV
 from shared.nats.projection import Projection
@@ -66,7 +66,8 @@ class Scheduler(Service):
         self.jobs = Projection(self.store.jobs, "scheduler.jobs", nc=self.nc)
         self.renditions = Projection(self.store.renditions, "scheduler.renditions", nc=self.nc)
         self.store.job_view, self.store.rendition_view = self.jobs, self.renditions
-        self.view = View(self.jobs, self.renditions)
+        self.parts = Projection(TypedKV(buckets.parts, Part), "scheduler.parts", nc=self.nc)
+        self.view = View(self.jobs, self.renditions, parts=self.parts)
         self.jobs.listen(_observe_job)
         self.access = AccessCheck(self.settings.policy, timeout=self.settings.share_check_timeout)
         self.sharing = ShareChecks(self.view, self.access, self._share_decided)
@@ -77,6 +78,7 @@ class Scheduler(Service):
         )
         await self.jobs.start()
         await self.renditions.start()
+        await self.parts.start()
         self.pools = Projection(TypedKV(buckets.pools, Pool), "scheduler.pools", nc=self.nc)
         self.fleet_settings = Projection(
             TypedKV(buckets.settings, TranscodingSettings), "scheduler.settings", nc=self.nc
@@ -116,6 +118,7 @@ class Scheduler(Service):
             "scheduler.started",
             jobs=len(self.jobs),
             renditions=len(self.renditions),
+            parts=len(self.parts),
             max_concurrent_jobs=self.settings.max_concurrent_jobs,
         )
 
@@ -138,7 +141,14 @@ class Scheduler(Service):
     async def stop(self) -> None:
         # cancelled until they stop: their NATS requests can swallow a cancellation on 3.11
         await stop_tasks([t for t in (self._metrics_task, self._loop_task) if t is not None])
-        projections = (self.jobs, self.renditions, self.pools, self.fleet_settings, self.leases)
+        projections = (
+            self.jobs,
+            self.renditions,
+            self.parts,
+            self.pools,
+            self.fleet_settings,
+            self.leases,
+        )
         for projection in projections:
             await projection.stop()
         await self.server_settings.stop()

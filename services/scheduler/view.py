@@ -1,4 +1,5 @@
-"""The scheduler's in-memory view: jobs, renditions and leases, with the indexes its decisions need.
+"""The scheduler's in-memory view: jobs, renditions, the parts of split renditions and leases, with
+the indexes its decisions need.
 
 Decisions (`services.scheduler.decide`) read only this: projections of the buckets kept current by
 their watches, what the share checks answered, and the fleet's pools and settings. Nothing here
@@ -14,8 +15,8 @@ from typing import TypeVar
 from shared.fleet import SETTINGS_KEY
 from shared.jobs import state as jobstate
 from shared.messages.fleet import Pool, TranscodingSettings
-from shared.messages.records import JobRecord, JobStatus, Lease, Rendition, RenditionState
-from shared.nats.leases import pool_of, slot_of
+from shared.messages.records import JobRecord, JobStatus, Lease, Part, Rendition, RenditionState
+from shared.nats.leases import holder, pool_of, slot_of
 from shared.nats.projection import Projection
 
 # The only face whose jobs come from devices (MAX_CACHED_PER_USER is its concept).
@@ -84,16 +85,19 @@ class ShareAnswers:
 
 
 class View:
-    """Projections of both buckets, indexed by rendition, by device and by owner."""
+    """Projections of the buckets, indexed by rendition, by device and by owner; the parts of
+    split renditions by rendition and, the pending ones, by pool."""
 
     def __init__(
         self,
         jobs: Projection[JobRecord],
         renditions: Projection[Rendition],
         shares: ShareAnswers | None = None,
+        parts: Projection[Part] | None = None,
     ) -> None:
         self.jobs = jobs
         self.renditions = renditions
+        self.parts = parts
         self.shares = shares or ShareAnswers()
         self.leases: LeaseView | None = None  # set once the leases are loaded
         # Each index holds only keys with something under them (see `index_discard`).
@@ -104,12 +108,18 @@ class View:
         self._waiting_sorted: dict[str, list[JobRecord]] = {}
         self._pending: dict[str, set[str]] = {}
         self._pending_manual: dict[str, set[str]] = {}  # started by hand: they take no slot
+        self._parts_of: dict[str, set[str]] = {}  # rendition -> its parts' keys, every generation
+        self._pending_parts: dict[str, set[str]] = {}  # pool -> pending parts' keys
         jobs.listen(self._index)
         renditions.listen(self._index_rendition)
         for key, job in jobs.items():
             self._index(key, None, job)
         for key, r in renditions.items():
             self._index_rendition(key, None, r)
+        if parts is not None:
+            parts.listen(self._index_part)
+            for key, p in parts.items():
+                self._index_part(key, None, p)
 
     def _index(self, key: str, old: JobRecord | None, new: JobRecord | None) -> None:
         if old is not None:
@@ -139,9 +149,51 @@ class View:
             if new.manual:
                 index_add(self._pending_manual, new.pool, key)
 
+    def _index_part(self, key: str, old: Part | None, new: Part | None) -> None:
+        if old is not None:
+            index_discard(self._parts_of, old.rendition, key)
+            index_discard(self._pending_parts, old.pool, key)
+        if new is not None:
+            index_add(self._parts_of, new.rendition, key)
+            if new.state is RenditionState.PENDING:
+                index_add(self._pending_parts, new.pool, key)
+
     def pending_pools(self) -> set[str]:
-        """Pools with a pending rendition."""
-        return {pool for pool, keys in self._pending.items() if keys}
+        """Pools with a pending rendition or a pending part."""
+        return set(self._pending) | set(self._pending_parts)
+
+    def renditions_with_parts(self) -> set[str]:
+        """The keys of renditions (gone ones too) that have parts in the bucket."""
+        return set(self._parts_of)
+
+    def all_parts_of(self, key: str) -> list[Part]:
+        """The parts of the rendition `key` of every generation still in the bucket."""
+        if self.parts is None:
+            return []
+        found = (self.parts.get(part) for part in self._parts_of.get(key, ()))
+        return [p for p in found if p is not None]
+
+    def parts_of(self, r: Rendition) -> list[Part]:
+        """The parts of this generation of the rendition."""
+        return [p for p in self.all_parts_of(r.key) if p.generation == r.generation]
+
+    def pending_parts_in(self, pool: str) -> list[tuple[Rendition, Part]]:
+        """The pool's parts that wait for a lease, with their rendition: pending parts of a
+        rendition running split at their generation; the join only once every other part is
+        stored (`ready_to_join`)."""
+        if self.parts is None:
+            return []
+        found: list[tuple[Rendition, Part]] = []
+        for key in self._pending_parts.get(pool, ()):
+            p = self.parts.get(key)
+            r = self.renditions.get(p.rendition) if p is not None else None
+            if p is None or r is None or not jobstate.split_live(r, p.generation):
+                continue
+            assert r.split is not None
+            if p.kind == "join" and not jobstate.ready_to_join(r.split, self.parts_of(r)):
+                continue
+            found.append((r, p))
+        return found
 
     def pending_in(self, pool: str) -> list[Rendition]:
         """The pool's pending renditions (waiting for a lease)."""
@@ -215,8 +267,9 @@ class View:
 class LeaseView:
     """The pools' leases (one KV key each, see `shared.nats.leases`), the pools and the fleet's
     settings, with the indexes dispatch needs kept from the projections' changes, so a pass
-    costs what changed, not what is held: leases by pool, lease keys by rendition, automatic
-    slots taken, and leases per client (see `client_of`) per pool."""
+    costs what changed, not what is held: leases by pool, lease keys by holder (a rendition, or
+    a part by its key), automatic slots taken, and leases per client (see `client_of`, a part's
+    lease counting for its rendition's client) per pool."""
 
     def __init__(
         self,
@@ -254,7 +307,7 @@ class LeaseView:
             self._forget_busy(pool, self._client_of.pop(key, NO_CLIENT))
             if (slot := slot_of(key)) is not None:
                 index_discard(self.slots, pool, slot)
-            index_discard(self.keys_of, old.rendition, key)
+            index_discard(self.keys_of, holder(old), key)
         if new is not None:
             self.of_pool.setdefault(pool, {})[key] = new
             leased = self.renditions.get(new.rendition)
@@ -262,7 +315,7 @@ class LeaseView:
             self.busy.setdefault(pool, Counter())[self._client_of[key]] += 1
             if (slot := slot_of(key)) is not None:
                 index_add(self.slots, pool, slot)
-            index_add(self.keys_of, new.rendition, key)
+            index_add(self.keys_of, holder(new), key)
 
     def _forget_busy(self, pool: str, client: Client) -> None:
         """One lease fewer for `client` in `pool`; a client (and a pool) with none is dropped."""
