@@ -110,9 +110,25 @@ class Storage(Service):
                 return True
         return False
 
+    def _splitting(self, key: str) -> bool:
+        """Whether a file under `parts/<k2>/<rendition>/<generation>/` belongs to a rendition
+        running split at that generation (its parts are still being made or joined)."""
+        path = key.split("/")
+        if len(path) < 5:
+            return False
+        rendition, generation = path[2], path[3]
+        r = self.renditions.get(rendition)
+        return (
+            r is not None
+            and r.state is RenditionState.RUNNING
+            and r.split is not None
+            and str(r.generation) == generation
+        )
+
     async def sweep_orphans(self) -> tuple[int, int]:
-        """Delete stored files that no done rendition records and that are older than the orphan
-        grace: always, so a file stored a moment ago, about to be recorded, is never taken."""
+        """Delete stored files that no done rendition records, and parts of renditions no longer
+        running split, older than the orphan grace: always, so a file stored a moment ago,
+        about to be recorded, is never taken."""
         grace = self.settings.orphan_grace
         recorded = {
             r.output.blob
@@ -123,6 +139,12 @@ class Storage(Service):
         count = freed = 0
         for blob in await self.blobs.list_blobs("outputs/"):
             if blob.key in recorded or now - blob.modified < grace:
+                continue
+            freed += await self.blobs.delete(blob.key)
+            count += 1
+        for blob in await self.blobs.list_blobs("parts/"):
+            # a split rendition's segments and audio: kept while it runs split at that generation
+            if self._splitting(blob.key) or now - blob.modified < grace:
                 continue
             freed += await self.blobs.delete(blob.key)
             count += 1
