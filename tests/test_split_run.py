@@ -10,6 +10,7 @@ nats-server, real transcoders, real ffmpeg.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,8 +22,9 @@ from services.transcoder import Transcoder
 from shared.jobs import state as jobstate
 from shared.media.probe import probe
 from shared.media.segments import keyframes, plan_segments
-from shared.messages.records import Part, Rendition, RenditionState, Split
+from shared.messages.records import Output, Part, Rendition, RenditionState, Split
 from shared.messages.work import ENCODER, JoinWork, SegmentWork
+from shared.nats.consumer import ABANDON, ACK
 from shared.nats.kv import TypedKV
 from tests.harness import (
     ALICE,
@@ -258,3 +260,45 @@ async def test_cancelling_a_split_rendition_stops_its_segments_ffmpeg_within_two
         return found[0] if found and found[0] != "running" else None
 
     assert await eventually(session_state, timeout=10, what="the session ended") == "cancelled"
+
+
+async def test_a_redelivered_part_is_taken_over_and_the_losers_file_is_deleted(
+    two_transcoders: tuple[System, Transcoder, Transcoder], tmp_path: Path
+) -> None:
+    """Given a segment claimed by one transcoder, when its work item comes back to another (a
+    redelivery: the first stopped heartbeating), then the other takes it over as attempt 2; the
+    first one's late file is deleted instead of recorded, and the second one's is the part's."""
+    system, first, second = two_transcoders
+    local = make_clip(tmp_path / "media" / "short.mkv", seconds=12, vcodec="mpeg4", container="mkv")
+    r, parts = await split_rendition(first, str(local), local, "splittakeover1")
+    segment = next(p for p in parts if p.name == "v0000")
+    work = segment_work(r, segment)
+    mine, theirs = first.runner.parts.records, second.runner.parts.records
+
+    claimed = await mine.claim(work, redelivered=False, ack_subject="")
+    assert claimed is not None and claimed[0].attempt == 1
+    # a first delivery of a part running elsewhere is not taken...
+    assert await theirs.claim(work, redelivered=False, ack_subject="") is None
+    # ... a redelivery is
+    taken = await theirs.claim(work, redelivered=True, ack_subject="")
+    assert taken is not None and (taken[0].attempt, taken[0].worker) == (2, second.worker_id)
+
+    async def stored(worker: Transcoder, attempt: int) -> Output:
+        scratch = tmp_path / f"v0000-{attempt}.mp4"  # the store takes the file (moved)
+        shutil.copyfile(local, scratch)
+        blob = await worker.stores.service.put_file(
+            f"parts/{r.key[:2]}/{r.key}/1/v0000-{attempt}.mp4", scratch
+        )
+        return Output(
+            blob=blob.key, size=blob.size, sha256=blob.sha256, container="segment", mime="video/mp4"
+        )
+
+    late = await stored(first, 1)
+    late_path = system.blobs.local_path(late.blob)
+    assert late_path is not None and late_path.exists()
+    assert await mine.record_success(claimed[0], late) is ABANDON
+    assert not late_path.exists()
+    winner = await stored(second, 2)
+    assert await theirs.record_success(taken[0], winner) is ACK
+    found = await first.parts.get(segment.key)
+    assert found is not None and found.value.state is R.DONE and found.value.output == winner
