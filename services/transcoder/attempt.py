@@ -15,7 +15,6 @@ from shared.media.pipelines import PipelineChoice, choose_pipeline
 from shared.media.plan import Plan
 from shared.media.probe import ProbeResult, is_http
 from shared.media.profiles import Profile
-from shared.messages.work import TranscodeWork
 from shared.sources import check_local_source, is_object_uri, scrub
 from shared.wire import JobError
 
@@ -111,15 +110,14 @@ def duration_of(probe: ProbeResult | None, hint: float | None) -> tuple[float | 
     return None, True
 
 
-async def readable_source(work: TranscodeWork, stores: Stores, media_roots: list[str]) -> str:
-    """The source as ffmpeg reads it: a URL as given, an object through a signed URL (never
-    downloaded whole first), a local path only under a configured media root."""
-    source = work.source
+async def readable_source(source: str, owner: str, stores: Stores, media_roots: list[str]) -> str:
+    """The source as ffmpeg reads it: a URL as given, an object of `owner`'s through a signed
+    URL (never downloaded whole first), a local path only under a configured media root."""
     if is_http(source):
         return source
     try:
         if is_object_uri(source):
-            return await stores.object_source(work.owner, source, SIGNED_SOURCE_SECONDS)
+            return await stores.object_source(owner, source, SIGNED_SOURCE_SECONDS)
         return check_local_source(source, media_roots, resolve=True)
     except BadRequest as exc:
         raise TranscodeFailed(
@@ -129,3 +127,18 @@ async def readable_source(work: TranscodeWork, stores: Stores, media_roots: list
         raise TranscodeFailed(
             JobError(code="source_unreachable", reason=exc.message, retryable=exc.retryable_now)
         ) from exc
+
+
+async def stored_file(store: BlobStore, key: str) -> str:
+    """A file of the service's store as ffmpeg reads it: its path, or a signed URL."""
+    local = store.local_path(key)
+    if local is not None:
+        return str(local)
+    try:
+        url = await store.presign(key, SIGNED_SOURCE_SECONDS)
+    except StoreError as exc:
+        raise store_failed(exc) from exc
+    if url is None:
+        reason = "The service's storage cannot sign URLs for ffmpeg to read its parts."
+        raise TranscodeFailed(JobError(code="store_failed", reason=reason, retryable=False))
+    return url

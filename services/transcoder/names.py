@@ -16,7 +16,10 @@ import structlog
 
 from services.transcoder.attempt import TranscodeFailed
 from shared.blobs.store import BlobStore
+from shared.blobs.users import Stores
+from shared.errors import StoreError
 from shared.messages.records import OutputNameClaim
+from shared.messages.work import JoinWork, TranscodeWork
 from shared.nats.kv import Stale, TypedKV
 from shared.wire import JobError
 
@@ -28,6 +31,31 @@ class OutputNames:
 
     def __init__(self, claims: TypedKV[OutputNameClaim]) -> None:
         self.claims = claims
+
+    async def target(
+        self,
+        stores: Stores,
+        work: TranscodeWork | JoinWork,
+        rendition: str,
+        extension: str,
+        service_key: str,
+    ) -> tuple[str, BlobStore, str]:
+        """Where an attempt's output goes: (store name, store, key) in the user's destination, or
+        `service_key` in the service store."""
+        if work.destination is None:
+            return "", stores.service, service_key
+        try:
+            store = await stores.get(work.destination.store)
+        except StoreError as exc:
+            raise TranscodeFailed(
+                JobError(code="store_failed", reason=exc.message, retryable=False)
+            ) from exc
+        name = work.output_name or f"{rendition[:16]}.{extension}"
+        prefix = work.destination.prefix.strip("/")
+        wanted = f"{prefix}/{name}" if prefix else name
+        # another job's object under the same name is never written over
+        key = await self.claim(store, wanted, rendition)
+        return work.destination.store, store, key
 
     async def claim(self, store: BlobStore, key: str, rendition: str) -> str:
         """The object key rendition `rendition` writes to in `store`: `key`, or `key` with the

@@ -11,17 +11,93 @@ reports an older attempt, ffmpeg's final flush reads as 0; none of them lowers t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import time
+from collections.abc import Callable, Iterable
 
 import msgspec
+import structlog
 
-from services.transcoder.progress import percent_done
+from services.transcoder.progress import ProgressReporter, percent_done
 from shared.media import FfmpegProgress
 from shared.messages.records import Part, PartLive, Progress, Rendition, Split
+from shared.nats.kv import TypedKV
+
+log = structlog.get_logger("vidmesh.transcoder")
 
 # A running part not heard from for this many ack_waits stopped: its transcoder died, and its
 # work will be redelivered (the caller passes `stale_after = STALE_ACK_WAITS * ack_wait`).
 STALE_ACK_WAITS = 3
+
+
+class PartProgress(ProgressReporter):
+    """A part's reporter: its ffmpeg's reports fold into its rendition's progress record (at most
+    once a second), beside the other running parts'. Best effort: never fails the part."""
+
+    def __init__(
+        self,
+        store: TypedKV[Progress],
+        r: Rendition,
+        part: Part,
+        *,
+        interval: float,
+        stale_after: float,
+    ) -> None:
+        super().__init__(
+            store,
+            key=r.key,
+            generation=r.generation,
+            attempt=r.attempt,
+            interval=max(interval, 1.0),
+        )
+        self.r = r
+        self.part = part
+        self.stale_after = stale_after
+        self._report: FfmpegProgress | None = None
+        self._folded: FfmpegProgress | None = None
+
+    def on_ffmpeg(self, report: FfmpegProgress) -> None:
+        self._report = report
+        super().on_ffmpeg(report)
+
+    async def flush(self) -> None:
+        report = self._report
+        if report is None or report is self._folded:
+            return
+        part = self.part
+        await self._fold(
+            lambda previous: fold_running(
+                previous, self.r, part, report, time.time(), stale_after=self.stale_after
+            )
+        )
+        self._folded = report
+
+    async def finished(self) -> None:
+        """The part is stored (its record says done): its span counts as done."""
+        part = self.part
+        await self._fold(
+            lambda previous: fold_finished(
+                previous, self.r, part, time.time(), stale_after=self.stale_after
+            )
+        )
+
+    async def storing(self) -> None:
+        """The join runs: the whole job shows stage `storing`, its numbers as they are."""
+        await self._fold(
+            lambda previous: (
+                None
+                if previous is None
+                else msgspec.structs.replace(previous, stage="storing", updated_at=time.time())
+            )
+        )
+
+    async def _fold(self, fold: Callable[[Progress | None], Progress | None]) -> None:
+        try:
+            await self.store.replace(self.r.key, fold)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("progress.fold_failed", error=str(exc))
 
 
 def fold_running(

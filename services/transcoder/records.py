@@ -14,9 +14,9 @@ from typing import TypeGuard
 
 import msgspec
 import structlog
-from nats.js.kv import KV_DEL, KV_PURGE
 
 from services.transcoder.attempt import scrub_error
+from services.transcoder.helpers import watch_key
 from services.transcoder.progress import ProgressReporter
 from shared.blobs.users import Stores
 from shared.jobs import state as jobstate
@@ -158,27 +158,10 @@ class RenditionRecords:
 
     async def watch_ownership(self, r: Rendition, lost: asyncio.Future[str]) -> None:
         """Stop when the rendition is cancelled, or claimed by another transcoder."""
-        while not lost.done():
-            try:
-                watcher = await self.store.renditions.kv.watch(r.key)
-            except Exception as exc:
-                log.debug("work.watch_failed", **describe(exc))
-                await asyncio.sleep(1.0)
-                continue
-            try:
-                async for entry in watcher:
-                    if entry is None:
-                        continue
-                    if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                        lost.set_result("cancelled")
-                        return
-                    current = self.store.renditions.decode(entry.value)
-                    if self._owns(current, r):
-                        continue
-                    reason = "cancelled" if current.state is R.CANCELLED else "taken over"
-                    if not lost.done():
-                        lost.set_result(reason)
-                    return
-            finally:
-                with contextlib.suppress(Exception):
-                    await watcher.stop()  # type: ignore[no-untyped-call]
+
+        def why_not_ours(current: Rendition) -> str | None:
+            if self._owns(current, r):
+                return None
+            return "cancelled" if current.state is R.CANCELLED else "taken over"
+
+        await watch_key(self.store.renditions, r.key, why_not_ours, lost)

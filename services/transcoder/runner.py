@@ -8,7 +8,6 @@ itself live in `records.py`.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from structlog.contextvars import bound_contextvars
 
 from services.transcoder.attempt import (
     HardwareFailed,
-    Lost,
     TranscodeFailed,
     cpu_choice,
     duration_of,
@@ -28,39 +26,37 @@ from services.transcoder.attempt import (
 )
 from services.transcoder.config import TranscoderSettings
 from services.transcoder.encode import Proxied, encode_streaming, encode_to_file
-from services.transcoder.limits import RunLimits, source_refusal, time_limit, with_output_limit
+from services.transcoder.helpers import Attempt, plan_of, probe_source
+from services.transcoder.limits import RunLimits, source_refusal, with_output_limit
 from services.transcoder.names import OutputNames
 from services.transcoder.node import NodeState
+from services.transcoder.parts import PartRunner
 from services.transcoder.progress import ProgressReporter
 from services.transcoder.records import RenditionRecords
-from services.transcoder.sessions import SessionRecorder, session_id
-from services.transcoder.source_proxy import SourceAccess, SourceProxy, SourceRefused
-from shared.blobs.store import BlobStore, output_key
+from services.transcoder.sessions import SessionRecorder, Sessions
+from services.transcoder.source_proxy import SourceAccess, SourceProxy
+from shared.blobs.store import output_key
 from shared.blobs.users import Stores
-from shared.errors import SourceError, StoreError
 from shared.fleet import Fleet
 from shared.jobs.store import RecordStore
 from shared.media import (
     build_args,
     builtin,
     get_container,
-    make_plan,
     preset_profile,
-    probe_async,
 )
 from shared.media.pipelines import PipelineChoice, choose_pipeline
 from shared.media.plan import Plan
 from shared.media.probe import ProbeResult
 from shared.media.profiles import Profile
-from shared.messages.fleet import DEVICE_PIPELINES, SessionState, TranscodeSession
-from shared.messages.records import Output, Rendition
-from shared.messages.work import TranscodeWork
-from shared.nats.consumer import ABANDON, ACK, Received, Settle
+from shared.messages.fleet import DEVICE_PIPELINES
+from shared.messages.records import Output, Part, Rendition
+from shared.messages.work import JoinWork, SegmentWork, TranscodeWork, Work
+from shared.nats.consumer import ACK, Received, Settle
+from shared.nats.kv import TypedKV
 from shared.nats.topology import describe
 from shared.settings import LiveSettings
 from shared.sources import scrub
-from shared.tasks import stop_tasks
-from shared.wire import JobError
 
 log = structlog.get_logger("vidmesh.transcoder")
 
@@ -81,6 +77,7 @@ class WorkRunner:
         fleet: Fleet,
         output_names: OutputNames,
         access: SourceAccess,
+        parts: TypedKV[Part],
         paths: LiveSettings | None = None,
     ) -> None:
         self.node = node
@@ -98,8 +95,30 @@ class WorkRunner:
         self.records = RenditionRecords(
             store, stores, worker_id=worker_id, max_attempts=settings.max_attempts
         )
+        self.sessions = Sessions(fleet.sessions, worker_id, node.host, settings.pool)
+        self.parts = PartRunner(
+            store,
+            parts,
+            stores,
+            settings,
+            worker_id=worker_id,
+            ffmpeg=ffmpeg,
+            sessions=self.sessions,
+            output_names=output_names,
+            access=access,
+            media_roots=self.media_roots,
+            scratch_folder=self.scratch_folder,
+        )
         self.running: dict[str, Rendition] = {}
         self.running_jobs: dict[str, list[str]] = {}  # rendition key -> the jobs it serves
+
+    def running_renditions(self) -> set[str]:
+        """The renditions this worker runs now, whole or some of their parts."""
+        return {*self.running, *(p.rendition for p in self.parts.running.values())}
+
+    def running_job_ids(self) -> set[str]:
+        running = [*self.running_jobs.values(), *self.parts.running_jobs.values()]
+        return {job for jobs in running for job in jobs}
 
     def media_roots(self) -> list[str]:
         """The folders local sources may come from now (the paths settings', else configured)."""
@@ -111,9 +130,18 @@ class WorkRunner:
         moved = self.paths.current.paths.scratch_dir if self.paths is not None else None
         return self.scratch if moved is None else Path(moved) / self.worker_id
 
-    async def __call__(self, received: Received[TranscodeWork]) -> Settle:
-        """Claim the rendition and run it; the kit has bound its key and generation to the log."""
-        work, delivered = received.message, received.attempt
+    async def __call__(self, received: Received[Work]) -> Settle:
+        """Run a work item: a whole rendition here, one of a split rendition's parts in `parts`;
+        the kit has bound its key and generation to the log."""
+        match received.message:
+            case SegmentWork() | JoinWork():
+                return await self.parts(received)  # type: ignore[arg-type]
+            case TranscodeWork() as work:
+                return await self._whole(received, work)  # type: ignore[arg-type]
+
+    async def _whole(self, received: Received[TranscodeWork], work: TranscodeWork) -> Settle:
+        """Claim the rendition and run it."""
+        delivered = received.attempt
         with bound_contextvars(delivery=delivered):
             rendition = await self.records.claim(
                 work, redelivered=delivered > 1, ack_subject=received.ack_subject
@@ -139,76 +167,24 @@ class WorkRunner:
             attempt=r.attempt,
             interval=self.settings.progress_interval,
         )
-        session = self._session(work, r, reporter)
-        lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        helpers = [
-            asyncio.create_task(self._heartbeat(received, lost)),
-            asyncio.create_task(self.records.watch_ownership(r, lost)),
-            asyncio.create_task(reporter.run()),
-            asyncio.create_task(session.run()),
-        ]
-        proxy = self.access.proxy()  # every connection of this attempt's ffmpeg
-        await proxy.start()
-        transcode = asyncio.create_task(self._transcode(work, r, reporter, session, proxy))
-        try:
-            racers: set[asyncio.Future[object]] = {transcode, lost}  # type: ignore[arg-type]
-            limit = self.settings.max_transcode_seconds
-            done, _ = await asyncio.wait(racers, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                await stop_tasks([transcode])  # kills ffmpeg, removes the scratch file
-                raise TranscodeFailed(time_limit(limit))
-            if not transcode.done():
-                raise Lost(lost.result())
-            output = transcode.result()
-        except Lost as exc:
-            log.info("work.stopped", reason=exc.reason)
-            state: SessionState = "cancelled" if exc.reason == "cancelled" else "stopped"
-            await session.finish(state, error=exc.reason)
-            return ACK if exc.reason == "cancelled" else ABANDON
-        except TranscodeFailed as exc:
-            await session.finish("failed", error=exc.error.reason)
-            return await self.records.record_failure(r, exc.error)
-        except asyncio.CancelledError:
-            transcode.cancel()
-            await asyncio.gather(transcode, return_exceptions=True)
-            await asyncio.shield(session.finish("stopped", error="the transcoder stopped"))
-            await asyncio.shield(self.records.hand_back(r))
-            raise
-        except Exception as exc:
-            log.exception("work.crashed", **describe(exc))
-            error = JobError(
-                code="internal_error",
-                reason="The transcoder hit an unexpected error.",
-                detail=f"{type(exc).__name__}: {exc}",
-                retryable=True,
-            )
-            await session.finish("failed", error=error.reason)
-            return await self.records.record_failure(r, error)
-        finally:
-            await stop_tasks([transcode, *helpers])
-            await proxy.close()
-        await session.finish("succeeded", output=msgspec.to_builtins(output))
-        return await self.records.record_success(r, output, time.monotonic() - started, reporter)
-
-    def _session(
-        self, work: TranscodeWork, r: Rendition, reporter: ProgressReporter
-    ) -> SessionRecorder:
-        now = time.time()
-        record = TranscodeSession(
-            id=session_id(r.key, r.generation, r.attempt),
-            rendition=r.key,
-            generation=r.generation,
-            attempt=r.attempt,
-            jobs=list(work.jobs),
-            owner=work.owner,
-            worker=self.worker_id,
-            host=self.node.host,
-            pool=self.settings.pool,
-            source=scrub(work.source),
-            started_at=now,
-            updated_at=now,
+        attempt = Attempt(
+            received,
+            self.settings,
+            self.access,
+            reporter=reporter,
+            session=self.sessions.start(
+                reporter, r, attempt=r.attempt, jobs=work.jobs, owner=work.owner, source=work.source
+            ),
+            watch=lambda lost: self.records.watch_ownership(r, lost),
+            fail=lambda error: self.records.record_failure(r, error),
+            hand_back=lambda: self.records.hand_back(r),
         )
-        return SessionRecorder(self.fleet.sessions, record, reporter)
+        output = await attempt.run(
+            lambda proxy: self._transcode(work, r, reporter, attempt.session, proxy)
+        )
+        if isinstance(output, Settle):
+            return output
+        return await self.records.record_success(r, output, time.monotonic() - started, reporter)
 
     async def _transcode(
         self,
@@ -220,22 +196,10 @@ class WorkRunner:
     ) -> Output:
         profile = preset_profile(work.profile, work.spec or builtin(work.profile))
         container = get_container(work.container)
-        source = await readable_source(work, self.stores, self.media_roots())
+        source = await readable_source(work.source, work.owner, self.stores, self.media_roots())
         reporter.stage("probing")
-        probe: ProbeResult | None = None
-        try:
-            # PyAV's own proxy, which verifies https servers as PyAV does not for nested URLs
-            async with self.access.probe_proxy() as checking:
-                options = self.access.probe_options(source, checking)
-                probe = await checking.guarded(
-                    probe_async(source, timeout=self.settings.probe_timeout, options=options)
-                )
-        except SourceError as exc:
-            # ffmpeg has the last word on whether the source is readable.
-            log.warning("probe.failed", error=scrub(exc.message))
-        except SourceRefused as exc:
-            raise TranscodeFailed(exc.error) from exc
-        else:
+        probe = await probe_source(self.access, source, self.settings.probe_timeout)
+        if probe is not None:
             await self.records.record_probe(r, probe)
             session.update(probe=msgspec.to_builtins(probe))
         total, estimated = duration_of(probe, work.duration_hint)
@@ -252,18 +216,16 @@ class WorkRunner:
             else self.settings.max_source_seconds,
         )
         proxied = Proxied(proxy, self.access.ffmpeg_env(proxy))
-        try:
-            plan = make_plan(probe, profile, container)
-        except SourceError as exc:
-            raise TranscodeFailed(
-                JobError(code="source_unsuitable", reason=exc.message, retryable=False)
-            ) from exc
+        plan = plan_of(probe, profile, container)
         scratch = self.scratch_folder()
         scratch.mkdir(parents=True, exist_ok=True)
         out = scratch / f"{r.key}-{r.generation}-{r.attempt}{container.extension}"
         extension = container.extension.lstrip(".")
         choice = await self._pipeline(profile, plan, probe)
-        ref, store, key = await self._target(work, r, extension)
+        service_key = output_key(r.key, r.generation, r.attempt, extension)
+        ref, store, key = await self.output_names.target(
+            self.stores, work, r.key, extension, service_key
+        )
         while True:
             argv = build_args(
                 self.ffmpeg,
@@ -346,40 +308,3 @@ class WorkRunner:
             preference=preference,
             allowed=DEVICE_PIPELINES[pool.device if pool else "any"],
         )
-
-    async def _target(
-        self, work: TranscodeWork, r: Rendition, extension: str
-    ) -> tuple[str, BlobStore, str]:
-        """Where this attempt's output goes: the user's destination, or the service store."""
-        if work.destination is None:
-            key = output_key(r.key, r.generation, r.attempt, extension)
-            return "", self.stores.service, key
-        try:
-            store = await self.stores.get(work.destination.store)
-        except StoreError as exc:
-            raise TranscodeFailed(
-                JobError(code="store_failed", reason=exc.message, retryable=False)
-            ) from exc
-        name = work.output_name or f"{r.key[:16]}.{extension}"
-        prefix = work.destination.prefix.strip("/")
-        wanted = f"{prefix}/{name}" if prefix else name
-        # another job's object under the same name is never written over
-        key = await self.output_names.claim(store, wanted, r.key)
-        return work.destination.store, store, key
-
-    async def _heartbeat(
-        self, received: Received[TranscodeWork], lost: asyncio.Future[str]
-    ) -> None:
-        """Tell JetStream we are alive; give up ownership once we could not for a whole ack_wait."""
-        interval = self.settings.ack_wait / 3
-        last_ok = time.monotonic()
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await received.in_progress()
-                last_ok = time.monotonic()
-            except Exception as exc:
-                log.warning("work.heartbeat_failed", **describe(exc))
-                if time.monotonic() - last_ok > self.settings.ack_wait and not lost.done():
-                    lost.set_result("heartbeat lost")
-                    return

@@ -34,8 +34,8 @@ from shared.media.inputs import without_proxy_bypass
 from shared.messages import events as ev
 from shared.messages import rpc
 from shared.messages.fleet import WorkerInfo
-from shared.messages.records import OutputNameClaim, RenditionState
-from shared.messages.work import WORK_DECODER, TranscodeWork
+from shared.messages.records import OutputNameClaim, Part, Rendition, RenditionState
+from shared.messages.work import WORKS_DECODER, Work
 from shared.nats.consumer import Consumer, SlotLoops
 from shared.nats.kv import TypedKV
 from shared.nats.subjects import Names
@@ -102,7 +102,7 @@ class Transcoder(Service):
         # PyAV reads no_proxy in this process, and ffmpeg inherits it: it would skip the proxy
         without_proxy_bypass()
         self.access = SourceAccess.of(settings.source_policy, settings.source_tls, os.environ)
-        self._loops: SlotLoops[TranscodeWork] | None = None
+        self._loops: SlotLoops[Work] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._probes: Subscription | None = None
         # PyAV's nested opens that are not handed the probe's options (a VobSub index's .sub,
@@ -127,6 +127,7 @@ class Transcoder(Service):
         )
         self.store = RecordStore(js, self.names, buckets)
         self.workers = TypedKV(buckets.workers, WorkerInfo)
+        self.parts = TypedKV(buckets.parts, Part)
         self.stores = Stores(
             self.settings,
             TypedKV(buckets.userstores, UserStore),
@@ -155,6 +156,7 @@ class Transcoder(Service):
             fleet=Fleet(buckets),
             output_names=OutputNames(TypedKV(buckets.outputnames, OutputNameClaim)),
             access=self.access,
+            parts=self.parts,
             paths=self.server,
         )
         pool = self.settings.pool
@@ -163,7 +165,7 @@ class Transcoder(Service):
             self.names.work_stream,
             self.names.transcode_consumer(pool),
             self.names.work(pool),
-            WORK_DECODER,
+            WORKS_DECODER,
             family="work",
             ack_wait=self.settings.ack_wait,
             # no attempt cap here: a rendition counts its own attempts (`max_attempts`)
@@ -197,12 +199,17 @@ class Transcoder(Service):
         """
         for key in await self.store.renditions.keys():
             found = await self.store.renditions.get(key)
-            r = found.value if found else None
-            if r is None or r.state is not RenditionState.RUNNING or not r.ack_subject:
-                continue
-            if is_dead_local_worker(r.worker):
-                await self.nc.publish(r.ack_subject, b"-NAK")
-                log.info("transcoder.orphan_handed_back", rendition=key, worker=r.worker)
+            await self._hand_back_orphan(found.value if found else None, rendition=key)
+        for key in await self.parts.keys():
+            part = await self.parts.get(key)
+            await self._hand_back_orphan(part.value if part else None, part=key)
+
+    async def _hand_back_orphan(self, held: Rendition | Part | None, **ids: str) -> None:
+        if held is None or held.state is not RenditionState.RUNNING or not held.ack_subject:
+            return
+        if is_dead_local_worker(held.worker):
+            await self.nc.publish(held.ack_subject, b"-NAK")
+            log.info("transcoder.orphan_handed_back", worker=held.worker, **ids)
 
     async def _answer_probe(self, msg: Msg) -> None:
         """`POST /api/metadata`: probe a source for the gateway, without transcoding it; then
@@ -276,8 +283,8 @@ class Transcoder(Service):
             pool=self.settings.pool,
             slots=self.settings.slots,
             busy=busy,
-            renditions=sorted(self.runner.running),
-            jobs=sorted(j for jobs in self.runner.running_jobs.values() for j in jobs),
+            renditions=sorted(self.runner.running_renditions()),
+            jobs=sorted(self.runner.running_job_ids()),
             ffmpeg=self.version,
             started_at=self.started_at,
             updated_at=time.time(),
@@ -288,6 +295,7 @@ class Transcoder(Service):
             pipelines=self.node.pipelines(),
             capabilities_probed_at=self.node.probed_at,
             capabilities_ready=self.node.ready,
+            features=["parts"],  # runs SegmentWork and JoinWork
         )
 
     async def _beat(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -13,6 +15,7 @@ import structlog
 from services.transcoder.progress import ProgressReporter
 from shared import metrics as m
 from shared.messages.fleet import SessionState, ThroughputSample, TranscodeSession
+from shared.messages.records import Rendition
 from shared.nats.kv import TypedKV
 from shared.nats.topology import describe
 from shared.sources import scrub
@@ -27,6 +30,11 @@ def session_id(key: str, generation: int, attempt: int) -> str:
     return f"{key}-{generation}-{attempt}"
 
 
+def part_session_id(key: str, generation: int, part: str, attempt: int) -> str:
+    """A part's attempt: starts with `<key>-`, so a job's sessions list finds it."""
+    return f"{key}-{generation}-{part}-{attempt}"
+
+
 def scrubbed(session: TranscodeSession) -> TranscodeSession:
     """The session as operators see it: no credential from a URL (a signed source's signature,
     a Jellyfin token) in its source, argv, stderr or error."""
@@ -38,6 +46,48 @@ def scrubbed(session: TranscodeSession) -> TranscodeSession:
         error=scrub(session.error),
         pipeline_reason=scrub(session.pipeline_reason),
     )
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """Where this transcoder's sessions go, and what each says about the transcoder."""
+
+    kv: TypedKV[TranscodeSession]
+    worker: str
+    host: str
+    pool: str
+
+    def start(
+        self,
+        reporter: ProgressReporter,
+        r: Rendition,
+        *,
+        attempt: int,
+        jobs: Iterable[str],
+        owner: str,
+        source: str,
+        part: str = "",
+    ) -> SessionRecorder:
+        """The recorder of a new attempt: at the whole rendition, or at one of its parts."""
+        now = time.time()
+        record = TranscodeSession(
+            id=part_session_id(r.key, r.generation, part, attempt)
+            if part
+            else session_id(r.key, r.generation, attempt),
+            rendition=r.key,
+            generation=r.generation,
+            attempt=attempt,
+            part=part,
+            jobs=list(jobs),
+            owner=owner,
+            worker=self.worker,
+            host=self.host,
+            pool=self.pool,
+            source=scrub(source),
+            started_at=now,
+            updated_at=now,
+        )
+        return SessionRecorder(self.kv, record, reporter)
 
 
 class SessionRecorder:

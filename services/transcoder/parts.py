@@ -1,0 +1,384 @@
+"""One part of a split rendition, start to finish: claim it, encode it (a span of the video, or
+the whole audio) into a file of the store's parts area, or join the stored parts into the
+rendition's output; record the outcome.
+
+The same machinery as a whole transcode (`runner.py`): the claim by compare-and-set (a
+redelivery takes over a part whose transcoder stopped heartbeating), heartbeats, a watch on the
+part and on its rendition (a cancelled rendition stops every part's ffmpeg), a session per
+attempt, the same settlement and `max_attempts` per part. Progress folds into the rendition's
+one record (`part_progress.py`). Reads and writes of part records live in `part_records.py`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from services.transcoder.attempt import (
+    TranscodeFailed,
+    cpu_choice,
+    readable_source,
+    scrub_argv,
+    store_output,
+    stored_file,
+)
+from services.transcoder.config import TranscoderSettings
+from services.transcoder.encode import Proxied, encode_to_file
+from services.transcoder.helpers import Attempt, plan_of, probe_source
+from services.transcoder.limits import RunLimits, with_output_limit
+from services.transcoder.names import OutputNames
+from services.transcoder.part_progress import STALE_ACK_WAITS, PartProgress
+from services.transcoder.part_records import PartRecords
+from services.transcoder.sessions import SessionRecorder, Sessions
+from services.transcoder.source_proxy import SourceAccess, SourceProxy
+from shared.blobs.store import output_key, part_key
+from shared.blobs.users import Stores
+from shared.jobs.store import RecordStore
+from shared.media import builtin, get_container, preset_profile
+from shared.media.plan import Plan
+from shared.media.profiles import ContainerSpec, Profile
+from shared.media.segments import (
+    SEGMENT_CONTAINER,
+    Segment,
+    audio_args,
+    join_args,
+    segment_args,
+    write_concat_list,
+)
+from shared.messages.records import Output, Part, Rendition, RenditionState
+from shared.messages.work import JoinWork, SegmentWork
+from shared.nats.consumer import ACK, Received, Settle
+from shared.nats.kv import TypedKV
+from shared.sources import scrub
+from shared.wire import JobError
+
+log = structlog.get_logger("vidmesh.transcoder")
+
+
+class PartRunner:
+    """The transcoder's handler of `SegmentWork` and `JoinWork`."""
+
+    def __init__(
+        self,
+        store: RecordStore,
+        parts: TypedKV[Part],
+        stores: Stores,
+        settings: TranscoderSettings,
+        *,
+        worker_id: str,
+        ffmpeg: str,
+        sessions: Sessions,
+        output_names: OutputNames,
+        access: SourceAccess,
+        media_roots: Callable[[], list[str]],
+        scratch_folder: Callable[[], Path],
+    ) -> None:
+        self.store = store
+        self.stores = stores
+        self.settings = settings
+        self.worker_id = worker_id
+        self.ffmpeg = ffmpeg
+        self.sessions = sessions
+        self.output_names = output_names
+        self.access = access
+        self.media_roots = media_roots
+        self.scratch_folder = scratch_folder
+        self.records = PartRecords(
+            store, parts, stores, worker_id=worker_id, max_attempts=settings.max_attempts
+        )
+        self.running: dict[str, Part] = {}  # part key -> the part
+        self.running_jobs: dict[str, list[str]] = {}  # part key -> the jobs its rendition serves
+
+    async def __call__(self, received: Received[SegmentWork | JoinWork]) -> Settle:
+        """Claim the part and run it."""
+        work, delivered = received.message, received.attempt
+        name = work.part if isinstance(work, SegmentWork) else "join"
+        with bound_contextvars(part=name, delivery=delivered):
+            claimed = await self.records.claim(
+                work, redelivered=delivered > 1, ack_subject=received.ack_subject
+            )
+            if claimed is None:
+                return ACK
+            part, r = claimed
+            self.running[part.key] = part
+            self.running_jobs[part.key] = list(work.jobs)
+            try:
+                return await self._run(received, work, part, r)
+            finally:
+                self.running.pop(part.key, None)
+                self.running_jobs.pop(part.key, None)
+
+    async def _run(
+        self,
+        received: Received[SegmentWork | JoinWork],
+        work: SegmentWork | JoinWork,
+        part: Part,
+        r: Rendition,
+    ) -> Settle:
+        started = time.monotonic()
+        reporter = PartProgress(
+            self.store.progress,
+            r,
+            part,
+            interval=self.settings.progress_interval,
+            stale_after=STALE_ACK_WAITS * self.settings.ack_wait,
+        )
+        attempt = Attempt(
+            received,
+            self.settings,
+            self.access,
+            reporter=reporter,
+            session=self.sessions.start(
+                reporter,
+                r,
+                attempt=part.attempt,
+                jobs=work.jobs,
+                owner=work.owner,
+                source=work.source if isinstance(work, SegmentWork) else r.source,
+                part=part.name,
+            ),
+            watch=lambda lost: self.records.watch(part, r, lost),
+            fail=lambda error: self.records.record_failure(part, error),
+            hand_back=lambda: self.records.hand_back(part),
+        )
+        if isinstance(work, JoinWork):
+            joined = await attempt.run(
+                lambda proxy: self._join(work, part, r, reporter, attempt.session, proxy)
+            )
+            if isinstance(joined, Settle):
+                return joined
+            settle = await self.records.record_join(r, part, joined, time.monotonic() - started)
+            if settle is ACK:
+                await reporter.clear()
+            return settle
+        stored = await attempt.run(
+            lambda proxy: self._encode(work, part, r, reporter, attempt.session, proxy)
+        )
+        if isinstance(stored, Settle):
+            return stored
+        settle = await self.records.record_success(part, stored)
+        if settle is ACK:
+            await reporter.finished()
+        return settle
+
+    def _limits(self) -> RunLimits:
+        # the planner checked the source's duration before it split it
+        return RunLimits(
+            stall_seconds=self.settings.stall_seconds,
+            max_output_bytes=self.settings.max_output_bytes,
+            max_source_seconds=None,
+        )
+
+    def _scratch_file(self, part: Part, extension: str) -> Path:
+        scratch = self.scratch_folder()
+        scratch.mkdir(parents=True, exist_ok=True)
+        return scratch / f"{part.key}-{part.attempt}{extension}"
+
+    async def _encode(
+        self,
+        work: SegmentWork,
+        part: Part,
+        r: Rendition,
+        reporter: PartProgress,
+        session: SessionRecorder,
+        proxy: SourceProxy,
+    ) -> Output:
+        """Encode the part into its file under `parts/` of the service's store."""
+        profile = preset_profile(work.profile, work.spec or builtin(work.profile))
+        container = get_container(work.container)
+        if work.stored_source:
+            source = await stored_file(self.stores.service, work.stored_source)
+        else:
+            source = await readable_source(work.source, work.owner, self.stores, self.media_roots())
+        probe = r.probe
+        if probe is None:  # the planner records it; a part never goes without one
+            reporter.stage("probing")
+            probe = await probe_source(self.access, source, self.settings.probe_timeout)
+        plan = plan_of(probe, profile, container)
+        if work.kind == "video":
+            argv, out = self._video_args(work, part, source, plan, profile, proxy)
+            extension = SEGMENT_CONTAINER.extension
+        else:
+            extension = container.extension
+            out = self._scratch_file(part, extension)
+            argv = audio_args(
+                self.ffmpeg,
+                source,
+                str(out),
+                plan,
+                profile,
+                container,
+                threads=self.settings.ffmpeg_threads,
+                input_options=self.access.ffmpeg_options(source, proxy),
+            )
+        argv = with_output_limit(argv, self.settings.max_output_bytes)
+        choice = cpu_choice(profile, plan, probe, "every segment of a split job uses its encoder")
+        session.update(pipeline=choice.name, pipeline_reason=choice.reason, argv=scrub_argv(argv))
+        log.info("ffmpeg.start", part=part.name, kind=work.kind, start=work.start, end=work.end)
+        reporter.stage("encoding")
+        key = part_key(r.key, r.generation, part.name, part.attempt, extension.lstrip("."))
+        proxied = Proxied(proxy, self.access.ffmpeg_env(proxy))
+        try:
+            result = await encode_to_file(argv, out, reporter, self._limits(), proxied)
+            stored = await store_output(self.stores.service, key, out)
+        finally:
+            out.unlink(missing_ok=True)
+        session.update(stderr_tail=scrub(result.stderr_tail))
+        log.info("ffmpeg.done", seconds=round(result.wall_seconds, 2), size=stored.size)
+        return Output(
+            blob=stored.key,
+            size=stored.size,
+            sha256=stored.sha256,
+            container=SEGMENT_CONTAINER.name if work.kind == "video" else container.name,
+            mime=SEGMENT_CONTAINER.mime if work.kind == "video" else container.mime,
+            duration=None if work.end is None else work.end - work.start,
+            video=plan.video if work.kind == "video" else "",
+            audio=plan.audio if work.kind == "audio" else "",
+        )
+
+    def _video_args(
+        self,
+        work: SegmentWork,
+        part: Part,
+        source: str,
+        plan: Plan,
+        profile: Profile,
+        proxy: SourceProxy,
+    ) -> tuple[list[str], Path]:
+        if work.encoder and work.encoder != profile.encoder:
+            raise TranscodeFailed(
+                JobError(
+                    code="internal_error",
+                    reason=f"The split's encoder {work.encoder} is not the profile's.",
+                    retryable=False,
+                )
+            )
+        out = self._scratch_file(part, SEGMENT_CONTAINER.extension)
+        segment = Segment(index=part.index, start=work.start, end=work.end, frames=work.frames)
+        argv = segment_args(
+            self.ffmpeg,
+            source,
+            str(out),
+            segment,
+            plan,
+            profile,
+            threads=self.settings.ffmpeg_threads,
+            input_options=self.access.ffmpeg_options(source, proxy),
+        )
+        return argv, out
+
+    async def _join(
+        self,
+        work: JoinWork,
+        part: Part,
+        r: Rendition,
+        reporter: PartProgress,
+        session: SessionRecorder,
+        proxy: SourceProxy,
+    ) -> Output:
+        """Join the stored parts (concat, streams copied) into the rendition's output, stored
+        with its SHA-256 as a whole transcode stores it."""
+        container = get_container(work.container)
+        profile = preset_profile(work.profile, work.spec or builtin(work.profile))
+        videos, audio = await self._stored_parts(r)
+        files = [await stored_file(self.stores.service, blob_of(p)) for p, _ in videos]
+        listing = write_concat_list(
+            self._scratch_file(part, ".ffconcat"), files, [d for _, d in videos]
+        )
+        audio_file = None
+        if audio is not None:
+            audio_file = await stored_file(self.stores.service, blob_of(audio))
+        out = self._scratch_file(part, container.extension)
+        argv = join_args(
+            self.ffmpeg,
+            str(listing),
+            audio_file,
+            str(out),
+            container,
+            video_start=videos[0][0].start,
+        )
+        session.update(pipeline="cpu", pipeline_reason="streams copied", argv=scrub_argv(argv))
+        extension = container.extension.lstrip(".")
+        # one key per join attempt: a join that lost deletes only its own file
+        service_key = output_key(r.key, r.generation, r.attempt, f"join{part.attempt}.{extension}")
+        ref, store, key = await self.output_names.target(
+            self.stores, work, r.key, extension, service_key
+        )
+        await reporter.storing()
+        proxied = Proxied(proxy, self.access.ffmpeg_env(proxy))
+        try:
+            result = await encode_to_file(argv, out, reporter, self._limits(), proxied)
+            stored = await store_output(store, key, out)
+        finally:
+            out.unlink(missing_ok=True)
+            listing.unlink(missing_ok=True)
+        session.update(stderr_tail=scrub(result.stderr_tail))
+        log.info("join.done", seconds=round(result.wall_seconds, 2), size=stored.size)
+        return self._joined_output(
+            ref, stored.key, stored.size, stored.sha256, r, profile, container
+        )
+
+    async def _stored_parts(
+        self, r: Rendition
+    ) -> tuple[list[tuple[Part, float | None]], Part | None]:
+        """The video parts in order with their exact durations (to the next one's start; None
+        for the last), and the audio part; a part not stored fails the join (to run again)."""
+        assert r.split is not None  # the claim checked it
+        parts = await self.records.parts_of(r)
+        videos = [p for p in parts if p.kind == "video"]
+        audio = next((p for p in parts if p.kind == "audio"), None)
+        wanted = r.split.segments + (1 if r.split.audio else 0)
+        ready = [p for p in [*videos, audio] if p is not None and p.state is RenditionState.DONE]
+        if len(ready) != wanted or len(videos) != r.split.segments:
+            raise TranscodeFailed(
+                JobError(
+                    code="internal_error",
+                    reason="The join ran before every part of the job was stored.",
+                    retryable=True,
+                )
+            )
+        durations = [b.start - a.start for a, b in zip(videos, videos[1:], strict=False)]
+        return list(zip(videos, [*durations, None], strict=True)), audio
+
+    def _joined_output(
+        self,
+        ref: str,
+        blob: str,
+        size: int,
+        sha256: str,
+        r: Rendition,
+        profile: Profile,
+        container: ContainerSpec,
+    ) -> Output:
+        plan = plan_of(r.probe, profile, container)
+        video = r.probe.video() if r.probe else None
+        audio = r.probe.audio() if r.probe else None
+        return Output(
+            store=ref,
+            blob=blob,
+            size=size,
+            sha256=sha256,
+            container=container.name,
+            mime=container.mime,
+            mode=plan.mode,
+            duration=r.split.seconds if r.split else None,
+            video=plan.video if video is None else f"{plan.video} {video.codec or '?'}",
+            audio=plan.audio if audio is None else f"{plan.audio} {audio.codec or '?'}",
+        )
+
+
+def blob_of(part: Part) -> str:
+    """The stored file of a part that is done."""
+    if part.output is None:
+        raise TranscodeFailed(
+            JobError(
+                code="internal_error",
+                reason=f"The part {part.name} is done but records no file.",
+                retryable=False,
+            )
+        )
+    return part.output.blob
