@@ -113,7 +113,9 @@ class JellyfinStandIn:
         """Static file with Range support, like `/Videos/{id}/stream?Static=true`.
 
         Test knobs: `fail_until=<epoch>` answers 503 until then; `slow_first=<s>` holds the
-        first request for that URL that long before answering.
+        first request for that URL that long before answering; `seek_rate=<bytes/s>` serves a
+        range that does not start at 0 (a seek: what a segment of a split job reads) that slowly,
+        while reads from the start (a probe, a keyframe index) go as fast as they can.
         """
         key = f"stream:{request.match_info['item']}"
         self.hits[key] += 1
@@ -122,7 +124,30 @@ class JellyfinStandIn:
             return web.Response(status=503, text="busy")
         if self.hits[str(request.rel_url)] == 1 and "slow_first" in request.query:
             await asyncio.sleep(float(request.query["slow_first"]))
+        seek_rate = int(request.query.get("seek_rate", "0"))
+        if seek_rate and request.http_range.start:
+            return await self._seek_slowly(request, self._item(request), seek_rate)
         return web.FileResponse(self._item(request))
+
+    async def _seek_slowly(self, request: web.Request, path: Path, rate: int) -> web.StreamResponse:
+        """A 206 of the requested range (from its start to the end), `rate` bytes a second."""
+        size = (await asyncio.to_thread(path.stat)).st_size
+        start = request.http_range.start or 0
+        start = start if start >= 0 else max(0, size + start)  # bytes=-N: the last N
+        if start >= size:
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+        response = web.StreamResponse(status=206)
+        response.headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+        response.headers["Accept-Ranges"] = "bytes"
+        response.content_length = size - start
+        await response.prepare(request)
+        with path.open("rb") as handle:
+            handle.seek(start)
+            while chunk := handle.read(16 * 1024):
+                await response.write(chunk)
+                await asyncio.sleep(len(chunk) / rate)
+        await response.write_eof()
+        return response
 
     async def live(self, request: web.Request) -> web.StreamResponse:
         """Chunked, no Content-Length, no Range: the duration cannot be known up front."""

@@ -55,6 +55,11 @@ class TranscoderSettings(CommonSettings, kw_only=True, forbid_unknown_fields=Tru
     source_tls_verify: bool = True
     # CA bundle https sources are verified against; "": the system's bundle.
     source_ca_file: str = ""
+    # Segment-parallel encoding (services/transcoder/split.py): a source at least this long whose
+    # video is re-encoded is split into segments of about `segment_seconds` (cut on its
+    # keyframes), each a work item any transcoder of the pool may run; 0 turns splitting off.
+    segment_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    segment_min_seconds: Annotated[float, msgspec.Meta(ge=0)] = 600.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

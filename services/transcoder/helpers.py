@@ -27,7 +27,7 @@ from shared.media.plan import Plan
 from shared.media.probe import ProbeResult
 from shared.media.profiles import ContainerSpec, Profile
 from shared.messages.fleet import SessionState
-from shared.messages.records import Output
+from shared.messages.records import Output, Split
 from shared.nats.consumer import ABANDON, ACK, Received, Settle
 from shared.nats.kv import TypedKV
 from shared.nats.topology import describe
@@ -39,6 +39,8 @@ log = structlog.get_logger("vidmesh.transcoder")
 
 T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
+# What an attempt that succeeded made: a stored output, or its rendition split into parts.
+Made = TypeVar("Made", bound=Output | Split)
 
 
 async def heartbeat(received: Received[Any], lost: asyncio.Future[str], ack_wait: float) -> None:
@@ -152,9 +154,10 @@ class Attempt:
         self.hand_back = hand_back
 
     async def run(
-        self, encode: Callable[[SourceProxy], Coroutine[Any, Any, Output]]
-    ) -> Output | Settle:
-        """The stored output, or how to settle the work item when there is none."""
+        self, encode: Callable[[SourceProxy], Coroutine[Any, Any, Made]]
+    ) -> Made | Settle:
+        """The stored output (or the split), or how to settle the work item when there is
+        none."""
         session = self.session
         lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         helpers = [
@@ -195,5 +198,8 @@ class Attempt:
         finally:
             await stop_tasks([work, *helpers])
             await proxy.close()
-        await session.finish("succeeded", output=msgspec.to_builtins(output))
+        if isinstance(output, Split):
+            await session.finish("succeeded", split=output.segments)
+        else:
+            await session.finish("succeeded", output=msgspec.to_builtins(output))
         return output

@@ -23,7 +23,7 @@ from shared.jobs import state as jobstate
 from shared.jobs.store import RecordStore
 from shared.media.failures import gave_up
 from shared.media.probe import ProbeResult
-from shared.messages.records import Output, Rendition, RenditionState
+from shared.messages.records import Output, Rendition, RenditionState, Split
 from shared.messages.work import TranscodeWork
 from shared.nats.consumer import ABANDON, ACK, RETRY, Settle
 from shared.nats.topology import describe
@@ -65,6 +65,8 @@ class RenditionRecords:
         def take(current: Rendition | None) -> Rendition | None:
             if current is None or current.generation != work.generation:
                 return None
+            if current.split is not None:  # its parts are its work now (its planner split it)
+                return None
             if current.state in (R.PENDING, R.DISPATCHED):
                 return jobstate.claim(current, self.worker_id, now, ack_subject)
             # A redelivery means the previous holder stopped heartbeating: take over.
@@ -91,6 +93,20 @@ class RenditionRecords:
             await self.store.change_rendition(r.key, keep)
         except Exception as exc:
             log.debug("probe.record_failed", **describe(exc))
+
+    async def record_split(self, r: Rendition, split: Split) -> bool:
+        """The rendition's work is its parts now (created before): it keeps running with no
+        worker of its own. False when the attempt is no longer ours."""
+        now = time.time()
+
+        def divide(current: Rendition | None) -> Rendition | None:
+            if not self._owns(current, r):
+                return None
+            return jobstate.split_rendition(current, split, now)
+
+        _, changed = await self.store.change_rendition(r.key, divide)
+        log.info("work.split", segments=split.segments, recorded=changed)
+        return changed
 
     async def record_success(
         self, r: Rendition, output: Output, wall: float, reporter: ProgressReporter
@@ -160,7 +176,8 @@ class RenditionRecords:
         """Stop when the rendition is cancelled, or claimed by another transcoder."""
 
         def why_not_ours(current: Rendition) -> str | None:
-            if self._owns(current, r):
+            # splitting it is this attempt's last act: it ends once the split is recorded
+            if self._owns(current, r) or jobstate.split_live(current, r.generation):
                 return None
             return "cancelled" if current.state is R.CANCELLED else "taken over"
 

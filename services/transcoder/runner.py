@@ -35,6 +35,7 @@ from services.transcoder.progress import ProgressReporter
 from services.transcoder.records import RenditionRecords
 from services.transcoder.sessions import SessionRecorder, Sessions
 from services.transcoder.source_proxy import SourceAccess, SourceProxy
+from services.transcoder.split import Splitter
 from shared.blobs.store import output_key
 from shared.blobs.users import Stores
 from shared.fleet import Fleet
@@ -50,7 +51,7 @@ from shared.media.plan import Plan
 from shared.media.probe import ProbeResult
 from shared.media.profiles import Profile
 from shared.messages.fleet import DEVICE_PIPELINES
-from shared.messages.records import Output, Part, Rendition
+from shared.messages.records import Output, Part, Rendition, Split
 from shared.messages.work import JoinWork, SegmentWork, TranscodeWork, Work
 from shared.nats.consumer import ACK, Received, Settle
 from shared.nats.kv import TypedKV
@@ -109,6 +110,7 @@ class WorkRunner:
             media_roots=self.media_roots,
             scratch_folder=self.scratch_folder,
         )
+        self.splitter = Splitter(store, parts, self.records, fleet, settings, access)
         self.running: dict[str, Rendition] = {}
         self.running_jobs: dict[str, list[str]] = {}  # rendition key -> the jobs it serves
 
@@ -184,6 +186,8 @@ class WorkRunner:
         )
         if isinstance(output, Settle):
             return output
+        if isinstance(output, Split):
+            return ACK  # its parts are on the pool's queue: the scheduler leases them
         return await self.records.record_success(r, output, time.monotonic() - started, reporter)
 
     async def _transcode(
@@ -193,7 +197,7 @@ class WorkRunner:
         reporter: ProgressReporter,
         session: SessionRecorder,
         proxy: SourceProxy,
-    ) -> Output:
+    ) -> Output | Split:
         profile = preset_profile(work.profile, work.spec or builtin(work.profile))
         container = get_container(work.container)
         source = await readable_source(work.source, work.owner, self.stores, self.media_roots())
@@ -217,6 +221,9 @@ class WorkRunner:
         )
         proxied = Proxied(proxy, self.access.ffmpeg_env(proxy))
         plan = plan_of(probe, profile, container)
+        split = await self.splitter.split(r, source, probe, plan, profile, reporter)
+        if split is not None:
+            return split
         scratch = self.scratch_folder()
         scratch.mkdir(parents=True, exist_ok=True)
         out = scratch / f"{r.key}-{r.generation}-{r.attempt}{container.extension}"
