@@ -209,19 +209,27 @@ async def test_a_long_job_is_encoded_in_segments_on_both_transcoders_frame_exact
 
 
 @pytest.mark.parametrize(
-    ("clip", "preset"), [("split_short", "x-mp4"), ("split_fits", "optimized")]
+    ("clip", "kind", "preset"),
+    [
+        ("split_short", "stream", "x-mp4"),
+        ("split_fits", "stream", "optimized"),
+        ("split_bframes", "live", "x-mp4"),  # no Range: every segment would read from the start
+    ],
+    ids=["short", "remux-only", "cannot-seek"],
 )
-async def test_a_short_job_and_a_remux_only_job_run_whole(
+async def test_a_short_job_a_remux_only_job_and_an_unseekable_source_run_whole(
     split_system: Deployment,
     ann: Api,
     jellyfin: JellyfinStandIn,
     sources: dict[str, Path],
     clip: str,
+    kind: str,
     preset: str,
 ) -> None:
-    """Given a source shorter than the segment minimum, or one whose streams are only copied,
-    when a job asks for it, then it completes in one transcode: no part, no split."""
-    source = jellyfin.stream_url(clip, ALICE)
+    """Given a source shorter than the segment minimum, one whose streams are only copied, or one
+    served without Range requests, when a job asks for it, then it completes in one transcode:
+    no part, no split."""
+    source = jellyfin.stream_url(clip, ALICE, kind=kind)
     job = await ann.ok("POST", "/api/jobs", 201, json={"source": source, "preset": preset})
     done = await ann.wait_job(job["id"], "completed", "failed", timeout=30)
     assert done["status"] == "completed", done
@@ -292,7 +300,7 @@ async def test_transcoder_killed_mid_segment_only_that_segment_runs_twice(
     session never ended, the second succeeded), every other part and the join once, and no part
     file is left once it is done."""
     d = split_system
-    source = slow_seeks(jellyfin, sources["split_bframes"], "split_bframes", 3.0)
+    source = slow_seeks(jellyfin, sources["split_bframes"], "split_bframes", 2.0)
     job = await ann.ok("POST", "/api/jobs", 201, json={"source": source, "preset": "x-mp4"})
 
     async def victim() -> tuple[dict[str, Any], int] | None:
