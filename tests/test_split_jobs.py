@@ -209,11 +209,12 @@ async def test_a_long_job_is_encoded_in_segments_on_both_transcoders_frame_exact
 
 
 @pytest.mark.parametrize(
-    ("clip", "kind", "preset"),
+    ("clip", "kind", "preset", "reason"),
     [
-        ("split_short", "stream", "x-mp4"),
-        ("split_fits", "stream", "optimized"),
-        ("split_bframes", "live", "x-mp4"),  # no Range: every segment would read from the start
+        ("split_short", "stream", "x-mp4", "the source is shorter than the segment minimum"),
+        ("split_fits", "stream", "optimized", "the video is not re-encoded"),
+        # no Range: every segment would read the source from its start
+        ("split_bframes", "live", "x-mp4", "the source does not answer Range requests"),
     ],
     ids=["short", "remux-only", "cannot-seek"],
 )
@@ -225,6 +226,7 @@ async def test_a_short_job_a_remux_only_job_and_an_unseekable_source_run_whole(
     clip: str,
     kind: str,
     preset: str,
+    reason: str,
 ) -> None:
     """Given a source shorter than the segment minimum, one whose streams are only copied, or one
     served without Range requests, when a job asks for it, then it completes in one transcode:
@@ -235,6 +237,8 @@ async def test_a_short_job_a_remux_only_job_and_an_unseekable_source_run_whole(
     assert done["status"] == "completed", done
     (session,) = await sessions_of(ann, job["id"])
     assert session["part"] == "" and session["split"] == 0 and session["state"] == "succeeded"
+    logs = "".join(p.log() for p in split_system.processes if p.name == "transcoder")
+    assert f'"reason": "{reason}"' in logs or f'"reason":"{reason}"' in logs
 
 
 def slow_seeks(jellyfin: JellyfinStandIn, clip: Path, name: str, segment_seconds: float) -> str:
