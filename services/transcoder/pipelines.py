@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+import msgspec
 import structlog
 
 from services.transcoder.attempt import HardwareFailed, cpu_choice
@@ -47,7 +48,9 @@ def segment_choice(
     """The pipeline for one video segment on a node where the `working` checks pass, in a pool
     of `device`: as for a whole job, among the pipelines that encode with the CPU encoder."""
     allowed = [name for name in DEVICE_PIPELINES[device] if name in CPU_ENCODED]
-    return _choose(working, profile, plan, probe, preference=preference, allowed=allowed)
+    choice = _choose(working, profile, plan, probe, preference=preference, allowed=allowed)
+    why = f"{choice.reason} (a split job's segments keep its CPU encoder)"
+    return msgspec.structs.replace(choice, reason=why)
 
 
 def _choose(
