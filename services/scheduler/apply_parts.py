@@ -53,11 +53,12 @@ class PartWrites:
         return done.changed
 
     async def publish(self, change: PublishPart, now: float) -> None:
-        """Publish the part's work item, then mark it dispatched (in that order, as a
-        rendition's: a crash between means a re-publish with the same message id, dropped)."""
+        """Publish the part's work item to the pool that leased it, then mark it dispatched
+        there (in that order, as a rendition's: a crash between means a re-publish with the same
+        message id, dropped)."""
         p, work = change.part, change.work
         await self.store.js.publish(
-            self.store.names.work(p.pool),
+            self.store.names.work(change.pool),
             ENCODER.encode(work),
             headers={"Nats-Msg-Id": f"{p.key}:{work.dispatch_seq}"},
         )
@@ -70,7 +71,7 @@ class PartWrites:
             r = self.view.renditions.get(p.rendition)
             if r is None or not jobstate.split_live(r, p.generation):
                 return None
-            return jobstate.dispatch_part(current, now)
+            return jobstate.dispatch_part(current, now, change.pool)
 
         await self._change(p.key, mark)
         log.info(
@@ -79,6 +80,7 @@ class PartWrites:
             generation=p.generation,
             part=p.name,
             kind=type(work).__name__,
+            pool=change.pool,
         )
 
     async def fail_split(self, change: FailSplit, now: float) -> None:

@@ -161,11 +161,13 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class PublishPart:
-    """A part's work item goes to its pool, then the part is marked dispatched."""
+    """A part's work item goes to `pool` (its own, or for a video part a helper pool), then the
+    part is marked dispatched there."""
 
     rendition: Rendition
     part: Part
     work: SegmentWork | JoinWork
+    pool: str
 
 
 @dataclass(frozen=True, slots=True)

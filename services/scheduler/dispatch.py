@@ -27,7 +27,9 @@ A split rendition's parts are work items of their own (see `services.scheduler.p
 takes a lease (`Lease.part`) under the same limit, room and slots, in the same order as the
 renditions, its rendition's client counting for it; the split rendition itself holds none. A
 manual rendition's parts go first, at most one of them at a time on a manual key beyond the
-limit.
+limit. A pool's video parts it has no slot for may be leased in its `segment_helpers` pools,
+after their own work, and go to their subject (one work stream: the message id de-duplicates a
+part published to two pools); `Part.pool` then names the helper.
 
 Upgrading from the one-record layout (a `LeaseSet` per pool under the key `<pool>`): the
 scheduler turns each live holder into a lease key when it starts, then deletes the old record at
@@ -48,12 +50,13 @@ import structlog
 from services.scheduler.changes import Change, Claim, Publish, PublishPart, Release
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.parts import part_rank, publish_part
+from services.scheduler.slots import Room, Slots, pool_slots
 from services.scheduler.view import LeaseView, View, client_of
 from shared.jobs import state as jobstate
 from shared.messages.records import Lease, LeaseSet, Part, Rendition, RenditionState
 from shared.messages.work import TranscodeWork
 from shared.nats.kv import Stale, TypedKV
-from shared.nats.leases import holder, manual_key, pool_of, slot_key, slot_of
+from shared.nats.leases import holder, manual_key, pool_of, slot_key
 
 log = structlog.get_logger("vidmesh.scheduler")
 
@@ -84,28 +87,29 @@ def decide_dispatch(
     leases are read from a projection of the bucket, which may lag; the create that claims a
     slot is what decides, so a lagging view costs a retry, never a slot too many. Leases whose
     rendition ended are looked for among `recheck` (None: every lease; leases of renditions that
-    stay pending time out without any change).
+    stay pending time out without any change). Once every pool has leased its own work, the
+    video parts a pool had no slot for go to its segment helpers (`lend_to_helpers`).
     """
     fleet = leases.settings()
-    room: int | None = None
+    left = None
     if fleet is not None and fleet.global_concurrency is not None:
-        room = fleet.global_concurrency - len(leases)
+        left = fleet.global_concurrency - len(leases)
+    room = Room(left)
     looked_at = None if recheck is None else set(recheck)
-    changes: list[Change] = []
     leased = {pool for pool, held in leases.of_pool.items() if held}
-    for pool_id in sorted({settings.pool} | view.pending_pools() | leased):
+    pools = sorted({settings.pool} | view.pending_pools() | leased)
+    released = {pool_id: _release_ended(view, leases, pool_id, now, looked_at) for pool_id in pools}
+    gone = {change.key for changes in released.values() for change in changes}
+    changes: list[Change] = []
+    slots: dict[str, Slots] = {}
+    for pool_id in pools:
+        changes.extend(released[pool_id])
         pool = leases.pool(pool_id)
-        default = leases.dispatch_concurrency or settings.max_concurrent_jobs
-        limit = pool.concurrency if pool and pool.concurrency else default
-        released = _release_ended(view, leases, pool_id, now, looked_at)
-        changes.extend(released)
         if pool is not None and not pool.enabled:
             continue
-        gone = {change.key for change in released}
-        taken, added = _lease_pending(view, leases, pool_id, limit, room, now, gone)
-        changes.extend(taken)
-        if room is not None:
-            room -= added
+        slots[pool_id] = pool_slots(leases, pool_id, settings, gone)
+        changes.extend(_lease_pending(view, leases, slots[pool_id], room, now, gone))
+    changes.extend(lend_to_helpers(view, leases, settings, slots, room, now, gone, changes))
     return changes
 
 
@@ -129,21 +133,14 @@ def _release_ended(
 
 
 def _lease_pending(
-    view: View,
-    leases: LeaseView,
-    pool_id: str,
-    limit: int,
-    room: int | None,
-    now: float,
-    gone: set[str],
-) -> tuple[list[Change], int]:
+    view: View, leases: LeaseView, slots: Slots, room: Room, now: float, gone: set[str]
+) -> list[Change]:
+    pool_id = slots.pool_id
     held = {key for key in leases.of_pool.get(pool_id, {}) if key not in gone}
-    auto = set(leases.slots.get(pool_id, ())) - {slot_of(key) for key in gone}
     changes: list[Change] = []
-    added = 0
     # With no automatic slot free (as with a long queue), only a manual start or a rendition
     # leased earlier can be dispatched: the rest of the queue is not even ordered.
-    slot_free = len(auto) < limit and (room is None or room > 0)
+    slot_free = slots.free() and room.has()
     # Split renditions with a part on a manual key: their other parts wait for slots.
     manual_parts = {
         lease.rendition
@@ -152,9 +149,12 @@ def _lease_pending(
     }
     for r, p in work_in_order(view, leases, pool_id, slot_free=slot_free):
         holding = r.key if p is None else p.key
-        if any(key in held for key in leases.keys_of.get(holding, ())):
+        keys = [key for key in leases.keys_of.get(holding, ()) if key not in gone]
+        if any(key in held for key in keys):
             changes.append(_publish(view, r, p, now))  # leased earlier, never dispatched: again
             continue
+        if p is not None and keys:
+            continue  # leased by a helper pool, whose turn publishes it again
         lease = Lease(
             generation=r.generation if p is None else p.generation,
             since=now,
@@ -167,16 +167,74 @@ def _lease_pending(
             key = manual_key(pool_id, holding)
             if p is not None:
                 manual_parts.add(r.key)
-        elif len(auto) < limit and (room is None or added < room):
-            free = next(n for n in range(limit) if n not in auto)
-            key = slot_key(pool_id, free)
-            auto.add(free)
-            added += 1
+        elif slots.free() and room.has():
+            key = slots.take()
+            room.use()
             lease = msgspec.structs.replace(lease, manual=False)
         else:
             continue
         changes.append(Claim(key, lease, _publish(view, r, p, now)))
-    return changes, added
+    return changes
+
+
+def lend_to_helpers(
+    view: View,
+    leases: LeaseView,
+    settings: SchedulerSettings,
+    slots: dict[str, Slots],
+    room: Room,
+    now: float,
+    gone: set[str],
+    decided: list[Change],
+) -> list[Change]:
+    """Video parts that their own pool (enabled, with `segment_helpers`) had no slot for, leased
+    in its first helper pool with a free slot under that pool's own limit, in the pool's work
+    order; a part a helper leased earlier and never dispatched is published there again. A
+    helper must be an enabled pool of the fleet. Audio and joins stay in their own pool."""
+    claimed = {
+        change.then.part.key
+        for change in decided
+        if isinstance(change, Claim) and isinstance(change.then, PublishPart)
+    }
+    changes: list[Change] = []
+    for pool_id in sorted(view.pending_pools()):
+        pool = leases.pool(pool_id)
+        if pool is None or not pool.enabled or pool_id not in slots:
+            continue
+        helpers: list[Slots] = []
+        for helper_id in pool.segment_helpers:
+            helper = leases.pool(helper_id)
+            if helper_id == pool_id or helper is None or not helper.enabled:
+                continue
+            if helper_id not in slots:
+                slots[helper_id] = pool_slots(leases, helper_id, settings, gone)
+            helpers.append(slots[helper_id])
+        if not helpers:
+            continue
+        lent = {h.pool_id for h in helpers}
+        # with no helper slot free, only parts a helper leased already (cheap to find)
+        room_left = room.has() and any(h.free() for h in helpers)
+        for r, p in work_in_order(view, leases, pool_id, slot_free=room_left):
+            if p is None or p.kind != "video" or p.key in claimed:
+                continue
+            keys = [key for key in leases.keys_of.get(p.key, ()) if key not in gone]
+            if keys:
+                if pool_of(min(keys)) in lent:  # leased by a helper, never dispatched: again
+                    changes.append(publish_part(view, r, p, now, pool_of(min(keys))))
+                continue
+            free = next((h for h in helpers if h.free()), None)
+            if free is None or not room.has():
+                continue
+            lease = Lease(
+                generation=p.generation,
+                since=now,
+                rendition=r.key,
+                pool=free.pool_id,
+                part=p.name,
+            )
+            changes.append(Claim(free.take(), lease, publish_part(view, r, p, now, free.pool_id)))
+            room.use()
+    return changes
 
 
 def _publish(view: View, r: Rendition, p: Part | None, now: float) -> Publish | PublishPart:

@@ -106,9 +106,12 @@ def part_rank(parts: Iterable[Part]) -> dict[str, int]:
     return {p.key: n for n, p in enumerate(ordered)}
 
 
-def publish_part(view: View, r: Rendition, p: Part, now: float) -> PublishPart:
+def publish_part(
+    view: View, r: Rendition, p: Part, now: float, pool: str | None = None
+) -> PublishPart:
     """The work item of a pending part's next dispatch, naming the jobs that follow its
-    rendition: a `SegmentWork` for a span of video or the audio, a `JoinWork` for the join."""
+    rendition: a `SegmentWork` for a span of video or the audio, a `JoinWork` for the join. It
+    goes to `pool`: the part's own unless a helper pool leased it."""
     assert r.split is not None
     jobs = [job.id for job in view.followers(r)]
     work: SegmentWork | JoinWork
@@ -146,4 +149,4 @@ def publish_part(view: View, r: Rendition, p: Part, now: float) -> PublishPart:
             jobs=jobs,
             dispatched_at=now,
         )
-    return PublishPart(r, p, work)
+    return PublishPart(r, p, work, pool or p.pool)

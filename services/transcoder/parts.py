@@ -31,14 +31,19 @@ from services.transcoder.encode import Proxied, encode_to_file
 from services.transcoder.helpers import Attempt, plan_of, probe_source
 from services.transcoder.limits import RunLimits, with_output_limit
 from services.transcoder.names import OutputNames
+from services.transcoder.node import NodeState
 from services.transcoder.part_progress import STALE_ACK_WAITS, PartProgress
 from services.transcoder.part_records import PartRecords
+from services.transcoder.pipelines import Pipelines
 from services.transcoder.sessions import SessionRecorder, Sessions
 from services.transcoder.source_proxy import SourceAccess, SourceProxy
-from shared.blobs.store import output_key, part_key
+from shared.blobs.store import StoredBlob, output_key, part_key
 from shared.blobs.users import Stores
+from shared.fleet import Fleet
 from shared.jobs.store import RecordStore
 from shared.media import builtin, get_container, preset_profile
+from shared.media.ffmpeg import FfmpegResult
+from shared.media.pipelines import PipelineChoice
 from shared.media.plan import Plan
 from shared.media.profiles import ContainerSpec, Profile
 from shared.media.segments import (
@@ -76,6 +81,8 @@ class PartRunner:
         access: SourceAccess,
         media_roots: Callable[[], list[str]],
         scratch_folder: Callable[[], Path],
+        node: NodeState | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.store = store
         self.stores = stores
@@ -87,6 +94,10 @@ class PartRunner:
         self.access = access
         self.media_roots = media_roots
         self.scratch_folder = scratch_folder
+        # video segments may decode on this node's GPU (None: every part runs on the CPU)
+        self.pipelines = (
+            None if node is None or fleet is None else Pipelines(node, fleet, settings.pool)
+        )
         self.records = PartRecords(
             store, parts, stores, worker_id=worker_id, max_attempts=settings.max_attempts
         )
@@ -199,34 +210,33 @@ class PartRunner:
             reporter.stage("probing")
             probe = await probe_source(self.access, source, self.settings.probe_timeout)
         plan = plan_of(probe, profile, container)
-        if work.kind == "video":
-            argv, out = self._video_args(work, part, source, plan, profile, proxy)
-            extension = SEGMENT_CONTAINER.extension
-        else:
-            extension = container.extension
-            out = self._scratch_file(part, extension)
-            argv = audio_args(
-                self.ffmpeg,
-                source,
-                str(out),
-                plan,
-                profile,
-                container,
-                threads=self.settings.ffmpeg_threads,
-                input_options=self.access.ffmpeg_options(source, proxy),
-            )
-        argv = with_output_limit(argv, self.settings.max_output_bytes)
-        choice = cpu_choice(profile, plan, probe, "every segment of a split job uses its encoder")
-        session.update(pipeline=choice.name, pipeline_reason=choice.reason, argv=scrub_argv(argv))
-        log.info("ffmpeg.start", part=part.name, kind=work.kind, start=work.start, end=work.end)
-        reporter.stage("encoding")
+        video = work.kind == "video"
+        extension = SEGMENT_CONTAINER.extension if video else container.extension
+        out = self._scratch_file(part, extension)
         key = part_key(r.key, r.generation, part.name, part.attempt, extension.lstrip("."))
         proxied = Proxied(proxy, self.access.ffmpeg_env(proxy))
-        try:
-            result = await encode_to_file(argv, out, reporter, self._limits(), proxied)
-            stored = await store_output(self.stores.service, key, out)
-        finally:
-            out.unlink(missing_ok=True)
+
+        async def encode(choice: PipelineChoice) -> tuple[FfmpegResult, StoredBlob]:
+            argv = self._argv(work, part, source, out, plan, profile, container, proxy, choice)
+            session.update(
+                pipeline=choice.name, pipeline_reason=choice.reason, argv=scrub_argv(argv)
+            )
+            log.info("ffmpeg.start", part=part.name, start=work.start, pipeline=choice.name)
+            reporter.stage("encoding")
+            try:
+                result = await encode_to_file(argv, out, reporter, self._limits(), proxied)
+                return result, await store_output(self.stores.service, key, out)
+            finally:
+                out.unlink(missing_ok=True)
+
+        def on_cpu(why: str) -> PipelineChoice:
+            return cpu_choice(profile, plan, probe, why)
+
+        if not video or self.pipelines is None:
+            result, stored = await encode(on_cpu(f"the {work.kind} of a split job runs here"))
+        else:
+            choice = await self.pipelines.for_segment(profile, plan, probe)
+            result, stored = await self.pipelines.with_fallback(encode, choice, on_cpu, session)
         session.update(stderr_tail=scrub(result.stderr_tail))
         log.info("ffmpeg.done", seconds=round(result.wall_seconds, 2), size=stored.size)
         return Output(
@@ -240,15 +250,34 @@ class PartRunner:
             audio=plan.audio if work.kind == "audio" else "",
         )
 
-    def _video_args(
+    def _argv(
         self,
         work: SegmentWork,
         part: Part,
         source: str,
+        out: Path,
         plan: Plan,
         profile: Profile,
+        container: ContainerSpec,
         proxy: SourceProxy,
-    ) -> tuple[list[str], Path]:
+        choice: PipelineChoice,
+    ) -> list[str]:
+        """ffmpeg's argv for the part: its span of the video on `choice` (whose encoder is the
+        split's), or the whole audio."""
+        options = self.access.ffmpeg_options(source, proxy)
+        threads = self.settings.ffmpeg_threads
+        if work.kind != "video":
+            argv = audio_args(
+                self.ffmpeg,
+                source,
+                str(out),
+                plan,
+                profile,
+                container,
+                threads=threads,
+                input_options=options,
+            )
+            return with_output_limit(argv, self.settings.max_output_bytes)
         if work.encoder and work.encoder != profile.encoder:
             raise TranscodeFailed(
                 JobError(
@@ -257,7 +286,6 @@ class PartRunner:
                     retryable=False,
                 )
             )
-        out = self._scratch_file(part, SEGMENT_CONTAINER.extension)
         segment = Segment(index=part.index, start=work.start, end=work.end, frames=work.frames)
         argv = segment_args(
             self.ffmpeg,
@@ -266,10 +294,11 @@ class PartRunner:
             segment,
             plan,
             profile,
-            threads=self.settings.ffmpeg_threads,
-            input_options=self.access.ffmpeg_options(source, proxy),
+            pipeline=choice,
+            threads=threads,
+            input_options=options,
         )
-        return argv, out
+        return with_output_limit(argv, self.settings.max_output_bytes)
 
     async def _join(
         self,

@@ -102,6 +102,8 @@ class WorkRunner:
             parts,
             stores,
             settings,
+            node=node,
+            fleet=fleet,
             worker_id=worker_id,
             ffmpeg=ffmpeg,
             sessions=self.sessions,

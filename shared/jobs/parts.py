@@ -99,9 +99,17 @@ def new_parts(r: Rendition, split: Split, segments: Sequence[Segment], now: floa
     return [*audio, *video, part(JOIN, "join")]
 
 
-def dispatch_part(p: Part, now: float) -> Part:
-    """The part holds a lease and its work item is published."""
-    return _move_part(p, R.DISPATCHED, now, dispatched_at=now, dispatch_seq=p.dispatch_seq + 1)
+def dispatch_part(p: Part, now: float, pool: str | None = None) -> Part:
+    """The part holds a lease and its work item is published, in `pool` (a helper pool that
+    leased a video part; None: the part's own)."""
+    return _move_part(
+        p,
+        R.DISPATCHED,
+        now,
+        dispatched_at=now,
+        dispatch_seq=p.dispatch_seq + 1,
+        pool=pool or p.pool,
+    )
 
 
 def can_claim_part(p: Part, r: Rendition | None, worker: str, *, redelivered: bool) -> bool:

@@ -43,6 +43,9 @@ class Pool(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: int = 0
     enabled: bool = True  # a disabled pool keeps its queue but is given no work
     description: str = ""
+    # Pools whose transcoders may encode this pool's video segments (a split job's video parts)
+    # when it has no free slot; the split's CPU encoder is kept, so a GPU helper only decodes.
+    segment_helpers: list[str] = []
     created_at: Timestamp = 0.0
     updated_at: Timestamp = 0.0
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from services.gateway.api import API, Access, Tag
 from services.gateway.http import json_response
 from services.gateway.state import gateway
-from shared.errors import Conflict, NotFound
+from shared.errors import BadRequest, Conflict, NotFound
 from shared.messages import events as ev
 from shared.messages.fleet import (
     DEFAULT_POOL,
@@ -35,16 +35,20 @@ PROBE_WAIT_SECONDS = 30.0
 
 Concurrency = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 Description = Annotated[str, msgspec.Meta(max_length=500)]
+PoolId = Annotated[str, msgspec.Meta(pattern=POOL_ID_PATTERN)]
+# pools whose transcoders may encode this pool's video segments when it has no free slot
+SegmentHelpers = Annotated[list[PoolId], msgspec.Meta(max_length=32)]
 
 
 class PoolCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A new transcoder pool; its transcoders run with VIDMESH_POOL=<id>."""
 
-    id: Annotated[str, msgspec.Meta(pattern=POOL_ID_PATTERN)]
+    id: PoolId
     device: Device = "any"
     concurrency: Concurrency = 1
     enabled: bool = True
     description: Description = ""
+    segment_helpers: SegmentHelpers = []
 
 
 class PoolUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -54,6 +58,7 @@ class PoolUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     concurrency: Concurrency | None = None
     enabled: bool | None = None
     description: Description | None = None
+    segment_helpers: SegmentHelpers | None = None
 
 
 class PoolView(msgspec.Struct, kw_only=True):
@@ -64,6 +69,7 @@ class PoolView(msgspec.Struct, kw_only=True):
     concurrency: int | None  # null: the scheduler's MAX_CONCURRENT_JOBS
     enabled: bool
     description: str
+    segment_helpers: list[str]  # pools that may encode its video segments when it is full
     work_subject: str
     transcoders: int
     slots: int
@@ -89,6 +95,7 @@ def _view(pool: Pool, workers: list[WorkerInfo], running: int, subject: str) -> 
         concurrency=pool.concurrency or None,
         enabled=pool.enabled,
         description=pool.description,
+        segment_helpers=pool.segment_helpers,
         work_subject=subject,
         transcoders=len(mine),
         slots=sum(w.slots for w in mine),
@@ -146,6 +153,7 @@ async def create_pool(request: web.Request, body: PoolCreate) -> web.Response:
         concurrency=body.concurrency,
         enabled=body.enabled,
         description=body.description,
+        segment_helpers=_segment_helpers(body.id, body.segment_helpers),
         created_at=now,
         updated_at=now,
     )
@@ -155,6 +163,13 @@ async def create_pool(request: web.Request, body: PoolCreate) -> web.Response:
         raise Conflict(f"The pool {body.id!r} exists already.") from None
     await _announce(request, ev.PoolCreated, pool, revision)
     return json_response(await _pool_view(request, pool), 201)
+
+
+def _segment_helpers(pool_id: str, names: list[str]) -> list[str]:
+    """The pool's helpers as given, each once; a pool cannot help itself (400)."""
+    if pool_id in names:
+        raise BadRequest(f"The pool {pool_id!r} cannot be its own segment helper.")
+    return list(dict.fromkeys(names))
 
 
 async def _announce(
@@ -202,7 +217,7 @@ async def get_pool(request: web.Request) -> web.Response:
     "/api/admin/transcoding/pools/{pool_id}",
     access=Access.ADMIN,
     tag=TAG,
-    summary="Change a pool's device, concurrency limit or whether it is given work",
+    summary="Change a pool's device, limit, segment helpers or whether it is given work",
     body=PoolUpdate,
     response=PoolView,
 )
@@ -211,6 +226,9 @@ async def update_pool(request: web.Request, body: PoolUpdate) -> web.Response:
     gw = gateway(request)
     pool_id = (await _pool(request)).id
     now = time.time()
+    helpers = (
+        None if body.segment_helpers is None else _segment_helpers(pool_id, body.segment_helpers)
+    )
 
     def change(current: Pool | None) -> Pool:
         base = current or Pool(id=pool_id, created_at=now)
@@ -220,6 +238,7 @@ async def update_pool(request: web.Request, body: PoolUpdate) -> web.Response:
             concurrency=body.concurrency or base.concurrency,
             enabled=base.enabled if body.enabled is None else body.enabled,
             description=base.description if body.description is None else body.description,
+            segment_helpers=base.segment_helpers if helpers is None else helpers,
             updated_at=now,
         )
 
