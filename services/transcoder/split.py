@@ -122,12 +122,14 @@ class Splitter:
         cannot run parts (it would reject their work), or a source that cannot seek."""
         try:
             workers = await self.fleet.live_workers()
+            own = await self.fleet.pool(self.settings.pool)
         except Exception as exc:
             log.warning("split.fleet_unreadable", **describe(exc))
             return "the pool's transcoders could not be read"
-        pool = [w for w in workers if w.pool == self.settings.pool]
-        if any(PARTS_FEATURE not in w.features for w in pool):
-            return "a transcoder of the pool cannot run parts"
+        # the pool's own transcoders, and those of the pools that lend it theirs for segments
+        pools = {self.settings.pool, *(own.segment_helpers if own is not None else ())}
+        if any(PARTS_FEATURE not in w.features for w in workers if w.pool in pools):
+            return "a transcoder of the pool or of a pool helping it cannot run parts"
         if is_http(source) and not await seekable(
             source, self.access, self.access.tls, self.settings.probe_timeout
         ):
