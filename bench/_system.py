@@ -29,7 +29,7 @@ class BenchError(Exception):
     """The benchmark could not measure (as opposed to measuring a bad ratio)."""
 
 
-def up_env(data_dir: Path, jellyfin_url: str) -> dict[str, str]:
+def up_env(data_dir: Path, jellyfin_url: str | None) -> dict[str, str]:
     """This process's environment (so a VIDMESH_* setting given to the benchmark reaches vidmesh)
     plus what `vidmesh up` needs: fresh data, free ports, the JSON log the stages are read from."""
     return harness_up_env(data_dir, jellyfin_url, VIDMESH_LOG_FORMAT="json")
