@@ -7,6 +7,7 @@ import msgspec
 import pytest
 
 from services.transcoder.config import TranscoderSettings
+from services.transcoder.source_copy import copy_args
 from services.transcoder.split import why_not_split
 from shared.media.plan import Plan
 from shared.media.presets import get_profile
@@ -49,3 +50,20 @@ def test_what_runs_whole_and_why(
     settings = msgspec.structs.replace(SETTINGS, **settings_changes)
     found = why_not_split(plan, probe, profile, settings)
     assert found is not None and reason in found
+
+
+def test_a_source_that_cannot_seek_is_copied_with_its_video_and_audio_as_they_are() -> None:
+    """The copy reads the source as a transcode does (reconnects, the attempt's input options
+    before `-i`) and writes the first video (never cover art) and the audio, unchanged, into
+    Matroska; its progress is read, and the output path comes last."""
+    url = "http://media.example/Videos/1/live?api_key=k"
+    argv = copy_args("ffmpeg", url, "/scratch/r-1-1-source.mkv", input_options={"http_proxy": "P"})
+    source_at = argv.index("-i") + 1
+    assert argv[source_at] == url and argv[-1] == "/scratch/r-1-1-source.mkv"
+    before_input = argv[:source_at]
+    assert "-http_proxy" in before_input and "-reconnect" in before_input
+    after_input = argv[source_at + 1 :]
+    assert after_input == ["-map", "0:V:0", "-map", "0:a?", "-c", "copy", "-f", "matroska"] + [
+        "/scratch/r-1-1-source.mkv"
+    ]
+    assert argv[argv.index("-progress") + 1] == "pipe:1"

@@ -3,9 +3,9 @@ its one output: through the native API, on a real system (every service its own 
 transcoders, a pool that runs two work items at once).
 
 Splitting is tuned down so a 30 s clip is "long": sources of 10 s or more are cut into segments
-of about 5 s. Sources come from the Jellyfin stand-in, which answers Range requests (a source
-that cannot seek runs whole); `seek_rate` serves every seek slowly, so a segment other than the
-first runs for seconds while the test looks at it.
+of about 5 s. Sources come from the Jellyfin stand-in, which answers Range requests (its `live`
+stream does not: such a source is stored first); `seek_rate` serves every seek slowly, so a
+segment other than the first runs for seconds while the test looks at it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from shared.blobs.store import source_copy_key
 from shared.media.probe import probe
 from tests.harness import (
     ALICE,
@@ -78,6 +79,8 @@ def sources(tmp_path_factory: pytest.TempPathFactory, jellyfin: JellyfinStandIn)
         "split_vfr": _vfr_clip(root / "vfr.mkv"),
         "split_short": make_clip(root / "short.mkv", seconds=4, container="mkv"),
         "split_fits": make_clip(root / "fits.mkv", seconds=12, container="mkv"),
+        # MPEG-TS states no duration: served as a live stream, nothing tells it up front
+        "split_untimed": make_clip(root / "untimed.ts", seconds=12, container="mpegts"),
     }
     for name, path in clips.items():
         jellyfin.add_media(name, path)
@@ -208,17 +211,51 @@ async def test_a_long_job_is_encoded_in_segments_on_both_transcoders_frame_exact
     await eventually(lambda: not parts_left(d), timeout=15, what="the parts' files deleted")
 
 
+async def test_a_source_that_cannot_seek_is_stored_first_and_its_parts_read_the_copy(
+    split_system: Deployment, ann: Api, jellyfin: JellyfinStandIn, sources: dict[str, Path]
+) -> None:
+    """Given a long source served without Range requests whose container states its duration,
+    when a job asks for it, then the planner copies it once into the service's store and splits
+    it; every part reads that copy, never the source; the job completes with exactly the
+    source's frames at the source's times, and the copy is deleted with the parts."""
+    d = split_system
+    clip = "split_bframes"
+    source = jellyfin.stream_url(clip, ALICE, kind="live")
+    reads_before = jellyfin.hits[f"live:{clip}"]
+    job = await ann.ok("POST", "/api/jobs", 201, json={"source": source, "preset": "x-mp4"})
+    done = await ann.wait_job(job["id"], "completed", "failed", timeout=90)
+    assert done["status"] == "completed", (done, d.report())
+
+    sessions = await sessions_of(ann, job["id"])
+    (planner,) = [s for s in sessions if not s["part"]]
+    assert planner["split"] >= 2 and "matroska" in planner["argv"]  # the copy's ffmpeg
+    copy = source_copy_key(planner["rendition"], 1)
+    readers = [s for s in sessions if s["part"] not in ("", "join")]
+    assert len(readers) == planner["split"] + 1  # the video segments and the audio
+    for reader in readers:
+        argv = reader["argv"]
+        assert argv[argv.index("-i") + 1].endswith(copy), (reader["part"], argv)
+    # the probe, the Range check and the copy; none of the parts
+    assert jellyfin.hits[f"live:{clip}"] - reads_before <= 3
+
+    output = output_of(d, planner["rendition"])
+    before, after = _frame_times(sources[clip]), _frame_times(output)
+    assert len(after) == len(before)
+    assert after == pytest.approx(before, abs=0.002)
+    await eventually(lambda: not parts_left(d), timeout=15, what="the copy and parts deleted")
+
+
 @pytest.mark.parametrize(
     ("clip", "kind", "preset", "reason"),
     [
         ("split_short", "stream", "x-mp4", "the source is shorter than the segment minimum"),
         ("split_fits", "stream", "optimized", "the video is not re-encoded"),
-        # no Range: every segment would read the source from its start
-        ("split_bframes", "live", "x-mp4", "the source does not answer Range requests"),
+        # a live stream: it cannot be planned into segments that cover it
+        ("split_untimed", "live", "x-mp4", "the source's duration is unknown"),
     ],
-    ids=["short", "remux-only", "cannot-seek"],
+    ids=["short", "remux-only", "unknown-duration"],
 )
-async def test_a_short_job_a_remux_only_job_and_an_unseekable_source_run_whole(
+async def test_a_short_job_a_remux_only_job_and_a_source_of_unknown_duration_run_whole(
     split_system: Deployment,
     ann: Api,
     jellyfin: JellyfinStandIn,
@@ -228,9 +265,9 @@ async def test_a_short_job_a_remux_only_job_and_an_unseekable_source_run_whole(
     preset: str,
     reason: str,
 ) -> None:
-    """Given a source shorter than the segment minimum, one whose streams are only copied, or one
-    served without Range requests, when a job asks for it, then it completes in one transcode:
-    no part, no split."""
+    """Given a source shorter than the segment minimum, one whose streams are only copied, or a
+    live stream whose duration nothing states, when a job asks for it, then it completes in one
+    transcode: no part, no split."""
     source = jellyfin.stream_url(clip, ALICE, kind=kind)
     job = await ann.ok("POST", "/api/jobs", 201, json={"source": source, "preset": preset})
     done = await ann.wait_job(job["id"], "completed", "failed", timeout=30)

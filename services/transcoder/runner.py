@@ -34,6 +34,7 @@ from services.transcoder.parts import PartRunner
 from services.transcoder.progress import ProgressReporter
 from services.transcoder.records import RenditionRecords
 from services.transcoder.sessions import SessionRecorder, Sessions
+from services.transcoder.source_copy import SourceCopies
 from services.transcoder.source_proxy import SourceAccess, SourceProxy
 from services.transcoder.split import Splitter
 from shared.blobs.store import output_key
@@ -112,7 +113,15 @@ class WorkRunner:
             media_roots=self.media_roots,
             scratch_folder=self.scratch_folder,
         )
-        self.splitter = Splitter(store, parts, self.records, fleet, settings, access)
+        copies = SourceCopies(
+            store,
+            stores,
+            settings,
+            ffmpeg=ffmpeg,
+            access=access,
+            scratch_folder=self.scratch_folder,
+        )
+        self.splitter = Splitter(store, parts, self.records, fleet, settings, access, copies)
         self.running: dict[str, Rendition] = {}
         self.running_jobs: dict[str, list[str]] = {}  # rendition key -> the jobs it serves
 
@@ -223,7 +232,7 @@ class WorkRunner:
         )
         proxied = Proxied(proxy, self.access.ffmpeg_env(proxy))
         plan = plan_of(probe, profile, container)
-        split = await self.splitter.split(r, source, probe, plan, profile, reporter)
+        split = await self.splitter.split(r, source, probe, plan, profile, reporter, proxy, session)
         if split is not None:
             return split
         scratch = self.scratch_folder()

@@ -5,15 +5,18 @@ whose video is re-encoded is cut on its keyframes into segments (the media core 
 one part record per segment, one for the audio and one for the join are created in the parts
 bucket, and the rendition is marked split (it keeps running, with no worker of its own). From
 there the scheduler leases and publishes the parts like renditions, and any transcoder of the
-pool runs them (`parts.py`). Whatever does not qualify, or cannot be indexed, runs whole in the
-same attempt.
+pool runs them (`parts.py`). A source served without Range requests is copied first, and its
+parts read the stored copy (`source_copy.py`). Whatever does not qualify, or cannot be indexed,
+runs whole in the same attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
+from pathlib import Path
 
 import aiohttp
 import structlog
@@ -22,7 +25,9 @@ from services.transcoder.attempt import Lost, TranscodeFailed
 from services.transcoder.config import TranscoderSettings
 from services.transcoder.progress import ProgressReporter
 from services.transcoder.records import RenditionRecords
-from services.transcoder.source_proxy import SourceAccess, SourceRefused
+from services.transcoder.sessions import SessionRecorder
+from services.transcoder.source_copy import SourceCopies
+from services.transcoder.source_proxy import SourceAccess, SourceProxy, SourceRefused
 from shared.errors import SourceError
 from shared.fleet import Fleet
 from shared.jobs import state as jobstate
@@ -72,6 +77,7 @@ class Splitter:
         fleet: Fleet,
         settings: TranscoderSettings,
         access: SourceAccess,
+        copies: SourceCopies,
     ) -> None:
         self.store = store
         self.parts = parts
@@ -79,6 +85,7 @@ class Splitter:
         self.fleet = fleet
         self.settings = settings
         self.access = access
+        self.copies = copies
 
     async def split(
         self,
@@ -88,24 +95,36 @@ class Splitter:
         plan: Plan,
         profile: Profile,
         reporter: ProgressReporter,
+        proxy: SourceProxy,
+        session: SessionRecorder,
     ) -> Split | None:
         """Split the rendition into parts and record it; None when it is to run whole (here,
-        now). Raises Lost when the rendition stopped being this attempt's before the split."""
-        reason = why_not_split(plan, probe, profile, self.settings) or await self._why_not_here(
-            source
-        )
+        now). A source that cannot seek is copied first, and the parts read the stored copy.
+        Raises Lost when the rendition stopped being this attempt's before the split."""
+        reason = why_not_split(plan, probe, profile, self.settings) or await self._why_not_here()
         if reason is not None:
             log.info("split.skipped", reason=reason)
             return None
         assert probe is not None and probe.duration  # why_not_split checked it
-        segments = await self._segments(r, source, probe.duration)
-        if len(segments) < 2:
-            log.info("split.skipped", reason="fewer than two segments")
-            return None
+        async with contextlib.AsyncExitStack() as stack:
+            copy: Path | None = None
+            if not await self._seeks(source):
+                # each segment would read the source from its start: read it once, store it
+                copy = await stack.enter_async_context(
+                    self.copies.copied(r, source, proxy, session)
+                )
+            segments = await self._segments(
+                r, source if copy is None else str(copy), probe.duration
+            )
+            if len(segments) < 2:
+                log.info("split.skipped", reason="fewer than two segments")
+                return None
+            stored = "" if copy is None else await self.copies.store(r, copy)
         split = Split(
             segments=len(segments),
             audio=plan.audio != "none",
             seconds=probe.duration,
+            source=stored,
             encoder=profile.encoder,
             segment_seconds=self.settings.segment_seconds,
             at=time.time(),
@@ -117,9 +136,9 @@ class Splitter:
             raise Lost("taken over")
         return split
 
-    async def _why_not_here(self, source: str) -> str | None:
+    async def _why_not_here(self) -> str | None:
         """What outside this attempt keeps the rendition whole: a transcoder of the pool that
-        cannot run parts (it would reject their work), or a source that cannot seek."""
+        cannot run parts (it would reject their work)."""
         try:
             workers = await self.fleet.live_workers()
             own = await self.fleet.pool(self.settings.pool)
@@ -130,16 +149,21 @@ class Splitter:
         pools = {self.settings.pool, *(own.segment_helpers if own is not None else ())}
         if any(PARTS_FEATURE not in w.features for w in workers if w.pool in pools):
             return "a transcoder of the pool or of a pool helping it cannot run parts"
-        if is_http(source) and not await seekable(
-            source, self.access, self.access.tls, self.settings.probe_timeout
-        ):
-            # every segment would read the source from its start (a stored copy: not yet)
-            return "the source does not answer Range requests"
         return None
+
+    async def _seeks(self, source: str) -> bool:
+        """Whether the parts can read their spans of the source itself (by range)."""
+        if not is_http(source):
+            return True  # a local path, or an object read through a signed URL
+        if await seekable(source, self.access, self.access.tls, self.settings.probe_timeout):
+            return True
+        log.info("split.source_cannot_seek")
+        return False
 
     async def _segments(self, r: Rendition, source: str, duration: float) -> list[Segment]:
         """The segments: those of a planner before us that created parts and died, else cut
-        from the source's keyframes (none when it cannot be indexed)."""
+        from the keyframes of `source` (the source, or its copy); none when it cannot be
+        indexed."""
         planned = await self.parts.values(under=f"{r.key}.{r.generation}")
         videos = sorted((p for p in planned.values() if p.kind == "video"), key=lambda p: p.index)
         if videos and [p.index for p in videos] == list(range(len(videos))):
