@@ -89,7 +89,7 @@ export function mount(main, ctx) {
     if (!sessions.length) { attempts.append(h("p", { class: "empty" }, "No transcode has started yet.")); return; }
     for (const { session: s } of sessions) {
       attempts.append(h("article", { class: "attempt" },
-        h("h3", {}, `Attempt ${s.attempt}`, " ", h("span", { class: ["badge", s.state] }, s.state)),
+        h("h3", {}, partLabel(s), " ", h("span", { class: ["badge", s.state] }, s.state)),
         facts([
           ["Pipeline", [s.pipeline, s.pipeline_reason].filter(Boolean).join(": ")],
           ["Fell back from", s.fell_back_from || null],
@@ -179,6 +179,14 @@ export function mount(main, ctx) {
     feed.removeEventListener("progress", onProgress);
     feed.removeEventListener("resync", resync);
   };
+}
+
+/** What one session did: the whole transcode, or one part of a job encoded in segments. */
+function partLabel(s) {
+  const part = !s.part ? "" : s.part === "join" ? "Join · " : s.part === "audio" ? "Audio · "
+    : `Segment ${Number(s.part.slice(1)) + 1} · `;
+  const split = s.split ? ` (split into ${s.split} segments)` : "";
+  return `${part}Attempt ${s.attempt}${split}`;
 }
 
 /** An argument as a shell would need it, so the command can be copied and run. */
