@@ -103,16 +103,24 @@ class Pipelines:
         session: SessionRecorder,
     ) -> T:
         """`encode` on `choice`; when its hardware fails, again on the CPU pipeline `fallback`
-        gives for the reason, recorded on the session. The node offers the failed pipeline no
-        more until re-probed, unless NVENC only ran out of sessions (full, not broken)."""
+        gives for the reason (`note_fallback`)."""
         while True:
             try:
                 return await encode(choice)
             except HardwareFailed as exc:
-                if exc.sessions_exhausted:
-                    self.node.full_for_now(choice.name, "NVENC has no free session")
-                else:
-                    self.node.disable(choice.name, exc.reason)
-                log.warning("pipeline.fell_back", pipeline=choice.name, reason=exc.reason)
-                session.update(fell_back_from=choice.name, stderr_tail=scrub(exc.stderr_tail))
+                note_fallback(self.node, choice, exc, session)
                 choice = fallback(f"{choice.name} failed: {exc.reason}")
+
+
+def note_fallback(
+    node: NodeState, choice: PipelineChoice, exc: HardwareFailed, session: SessionRecorder
+) -> None:
+    """A hardware pipeline failed mid-encode and the work goes on without the GPU: the node
+    offers that pipeline no more until re-probed, unless NVENC only ran out of sessions (the
+    node is full, not broken); the session records the fallback."""
+    if exc.sessions_exhausted:
+        node.full_for_now(choice.name, "NVENC has no free session")
+    else:
+        node.disable(choice.name, exc.reason)
+    log.warning("pipeline.fell_back", pipeline=choice.name, reason=exc.reason)
+    session.update(fell_back_from=choice.name, stderr_tail=scrub(exc.stderr_tail))

@@ -31,6 +31,7 @@ from services.transcoder.limits import RunLimits, source_refusal, with_output_li
 from services.transcoder.names import OutputNames
 from services.transcoder.node import NodeState
 from services.transcoder.parts import PartRunner
+from services.transcoder.pipelines import note_fallback
 from services.transcoder.progress import ProgressReporter
 from services.transcoder.records import RenditionRecords
 from services.transcoder.sessions import SessionRecorder, Sessions
@@ -278,14 +279,7 @@ class WorkRunner:
                     stored = await store_output(store, key, out)
                 break
             except HardwareFailed as exc:
-                # The job goes on without the GPU. The node offers that pipeline no more until
-                # re-probed, unless NVENC only ran out of sessions (the node is full, not broken).
-                if exc.sessions_exhausted:
-                    self.node.full_for_now(choice.name, "NVENC has no free session")
-                else:
-                    self.node.disable(choice.name, exc.reason)
-                log.warning("pipeline.fell_back", pipeline=choice.name, reason=exc.reason)
-                session.update(fell_back_from=choice.name, stderr_tail=scrub(exc.stderr_tail))
+                note_fallback(self.node, choice, exc, session)
                 choice = cpu_choice(profile, plan, probe, f"{choice.name} failed: {exc.reason}")
             finally:
                 out.unlink(missing_ok=True)
