@@ -368,7 +368,9 @@ async def test_transcoder_killed_mid_segment_only_that_segment_runs_twice(
     first, second = sorted(
         (s for s in sessions if s["part"] == segment["part"]), key=lambda s: s["attempt"]
     )
-    assert first["state"] == "running" and second["state"] == "succeeded", (first, second)
+    # the dead transcoder's attempt says what became of it, rather than `running` for good
+    assert first["state"] == "stopped" and second["state"] == "succeeded", (first, second)
+    assert "took it over" in first["error"], first
     assert first["worker"] != second["worker"]
     rendition = segment["rendition"]
     output_of(d, rendition)  # exactly one output of this job

@@ -107,6 +107,7 @@ class SessionRecorder:
     async def run(self) -> None:
         """Write the record now, then add a throughput sample every SAMPLE_SECONDS."""
         await self._write()
+        await self._end_taken_over()
         while True:
             await asyncio.sleep(SAMPLE_SECONDS)
             latest = self.reporter.latest
@@ -132,6 +133,33 @@ class SessionRecorder:
         m.FFMPEG_FPS.labels(self.session.worker).set(0)
         m.FFMPEG_SPEED.labels(self.session.worker).set(0)
         await self._write()
+
+    async def _end_taken_over(self) -> None:
+        """An attempt taken over from a transcoder that stopped answering (killed, cut off):
+        the earlier attempt's session, which no one else will finish, says so instead of
+        showing `running` for good."""
+        s = self.session
+        if s.attempt <= 1:
+            return
+        earlier = (
+            part_session_id(s.rendition, s.generation, s.part, s.attempt - 1)
+            if s.part
+            else session_id(s.rendition, s.generation, s.attempt - 1)
+        )
+        now = time.time()
+        reason = f"Its transcoder stopped answering; attempt {s.attempt} took it over."
+
+        def end(found: TranscodeSession | None) -> TranscodeSession | None:
+            if found is None or found.state != "running" or found.worker == s.worker:
+                return None
+            return msgspec.structs.replace(
+                found, state="stopped", error=reason, ended_at=now, updated_at=now
+            )
+
+        try:
+            await self.kv.change(earlier, end)
+        except Exception as exc:  # a session record is advice: never fail the attempt for it
+            log.debug("session.write_failed", **describe(exc))
 
     async def _write(self) -> None:
         try:
