@@ -859,6 +859,28 @@ def test_another_clients_job_goes_ahead_of_a_films_next_segment() -> None:
     assert [c.then.work.key for c in of_kind(changes, Claim)] == [film.key, other.key]
 
 
+def test_a_clients_job_queued_behind_its_own_film_gets_the_next_free_slot() -> None:
+    # Given a film split into parts, its audio running in one of the pool's two slots, and a
+    # younger whole job of the same client (the same device) queued after it
+    film_job, film, parts = split_film(age=100)
+    running = [
+        msgspec.structs.replace(p, state=R.RUNNING) if p.name == "audio" else p for p in parts
+    ]
+    job, short = pending("short", age=10, first_device="dev-film")
+    leases = {slot_key("default", 0): part_lease(film, "audio")}
+    view = view_of([film_job, job], [film, short], parts=running, leases=leases)
+
+    # When the other slot is free, the whole job takes it: the film's next part waits
+    changes = decide(view, NOW, settings(max_concurrent_jobs=2))
+    assert [c.then.work.key for c in of_kind(changes, Claim)] == [short.key]
+    assert parts_out(changes) == []
+
+    # Then a slot nobody else wants still goes to the film's next part
+    changes = decide(view, NOW, settings(max_concurrent_jobs=3))
+    assert [c.then.work.key for c in of_kind(changes, Claim)] == [short.key, film.key]
+    assert parts_out(changes) == ["v0000"]
+
+
 def test_a_started_by_hand_film_runs_one_part_beyond_the_limit_the_rest_in_slots() -> None:
     job, r, parts = split_film(manual=True)
     changes = decide(view_of([job], [r], parts=parts), NOW, settings(max_concurrent_jobs=1))

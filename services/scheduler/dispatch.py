@@ -49,7 +49,7 @@ import structlog
 
 from services.scheduler.changes import Change, Claim, Publish, PublishPart, Release
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.parts import part_rank, publish_part
+from services.scheduler.parts import held_parts, part_rank, publish_part
 from services.scheduler.slots import Room, Slots, pool_slots
 from services.scheduler.view import LeaseView, View, client_of
 from shared.jobs import state as jobstate
@@ -267,9 +267,9 @@ def work_in_order(
 ) -> list[tuple[Rendition, Part | None]]:
     """The pool's pending renditions (`pending_in_order`) and pending parts someone waits for,
     together in that order: a part goes by its rendition's manual start, priority, client's
-    leases (plus its place among the rendition's waiting parts, see `part_rank`) and age, then
-    in work order. With no `slot_free`, only the parts that need none: leased already, or of a
-    rendition started by hand."""
+    leases (plus the parts its rendition holds and its place among those waiting, see
+    `part_rank`) and age, then in work order. With no `slot_free`, only the parts that need
+    none: leased already, or of a rendition started by hand."""
     busy = leases.busy.get(pool_id) or Counter()
     renditions = pending_in_order(view, leases, pool_id, slot_free=slot_free)
     found: list[tuple[tuple[object, ...], Rendition, Part | None]] = [
@@ -284,7 +284,7 @@ def work_in_order(
         r = pairs[0][0]
         if not view.followers(r):
             continue
-        rank = part_rank(p for _, p in pairs)
+        rank = part_rank((p for _, p in pairs), held_parts(view, r, pool_id))
         client = busy.get(client_of(r), 0)
         for _, p in pairs:
             order = jobstate.part_order(p)

@@ -98,12 +98,23 @@ def failed_with(view: View, change: FailSplit) -> JobError | None:
     return p.last_error or PART_FAILED
 
 
-def part_rank(parts: Iterable[Part]) -> dict[str, int]:
-    """Each part's place among its rendition's parts that wait, in work order (audio, v0000..,
-    join): counted as that many more leases of its client, so another client's work goes ahead
-    of a long film's next segment."""
-    ordered = sorted(parts, key=jobstate.part_order)
-    return {p.key: n for n, p in enumerate(ordered)}
+def part_rank(waiting: Iterable[Part], held: int) -> dict[str, int]:
+    """Each waiting part's rank: the parts its rendition holds already (`held_parts`) plus its
+    place among the rendition's parts that wait, in work order (audio, v0000.., join), counted
+    as that many more leases of its client. So another client's work goes ahead of a long
+    film's next segment, and so does the same client's whole job queued behind the film: the
+    film's first part stands for the film as a whole job would, each further part as one more
+    job of its client."""
+    ordered = sorted(waiting, key=jobstate.part_order)
+    return {p.key: held + n for n, p in enumerate(ordered)}
+
+
+def held_parts(view: View, r: Rendition, pool: str) -> int:
+    """How many parts of this generation of the rendition hold a lease in `pool` and are at
+    work there (dispatched or running)."""
+    return sum(
+        1 for p in view.parts_of(r) if p.pool == pool and p.state in (R.DISPATCHED, R.RUNNING)
+    )
 
 
 def publish_part(
