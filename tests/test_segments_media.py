@@ -140,6 +140,34 @@ def _vfr_clip(path: Path) -> Path:
     return _checked(path, argv)
 
 
+def test_a_source_whose_timestamps_restart_is_indexed_as_not_continuous(tmp_path: Path) -> None:
+    """Given two 3 s MPEG-TS clips joined byte for byte (`cat a.ts b.ts`), whose video times
+    restart at the join, the index says its timestamps are not continuous; each clip alone,
+    a clip with B-frames (presentation times reordered) and a VFR clip say they are."""
+    first = make_clip(tmp_path / "first.ts", seconds=3, fps=25, container="mpegts")
+    second = make_clip(tmp_path / "second.ts", seconds=3, fps=25, container="mpegts")
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    reordered = [
+        make_clip(tmp_path / f"b-frames.{kind}", seconds=3, container=kind, extra_args=B_FRAMES)
+        for kind in ("mpegts", "mkv")
+    ]
+    assert all(_has_b_frames(clip) for clip in reordered)
+
+    assert not keyframes(str(joined)).continuous
+    for clip in [first, *reordered, _vfr_clip(tmp_path / "vfr.mkv")]:
+        assert keyframes(str(clip)).continuous, clip
+
+
+def test_the_index_ends_near_the_probed_duration_of_a_whole_source(tmp_path: Path) -> None:
+    """Given a 4 s clip, its index's last frame agrees with the probed duration, and not with
+    one 2 s longer or shorter (a frame's length and a second either side are slack)."""
+    clip = make_clip(tmp_path / "clip.mp4", seconds=4, fps=25, extra_args=B_FRAMES)
+    index, duration = keyframes(str(clip)), probe(str(clip)).duration
+    assert duration is not None and index.ends_near(duration)
+    assert not index.ends_near(duration + 2.0) and not index.ends_near(duration - 2.0)
+
+
 def _checked(path: Path, argv: list[str]) -> Path:
     done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -8,10 +8,11 @@ import pytest
 
 from services.transcoder.config import TranscoderSettings
 from services.transcoder.source_copy import copy_args
-from services.transcoder.split import why_not_split
+from services.transcoder.split import why_not_cut, why_not_split
 from shared.media.plan import Plan
 from shared.media.presets import get_profile
 from shared.media.probe import ProbeResult
+from shared.media.segments import KeyframeIndex
 
 SETTINGS = TranscoderSettings(segment_seconds=60, segment_min_seconds=600)
 ENCODE = Plan(video="encode", audio="encode", subtitles=False)
@@ -49,6 +50,35 @@ def test_what_runs_whole_and_why(
     profile = msgspec.structs.replace(PROFILE, **profile_changes)
     settings = msgspec.structs.replace(SETTINGS, **settings_changes)
     found = why_not_split(plan, probe, profile, settings)
+    assert found is not None and reason in found
+
+
+# 2 hours at 25 fps, a keyframe every 2 s
+CUTTABLE = KeyframeIndex(
+    keyframe_times=[2.0 * n for n in range(3600)], frame_counts=[50] * 3600, last_frame_time=7199.96
+)
+
+
+@pytest.mark.parametrize(
+    ("changes", "duration", "reason"),
+    [
+        ({"continuous": False}, 7200.0, "the source's timestamps are not continuous"),
+        ({"leading_frames": 3}, 7200.0, "frames before its first keyframe"),
+        ({}, 3600.0, "does not end where its duration says"),
+        ({}, 7203.0, "does not end where its duration says"),
+    ],
+    ids=["discontinuous", "leading-frames", "probe-shorter", "probe-longer"],
+)
+def test_an_index_that_cannot_be_cut_runs_whole_and_why(
+    changes: dict[str, object], duration: float, reason: str
+) -> None:
+    """Given the keyframe index of a source that would be split, one whose timestamps restart
+    (two files joined), show frames before the first keyframe, or end away from the probed
+    duration is not cut, and the planner says why; the index as it is, is cut."""
+    assert why_not_cut(CUTTABLE, 7200.0) is None
+    assert why_not_cut(CUTTABLE, 7200.9) is None  # a second of slack past the last frame
+    index = msgspec.structs.replace(CUTTABLE, **changes)
+    found = why_not_cut(index, duration)
     assert found is not None and reason in found
 
 

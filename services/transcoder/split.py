@@ -66,6 +66,18 @@ def why_not_split(
     return None
 
 
+def why_not_cut(index: KeyframeIndex, duration: float) -> str | None:
+    """Why the source's keyframe index (`duration`: the probe's) cannot be cut into segments
+    that join into the whole source (None: it can)."""
+    if index.leading_frames:
+        return "the source has frames before its first keyframe"  # no segment can show them
+    if not index.continuous:
+        return "the source's timestamps are not continuous"  # its cuts would fall on wrong frames
+    if not index.ends_near(duration):
+        return "the source's video does not end where its duration says"
+    return None
+
+
 class Splitter:
     """Decides, for an attempt that has planned its rendition, whether to split it; splits it."""
 
@@ -116,8 +128,9 @@ class Splitter:
             segments = await self._segments(
                 r, source if copy is None else str(copy), probe.duration
             )
-            if len(segments) < 2:
-                log.info("split.skipped", reason="fewer than two segments")
+            if isinstance(segments, str) or len(segments) < 2:
+                reason = segments if isinstance(segments, str) else "fewer than two segments"
+                log.info("split.skipped", reason=reason)
                 return None
             stored = "" if copy is None else await self.copies.store(r, copy)
         split = Split(
@@ -160,10 +173,10 @@ class Splitter:
         log.info("split.source_cannot_seek")
         return False
 
-    async def _segments(self, r: Rendition, source: str, duration: float) -> list[Segment]:
+    async def _segments(self, r: Rendition, source: str, duration: float) -> list[Segment] | str:
         """The segments: those of a planner before us that created parts and died, else cut
         from the keyframes of `source` (the source, or its copy); none when it cannot be
-        indexed."""
+        indexed, and why not when its index cannot be cut."""
         planned = await self.parts.values(under=f"{r.key}.{r.generation}")
         videos = sorted((p for p in planned.values() if p.kind == "video"), key=lambda p: p.index)
         if videos and [p.index for p in videos] == list(range(len(videos))):
@@ -171,9 +184,11 @@ class Splitter:
                 Segment(index=p.index, start=p.start, end=p.end, frames=p.frames) for p in videos
             ]
         index = await self._index(source)
-        if index is None or index.leading_frames:
-            # frames before the first keyframe: a segment cannot show them, a whole encode does
+        if index is None:
             return []
+        reason = why_not_cut(index, duration)
+        if reason is not None:
+            return reason
         return plan_segments(index, duration, target_seconds=self.settings.segment_seconds)
 
     async def _index(self, source: str) -> KeyframeIndex | None:

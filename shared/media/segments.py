@@ -34,6 +34,9 @@ DEFAULT_SEGMENT_SECONDS = 60.0
 # plain MP4 (moov at the end: nobody streams an intermediate file)
 SEGMENT_CONTAINER = ContainerSpec(name="segment", muxer="mp4", mime="video/mp4", extension=".mp4")
 _MICROS = 1_000_000
+# a larger step forward between two video packets' decode times is a break, not a pause
+MAX_DECODE_GAP = 10.0
+END_SLACK = 1.0  # seconds the last frame may fall from the probed duration, past its own length
 
 
 class KeyframeIndex(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,11 +50,24 @@ class KeyframeIndex(msgspec.Struct, frozen=True, kw_only=True):
     frame_counts: list[int]
     leading_frames: int = 0  # frames shown before the first keyframe: no decoder can show them
     last_frame_time: float | None = None  # presentation time of the last frame shown
+    # decode times, in packet order, never go back nor jump past MAX_DECODE_GAP; a source
+    # joined from two files (`cat a.ts b.ts`) restarts them, and its sorted times lie
+    continuous: bool = True
 
     @property
     def frames(self) -> int:
         """Frames from the first keyframe to the end: what the segments encode in all."""
         return sum(self.frame_counts)
+
+    def ends_near(self, duration: float) -> bool:
+        """Whether the last frame falls where the probe says the source ends: within END_SLACK
+        of it, past the frame's own length (the index's mean frame length)."""
+        if self.last_frame_time is None or not self.keyframe_times:
+            return True
+        span = self.last_frame_time - self.keyframe_times[0]
+        frame_seconds = span / max(self.frames - 1, 1)
+        late = duration - self.last_frame_time
+        return -END_SLACK <= late <= END_SLACK + frame_seconds
 
 
 class Segment(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,8 +105,8 @@ def keyframes(
         raise _source_error(exc, source, timeout) from exc
     assert isinstance(container, InputContainer)  # mode="r"
     with container:
-        times, key_times = _packet_times(container)
-    return _index(times, key_times)
+        times, key_times, continuous = _packet_times(container)
+    return _index(times, key_times, continuous=continuous)
 
 
 def plan_segments(
@@ -280,9 +296,9 @@ def join_args(
     return [*argv, "-f", container.muxer, output]
 
 
-def _packet_times(container: InputContainer) -> tuple[list[float], list[float]]:
-    """Presentation times (on the `-ss` timeline) of every shown video packet, and of the
-    keyframes among them."""
+def _packet_times(container: InputContainer) -> tuple[list[float], list[float], bool]:
+    """Presentation times (on the `-ss` timeline) of every shown video packet, of the
+    keyframes among them, and whether the decode times run on without a break."""
     # "V:0" in build_args: the first video stream that is not an attached picture
     stream = next(
         (
@@ -297,7 +313,15 @@ def _packet_times(container: InputContainer) -> tuple[list[float], list[float]]:
     origin = (container.start_time or 0) / _MICROS
     times: list[float] = []
     key_times: list[float] = []
+    continuous = True
+    last_decode: float | None = None
     for packet in container.demux(stream):
+        if packet.dts is not None and packet.size:
+            # decode order is packet order: B-frames reorder presentation times, never these
+            decode = float(packet.dts * stream.time_base)
+            if last_decode is not None and not 0 <= decode - last_decode <= MAX_DECODE_GAP:
+                continuous = False
+            last_decode = decode
         stamp = packet.pts if packet.pts is not None else packet.dts
         # the flush packet has no time; an edit list's discarded packets are never shown
         if stamp is None or packet.size == 0 or packet.is_discard:
@@ -306,10 +330,10 @@ def _packet_times(container: InputContainer) -> tuple[list[float], list[float]]:
         times.append(time)
         if packet.is_keyframe:
             key_times.append(time)
-    return times, key_times
+    return times, key_times, continuous
 
 
-def _index(times: list[float], key_times: list[float]) -> KeyframeIndex:
+def _index(times: list[float], key_times: list[float], *, continuous: bool) -> KeyframeIndex:
     if not key_times:
         raise _no_video("The source's video has no keyframe to cut at.")
     times.sort()
@@ -325,7 +349,11 @@ def _index(times: list[float], key_times: list[float]) -> KeyframeIndex:
         else:
             counts[position] += 1
     return KeyframeIndex(
-        keyframe_times=keys, frame_counts=counts, leading_frames=leading, last_frame_time=times[-1]
+        keyframe_times=keys,
+        frame_counts=counts,
+        leading_frames=leading,
+        last_frame_time=times[-1],
+        continuous=continuous,
     )
 
 
