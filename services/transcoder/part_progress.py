@@ -29,6 +29,9 @@ log = structlog.get_logger("vidmesh.transcoder")
 # work will be redelivered (the caller passes `stale_after = STALE_ACK_WAITS * ack_wait`).
 STALE_ACK_WAITS = 3
 
+# The share of the source encoded before a split job shows an ETA (less says too little).
+ETA_AFTER = 0.02
+
 
 class PartProgress(ProgressReporter):
     """A part's reporter: its ffmpeg's reports fold into its rendition's progress record (at most
@@ -190,7 +193,9 @@ def _summary(
     measured = done_seconds + sum(live.out_time for live in running.values())
     out_time = max(base.out_time, min(split.seconds, measured))
     speed = _total(live.speed for live in running.values())
-    eta = max(0.0, (split.seconds - out_time) / speed) if speed else None
+    measured_from = base.measured_from
+    if measured_from is None and running:
+        measured_from = now  # the first video report: the parts' encoding starts here
     return msgspec.structs.replace(
         base,
         stage="storing" if base.stage == "storing" else "encoding",
@@ -200,13 +205,31 @@ def _summary(
         out_time=out_time,
         total=split.seconds,
         estimated=False,
-        eta=eta,
+        eta=_eta(split.seconds, out_time, speed, measured_from, now),
         segments=split.segments,
         segments_done=segments_done,
         done_seconds=done_seconds,
         running=running,
+        measured_from=measured_from,
         updated_at=now,
     )
+
+
+def _eta(
+    total: float, out_time: float, speed: float | None, since: float | None, now: float
+) -> float | None:
+    """Seconds left, at the rate the whole job has made since its parts began: a part that just
+    started (speed near 0) or the gap between segments does not swing it, as the Σ of the running
+    parts' speeds would. As the job nears its end the running parts' speed weighs in (up to half),
+    because fewer parts run at the end than in the middle. None until enough is measured."""
+    elapsed = 0.0 if since is None else now - since
+    if out_time < total * ETA_AFTER or elapsed <= 0:
+        return None
+    rate = out_time / elapsed
+    if speed:
+        instant_weight = 0.5 * out_time / total
+        rate = (1 - instant_weight) * rate + instant_weight * speed
+    return max(0.0, (total - out_time) / rate)
 
 
 def _total(values: Iterable[float | None]) -> float | None:

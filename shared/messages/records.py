@@ -254,6 +254,8 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
     segments_done: Annotated[int, msgspec.Meta(ge=0)] = 0
     done_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     running: dict[str, PartLive] = {}
+    # A split rendition: when its first video part reported; its ETA is the rate since then.
+    measured_from: Timestamp | None = None
 
 
 class Lease(msgspec.Struct, frozen=True, kw_only=True):
