@@ -29,6 +29,7 @@ from services.transcoder.attempt import (
 from services.transcoder.config import TranscoderSettings
 from services.transcoder.encode import Proxied, encode_to_file
 from services.transcoder.helpers import Attempt, plan_of, probe_source
+from services.transcoder.joining import blob_of, joined_output, stored_parts
 from services.transcoder.limits import RunLimits, with_output_limit
 from services.transcoder.names import OutputNames
 from services.transcoder.node import NodeState
@@ -54,7 +55,7 @@ from shared.media.segments import (
     segment_args,
     write_concat_list,
 )
-from shared.messages.records import Output, Part, Rendition, RenditionState
+from shared.messages.records import Output, Part, Rendition
 from shared.messages.work import JoinWork, SegmentWork
 from shared.nats.consumer import ACK, Received, Settle
 from shared.nats.kv import TypedKV
@@ -313,7 +314,8 @@ class PartRunner:
         with its SHA-256 as a whole transcode stores it."""
         container = get_container(work.container)
         profile = preset_profile(work.profile, work.spec or builtin(work.profile))
-        videos, audio = await self._stored_parts(r)
+        assert r.split is not None  # the claim checked it
+        videos, audio = stored_parts(await self.records.parts_of(r), r.split)
         files = [await stored_file(self.stores.service, blob_of(p)) for p, _ in videos]
         listing = write_concat_list(
             self._scratch_file(part, ".ffconcat"), files, [d for _, d in videos]
@@ -347,67 +349,4 @@ class PartRunner:
             listing.unlink(missing_ok=True)
         session.update(stderr_tail=scrub(result.stderr_tail))
         log.info("join.done", seconds=round(result.wall_seconds, 2), size=stored.size)
-        return self._joined_output(
-            ref, stored.key, stored.size, stored.sha256, r, profile, container
-        )
-
-    async def _stored_parts(
-        self, r: Rendition
-    ) -> tuple[list[tuple[Part, float | None]], Part | None]:
-        """The video parts in order with their exact durations (to the next one's start; None
-        for the last), and the audio part; a part not stored fails the join (to run again)."""
-        assert r.split is not None  # the claim checked it
-        parts = await self.records.parts_of(r)
-        videos = [p for p in parts if p.kind == "video"]
-        audio = next((p for p in parts if p.kind == "audio"), None)
-        wanted = r.split.segments + (1 if r.split.audio else 0)
-        ready = [p for p in [*videos, audio] if p is not None and p.state is RenditionState.DONE]
-        if len(ready) != wanted or len(videos) != r.split.segments:
-            raise TranscodeFailed(
-                JobError(
-                    code="internal_error",
-                    reason="The join ran before every part of the job was stored.",
-                    retryable=True,
-                )
-            )
-        durations = [b.start - a.start for a, b in zip(videos, videos[1:], strict=False)]
-        return list(zip(videos, [*durations, None], strict=True)), audio
-
-    def _joined_output(
-        self,
-        ref: str,
-        blob: str,
-        size: int,
-        sha256: str,
-        r: Rendition,
-        profile: Profile,
-        container: ContainerSpec,
-    ) -> Output:
-        plan = plan_of(r.probe, profile, container)
-        video = r.probe.video() if r.probe else None
-        audio = r.probe.audio() if r.probe else None
-        return Output(
-            store=ref,
-            blob=blob,
-            size=size,
-            sha256=sha256,
-            container=container.name,
-            mime=container.mime,
-            mode=plan.mode,
-            duration=r.split.seconds if r.split else None,
-            video=plan.video if video is None else f"{plan.video} {video.codec or '?'}",
-            audio=plan.audio if audio is None else f"{plan.audio} {audio.codec or '?'}",
-        )
-
-
-def blob_of(part: Part) -> str:
-    """The stored file of a part that is done."""
-    if part.output is None:
-        raise TranscodeFailed(
-            JobError(
-                code="internal_error",
-                reason=f"The part {part.name} is done but records no file.",
-                retryable=False,
-            )
-        )
-    return part.output.blob
+        return joined_output(ref, stored, r, profile, container)
