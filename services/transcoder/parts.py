@@ -165,7 +165,7 @@ class PartRunner:
                 return joined
             settle = await self.records.record_join(r, part, joined, time.monotonic() - started)
             if settle is ACK:
-                await reporter.clear()
+                await reporter.stored()
             return settle
         stored = await attempt.run(
             lambda proxy: self._encode(work, part, r, reporter, attempt.session, proxy)

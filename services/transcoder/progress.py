@@ -113,6 +113,18 @@ class ProgressReporter:
         except Exception as exc:
             log.debug("progress.write_failed", error=str(exc))
 
-    async def clear(self) -> None:
+    async def stored(self) -> None:
+        """The output is stored and recorded. The last word is 100 %, left to expire with the
+        bucket's TTL: until the job's own record follows, a moment later (longer under load),
+        the job still shows running, and must not read 0 % then."""
+        final = msgspec.structs.replace(
+            self._latest,
+            stage="storing",
+            percent=100.0,
+            eta=0.0,
+            speed=None,
+            fps=None,
+            updated_at=time.time(),
+        )
         with contextlib.suppress(Exception):
-            await self.store.delete(self._latest.key)
+            await self.store.put(final.key, final)

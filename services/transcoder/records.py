@@ -127,7 +127,7 @@ class RenditionRecords:
                 await self.stores.service.delete(output.blob)
             log.info("work.discarded", state=record.state if record else None)
             return ABANDON
-        await reporter.clear()
+        await reporter.stored()
         log.info("work.succeeded", blob=output.blob, size=output.size, wall_s=round(wall, 2))
         return ACK
 
