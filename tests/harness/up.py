@@ -56,6 +56,8 @@ def up_env(
         VIDMESH_DATA_DIR=str(data_dir),
         VIDMESH_PORT=str(free_port()),
         VIDMESH_NATS_PORT=str(free_port()),
+        # not the default 8081: two test workers' `vidmesh up` would race for it
+        VIDMESH_OPENENCODER_PORT=str(free_port()),
         VIDMESH_HOST="127.0.0.1",  # nothing under test has a reason to listen on every interface
     )
     if jellyfin_url is not None:
