@@ -41,7 +41,7 @@ from services.scheduler.decide import ORPHAN_GRACE, decide, decide_clear
 from services.scheduler.dispatch import STALE_LEASE_SECONDS
 from services.scheduler.parts import JOIN_SETTLE_SECONDS, failed_with
 from services.scheduler.view import LeaseView, View
-from shared.blobs.store import source_copy_key
+from shared.blobs.keys import source_copy_key
 from shared.fleet import SETTINGS_KEY
 from shared.jobs import state as jobstate
 from shared.messages.fleet import Pool, TranscodingSettings

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import msgspec
 import pytest
 
-from shared.blobs.store import output_key, source_copy_key
-from shared.blobs.store import part_key as part_blob_key
+from shared.blobs.keys import output_key, source_copy_key
+from shared.blobs.keys import part_key as part_blob_key
 from shared.jobs import state as jobstate
 from shared.jobs.state import InvalidTransition
 from shared.messages.records import Lease, Output, Part, Rendition, RenditionState, Split

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from shared.blobs.store import source_copy_key
+from shared.blobs.keys import source_copy_key
 from shared.media.probe import probe
 from tests.harness import (
     ALICE,

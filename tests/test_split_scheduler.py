@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 from structlog.testing import capture_logs
 
-from shared.blobs.store import part_key as blob_key
+from shared.blobs.keys import part_key as blob_key
 from shared.jobs import state as jobstate
 from shared.jobs.store import RecordStore
 from shared.messages.records import Lease, Output, Part, Rendition, RenditionState, Split

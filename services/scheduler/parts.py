@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from services.scheduler.changes import CancelParts, Change, DropParts, FailSplit, PublishPart
 from services.scheduler.view import View
-from shared.blobs.store import source_copy_key
+from shared.blobs.keys import source_copy_key
 from shared.jobs import state as jobstate
 from shared.messages.records import Part, Rendition, RenditionState
 from shared.messages.work import JoinWork, SegmentWork

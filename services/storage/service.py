@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 
 from services.storage.config import StorageSettings
 from shared.blobs.backends import open_store
+from shared.blobs.keys import OUTPUTS, PARTS, parts_owner
 from shared.blobs.store import BlobStore
 from shared.blobs.users import service_config
 from shared.messages import commands as cmd
@@ -113,10 +114,10 @@ class Storage(Service):
     def _splitting(self, key: str) -> bool:
         """Whether a file under `parts/<k2>/<rendition>/<generation>/` belongs to a rendition
         running split at that generation (its parts are still being made or joined)."""
-        path = key.split("/")
-        if len(path) < 5:
+        owner = parts_owner(key)
+        if owner is None:
             return False
-        rendition, generation = path[2], path[3]
+        rendition, generation = owner
         r = self.renditions.get(rendition)
         return (
             r is not None
@@ -137,12 +138,12 @@ class Storage(Service):
         }
         now = time.time()
         count = freed = 0
-        for blob in await self.blobs.list_blobs("outputs/"):
+        for blob in await self.blobs.list_blobs(OUTPUTS):
             if blob.key in recorded or now - blob.modified < grace:
                 continue
             freed += await self.blobs.delete(blob.key)
             count += 1
-        for blob in await self.blobs.list_blobs("parts/"):
+        for blob in await self.blobs.list_blobs(PARTS):
             # a split rendition's segments and audio: kept while it runs split at that generation
             if self._splitting(blob.key) or now - blob.modified < grace:
                 continue

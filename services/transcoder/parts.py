@@ -38,7 +38,8 @@ from services.transcoder.part_records import PartRecords
 from services.transcoder.pipelines import Pipelines
 from services.transcoder.sessions import SessionRecorder, Sessions
 from services.transcoder.source_proxy import SourceAccess, SourceProxy
-from shared.blobs.store import StoredBlob, output_key, part_key
+from shared.blobs.keys import output_key, part_key
+from shared.blobs.store import StoredBlob
 from shared.blobs.users import Stores
 from shared.fleet import Fleet
 from shared.jobs.store import RecordStore

@@ -38,7 +38,7 @@ from services.transcoder.sessions import SessionRecorder, Sessions
 from services.transcoder.source_copy import SourceCopies
 from services.transcoder.source_proxy import SourceAccess, SourceProxy
 from services.transcoder.split import Splitter
-from shared.blobs.store import output_key
+from shared.blobs.keys import output_key
 from shared.blobs.users import Stores
 from shared.fleet import Fleet
 from shared.jobs.store import RecordStore

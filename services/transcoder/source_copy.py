@@ -25,7 +25,7 @@ from services.transcoder.limits import RunLimits, with_output_limit
 from services.transcoder.progress import ProgressReporter
 from services.transcoder.sessions import SessionRecorder
 from services.transcoder.source_proxy import SourceAccess, SourceProxy
-from shared.blobs.store import source_copy_key
+from shared.blobs.keys import source_copy_key
 from shared.blobs.users import Stores
 from shared.jobs.store import RecordStore
 from shared.media.args import HTTP_RW_TIMEOUT_US, RECONNECT_ARGS

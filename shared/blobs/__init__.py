@@ -1,6 +1,7 @@
 """Blob stores: where finished outputs (and users' own outputs and sources) live.
 
 - `store`: the `BlobStore` interface and the local-directory backend;
+- `keys`: the layout of the service store's keys (outputs, parts of split renditions);
 - `objects`: S3-compatible stores, Google Cloud Storage and Azure Blob, through obstore;
 - `signed_reads`: an S3 store's ranges read over a URL it signs, in the caller's event loop;
 - `config`: `StoreConfig`, one typed configuration for every backend, parsed from a store URL;

@@ -391,20 +391,3 @@ def _write_probe(probe: Path) -> None:
             raise OSError(errno.EIO, "the probe file read back differently")
     finally:
         probe.unlink(missing_ok=True)
-
-
-def output_key(rendition: str, generation: int, attempt: int, extension: str) -> str:
-    """Where an attempt's output is stored."""
-    return f"outputs/{rendition[:2]}/{rendition}/{generation}-{attempt}.{extension}"
-
-
-def part_key(rendition: str, generation: int, part: str, attempt: int, extension: str) -> str:
-    """Where an attempt at one part of a split rendition stores its file: under `parts/`, never
-    `outputs/` (storage sweeps unrecorded outputs), one file per attempt (a takeover never writes
-    over a file another attempt may still be writing)."""
-    return f"parts/{rendition[:2]}/{rendition}/{generation}/{part}-{attempt}.{extension}"
-
-
-def source_copy_key(rendition: str, generation: int) -> str:
-    """Where a split rendition's source is stored first when it cannot be read by range."""
-    return f"parts/{rendition[:2]}/{rendition}/{generation}/source.mkv"
