@@ -2,9 +2,7 @@
 
 Access tokens are short-lived; a refresh token mints new ones. Changing a password raises the
 account's token version, so every token minted before stops working; signing out revokes the
-session's own tokens only (`revocations`). API keys look like `vmk_<id>_<secret>`; only the
-SHA-256 of the secret is stored (the secret is random, so a fast hash is enough), and the key is
-shown once.
+session's own tokens only (`revocations`). API keys are in `api_keys`.
 """
 
 from __future__ import annotations
@@ -12,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import hmac
-import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -27,6 +23,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from nats.js.errors import KeyWrongLastSequenceError
 
+from services.gateway.api_keys import KEY_PREFIX, ApiKeys
 from services.gateway.config import GatewaySettings
 from services.gateway.revocations import Revocations
 from services.gateway.signed_tokens import TokenSigner
@@ -37,7 +34,6 @@ from shared.nats.projection import Projection
 
 log = structlog.get_logger("vidmesh.gateway.identity")
 
-KEY_PREFIX = "vmk_"
 R = TypeVar("R")
 
 
@@ -84,6 +80,7 @@ class Identity:
         self.users = users
         self.usernames = usernames
         self.keys = keys
+        self.api_keys = ApiKeys(keys, users)
         self.revocations = revocations
         self.tokens = TokenSigner(secret)
         self.hasher = PasswordHasher()
@@ -334,57 +331,18 @@ class Identity:
                 await self.revocations.revoke(token_id, who.user_id, expires_at)
         log.info("account.signed_out", user_id=who.user_id, refresh=refresh_token is not None)
 
-    # ---- API keys ----------------------------------------------------------------------
-    async def create_key(self, user: User, name: str) -> tuple[ApiKey, str]:
-        """A new key; the plaintext is returned here and never again."""
-        key_id = secrets.token_hex(6)
-        secret = secrets.token_urlsafe(32)
-        plaintext = f"{KEY_PREFIX}{key_id}_{secret}"
-        record = ApiKey(
-            id=key_id,
-            user_id=user.id,
-            name=name,
-            prefix=f"{KEY_PREFIX}{key_id}",
-            secret_sha256=hashlib.sha256(secret.encode()).hexdigest(),
-            created_at=time.time(),
-        )
-        await self.keys.create(key_id, record)
-        return record, plaintext
-
-    def keys_of(self, user_id: str) -> list[ApiKey]:
-        found = [key for key in self.keys.values() if key.user_id == user_id]
-        return sorted(found, key=lambda key: key.created_at)
-
-    async def delete_key(self, key: ApiKey) -> None:
-        await self.keys.store.delete(key.id)
-        known = self.keys.versioned(key.id)
-        self.keys.apply(key.id, None, (known.revision if known else 0) + 1)
-
-    def user_of_key(self, plaintext: str) -> User:
-        if not plaintext.startswith(KEY_PREFIX) or plaintext.count("_") < 2:
-            raise Unauthorized("The API key is not valid.")
-        key_id, _, secret = plaintext[len(KEY_PREFIX) :].partition("_")
-        key = self.keys.get(key_id)
-        digest = hashlib.sha256(secret.encode()).hexdigest()
-        if key is None or not hmac.compare_digest(key.secret_sha256, digest):
-            raise Unauthorized("The API key is not valid.")
-        user = self.users.get(key.user_id)
-        if user is None or user.disabled:
-            raise Unauthorized("The API key's account no longer exists.")
-        return user
-
     # ---- requests ----------------------------------------------------------------------
     def authenticate(self, authorization: str, api_key: str) -> Principal | None:
         """The caller named by `Authorization: Bearer <JWT or key>` or `x-api-key`, if any."""
         if api_key:
-            user = self.user_of_key(api_key.strip())
+            user = self.api_keys.user_of(api_key.strip())
             return Principal(user.id, user.username, user.role, "api_key")
         scheme, _, value = authorization.strip().partition(" ")
         if not value or scheme.lower() != "bearer":
             return None
         value = value.strip()
         if value.startswith(KEY_PREFIX):
-            user = self.user_of_key(value)
+            user = self.api_keys.user_of(value)
             return Principal(user.id, user.username, user.role, "api_key")
         claims = self.tokens.decode(value, "access")
         user = self.user_of(claims)

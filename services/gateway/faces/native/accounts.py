@@ -267,7 +267,7 @@ async def change_password(request: web.Request, body: PasswordChange) -> web.Res
     response=ApiKeyCreated,
 )
 async def create_api_key(request: web.Request, body: ApiKeyRequest) -> web.Response:
-    record, plaintext = await gateway(request).identity.create_key(_me(request), body.name)
+    record, plaintext = await gateway(request).identity.api_keys.create(_me(request), body.name)
     created = ApiKeyCreated(key=plaintext, id=record.id, name=record.name, prefix=record.prefix)
     return json_response(created, 201)
 
@@ -281,7 +281,7 @@ async def create_api_key(request: web.Request, body: ApiKeyRequest) -> web.Respo
     response=list[ApiKeyView],
 )
 async def list_api_keys(request: web.Request) -> web.Response:
-    keys = gateway(request).identity.keys_of(caller(request).user_id)
+    keys = gateway(request).identity.api_keys.of(caller(request).user_id)
     return json_response([key_view(key) for key in keys])
 
 
@@ -298,5 +298,5 @@ async def delete_api_key(request: web.Request) -> web.Response:
     key = identity.keys.get(request.match_info["key_id"])
     if key is None or key.user_id != caller(request).user_id:
         raise NotFound(f"No API key {request.match_info['key_id']!r}.")
-    await identity.delete_key(key)
+    await identity.api_keys.delete(key)
     return web.Response(status=204)

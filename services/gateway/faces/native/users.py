@@ -127,7 +127,7 @@ async def set_user_password(request: web.Request, body: NewPassword) -> web.Resp
 )
 async def user_api_keys(request: web.Request) -> web.Response:
     user = _account(request)
-    return json_response([key_view(key) for key in gateway(request).identity.keys_of(user.id)])
+    return json_response([key_view(key) for key in gateway(request).identity.api_keys.of(user.id)])
 
 
 @API.route(
@@ -145,5 +145,5 @@ async def delete_user_api_key(request: web.Request) -> web.Response:
     key = identity.keys.get(key_id)
     if key is None or key.user_id != user.id:
         raise NotFound(f"No API key {key_id!r} on this account.")
-    await identity.delete_key(key)
+    await identity.api_keys.delete(key)
     return web.Response(status=204)
