@@ -24,7 +24,7 @@ from services.gateway.kube import Cluster
 from services.gateway.login_limits import LoginLimits
 from shared.blobs.users import Stores, UserStore
 from shared.errors import GatewayTimeout, Unavailable, Unprocessable
-from shared.fleet import SETTINGS_KEY, Fleet
+from shared.fleet import SETTINGS_KEY, Fleet, capped
 from shared.jobs import state as jobstate
 from shared.media.presets import builtin
 from shared.media.probe import ProbeResult, StreamInfo
@@ -224,7 +224,11 @@ class Gateway:
             command = await pending_submission(self.js, self.names, job_id)
         except Exception as exc:
             raise Unavailable(NATS_UNREACHABLE) from exc
-        return None if command is None else jobstate.submitted_job(command)
+        if command is None:
+            return None
+        # within the fleet's ceilings, as the scheduler will store it (and as `show_submitted`
+        # shows it once the accepting gateway's notice arrives)
+        return jobstate.submitted_job(command, capped(command.spec, self.transcoding()))
 
     def progress_of(self, job: JobRecord) -> Progress | None:
         """Live progress of a running job's rendition (this generation only)."""
